@@ -1,0 +1,349 @@
+//! Configuration: compiled defaults, then `config/nephos.toml` (or `--config`), then `NEPHOS_*`
+//! environment variables, then command-line flags. Flags and environment variables are declared
+//! together with clap (`#[arg(env = ...)]`), so clap already applies "flag beats environment";
+//! this module lays the result over the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::auth::{Account, SignatureAlgorithm};
+
+/// The default development account, used when no account is configured.
+pub const DEV_ACCOUNT_URL: &str = "cloudinary://123456789012345:nephos-dev-secret@demo";
+
+#[derive(Debug, Parser)]
+#[command(name = "nephos", version, about = "A self-hosted server that speaks Cloudinary's Upload API")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+/// Every option of `nephos serve`; each one is reachable through its environment variable.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "NEPHOS_LISTEN")]
+    pub listen: Option<String>,
+    /// Folder for blobs, temporary files and the default SQLite database.
+    #[arg(long, env = "NEPHOS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite:PATH` or `postgres://…`; default: SQLite inside the data dir.
+    #[arg(long, env = "NEPHOS_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Base of every `url`/`secure_url` the server returns; default `http://<listen address>`.
+    #[arg(long, env = "NEPHOS_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// `cloudinary://KEY:SECRET@CLOUD[?signature_algorithm=sha256]`, repeatable
+    /// (environment: comma-separated).
+    #[arg(long = "account", env = "NEPHOS_ACCOUNTS", value_delimiter = ',')]
+    pub accounts: Vec<String>,
+    /// Configuration file; default `config/nephos.toml` when present.
+    #[arg(long, env = "NEPHOS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Largest accepted upload body in bytes.
+    #[arg(long, env = "NEPHOS_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+    /// Largest remote file fetched for an `http(s)://` `file` parameter, in bytes.
+    #[arg(long, env = "NEPHOS_MAX_REMOTE_BYTES")]
+    pub max_remote_bytes: Option<u64>,
+    /// Timeout for fetching a remote file, in seconds.
+    #[arg(long, env = "NEPHOS_REMOTE_TIMEOUT_SECS")]
+    pub remote_timeout_secs: Option<u64>,
+    /// Redirects followed when fetching a remote file.
+    #[arg(long, env = "NEPHOS_REMOTE_MAX_REDIRECTS")]
+    pub remote_max_redirects: Option<usize>,
+    /// Largest text field (e.g. a data URI) accepted in a request, in bytes.
+    #[arg(long, env = "NEPHOS_MAX_FIELD_BYTES")]
+    pub max_field_bytes: Option<u64>,
+    /// Seconds a signed request stays valid (Cloudinary: 3600).
+    #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
+    pub signature_ttl_secs: Option<i64>,
+    /// Testing aid: freeze the server clock at this Unix time (used to replay recorded requests).
+    #[arg(long, env = "NEPHOS_FIXED_TIME")]
+    pub fixed_time: Option<i64>,
+}
+
+/// The file format (`config/nephos.toml`). Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    #[serde(default)]
+    pub limits: FileLimits,
+    #[serde(default)]
+    pub upload_presets: Vec<PresetSeed>,
+    pub fixed_time: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    pub max_upload_bytes: Option<u64>,
+    pub max_remote_bytes: Option<u64>,
+    pub remote_timeout_secs: Option<u64>,
+    pub remote_max_redirects: Option<usize>,
+    pub max_field_bytes: Option<u64>,
+    pub signature_ttl_secs: Option<i64>,
+}
+
+/// An upload preset defined in the configuration file; written to the database at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetSeed {
+    /// The cloud the preset belongs to; every configured cloud when absent.
+    pub cloud: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub unsigned: bool,
+    #[serde(default)]
+    pub disallow_public_id: bool,
+    /// Upload parameters in their wire form (`tags = "a,b"`, `overwrite = true`, …).
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_upload_bytes: u64,
+    pub max_remote_bytes: u64,
+    pub remote_timeout_secs: u64,
+    pub remote_max_redirects: usize,
+    pub max_field_bytes: u64,
+    pub signature_ttl_secs: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
+            max_remote_bytes: 100 * 1024 * 1024,
+            remote_timeout_secs: 30,
+            remote_max_redirects: 5,
+            max_field_bytes: 64 * 1024 * 1024,
+            signature_ttl_secs: 3600,
+        }
+    }
+}
+
+/// The resolved configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// `None`: SQLite at `<data_dir>/nephos.db`.
+    pub database_url: Option<String>,
+    /// `None`: `http://<bound address>`.
+    pub public_url: Option<String>,
+    pub accounts: Vec<Account>,
+    /// True when no account was configured and the development account is in use.
+    pub dev_account: bool,
+    pub limits: Limits,
+    pub presets: Vec<PresetSeed>,
+    pub fixed_time: Option<i64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8777".into(),
+            data_dir: PathBuf::from("./nephos-data"),
+            database_url: None,
+            public_url: None,
+            accounts: Vec::new(),
+            dev_account: false,
+            limits: Limits::default(),
+            presets: Vec::new(),
+            fixed_time: None,
+        }
+    }
+}
+
+impl Config {
+    /// Builds the configuration from the parsed flags/environment and the configuration file.
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => {
+                let default = Path::new("config/nephos.toml");
+                if default.exists() {
+                    read_file(default)?
+                } else {
+                    FileConfig::default()
+                }
+            }
+        };
+        Config::from_parts(file, args)
+    }
+
+    pub fn from_parts(file: FileConfig, args: &ServeArgs) -> anyhow::Result<Config> {
+        let mut cfg = Config::default();
+        let d = Limits::default();
+        let fl = &file.limits;
+        cfg.limits = Limits {
+            max_upload_bytes: args
+                .max_upload_bytes
+                .or(fl.max_upload_bytes)
+                .unwrap_or(d.max_upload_bytes),
+            max_remote_bytes: args
+                .max_remote_bytes
+                .or(fl.max_remote_bytes)
+                .unwrap_or(d.max_remote_bytes),
+            remote_timeout_secs: args
+                .remote_timeout_secs
+                .or(fl.remote_timeout_secs)
+                .unwrap_or(d.remote_timeout_secs),
+            remote_max_redirects: args
+                .remote_max_redirects
+                .or(fl.remote_max_redirects)
+                .unwrap_or(d.remote_max_redirects),
+            max_field_bytes: args
+                .max_field_bytes
+                .or(fl.max_field_bytes)
+                .unwrap_or(d.max_field_bytes),
+            signature_ttl_secs: args
+                .signature_ttl_secs
+                .or(fl.signature_ttl_secs)
+                .unwrap_or(d.signature_ttl_secs),
+        };
+        if let Some(v) = args.listen.clone().or(file.listen) {
+            cfg.listen = v;
+        }
+        if let Some(v) = args.data_dir.clone().or(file.data_dir) {
+            cfg.data_dir = v;
+        }
+        cfg.database_url = args.database_url.clone().or(file.database_url);
+        cfg.public_url = args
+            .public_url
+            .clone()
+            .or(file.public_url)
+            .map(|u| u.trim_end_matches('/').to_string());
+        let account_urls: Vec<String> = if args.accounts.is_empty() {
+            file.accounts
+        } else {
+            args.accounts.clone()
+        };
+        for url in account_urls.iter().filter(|u| !u.trim().is_empty()) {
+            cfg.accounts.push(parse_account_url(url.trim())?);
+        }
+        if cfg.accounts.is_empty() {
+            cfg.accounts.push(parse_account_url(DEV_ACCOUNT_URL)?);
+            cfg.dev_account = true;
+        }
+        cfg.presets = file.upload_presets;
+        cfg.fixed_time = args.fixed_time.or(file.fixed_time);
+        Ok(cfg)
+    }
+
+    /// The address to bind, validated.
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.listen
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid listen address {:?}: {e}", self.listen))
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))
+}
+
+/// Parses `cloudinary://KEY:SECRET@CLOUD[?signature_algorithm=sha256]`.
+pub fn parse_account_url(url: &str) -> anyhow::Result<Account> {
+    let rest = url
+        .strip_prefix("cloudinary://")
+        .ok_or_else(|| anyhow::anyhow!("account {url:?} must start with cloudinary://"))?;
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let (creds, cloud) = main
+        .rsplit_once('@')
+        .ok_or_else(|| anyhow::anyhow!("account {url:?} must look like cloudinary://KEY:SECRET@CLOUD"))?;
+    let (key, secret) = creds
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("account {url:?} must look like cloudinary://KEY:SECRET@CLOUD"))?;
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let (key, secret, cloud) = (decode(key), decode(secret), decode(cloud.trim_end_matches('/')));
+    if key.is_empty() || secret.is_empty() {
+        anyhow::bail!("account {url:?} needs a key and a secret");
+    }
+    if cloud.len() < 2
+        || cloud.len() > 128
+        || !cloud.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        anyhow::bail!("account {url:?}: cloud name must be 2-128 characters of [A-Za-z0-9_-]");
+    }
+    let mut algorithm = SignatureAlgorithm::Sha1;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (k, v.to_ascii_lowercase().as_str()) {
+            ("signature_algorithm", "sha256") => algorithm = SignatureAlgorithm::Sha256,
+            ("signature_algorithm", "sha1") => algorithm = SignatureAlgorithm::Sha1,
+            ("signature_algorithm", other) => {
+                anyhow::bail!("account {url:?}: unknown signature_algorithm {other:?}")
+            }
+            // Other CLOUDINARY_URL options (upload_prefix, secure, …) are client settings.
+            _ => {}
+        }
+    }
+    Ok(Account {
+        cloud,
+        api_key: key,
+        api_secret: secret,
+        algorithm,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_account_urls() {
+        let a = parse_account_url("cloudinary://1234:abcd@demo?upload_prefix=http://x&signature_algorithm=sha256").unwrap();
+        assert_eq!((a.api_key.as_str(), a.api_secret.as_str(), a.cloud.as_str()), ("1234", "abcd", "demo"));
+        assert_eq!(a.algorithm, SignatureAlgorithm::Sha256);
+        assert!(parse_account_url("https://1234:abcd@demo").is_err());
+        assert!(parse_account_url("cloudinary://1234@demo").is_err());
+        assert!(parse_account_url("cloudinary://1:2@../x").is_err());
+    }
+
+    #[test]
+    fn flags_beat_file_and_defaults_fill_the_rest() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"0.0.0.0:1\"\naccounts = [\"cloudinary://k:s@filecloud\"]\n[limits]\nmax_upload_bytes = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let cfg = Config::from_parts(file, &args).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:0");
+        assert_eq!(cfg.limits.max_upload_bytes, 10);
+        assert_eq!(cfg.limits.signature_ttl_secs, 3600);
+        assert_eq!(cfg.accounts[0].cloud, "filecloud");
+        assert!(!cfg.dev_account);
+        let cfg = Config::from_parts(FileConfig::default(), &ServeArgs::default()).unwrap();
+        assert!(cfg.dev_account);
+        assert_eq!(cfg.accounts[0].cloud, "demo");
+    }
+}

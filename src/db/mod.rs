@@ -1,0 +1,109 @@
+//! The metadata repository: assets, their tags, and upload presets.
+//!
+//! One trait, [`MetaStore`], held as `Arc<dyn MetaStore>`; the backend is chosen from the
+//! database URL's scheme (`sqlite:` or `postgres:`). Both backends share one SQL
+//! implementation over sqlx's `Any` driver ([`sql::SqlStore`]) with its own migrations folder.
+
+pub mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?} (expected sqlite: or postgres:)")]
+    UnsupportedUrl(String),
+}
+
+/// Identifies one asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetKey {
+    pub cloud: String,
+    pub resource_type: String,
+    pub delivery_type: String,
+    pub public_id: String,
+}
+
+/// Everything stored about one asset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssetRecord {
+    pub asset_id: String,
+    pub key: AssetKey,
+    pub version: i64,
+    pub version_id: String,
+    pub format: Option<String>,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub pages: Option<i64>,
+    pub bytes: i64,
+    pub etag: String,
+    pub created_at: i64,
+    pub original_filename: Option<String>,
+    pub display_name: String,
+    pub asset_folder: String,
+    pub tags: Vec<String>,
+    /// `context.custom`, in the order given.
+    pub context: Map<String, Value>,
+    pub metadata: Map<String, Value>,
+    /// Further fields echoed in responses (video details, moderation, access control, …).
+    pub extra: Map<String, Value>,
+    /// Where the bytes live in the blob store.
+    pub blob_key: String,
+    pub api_key: Option<String>,
+}
+
+/// What [`MetaStore::save_asset`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SaveOutcome {
+    /// A new asset row.
+    Created(AssetRecord),
+    /// An existing asset was replaced; `previous` is what it was (its blob is now unused).
+    Replaced {
+        stored: AssetRecord,
+        previous: AssetRecord,
+    },
+    /// `overwrite` was false and the asset exists: nothing changed.
+    Existing(AssetRecord),
+}
+
+/// An upload preset; `settings` holds upload parameters in their wire form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preset {
+    pub cloud: String,
+    pub name: String,
+    pub unsigned: bool,
+    pub disallow_public_id: bool,
+    pub settings: Map<String, Value>,
+    pub external_id: String,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait MetaStore: Send + Sync {
+    /// A round trip to the database.
+    async fn ping(&self) -> Result<(), DbError>;
+    async fn find_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
+    /// Inserts `record`, or replaces the asset with the same key when `overwrite` is true
+    /// (keeping its `asset_id` and giving it a version newer than the old one), atomically.
+    async fn save_asset(&self, record: &AssetRecord, overwrite: bool) -> Result<SaveOutcome, DbError>;
+    /// Removes an asset row and its tags; returns what was removed.
+    async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
+    /// Creates or replaces a preset.
+    async fn put_preset(&self, preset: &Preset) -> Result<(), DbError>;
+    async fn get_preset(&self, cloud: &str, name: &str) -> Result<Option<Preset>, DbError>;
+    /// Every blob key referenced by an asset (used to sweep orphaned blobs).
+    async fn blob_keys(&self) -> Result<Vec<String>, DbError>;
+}
+
+/// Opens the store for `url` (running migrations).
+pub async fn connect(url: &str) -> Result<Arc<dyn MetaStore>, DbError> {
+    Ok(Arc::new(sql::SqlStore::connect(url).await?))
+}

@@ -1,0 +1,411 @@
+//! Delivery URLs: building the `url` of an asset and serving
+//! `GET /<cloud>/<resource_type>/<type>/[s--SIG--/][<transformations>/][v<version>/]<public_id>[.<ext>]`
+//! with conditional GET and byte ranges.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use subtle::ConstantTimeEq;
+
+use crate::auth::{delivery_signature, SignatureAlgorithm};
+use crate::db::{AssetKey, AssetRecord};
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::storage::ByteRange;
+
+/// Everything outside `[A-Za-z0-9_.\-/:]` is escaped, as the Python SDK does.
+const PATH_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'/')
+    .remove(b':');
+
+pub fn escape_public_id(public_id: &str) -> String {
+    utf8_percent_encode(public_id, PATH_ESCAPE).to_string()
+}
+
+/// The delivery URL of an asset's original: signed (`s--…--`) for private and authenticated
+/// assets.
+pub fn asset_url(base: &str, rec: &AssetRecord, secret: &str, algorithm: SignatureAlgorithm) -> String {
+    let mut source = escape_public_id(&rec.key.public_id);
+    if rec.key.resource_type != "raw" {
+        if let Some(f) = &rec.format {
+            source = format!("{source}.{f}");
+        }
+    }
+    let sig = if rec.key.delivery_type == "upload" {
+        String::new()
+    } else {
+        format!("s--{}--/", delivery_signature(&source, secret, algorithm, false))
+    };
+    format!(
+        "{base}/{}/{}/{}/{sig}v{}/{source}",
+        rec.key.cloud, rec.key.resource_type, rec.key.delivery_type, rec.version
+    )
+}
+
+/// Transformation parameter keys (spec §13.3 and the rest of Cloudinary's short names).
+const TRANSFORMATION_KEYS: &[&str] = &[
+    "a", "ac", "af", "ar", "b", "bl", "bo", "br", "c", "co", "cs", "d", "dl", "dn", "dpr", "du",
+    "e", "eo", "f", "fl", "fn", "fps", "g", "h", "if", "ki", "l", "o", "p", "pg", "q", "r", "so",
+    "sp", "t", "u", "vc", "vs", "w", "x", "y", "z",
+];
+
+fn is_transformation(seg: &str) -> bool {
+    !seg.is_empty()
+        && seg.split(',').all(|item| {
+            if item.starts_with('$') {
+                return true;
+            }
+            match item.split_once('_') {
+                Some((key, _)) => TRANSFORMATION_KEYS.contains(&key),
+                None => false,
+            }
+        })
+}
+
+fn is_version(seg: &str) -> bool {
+    seg.len() > 1 && seg.starts_with('v') && seg[1..].chars().all(|c| c.is_ascii_digit())
+}
+
+fn decode(seg: &str) -> String {
+    percent_decode_str(seg).decode_utf8_lossy().into_owned()
+}
+
+fn delivery_error(status: StatusCode, msg: impl Into<String>) -> ApiError {
+    ApiError::Delivery(status, msg.into())
+}
+
+/// A parsed delivery path.
+#[derive(Debug, PartialEq, Eq)]
+struct DeliveryPath {
+    cloud: String,
+    resource_type: String,
+    delivery_type: String,
+    signature: Option<String>,
+    transformation: Option<String>,
+    /// The source as it appeared in the URL (escaped), and decoded.
+    raw_source: String,
+    source: String,
+}
+
+fn parse_path(path: &str) -> Option<DeliveryPath> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if segs.len() < 4 {
+        return None;
+    }
+    let (cloud, rt, ty) = (decode(segs[0]), decode(segs[1]), decode(segs[2]));
+    let mut rest = &segs[3..];
+    let mut signature = None;
+    if let Some(first) = rest.first() {
+        if first.len() > 5 && first.starts_with("s--") && first.ends_with("--") {
+            signature = Some(first[3..first.len() - 2].to_string());
+            rest = &rest[1..];
+        }
+    }
+    let mut transformations = Vec::new();
+    while rest.len() > 1 && is_transformation(rest[0]) && !is_version(rest[0]) {
+        transformations.push(rest[0]);
+        rest = &rest[1..];
+    }
+    if rest.len() > 1 && is_version(rest[0]) {
+        rest = &rest[1..];
+    }
+    if rest.is_empty() || rest.iter().any(|s| s.is_empty()) {
+        return None;
+    }
+    let raw_source = rest.join("/");
+    let source = rest.iter().map(|s| decode(s)).collect::<Vec<_>>().join("/");
+    Some(DeliveryPath {
+        cloud,
+        resource_type: rt,
+        delivery_type: ty,
+        signature,
+        transformation: (!transformations.is_empty()).then(|| transformations.join("/")),
+        raw_source,
+        source,
+    })
+}
+
+/// Whether `sig` signs `to_sign` with one of the cloud's secrets (SHA-1 or SHA-256, short or
+/// long form).
+fn signature_valid(state: &AppState, cloud: &str, sig: &str, to_sign: &[String]) -> bool {
+    for account in state.accounts.for_cloud(cloud) {
+        for text in to_sign {
+            let candidates = [
+                delivery_signature(text, &account.api_secret, SignatureAlgorithm::Sha1, false),
+                delivery_signature(text, &account.api_secret, SignatureAlgorithm::Sha256, false),
+                delivery_signature(text, &account.api_secret, SignatureAlgorithm::Sha256, true),
+            ];
+            if candidates
+                .iter()
+                .any(|c| bool::from(c.as_bytes().ct_eq(sig.as_bytes())))
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Finds the asset a delivery source names: `<public_id>.<ext>` (ext = its format), or the
+/// public ID as written (raw assets, or a URL without extension).
+async fn lookup(state: &AppState, p: &DeliveryPath) -> ApiResult<Option<AssetRecord>> {
+    let key = |public_id: &str| AssetKey {
+        cloud: p.cloud.clone(),
+        resource_type: p.resource_type.clone(),
+        delivery_type: p.delivery_type.clone(),
+        public_id: public_id.to_string(),
+    };
+    if p.resource_type != "raw" {
+        if let Some((stem, ext)) = p.source.rsplit_once('.') {
+            if let Some(rec) = state.meta.find_asset(&key(stem)).await? {
+                let ext = ext.to_ascii_lowercase();
+                let fmt = rec.format.clone().unwrap_or_default();
+                let same = ext == fmt || (ext == "jpeg" && fmt == "jpg") || (ext == "tif" && fmt == "tiff");
+                if same {
+                    return Ok(Some(rec));
+                }
+                if state.meta.find_asset(&key(&p.source)).await?.is_none() {
+                    return Err(delivery_error(
+                        StatusCode::BAD_REQUEST,
+                        format!("Format conversion from {fmt} to {ext} is not supported yet"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(state.meta.find_asset(&key(&p.source)).await?)
+}
+
+fn content_type(rec: &AssetRecord) -> &'static str {
+    let ext = match rec.key.resource_type.as_str() {
+        "raw" => rec
+            .key
+            .public_id
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_default(),
+        _ => rec.format.clone().unwrap_or_default(),
+    };
+    match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "bmp" => "image/bmp",
+        "tif" | "tiff" => "image/tiff",
+        "ico" => "image/x-icon",
+        "avif" => "image/avif",
+        "heic" | "heif" => "image/heif",
+        "svg" => "image/svg+xml",
+        "psd" => "image/vnd.adobe.photoshop",
+        "jxl" => "image/jxl",
+        "pdf" => "application/pdf",
+        "mp4" | "m4v" => "video/mp4",
+        "mov" => "video/quicktime",
+        "webm" => "video/webm",
+        "mkv" => "video/x-matroska",
+        "avi" => "video/x-msvideo",
+        "flv" => "video/x-flv",
+        "3gp" => "video/3gpp",
+        "ogv" => "video/ogg",
+        "ogg" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "txt" => "text/plain; charset=utf-8",
+        "json" => "application/json",
+        "csv" => "text/csv",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css",
+        "js" => "text/javascript",
+        "xml" => "application/xml",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Parses a single `bytes=` range against `len`. `Err(())` means unsatisfiable.
+fn parse_range(value: &str, len: u64) -> Option<Result<ByteRange, ()>> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') {
+        return None; // several ranges: answer with the whole file
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    let range = if a.is_empty() {
+        let n: u64 = b.parse().ok()?;
+        if n == 0 || len == 0 {
+            return Some(Err(()));
+        }
+        ByteRange { start: len.saturating_sub(n), end: len - 1 }
+    } else {
+        let start: u64 = a.parse().ok()?;
+        let end: u64 = if b.is_empty() { len.saturating_sub(1) } else { b.parse().ok()? };
+        if start >= len || end < start {
+            return Some(Err(()));
+        }
+        ByteRange { start, end: end.min(len - 1) }
+    };
+    Some(Ok(range))
+}
+
+fn etag_matches(list: &str, etag: &str) -> bool {
+    list.split(',').any(|t| {
+        let t = t.trim().trim_start_matches("W/");
+        t == "*" || t == etag
+    })
+}
+
+/// Serves a delivery URL.
+pub async fn serve(state: &AppState, method: &Method, path: &str, headers: &HeaderMap) -> ApiResult<Response> {
+    let p = parse_path(path).ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, "Resource not found"))?;
+    if !state.accounts.has_cloud(&p.cloud) {
+        return Err(delivery_error(StatusCode::NOT_FOUND, format!("Unknown cloud {}", p.cloud)));
+    }
+    if !["image", "video", "raw"].contains(&p.resource_type.as_str()) {
+        return Err(delivery_error(
+            StatusCode::NOT_FOUND,
+            format!("Invalid resource type {}", p.resource_type),
+        ));
+    }
+    if !crate::upload::DELIVERY_TYPES.contains(&p.delivery_type.as_str()) {
+        return Err(delivery_error(
+            StatusCode::NOT_FOUND,
+            format!("Delivery type {} is not supported", p.delivery_type),
+        ));
+    }
+    if let Some(t) = &p.transformation {
+        return Err(delivery_error(
+            StatusCode::BAD_REQUEST,
+            format!("Transformations are not supported yet: {t}"),
+        ));
+    }
+    match &p.signature {
+        Some(sig) => {
+            let candidates = vec![p.raw_source.clone(), p.source.clone(), escape_public_id(&p.source)];
+            if !signature_valid(state, &p.cloud, sig, &candidates) {
+                return Err(delivery_error(StatusCode::UNAUTHORIZED, "Invalid signature"));
+            }
+        }
+        None if p.delivery_type != "upload" => {
+            return Err(delivery_error(
+                StatusCode::UNAUTHORIZED,
+                format!("A signed URL is required for {} assets", p.delivery_type),
+            ));
+        }
+        None => {}
+    }
+    let rec = lookup(state, &p)
+        .await?
+        .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, format!("Resource not found - {}", p.source)))?;
+    let len = state
+        .blobs
+        .size(&rec.blob_key)
+        .await?
+        .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, format!("Resource not found - {}", p.source)))?;
+    let etag = format!("\"{}\"", rec.etag);
+    let last_modified = httpdate::fmt_http_date(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(rec.version.max(0) as u64),
+    );
+    let mut base = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::LAST_MODIFIED, &last_modified)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "public, max-age=0, must-revalidate")
+        .header(header::CONTENT_TYPE, content_type(&rec));
+    let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let not_modified = match h(header::IF_NONE_MATCH) {
+        Some(list) => etag_matches(list, &etag),
+        None => h(header::IF_MODIFIED_SINCE)
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .map(|since| {
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(rec.version.max(0) as u64) <= since
+            })
+            .unwrap_or(false),
+    };
+    if not_modified {
+        return base
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .map_err(ApiError::internal);
+    }
+    let range_applies = match h(header::IF_RANGE) {
+        Some(v) => v == etag || v == last_modified,
+        None => true,
+    };
+    let range = if range_applies {
+        h(header::RANGE).and_then(|r| parse_range(r, len))
+    } else {
+        None
+    };
+    let (status, range) = match range {
+        Some(Err(())) => {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .body(Body::empty())
+                .map_err(ApiError::internal);
+        }
+        Some(Ok(r)) => {
+            base = base.header(header::CONTENT_RANGE, format!("bytes {}-{}/{len}", r.start, r.end));
+            (StatusCode::PARTIAL_CONTENT, Some(r))
+        }
+        None => (StatusCode::OK, None),
+    };
+    let body_len = range.map(|r| r.end - r.start + 1).unwrap_or(len);
+    base = base.status(status).header(header::CONTENT_LENGTH, body_len);
+    if method == Method::HEAD {
+        return base.body(Body::empty()).map_err(ApiError::internal);
+    }
+    let stream = state
+        .blobs
+        .read(&rec.blob_key, range)
+        .await?
+        .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, format!("Resource not found - {}", p.source)))?;
+    let mut resp = base.body(Body::from_stream(stream)).map_err(ApiError::internal)?;
+    resp.headers_mut()
+        .insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    Ok(resp.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_delivery_paths() {
+        let p = parse_path("/demo/image/upload/v1700000000/folder/my%20id.png").unwrap();
+        assert_eq!(p.source, "folder/my id.png");
+        assert_eq!(p.raw_source, "folder/my%20id.png");
+        assert_eq!(p.transformation, None);
+        let p = parse_path("/demo/image/authenticated/s--lGdq5NKO--/c_fill,w_100/v1/sample.jpg").unwrap();
+        assert_eq!(p.signature.as_deref(), Some("lGdq5NKO"));
+        assert_eq!(p.transformation.as_deref(), Some("c_fill,w_100"));
+        let p = parse_path("/demo/raw/upload/my_folder/doc.pdf").unwrap();
+        assert_eq!((p.transformation, p.source.as_str()), (None, "my_folder/doc.pdf"));
+        let p = parse_path("/demo/image/upload/s----SjmNDA--/image.jpg").unwrap();
+        assert_eq!(p.signature.as_deref(), Some("--SjmNDA"));
+        assert!(parse_path("/demo/image/upload").is_none());
+        assert!(parse_path("/demo/image/upload/a//b").is_none());
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-4", 10), Some(Ok(ByteRange { start: 0, end: 4 })));
+        assert_eq!(parse_range("bytes=5-", 10), Some(Ok(ByteRange { start: 5, end: 9 })));
+        assert_eq!(parse_range("bytes=-3", 10), Some(Ok(ByteRange { start: 7, end: 9 })));
+        assert_eq!(parse_range("bytes=8-100", 10), Some(Ok(ByteRange { start: 8, end: 9 })));
+        assert_eq!(parse_range("bytes=10-", 10), Some(Err(())));
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
+    }
+
+    #[test]
+    fn escapes_like_the_python_sdk() {
+        assert_eq!(escape_public_id("folder/my id&é"), "folder/my%20id%26%C3%A9");
+    }
+}

@@ -1,0 +1,92 @@
+//! The one error type of the HTTP layer, rendered in Cloudinary's shape:
+//! `{"error":{"message":"..."}}` with the status the SDKs understand.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    RateLimited(String),
+    /// A delivery (CDN-style) error: the status and the reason in an `X-Cld-Error` header.
+    #[error("{1}")]
+    Delivery(StatusCode, String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn bad(msg: impl Into<String>) -> Self {
+        ApiError::BadRequest(msg.into())
+    }
+
+    pub fn missing(param: &str) -> Self {
+        ApiError::BadRequest(format!("Missing required parameter - {param}"))
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        ApiError::Internal(err.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited(_) => StatusCode::from_u16(420).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+            ApiError::Delivery(status, _) => *status,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        ApiError::Internal(format!("I/O error: {e}"))
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        ApiError::Internal(format!("database error: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(msg) = &self {
+            tracing::error!(error = %msg, "internal error");
+        }
+        if let ApiError::Delivery(_, reason) = &self {
+            let mut resp = (status, reason.clone()).into_response();
+            if let Ok(v) = HeaderValue::from_str(&sanitize_header(reason)) {
+                resp.headers_mut().insert("x-cld-error", v);
+            }
+            return resp;
+        }
+        let body = serde_json::json!({ "error": { "message": self.to_string() } });
+        (status, Json(body)).into_response()
+    }
+}
+
+fn sanitize_header(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+        .collect()
+}

@@ -1,0 +1,186 @@
+//! Request parameters as received, kept as the exact received text (signatures are computed
+//! over it), and the file part of a request.
+
+use crate::error::{ApiError, ApiResult};
+use crate::storage::TempBlob;
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Text(String),
+    List(Vec<String>),
+}
+
+/// Ordered parameters; a name ending in `[]` or `[<digits>]`, or repeated, is a list.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    entries: Vec<(String, Value)>,
+}
+
+/// Splits `name[]` / `name[3]` into (`name`, true).
+pub(crate) fn base_name(raw: &str) -> (&str, bool) {
+    if let Some(stripped) = raw.strip_suffix(']') {
+        if let Some(open) = stripped.rfind('[') {
+            let inner = &stripped[open + 1..];
+            if inner.chars().all(|c| c.is_ascii_digit()) {
+                return (&stripped[..open], true);
+            }
+        }
+    }
+    (raw, false)
+}
+
+impl Params {
+    /// Adds a received `name=value` pair.
+    pub fn push(&mut self, raw_name: &str, value: &str) {
+        let (name, is_list) = base_name(raw_name);
+        if let Some((_, existing)) = self.entries.iter_mut().find(|(n, _)| n == name) {
+            match existing {
+                Value::List(items) => items.push(value.to_string()),
+                Value::Text(t) => {
+                    let first = std::mem::take(t);
+                    *existing = Value::List(vec![first, value.to_string()]);
+                }
+            }
+            return;
+        }
+        let v = if is_list {
+            Value::List(vec![value.to_string()])
+        } else {
+            Value::Text(value.to_string())
+        };
+        self.entries.push((name.to_string(), v));
+    }
+
+    /// Sets a parameter, replacing any received value.
+    pub fn set(&mut self, name: &str, value: Value) {
+        self.remove(name);
+        self.entries.push((name.to_string(), value));
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Value> {
+        let pos = self.entries.iter().position(|(n, _)| n == name)?;
+        Some(self.entries.remove(pos).1)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// The text of a scalar parameter (a list gives its items joined with `,`).
+    pub fn text(&self, name: &str) -> Option<&str> {
+        match self.get(name)? {
+            Value::Text(t) => Some(t.as_str()),
+            Value::List(items) => items.first().map(|s| s.as_str()),
+        }
+    }
+
+    /// A non-empty scalar value, trimmed.
+    pub fn nonempty(&self, name: &str) -> Option<&str> {
+        self.text(name).map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    /// The received items of a list parameter (a scalar gives one item).
+    pub fn items(&self, name: &str) -> Vec<String> {
+        match self.get(name) {
+            Some(Value::Text(t)) => vec![t.clone()],
+            Some(Value::List(items)) => items.clone(),
+            None => Vec::new(),
+        }
+    }
+
+    /// A boolean parameter; `Err` when the value is not a boolean.
+    pub fn flag(&self, name: &str) -> ApiResult<Option<bool>> {
+        match self.text(name) {
+            None => Ok(None),
+            Some(v) => crate::util::parse_bool(v)
+                .map(Some)
+                .ok_or_else(|| ApiError::bad(format!("Invalid value for {name} - {v} (expected a boolean)"))),
+        }
+    }
+
+    /// Whether a boolean-ish parameter is set to a true value (unknown text counts as true).
+    pub fn truthy(&self, name: &str) -> bool {
+        match self.text(name) {
+            None => false,
+            Some(v) => crate::util::parse_bool(v).unwrap_or(true),
+        }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// `(name, value)` pairs for the string to sign: lists joined with `,` in received order.
+    pub fn signable(&self, exclude: &[&str]) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .filter(|(n, _)| !exclude.contains(&n.as_str()))
+            .map(|(n, v)| {
+                let text = match v {
+                    Value::Text(t) => t.clone(),
+                    Value::List(items) => items.join(","),
+                };
+                (n.clone(), text)
+            })
+            .collect()
+    }
+
+    /// Adds every parameter of `other` that this set does not have.
+    pub fn merge_missing(&mut self, other: Params) {
+        for (name, value) in other.entries {
+            if self.get(&name).is_none() {
+                self.entries.push((name, value));
+            }
+        }
+    }
+}
+
+/// A file part received in a multipart body.
+#[derive(Debug)]
+pub struct FilePart {
+    pub blob: TempBlob,
+    /// The `filename` of the part as sent (Python sends the path as given).
+    pub filename: String,
+}
+
+/// Everything a request carried.
+#[derive(Debug, Default)]
+pub struct Form {
+    pub params: Params,
+    pub file: Option<FilePart>,
+}
+
+/// Parses the query string into parameters.
+pub fn parse_query(query: Option<&str>) -> Params {
+    let mut params = Params::default();
+    if let Some(q) = query {
+        if let Ok(pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(q) {
+            for (k, v) in pairs {
+                params.push(&k, &v);
+            }
+        }
+    }
+    params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_signing_pairs() {
+        let mut p = Params::default();
+        p.push("public_ids[]", "a");
+        p.push("public_ids[]", "b/c");
+        p.push("tag", "t1");
+        p.push("x[0]", "1");
+        p.push("x[1]", "2");
+        p.push("dup", "1");
+        p.push("dup", "2");
+        assert_eq!(p.items("public_ids"), vec!["a", "b/c"]);
+        assert_eq!(p.items("x"), vec!["1", "2"]);
+        assert_eq!(p.items("dup"), vec!["1", "2"]);
+        let s = p.signable(&["tag"]);
+        assert_eq!(s[0], ("public_ids".to_string(), "a,b/c".to_string()));
+        assert!(p.flag("tag").is_err());
+    }
+}

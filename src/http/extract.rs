@@ -1,0 +1,209 @@
+//! Reading request bodies: multipart (the `file` part streamed to a temporary file, never
+//! held in memory), urlencoded and JSON, merged over the query string.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value as Json;
+
+use crate::error::{ApiError, ApiResult};
+use crate::form::{base_name, parse_query, FilePart, Form, Params, Value};
+use crate::storage::{BlobWriter, WriteError};
+
+/// Limits applied while reading a body.
+#[derive(Debug, Clone)]
+pub struct BodyLimits {
+    pub max_file_bytes: u64,
+    pub max_field_bytes: u64,
+}
+
+/// Reads the request body (any of the three encodings) and merges the query string under it
+/// (the body wins).
+pub async fn read_form(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: Body,
+    tmp_dir: &std::path::Path,
+    limits: &BodyLimits,
+) -> ApiResult<Form> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let mut form = match mime.as_str() {
+        "multipart/form-data" => read_multipart(&content_type, body, tmp_dir, limits).await?,
+        "application/json" => {
+            let bytes = read_limited(body, limits.max_field_bytes).await?;
+            let mut params = Params::default();
+            if !bytes.iter().all(|b| b.is_ascii_whitespace()) {
+                let json: Json = serde_json::from_slice(&bytes)
+                    .map_err(|e| ApiError::bad(format!("Invalid JSON body: {e}")))?;
+                let Json::Object(map) = json else {
+                    return Err(ApiError::bad("Invalid JSON body: expected an object"));
+                };
+                for (k, v) in map {
+                    push_json(&mut params, &k, v);
+                }
+            }
+            Form { params, file: None }
+        }
+        _ => {
+            // application/x-www-form-urlencoded, or no type at all (an empty body).
+            let bytes = read_limited(body, limits.max_field_bytes).await?;
+            let mut params = Params::default();
+            if !bytes.is_empty() {
+                let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
+                    .map_err(|e| ApiError::bad(format!("Invalid form body: {e}")))?;
+                for (k, v) in pairs {
+                    params.push(&k, &v);
+                }
+            }
+            Form { params, file: None }
+        }
+    };
+    form.params.merge_missing(parse_query(query));
+    Ok(form)
+}
+
+fn json_text(v: &Json) -> Option<String> {
+    match v {
+        Json::Null => None,
+        Json::String(s) => Some(s.clone()),
+        Json::Bool(b) => Some(b.to_string()),
+        Json::Number(n) => Some(n.to_string()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn push_json(params: &mut Params, key: &str, v: Json) {
+    match v {
+        Json::Null => {}
+        Json::Array(items) => {
+            let (name, _) = base_name(key);
+            let list: Vec<String> = items.iter().filter_map(json_text).collect();
+            params.set(name, Value::List(list));
+        }
+        other => {
+            if let Some(t) = json_text(&other) {
+                params.push(key, &t);
+            }
+        }
+    }
+}
+
+async fn read_limited(body: Body, limit: u64) -> ApiResult<Vec<u8>> {
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad(format!("Error reading request body: {e}")))?;
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(ApiError::bad(format!(
+                "Request body too large. Maximum is {limit} bytes."
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn too_large(got: u64, max: u64) -> ApiError {
+    ApiError::bad(format!("File size too large. Got {got}. Maximum is {max}."))
+}
+
+async fn read_multipart(
+    content_type: &str,
+    body: Body,
+    tmp_dir: &std::path::Path,
+    limits: &BodyLimits,
+) -> ApiResult<Form> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| ApiError::bad("Invalid multipart body: missing boundary"))?;
+    let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
+    let mut form = Form::default();
+    let bad = |e: multer::Error| ApiError::bad(format!("Invalid multipart body: {e}"));
+    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or("").to_string();
+        let filename = field.file_name().map(str::to_string);
+        match filename {
+            Some(filename) if name == "file" => {
+                let mut writer = BlobWriter::create(tmp_dir, limits.max_file_bytes).await?;
+                let mut overflow: Option<u64> = None;
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    if let Some(total) = overflow.as_mut() {
+                        // Keep reading to report the real size and leave the connection usable.
+                        *total += chunk.len() as u64;
+                        continue;
+                    }
+                    let len = chunk.len() as u64;
+                    match writer.write(chunk).await {
+                        Ok(()) => {}
+                        Err(WriteError::TooLarge { .. }) => overflow = Some(writer.written() + len),
+                        Err(WriteError::Io(e)) => return Err(e.into()),
+                    }
+                }
+                if let Some(total) = overflow {
+                    return Err(too_large(total, limits.max_file_bytes));
+                }
+                let blob = writer.finish().await?;
+                form.file = Some(FilePart { blob, filename });
+            }
+            _ => {
+                let mut buf: Vec<u8> = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    if buf.len() as u64 + chunk.len() as u64 > limits.max_field_bytes {
+                        return Err(ApiError::bad(format!(
+                            "Parameter {name} is too large. Maximum is {} bytes.",
+                            limits.max_field_bytes
+                        )));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                if !name.is_empty() {
+                    let text = String::from_utf8(buf)
+                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+                    form.params.push(&name, &text);
+                }
+            }
+        }
+    }
+    Ok(form)
+}
+
+/// Wraps bytes as a request body (tests and internal calls).
+pub fn body_from(bytes: impl Into<Bytes>) -> Body {
+    Body::from(bytes.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn json_and_urlencoded_bodies() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = BodyLimits { max_file_bytes: 100, max_field_bytes: 1000 };
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let body = body_from(r#"{"public_ids":["a","b"],"unsigned":true,"transformations":null,"n":3}"#);
+        let f = read_form(&h, Some("q=1&n=9"), body, dir.path(), &limits).await.unwrap();
+        assert_eq!(f.params.items("public_ids"), vec!["a", "b"]);
+        assert_eq!(f.params.text("unsigned"), Some("true"));
+        assert!(f.params.get("transformations").is_none());
+        assert_eq!(f.params.text("n"), Some("3"));
+        assert_eq!(f.params.text("q"), Some("1"));
+        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
+        let f = read_form(&h, None, body_from("a=1+2&b%5B%5D=x&b%5B%5D=y"), dir.path(), &limits)
+            .await
+            .unwrap();
+        assert_eq!(f.params.text("a"), Some("1 2"));
+        assert_eq!(f.params.items("b"), vec!["x", "y"]);
+    }
+}

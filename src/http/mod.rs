@@ -1,0 +1,138 @@
+//! The HTTP layer: router, request IDs, health, and the glue from routes to the upload and
+//! delivery modules.
+
+pub mod extract;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tower_http::cors::CorsLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::upload::{self, UploadRequest};
+use extract::{read_form, BodyLimits};
+
+/// The resource types of the Upload API routes.
+const RESOURCE_TYPES: &[&str] = &["image", "video", "raw", "auto"];
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1_1/{cloud}/upload", post(upload_auto))
+        .route("/v1_1/{cloud}/{resource_type}/{action}", post(upload_api))
+        .fallback(fallback)
+        .with_state(state)
+        .layer(CorsLayer::very_permissive())
+        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(request_id))
+}
+
+/// Adds `X-Request-Id` to every response (the Python SDK copies it into upload results).
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = crate::util::random_hex(16);
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let db = state.meta.ping().await;
+    let blobs = state.blobs.health().await;
+    let tmp = tokio::fs::metadata(&state.tmp_dir).await.map(|_| ());
+    match (&db, &blobs, &tmp) {
+        (Ok(()), Ok(()), Ok(())) => Json(json!({"status": "ok"})).into_response(),
+        _ => {
+            let reason = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "unavailable",
+                    "database": reason(db.map_err(|e| e.to_string())),
+                    "storage": reason(blobs.map_err(|e| e.to_string())),
+                    "temp_dir": reason(tmp.map_err(|e| e.to_string())),
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn body_limits(state: &AppState) -> BodyLimits {
+    BodyLimits {
+        max_file_bytes: state.limits.max_upload_bytes,
+        max_field_bytes: state.limits.max_field_bytes,
+    }
+}
+
+async fn upload_auto(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    run_upload(&state, &cloud, "auto", &uri, &headers, body).await
+}
+
+async fn upload_api(
+    State(state): State<AppState>,
+    Path((cloud, resource_type, action)): Path<(String, String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    if !RESOURCE_TYPES.contains(&resource_type.as_str()) {
+        return Err(ApiError::NotFound(format!(
+            "Invalid resource type {resource_type}: must be one of image, video, raw, auto"
+        )));
+    }
+    match action.as_str() {
+        "upload" => run_upload(&state, &cloud, &resource_type, &uri, &headers, body).await,
+        other => Err(ApiError::NotFound(format!(
+            "Unknown Upload API action {other} (this server implements: upload)"
+        ))),
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn run_upload(
+    state: &AppState,
+    cloud: &str,
+    resource_type: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let form = read_form(headers, uri.query(), body, &state.tmp_dir, &body_limits(state)).await?;
+    let req = UploadRequest {
+        cloud,
+        resource_type,
+        authorization: header_text(headers, header::AUTHORIZATION.as_str()),
+        content_range: header_text(headers, "content-range"),
+    };
+    let result = upload::upload(state, req, form).await?;
+    Ok(Json(result).into_response())
+}
+
+/// GET/HEAD of anything else is a delivery URL; other methods are unknown routes.
+async fn fallback(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    if method == Method::GET || method == Method::HEAD {
+        return match crate::delivery::serve(&state, &method, uri.path(), &headers).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
+    ApiError::NotFound(format!("No route for {method} {}", uri.path())).into_response()
+}

@@ -1,0 +1,55 @@
+//! The shared state every handler sees.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::auth::Accounts;
+use crate::config::Limits;
+use crate::db::MetaStore;
+use crate::storage::BlobStore;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub accounts: Arc<Accounts>,
+    pub meta: Arc<dyn MetaStore>,
+    pub blobs: Arc<dyn BlobStore>,
+    /// Where request bodies are streamed before they are stored.
+    pub tmp_dir: PathBuf,
+    /// Base of the `url`/`secure_url` fields, without a trailing slash.
+    pub public_url: String,
+    pub limits: Limits,
+    /// Fetches remote `file` URLs.
+    pub http: reqwest::Client,
+    fixed_time: Option<i64>,
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        accounts: Accounts,
+        meta: Arc<dyn MetaStore>,
+        blobs: Arc<dyn BlobStore>,
+        tmp_dir: PathBuf,
+        public_url: String,
+        limits: Limits,
+        http: reqwest::Client,
+        fixed_time: Option<i64>,
+    ) -> AppState {
+        AppState {
+            accounts: Arc::new(accounts),
+            meta,
+            blobs,
+            tmp_dir,
+            public_url,
+            limits,
+            http,
+            fixed_time,
+        }
+    }
+
+    /// Unix seconds (frozen when the configuration fixes the clock).
+    pub fn now(&self) -> i64 {
+        self.fixed_time
+            .unwrap_or_else(|| chrono::Utc::now().timestamp())
+    }
+}

@@ -1,0 +1,46 @@
+//! The blob store: where asset bytes live. A trait held as `Arc<dyn BlobStore>`; the local
+//! folder implementation is [`fs::FsBlobStore`].
+//!
+//! Blob keys are made by the server (`<cloud>/<2 hex>/<version_id>`), never from a public ID,
+//! so no request can name a path outside the store.
+
+pub mod fs;
+pub mod temp;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+pub use temp::{BlobWriter, TempBlob, WriteError};
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// A byte range `start..=end` of a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Moves a finished temporary file into the store under `key`, atomically.
+    async fn put(&self, key: &str, blob: TempBlob) -> std::io::Result<()>;
+    /// The size of a stored blob, `None` when missing.
+    async fn size(&self, key: &str) -> std::io::Result<Option<u64>>;
+    /// Streams the whole blob or a range of it; `None` when missing.
+    async fn read(&self, key: &str, range: Option<ByteRange>) -> std::io::Result<Option<ByteStream>>;
+    /// Removes a blob (missing is not an error).
+    async fn delete(&self, key: &str) -> std::io::Result<()>;
+    /// Every key in the store.
+    async fn keys(&self) -> std::io::Result<Vec<String>>;
+    /// Checks that the store can be written.
+    async fn health(&self) -> std::io::Result<()>;
+}
+
+/// A new blob key for a stored version.
+pub fn new_blob_key(cloud: &str, version_id: &str) -> String {
+    format!("{cloud}/{}/{version_id}", &version_id[..2.min(version_id.len())])
+}

@@ -1,0 +1,505 @@
+//! The Upload API's `upload` action: authentication, presets, the file source, probing,
+//! naming, storing (blob first, then the metadata row), and the Cloudinary-shaped answer.
+
+pub mod naming;
+pub mod preset;
+pub mod response;
+pub mod source;
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::auth::{self, AuthOptions};
+use crate::db::{AssetKey, AssetRecord, SaveOutcome};
+use crate::error::{ApiError, ApiResult};
+use crate::form::{Form, Params};
+use crate::media::{self, MediaKind};
+use crate::state::AppState;
+use crate::storage::new_blob_key;
+use crate::util::{random_hex, random_alnum};
+
+pub use response::{upload_response, ResponseSigner};
+
+/// Delivery types an upload may ask for.
+pub const DELIVERY_TYPES: &[&str] = &["upload", "private", "authenticated"];
+
+/// Analysis and add-on parameters nephos does not provide: a true value is refused.
+const NOT_ENABLED: &[(&str, &str)] = &[
+    ("ocr", "OCR text detection"),
+    ("raw_convert", "Raw conversion"),
+    ("categorization", "Categorization"),
+    ("auto_tagging", "Automatic tagging"),
+    ("detection", "Object detection"),
+    ("background_removal", "Background removal"),
+    ("visual_search", "Visual search"),
+    ("auto_transcription", "Automatic transcription"),
+    ("auto_chaptering", "Automatic chaptering"),
+    ("cinemagraph_analysis", "Cinemagraph analysis"),
+    ("accessibility_analysis", "Accessibility analysis"),
+    ("quality_analysis", "Quality analysis"),
+    ("colors", "Color analysis"),
+    ("faces", "Face detection"),
+    ("phash", "Perceptual hash"),
+    ("image_metadata", "Image metadata extraction"),
+    ("media_metadata", "Media metadata extraction"),
+    ("exif", "EXIF extraction"),
+    ("responsive_breakpoints", "Responsive breakpoints"),
+];
+
+/// Parameters that change what is stored or answered and that nephos does not implement yet.
+const NOT_YET: &[&str] = &[
+    "eager",
+    "transformation",
+    "async",
+    "notification_url",
+    "eager_notification_url",
+    "callback",
+    "return_delete_token",
+    "eval",
+    "on_success",
+];
+
+fn refuse_unsupported(params: &Params) -> ApiResult<()> {
+    for (name, label) in NOT_ENABLED {
+        if params.nonempty(name).is_some() && params.truthy(name) {
+            return Err(ApiError::bad(format!(
+                "{label} ({name}) is not enabled for this product environment"
+            )));
+        }
+    }
+    for name in NOT_YET {
+        let set = match *name {
+            "async" | "return_delete_token" => params.nonempty(name).is_some() && params.truthy(name),
+            _ => params.nonempty(name).is_some(),
+        };
+        if set {
+            return Err(ApiError::bad(format!(
+                "Parameter {name} is not supported by this server yet"
+            )));
+        }
+    }
+    if let Some(m) = params.nonempty("moderation") {
+        if m != "manual" {
+            return Err(ApiError::bad(format!(
+                "Moderation {m} is not enabled for this product environment (only manual is)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Splits on separators not preceded by a backslash, then unescapes `\=`, `\|`, `\\`.
+fn split_escaped(s: &str, sep: char, limit: Option<usize>) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(n) => {
+                    out.last_mut().map(|l| {
+                        l.push('\\');
+                        l.push(n)
+                    });
+                }
+                None => {
+                    out.last_mut().map(|l| l.push('\\'));
+                }
+            }
+        } else if c == sep && limit.is_none_or(|l| out.len() < l) {
+            out.push(String::new());
+        } else if let Some(l) = out.last_mut() {
+            l.push(c);
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Parses `k=v|k2=v2` (Cloudinary's context/metadata encoding). `json_lists` turns values
+/// that are JSON arrays into arrays (structured metadata).
+pub fn parse_pairs(s: &str, json_lists: bool) -> Map<String, Json> {
+    let mut map = Map::new();
+    for item in split_escaped(s, '|', None) {
+        if item.trim().is_empty() {
+            continue;
+        }
+        let mut kv = split_escaped(&item, '=', Some(2));
+        let value = if kv.len() > 1 { kv.pop().unwrap_or_default() } else { String::new() };
+        let key = unescape(kv.first().map(String::as_str).unwrap_or("")).trim().to_string();
+        if key.is_empty() {
+            continue;
+        }
+        let value = unescape(&value);
+        let parsed = if json_lists && value.starts_with('[') {
+            serde_json::from_str::<Json>(&value).unwrap_or(Json::String(value))
+        } else {
+            Json::String(value)
+        };
+        map.insert(key, parsed);
+    }
+    map
+}
+
+/// Splits a comma-separated tag list.
+pub fn parse_tags(items: &[String]) -> Vec<String> {
+    items
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `x,y,w,h|x,y,w,h` into `[[x,y,w,h],…]`.
+fn parse_coordinates(name: &str, s: &str) -> ApiResult<Json> {
+    let mut rects = Vec::new();
+    for rect in s.split('|').map(str::trim).filter(|r| !r.is_empty()) {
+        let nums: Result<Vec<i64>, _> = rect.split(',').map(|n| n.trim().parse::<i64>()).collect();
+        match nums {
+            Ok(n) if n.len() == 4 => rects.push(json!(n)),
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "Invalid {name} - {s}: expected x,y,width,height rectangles separated by |"
+                )))
+            }
+        }
+    }
+    Ok(Json::Array(rects))
+}
+
+/// A chunk's `Content-Range: bytes START-END/TOTAL` (TOTAL may be `-1` or `*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub start: u64,
+    pub end: u64,
+    pub total: Option<u64>,
+}
+
+pub fn parse_content_range(v: &str) -> Option<ContentRange> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.trim().split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    let total = match total.trim() {
+        "-1" | "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    if end < start {
+        return None;
+    }
+    Some(ContentRange { start, end, total })
+}
+
+/// The request data the upload action needs besides the form.
+pub struct UploadRequest<'a> {
+    pub cloud: &'a str,
+    pub resource_type: &'a str,
+    pub authorization: Option<&'a str>,
+    pub content_range: Option<&'a str>,
+}
+
+/// Handles `POST /v1_1/:cloud/:resource_type/upload`.
+pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> ApiResult<Json> {
+    let Form { params, file } = form;
+    let caller = auth::authenticate(
+        state,
+        req.cloud,
+        req.authorization,
+        &params,
+        AuthOptions {
+            unsigned_preset: true,
+            lenient_notification: false,
+        },
+    )?;
+    if let Some(range) = req.content_range {
+        let r = parse_content_range(range)
+            .ok_or_else(|| ApiError::bad(format!("Invalid Content-Range header - {range}")))?;
+        let part_len = file.as_ref().map(|f| f.blob.size);
+        let whole = r.start == 0 && r.total == Some(r.end + 1) && part_len.is_none_or(|l| l == r.end + 1);
+        if !whole {
+            return Err(ApiError::bad(
+                "Chunked uploads (a Content-Range that does not cover the whole file) are not supported by this server yet",
+            ));
+        }
+    }
+    let (params, _preset) = preset::apply(state.meta.as_ref(), req.cloud, &caller, params).await?;
+    refuse_unsupported(&params)?;
+
+    let delivery_type = params.nonempty("type").unwrap_or("upload").to_string();
+    if !DELIVERY_TYPES.contains(&delivery_type.as_str()) {
+        return Err(ApiError::bad(format!(
+            "Invalid type {delivery_type}: must be one of upload, private, authenticated"
+        )));
+    }
+    let overwrite = if caller.is_signed() {
+        params.flag("overwrite")?.unwrap_or(true)
+    } else {
+        false
+    };
+    let use_filename = params.flag("use_filename")?.unwrap_or(false);
+    let unique_filename = params.flag("unique_filename")?.unwrap_or(true);
+    let discard_original = params.flag("discard_original_filename")?.unwrap_or(false);
+    let use_filename_as_display_name = params.flag("use_filename_as_display_name")?.unwrap_or(false);
+    let use_asset_folder_prefix = params.flag("use_asset_folder_as_public_id_prefix")?.unwrap_or(false);
+
+    let src = source::resolve(state, file, params.text("file")).await?;
+    if src.blob.size == 0 {
+        return Err(ApiError::bad("Empty file"));
+    }
+    let probe_path = src.blob.path().to_path_buf();
+    let info = tokio::task::spawn_blocking(move || media::probe(&probe_path))
+        .await
+        .map_err(ApiError::internal)??;
+
+    let kind = match req.resource_type {
+        "auto" => info.kind,
+        "image" if info.kind != MediaKind::Image => return Err(ApiError::bad("Invalid image file")),
+        "image" => MediaKind::Image,
+        "video" if info.kind != MediaKind::Video => return Err(ApiError::bad("Invalid video file")),
+        "video" => MediaKind::Video,
+        _ => MediaKind::Raw,
+    };
+
+    let original_name = params
+        .nonempty("filename_override")
+        .map(str::to_string)
+        .or_else(|| src.filename.clone());
+    let split = original_name.as_deref().map(naming::split_filename);
+    let format = match kind {
+        MediaKind::Raw => None,
+        _ => info.format.clone(),
+    };
+    if let Some(allowed) = params.nonempty("allowed_formats") {
+        let allowed: Vec<String> = allowed
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let actual = format
+            .clone()
+            .or_else(|| split.as_ref().and_then(|(_, e)| e.clone()))
+            .unwrap_or_default();
+        let same = |a: &str| a == actual || (a == "jpeg" && actual == "jpg") || (a == "tif" && actual == "tiff");
+        if !allowed.iter().any(|a| same(a)) {
+            let shown = if actual.is_empty() { "(none)".to_string() } else { actual };
+            return Err(ApiError::bad(format!("{} format {shown} not allowed", capitalized(kind.as_str()))));
+        }
+    }
+    if let Some(f) = params.nonempty("format") {
+        let f = f.trim_start_matches('.').to_ascii_lowercase();
+        let same = format.as_deref() == Some(f.as_str()) || (f == "jpeg" && format.as_deref() == Some("jpg"));
+        if !same {
+            return Err(ApiError::bad(format!(
+                "Parameter format ({f}) would need a format conversion, which this server does not support yet"
+            )));
+        }
+    }
+
+    let asset_folder_param = params.text("asset_folder").map(|f| naming::clean_path("asset_folder", f)).transpose()?;
+    let folder_param = params.nonempty("folder").map(str::to_string);
+    let prefix_param = params.nonempty("public_id_prefix").map(str::to_string).or_else(|| {
+        (use_asset_folder_prefix && folder_param.is_none())
+            .then(|| asset_folder_param.clone())
+            .flatten()
+            .filter(|f| !f.is_empty())
+    });
+    let public_id = naming::compose(&naming::NameParts {
+        public_id: params.text("public_id"),
+        folder: folder_param.as_deref(),
+        public_id_prefix: prefix_param.as_deref(),
+        use_filename,
+        unique_filename,
+        filename: split.clone(),
+        raw: kind == MediaKind::Raw,
+    })?;
+    let asset_folder = match asset_folder_param {
+        Some(f) => f,
+        None => match &folder_param {
+            Some(f) => naming::clean_path("folder", f)?,
+            None => String::new(),
+        },
+    };
+    let display_name = match params.nonempty("display_name") {
+        Some(d) => d.to_string(),
+        None if use_filename_as_display_name && split.is_some() => {
+            split.as_ref().map(|(s, _)| s.clone()).unwrap_or_default()
+        }
+        None => public_id.rsplit('/').next().unwrap_or(&public_id).to_string(),
+    };
+
+    let mut extra = Map::new();
+    if kind == MediaKind::Video {
+        extra.extend(info.video_fields(src.blob.size as i64));
+    }
+    if let Some(m) = params.nonempty("access_mode") {
+        extra.insert("access_mode".into(), json!(m));
+    }
+    if let Some(ac) = params.nonempty("access_control") {
+        let v: Json = serde_json::from_str(ac)
+            .map_err(|_| ApiError::bad(format!("Invalid access_control - {ac}: expected a JSON array")))?;
+        extra.insert("access_control".into(), v);
+    }
+    if params.nonempty("moderation").is_some() {
+        extra.insert("moderation".into(), json!([{"kind": "manual", "status": "pending"}]));
+    }
+    for name in ["face_coordinates", "custom_coordinates"] {
+        if let Some(c) = params.nonempty(name) {
+            extra.insert(name.into(), parse_coordinates(name, c)?);
+        }
+    }
+    if let Some(r) = params.nonempty("regions") {
+        let v: Json = serde_json::from_str(r)
+            .map_err(|_| ApiError::bad(format!("Invalid regions - {r}: expected a JSON object")))?;
+        extra.insert("regions".into(), v);
+    }
+
+    let now = state.now();
+    let version_id = random_hex(16);
+    let record = AssetRecord {
+        asset_id: random_hex(16),
+        key: AssetKey {
+            cloud: req.cloud.to_string(),
+            resource_type: kind.as_str().to_string(),
+            delivery_type,
+            public_id,
+        },
+        version: now.max(1),
+        version_id: version_id.clone(),
+        format,
+        width: if kind == MediaKind::Raw { None } else { info.width },
+        height: if kind == MediaKind::Raw { None } else { info.height },
+        pages: match kind {
+            MediaKind::Image => info.pages.or(Some(1)),
+            MediaKind::Video => Some(0),
+            MediaKind::Raw => None,
+        },
+        bytes: src.blob.size as i64,
+        etag: src.blob.md5.clone(),
+        created_at: now,
+        original_filename: if discard_original {
+            None
+        } else {
+            split.as_ref().map(|(stem, _)| stem.clone())
+        },
+        display_name,
+        asset_folder,
+        tags: parse_tags(&params.items("tags")),
+        context: params.text("context").map(|c| parse_pairs(c, false)).unwrap_or_default(),
+        metadata: params.text("metadata").map(|m| parse_pairs(m, true)).unwrap_or_default(),
+        extra,
+        blob_key: new_blob_key(req.cloud, &version_id),
+        api_key: caller.api_key().map(str::to_string),
+    };
+    let record = store(state, record, src.blob, overwrite).await?;
+    let signer = ResponseSigner::for_caller(state, req.cloud, &caller)?;
+    Ok(Json::Object(upload_response(state, &record.0, &signer, record.1)))
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+/// How an upload ended with respect to an earlier asset of the same public ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Overwritten,
+    Existing,
+}
+
+/// Stores the blob, then the row; on any failure nothing half-done remains, and a replaced
+/// blob is removed only after the new row is committed.
+async fn store(
+    state: &AppState,
+    record: AssetRecord,
+    blob: crate::storage::TempBlob,
+    overwrite: bool,
+) -> ApiResult<(AssetRecord, Outcome)> {
+    if !overwrite {
+        if let Some(existing) = state.meta.find_asset(&record.key).await? {
+            return Ok((existing, Outcome::Existing));
+        }
+    }
+    state.blobs.put(&record.blob_key, blob).await?;
+    let saved = match state.meta.save_asset(&record, overwrite).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = state.blobs.delete(&record.blob_key).await;
+            return Err(e.into());
+        }
+    };
+    Ok(match saved {
+        SaveOutcome::Created(r) => (r, Outcome::Created),
+        SaveOutcome::Replaced { stored, previous } => {
+            if let Err(e) = state.blobs.delete(&previous.blob_key).await {
+                tracing::warn!(key = %previous.blob_key, error = %e, "could not remove a replaced blob");
+            }
+            (stored, Outcome::Overwritten)
+        }
+        SaveOutcome::Existing(r) => {
+            let _ = state.blobs.delete(&record.blob_key).await;
+            (r, Outcome::Existing)
+        }
+    })
+}
+
+/// Generates a 20-character public ID (exposed for other actions).
+pub fn random_public_id() -> String {
+    random_alnum(20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_round_trip() {
+        let m = parse_pairs("alt=x\\=y\\|z|caption=hi|empty=|n", false);
+        assert_eq!(m["alt"], "x=y|z");
+        assert_eq!(m["caption"], "hi");
+        assert_eq!(m["empty"], "");
+        assert_eq!(m["n"], "");
+        let m = parse_pairs("caption=some caption|alt=alternative\\|alt\\=a", false);
+        assert_eq!(m["alt"], "alternative|alt=a");
+        let m = parse_pairs("f1=v1|f2=[\"x\",\"y\\=z\"]", true);
+        assert_eq!(m["f2"], json!(["x", "y=z"]));
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 0-5242879/-1"),
+            Some(ContentRange { start: 0, end: 5242879, total: None })
+        );
+        assert_eq!(
+            parse_content_range("bytes 10-19/20"),
+            Some(ContentRange { start: 10, end: 19, total: Some(20) })
+        );
+        assert_eq!(parse_content_range("bytes 5-4/20"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+
+    #[test]
+    fn tags_are_split_and_trimmed() {
+        assert_eq!(parse_tags(&["a, b c,,d".into(), "e".into()]), vec!["a", "b c", "d", "e"]);
+    }
+}

@@ -1,0 +1,37 @@
+//! Small helpers shared by several modules.
+
+use rand::Rng;
+
+const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// `n` random characters of `[a-z0-9]` (Cloudinary's random public IDs and suffixes).
+pub fn random_alnum(n: usize) -> String {
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| ALNUM[rng.gen_range(0..ALNUM.len())] as char)
+        .collect()
+}
+
+/// `bytes` random bytes as lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::thread_rng().fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
+/// Interprets a boolean parameter the way Cloudinary does: `1`, `true`, `yes` (any case) are
+/// true; `0`, `false`, `no` and the empty string are false; anything else is not a boolean.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Some(true),
+        "0" | "false" | "no" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// RFC 3339 UTC with seconds and a `Z`: `2024-06-25T09:25:44Z`.
+pub fn iso_time(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
