@@ -1,0 +1,163 @@
+//! The metadata repository story, run unchanged on SQLite and on PostgreSQL.
+
+mod common;
+
+use common::{postgres_admin_url, PgDb};
+use nephos::db::{self, AssetKey, AssetRecord, MetaStore, Preset, SaveOutcome};
+use serde_json::{json, Map};
+use std::sync::Arc;
+
+fn record(public_id: &str, version: i64, tags: &[&str]) -> AssetRecord {
+    let vid = nephos::util::random_hex(16);
+    let mut context = Map::new();
+    context.insert("alt".into(), json!("x=y|z"));
+    let mut extra = Map::new();
+    extra.insert("duration".into(), json!(1.5));
+    AssetRecord {
+        asset_id: nephos::util::random_hex(16),
+        key: AssetKey {
+            cloud: "demo".into(),
+            resource_type: "image".into(),
+            delivery_type: "upload".into(),
+            public_id: public_id.into(),
+        },
+        version,
+        version_id: vid.clone(),
+        format: Some("png".into()),
+        width: Some(10),
+        height: Some(20),
+        pages: Some(1),
+        bytes: 1234,
+        etag: "0123456789abcdef0123456789abcdef".into(),
+        created_at: version,
+        original_filename: Some("logo".into()),
+        display_name: public_id.rsplit('/').next().unwrap().into(),
+        asset_folder: String::new(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        context,
+        metadata: Map::new(),
+        extra,
+        blob_key: format!("demo/{}/{vid}", &vid[..2]),
+        api_key: Some("1234567890".into()),
+    }
+}
+
+async fn story(store: Arc<dyn MetaStore>) {
+    store.ping().await.unwrap();
+    let a = record("folder/a", 100, &["b", "a", "b"]);
+    let created = match store.save_asset(&a, true).await.unwrap() {
+        SaveOutcome::Created(r) => r,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    assert_eq!(created.tags, vec!["a", "b"], "tags are stored sorted and unique");
+    let found = store.find_asset(&a.key).await.unwrap().unwrap();
+    assert_eq!(found, created);
+    assert_eq!(found.context["alt"], "x=y|z");
+    assert_eq!(found.extra["duration"], 1.5);
+
+    // The same key in another resource type or cloud is another asset.
+    let mut other_rt = record("folder/a", 100, &[]);
+    other_rt.key.resource_type = "raw".into();
+    assert!(matches!(store.save_asset(&other_rt, false).await.unwrap(), SaveOutcome::Created(_)));
+    let mut other_cloud = record("folder/a", 100, &[]);
+    other_cloud.key.cloud = "other".into();
+    assert!(matches!(store.save_asset(&other_cloud, false).await.unwrap(), SaveOutcome::Created(_)));
+
+    // overwrite=false leaves the asset as it was.
+    let b = record("folder/a", 100, &["new"]);
+    match store.save_asset(&b, false).await.unwrap() {
+        SaveOutcome::Existing(r) => assert_eq!(r, created),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    // overwrite=true keeps the asset_id and moves the version forward even in the same second.
+    match store.save_asset(&b, true).await.unwrap() {
+        SaveOutcome::Replaced { stored, previous } => {
+            assert_eq!(stored.asset_id, created.asset_id);
+            assert_eq!(stored.version, 101);
+            assert_eq!(stored.tags, vec!["new"]);
+            assert_eq!(previous.blob_key, a.blob_key);
+            assert_eq!(store.find_asset(&a.key).await.unwrap().unwrap(), stored);
+        }
+        other => panic!("expected Replaced, got {other:?}"),
+    }
+
+    // Concurrent writers of one key: exactly one row, every writer succeeds.
+    let key = record("race", 1, &[]).key;
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = record("race", 50 + i, &["t"]);
+            s.save_asset(&r, true).await.map(|o| matches!(o, SaveOutcome::Created(_)))
+        }));
+    }
+    let mut creations = 0;
+    for t in tasks {
+        if t.await.unwrap().unwrap() {
+            creations += 1;
+        }
+    }
+    assert_eq!(creations, 1);
+    assert!(store.find_asset(&key).await.unwrap().is_some());
+
+    let keys = store.blob_keys().await.unwrap();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(keys.contains(&b.blob_key));
+    assert!(!keys.contains(&a.blob_key));
+
+    // Deleting returns the row once.
+    let gone = store.delete_asset(&a.key).await.unwrap().unwrap();
+    assert_eq!(gone.key, a.key);
+    assert!(store.delete_asset(&a.key).await.unwrap().is_none());
+    assert!(store.find_asset(&a.key).await.unwrap().is_none());
+
+    // Presets: create, read, replace.
+    let mut settings = Map::new();
+    settings.insert("folder".into(), json!("f"));
+    settings.insert("tags".into(), json!(["a", "b"]));
+    let mut p = Preset {
+        cloud: "demo".into(),
+        name: "p1".into(),
+        unsigned: true,
+        disallow_public_id: false,
+        settings,
+        external_id: "ext".into(),
+        created_at: 5,
+    };
+    store.put_preset(&p).await.unwrap();
+    assert_eq!(store.get_preset("demo", "p1").await.unwrap().unwrap(), p);
+    assert!(store.get_preset("other", "p1").await.unwrap().is_none());
+    p.unsigned = false;
+    p.settings.insert("overwrite".into(), json!(false));
+    store.put_preset(&p).await.unwrap();
+    let got = store.get_preset("demo", "p1").await.unwrap().unwrap();
+    assert!(!got.unsigned);
+    assert_eq!(got.settings["overwrite"], false);
+}
+
+#[tokio::test]
+async fn repository_story_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    story(db::connect(&url).await.unwrap()).await;
+    // Reopening runs the migrations again without harm and sees the data.
+    let again = db::connect(&url).await.unwrap();
+    assert!(again.get_preset("demo", "p1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn repository_story_on_postgres() {
+    let Some(admin) = postgres_admin_url() else { return };
+    let pg = PgDb::create(&admin).await;
+    story(db::connect(&pg.url).await.unwrap()).await;
+    let again = db::connect(&pg.url).await.unwrap();
+    assert!(again.get_preset("demo", "p1").await.unwrap().is_some());
+    drop(again);
+    pg.drop_db().await;
+}
+
+#[tokio::test]
+async fn unknown_database_schemes_are_refused() {
+    let err = db::connect("mysql://localhost/x").await.err().expect("refused");
+    assert!(err.to_string().contains("unsupported database URL"));
+}
