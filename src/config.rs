@@ -16,7 +16,11 @@ use crate::auth::{Account, SignatureAlgorithm};
 pub const DEV_ACCOUNT_URL: &str = "cloudinary://123456789012345:nephos-dev-secret@demo";
 
 #[derive(Debug, Parser)]
-#[command(name = "nephos", version, about = "A self-hosted server that speaks Cloudinary's Upload API")]
+#[command(
+    name = "nephos",
+    version,
+    about = "A self-hosted server that speaks Cloudinary's Upload API"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -274,20 +278,30 @@ pub fn parse_account_url(url: &str) -> anyhow::Result<Account> {
         Some((m, q)) => (m, Some(q)),
         None => (rest, None),
     };
-    let (creds, cloud) = main
-        .rsplit_once('@')
-        .ok_or_else(|| anyhow::anyhow!("account {url:?} must look like cloudinary://KEY:SECRET@CLOUD"))?;
-    let (key, secret) = creds
-        .split_once(':')
-        .ok_or_else(|| anyhow::anyhow!("account {url:?} must look like cloudinary://KEY:SECRET@CLOUD"))?;
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
-    let (key, secret, cloud) = (decode(key), decode(secret), decode(cloud.trim_end_matches('/')));
+    let (creds, cloud) = main.rsplit_once('@').ok_or_else(|| {
+        anyhow::anyhow!("account {url:?} must look like cloudinary://KEY:SECRET@CLOUD")
+    })?;
+    let (key, secret) = creds.split_once(':').ok_or_else(|| {
+        anyhow::anyhow!("account {url:?} must look like cloudinary://KEY:SECRET@CLOUD")
+    })?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (key, secret, cloud) = (
+        decode(key),
+        decode(secret),
+        decode(cloud.trim_end_matches('/')),
+    );
     if key.is_empty() || secret.is_empty() {
         anyhow::bail!("account {url:?} needs a key and a secret");
     }
     if cloud.len() < 2
         || cloud.len() > 128
-        || !cloud.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || !cloud
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
         anyhow::bail!("account {url:?}: cloud name must be 2-128 characters of [A-Za-z0-9_-]");
     }
@@ -318,8 +332,14 @@ mod tests {
 
     #[test]
     fn parses_account_urls() {
-        let a = parse_account_url("cloudinary://1234:abcd@demo?upload_prefix=http://x&signature_algorithm=sha256").unwrap();
-        assert_eq!((a.api_key.as_str(), a.api_secret.as_str(), a.cloud.as_str()), ("1234", "abcd", "demo"));
+        let a = parse_account_url(
+            "cloudinary://1234:abcd@demo?upload_prefix=http://x&signature_algorithm=sha256",
+        )
+        .unwrap();
+        assert_eq!(
+            (a.api_key.as_str(), a.api_secret.as_str(), a.cloud.as_str()),
+            ("1234", "abcd", "demo")
+        );
         assert_eq!(a.algorithm, SignatureAlgorithm::Sha256);
         assert!(parse_account_url("https://1234:abcd@demo").is_err());
         assert!(parse_account_url("cloudinary://1234@demo").is_err());
@@ -345,5 +365,48 @@ mod tests {
         let cfg = Config::from_parts(FileConfig::default(), &ServeArgs::default()).unwrap();
         assert!(cfg.dev_account);
         assert_eq!(cfg.accounts[0].cloud, "demo");
+    }
+}
+
+#[cfg(test)]
+mod shipped_file_tests {
+    use super::*;
+
+    /// The shipped `config/nephos.toml` parses as is, and with every documented key
+    /// uncommented (so the comments cannot drift from the real keys).
+    #[test]
+    fn shipped_config_documents_real_keys() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/nephos.toml"))
+                .unwrap();
+        let parsed: FileConfig = toml::from_str(&text).unwrap();
+        assert!(parsed.accounts.is_empty());
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest)
+                    if rest.starts_with('[')
+                        || rest.starts_with("  \"")
+                        || rest.starts_with(']')
+                        || rest.split_once(" = ").is_some_and(|(k, _)| {
+                            !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                        }) =>
+                {
+                    rest.to_string()
+                }
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let full: FileConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(full.accounts.len(), 2);
+        assert_eq!(
+            full.limits.max_upload_bytes,
+            Some(Limits::default().max_upload_bytes)
+        );
+        assert_eq!(full.limits.signature_ttl_secs, Some(3600));
+        assert_eq!(full.upload_presets.len(), 1);
+        let cfg = Config::from_parts(full, &ServeArgs::default()).unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:8777");
     }
 }

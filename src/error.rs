@@ -48,7 +48,9 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::RateLimited(_) => StatusCode::from_u16(420).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+            ApiError::RateLimited(_) => {
+                StatusCode::from_u16(420).unwrap_or(StatusCode::TOO_MANY_REQUESTS)
+            }
             ApiError::Delivery(status, _) => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -87,6 +89,12 @@ impl IntoResponse for ApiError {
 
 fn sanitize_header(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect()
 }

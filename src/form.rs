@@ -91,9 +91,11 @@ impl Params {
     pub fn flag(&self, name: &str) -> ApiResult<Option<bool>> {
         match self.text(name) {
             None => Ok(None),
-            Some(v) => crate::util::parse_bool(v)
-                .map(Some)
-                .ok_or_else(|| ApiError::bad(format!("Invalid value for {name} - {v} (expected a boolean)"))),
+            Some(v) => crate::util::parse_bool(v).map(Some).ok_or_else(|| {
+                ApiError::bad(format!(
+                    "Invalid value for {name} - {v} (expected a boolean)"
+                ))
+            }),
         }
     }
 

@@ -91,7 +91,11 @@ fn toml_to_json(v: &toml::Value) -> Value {
         toml::Value::Boolean(b) => Value::Bool(*b),
         toml::Value::Datetime(d) => Value::String(d.to_string()),
         toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
-        toml::Value::Table(t) => Value::Object(t.iter().map(|(k, v)| (k.clone(), toml_to_json(v))).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
     }
 }
 
@@ -141,7 +145,10 @@ pub async fn serve(
     std::fs::create_dir_all(&tmp_dir)?;
     let swept = sweep_temp(&tmp_dir)?;
     if swept > 0 {
-        tracing::info!(files = swept, "removed temporary files left by an earlier run");
+        tracing::info!(
+            files = swept,
+            "removed temporary files left by an earlier run"
+        );
     }
     let db_url = config
         .database_url
@@ -151,7 +158,9 @@ pub async fn serve(
     seed_presets(&config, meta.as_ref()).await?;
     let blobs = Arc::new(FsBlobStore::new(data_dir.join("blobs"))?);
     let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(config.limits.remote_max_redirects))
+        .redirect(reqwest::redirect::Policy::limited(
+            config.limits.remote_max_redirects,
+        ))
         .timeout(Duration::from_secs(config.limits.remote_timeout_secs))
         .user_agent(concat!("nephos/", env!("CARGO_PKG_VERSION")))
         .build()?;

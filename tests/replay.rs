@@ -46,9 +46,9 @@ fn rebuild(skeleton: &str, large: &[u8], file_part: &Value) -> Option<Vec<u8>> {
         .step_by(1024 * 1024)
         .map(|off| &large[off..off + len])
         .find(|slice| hex::encode(Sha256::digest(slice)) == want)?;
-    let mut body = skeleton[..start].as_bytes().to_vec();
+    let mut body = skeleton.as_bytes()[..start].to_vec();
     body.extend_from_slice(data);
-    body.extend_from_slice(skeleton[end..].as_bytes());
+    body.extend_from_slice(&skeleton.as_bytes()[end..]);
     Some(body)
 }
 
@@ -70,8 +70,12 @@ fn load_captures() -> Vec<Capture> {
         }
         let body = match json["body_b64"].as_str() {
             Some(b) => base64::engine::general_purpose::STANDARD.decode(b).unwrap(),
-            None => rebuild(json["body_skeleton"].as_str().unwrap(), &large, &json["file_part"])
-                .unwrap_or_else(|| panic!("cannot rebuild the body of {}", path.display())),
+            None => rebuild(
+                json["body_skeleton"].as_str().unwrap(),
+                &large,
+                &json["file_part"],
+            )
+            .unwrap_or_else(|| panic!("cannot rebuild the body of {}", path.display())),
         };
         assert_eq!(
             hex::encode(Sha256::digest(&body)),
@@ -80,7 +84,11 @@ fn load_captures() -> Vec<Capture> {
             path.display()
         );
         out.push(Capture {
-            file: Path::new(&path).file_name().unwrap().to_string_lossy().into_owned(),
+            file: Path::new(&path)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned(),
             json,
             body,
         });
@@ -95,13 +103,33 @@ fn expected_status(file: &str) -> (u16, &'static str) {
         return (400, "chunked uploads");
     }
     let table: &[(&str, u16, &'static str)] = &[
-        ("__upload__colors_phash_image_metadata", 400, "analysis add-ons are not provided"),
+        (
+            "__upload__colors_phash_image_metadata",
+            400,
+            "analysis add-ons are not provided",
+        ),
         ("__upload__eager_list", 400, "transformations come later"),
-        ("__upload__transformation_incoming", 400, "transformations come later"),
+        (
+            "__upload__transformation_incoming",
+            400,
+            "transformations come later",
+        ),
         ("__upload__notification_url", 400, "webhooks come later"),
-        ("__upload__return_delete_token", 400, "delete tokens come later"),
-        ("__upload__many_options", 400, "format conversion comes later"),
-        ("__upload__remote_url", 404, "example.com is not reachable from the test machine"),
+        (
+            "__upload__return_delete_token",
+            400,
+            "delete tokens come later",
+        ),
+        (
+            "__upload__many_options",
+            400,
+            "format conversion comes later",
+        ),
+        (
+            "__upload__remote_url",
+            404,
+            "example.com is not reachable from the test machine",
+        ),
     ];
     table
         .iter()
@@ -115,7 +143,14 @@ fn headers_of(c: &Capture) -> BTreeMap<String, String> {
     if let Some(obj) = c.json["headers"].as_object() {
         for (k, v) in obj {
             let lk = k.to_ascii_lowercase();
-            if ["content-type", "content-range", "x-unique-upload-id", "user-agent"].contains(&lk.as_str()) {
+            if [
+                "content-type",
+                "content-range",
+                "x-unique-upload-id",
+                "user-agent",
+            ]
+            .contains(&lk.as_str())
+            {
                 h.insert(lk, v.as_str().unwrap_or("").to_string());
             }
         }
@@ -139,7 +174,9 @@ fn tamper(c: &Capture) -> Option<Vec<u8>> {
     let new_ts = (ts.parse::<i64>().ok()? - 1).to_string();
     let needle = format!("name=\"timestamp\"\r\n\r\n{ts}\r\n");
     let text = c.body.clone();
-    let pos = text.windows(needle.len()).position(|w| w == needle.as_bytes())?;
+    let pos = text
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())?;
     let mut out = text[..pos].to_vec();
     out.extend_from_slice(format!("name=\"timestamp\"\r\n\r\n{new_ts}\r\n").as_bytes());
     out.extend_from_slice(&text[pos + needle.len()..]);
@@ -149,7 +186,11 @@ fn tamper(c: &Capture) -> Option<Vec<u8>> {
 #[tokio::test]
 async fn every_upload_capture_is_accepted_and_its_tampered_copy_refused() {
     let captures = load_captures();
-    assert!(captures.len() >= 100, "only {} upload captures found", captures.len());
+    assert!(
+        captures.len() >= 100,
+        "only {} upload captures found",
+        captures.len()
+    );
     let latest = captures
         .iter()
         .filter_map(|c| c.json["params"]["timestamp"].as_str()?.parse::<i64>().ok())
@@ -160,19 +201,32 @@ async fn every_upload_capture_is_accepted_and_its_tampered_copy_refused() {
     for c in &captures {
         let (want, why) = expected_status(&c.file);
         let (status, body) = send(&server, c, c.body.clone()).await;
-        assert_eq!(status, want, "{}: expected {want} ({why}), got {status} {body}", c.file);
+        assert_eq!(
+            status, want,
+            "{}: expected {want} ({why}), got {status} {body}",
+            c.file
+        );
         if want == 200 {
             assert!(body["public_id"].is_string(), "{}: {body}", c.file);
             assert!(body.get("error").is_none(), "{}: {body}", c.file);
         } else {
-            assert!(!message(&body).is_empty(), "{}: no error message: {body}", c.file);
+            assert!(
+                !message(&body).is_empty(),
+                "{}: no error message: {body}",
+                c.file
+            );
         }
         if c.json["params"]["signature"].is_string() {
             signed += 1;
-            let tampered = tamper(c).unwrap_or_else(|| panic!("{}: no timestamp field to tamper", c.file));
+            let tampered =
+                tamper(c).unwrap_or_else(|| panic!("{}: no timestamp field to tamper", c.file));
             let (status, body) = send(&server, c, tampered).await;
             assert_eq!(status, 401, "{}: tampered copy got {status} {body}", c.file);
-            assert!(message(&body).starts_with("Invalid Signature "), "{}: {body}", c.file);
+            assert!(
+                message(&body).starts_with("Invalid Signature "),
+                "{}: {body}",
+                c.file
+            );
         }
     }
     assert!(signed >= 100, "only {signed} signed captures");
@@ -183,14 +237,27 @@ async fn every_upload_capture_is_accepted_and_its_tampered_copy_refused() {
 #[tokio::test]
 async fn captures_are_stale_an_hour_later() {
     let captures = load_captures();
-    let c = captures.iter().find(|c| c.file == "python__upload__basic.json").unwrap();
-    let ts: i64 = c.json["params"]["timestamp"].as_str().unwrap().parse().unwrap();
+    let c = captures
+        .iter()
+        .find(|c| c.file == "python__upload__basic.json")
+        .unwrap();
+    let ts: i64 = c.json["params"]["timestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let server = TestServer::start_with(Backend::Sqlite, DEFAULT_TOML, Some(ts + 3601)).await;
     let (status, body) = send(&server, c, c.body.clone()).await;
     assert_eq!(status, 400, "{body}");
     let msg = message(&body);
-    assert!(msg.starts_with("Stale request - reported time is 2026-11-28 "), "{msg}");
-    assert!(msg.ends_with(" +0000 which is more than 1 hour ago"), "{msg}");
+    assert!(
+        msg.starts_with("Stale request - reported time is 2026-11-28 "),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with(" +0000 which is more than 1 hour ago"),
+        "{msg}"
+    );
     let server2 = TestServer::start_with(Backend::Sqlite, DEFAULT_TOML, Some(ts + 3599)).await;
     assert_eq!(send(&server2, c, c.body.clone()).await.0, 200);
     server.stop().await;

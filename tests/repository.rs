@@ -49,7 +49,11 @@ async fn story(store: Arc<dyn MetaStore>) {
         SaveOutcome::Created(r) => r,
         other => panic!("expected Created, got {other:?}"),
     };
-    assert_eq!(created.tags, vec!["a", "b"], "tags are stored sorted and unique");
+    assert_eq!(
+        created.tags,
+        vec!["a", "b"],
+        "tags are stored sorted and unique"
+    );
     let found = store.find_asset(&a.key).await.unwrap().unwrap();
     assert_eq!(found, created);
     assert_eq!(found.context["alt"], "x=y|z");
@@ -58,10 +62,16 @@ async fn story(store: Arc<dyn MetaStore>) {
     // The same key in another resource type or cloud is another asset.
     let mut other_rt = record("folder/a", 100, &[]);
     other_rt.key.resource_type = "raw".into();
-    assert!(matches!(store.save_asset(&other_rt, false).await.unwrap(), SaveOutcome::Created(_)));
+    assert!(matches!(
+        store.save_asset(&other_rt, false).await.unwrap(),
+        SaveOutcome::Created(_)
+    ));
     let mut other_cloud = record("folder/a", 100, &[]);
     other_cloud.key.cloud = "other".into();
-    assert!(matches!(store.save_asset(&other_cloud, false).await.unwrap(), SaveOutcome::Created(_)));
+    assert!(matches!(
+        store.save_asset(&other_cloud, false).await.unwrap(),
+        SaveOutcome::Created(_)
+    ));
 
     // overwrite=false leaves the asset as it was.
     let b = record("folder/a", 100, &["new"]);
@@ -76,7 +86,7 @@ async fn story(store: Arc<dyn MetaStore>) {
             assert_eq!(stored.version, 101);
             assert_eq!(stored.tags, vec!["new"]);
             assert_eq!(previous.blob_key, a.blob_key);
-            assert_eq!(store.find_asset(&a.key).await.unwrap().unwrap(), stored);
+            assert_eq!(store.find_asset(&a.key).await.unwrap().unwrap(), *stored);
         }
         other => panic!("expected Replaced, got {other:?}"),
     }
@@ -88,7 +98,9 @@ async fn story(store: Arc<dyn MetaStore>) {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             let r = record("race", 50 + i, &["t"]);
-            s.save_asset(&r, true).await.map(|o| matches!(o, SaveOutcome::Created(_)))
+            s.save_asset(&r, true)
+                .await
+                .map(|o| matches!(o, SaveOutcome::Created(_)))
         }));
     }
     let mut creations = 0;
@@ -147,7 +159,9 @@ async fn repository_story_on_sqlite() {
 
 #[tokio::test]
 async fn repository_story_on_postgres() {
-    let Some(admin) = postgres_admin_url() else { return };
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
     let pg = PgDb::create(&admin).await;
     story(db::connect(&pg.url).await.unwrap()).await;
     let again = db::connect(&pg.url).await.unwrap();
@@ -158,6 +172,9 @@ async fn repository_story_on_postgres() {
 
 #[tokio::test]
 async fn unknown_database_schemes_are_refused() {
-    let err = db::connect("mysql://localhost/x").await.err().expect("refused");
+    let err = db::connect("mysql://localhost/x")
+        .await
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("unsupported database URL"));
 }

@@ -94,7 +94,13 @@ impl Caller {
 }
 
 /// Parameters never part of the string to sign.
-const UNSIGNED_PARAMS: &[&str] = &["file", "api_key", "signature", "cloud_name", "resource_type"];
+const UNSIGNED_PARAMS: &[&str] = &[
+    "file",
+    "api_key",
+    "signature",
+    "cloud_name",
+    "resource_type",
+];
 /// Python leaves these out of the signature on the tags/context/metadata endpoints.
 const NOTIFICATION_PARAMS: &[&str] = &["notification_url", "batch_id"];
 
@@ -141,7 +147,11 @@ pub fn verify_signed(
     ttl_secs: i64,
     lenient_notification: bool,
 ) -> Result<Caller, ApiError> {
-    let signature = params.text("signature").unwrap_or_default().trim().to_string();
+    let signature = params
+        .text("signature")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let api_key = params
         .text("api_key")
         .filter(|k| !k.is_empty())
@@ -159,7 +169,11 @@ pub fn verify_signed(
     };
     let pairs = params.signable(UNSIGNED_PARAMS);
     let mut candidates = vec![pairs.clone()];
-    if lenient_notification && pairs.iter().any(|(k, _)| NOTIFICATION_PARAMS.contains(&k.as_str())) {
+    if lenient_notification
+        && pairs
+            .iter()
+            .any(|(k, _)| NOTIFICATION_PARAMS.contains(&k.as_str()))
+    {
         candidates.push(
             pairs
                 .iter()
@@ -230,7 +244,9 @@ pub fn authenticate(
 ) -> Result<Caller, ApiError> {
     let accounts = &state.accounts;
     if !accounts.has_cloud(cloud) {
-        return Err(ApiError::Unauthorized(format!("Invalid cloud_name {cloud}")));
+        return Err(ApiError::Unauthorized(format!(
+            "Invalid cloud_name {cloud}"
+        )));
     }
     if let Some(account) = basic_auth(accounts, cloud, authorization)? {
         let algorithm = account.algorithm;
@@ -302,7 +318,10 @@ mod tests {
                 ("api_key", "1234567890"),
                 ("signature", sig),
             ]);
-            assert!(verify_signed(&acc, "demo", &p, 1700000010, 3600, false).is_ok(), "{sig}");
+            assert!(
+                verify_signed(&acc, "demo", &p, 1700000010, 3600, false).is_ok(),
+                "{sig}"
+            );
         }
     }
 
@@ -322,21 +341,29 @@ mod tests {
         let err = verify_signed(&acc, "demo", &params(&bad), 1315060520, 3600, false).unwrap_err();
         assert!(matches!(err, ApiError::Unauthorized(_)));
         assert!(err.to_string().starts_with("Invalid Signature bfd09f95f331f558cbd1320e67aa8d488770583e. String to sign - 'eager=w_400,h_300,c_pad|w_260,h_200,c_crop&public_id=sample_imagf&timestamp=1315060510'."));
-        let err = verify_signed(&acc, "demo", &params(&good), 1315060510 + 3601, 3600, false).unwrap_err();
+        let err = verify_signed(&acc, "demo", &params(&good), 1315060510 + 3601, 3600, false)
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "Stale request - reported time is 2011-09-03 14:35:10 +0000 which is more than 1 hour ago"
         );
-        let err = verify_signed(&acc, "other", &params(&good), 1315060520, 3600, false).unwrap_err();
+        let err =
+            verify_signed(&acc, "other", &params(&good), 1315060520, 3600, false).unwrap_err();
         assert_eq!(err.to_string(), "Unknown API key 1234567890");
     }
 
     #[test]
     fn basic_auth_checks_key_and_secret() {
         let acc = accounts();
-        let ok = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("1234567890:abcd"));
+        let ok = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("1234567890:abcd")
+        );
         assert!(basic_auth(&acc, "demo", Some(&ok)).unwrap().is_some());
-        let bad = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("1234567890:nope"));
+        let bad = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("1234567890:nope")
+        );
         assert!(basic_auth(&acc, "demo", Some(&bad)).is_err());
         assert!(basic_auth(&acc, "other", Some(&ok)).is_err());
         assert!(basic_auth(&acc, "demo", None).unwrap().is_none());

@@ -86,7 +86,9 @@ mod tests {
     use super::*;
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -101,7 +103,10 @@ mod tests {
         ]);
         let sts = string_to_sign(&b, 2);
         assert_eq!(sts, "context=alt=x\\=y\\|z|caption=hi&folder=my folder&overwrite=0&tags=animal,dog&timestamp=1700000000&unique_filename=1");
-        assert_eq!(api_sign(&sts, "abcd", SignatureAlgorithm::Sha1), "4f52be6b59c29a284c3ac19f47ac6f53c5c20694");
+        assert_eq!(
+            api_sign(&sts, "abcd", SignatureAlgorithm::Sha1),
+            "4f52be6b59c29a284c3ac19f47ac6f53c5c20694"
+        );
         assert_eq!(
             api_sign(&sts, "abcd", SignatureAlgorithm::Sha256),
             "09d7f5f0f1964cb11f0b72eb98023082c91d4c1cb46505bcd49df645b514fc2c"
@@ -130,14 +135,25 @@ mod tests {
             "9a87e32729c508a42aa3e809b0af625fd03a47ae"
         );
         assert_eq!(
-            response_signature("sample_image", 1700000000, "abcd", SignatureAlgorithm::Sha256),
+            response_signature(
+                "sample_image",
+                1700000000,
+                "abcd",
+                SignatureAlgorithm::Sha256
+            ),
             "3cd15f7dd2a59022a8de1360586eac9d00b9061cee3e8221c70ccd873de1cfd0"
         );
         let s = |t: &str, k: &str, a, l| delivery_signature(t, k, a, l);
         use SignatureAlgorithm::*;
-        assert_eq!(s("c_fill,h_100,w_100/sample_image.jpg", "abcd", Sha1, false), "kRpsy_1h");
+        assert_eq!(
+            s("c_fill,h_100,w_100/sample_image.jpg", "abcd", Sha1, false),
+            "kRpsy_1h"
+        );
         assert_eq!(s("sample.jpg", "abcd", Sha1, false), "lGdq5NKO");
-        assert_eq!(s("c_fill,h_100,w_100/sample_image.jpg", "abcd", Sha256, false), "DM84wmme");
+        assert_eq!(
+            s("c_fill,h_100,w_100/sample_image.jpg", "abcd", Sha256, false),
+            "DM84wmme"
+        );
         assert_eq!(
             s("c_fill,h_100,w_100/sample_image.jpg", "abcd", Sha1, true),
             "DM84wmmeEPRBLy9l6qoDGviN0XtM67Hw"

@@ -67,8 +67,8 @@ pub enum SaveOutcome {
     Created(AssetRecord),
     /// An existing asset was replaced; `previous` is what it was (its blob is now unused).
     Replaced {
-        stored: AssetRecord,
-        previous: AssetRecord,
+        stored: Box<AssetRecord>,
+        previous: Box<AssetRecord>,
     },
     /// `overwrite` was false and the asset exists: nothing changed.
     Existing(AssetRecord),
@@ -93,7 +93,11 @@ pub trait MetaStore: Send + Sync {
     async fn find_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
     /// Inserts `record`, or replaces the asset with the same key when `overwrite` is true
     /// (keeping its `asset_id` and giving it a version newer than the old one), atomically.
-    async fn save_asset(&self, record: &AssetRecord, overwrite: bool) -> Result<SaveOutcome, DbError>;
+    async fn save_asset(
+        &self,
+        record: &AssetRecord,
+        overwrite: bool,
+    ) -> Result<SaveOutcome, DbError>;
     /// Removes an asset row and its tags; returns what was removed.
     async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
     /// Creates or replaces a preset.

@@ -54,14 +54,20 @@ impl SqlStore {
                     .after_connect(setup)
                     .connect_with(options.clone())
                     .await?;
-                sqlx::raw_sql("PRAGMA journal_mode = WAL;").execute(&write).await?;
+                sqlx::raw_sql("PRAGMA journal_mode = WAL;")
+                    .execute(&write)
+                    .await?;
                 SQLITE_MIGRATIONS.run(&write).await?;
                 let read = AnyPoolOptions::new()
                     .max_connections(8)
                     .after_connect(setup)
                     .connect_with(options)
                     .await?;
-                SqlStore { read, write, dialect }
+                SqlStore {
+                    read,
+                    write,
+                    dialect,
+                }
             }
             Dialect::Postgres => {
                 let pool = AnyPoolOptions::new()
@@ -111,7 +117,9 @@ fn json_text(map: &Map<String, Value>) -> String {
 fn parse_map(text: &str, column: &str) -> Result<Map<String, Value>, DbError> {
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(DbError::Corrupt(format!("column {column} is not a JSON object"))),
+        _ => Err(DbError::Corrupt(format!(
+            "column {column} is not a JSON object"
+        ))),
     }
 }
 
@@ -196,7 +204,11 @@ impl MetaStore for SqlStore {
         }
     }
 
-    async fn save_asset(&self, record: &AssetRecord, overwrite: bool) -> Result<SaveOutcome, DbError> {
+    async fn save_asset(
+        &self,
+        record: &AssetRecord,
+        overwrite: bool,
+    ) -> Result<SaveOutcome, DbError> {
         let select = format!(
             "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
              AND delivery_type = $3 AND public_id = $4{}",
@@ -257,7 +269,10 @@ impl MetaStore for SqlStore {
                     .await?;
                 insert_tags(&mut tx, &stored.asset_id, &stored.tags).await?;
                 tx.commit().await?;
-                return Ok(SaveOutcome::Replaced { stored, previous });
+                return Ok(SaveOutcome::Replaced {
+                    stored: Box::new(stored),
+                    previous: Box::new(previous),
+                });
             }
             let mut stored = record.clone();
             stored.tags = normalized_tags(&record.tags);
@@ -378,7 +393,9 @@ impl MetaStore for SqlStore {
     }
 
     async fn blob_keys(&self) -> Result<Vec<String>, DbError> {
-        let rows = sqlx::query("SELECT blob_key FROM assets").fetch_all(&self.read).await?;
+        let rows = sqlx::query("SELECT blob_key FROM assets")
+            .fetch_all(&self.read)
+            .await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("blob_key").map_err(DbError::from))
             .collect()
@@ -391,11 +408,13 @@ async fn insert_tags(
     tags: &[String],
 ) -> Result<(), DbError> {
     for tag in tags {
-        sqlx::query("INSERT INTO asset_tags (asset_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(asset_id.to_string())
-            .bind(tag.clone())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO asset_tags (asset_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(asset_id.to_string())
+        .bind(tag.clone())
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }

@@ -28,7 +28,12 @@ pub fn escape_public_id(public_id: &str) -> String {
 
 /// The delivery URL of an asset's original: signed (`s--…--`) for private and authenticated
 /// assets.
-pub fn asset_url(base: &str, rec: &AssetRecord, secret: &str, algorithm: SignatureAlgorithm) -> String {
+pub fn asset_url(
+    base: &str,
+    rec: &AssetRecord,
+    secret: &str,
+    algorithm: SignatureAlgorithm,
+) -> String {
     let mut source = escape_public_id(&rec.key.public_id);
     if rec.key.resource_type != "raw" {
         if let Some(f) = &rec.format {
@@ -38,7 +43,10 @@ pub fn asset_url(base: &str, rec: &AssetRecord, secret: &str, algorithm: Signatu
     let sig = if rec.key.delivery_type == "upload" {
         String::new()
     } else {
-        format!("s--{}--/", delivery_signature(&source, secret, algorithm, false))
+        format!(
+            "s--{}--/",
+            delivery_signature(&source, secret, algorithm, false)
+        )
     };
     format!(
         "{base}/{}/{}/{}/{sig}v{}/{source}",
@@ -164,7 +172,9 @@ async fn lookup(state: &AppState, p: &DeliveryPath) -> ApiResult<Option<AssetRec
             if let Some(rec) = state.meta.find_asset(&key(stem)).await? {
                 let ext = ext.to_ascii_lowercase();
                 let fmt = rec.format.clone().unwrap_or_default();
-                let same = ext == fmt || (ext == "jpeg" && fmt == "jpg") || (ext == "tif" && fmt == "tiff");
+                let same = ext == fmt
+                    || (ext == "jpeg" && fmt == "jpg")
+                    || (ext == "tif" && fmt == "tiff");
                 if same {
                     return Ok(Some(rec));
                 }
@@ -242,14 +252,24 @@ fn parse_range(value: &str, len: u64) -> Option<Result<ByteRange, ()>> {
         if n == 0 || len == 0 {
             return Some(Err(()));
         }
-        ByteRange { start: len.saturating_sub(n), end: len - 1 }
+        ByteRange {
+            start: len.saturating_sub(n),
+            end: len - 1,
+        }
     } else {
         let start: u64 = a.parse().ok()?;
-        let end: u64 = if b.is_empty() { len.saturating_sub(1) } else { b.parse().ok()? };
+        let end: u64 = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse().ok()?
+        };
         if start >= len || end < start {
             return Some(Err(()));
         }
-        ByteRange { start, end: end.min(len - 1) }
+        ByteRange {
+            start,
+            end: end.min(len - 1),
+        }
     };
     Some(Ok(range))
 }
@@ -262,10 +282,19 @@ fn etag_matches(list: &str, etag: &str) -> bool {
 }
 
 /// Serves a delivery URL.
-pub async fn serve(state: &AppState, method: &Method, path: &str, headers: &HeaderMap) -> ApiResult<Response> {
-    let p = parse_path(path).ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, "Resource not found"))?;
+pub async fn serve(
+    state: &AppState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let p = parse_path(path)
+        .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, "Resource not found"))?;
     if !state.accounts.has_cloud(&p.cloud) {
-        return Err(delivery_error(StatusCode::NOT_FOUND, format!("Unknown cloud {}", p.cloud)));
+        return Err(delivery_error(
+            StatusCode::NOT_FOUND,
+            format!("Unknown cloud {}", p.cloud),
+        ));
     }
     if !["image", "video", "raw"].contains(&p.resource_type.as_str()) {
         return Err(delivery_error(
@@ -287,9 +316,16 @@ pub async fn serve(state: &AppState, method: &Method, path: &str, headers: &Head
     }
     match &p.signature {
         Some(sig) => {
-            let candidates = vec![p.raw_source.clone(), p.source.clone(), escape_public_id(&p.source)];
+            let candidates = vec![
+                p.raw_source.clone(),
+                p.source.clone(),
+                escape_public_id(&p.source),
+            ];
             if !signature_valid(state, &p.cloud, sig, &candidates) {
-                return Err(delivery_error(StatusCode::UNAUTHORIZED, "Invalid signature"));
+                return Err(delivery_error(
+                    StatusCode::UNAUTHORIZED,
+                    "Invalid signature",
+                ));
             }
         }
         None if p.delivery_type != "upload" => {
@@ -300,14 +336,18 @@ pub async fn serve(state: &AppState, method: &Method, path: &str, headers: &Head
         }
         None => {}
     }
-    let rec = lookup(state, &p)
-        .await?
-        .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, format!("Resource not found - {}", p.source)))?;
-    let len = state
-        .blobs
-        .size(&rec.blob_key)
-        .await?
-        .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, format!("Resource not found - {}", p.source)))?;
+    let rec = lookup(state, &p).await?.ok_or_else(|| {
+        delivery_error(
+            StatusCode::NOT_FOUND,
+            format!("Resource not found - {}", p.source),
+        )
+    })?;
+    let len = state.blobs.size(&rec.blob_key).await?.ok_or_else(|| {
+        delivery_error(
+            StatusCode::NOT_FOUND,
+            format!("Resource not found - {}", p.source),
+        )
+    })?;
     let etag = format!("\"{}\"", rec.etag);
     let last_modified = httpdate::fmt_http_date(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(rec.version.max(0) as u64),
@@ -324,7 +364,8 @@ pub async fn serve(state: &AppState, method: &Method, path: &str, headers: &Head
         None => h(header::IF_MODIFIED_SINCE)
             .and_then(|s| httpdate::parse_http_date(s).ok())
             .map(|since| {
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(rec.version.max(0) as u64) <= since
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(rec.version.max(0) as u64)
+                    <= since
             })
             .unwrap_or(false),
     };
@@ -352,7 +393,10 @@ pub async fn serve(state: &AppState, method: &Method, path: &str, headers: &Head
                 .map_err(ApiError::internal);
         }
         Some(Ok(r)) => {
-            base = base.header(header::CONTENT_RANGE, format!("bytes {}-{}/{len}", r.start, r.end));
+            base = base.header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{len}", r.start, r.end),
+            );
             (StatusCode::PARTIAL_CONTENT, Some(r))
         }
         None => (StatusCode::OK, None),
@@ -366,10 +410,19 @@ pub async fn serve(state: &AppState, method: &Method, path: &str, headers: &Head
         .blobs
         .read(&rec.blob_key, range)
         .await?
-        .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, format!("Resource not found - {}", p.source)))?;
-    let mut resp = base.body(Body::from_stream(stream)).map_err(ApiError::internal)?;
-    resp.headers_mut()
-        .insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+        .ok_or_else(|| {
+            delivery_error(
+                StatusCode::NOT_FOUND,
+                format!("Resource not found - {}", p.source),
+            )
+        })?;
+    let mut resp = base
+        .body(Body::from_stream(stream))
+        .map_err(ApiError::internal)?;
+    resp.headers_mut().insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     Ok(resp.into_response())
 }
 
@@ -383,11 +436,15 @@ mod tests {
         assert_eq!(p.source, "folder/my id.png");
         assert_eq!(p.raw_source, "folder/my%20id.png");
         assert_eq!(p.transformation, None);
-        let p = parse_path("/demo/image/authenticated/s--lGdq5NKO--/c_fill,w_100/v1/sample.jpg").unwrap();
+        let p = parse_path("/demo/image/authenticated/s--lGdq5NKO--/c_fill,w_100/v1/sample.jpg")
+            .unwrap();
         assert_eq!(p.signature.as_deref(), Some("lGdq5NKO"));
         assert_eq!(p.transformation.as_deref(), Some("c_fill,w_100"));
         let p = parse_path("/demo/raw/upload/my_folder/doc.pdf").unwrap();
-        assert_eq!((p.transformation, p.source.as_str()), (None, "my_folder/doc.pdf"));
+        assert_eq!(
+            (p.transformation, p.source.as_str()),
+            (None, "my_folder/doc.pdf")
+        );
         let p = parse_path("/demo/image/upload/s----SjmNDA--/image.jpg").unwrap();
         assert_eq!(p.signature.as_deref(), Some("--SjmNDA"));
         assert!(parse_path("/demo/image/upload").is_none());
@@ -396,16 +453,31 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-4", 10), Some(Ok(ByteRange { start: 0, end: 4 })));
-        assert_eq!(parse_range("bytes=5-", 10), Some(Ok(ByteRange { start: 5, end: 9 })));
-        assert_eq!(parse_range("bytes=-3", 10), Some(Ok(ByteRange { start: 7, end: 9 })));
-        assert_eq!(parse_range("bytes=8-100", 10), Some(Ok(ByteRange { start: 8, end: 9 })));
+        assert_eq!(
+            parse_range("bytes=0-4", 10),
+            Some(Ok(ByteRange { start: 0, end: 4 }))
+        );
+        assert_eq!(
+            parse_range("bytes=5-", 10),
+            Some(Ok(ByteRange { start: 5, end: 9 }))
+        );
+        assert_eq!(
+            parse_range("bytes=-3", 10),
+            Some(Ok(ByteRange { start: 7, end: 9 }))
+        );
+        assert_eq!(
+            parse_range("bytes=8-100", 10),
+            Some(Ok(ByteRange { start: 8, end: 9 }))
+        );
         assert_eq!(parse_range("bytes=10-", 10), Some(Err(())));
         assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
     }
 
     #[test]
     fn escapes_like_the_python_sdk() {
-        assert_eq!(escape_public_id("folder/my id&é"), "folder/my%20id%26%C3%A9");
+        assert_eq!(
+            escape_public_id("folder/my id&é"),
+            "folder/my%20id%26%C3%A9"
+        );
     }
 }

@@ -189,20 +189,35 @@ mod tests {
     #[tokio::test]
     async fn json_and_urlencoded_bodies() {
         let dir = tempfile::tempdir().unwrap();
-        let limits = BodyLimits { max_file_bytes: 100, max_field_bytes: 1000 };
+        let limits = BodyLimits {
+            max_file_bytes: 100,
+            max_field_bytes: 1000,
+        };
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        let body = body_from(r#"{"public_ids":["a","b"],"unsigned":true,"transformations":null,"n":3}"#);
-        let f = read_form(&h, Some("q=1&n=9"), body, dir.path(), &limits).await.unwrap();
+        let body =
+            body_from(r#"{"public_ids":["a","b"],"unsigned":true,"transformations":null,"n":3}"#);
+        let f = read_form(&h, Some("q=1&n=9"), body, dir.path(), &limits)
+            .await
+            .unwrap();
         assert_eq!(f.params.items("public_ids"), vec!["a", "b"]);
         assert_eq!(f.params.text("unsigned"), Some("true"));
         assert!(f.params.get("transformations").is_none());
         assert_eq!(f.params.text("n"), Some("3"));
         assert_eq!(f.params.text("q"), Some("1"));
-        h.insert(header::CONTENT_TYPE, "application/x-www-form-urlencoded".parse().unwrap());
-        let f = read_form(&h, None, body_from("a=1+2&b%5B%5D=x&b%5B%5D=y"), dir.path(), &limits)
-            .await
-            .unwrap();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let f = read_form(
+            &h,
+            None,
+            body_from("a=1+2&b%5B%5D=x&b%5B%5D=y"),
+            dir.path(),
+            &limits,
+        )
+        .await
+        .unwrap();
         assert_eq!(f.params.text("a"), Some("1 2"));
         assert_eq!(f.params.items("b"), vec!["x", "y"]);
     }

@@ -115,7 +115,14 @@ async fn run_upload(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let form = read_form(headers, uri.query(), body, &state.tmp_dir, &body_limits(state)).await?;
+    let form = read_form(
+        headers,
+        uri.query(),
+        body,
+        &state.tmp_dir,
+        &body_limits(state),
+    )
+    .await?;
     let req = UploadRequest {
         cloud,
         resource_type,
@@ -127,7 +134,12 @@ async fn run_upload(
 }
 
 /// GET/HEAD of anything else is a delivery URL; other methods are unknown routes.
-async fn fallback(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn fallback(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     if method == Method::GET || method == Method::HEAD {
         return match crate::delivery::serve(&state, &method, uri.path(), &headers).await {
             Ok(r) => r,

@@ -125,8 +125,20 @@ fn tiff_pages<R: Read + Seek>(r: &mut R) -> std::io::Result<i64> {
     let mut hdr = [0u8; 8];
     r.read_exact(&mut hdr)?;
     let le = &hdr[0..2] == b"II";
-    let u16_of = |b: [u8; 2]| if le { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) };
-    let u32_of = |b: [u8; 4]| if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) };
+    let u16_of = |b: [u8; 2]| {
+        if le {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }
+    };
+    let u32_of = |b: [u8; 4]| {
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
     let mut offset = u32_of([hdr[4], hdr[5], hdr[6], hdr[7]]) as u64;
     let mut pages = 0;
     let mut seen = std::collections::HashSet::new();
@@ -159,7 +171,10 @@ pub(super) fn probe_svg(file: &mut File, header: &[u8]) -> std::io::Result<Optio
     let Some(start) = find_svg_root(&text) else {
         return Ok(None);
     };
-    let tag_end = text[start..].find('>').map(|i| start + i).unwrap_or(text.len());
+    let tag_end = text[start..]
+        .find('>')
+        .map(|i| start + i)
+        .unwrap_or(text.len());
     let tag = &text[start..tag_end];
     let view_box: Option<Vec<f64>> = attr(tag, "viewBox").map(|v| {
         v.split(|c: char| c == ',' || c.is_whitespace())
@@ -242,7 +257,11 @@ fn length(v: &str) -> Option<f64> {
     } else {
         (v, 1.0)
     };
-    num.trim().parse::<f64>().ok().map(|n| n * factor).filter(|n| *n > 0.0)
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .map(|n| n * factor)
+        .filter(|n| *n > 0.0)
 }
 
 #[cfg(test)]
@@ -260,21 +279,37 @@ mod tests {
     fn raster_formats() {
         let png = probe_bytes(&samples::png(3, 2));
         assert_eq!(png.format.as_deref(), Some("png"));
-        assert_eq!((png.width, png.height, png.pages), (Some(3), Some(2), Some(1)));
+        assert_eq!(
+            (png.width, png.height, png.pages),
+            (Some(3), Some(2), Some(1))
+        );
         let gif = probe_bytes(&samples::gif(4, 5, 3));
         assert_eq!(gif.format.as_deref(), Some("gif"));
-        assert_eq!((gif.width, gif.height, gif.pages), (Some(4), Some(5), Some(3)));
+        assert_eq!(
+            (gif.width, gif.height, gif.pages),
+            (Some(4), Some(5), Some(3))
+        );
         let bmp = probe_bytes(&samples::bmp(7, 9));
-        assert_eq!((bmp.format.as_deref(), bmp.width, bmp.height), (Some("bmp"), Some(7), Some(9)));
+        assert_eq!(
+            (bmp.format.as_deref(), bmp.width, bmp.height),
+            (Some("bmp"), Some(7), Some(9))
+        );
     }
 
     #[test]
     fn svg_dimensions() {
         let svg = probe_bytes(b"<?xml version=\"1.0\"?>\n<!-- c -->\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"120px\" height='80'></svg>");
         assert_eq!(svg.kind, MediaKind::Image);
-        assert_eq!((svg.format.as_deref(), svg.width, svg.height), (Some("svg"), Some(120), Some(80)));
-        let vb = probe_bytes(b"<svg viewBox=\"0 0 300 150\" xmlns=\"http://www.w3.org/2000/svg\"/>");
+        assert_eq!(
+            (svg.format.as_deref(), svg.width, svg.height),
+            (Some("svg"), Some(120), Some(80))
+        );
+        let vb =
+            probe_bytes(b"<svg viewBox=\"0 0 300 150\" xmlns=\"http://www.w3.org/2000/svg\"/>");
         assert_eq!((vb.width, vb.height), (Some(300), Some(150)));
-        assert_eq!(probe_bytes(b"<html><body>hi</body></html>").kind, MediaKind::Raw);
+        assert_eq!(
+            probe_bytes(b"<html><body>hi</body></html>").kind,
+            MediaKind::Raw
+        );
     }
 }

@@ -198,12 +198,25 @@ fn probe_video(file: &mut File, header: &[u8]) -> std::io::Result<Option<(String
         ..Default::default()
     };
     let found = if header.len() >= 12 && &header[0..4] == b"RIFF" && &header[8..12] == b"AVI " {
-        Some(("avi", VideoInfo { has_video: true, ..Default::default() }))
+        Some((
+            "avi",
+            VideoInfo {
+                has_video: true,
+                ..Default::default()
+            },
+        ))
     } else if header.len() >= 12 && &header[0..4] == b"RIFF" && &header[8..12] == b"WAVE" {
         Some(("wav", audio("pcm")))
     } else if header.starts_with(b"OggS") {
         if header.windows(6).any(|w| w == b"theora") {
-            Some(("ogv", VideoInfo { video_codec: Some("theora".into()), has_video: true, ..Default::default() }))
+            Some((
+                "ogv",
+                VideoInfo {
+                    video_codec: Some("theora".into()),
+                    has_video: true,
+                    ..Default::default()
+                },
+            ))
         } else if header.windows(4).any(|w| w == b"Opus") {
             Some(("ogg", audio("opus")))
         } else {
@@ -216,7 +229,13 @@ fn probe_video(file: &mut File, header: &[u8]) -> std::io::Result<Option<(String
     {
         Some(("mp3", audio("mp3")))
     } else if header.starts_with(b"FLV\x01") {
-        Some(("flv", VideoInfo { has_video: true, ..Default::default() }))
+        Some((
+            "flv",
+            VideoInfo {
+                has_video: true,
+                ..Default::default()
+            },
+        ))
     } else {
         None
     };

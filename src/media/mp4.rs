@@ -13,7 +13,8 @@ fn be_u16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 fn be_u32(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn be_u64(b: &[u8], at: usize) -> Option<u64> {
@@ -50,7 +51,10 @@ fn boxes(data: &[u8]) -> Vec<([u8; 4], &[u8])> {
 }
 
 fn child<'a>(data: &'a [u8], name: &[u8; 4]) -> Option<&'a [u8]> {
-    boxes(data).into_iter().find(|(t, _)| t == name).map(|(_, b)| b)
+    boxes(data)
+        .into_iter()
+        .find(|(t, _)| t == name)
+        .map(|(_, b)| b)
 }
 
 /// Finds the top-level `moov` box and reads it.
@@ -127,8 +131,12 @@ pub(super) fn probe<R: Read + Seek>(r: &mut R) -> std::io::Result<VideoInfo> {
         if &typ != b"trak" {
             continue;
         }
-        let Some(mdia) = child(trak, b"mdia") else { continue };
-        let handler = child(mdia, b"hdlr").and_then(|h| h.get(8..12)).unwrap_or(b"    ");
+        let Some(mdia) = child(trak, b"mdia") else {
+            continue;
+        };
+        let handler = child(mdia, b"hdlr")
+            .and_then(|h| h.get(8..12))
+            .unwrap_or(b"    ");
         let mdhd = child(mdia, b"mdhd");
         let (ts, dur) = match mdhd {
             Some(m) if m.first() == Some(&1) => (be_u32(m, 20), be_u64(m, 24)),
@@ -136,9 +144,13 @@ pub(super) fn probe<R: Read + Seek>(r: &mut R) -> std::io::Result<VideoInfo> {
             None => (None, None),
         };
         let stbl = child(mdia, b"minf").and_then(|m| child(m, b"stbl"));
-        let entry = stbl.and_then(|s| child(s, b"stsd")).and_then(|s| s.get(8..));
+        let entry = stbl
+            .and_then(|s| child(s, b"stsd"))
+            .and_then(|s| s.get(8..));
         let fourcc = entry.and_then(|e| e.get(4..8));
-        let samples = stbl.and_then(|s| child(s, b"stsz")).and_then(|s| be_u32(s, 8));
+        let samples = stbl
+            .and_then(|s| child(s, b"stsz"))
+            .and_then(|s| be_u32(s, 8));
         match handler {
             b"vide" if !info.has_video => {
                 info.has_video = true;
@@ -175,7 +187,10 @@ pub(super) fn probe<R: Read + Seek>(r: &mut R) -> std::io::Result<VideoInfo> {
                 info.has_audio = true;
                 info.audio_codec = fourcc.map(codec_name);
                 // Audio sample entry: channel count at 24, sample rate (16.16) at 32.
-                info.audio_channels = entry.and_then(|e| be_u16(e, 24)).map(i64::from).filter(|c| *c > 0);
+                info.audio_channels = entry
+                    .and_then(|e| be_u16(e, 24))
+                    .map(i64::from)
+                    .filter(|c| *c > 0);
                 info.audio_frequency = entry
                     .and_then(|e| be_u32(e, 32))
                     .map(|v| (v >> 16) as i64)

@@ -5,7 +5,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -132,7 +136,10 @@ pub fn mp4(w: u32, h: u32, seconds: f64, brand: &[u8; 4]) -> Vec<u8> {
     stsd.extend_from_slice(&entry);
     let mut stsz = vec![0u8; 12];
     stsz[8..12].copy_from_slice(&frames.to_be_bytes());
-    let stbl = mp4_box(b"stbl", &[mp4_box(b"stsd", &stsd), mp4_box(b"stsz", &stsz)].concat());
+    let stbl = mp4_box(
+        b"stbl",
+        &[mp4_box(b"stsd", &stsd), mp4_box(b"stsz", &stsz)].concat(),
+    );
     let minf = mp4_box(b"minf", &stbl);
     let mdia = mp4_box(
         b"mdia",
@@ -165,7 +172,11 @@ pub fn webm(w: u16, h: u16, seconds: f64) -> Vec<u8> {
     );
     let video = ebml(
         &[0xE0],
-        &[ebml(&[0xB0], &w.to_be_bytes()), ebml(&[0xBA], &h.to_be_bytes())].concat(),
+        &[
+            ebml(&[0xB0], &w.to_be_bytes()),
+            ebml(&[0xBA], &h.to_be_bytes()),
+        ]
+        .concat(),
     );
     let entry = ebml(
         &[0xAE],
@@ -173,7 +184,9 @@ pub fn webm(w: u16, h: u16, seconds: f64) -> Vec<u8> {
     );
     let tracks = ebml(&[0x16, 0x54, 0xAE, 0x6B], &entry);
     let cluster = ebml(&[0x1F, 0x43, 0xB6, 0x75], &[0u8; 64]);
-    let mut segment = vec![0x18, 0x53, 0x80, 0x67, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+    let mut segment = vec![
+        0x18, 0x53, 0x80, 0x67, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
     segment.extend_from_slice(&[info, tracks, cluster].concat());
     [header, segment].concat()
 }

@@ -30,7 +30,10 @@ fn read_vint<R: Read>(r: &mut R, keep_marker: bool) -> std::io::Result<(u64, boo
     r.read_exact(&mut first)?;
     let len = first[0].leading_zeros() as usize + 1;
     if len > 8 {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad EBML vint"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "bad EBML vint",
+        ));
     }
     let mut value = if keep_marker {
         first[0] as u64
@@ -81,7 +84,9 @@ fn children(mut data: &[u8]) -> Vec<(u32, &[u8])> {
     let mut out = Vec::new();
     while !data.is_empty() {
         let mut cur = std::io::Cursor::new(data);
-        let Ok((id, size)) = header(&mut cur) else { break };
+        let Ok((id, size)) = header(&mut cur) else {
+            break;
+        };
         let start = cur.position() as usize;
         let size = size.map(|s| s as usize).unwrap_or(data.len() - start);
         if start + size > data.len() {
@@ -104,7 +109,11 @@ pub(super) fn probe<R: Read + Seek>(r: &mut R) -> std::io::Result<(String, Video
     let doctype = children(&ebml)
         .into_iter()
         .find(|(id, _)| *id == DOC_TYPE)
-        .map(|(_, b)| String::from_utf8_lossy(b).trim_end_matches('\0').to_string())
+        .map(|(_, b)| {
+            String::from_utf8_lossy(b)
+                .trim_end_matches('\0')
+                .to_string()
+        })
         .unwrap_or_else(|| "matroska".into());
     let (id, _) = header(r)?;
     if id != SEGMENT {
@@ -164,7 +173,10 @@ fn codec_name(id: &str) -> String {
 
 fn track(entry: &[u8], info: &mut VideoInfo) {
     let items = children(entry);
-    let kind = items.iter().find(|(id, _)| *id == TRACK_TYPE).map(|(_, b)| uint(b));
+    let kind = items
+        .iter()
+        .find(|(id, _)| *id == TRACK_TYPE)
+        .map(|(_, b)| uint(b));
     let codec = items
         .iter()
         .find(|(id, _)| *id == CODEC_ID)

@@ -75,7 +75,11 @@ impl BlobStore for FsBlobStore {
         }
     }
 
-    async fn read(&self, key: &str, range: Option<ByteRange>) -> std::io::Result<Option<ByteStream>> {
+    async fn read(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> std::io::Result<Option<ByteStream>> {
         let mut file = match tokio::fs::File::open(self.path(key)?).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -112,7 +116,9 @@ impl BlobStore for FsBlobStore {
     }
 
     async fn health(&self) -> std::io::Result<()> {
-        let probe = self.root.join(format!(".health-{}", crate::util::random_hex(6)));
+        let probe = self
+            .root
+            .join(format!(".health-{}", crate::util::random_hex(6)));
         tokio::fs::write(&probe, b"ok").await?;
         tokio::fs::remove_file(&probe).await
     }
@@ -127,7 +133,9 @@ mod tests {
     async fn put_read_range_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsBlobStore::new(dir.path().join("blobs")).unwrap();
-        let blob = blob_from_bytes(dir.path(), b"0123456789".to_vec(), 100).await.unwrap();
+        let blob = blob_from_bytes(dir.path(), b"0123456789".to_vec(), 100)
+            .await
+            .unwrap();
         store.put("demo/ab/abcdef", blob).await.unwrap();
         assert_eq!(store.size("demo/ab/abcdef").await.unwrap(), Some(10));
         let mut s = store
@@ -140,7 +148,10 @@ mod tests {
             got.extend_from_slice(&c.unwrap());
         }
         assert_eq!(got, b"234");
-        assert_eq!(store.keys().await.unwrap(), vec!["demo/ab/abcdef".to_string()]);
+        assert_eq!(
+            store.keys().await.unwrap(),
+            vec!["demo/ab/abcdef".to_string()]
+        );
         store.delete("demo/ab/abcdef").await.unwrap();
         assert!(store.read("demo/ab/abcdef", None).await.unwrap().is_none());
         assert!(store.path("../x").is_err());

@@ -31,7 +31,11 @@ pub trait BlobStore: Send + Sync {
     /// The size of a stored blob, `None` when missing.
     async fn size(&self, key: &str) -> std::io::Result<Option<u64>>;
     /// Streams the whole blob or a range of it; `None` when missing.
-    async fn read(&self, key: &str, range: Option<ByteRange>) -> std::io::Result<Option<ByteStream>>;
+    async fn read(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> std::io::Result<Option<ByteStream>>;
     /// Removes a blob (missing is not an error).
     async fn delete(&self, key: &str) -> std::io::Result<()>;
     /// Every key in the store.
@@ -42,5 +46,8 @@ pub trait BlobStore: Send + Sync {
 
 /// A new blob key for a stored version.
 pub fn new_blob_key(cloud: &str, version_id: &str) -> String {
-    format!("{cloud}/{}/{version_id}", &version_id[..2.min(version_id.len())])
+    format!(
+        "{cloud}/{}/{version_id}",
+        &version_id[..2.min(version_id.len())]
+    )
 }

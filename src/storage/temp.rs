@@ -141,7 +141,9 @@ impl BlobWriter {
         }
         self.written += chunk.len() as u64;
         let Some(tx) = &self.tx else {
-            return Err(WriteError::Io(std::io::Error::other("writer already finished")));
+            return Err(WriteError::Io(std::io::Error::other(
+                "writer already finished",
+            )));
         };
         if tx.send(chunk).await.is_err() {
             // The writer thread stopped: its error is reported by `finish`.
@@ -169,7 +171,9 @@ impl BlobWriter {
             .task
             .take()
             .ok_or_else(|| std::io::Error::other("writer already finished"))?;
-        let md5 = task.await.map_err(|e| std::io::Error::other(e.to_string()))??;
+        let md5 = task
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
         let path = self
             .guard
             .0
@@ -185,7 +189,11 @@ impl BlobWriter {
 }
 
 /// Writes `data` (already in memory, e.g. a decoded data URI) to a temporary file.
-pub async fn blob_from_bytes(dir: &Path, data: Vec<u8>, limit: u64) -> Result<TempBlob, WriteError> {
+pub async fn blob_from_bytes(
+    dir: &Path,
+    data: Vec<u8>,
+    limit: u64,
+) -> Result<TempBlob, WriteError> {
     let mut w = BlobWriter::create(dir, limit).await?;
     w.write(Bytes::from(data)).await?;
     Ok(w.finish().await?)

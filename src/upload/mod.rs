@@ -15,7 +15,7 @@ use crate::form::{Form, Params};
 use crate::media::{self, MediaKind};
 use crate::state::AppState;
 use crate::storage::new_blob_key;
-use crate::util::{random_hex, random_alnum};
+use crate::util::{random_alnum, random_hex};
 
 pub use response::{upload_response, ResponseSigner};
 
@@ -68,7 +68,9 @@ fn refuse_unsupported(params: &Params) -> ApiResult<()> {
     }
     for name in NOT_YET {
         let set = match *name {
-            "async" | "return_delete_token" => params.nonempty(name).is_some() && params.truthy(name),
+            "async" | "return_delete_token" => {
+                params.nonempty(name).is_some() && params.truthy(name)
+            }
             _ => params.nonempty(name).is_some(),
         };
         if set {
@@ -92,22 +94,16 @@ fn split_escaped(s: &str, sep: char, limit: Option<usize>) -> Vec<String> {
     let mut out = vec![String::new()];
     let mut chars = s.chars();
     while let Some(c) = chars.next() {
+        let current = out.len() - 1;
         if c == '\\' {
-            match chars.next() {
-                Some(n) => {
-                    out.last_mut().map(|l| {
-                        l.push('\\');
-                        l.push(n)
-                    });
-                }
-                None => {
-                    out.last_mut().map(|l| l.push('\\'));
-                }
+            out[current].push('\\');
+            if let Some(n) = chars.next() {
+                out[current].push(n);
             }
         } else if c == sep && limit.is_none_or(|l| out.len() < l) {
             out.push(String::new());
-        } else if let Some(l) = out.last_mut() {
-            l.push(c);
+        } else {
+            out[current].push(c);
         }
     }
     out
@@ -137,8 +133,14 @@ pub fn parse_pairs(s: &str, json_lists: bool) -> Map<String, Json> {
             continue;
         }
         let mut kv = split_escaped(&item, '=', Some(2));
-        let value = if kv.len() > 1 { kv.pop().unwrap_or_default() } else { String::new() };
-        let key = unescape(kv.first().map(String::as_str).unwrap_or("")).trim().to_string();
+        let value = if kv.len() > 1 {
+            kv.pop().unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let key = unescape(kv.first().map(String::as_str).unwrap_or(""))
+            .trim()
+            .to_string();
         if key.is_empty() {
             continue;
         }
@@ -230,7 +232,8 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         let r = parse_content_range(range)
             .ok_or_else(|| ApiError::bad(format!("Invalid Content-Range header - {range}")))?;
         let part_len = file.as_ref().map(|f| f.blob.size);
-        let whole = r.start == 0 && r.total == Some(r.end + 1) && part_len.is_none_or(|l| l == r.end + 1);
+        let whole =
+            r.start == 0 && r.total == Some(r.end + 1) && part_len.is_none_or(|l| l == r.end + 1);
         if !whole {
             return Err(ApiError::bad(
                 "Chunked uploads (a Content-Range that does not cover the whole file) are not supported by this server yet",
@@ -254,8 +257,12 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
     let use_filename = params.flag("use_filename")?.unwrap_or(false);
     let unique_filename = params.flag("unique_filename")?.unwrap_or(true);
     let discard_original = params.flag("discard_original_filename")?.unwrap_or(false);
-    let use_filename_as_display_name = params.flag("use_filename_as_display_name")?.unwrap_or(false);
-    let use_asset_folder_prefix = params.flag("use_asset_folder_as_public_id_prefix")?.unwrap_or(false);
+    let use_filename_as_display_name = params
+        .flag("use_filename_as_display_name")?
+        .unwrap_or(false);
+    let use_asset_folder_prefix = params
+        .flag("use_asset_folder_as_public_id_prefix")?
+        .unwrap_or(false);
 
     let src = source::resolve(state, file, params.text("file")).await?;
     if src.blob.size == 0 {
@@ -268,9 +275,13 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
 
     let kind = match req.resource_type {
         "auto" => info.kind,
-        "image" if info.kind != MediaKind::Image => return Err(ApiError::bad("Invalid image file")),
+        "image" if info.kind != MediaKind::Image => {
+            return Err(ApiError::bad("Invalid image file"))
+        }
         "image" => MediaKind::Image,
-        "video" if info.kind != MediaKind::Video => return Err(ApiError::bad("Invalid video file")),
+        "video" if info.kind != MediaKind::Video => {
+            return Err(ApiError::bad("Invalid video file"))
+        }
         "video" => MediaKind::Video,
         _ => MediaKind::Raw,
     };
@@ -294,15 +305,25 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
             .clone()
             .or_else(|| split.as_ref().and_then(|(_, e)| e.clone()))
             .unwrap_or_default();
-        let same = |a: &str| a == actual || (a == "jpeg" && actual == "jpg") || (a == "tif" && actual == "tiff");
+        let same = |a: &str| {
+            a == actual || (a == "jpeg" && actual == "jpg") || (a == "tif" && actual == "tiff")
+        };
         if !allowed.iter().any(|a| same(a)) {
-            let shown = if actual.is_empty() { "(none)".to_string() } else { actual };
-            return Err(ApiError::bad(format!("{} format {shown} not allowed", capitalized(kind.as_str()))));
+            let shown = if actual.is_empty() {
+                "(none)".to_string()
+            } else {
+                actual
+            };
+            return Err(ApiError::bad(format!(
+                "{} format {shown} not allowed",
+                capitalized(kind.as_str())
+            )));
         }
     }
     if let Some(f) = params.nonempty("format") {
         let f = f.trim_start_matches('.').to_ascii_lowercase();
-        let same = format.as_deref() == Some(f.as_str()) || (f == "jpeg" && format.as_deref() == Some("jpg"));
+        let same = format.as_deref() == Some(f.as_str())
+            || (f == "jpeg" && format.as_deref() == Some("jpg"));
         if !same {
             return Err(ApiError::bad(format!(
                 "Parameter format ({f}) would need a format conversion, which this server does not support yet"
@@ -310,14 +331,20 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         }
     }
 
-    let asset_folder_param = params.text("asset_folder").map(|f| naming::clean_path("asset_folder", f)).transpose()?;
+    let asset_folder_param = params
+        .text("asset_folder")
+        .map(|f| naming::clean_path("asset_folder", f))
+        .transpose()?;
     let folder_param = params.nonempty("folder").map(str::to_string);
-    let prefix_param = params.nonempty("public_id_prefix").map(str::to_string).or_else(|| {
-        (use_asset_folder_prefix && folder_param.is_none())
-            .then(|| asset_folder_param.clone())
-            .flatten()
-            .filter(|f| !f.is_empty())
-    });
+    let prefix_param = params
+        .nonempty("public_id_prefix")
+        .map(str::to_string)
+        .or_else(|| {
+            (use_asset_folder_prefix && folder_param.is_none())
+                .then(|| asset_folder_param.clone())
+                .flatten()
+                .filter(|f| !f.is_empty())
+        });
     let public_id = naming::compose(&naming::NameParts {
         public_id: params.text("public_id"),
         folder: folder_param.as_deref(),
@@ -339,7 +366,11 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         None if use_filename_as_display_name && split.is_some() => {
             split.as_ref().map(|(s, _)| s.clone()).unwrap_or_default()
         }
-        None => public_id.rsplit('/').next().unwrap_or(&public_id).to_string(),
+        None => public_id
+            .rsplit('/')
+            .next()
+            .unwrap_or(&public_id)
+            .to_string(),
     };
 
     let mut extra = Map::new();
@@ -350,12 +381,18 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         extra.insert("access_mode".into(), json!(m));
     }
     if let Some(ac) = params.nonempty("access_control") {
-        let v: Json = serde_json::from_str(ac)
-            .map_err(|_| ApiError::bad(format!("Invalid access_control - {ac}: expected a JSON array")))?;
+        let v: Json = serde_json::from_str(ac).map_err(|_| {
+            ApiError::bad(format!(
+                "Invalid access_control - {ac}: expected a JSON array"
+            ))
+        })?;
         extra.insert("access_control".into(), v);
     }
     if params.nonempty("moderation").is_some() {
-        extra.insert("moderation".into(), json!([{"kind": "manual", "status": "pending"}]));
+        extra.insert(
+            "moderation".into(),
+            json!([{"kind": "manual", "status": "pending"}]),
+        );
     }
     for name in ["face_coordinates", "custom_coordinates"] {
         if let Some(c) = params.nonempty(name) {
@@ -381,8 +418,16 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         version: now.max(1),
         version_id: version_id.clone(),
         format,
-        width: if kind == MediaKind::Raw { None } else { info.width },
-        height: if kind == MediaKind::Raw { None } else { info.height },
+        width: if kind == MediaKind::Raw {
+            None
+        } else {
+            info.width
+        },
+        height: if kind == MediaKind::Raw {
+            None
+        } else {
+            info.height
+        },
         pages: match kind {
             MediaKind::Image => info.pages.or(Some(1)),
             MediaKind::Video => Some(0),
@@ -399,15 +444,23 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         display_name,
         asset_folder,
         tags: parse_tags(&params.items("tags")),
-        context: params.text("context").map(|c| parse_pairs(c, false)).unwrap_or_default(),
-        metadata: params.text("metadata").map(|m| parse_pairs(m, true)).unwrap_or_default(),
+        context: params
+            .text("context")
+            .map(|c| parse_pairs(c, false))
+            .unwrap_or_default(),
+        metadata: params
+            .text("metadata")
+            .map(|m| parse_pairs(m, true))
+            .unwrap_or_default(),
         extra,
         blob_key: new_blob_key(req.cloud, &version_id),
         api_key: caller.api_key().map(str::to_string),
     };
     let record = store(state, record, src.blob, overwrite).await?;
     let signer = ResponseSigner::for_caller(state, req.cloud, &caller)?;
-    Ok(Json::Object(upload_response(state, &record.0, &signer, record.1)))
+    Ok(Json::Object(upload_response(
+        state, &record.0, &signer, record.1,
+    )))
 }
 
 fn capitalized(s: &str) -> String {
@@ -453,7 +506,7 @@ async fn store(
             if let Err(e) = state.blobs.delete(&previous.blob_key).await {
                 tracing::warn!(key = %previous.blob_key, error = %e, "could not remove a replaced blob");
             }
-            (stored, Outcome::Overwritten)
+            (*stored, Outcome::Overwritten)
         }
         SaveOutcome::Existing(r) => {
             let _ = state.blobs.delete(&record.blob_key).await;
@@ -488,11 +541,19 @@ mod tests {
     fn content_ranges() {
         assert_eq!(
             parse_content_range("bytes 0-5242879/-1"),
-            Some(ContentRange { start: 0, end: 5242879, total: None })
+            Some(ContentRange {
+                start: 0,
+                end: 5242879,
+                total: None
+            })
         );
         assert_eq!(
             parse_content_range("bytes 10-19/20"),
-            Some(ContentRange { start: 10, end: 19, total: Some(20) })
+            Some(ContentRange {
+                start: 10,
+                end: 19,
+                total: Some(20)
+            })
         );
         assert_eq!(parse_content_range("bytes 5-4/20"), None);
         assert_eq!(parse_content_range("items 0-1/2"), None);
@@ -500,6 +561,9 @@ mod tests {
 
     #[test]
     fn tags_are_split_and_trimmed() {
-        assert_eq!(parse_tags(&["a, b c,,d".into(), "e".into()]), vec!["a", "b c", "d", "e"]);
+        assert_eq!(
+            parse_tags(&["a, b c,,d".into(), "e".into()]),
+            vec!["a", "b c", "d", "e"]
+        );
     }
 }

@@ -24,7 +24,11 @@ pub fn clean_path(kind: &str, raw: &str) -> ApiResult<String> {
         } else {
             format!("'{c}'")
         };
-        return Err(invalid(kind, raw, &format!("it contains the forbidden character {shown}")));
+        return Err(invalid(
+            kind,
+            raw,
+            &format!("it contains the forbidden character {shown}"),
+        ));
     }
     let segments: Vec<&str> = trimmed
         .split('/')
@@ -33,7 +37,11 @@ pub fn clean_path(kind: &str, raw: &str) -> ApiResult<String> {
         .collect();
     for seg in &segments {
         if *seg == "." || *seg == ".." {
-            return Err(invalid(kind, raw, "'.' and '..' are not allowed as path segments"));
+            return Err(invalid(
+                kind,
+                raw,
+                "'.' and '..' are not allowed as path segments",
+            ));
         }
     }
     let cleaned = segments.join("/");
@@ -168,7 +176,11 @@ fn finish(id: String) -> ApiResult<String> {
     }
     check_no_version_folders(&id)?;
     if id.chars().count() > MAX_PUBLIC_ID {
-        return Err(invalid("public_id", &id, "it is longer than 255 characters"));
+        return Err(invalid(
+            "public_id",
+            &id,
+            "it is longer than 255 characters",
+        ));
     }
     Ok(id)
 }
@@ -179,11 +191,24 @@ mod tests {
 
     #[test]
     fn explicit_ids_are_trimmed_and_checked() {
-        let id = |p: &str| compose(&NameParts { public_id: Some(p), ..Default::default() });
+        let id = |p: &str| {
+            compose(&NameParts {
+                public_id: Some(p),
+                ..Default::default()
+            })
+        };
         assert_eq!(id(" /a//b/ ").unwrap(), "a/b");
         assert_eq!(id("a&b").unwrap(), "a&b");
         assert_eq!(id("café/ünï").unwrap(), "café/ünï");
-        for bad in ["../etc/passwd", "a/../../b", "a\\b", "a%2e", "a\0b", "x?y", "v12/x"] {
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "a\\b",
+            "a%2e",
+            "a\0b",
+            "x?y",
+            "v12/x",
+        ] {
             assert!(id(bad).is_err(), "{bad}");
         }
         assert!(id(&"x".repeat(256)).is_err());
@@ -213,7 +238,10 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert!(n.starts_with("my_logo_") && n.len() == "my_logo_".len() + 6, "{n}");
+        assert!(
+            n.starts_with("my_logo_") && n.len() == "my_logo_".len() + 6,
+            "{n}"
+        );
         let n = compose(&NameParts {
             raw: true,
             filename: Some(split_filename("report.PDF")),
@@ -222,6 +250,10 @@ mod tests {
         .unwrap();
         assert!(n.ends_with(".pdf") && n.len() == 24, "{n}");
         let n = compose(&NameParts::default()).unwrap();
-        assert!(n.len() == 20 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            n.len() == 20
+                && n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
     }
 }

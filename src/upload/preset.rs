@@ -40,7 +40,9 @@ const CALL_WINS: &[&str] = &["public_id", "filename_override"];
 
 /// Escapes a context/metadata value (`=`, `|` and `\` get a backslash).
 fn escape_context(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('=', "\\=").replace('|', "\\|")
+    v.replace('\\', "\\\\")
+        .replace('=', "\\=")
+        .replace('|', "\\|")
 }
 
 /// A preset setting in the wire form a client would send.
@@ -59,7 +61,12 @@ pub fn setting_text(v: &Json) -> Option<String> {
         ),
         Json::Object(map) => Some(
             map.iter()
-                .map(|(k, v)| format!("{k}={}", escape_context(&setting_text(v).unwrap_or_default())))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}={}",
+                        escape_context(&setting_text(v).unwrap_or_default())
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("|"),
         ),
@@ -76,7 +83,12 @@ fn merge_values(name: &str, preset: &str, call: &str) -> String {
 }
 
 /// Loads the preset named by the request (if any) and returns the effective parameters.
-pub async fn apply(meta: &dyn MetaStore, cloud: &str, caller: &Caller, params: Params) -> ApiResult<(Params, Option<Preset>)> {
+pub async fn apply(
+    meta: &dyn MetaStore,
+    cloud: &str,
+    caller: &Caller,
+    params: Params,
+) -> ApiResult<(Params, Option<Preset>)> {
     let name = params.nonempty("upload_preset").map(str::to_string);
     let Some(name) = name else {
         return Ok((params, None));
@@ -115,7 +127,9 @@ pub async fn apply(meta: &dyn MetaStore, cloud: &str, caller: &Caller, params: P
             }
         }
         for (k, v) in settings {
-            let Some(text) = setting_text(v) else { continue };
+            let Some(text) = setting_text(v) else {
+                continue;
+            };
             if MERGED.contains(&k.as_str()) {
                 let call = out.text(k).unwrap_or("").to_string();
                 out.set(k, Value::Text(merge_values(k, &text, &call)));
@@ -139,7 +153,10 @@ mod tests {
     fn settings_become_wire_text() {
         assert_eq!(setting_text(&json!(["a", "b c"])).unwrap(), "a,b c");
         assert_eq!(setting_text(&json!(true)).unwrap(), "1");
-        assert_eq!(setting_text(&json!({"alt": "x=y|z", "n": 3})).unwrap(), "alt=x\\=y\\|z|n=3");
+        assert_eq!(
+            setting_text(&json!({"alt": "x=y|z", "n": 3})).unwrap(),
+            "alt=x\\=y\\|z|n=3"
+        );
         assert_eq!(merge_values("tags", "a", "b"), "a,b");
         assert_eq!(merge_values("context", "a=1", ""), "a=1");
     }

@@ -58,7 +58,12 @@ pub fn upload_response(
     m.insert("version_id".into(), json!(rec.version_id));
     m.insert(
         "signature".into(),
-        json!(response_signature(&rec.key.public_id, rec.version, &signer.secret, signer.algorithm)),
+        json!(response_signature(
+            &rec.key.public_id,
+            rec.version,
+            &signer.secret,
+            signer.algorithm
+        )),
     );
     if !raw {
         if let Some(w) = rec.width {

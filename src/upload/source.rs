@@ -19,7 +19,11 @@ pub struct Source {
 }
 
 /// Resolves the `file` parameter (or file part) into a temporary file.
-pub async fn resolve(state: &AppState, part: Option<FilePart>, file_param: Option<&str>) -> ApiResult<Source> {
+pub async fn resolve(
+    state: &AppState,
+    part: Option<FilePart>,
+    file_param: Option<&str>,
+) -> ApiResult<Source> {
     if let Some(part) = part {
         return Ok(Source {
             blob: part.blob,
@@ -39,7 +43,10 @@ pub async fn resolve(state: &AppState, part: Option<FilePart>, file_param: Optio
                 WriteError::TooLarge { limit } => too_large(0, limit),
                 WriteError::Io(e) => e.into(),
             })?;
-        return Ok(Source { blob, filename: None });
+        return Ok(Source {
+            blob,
+            filename: None,
+        });
     }
     if lower.starts_with("http://") || lower.starts_with("https://") {
         return fetch(state, value).await;
@@ -90,8 +97,10 @@ pub fn decode_data_uri(uri: &str) -> ApiResult<Vec<u8>> {
 
 /// The last path segment of a URL, percent-decoded.
 fn url_filename(url: &reqwest::Url) -> Option<String> {
-    let seg = url.path_segments()?.filter(|s| !s.is_empty()).next_back()?;
-    let name = percent_encoding::percent_decode_str(seg).decode_utf8_lossy().into_owned();
+    let seg = url.path_segments()?.rfind(|s| !s.is_empty())?;
+    let name = percent_encoding::percent_decode_str(seg)
+        .decode_utf8_lossy()
+        .into_owned();
     (!name.is_empty()).then_some(name)
 }
 
@@ -117,7 +126,10 @@ async fn fetch(state: &AppState, url_text: &str) -> ApiResult<Source> {
             "Resource not found - Error in loading {url_text} - HTML response"
         )));
     }
-    let max = state.limits.max_remote_bytes.min(state.limits.max_upload_bytes);
+    let max = state
+        .limits
+        .max_remote_bytes
+        .min(state.limits.max_upload_bytes);
     if let Some(len) = response.content_length() {
         if len > max {
             return Err(too_large(len, max));
@@ -147,8 +159,14 @@ mod tests {
 
     #[test]
     fn data_uris() {
-        assert_eq!(decode_data_uri("data:image/png;base64,aGVs\nbG8=").unwrap(), b"hello");
-        assert_eq!(decode_data_uri("data:text/plain;base64,aGVsbG8").unwrap(), b"hello");
+        assert_eq!(
+            decode_data_uri("data:image/png;base64,aGVs\nbG8=").unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            decode_data_uri("data:text/plain;base64,aGVsbG8").unwrap(),
+            b"hello"
+        );
         assert_eq!(decode_data_uri("data:,a%20b").unwrap(), b"a b");
         assert!(decode_data_uri("data:image/png;base64,@@@").is_err());
         assert!(decode_data_uri("data:nocomma").is_err());

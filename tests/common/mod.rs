@@ -56,7 +56,9 @@ pub struct PgDb {
 impl PgDb {
     pub async fn create(admin: &str) -> PgDb {
         let name = format!("nephos_test_{}", nephos::util::random_alnum(12));
-        let mut conn = sqlx::PgConnection::connect(admin).await.expect("connect to test postgres");
+        let mut conn = sqlx::PgConnection::connect(admin)
+            .await
+            .expect("connect to test postgres");
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&mut conn)
             .await
@@ -72,9 +74,12 @@ impl PgDb {
 
     pub async fn drop_db(self) {
         if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut conn)
-                .await;
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut conn)
+            .await;
         }
     }
 }
@@ -117,7 +122,11 @@ impl TestServer {
         Self::start_with(backend.clone(), DEFAULT_TOML, None).await
     }
 
-    pub async fn start_with(backend: Backend, toml_text: &str, fixed_time: Option<i64>) -> TestServer {
+    pub async fn start_with(
+        backend: Backend,
+        toml_text: &str,
+        fixed_time: Option<i64>,
+    ) -> TestServer {
         let data_dir = tempfile::tempdir().expect("tempdir");
         let file: FileConfig = toml::from_str(toml_text).expect("test config");
         let pg = match &backend {
@@ -135,8 +144,14 @@ impl TestServer {
         Self::launch(config, data_dir, pg).await
     }
 
-    pub async fn launch(config: Config, data_dir: tempfile::TempDir, pg: Option<PgDb>) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    pub async fn launch(
+        config: Config,
+        data_dir: tempfile::TempDir,
+        pg: Option<PgDb>,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(nephos::serve(config, listener, async {
@@ -189,7 +204,10 @@ impl TestServer {
     }
 
     pub async fn health(&self) -> reqwest::StatusCode {
-        reqwest::get(self.url("/health")).await.expect("health").status()
+        reqwest::get(self.url("/health"))
+            .await
+            .expect("health")
+            .status()
     }
 
     pub async fn stop(mut self) {
@@ -210,8 +228,16 @@ pub fn now() -> i64 {
 }
 
 /// Signs `params` like the SDKs (version 2) and adds `signature` and `api_key`.
-pub fn signed(params: &[(&str, &str)], key: &str, secret: &str, algorithm: SignatureAlgorithm) -> Vec<(String, String)> {
-    let pairs: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+pub fn signed(
+    params: &[(&str, &str)],
+    key: &str,
+    secret: &str,
+    algorithm: SignatureAlgorithm,
+) -> Vec<(String, String)> {
+    let pairs: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let sig = api_sign(&string_to_sign(&pairs, 2), secret, algorithm);
     let mut out = pairs;
     out.push(("signature".into(), sig));
@@ -221,7 +247,11 @@ pub fn signed(params: &[(&str, &str)], key: &str, secret: &str, algorithm: Signa
 
 /// A signed multipart upload request of `data` (demo account) with the given parameters
 /// (`timestamp` is added).
-pub fn signed_form(params: &[(&str, &str)], data: &[u8], filename: &str) -> reqwest::multipart::Form {
+pub fn signed_form(
+    params: &[(&str, &str)],
+    data: &[u8],
+    filename: &str,
+) -> reqwest::multipart::Form {
     let ts = now().to_string();
     let mut all: Vec<(&str, &str)> = params.to_vec();
     all.push(("timestamp", &ts));
@@ -236,7 +266,13 @@ pub fn signed_form(params: &[(&str, &str)], data: &[u8], filename: &str) -> reqw
 }
 
 /// Posts a signed upload and returns status and JSON.
-pub async fn upload(server: &TestServer, rt: &str, params: &[(&str, &str)], data: &[u8], filename: &str) -> (u16, serde_json::Value) {
+pub async fn upload(
+    server: &TestServer,
+    rt: &str,
+    params: &[(&str, &str)],
+    data: &[u8],
+    filename: &str,
+) -> (u16, serde_json::Value) {
     let resp = reqwest::Client::new()
         .post(server.upload_url(rt))
         .multipart(signed_form(params, data, filename))

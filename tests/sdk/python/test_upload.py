@@ -1,0 +1,223 @@
+"""The official Python SDK (cloudinary 1.46.x) against a running nephos."""
+import hashlib
+import http.server
+import io
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import cloudinary
+import cloudinary.uploader
+import cloudinary.utils
+import pytest
+from cloudinary import exceptions
+
+
+def fetch(url):
+    with urllib.request.urlopen(url) as r:
+        return r.read()
+
+
+def read(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+def unique(prefix):
+    return f"{prefix}_{int(time.time() * 1000) % 10_000_000}_{id(object()) % 10_000}"
+
+
+def test_upload_path_verifies_and_downloads(asset):
+    data = read(asset("logo.png"))
+    pid = unique("py/path")
+    r = cloudinary.uploader.upload(asset("logo.png"), public_id=pid)
+    assert r["public_id"] == pid
+    assert (r["width"], r["height"], r["format"], r["resource_type"]) == (64, 32, "png", "image")
+    assert r["bytes"] == len(data) and r["etag"] == md5(data)
+    assert r["original_filename"] == "logo"
+    assert r["request_id"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["created_at"])
+    assert cloudinary.utils.verify_api_response_signature(r["public_id"], r["version"], r["signature"])
+    assert not cloudinary.utils.verify_api_response_signature(r["public_id"], r["version"] + 1, r["signature"])
+    assert fetch(r["secure_url"]) == data
+    assert fetch(r["url"]) == data
+
+
+def test_upload_bytes_stream_and_open_file(asset):
+    data = read(asset("logo.png"))
+    r = cloudinary.uploader.upload(data)
+    assert r["original_filename"] == "file" and r["width"] == 64
+    r = cloudinary.uploader.upload(io.BytesIO(data))
+    assert r["original_filename"] == "stream"
+    with open(asset("logo.png"), "rb") as fh:
+        r = cloudinary.uploader.upload(fh)
+    assert r["original_filename"] == "logo"
+    assert fetch(r["secure_url"]) == data
+
+
+def test_upload_data_uri(asset):
+    import base64
+    data = read(asset("logo.png"))
+    r = cloudinary.uploader.upload("data:image/png;base64," + base64.b64encode(data).decode())
+    assert r["width"] == 64 and r["etag"] == md5(data)
+
+
+def test_upload_from_local_http_url(asset):
+    directory = str(__import__("pathlib").Path(asset("logo.png")).parent)
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=directory, **kw)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/logo.png"
+        r = cloudinary.uploader.upload(url, use_filename=True, unique_filename=False, folder=unique("py_remote"))
+        assert r["public_id"].endswith("/logo")
+        assert r["original_filename"] == "logo"
+        assert fetch(r["secure_url"]) == read(asset("logo.png"))
+        with pytest.raises(exceptions.NotFound) as e:
+            cloudinary.uploader.upload(f"http://127.0.0.1:{httpd.server_address[1]}/missing.png")
+        assert str(e.value).startswith("Resource not found - ")
+    finally:
+        httpd.shutdown()
+
+
+def test_folder_and_public_id(asset):
+    folder = unique("py_folder")
+    r = cloudinary.uploader.upload(asset("logo.png"), folder=folder, public_id="inner")
+    assert r["public_id"] == f"{folder}/inner"
+    assert r["asset_folder"] == folder
+    assert r["display_name"] == "inner"
+    assert r["url"].endswith(f"/demo/image/upload/v{r['version']}/{folder}/inner.png")
+
+
+def test_use_filename_and_unique_filename(asset):
+    r = cloudinary.uploader.upload(asset("logo.png"), use_filename=True)
+    assert re.fullmatch(r"logo_[a-z0-9]{6}", r["public_id"])
+    folder = unique("py_uf")
+    r = cloudinary.uploader.upload(asset("logo.png"), use_filename=True, unique_filename=False, folder=folder)
+    assert r["public_id"] == f"{folder}/logo"
+    r = cloudinary.uploader.upload(asset("logo.png"))
+    assert re.fullmatch(r"[a-z0-9]{20}", r["public_id"])
+
+
+def test_overwrite_and_existing(asset):
+    pid = unique("py_ow")
+    first = cloudinary.uploader.upload(asset("logo.png"), public_id=pid)
+    again = cloudinary.uploader.upload(asset("anim.gif"), public_id=pid, overwrite=False)
+    assert again["existing"] is True
+    assert again["etag"] == first["etag"] and again["version"] == first["version"]
+    time.sleep(0.01)
+    replaced = cloudinary.uploader.upload(asset("anim.gif"), public_id=pid)
+    assert replaced["overwritten"] is True
+    assert replaced["asset_id"] == first["asset_id"]
+    assert replaced["version"] > first["version"]
+    assert replaced["format"] == "gif" and replaced["pages"] == 3
+    assert fetch(replaced["secure_url"]) == read(asset("anim.gif"))
+
+
+def test_tags_and_context_round_trip(asset):
+    r = cloudinary.uploader.upload(
+        asset("logo.png"),
+        tags=["tag1", "tag two"],
+        context={"caption": "some caption", "alt": "alternative|alt=a"},
+    )
+    assert sorted(r["tags"]) == ["tag two", "tag1"]
+    assert r["context"] == {"custom": {"caption": "some caption", "alt": "alternative|alt=a"}}
+
+
+def test_raw_upload_keeps_extension(asset):
+    r = cloudinary.uploader.upload(asset("notes.txt"), resource_type="raw", use_filename=True)
+    assert re.fullmatch(r"notes_[a-z0-9]{6}\.txt", r["public_id"])
+    assert "format" not in r and "width" not in r
+    assert fetch(r["secure_url"]) == read(asset("notes.txt"))
+
+
+def test_video_upload_reads_duration_and_size(asset):
+    r = cloudinary.uploader.upload(asset("clip.mp4"), resource_type="video")
+    assert r["resource_type"] == "video" and r["format"] == "mp4"
+    assert (r["width"], r["height"], r["duration"]) == (640, 360, 3.5)
+    assert isinstance(r["bit_rate"], int)
+    assert fetch(r["secure_url"]) == read(asset("clip.mp4"))
+    r = cloudinary.uploader.upload(asset("clip.webm"), resource_type="video")
+    assert (r["format"], r["width"], r["duration"]) == ("webm", 320, 2.25)
+
+
+def test_auto_detection(asset):
+    assert cloudinary.uploader.upload(asset("logo.png"), resource_type="auto")["resource_type"] == "image"
+    assert cloudinary.uploader.upload(asset("clip.mp4"), resource_type="auto")["resource_type"] == "video"
+    r = cloudinary.uploader.upload(asset("notes.txt"), resource_type="auto")
+    assert r["resource_type"] == "raw" and r["public_id"].endswith(".txt")
+
+
+def test_sha256_signatures(asset):
+    cloudinary.config(signature_algorithm="sha256")
+    try:
+        r = cloudinary.uploader.upload(asset("logo.png"))
+        assert len(r["signature"]) == 64
+        assert cloudinary.utils.verify_api_response_signature(r["public_id"], r["version"], r["signature"])
+    finally:
+        cloudinary.config(signature_algorithm="sha1")
+    # A second cloud whose account is configured for SHA-256, passed per call.
+    r = cloudinary.uploader.upload(
+        asset("logo.png"), cloud_name="other", api_key="5555", api_secret="sha256secret",
+        signature_algorithm="sha256", public_id="in_other_cloud",
+    )
+    assert "/other/image/upload/" in r["secure_url"]
+    assert fetch(r["secure_url"]) == read(asset("logo.png"))
+
+
+def test_signature_version_1_with_ampersand(asset):
+    r = cloudinary.uploader.upload(asset("logo.png"), public_id=unique("a&b"), signature_version=1)
+    assert "&" in r["public_id"]
+    assert fetch(r["secure_url"]) == read(asset("logo.png"))
+
+
+def test_unsigned_upload_with_preset(asset):
+    r = cloudinary.uploader.unsigned_upload(asset("logo.png"), "sdk_unsigned", tags=["mine"])
+    assert re.fullmatch(r"unsigned_folder/[a-z0-9]{20}", r["public_id"])
+    assert sorted(r["tags"]) == ["mine", "preset_tag"]
+    assert fetch(r["secure_url"]) == read(asset("logo.png"))
+    with pytest.raises(exceptions.BadRequest, match="whitelisted for unsigned uploads"):
+        cloudinary.uploader.unsigned_upload(asset("logo.png"), "sdk_signed_only")
+
+
+def test_authenticated_asset_with_sdk_signed_url(base, asset):
+    pid = unique("py_auth/secret")
+    r = cloudinary.uploader.upload(asset("logo.png"), public_id=pid, type="authenticated")
+    assert "/image/authenticated/s--" in r["secure_url"]
+    assert fetch(r["secure_url"]) == read(asset("logo.png"))
+    host = base.split("://", 1)[1]
+    url, _ = cloudinary.utils.cloudinary_url(pid, type="authenticated", sign_url=True, format="png",
+                                             version=r["version"], cname=host)
+    assert fetch(url) == read(asset("logo.png"))
+    unsigned, _ = cloudinary.utils.cloudinary_url(pid, type="authenticated", format="png", cname=host)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        fetch(unsigned)
+    assert e.value.code == 401
+
+
+def test_upload_large_of_a_small_file(asset):
+    r = cloudinary.uploader.upload_large(asset("notes.txt"))
+    assert r["resource_type"] == "raw"
+    assert fetch(r["secure_url"]) == read(asset("notes.txt"))
+
+
+def test_errors_are_raised_as_sdk_exceptions(asset):
+    with pytest.raises(exceptions.AuthorizationRequired, match="Invalid Signature"):
+        cloudinary.uploader.upload(asset("logo.png"), api_secret="wrong")
+    with pytest.raises(exceptions.BadRequest, match="Empty file"):
+        cloudinary.uploader.upload(io.BytesIO(b""))
+    with pytest.raises(exceptions.BadRequest, match="Invalid image file"):
+        cloudinary.uploader.upload(b"not an image at all")
