@@ -289,6 +289,28 @@ mod tests {
             (gif.width, gif.height, gif.pages),
             (Some(4), Some(5), Some(3))
         );
+        let jpg = probe_bytes(&samples::jpeg_header(40, 30));
+        assert_eq!(
+            (jpg.format.as_deref(), jpg.width, jpg.height),
+            (Some("jpg"), Some(40), Some(30))
+        );
+        let webp = probe_bytes(&samples::webp(12, 7, 0));
+        assert_eq!(
+            (webp.format.as_deref(), webp.width, webp.height, webp.pages),
+            (Some("webp"), Some(12), Some(7), Some(1))
+        );
+        let anim = probe_bytes(&samples::webp(12, 7, 5));
+        assert_eq!(anim.pages, Some(5));
+        let tiff = probe_bytes(&samples::tiff(20, 10, 3));
+        assert_eq!(
+            (tiff.format.as_deref(), tiff.width, tiff.height, tiff.pages),
+            (Some("tiff"), Some(20), Some(10), Some(3))
+        );
+        let ico = probe_bytes(&samples::ico(16));
+        assert_eq!(
+            (ico.format.as_deref(), ico.width, ico.height),
+            (Some("ico"), Some(16), Some(16))
+        );
         let bmp = probe_bytes(&samples::bmp(7, 9));
         assert_eq!(
             (bmp.format.as_deref(), bmp.width, bmp.height),

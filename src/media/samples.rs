@@ -190,3 +190,74 @@ pub fn webm(w: u16, h: u16, seconds: f64) -> Vec<u8> {
     segment.extend_from_slice(&[info, tracks, cluster].concat());
     [header, segment].concat()
 }
+
+/// A baseline JPEG header (SOI and SOF0) of `w`×`h`; enough for probing, not for decoding.
+pub fn jpeg_header(w: u16, h: u16) -> Vec<u8> {
+    let mut out = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10];
+    out.extend_from_slice(b"JFIF\0\x01\x01\x00\x00\x01\x00\x01\x00\x00");
+    out.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08]);
+    out.extend_from_slice(&h.to_be_bytes());
+    out.extend_from_slice(&w.to_be_bytes());
+    out.extend_from_slice(&[3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    out
+}
+
+/// An extended WebP (VP8X) of `w`×`h` with `frames` animation frames (0: a still image).
+pub fn webp(w: u32, h: u32, frames: usize) -> Vec<u8> {
+    let mut chunks = Vec::new();
+    let mut vp8x = vec![if frames > 0 { 0x02 } else { 0 }, 0, 0, 0];
+    vp8x.extend_from_slice(&(w - 1).to_le_bytes()[..3]);
+    vp8x.extend_from_slice(&(h - 1).to_le_bytes()[..3]);
+    let chunk = |typ: &[u8; 4], body: &[u8]| {
+        let mut c = typ.to_vec();
+        c.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        c.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            c.push(0);
+        }
+        c
+    };
+    chunks.extend(chunk(b"VP8X", &vp8x));
+    for _ in 0..frames {
+        chunks.extend(chunk(b"ANMF", &[0u8; 17]));
+    }
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&((chunks.len() + 4) as u32).to_le_bytes());
+    out.extend_from_slice(b"WEBP");
+    out.extend(chunks);
+    out
+}
+
+/// A little-endian TIFF with `pages` image directories of `w`×`h`.
+pub fn tiff(w: u16, h: u16, pages: usize) -> Vec<u8> {
+    let mut out = b"II*\0".to_vec();
+    out.extend_from_slice(&8u32.to_le_bytes());
+    for i in 0..pages {
+        let ifd_len = 2 + 2 * 12 + 4;
+        out.extend_from_slice(&2u16.to_le_bytes());
+        for (tag, value) in [(256u16, w), (257u16, h)] {
+            out.extend_from_slice(&tag.to_le_bytes());
+            out.extend_from_slice(&3u16.to_le_bytes());
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.extend_from_slice(&(value as u32).to_le_bytes());
+        }
+        let next = if i + 1 < pages {
+            (8 + (i + 1) * ifd_len) as u32
+        } else {
+            0
+        };
+        out.extend_from_slice(&next.to_le_bytes());
+    }
+    out
+}
+
+/// An ICO directory with one `size`×`size` PNG entry.
+pub fn ico(size: u8) -> Vec<u8> {
+    let image = png(size as u32, size as u32);
+    let mut out = vec![0, 0, 1, 0, 1, 0, size, size, 0, 0, 1, 0, 32, 0];
+    out.extend_from_slice(&(image.len() as u32).to_le_bytes());
+    out.extend_from_slice(&22u32.to_le_bytes());
+    out.extend(image);
+    out
+}

@@ -515,11 +515,6 @@ async fn store(
     })
 }
 
-/// Generates a 20-character public ID (exposed for other actions).
-pub fn random_public_id() -> String {
-    random_alnum(20)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
