@@ -74,6 +74,15 @@ pub struct ServeArgs {
     /// Seconds a signed request stays valid (Cloudinary: 3600).
     #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
     pub signature_ttl_secs: Option<i64>,
+    /// Largest file assembled from a chunked upload, in bytes.
+    #[arg(long, env = "NEPHOS_MAX_FILE_BYTES")]
+    pub max_file_bytes: Option<u64>,
+    /// Chunked uploads in progress allowed per cloud.
+    #[arg(long, env = "NEPHOS_MAX_OPEN_UPLOADS")]
+    pub max_open_uploads: Option<i64>,
+    /// Seconds after which an abandoned chunked upload and its parts are removed.
+    #[arg(long, env = "NEPHOS_UPLOAD_SESSION_TTL_SECS")]
+    pub upload_session_ttl_secs: Option<i64>,
     /// Testing aid: freeze the server clock at this Unix time (used to replay recorded requests).
     #[arg(long, env = "NEPHOS_FIXED_TIME")]
     pub fixed_time: Option<i64>,
@@ -105,6 +114,9 @@ pub struct FileLimits {
     pub remote_max_redirects: Option<usize>,
     pub max_field_bytes: Option<u64>,
     pub signature_ttl_secs: Option<i64>,
+    pub max_file_bytes: Option<u64>,
+    pub max_open_uploads: Option<i64>,
+    pub upload_session_ttl_secs: Option<i64>,
 }
 
 /// An upload preset defined in the configuration file; written to the database at start.
@@ -131,6 +143,9 @@ pub struct Limits {
     pub remote_max_redirects: usize,
     pub max_field_bytes: u64,
     pub signature_ttl_secs: i64,
+    pub max_file_bytes: u64,
+    pub max_open_uploads: i64,
+    pub upload_session_ttl_secs: i64,
 }
 
 impl Default for Limits {
@@ -142,6 +157,9 @@ impl Default for Limits {
             remote_max_redirects: 5,
             max_field_bytes: 64 * 1024 * 1024,
             signature_ttl_secs: 3600,
+            max_file_bytes: 20 * 1024 * 1024 * 1024,
+            max_open_uploads: 1000,
+            upload_session_ttl_secs: 24 * 3600,
         }
     }
 }
@@ -225,6 +243,18 @@ impl Config {
                 .signature_ttl_secs
                 .or(fl.signature_ttl_secs)
                 .unwrap_or(d.signature_ttl_secs),
+            max_file_bytes: args
+                .max_file_bytes
+                .or(fl.max_file_bytes)
+                .unwrap_or(d.max_file_bytes),
+            max_open_uploads: args
+                .max_open_uploads
+                .or(fl.max_open_uploads)
+                .unwrap_or(d.max_open_uploads),
+            upload_session_ttl_secs: args
+                .upload_session_ttl_secs
+                .or(fl.upload_session_ttl_secs)
+                .unwrap_or(d.upload_session_ttl_secs),
         };
         if let Some(v) = args.listen.clone().or(file.listen) {
             cfg.listen = v;

@@ -172,13 +172,30 @@ pub async fn serve(
         public_base(&config, addr),
         config.limits.clone(),
         http,
+        data_dir.join("chunks"),
         config.fixed_time,
     );
+    let sweeper = tokio::spawn(sweep_forever(state.clone()));
     tracing::info!(%addr, data_dir = %data_dir.display(), database = %redact(&db_url), "nephos listening");
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
+    sweeper.abort();
     Ok(())
+}
+
+/// Removes abandoned chunked uploads and stale temporary files: once at start, then
+/// periodically (a quarter of the session lifetime, at most every five minutes).
+async fn sweep_forever(state: AppState) {
+    let every = (state.limits.upload_session_ttl_secs / 4).clamp(1, 300) as u64;
+    loop {
+        match upload::chunked::sweep(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "swept abandoned uploads and temporary files"),
+            Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(every)).await;
+    }
 }
 
 /// A database URL without its password.

@@ -1,7 +1,10 @@
 //! The shared state every handler sees.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use md5::Md5;
 
 use crate::auth::Accounts;
 use crate::config::Limits;
@@ -20,6 +23,12 @@ pub struct AppState {
     pub limits: Limits,
     /// Fetches remote `file` URLs.
     pub http: reqwest::Client,
+    /// Where the parts of chunked uploads are kept until assembly.
+    pub chunk_dir: PathBuf,
+    /// Running MD5 of chunked uploads whose parts arrived in order: session → (next offset,
+    /// state). A process without the state (a restart, another process) hashes the assembled
+    /// file instead.
+    pub chunk_hashes: Arc<Mutex<HashMap<String, (u64, Md5)>>>,
     fixed_time: Option<i64>,
 }
 
@@ -33,6 +42,7 @@ impl AppState {
         public_url: String,
         limits: Limits,
         http: reqwest::Client,
+        chunk_dir: PathBuf,
         fixed_time: Option<i64>,
     ) -> AppState {
         AppState {
@@ -43,6 +53,8 @@ impl AppState {
             public_url,
             limits,
             http,
+            chunk_dir,
+            chunk_hashes: Arc::new(Mutex::new(HashMap::new())),
             fixed_time,
         }
     }

@@ -86,6 +86,59 @@ pub struct Preset {
     pub created_at: i64,
 }
 
+/// A chunked upload in progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChunkSession {
+    pub session_id: String,
+    pub cloud: String,
+    pub upload_id: String,
+    pub resource_type: String,
+    /// Who may add parts: `key:<api_key>` or `preset:<name>`.
+    pub identity: String,
+    /// The file size once a part told it.
+    pub total: Option<i64>,
+    /// The public ID decided when the session started (echoed to every part).
+    pub public_id: Option<String>,
+    /// The file name of the first part.
+    pub filename: Option<String>,
+    /// `open`, or `assembling` while one request builds the file.
+    pub state: String,
+    pub state_since: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One received part of a chunked upload: bytes `start..=end` in `file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkPart {
+    pub start: i64,
+    pub end: i64,
+    pub md5: String,
+    pub file: String,
+}
+
+/// What the upload rules decide about a new part, given the locked session and its parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkDecision {
+    /// Record the part; `total` is the size it told; `claim` marks the session `assembling`.
+    Accept { total: Option<i64>, claim: bool },
+    /// The same bytes are already recorded; `claim` as above.
+    Duplicate { claim: bool },
+    /// Refuse the part with this message.
+    Reject(String),
+}
+
+/// The session and its parts after [`MetaStore::record_chunk`].
+#[derive(Debug, Clone)]
+pub struct ChunkOutcome {
+    pub decision: ChunkDecision,
+    pub session: ChunkSession,
+    pub parts: Vec<ChunkPart>,
+}
+
+/// The rules applied inside the session lock.
+pub type ChunkRules<'a> = &'a (dyn Fn(&ChunkSession, &[ChunkPart]) -> ChunkDecision + Send + Sync);
+
 #[async_trait]
 pub trait MetaStore: Send + Sync {
     /// A round trip to the database.
@@ -105,6 +158,25 @@ pub trait MetaStore: Send + Sync {
     async fn get_preset(&self, cloud: &str, name: &str) -> Result<Option<Preset>, DbError>;
     /// Every blob key referenced by an asset (used to sweep orphaned blobs).
     async fn blob_keys(&self) -> Result<Vec<String>, DbError>;
+
+    /// Under the session's lock: creates the session from `init` when it does not exist (unless
+    /// the cloud already has `max_open` sessions), lets `rules` decide about `part`, and applies
+    /// the decision. A refused first part leaves no session behind.
+    async fn record_chunk(
+        &self,
+        init: &ChunkSession,
+        part: &ChunkPart,
+        max_open: i64,
+        rules: ChunkRules<'_>,
+    ) -> Result<ChunkOutcome, DbError>;
+    /// Sets a claimed session back to `open` (its assembly failed).
+    async fn reopen_chunk_session(&self, session_id: &str, now: i64) -> Result<(), DbError>;
+    /// Removes a session and its part rows; returns the parts (whose files the caller removes).
+    async fn delete_chunk_session(&self, session_id: &str) -> Result<Vec<ChunkPart>, DbError>;
+    /// Sessions not touched since `before`.
+    async fn stale_chunk_sessions(&self, before: i64) -> Result<Vec<String>, DbError>;
+    /// Every part file referenced by a session.
+    async fn chunk_part_files(&self) -> Result<Vec<String>, DbError>;
 }
 
 /// Opens the store for `url` (running migrations).

@@ -13,7 +13,10 @@ use serde_json::{Map, Value};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use super::{AssetKey, AssetRecord, DbError, MetaStore, Preset, SaveOutcome};
+use super::{
+    AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules, ChunkSession, DbError,
+    MetaStore, Preset, SaveOutcome,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
@@ -29,6 +32,48 @@ pub struct SqlStore {
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const SESSION_COLUMNS: &str = "session_id, cloud, upload_id, resource_type, identity, total, \
+    public_id, filename, state, state_since, created_at, updated_at";
+
+fn row_to_session(row: &AnyRow) -> Result<ChunkSession, DbError> {
+    Ok(ChunkSession {
+        session_id: row.try_get("session_id")?,
+        cloud: row.try_get("cloud")?,
+        upload_id: row.try_get("upload_id")?,
+        resource_type: row.try_get("resource_type")?,
+        identity: row.try_get("identity")?,
+        total: row.try_get("total")?,
+        public_id: row.try_get("public_id")?,
+        filename: row.try_get("filename")?,
+        state: row.try_get("state")?,
+        state_since: row.try_get("state_since")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+async fn load_parts<'e, E>(exec: E, session_id: &str) -> Result<Vec<ChunkPart>, DbError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows = sqlx::query(
+        "SELECT start_at, end_at, md5, file FROM upload_parts WHERE session_id = $1 ORDER BY start_at, end_at",
+    )
+    .bind(session_id.to_string())
+    .fetch_all(exec)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ChunkPart {
+                start: r.try_get("start_at")?,
+                end: r.try_get("end_at")?,
+                md5: r.try_get("md5")?,
+                file: r.try_get("file")?,
+            })
+        })
+        .collect()
+}
 
 const ASSET_COLUMNS: &str = "asset_id, cloud, resource_type, delivery_type, public_id, version, \
     version_id, format, width, height, pages, bytes, etag, created_at, original_filename, \
@@ -399,6 +444,177 @@ impl MetaStore for SqlStore {
         rows.iter()
             .map(|r| r.try_get::<String, _>("blob_key").map_err(DbError::from))
             .collect()
+    }
+
+    async fn record_chunk(
+        &self,
+        init: &ChunkSession,
+        part: &ChunkPart,
+        max_open: i64,
+        rules: ChunkRules<'_>,
+    ) -> Result<ChunkOutcome, DbError> {
+        for _attempt in 0..5 {
+            if let Some(outcome) = self.record_chunk_once(init, part, max_open, rules).await? {
+                return Ok(outcome);
+            }
+        }
+        Err(DbError::Corrupt("could not lock the upload session".into()))
+    }
+
+    async fn reopen_chunk_session(&self, session_id: &str, now: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE upload_sessions SET state = 'open', state_since = $1 WHERE session_id = $2")
+            .bind(now)
+            .bind(session_id.to_string())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_chunk_session(&self, session_id: &str) -> Result<Vec<ChunkPart>, DbError> {
+        let mut tx = self.write.begin().await?;
+        let parts = load_parts(&mut *tx, session_id).await?;
+        sqlx::query("DELETE FROM upload_parts WHERE session_id = $1")
+            .bind(session_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM upload_sessions WHERE session_id = $1")
+            .bind(session_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(parts)
+    }
+
+    async fn stale_chunk_sessions(&self, before: i64) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query("SELECT session_id FROM upload_sessions WHERE updated_at < $1")
+            .bind(before)
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("session_id").map_err(DbError::from))
+            .collect()
+    }
+
+    async fn chunk_part_files(&self) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query("SELECT file FROM upload_parts").fetch_all(&self.read).await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("file").map_err(DbError::from))
+            .collect()
+    }
+}
+
+impl SqlStore {
+    async fn record_chunk_once(
+        &self,
+        init: &ChunkSession,
+        part: &ChunkPart,
+        max_open: i64,
+        rules: ChunkRules<'_>,
+    ) -> Result<Option<ChunkOutcome>, DbError> {
+        let select = format!(
+            "SELECT {SESSION_COLUMNS} FROM upload_sessions WHERE session_id = $1{}",
+            self.lock_suffix()
+        );
+        let mut tx = self.write.begin().await?;
+        let existing = sqlx::query(&select)
+            .bind(init.session_id.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (session, created) = match existing {
+            Some(row) => (row_to_session(&row)?, false),
+            None => {
+                let open: i64 = sqlx::query("SELECT COUNT(*) AS n FROM upload_sessions WHERE cloud = $1")
+                    .bind(init.cloud.clone())
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+                if open >= max_open {
+                    tx.rollback().await?;
+                    return Ok(Some(ChunkOutcome {
+                        decision: ChunkDecision::Reject(format!(
+                            "Too many chunked uploads in progress for this cloud (maximum {max_open})"
+                        )),
+                        session: init.clone(),
+                        parts: Vec::new(),
+                    }));
+                }
+                let sql = format!(
+                    "INSERT INTO upload_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, \
+                     $7, $8, $9, $10, $11, $12) ON CONFLICT (session_id) DO NOTHING"
+                );
+                let done = sqlx::query(&sql)
+                    .bind(init.session_id.clone())
+                    .bind(init.cloud.clone())
+                    .bind(init.upload_id.clone())
+                    .bind(init.resource_type.clone())
+                    .bind(init.identity.clone())
+                    .bind(init.total)
+                    .bind(init.public_id.clone())
+                    .bind(init.filename.clone())
+                    .bind(init.state.clone())
+                    .bind(init.state_since)
+                    .bind(init.created_at)
+                    .bind(init.updated_at)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    // Another request created it first: start over and lock it.
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                (init.clone(), true)
+            }
+        };
+        let mut parts = load_parts(&mut *tx, &session.session_id).await?;
+        let decision = rules(&session, &parts);
+        let mut session = session;
+        let claim = match &decision {
+            ChunkDecision::Reject(_) => {
+                if created {
+                    tx.rollback().await?;
+                } else {
+                    tx.commit().await?;
+                }
+                return Ok(Some(ChunkOutcome { decision, session, parts }));
+            }
+            ChunkDecision::Accept { total, claim } => {
+                sqlx::query(
+                    "INSERT INTO upload_parts (session_id, start_at, end_at, md5, file) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (session_id, start_at, end_at) DO NOTHING",
+                )
+                .bind(session.session_id.clone())
+                .bind(part.start)
+                .bind(part.end)
+                .bind(part.md5.clone())
+                .bind(part.file.clone())
+                .execute(&mut *tx)
+                .await?;
+                if total.is_some() {
+                    session.total = *total;
+                }
+                parts = load_parts(&mut *tx, &session.session_id).await?;
+                *claim
+            }
+            ChunkDecision::Duplicate { claim } => *claim,
+        };
+        session.updated_at = init.updated_at;
+        if claim {
+            session.state = "assembling".into();
+            session.state_since = init.updated_at;
+        }
+        sqlx::query(
+            "UPDATE upload_sessions SET total = $1, updated_at = $2, state = $3, state_since = $4 \
+             WHERE session_id = $5",
+        )
+        .bind(session.total)
+        .bind(session.updated_at)
+        .bind(session.state.clone())
+        .bind(session.state_since)
+        .bind(session.session_id.clone())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(ChunkOutcome { decision, session, parts }))
     }
 }
 

@@ -9,13 +9,15 @@ use serde_json::Value as Json;
 
 use crate::error::{ApiError, ApiResult};
 use crate::form::{base_name, parse_query, FilePart, Form, Params, Value};
-use crate::storage::{BlobWriter, WriteError};
+use crate::storage::{BlobWriter, Hashing, WriteError};
 
 /// Limits applied while reading a body.
 #[derive(Debug, Clone)]
 pub struct BodyLimits {
     pub max_file_bytes: u64,
     pub max_field_bytes: u64,
+    /// What the file part's writer hashes.
+    pub hashing: Hashing,
 }
 
 /// Reads the request body (any of the three encodings) and merges the query string under it
@@ -134,7 +136,8 @@ async fn read_multipart(
         let filename = field.file_name().map(str::to_string);
         match filename {
             Some(filename) if name == "file" => {
-                let mut writer = BlobWriter::create(tmp_dir, limits.max_file_bytes).await?;
+                let mut writer =
+                    BlobWriter::create_with(tmp_dir, limits.max_file_bytes, limits.hashing.clone()).await?;
                 let mut overflow: Option<u64> = None;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
                     if let Some(total) = overflow.as_mut() {

@@ -70,6 +70,7 @@ fn body_limits(state: &AppState) -> BodyLimits {
     BodyLimits {
         max_file_bytes: state.limits.max_upload_bytes,
         max_field_bytes: state.limits.max_field_bytes,
+        hashing: crate::storage::Hashing::Fresh,
     }
 }
 
@@ -115,19 +116,25 @@ async fn run_upload(
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let form = read_form(
-        headers,
-        uri.query(),
-        body,
-        &state.tmp_dir,
-        &body_limits(state),
-    )
-    .await?;
+    let content_range = header_text(headers, "content-range");
+    let upload_id = header_text(headers, "x-unique-upload-id").filter(|v| !v.is_empty());
+    let mut limits = body_limits(state);
+    let mut hashed_in_order = false;
+    if let Some(range) = content_range.and_then(upload::parse_content_range) {
+        if !upload::chunked::is_whole(&range, None) {
+            let (hashing, extends) = upload::chunked::hashing_for(state, cloud, upload_id, &range);
+            limits.hashing = hashing;
+            hashed_in_order = extends;
+        }
+    }
+    let form = read_form(headers, uri.query(), body, &state.tmp_dir, &limits).await?;
     let req = UploadRequest {
         cloud,
         resource_type,
         authorization: header_text(headers, header::AUTHORIZATION.as_str()),
-        content_range: header_text(headers, "content-range"),
+        content_range,
+        upload_id,
+        hashed_in_order,
     };
     let result = upload::upload(state, req, form).await?;
     Ok(Json(result).into_response())

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
 
-pub use temp::{BlobWriter, TempBlob, WriteError};
+pub use temp::{BlobWriter, Hashing, TempBlob, WriteError};
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 

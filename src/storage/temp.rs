@@ -21,12 +21,47 @@ const QUEUE: usize = 32;
 pub struct TempBlob {
     path: PathBuf,
     pub size: u64,
-    /// Lowercase hex MD5 of the content.
+    /// Lowercase hex MD5 of the content hashed by the writer (empty with [`Hashing::Off`]).
     pub md5: String,
+    /// The MD5 state after the content, to continue hashing a larger file.
+    pub md5_state: Option<Md5>,
     kept: bool,
 }
 
+/// What the writer hashes.
+#[derive(Clone, Default)]
+pub enum Hashing {
+    /// The MD5 of this content.
+    #[default]
+    Fresh,
+    /// Continue an MD5 over earlier bytes (a chunk that extends an upload in order).
+    Continue(Md5),
+    /// No hashing.
+    Off,
+}
+
+impl std::fmt::Debug for Hashing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hashing::Fresh => "Fresh",
+            Hashing::Continue(_) => "Continue",
+            Hashing::Off => "Off",
+        })
+    }
+}
+
 impl TempBlob {
+    /// Takes over an existing file (e.g. an assembled chunked upload) with its size and MD5.
+    pub fn adopt(path: PathBuf, size: u64, md5: String) -> TempBlob {
+        TempBlob {
+            path,
+            size,
+            md5,
+            md5_state: None,
+            kept: false,
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -68,7 +103,7 @@ impl Drop for PathGuard {
 
 pub struct BlobWriter {
     tx: Option<mpsc::Sender<Bytes>>,
-    task: Option<JoinHandle<std::io::Result<String>>>,
+    task: Option<JoinHandle<std::io::Result<Option<Md5>>>>,
     guard: PathGuard,
     written: u64,
     limit: u64,
@@ -82,6 +117,11 @@ pub fn temp_path(dir: &Path) -> PathBuf {
 impl BlobWriter {
     /// Starts a new temporary file in `dir` that accepts at most `limit` bytes.
     pub async fn create(dir: &Path, limit: u64) -> std::io::Result<BlobWriter> {
+        Self::create_with(dir, limit, Hashing::Fresh).await
+    }
+
+    /// Like [`BlobWriter::create`], choosing what is hashed.
+    pub async fn create_with(dir: &Path, limit: u64, hashing: Hashing) -> std::io::Result<BlobWriter> {
         let path = temp_path(dir);
         let file = tokio::fs::OpenOptions::new()
             .write(true)
@@ -91,15 +131,25 @@ impl BlobWriter {
             .into_std()
             .await;
         let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
-        let task = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-            let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE);
-            let hasher = std::thread::spawn(move || {
-                let mut md5 = Md5::new();
-                while let Ok(chunk) = hrx.recv() {
-                    md5.update(&chunk);
+        let task = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Md5>> {
+            let seed = match hashing {
+                Hashing::Fresh => Some(Md5::new()),
+                Hashing::Continue(state) => Some(state),
+                Hashing::Off => None,
+            };
+            let (htx, hasher) = match seed {
+                Some(mut md5) => {
+                    let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE);
+                    let hasher = std::thread::spawn(move || {
+                        while let Ok(chunk) = hrx.recv() {
+                            md5.update(&chunk);
+                        }
+                        md5
+                    });
+                    (Some(htx), Some(hasher))
                 }
-                hex::encode(md5.finalize())
-            });
+                None => (None, None),
+            };
             let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
             let mut result = Ok(());
             while let Some(chunk) = rx.blocking_recv() {
@@ -107,14 +157,20 @@ impl BlobWriter {
                     result = Err(e);
                     break;
                 }
-                if htx.send(chunk).is_err() {
-                    break;
+                if let Some(htx) = &htx {
+                    if htx.send(chunk).is_err() {
+                        break;
+                    }
                 }
             }
             drop(htx);
-            let md5 = hasher
-                .join()
-                .map_err(|_| std::io::Error::other("hash thread panicked"))?;
+            let md5 = match hasher {
+                Some(h) => Some(
+                    h.join()
+                        .map_err(|_| std::io::Error::other("hash thread panicked"))?,
+                ),
+                None => None,
+            };
             result?;
             file.flush()?;
             Ok(md5)
@@ -171,9 +227,13 @@ impl BlobWriter {
             .task
             .take()
             .ok_or_else(|| std::io::Error::other("writer already finished"))?;
-        let md5 = task
+        let md5_state = task
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let md5 = md5_state
+            .as_ref()
+            .map(|m| hex::encode(m.clone().finalize()))
+            .unwrap_or_default();
         let path = self
             .guard
             .0
@@ -183,6 +243,7 @@ impl BlobWriter {
             path,
             size: self.written,
             md5,
+            md5_state,
             kept: false,
         })
     }

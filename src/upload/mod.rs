@@ -1,6 +1,7 @@
 //! The Upload API's `upload` action: authentication, presets, the file source, probing,
 //! naming, storing (blob first, then the metadata row), and the Cloudinary-shaped answer.
 
+pub mod chunked;
 pub mod naming;
 pub mod preset;
 pub mod response;
@@ -8,16 +9,17 @@ pub mod source;
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::auth::{self, AuthOptions};
+use crate::auth::{self, AuthOptions, Caller};
 use crate::db::{AssetKey, AssetRecord, SaveOutcome};
 use crate::error::{ApiError, ApiResult};
 use crate::form::{Form, Params};
 use crate::media::{self, MediaKind};
 use crate::state::AppState;
 use crate::storage::new_blob_key;
-use crate::util::{random_alnum, random_hex};
+use crate::util::random_hex;
 
 pub use response::{upload_response, ResponseSigner};
+pub use source::Source;
 
 /// Delivery types an upload may ask for.
 pub const DELIVERY_TYPES: &[&str] = &["upload", "private", "authenticated"];
@@ -213,6 +215,10 @@ pub struct UploadRequest<'a> {
     pub resource_type: &'a str,
     pub authorization: Option<&'a str>,
     pub content_range: Option<&'a str>,
+    /// `X-Unique-Upload-Id` of a chunked upload.
+    pub upload_id: Option<&'a str>,
+    /// Whether the file part's MD5 continued the session's running hash.
+    pub hashed_in_order: bool,
 }
 
 /// Handles `POST /v1_1/:cloud/:resource_type/upload`.
@@ -228,21 +234,46 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
             lenient_notification: false,
         },
     )?;
-    if let Some(range) = req.content_range {
-        let r = parse_content_range(range)
-            .ok_or_else(|| ApiError::bad(format!("Invalid Content-Range header - {range}")))?;
-        let part_len = file.as_ref().map(|f| f.blob.size);
-        let whole =
-            r.start == 0 && r.total == Some(r.end + 1) && part_len.is_none_or(|l| l == r.end + 1);
-        if !whole {
-            return Err(ApiError::bad(
-                "Chunked uploads (a Content-Range that does not cover the whole file) are not supported by this server yet",
-            ));
-        }
-    }
+    let range = match req.content_range {
+        Some(text) => Some(
+            parse_content_range(text)
+                .ok_or_else(|| ApiError::bad(format!("Invalid Content-Range header - {text}")))?,
+        ),
+        None => None,
+    };
     let (params, _preset) = preset::apply(state.meta.as_ref(), req.cloud, &caller, params).await?;
     refuse_unsupported(&params)?;
+    if let Some(range) = range {
+        if !chunked::is_whole(&range, file.as_ref().map(|f| f.blob.size)) {
+            let hashed_in_order = req.hashed_in_order;
+            return chunked::part(
+                state,
+                chunked::PartRequest {
+                    req: &req,
+                    caller: &caller,
+                    params,
+                    file,
+                    range,
+                    hashed_in_order,
+                },
+            )
+            .await;
+        }
+    }
+    let src = source::resolve(state, file, params.text("file")).await?;
+    store_upload(state, &req, &caller, params, src, None).await
+}
 
+/// Probes, names and stores an upload from its resolved source, and builds the answer.
+/// `public_id` overrides the naming rules (a chunked upload decided it at its first part).
+pub async fn store_upload(
+    state: &AppState,
+    req: &UploadRequest<'_>,
+    caller: &Caller,
+    params: Params,
+    src: Source,
+    public_id: Option<String>,
+) -> ApiResult<Json> {
     let delivery_type = params.nonempty("type").unwrap_or("upload").to_string();
     if !DELIVERY_TYPES.contains(&delivery_type.as_str()) {
         return Err(ApiError::bad(format!(
@@ -264,7 +295,6 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         .flag("use_asset_folder_as_public_id_prefix")?
         .unwrap_or(false);
 
-    let src = source::resolve(state, file, params.text("file")).await?;
     if src.blob.size == 0 {
         return Err(ApiError::bad("Empty file"));
     }
@@ -345,7 +375,9 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
                 .flatten()
                 .filter(|f| !f.is_empty())
         });
-    let public_id = naming::compose(&naming::NameParts {
+    let public_id = match public_id {
+        Some(id) => id,
+        None => naming::compose(&naming::NameParts {
         public_id: params.text("public_id"),
         folder: folder_param.as_deref(),
         public_id_prefix: prefix_param.as_deref(),
@@ -353,7 +385,8 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         unique_filename,
         filename: split.clone(),
         raw: kind == MediaKind::Raw,
-    })?;
+    })?,
+    };
     let asset_folder = match asset_folder_param {
         Some(f) => f,
         None => match &folder_param {
@@ -457,7 +490,7 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
         api_key: caller.api_key().map(str::to_string),
     };
     let record = store(state, record, src.blob, overwrite).await?;
-    let signer = ResponseSigner::for_caller(state, req.cloud, &caller)?;
+    let signer = ResponseSigner::for_caller(state, req.cloud, caller)?;
     Ok(Json::Object(upload_response(
         state, &record.0, &signer, record.1,
     )))
