@@ -186,3 +186,58 @@ test('errors reach the caller with their status', async () => {
     (e) => e.http_code === 400 && e.message === 'Invalid image file',
   );
 });
+
+function bigFiles() {
+  const os = require('node:os');
+  const path = require('node:path');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nephos-big-'));
+  const raw = path.join(dir, 'big.bin');
+  fs.writeFileSync(raw, crypto.randomBytes(26 * 1000 * 1000 + 17));
+  const pad = crypto.randomBytes(26 * 1000 * 1000);
+  const header = Buffer.alloc(8);
+  header.writeUInt32BE(pad.length + 8, 0);
+  header.write('free', 4, 'latin1');
+  const video = path.join(dir, 'big.mp4');
+  fs.writeFileSync(video, Buffer.concat([fs.readFileSync(asset('clip.mp4')), header, pad]));
+  return { dir, raw, video };
+}
+
+for (const resourceType of ['raw', 'video']) {
+  test(`upload_large (-1 totals) of a 26 MB ${resourceType} file in 5.3 MB chunks`, async () => {
+    const files = bigFiles();
+    try {
+      const file = resourceType === 'raw' ? files.raw : files.video;
+      const data = fs.readFileSync(file);
+      const r = await new Promise((resolve, reject) => {
+        cloudinary.uploader.upload_large(file, { chunk_size: 5300000, resource_type: resourceType },
+          (e, res) => (e ? reject(e) : resolve(res)));
+      });
+      assert.equal(r.done, true);
+      assert.equal(r.bytes, data.length);
+      assert.equal(r.etag, md5(data));
+      assert.equal(r.resource_type, resourceType);
+      if (resourceType === 'video') assert.deepEqual([r.format, r.width, r.duration], ['mp4', 640, 3.5]);
+      assert.ok((await fetchBytes(r.secure_url)).body.equals(data));
+    } finally {
+      fs.rmSync(files.dir, { recursive: true, force: true });
+    }
+  });
+
+  test(`upload_chunked_stream of a 26 MB ${resourceType} file in 5.3 MB chunks`, async () => {
+    const files = bigFiles();
+    try {
+      const file = resourceType === 'raw' ? files.raw : files.video;
+      const data = fs.readFileSync(file);
+      const r = await new Promise((resolve, reject) => {
+        const s = cloudinary.uploader.upload_chunked_stream({ chunk_size: 5300000, resource_type: resourceType },
+          (e, res) => (e ? reject(e) : resolve(res)));
+        fs.createReadStream(file).pipe(s);
+      });
+      assert.equal(r.done, true);
+      assert.equal(r.etag, md5(data));
+      assert.ok((await fetchBytes(r.secure_url)).body.equals(data));
+    } finally {
+      fs.rmSync(files.dir, { recursive: true, force: true });
+    }
+  });
+}

@@ -221,3 +221,32 @@ def test_errors_are_raised_as_sdk_exceptions(asset):
         cloudinary.uploader.upload(io.BytesIO(b""))
     with pytest.raises(exceptions.BadRequest, match="Invalid image file"):
         cloudinary.uploader.upload(b"not an image at all")
+
+
+def _big_files(tmp_path, asset):
+    """A 26 MB raw file and a 26 MB MP4 (the sample clip followed by a `free` box)."""
+    import struct
+    rng = __import__("random").Random(42)
+    blob = rng.randbytes(26 * 1000 * 1000 + 17)
+    raw = tmp_path / "big.bin"
+    raw.write_bytes(blob)
+    pad = rng.randbytes(26 * 1000 * 1000)
+    video = tmp_path / "big.mp4"
+    video.write_bytes(read(asset("clip.mp4")) + struct.pack(">I", len(pad) + 8) + b"free" + pad)
+    return raw, video
+
+
+@pytest.mark.parametrize("resource_type", ["raw", "video"])
+def test_upload_large_with_known_total(tmp_path, asset, resource_type):
+    raw, video = _big_files(tmp_path, asset)
+    path = raw if resource_type == "raw" else video
+    data = path.read_bytes()
+    r = cloudinary.uploader.upload_large(str(path), chunk_size=5_300_000, resource_type=resource_type,
+                                         public_id=unique(f"py_large_{resource_type}"))
+    assert r["done"] is True
+    assert r["bytes"] == len(data)
+    assert r["etag"] == md5(data)
+    assert r["resource_type"] == resource_type
+    if resource_type == "video":
+        assert (r["format"], r["width"], r["duration"]) == ("mp4", 640, 3.5)
+    assert fetch(r["secure_url"]) == data
