@@ -57,7 +57,11 @@ async fn main() -> anyhow::Result<()> {
                     }
                     Ok(r) => {
                         if errors == 0 {
-                            eprintln!("status {}: {}", r.status(), r.text().await.unwrap_or_default());
+                            eprintln!(
+                                "status {}: {}",
+                                r.status(),
+                                r.text().await.unwrap_or_default()
+                            );
                         }
                         errors += 1;
                     }

@@ -41,7 +41,13 @@ struct Part_<'a> {
 }
 
 impl<'a> Part_<'a> {
-    fn new(base: &'a str, upload_id: &'a str, start: usize, end: usize, total: Option<usize>) -> Self {
+    fn new(
+        base: &'a str,
+        upload_id: &'a str,
+        start: usize,
+        end: usize,
+        total: Option<usize>,
+    ) -> Self {
         Part_ {
             base,
             rt: "raw",
@@ -56,7 +62,8 @@ impl<'a> Part_<'a> {
 
     async fn send(&self, file: &[u8]) -> (u16, Value) {
         let ts = now().to_string();
-        let mut pairs: Vec<(&str, &str)> = self.params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut pairs: Vec<(&str, &str)> =
+            self.params.iter().map(|(k, v)| (*k, v.as_str())).collect();
         pairs.push(("timestamp", &ts));
         let mut form = Form::new();
         for (k, v) in signed(&pairs, self.key.0, self.key.1, SignatureAlgorithm::Sha1) {
@@ -64,10 +71,16 @@ impl<'a> Part_<'a> {
         }
         let bytes = file[self.start..=self.end.min(file.len() - 1)].to_vec();
         form = form.part("file", Part::bytes(bytes).file_name("big.bin"));
-        let total = self.total.map(|t| t.to_string()).unwrap_or_else(|| "-1".into());
+        let total = self
+            .total
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-1".into());
         let mut req = reqwest::Client::new()
             .post(format!("{}/v1_1/{CLOUD}/{}/upload", self.base, self.rt))
-            .header("content-range", format!("bytes {}-{}/{total}", self.start, self.end))
+            .header(
+                "content-range",
+                format!("bytes {}-{}/{total}", self.start, self.end),
+            )
             .multipart(form);
         if let Some(id) = self.upload_id {
             req = req.header("x-unique-upload-id", id);
@@ -97,10 +110,16 @@ async fn in_order_parts_complete_with_the_final_part() {
     p.params.push(("public_id", "big/file.bin".into()));
     let (s, r) = p.send(&file).await;
     assert_eq!(s, 200, "{r}");
-    assert_eq!(r, serde_json::json!({"done": false, "bytes": 5 * MIB, "public_id": "big/file.bin", "resource_type": "raw", "kind": "upload"}));
+    assert_eq!(
+        r,
+        serde_json::json!({"done": false, "bytes": 5 * MIB, "public_id": "big/file.bin", "resource_type": "raw", "kind": "upload"})
+    );
     p.start = 5 * MIB;
     p.end = 10 * MIB - 1;
-    assert_eq!(p.send(&file).await.1["bytes"].as_u64(), Some(10 * MIB as u64));
+    assert_eq!(
+        p.send(&file).await.1["bytes"].as_u64(),
+        Some(10 * MIB as u64)
+    );
     p.start = 10 * MIB;
     p.end = t - 1;
     p.total = Some(t);
@@ -110,7 +129,10 @@ async fn in_order_parts_complete_with_the_final_part() {
     assert_stored(&r, &file).await;
     // The session is gone: its files were removed.
     let chunks = server.data_dir.path().join("chunks");
-    assert_eq!(std::fs::read_dir(&chunks).map(|d| d.count()).unwrap_or(0), 0);
+    assert_eq!(
+        std::fs::read_dir(&chunks).map(|d| d.count()).unwrap_or(0),
+        0
+    );
     server.stop().await;
 }
 
@@ -120,7 +142,9 @@ async fn out_of_order_parallel_and_duplicated_parts() {
     let file = data(26 * MIB + 7, 2);
     let t = file.len();
     let b = server.base.clone();
-    let ranges: Vec<(usize, usize)> = (0..5).map(|i| (i * 5 * MIB, (i + 1) * 5 * MIB - 1)).collect();
+    let ranges: Vec<(usize, usize)> = (0..5)
+        .map(|i| (i * 5 * MIB, (i + 1) * 5 * MIB - 1))
+        .collect();
     // The final part first: the upload is not complete yet.
     let fin = Part_::new(&b, "ooo", 25 * MIB, t - 1, Some(t));
     let (s, r) = fin.send(&file).await;
@@ -129,18 +153,24 @@ async fn out_of_order_parallel_and_duplicated_parts() {
     let mut tasks = Vec::new();
     for &(start, end) in ranges.iter().skip(1).rev() {
         let (b, f) = (b.clone(), file.clone());
-        tasks.push(tokio::spawn(async move { Part_::new(&b, "ooo", start, end, None).send(&f).await }));
+        tasks.push(tokio::spawn(async move {
+            Part_::new(&b, "ooo", start, end, None).send(&f).await
+        }));
     }
     for task in tasks {
         let (s, r) = task.await.unwrap();
         assert_eq!((s, r["done"].as_bool()), (200, Some(false)), "{r}");
     }
     // A re-sent part is accepted and changes nothing.
-    let (s, r) = Part_::new(&b, "ooo", ranges[2].0, ranges[2].1, None).send(&file).await;
+    let (s, r) = Part_::new(&b, "ooo", ranges[2].0, ranges[2].1, None)
+        .send(&file)
+        .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["bytes"].as_u64(), Some((t - 5 * MIB) as u64));
     // The first part completes it, last of all.
-    let (s, r) = Part_::new(&b, "ooo", 0, 5 * MIB - 1, Some(t)).send(&file).await;
+    let (s, r) = Part_::new(&b, "ooo", 0, 5 * MIB - 1, Some(t))
+        .send(&file)
+        .await;
     assert_eq!(s, 200, "{r}");
     assert_stored(&r, &file).await;
     // The random public ID of a raw upload keeps the file's extension.
@@ -155,40 +185,92 @@ async fn refused_parts_have_exact_messages() {
     let other = data(12 * MIB, 4);
     let t = file.len();
     let b = &server.base;
-    assert_eq!(Part_::new(b, "bad", 0, 5 * MIB - 1, Some(t)).send(&file).await.0, 200);
+    assert_eq!(
+        Part_::new(b, "bad", 0, 5 * MIB - 1, Some(t))
+            .send(&file)
+            .await
+            .0,
+        200
+    );
 
     // A part that overlaps with different bytes.
-    let (s, r) = Part_::new(b, "bad", 4 * MIB, 9 * MIB - 1, Some(t)).send(&other).await;
+    let (s, r) = Part_::new(b, "bad", 4 * MIB, 9 * MIB - 1, Some(t))
+        .send(&other)
+        .await;
     assert_eq!(s, 400);
-    assert_eq!(message(&r), format!("Part bytes {}-{} overlaps bytes 0-{} received earlier with different content", 4 * MIB, 9 * MIB - 1, 5 * MIB - 1));
+    assert_eq!(
+        message(&r),
+        format!(
+            "Part bytes {}-{} overlaps bytes 0-{} received earlier with different content",
+            4 * MIB,
+            9 * MIB - 1,
+            5 * MIB - 1
+        )
+    );
     // The same range with other bytes.
-    let (s, r) = Part_::new(b, "bad", 0, 5 * MIB - 1, Some(t)).send(&other).await;
+    let (s, r) = Part_::new(b, "bad", 0, 5 * MIB - 1, Some(t))
+        .send(&other)
+        .await;
     assert_eq!(s, 400);
-    assert!(message(&r).starts_with("Part bytes 0-5242879 overlaps bytes 0-5242879"), "{r}");
+    assert!(
+        message(&r).starts_with("Part bytes 0-5242879 overlaps bytes 0-5242879"),
+        "{r}"
+    );
     // An overlap with the same bytes is fine.
-    let (s, r) = Part_::new(b, "bad", 4 * MIB, 9 * MIB - 1, Some(t)).send(&file).await;
+    let (s, r) = Part_::new(b, "bad", 4 * MIB, 9 * MIB - 1, Some(t))
+        .send(&file)
+        .await;
     assert_eq!((s, r["bytes"].as_u64()), (200, Some(9 * MIB as u64)), "{r}");
     // A short part that is not the last.
-    let (s, r) = Part_::new(b, "bad", 9 * MIB, 10 * MIB - 1, Some(t)).send(&file).await;
-    assert_eq!((s, message(&r).as_str()), (400, "All parts except EOF-chunk must be larger than 5mb"));
+    let (s, r) = Part_::new(b, "bad", 9 * MIB, 10 * MIB - 1, Some(t))
+        .send(&file)
+        .await;
+    assert_eq!(
+        (s, message(&r).as_str()),
+        (400, "All parts except EOF-chunk must be larger than 5mb")
+    );
     // A total that changes.
-    let (s, r) = Part_::new(b, "bad", 9 * MIB, 14 * MIB - 1, Some(20 * MIB)).send(&data(20 * MIB, 3)).await;
+    let (s, r) = Part_::new(b, "bad", 9 * MIB, 14 * MIB - 1, Some(20 * MIB))
+        .send(&data(20 * MIB, 3))
+        .await;
     assert_eq!(s, 400);
-    assert_eq!(message(&r), format!("Inconsistent total size in Content-Range: the upload is {t} bytes, this part says {}", 20 * MIB));
+    assert_eq!(
+        message(&r),
+        format!(
+            "Inconsistent total size in Content-Range: the upload is {t} bytes, this part says {}",
+            20 * MIB
+        )
+    );
     // A part whose length disagrees with its range.
     let mut p = Part_::new(b, "bad", 9 * MIB, t - 1, Some(t));
     p.end = t + 10;
     let (s, r) = p.send(&file).await;
     assert_eq!(s, 400);
-    assert_eq!(message(&r), format!("Invalid Content-Range header - bytes {}-{}: the part has {} bytes", 9 * MIB, t + 10, t - 9 * MIB));
+    assert_eq!(
+        message(&r),
+        format!(
+            "Invalid Content-Range header - bytes {}-{}: the part has {} bytes",
+            9 * MIB,
+            t + 10,
+            t - 9 * MIB
+        )
+    );
     // A range past the total.
-    let (s, r) = Part_::new(b, "bad2", 0, 5 * MIB - 1, Some(100)).send(&file).await;
+    let (s, r) = Part_::new(b, "bad2", 0, 5 * MIB - 1, Some(100))
+        .send(&file)
+        .await;
     assert_eq!(s, 400);
-    assert_eq!(message(&r), "Invalid Content-Range header - bytes 0-5242879/100: the range ends after the file");
+    assert_eq!(
+        message(&r),
+        "Invalid Content-Range header - bytes 0-5242879/100: the range ends after the file"
+    );
     // Another identity (here an unsigned preset) may not add to this upload.
     let form = Form::new()
         .text("upload_preset", "my_unsigned_preset")
-        .part("file", Part::bytes(file[9 * MIB..].to_vec()).file_name("big.bin"));
+        .part(
+            "file",
+            Part::bytes(file[9 * MIB..].to_vec()).file_name("big.bin"),
+        );
     let r = reqwest::Client::new()
         .post(format!("{b}/v1_1/{CLOUD}/raw/upload"))
         .header("content-range", format!("bytes {}-{}/{t}", 9 * MIB, t - 1))
@@ -198,14 +280,22 @@ async fn refused_parts_have_exact_messages() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(message(&r.json().await.unwrap()), "This chunked upload was started with another API key or upload preset");
+    assert_eq!(
+        message(&r.json().await.unwrap()),
+        "This chunked upload was started with another API key or upload preset"
+    );
     // The legacy form keyed by public ID needs it after the first part.
     let mut p = Part_::new(b, "", 5 * MIB, 10 * MIB - 1, Some(t));
     p.upload_id = None;
     let (s, r) = p.send(&file).await;
-    assert_eq!((s, message(&r).as_str()), (400, "Missing required parameter - public_id"));
+    assert_eq!(
+        (s, message(&r).as_str()),
+        (400, "Missing required parameter - public_id")
+    );
     // After all that, the upload still completes with the right bytes.
-    let (s, r) = Part_::new(b, "bad", 9 * MIB, t - 1, Some(t)).send(&file).await;
+    let (s, r) = Part_::new(b, "bad", 9 * MIB, t - 1, Some(t))
+        .send(&file)
+        .await;
     assert_eq!(s, 200, "{r}");
     assert_stored(&r, &file).await;
     assert_eq!(server.health().await, 200);
@@ -248,19 +338,32 @@ async fn chunked_video_is_probed_after_assembly() {
     p.total = Some(t);
     let (s, r) = p.send(&file).await;
     assert_eq!(s, 200, "{r}");
-    assert_eq!((r["format"].as_str(), r["width"].as_i64(), r["duration"].as_f64()), (Some("mp4"), Some(1280), Some(12.0)));
+    assert_eq!(
+        (
+            r["format"].as_str(),
+            r["width"].as_i64(),
+            r["duration"].as_f64()
+        ),
+        (Some("mp4"), Some(1280), Some(12.0))
+    );
     assert_stored(&r, &file).await;
     server.stop().await;
 }
 
 async fn server_with(extra: &str) -> TestServer {
     let data_dir = tempfile::tempdir().unwrap();
-    let file: nephos::config::FileConfig = toml::from_str(&format!("{DEFAULT_TOML}\n[limits]\n{extra}\n")).unwrap();
+    let file: nephos::config::FileConfig =
+        toml::from_str(&format!("{DEFAULT_TOML}\n[limits]\n{extra}\n")).unwrap();
     let args = nephos::config::ServeArgs {
         data_dir: Some(data_dir.path().to_path_buf()),
         ..Default::default()
     };
-    TestServer::launch(nephos::config::Config::from_parts(file, &args).unwrap(), data_dir, None).await
+    TestServer::launch(
+        nephos::config::Config::from_parts(file, &args).unwrap(),
+        data_dir,
+        None,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -268,16 +371,59 @@ async fn size_and_session_limits() {
     let server = server_with("max_file_bytes = 8388608\nmax_open_uploads = 2").await;
     let file = data(10 * MIB, 7);
     let b = &server.base;
-    let (s, r) = Part_::new(b, "big", 0, 5 * MIB - 1, Some(file.len())).send(&file).await;
-    assert_eq!((s, message(&r)), (400, format!("File size too large. Got {}. Maximum is 8388608.", file.len())));
-    let (s, r) = Part_::new(b, "big", 5 * MIB, 10 * MIB - 1, None).send(&file).await;
-    assert_eq!((s, message(&r).as_str()), (400, "File size too large. Got 10485760. Maximum is 8388608."));
-    assert_eq!(Part_::new(b, "s1", 0, 5 * MIB - 1, None).send(&file).await.0, 200);
-    assert_eq!(Part_::new(b, "s2", 0, 5 * MIB - 1, None).send(&file).await.0, 200);
+    let (s, r) = Part_::new(b, "big", 0, 5 * MIB - 1, Some(file.len()))
+        .send(&file)
+        .await;
+    assert_eq!(
+        (s, message(&r)),
+        (
+            400,
+            format!(
+                "File size too large. Got {}. Maximum is 8388608.",
+                file.len()
+            )
+        )
+    );
+    let (s, r) = Part_::new(b, "big", 5 * MIB, 10 * MIB - 1, None)
+        .send(&file)
+        .await;
+    assert_eq!(
+        (s, message(&r).as_str()),
+        (
+            400,
+            "File size too large. Got 10485760. Maximum is 8388608."
+        )
+    );
+    assert_eq!(
+        Part_::new(b, "s1", 0, 5 * MIB - 1, None)
+            .send(&file)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        Part_::new(b, "s2", 0, 5 * MIB - 1, None)
+            .send(&file)
+            .await
+            .0,
+        200
+    );
     let (s, r) = Part_::new(b, "s3", 0, 5 * MIB - 1, None).send(&file).await;
-    assert_eq!((s, message(&r).as_str()), (400, "Too many chunked uploads in progress for this cloud (maximum 2)"));
+    assert_eq!(
+        (s, message(&r).as_str()),
+        (
+            400,
+            "Too many chunked uploads in progress for this cloud (maximum 2)"
+        )
+    );
     // Parts of open sessions are still welcome.
-    assert_eq!(Part_::new(b, "s1", 0, 5 * MIB - 1, None).send(&file).await.0, 200);
+    assert_eq!(
+        Part_::new(b, "s1", 0, 5 * MIB - 1, None)
+            .send(&file)
+            .await
+            .0,
+        200
+    );
     server.stop().await;
 }
 
@@ -285,7 +431,9 @@ async fn size_and_session_limits() {
 async fn abandoned_sessions_expire() {
     let server = server_with("upload_session_ttl_secs = 1").await;
     let file = data(6 * MIB, 8);
-    let (s, _) = Part_::new(&server.base, "gone", 0, 5 * MIB - 1, None).send(&file).await;
+    let (s, _) = Part_::new(&server.base, "gone", 0, 5 * MIB - 1, None)
+        .send(&file)
+        .await;
     assert_eq!(s, 200);
     let chunks = server.data_dir.path().join("chunks");
     assert_eq!(std::fs::read_dir(&chunks).unwrap().count(), 1);
@@ -299,8 +447,19 @@ async fn abandoned_sessions_expire() {
     }
     assert!(swept, "the abandoned session's parts were not removed");
     // The final part alone now starts a new session that cannot complete.
-    let (s, r) = Part_::new(&server.base, "gone", 5 * MIB, file.len() - 1, Some(file.len())).send(&file).await;
-    assert_eq!((s, r["done"].as_bool(), r["bytes"].as_u64()), (200, Some(false), Some(MIB as u64)));
+    let (s, r) = Part_::new(
+        &server.base,
+        "gone",
+        5 * MIB,
+        file.len() - 1,
+        Some(file.len()),
+    )
+    .send(&file)
+    .await;
+    assert_eq!(
+        (s, r["done"].as_bool(), r["bytes"].as_u64()),
+        (200, Some(false), Some(MIB as u64))
+    );
     server.stop().await;
 }
 
@@ -313,13 +472,19 @@ struct Proc {
 fn spawn_binary(data_dir: &std::path::Path, database_url: Option<&str>) -> Proc {
     use std::io::BufRead;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nephos"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--account", "cloudinary://1234567890:abcd@demo"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("NEPHOS_CONFIG")
-        .current_dir(data_dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--account",
+        "cloudinary://1234567890:abcd@demo",
+    ])
+    .arg("--data-dir")
+    .arg(data_dir)
+    .env_remove("NEPHOS_CONFIG")
+    .current_dir(data_dir)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null());
     if let Some(url) = database_url {
         cmd.args(["--database-url", url]);
     }
@@ -356,7 +521,9 @@ async fn an_upload_survives_sigkill_and_restart() {
     let mut first = spawn_binary(dir.path(), None);
     wait_healthy(&first.base).await;
     for (start, end) in [(0, 5 * MIB - 1), (5 * MIB, 10 * MIB - 1)] {
-        let (s, r) = Part_::new(&first.base, "survivor", start, end, Some(t)).send(&file).await;
+        let (s, r) = Part_::new(&first.base, "survivor", start, end, Some(t))
+            .send(&file)
+            .await;
         assert_eq!((s, r["done"].as_bool()), (200, Some(false)), "{r}");
     }
     // SIGKILL: no shutdown, no cleanup.
@@ -364,7 +531,9 @@ async fn an_upload_survives_sigkill_and_restart() {
     first.child.wait().unwrap();
     let mut second = spawn_binary(dir.path(), None);
     wait_healthy(&second.base).await;
-    let (s, r) = Part_::new(&second.base, "survivor", 10 * MIB, t - 1, Some(t)).send(&file).await;
+    let (s, r) = Part_::new(&second.base, "survivor", 10 * MIB, t - 1, Some(t))
+        .send(&file)
+        .await;
     assert_eq!(s, 200, "{r}");
     assert_stored(&r, &file).await;
     second.child.kill().unwrap();
@@ -373,7 +542,9 @@ async fn an_upload_survives_sigkill_and_restart() {
 
 #[tokio::test]
 async fn two_processes_share_one_upload_through_postgres() {
-    let Some(admin) = postgres_admin_url() else { return };
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
     let pg = PgDb::create(&admin).await;
     let dir = tempfile::tempdir().unwrap();
     let mut a = spawn_binary(dir.path(), Some(&pg.url));
@@ -388,18 +559,25 @@ async fn two_processes_share_one_upload_through_postgres() {
     for i in 0..4 {
         let (base, f) = (bases[i % 2].clone(), file.clone());
         tasks.push(tokio::spawn(async move {
-            Part_::new(&base, "shared", i * 5 * MIB, (i + 1) * 5 * MIB - 1, Some(t)).send(&f).await
+            Part_::new(&base, "shared", i * 5 * MIB, (i + 1) * 5 * MIB - 1, Some(t))
+                .send(&f)
+                .await
         }));
     }
     for task in tasks {
         let (s, r) = task.await.unwrap();
         assert_eq!((s, r["done"].as_bool()), (200, Some(false)), "{r}");
     }
-    let (s, r) = Part_::new(&bases[1], "shared", 20 * MIB, t - 1, Some(t)).send(&file).await;
+    let (s, r) = Part_::new(&bases[1], "shared", 20 * MIB, t - 1, Some(t))
+        .send(&file)
+        .await;
     assert_eq!(s, 200, "{r}");
     assert_stored(&r, &file).await;
     // The other process serves the asset too.
-    let url = r["secure_url"].as_str().unwrap().replace(&bases[1], &bases[0]);
+    let url = r["secure_url"]
+        .as_str()
+        .unwrap()
+        .replace(&bases[1], &bases[0]);
     assert_eq!(get_bytes(&url).await.1.len(), t);
     a.child.kill().unwrap();
     b.child.kill().unwrap();

@@ -104,7 +104,11 @@ fn expected_status(file: &str) -> (u16, &'static str) {
         "upload_large__chunked_stream__chunk3of3",
     ];
     if let Some(f) = random_bytes_final_part.iter().find(|f| file.contains(*f)) {
-        let why = if f.contains("video") { "large.bin is not a video" } else { "large.bin is not an image" };
+        let why = if f.contains("video") {
+            "large.bin is not a video"
+        } else {
+            "large.bin is not an image"
+        };
         return (400, why);
     }
     let table: &[(&str, u16, &'static str)] = &[
@@ -211,7 +215,9 @@ async fn every_upload_capture_is_accepted_and_its_tampered_copy_refused() {
             "{}: expected {want} ({why}), got {status} {body}",
             c.file
         );
-        if c.file.ends_with("upload_large__raw_default__chunk3of3.json") {
+        if c.file
+            .ends_with("upload_large__raw_default__chunk3of3.json")
+        {
             // The assembled file is the recorders' large.bin.
             let large = large_bin();
             assert_eq!(body["done"], true, "{}: {body}", c.file);

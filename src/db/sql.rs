@@ -14,8 +14,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules, ChunkSession, DbError,
-    MetaStore, Preset, SaveOutcome,
+    AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules, ChunkSession,
+    DbError, MetaStore, Preset, SaveOutcome,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -462,11 +462,13 @@ impl MetaStore for SqlStore {
     }
 
     async fn reopen_chunk_session(&self, session_id: &str, now: i64) -> Result<(), DbError> {
-        sqlx::query("UPDATE upload_sessions SET state = 'open', state_since = $1 WHERE session_id = $2")
-            .bind(now)
-            .bind(session_id.to_string())
-            .execute(&self.write)
-            .await?;
+        sqlx::query(
+            "UPDATE upload_sessions SET state = 'open', state_since = $1 WHERE session_id = $2",
+        )
+        .bind(now)
+        .bind(session_id.to_string())
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 
@@ -496,7 +498,9 @@ impl MetaStore for SqlStore {
     }
 
     async fn chunk_part_files(&self) -> Result<Vec<String>, DbError> {
-        let rows = sqlx::query("SELECT file FROM upload_parts").fetch_all(&self.read).await?;
+        let rows = sqlx::query("SELECT file FROM upload_parts")
+            .fetch_all(&self.read)
+            .await?;
         rows.iter()
             .map(|r| r.try_get::<String, _>("file").map_err(DbError::from))
             .collect()
@@ -523,11 +527,12 @@ impl SqlStore {
         let (session, created) = match existing {
             Some(row) => (row_to_session(&row)?, false),
             None => {
-                let open: i64 = sqlx::query("SELECT COUNT(*) AS n FROM upload_sessions WHERE cloud = $1")
-                    .bind(init.cloud.clone())
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get("n")?;
+                let open: i64 =
+                    sqlx::query("SELECT COUNT(*) AS n FROM upload_sessions WHERE cloud = $1")
+                        .bind(init.cloud.clone())
+                        .fetch_one(&mut *tx)
+                        .await?
+                        .try_get("n")?;
                 if open >= max_open {
                     tx.rollback().await?;
                     return Ok(Some(ChunkOutcome {
@@ -575,7 +580,11 @@ impl SqlStore {
                 } else {
                     tx.commit().await?;
                 }
-                return Ok(Some(ChunkOutcome { decision, session, parts }));
+                return Ok(Some(ChunkOutcome {
+                    decision,
+                    session,
+                    parts,
+                }));
             }
             ChunkDecision::Accept { total, claim } => {
                 sqlx::query(
@@ -614,7 +623,11 @@ impl SqlStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Some(ChunkOutcome { decision, session, parts }))
+        Ok(Some(ChunkOutcome {
+            decision,
+            session,
+            parts,
+        }))
     }
 }
 

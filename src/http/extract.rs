@@ -137,7 +137,8 @@ async fn read_multipart(
         match filename {
             Some(filename) if name == "file" => {
                 let mut writer =
-                    BlobWriter::create_with(tmp_dir, limits.max_file_bytes, limits.hashing.clone()).await?;
+                    BlobWriter::create_with(tmp_dir, limits.max_file_bytes, limits.hashing.clone())
+                        .await?;
                 let mut overflow: Option<u64> = None;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
                     if let Some(total) = overflow.as_mut() {
@@ -195,6 +196,7 @@ mod tests {
         let limits = BodyLimits {
             max_file_bytes: 100,
             max_field_bytes: 1000,
+            hashing: Hashing::Fresh,
         };
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());

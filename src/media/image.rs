@@ -1,9 +1,7 @@
 //! Image headers: raster formats through `imagesize`, plus frame/page counts (GIF, WebP,
 //! TIFF) and SVG dimensions read from the root element.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
 
 use imagesize::{Compression, ImageType};
 
@@ -27,17 +25,22 @@ fn format_of(t: ImageType) -> Option<&'static str> {
     })
 }
 
-pub(super) fn probe_raster(path: &Path, header: &[u8]) -> std::io::Result<Option<MediaInfo>> {
+pub(super) fn probe_raster<R: Read + Seek>(
+    file: &mut R,
+    header: &[u8],
+) -> std::io::Result<Option<MediaInfo>> {
     let Some(format) = imagesize::image_type(header).ok().and_then(format_of) else {
         return Ok(None);
     };
-    let Ok(size) = imagesize::size(path) else {
+    file.seek(SeekFrom::Start(0))?;
+    let Ok(size) = imagesize::reader_size(BufReader::new(&mut *file)) else {
         return Ok(None);
     };
     if size.width == 0 || size.height == 0 {
         return Ok(None);
     }
-    let mut reader = BufReader::new(File::open(path)?);
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = BufReader::new(&mut *file);
     let pages = match format {
         "gif" => gif_frames(&mut reader).unwrap_or(1),
         "webp" => webp_frames(&mut reader).unwrap_or(1),
@@ -158,7 +161,10 @@ fn tiff_pages<R: Read + Seek>(r: &mut R) -> std::io::Result<i64> {
 
 /// An SVG document: `<svg` as the first element (after an XML declaration, comments or a
 /// doctype). Width and height come from the attributes, else from the `viewBox`.
-pub(super) fn probe_svg(file: &mut File, header: &[u8]) -> std::io::Result<Option<MediaInfo>> {
+pub(super) fn probe_svg<R: Read + Seek>(
+    file: &mut R,
+    header: &[u8],
+) -> std::io::Result<Option<MediaInfo>> {
     let text = String::from_utf8_lossy(header);
     let trimmed = text.trim_start_matches('\u{feff}').trim_start();
     if !trimmed.starts_with('<') {
@@ -269,10 +275,7 @@ mod tests {
     use super::super::{probe, samples, MediaKind};
 
     fn probe_bytes(data: &[u8]) -> super::MediaInfo {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        std::fs::write(&p, data).unwrap();
-        probe(&p).unwrap()
+        probe(std::io::Cursor::new(data)).unwrap()
     }
 
     #[test]

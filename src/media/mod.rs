@@ -5,9 +5,7 @@ mod image;
 mod mp4;
 mod webm;
 
-use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
@@ -138,22 +136,21 @@ fn gcd(a: i64, b: i64) -> i64 {
 }
 
 /// Reads up to `n` bytes from the start of `file`.
-fn head(file: &mut File, n: usize) -> std::io::Result<Vec<u8>> {
+fn head<R: Read + Seek>(file: &mut R, n: usize) -> std::io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(0))?;
     let mut buf = Vec::with_capacity(n);
-    file.take(n as u64).read_to_end(&mut buf)?;
+    (&mut *file).take(n as u64).read_to_end(&mut buf)?;
     file.seek(SeekFrom::Start(0))?;
     Ok(buf)
 }
 
-/// Identifies a file by its content.
-pub fn probe(path: &Path) -> std::io::Result<MediaInfo> {
-    let mut file = File::open(path)?;
+/// Identifies content by its bytes (a file, or a cursor over memory).
+pub fn probe<R: Read + Seek>(mut file: R) -> std::io::Result<MediaInfo> {
     let header = head(&mut file, 4096)?;
     if header.is_empty() {
         return Ok(MediaInfo::raw());
     }
-    if let Some(info) = image::probe_raster(path, &header)? {
+    if let Some(info) = image::probe_raster(&mut file, &header)? {
         return Ok(info);
     }
     if let Some((format, v)) = probe_video(&mut file, &header)? {
@@ -173,7 +170,10 @@ pub fn probe(path: &Path) -> std::io::Result<MediaInfo> {
     Ok(MediaInfo::raw())
 }
 
-fn probe_video(file: &mut File, header: &[u8]) -> std::io::Result<Option<(String, VideoInfo)>> {
+fn probe_video<R: Read + Seek>(
+    file: &mut R,
+    header: &[u8],
+) -> std::io::Result<Option<(String, VideoInfo)>> {
     if header.len() >= 12 && &header[4..8] == b"ftyp" {
         let brand = &header[8..12];
         let format = match brand {
@@ -253,7 +253,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, data).unwrap();
-        probe(&p).unwrap()
+        let from_file = probe(std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(from_file, probe(std::io::Cursor::new(data)).unwrap());
+        from_file
     }
 
     #[test]

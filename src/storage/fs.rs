@@ -59,12 +59,16 @@ fn collect_keys(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Resu
 impl BlobStore for FsBlobStore {
     async fn put(&self, key: &str, blob: TempBlob) -> std::io::Result<()> {
         let dest = self.path(key)?;
-        if let Some(parent) = dest.parent() {
-            tokio::fs::create_dir_all(parent).await?;
-        }
-        tokio::fs::rename(blob.path(), &dest).await?;
-        blob.keep();
-        Ok(())
+        tokio::task::spawn_blocking(move || {
+            if let Some(parent) = dest.parent() {
+                if !parent.is_dir() {
+                    std::fs::create_dir_all(parent)?;
+                }
+            }
+            blob.persist(&dest)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
     }
 
     async fn size(&self, key: &str) -> std::io::Result<Option<u64>> {

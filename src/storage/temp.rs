@@ -1,31 +1,41 @@
-//! Streaming request bodies to temporary files.
+//! Streaming request bodies to temporary storage.
 //!
-//! [`BlobWriter`] takes the body chunk by chunk: a blocking thread writes the bytes to a temp
-//! file while a second thread computes the MD5 etag of the same bytes, so hashing runs in
-//! parallel with the disk and the async side only forwards reference-counted buffers. Memory
-//! stays bounded by the channel capacities whatever the body size.
+//! [`BlobWriter`] takes the body chunk by chunk. Small bodies (up to [`SPILL_BYTES`]) stay in
+//! memory and are hashed inline: no file and no thread until they are stored. Larger ones spill
+//! to a temporary file: a blocking thread writes the bytes while a second thread computes the
+//! MD5 etag of the same bytes, so hashing runs in parallel with the disk and the async side
+//! only forwards reference-counted buffers. Memory stays bounded by the spill size and the
+//! channel capacities whatever the body size.
 
-use std::io::Write;
+use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Chunks in flight between the request and the writer thread.
 const QUEUE: usize = 32;
+/// Bodies up to this size are kept in memory.
+pub const SPILL_BYTES: usize = 256 * 1024;
 
-/// A finished temporary file; removed on drop unless handed over with [`TempBlob::keep`].
+#[derive(Debug)]
+enum Content {
+    Memory(Bytes),
+    File(PathBuf),
+    Gone,
+}
+
+/// Received content, in memory or in a temporary file (removed on drop unless persisted).
 #[derive(Debug)]
 pub struct TempBlob {
-    path: PathBuf,
+    content: Content,
     pub size: u64,
     /// Lowercase hex MD5 of the content hashed by the writer (empty with [`Hashing::Off`]).
     pub md5: String,
     /// The MD5 state after the content, to continue hashing a larger file.
     pub md5_state: Option<Md5>,
-    kept: bool,
 }
 
 /// What the writer hashes.
@@ -50,33 +60,80 @@ impl std::fmt::Debug for Hashing {
     }
 }
 
+/// A readable, seekable view of a blob's content.
+pub trait ReadSeek: Read + Seek + Send {}
+impl<T: Read + Seek + Send> ReadSeek for T {}
+
 impl TempBlob {
     /// Takes over an existing file (e.g. an assembled chunked upload) with its size and MD5.
     pub fn adopt(path: PathBuf, size: u64, md5: String) -> TempBlob {
         TempBlob {
-            path,
+            content: Content::File(path),
             size,
             md5,
             md5_state: None,
-            kept: false,
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The content when it is held in memory.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match &self.content {
+            Content::Memory(b) => Some(b),
+            _ => None,
+        }
     }
 
-    /// Gives up ownership of the file: the caller moved or will remove it.
-    pub fn keep(mut self) -> PathBuf {
-        self.kept = true;
-        std::mem::take(&mut self.path)
+    /// The temporary file when the content spilled to disk.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.content {
+            Content::File(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Opens the content for reading (blocking).
+    pub fn reader(&self) -> std::io::Result<Box<dyn ReadSeek>> {
+        match &self.content {
+            Content::Memory(b) => Ok(Box::new(std::io::Cursor::new(b.clone()))),
+            Content::File(p) => Ok(Box::new(std::fs::File::open(p)?)),
+            Content::Gone => Err(std::io::Error::other("blob already persisted")),
+        }
+    }
+
+    /// Moves the content to `dest` atomically (blocking): a rename of the temporary file, or
+    /// the in-memory bytes written next to `dest` and renamed over it.
+    pub fn persist(mut self, dest: &Path) -> std::io::Result<()> {
+        match std::mem::replace(&mut self.content, Content::Gone) {
+            Content::File(p) => {
+                if let Err(e) = std::fs::rename(&p, dest) {
+                    self.content = Content::File(p);
+                    return Err(e);
+                }
+                Ok(())
+            }
+            Content::Memory(b) => {
+                let tmp = dest.with_file_name(format!(
+                    ".{}.{}",
+                    dest.file_name().and_then(|n| n.to_str()).unwrap_or("blob"),
+                    crate::util::random_hex(6)
+                ));
+                let written = std::fs::File::create(&tmp)
+                    .and_then(|mut f| f.write_all(&b))
+                    .and_then(|_| std::fs::rename(&tmp, dest));
+                if written.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                written
+            }
+            Content::Gone => Err(std::io::Error::other("blob already persisted")),
+        }
     }
 }
 
 impl Drop for TempBlob {
     fn drop(&mut self) {
-        if !self.kept && !self.path.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.path);
+        if let Content::File(p) = &self.content {
+            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -101,10 +158,20 @@ impl Drop for PathGuard {
     }
 }
 
-pub struct BlobWriter {
-    tx: Option<mpsc::Sender<Bytes>>,
+/// The file-backed stage of a writer.
+struct Spilled {
+    /// Chunks to write, and whether they still need hashing.
+    tx: Option<mpsc::Sender<(Bytes, bool)>>,
     task: Option<JoinHandle<std::io::Result<Option<Md5>>>>,
     guard: PathGuard,
+}
+
+pub struct BlobWriter {
+    dir: PathBuf,
+    /// In-memory stage: the bytes so far and the inline hash.
+    buf: BytesMut,
+    md5: Option<Md5>,
+    spilled: Option<Spilled>,
     written: u64,
     limit: u64,
 }
@@ -114,71 +181,84 @@ pub fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!("upload-{}.part", crate::util::random_hex(16)))
 }
 
+async fn spill(dir: &Path, md5: Option<Md5>) -> std::io::Result<Spilled> {
+    let path = temp_path(dir);
+    let file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .await?
+        .into_std()
+        .await;
+    let (tx, mut rx) = mpsc::channel::<(Bytes, bool)>(QUEUE);
+    let task = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Md5>> {
+        let (htx, hasher) = match md5 {
+            Some(mut md5) => {
+                let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE);
+                let hasher = std::thread::spawn(move || {
+                    while let Ok(chunk) = hrx.recv() {
+                        md5.update(&chunk);
+                    }
+                    md5
+                });
+                (Some(htx), Some(hasher))
+            }
+            None => (None, None),
+        };
+        let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
+        let mut result = Ok(());
+        while let Some((chunk, hash)) = rx.blocking_recv() {
+            if let Err(e) = file.write_all(&chunk) {
+                result = Err(e);
+                break;
+            }
+            if let (Some(htx), true) = (&htx, hash) {
+                if htx.send(chunk).is_err() {
+                    break;
+                }
+            }
+        }
+        drop(htx);
+        let md5 = match hasher {
+            Some(h) => Some(
+                h.join()
+                    .map_err(|_| std::io::Error::other("hash thread panicked"))?,
+            ),
+            None => None,
+        };
+        result?;
+        file.flush()?;
+        Ok(md5)
+    });
+    Ok(Spilled {
+        tx: Some(tx),
+        task: Some(task),
+        guard: PathGuard(Some(path)),
+    })
+}
+
 impl BlobWriter {
-    /// Starts a new temporary file in `dir` that accepts at most `limit` bytes.
+    /// Starts a new blob (spilling into `dir` when large) that accepts at most `limit` bytes.
     pub async fn create(dir: &Path, limit: u64) -> std::io::Result<BlobWriter> {
         Self::create_with(dir, limit, Hashing::Fresh).await
     }
 
     /// Like [`BlobWriter::create`], choosing what is hashed.
-    pub async fn create_with(dir: &Path, limit: u64, hashing: Hashing) -> std::io::Result<BlobWriter> {
-        let path = temp_path(dir);
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await?
-            .into_std()
-            .await;
-        let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
-        let task = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Md5>> {
-            let seed = match hashing {
-                Hashing::Fresh => Some(Md5::new()),
-                Hashing::Continue(state) => Some(state),
-                Hashing::Off => None,
-            };
-            let (htx, hasher) = match seed {
-                Some(mut md5) => {
-                    let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE);
-                    let hasher = std::thread::spawn(move || {
-                        while let Ok(chunk) = hrx.recv() {
-                            md5.update(&chunk);
-                        }
-                        md5
-                    });
-                    (Some(htx), Some(hasher))
-                }
-                None => (None, None),
-            };
-            let mut file = std::io::BufWriter::with_capacity(256 * 1024, file);
-            let mut result = Ok(());
-            while let Some(chunk) = rx.blocking_recv() {
-                if let Err(e) = file.write_all(&chunk) {
-                    result = Err(e);
-                    break;
-                }
-                if let Some(htx) = &htx {
-                    if htx.send(chunk).is_err() {
-                        break;
-                    }
-                }
-            }
-            drop(htx);
-            let md5 = match hasher {
-                Some(h) => Some(
-                    h.join()
-                        .map_err(|_| std::io::Error::other("hash thread panicked"))?,
-                ),
-                None => None,
-            };
-            result?;
-            file.flush()?;
-            Ok(md5)
-        });
+    pub async fn create_with(
+        dir: &Path,
+        limit: u64,
+        hashing: Hashing,
+    ) -> std::io::Result<BlobWriter> {
+        let md5 = match hashing {
+            Hashing::Fresh => Some(Md5::new()),
+            Hashing::Continue(state) => Some(state),
+            Hashing::Off => None,
+        };
         Ok(BlobWriter {
-            tx: Some(tx),
-            task: Some(task),
-            guard: PathGuard(Some(path)),
+            dir: dir.to_path_buf(),
+            buf: BytesMut::new(),
+            md5,
+            spilled: None,
             written: 0,
             limit,
         })
@@ -196,55 +276,86 @@ impl BlobWriter {
             return Err(WriteError::TooLarge { limit: self.limit });
         }
         self.written += chunk.len() as u64;
-        let Some(tx) = &self.tx else {
+        if self.spilled.is_none() {
+            if self.buf.len() + chunk.len() <= SPILL_BYTES {
+                if let Some(md5) = &mut self.md5 {
+                    md5.update(&chunk);
+                }
+                self.buf.extend_from_slice(&chunk);
+                return Ok(());
+            }
+            // Too large for memory: continue in a file, the buffered (already hashed) bytes
+            // first.
+            let mut spilled = spill(&self.dir, self.md5.take()).await?;
+            let first = std::mem::take(&mut self.buf).freeze();
+            if !first.is_empty() {
+                Self::send(&mut spilled, first, false).await?;
+            }
+            self.spilled = Some(spilled);
+        }
+        match self.spilled.as_mut() {
+            Some(s) => Self::send(s, chunk, true).await,
+            None => Err(WriteError::Io(std::io::Error::other(
+                "writer lost its file",
+            ))),
+        }
+    }
+
+    async fn send(s: &mut Spilled, chunk: Bytes, hash: bool) -> Result<(), WriteError> {
+        let Some(tx) = &s.tx else {
             return Err(WriteError::Io(std::io::Error::other(
                 "writer already finished",
             )));
         };
-        if tx.send(chunk).await.is_err() {
-            // The writer thread stopped: its error is reported by `finish`.
-            return Err(WriteError::Io(self.finish_error().await));
+        if tx.send((chunk, hash)).await.is_err() {
+            // The writer thread stopped: report its error.
+            s.tx = None;
+            let err = match s.task.take() {
+                Some(task) => match task.await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(_)) => std::io::Error::other("writer stopped early"),
+                    Err(e) => std::io::Error::other(e.to_string()),
+                },
+                None => std::io::Error::other("writer already finished"),
+            };
+            return Err(WriteError::Io(err));
         }
         Ok(())
     }
 
-    async fn finish_error(&mut self) -> std::io::Error {
-        self.tx = None;
-        match self.task.take() {
-            Some(task) => match task.await {
-                Ok(Err(e)) => e,
-                Ok(Ok(_)) => std::io::Error::other("writer stopped early"),
-                Err(e) => std::io::Error::other(e.to_string()),
-            },
-            None => std::io::Error::other("writer already finished"),
-        }
-    }
-
-    /// Flushes the file and returns it with its size and MD5.
+    /// Completes the blob and returns it with its size and MD5.
     pub async fn finish(mut self) -> std::io::Result<TempBlob> {
-        self.tx = None;
-        let task = self
-            .task
-            .take()
-            .ok_or_else(|| std::io::Error::other("writer already finished"))?;
-        let md5_state = task
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let (content, md5_state) = match self.spilled.take() {
+            None => (
+                Content::Memory(std::mem::take(&mut self.buf).freeze()),
+                self.md5.take(),
+            ),
+            Some(mut s) => {
+                s.tx = None;
+                let task = s
+                    .task
+                    .take()
+                    .ok_or_else(|| std::io::Error::other("writer already finished"))?;
+                let md5_state = task
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))??;
+                let path = s
+                    .guard
+                    .0
+                    .take()
+                    .ok_or_else(|| std::io::Error::other("writer already finished"))?;
+                (Content::File(path), md5_state)
+            }
+        };
         let md5 = md5_state
             .as_ref()
             .map(|m| hex::encode(m.clone().finalize()))
             .unwrap_or_default();
-        let path = self
-            .guard
-            .0
-            .take()
-            .ok_or_else(|| std::io::Error::other("writer already finished"))?;
         Ok(TempBlob {
-            path,
+            content,
             size: self.written,
             md5,
             md5_state,
-            kept: false,
         })
     }
 }
@@ -276,13 +387,29 @@ mod tests {
         ));
         let blob = w.finish().await.unwrap();
         assert_eq!(blob.size, 9);
-        assert_eq!(std::fs::read(blob.path()).unwrap(), b"hello wor");
+        assert_eq!(blob.bytes().unwrap().as_ref(), b"hello wor");
         assert_eq!(blob.md5, hex::encode(Md5::digest(b"hello wor")));
-        let path = blob.path().to_path_buf();
+        // Large bodies spill to a file; the hash covers every byte.
+        let big: Vec<u8> = (0..SPILL_BYTES * 3 + 7).map(|i| (i % 251) as u8).collect();
+        let mut w = BlobWriter::create(dir.path(), u64::MAX).await.unwrap();
+        for c in big.chunks(10_000) {
+            w.write(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        let blob = w.finish().await.unwrap();
+        let path = blob.path().unwrap().to_path_buf();
+        assert_eq!(std::fs::read(&path).unwrap(), big);
+        assert_eq!(blob.md5, hex::encode(Md5::digest(&big)));
         drop(blob);
         assert!(!path.exists());
-        let w = BlobWriter::create(dir.path(), 10).await.unwrap();
+        let mut w = BlobWriter::create(dir.path(), u64::MAX).await.unwrap();
+        w.write(Bytes::from(big.clone())).await.unwrap();
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Persisting writes memory content, or renames the file, atomically.
+        let small = blob_from_bytes(dir.path(), b"abc".to_vec(), 10)
+            .await
+            .unwrap();
+        small.persist(&dir.path().join("dest")).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("dest")).unwrap(), b"abc");
     }
 }

@@ -44,7 +44,12 @@ pub fn is_whole(r: &ContentRange, part_len: Option<u64>) -> bool {
 /// How the body of a part is hashed while it streams in: the first part starts a fresh MD5,
 /// a part that continues the in-order prefix continues it; other parts are not hashed.
 /// Returns the mode and whether it extends the running hash.
-pub fn hashing_for(state: &AppState, cloud: &str, upload_id: Option<&str>, r: &ContentRange) -> (Hashing, bool) {
+pub fn hashing_for(
+    state: &AppState,
+    cloud: &str,
+    upload_id: Option<&str>,
+    r: &ContentRange,
+) -> (Hashing, bool) {
     if r.start == 0 {
         return (Hashing::Fresh, true);
     }
@@ -95,7 +100,12 @@ fn complete(parts: &[ChunkPart], total: Option<i64>) -> bool {
 }
 
 /// Whether two parts hold the same bytes where their ranges overlap.
-fn overlap_agrees(dir: &Path, old: &ChunkPart, new: &ChunkPart, new_path: &Path) -> std::io::Result<bool> {
+fn overlap_agrees(
+    dir: &Path,
+    old: &ChunkPart,
+    new: &ChunkPart,
+    new_path: &Path,
+) -> std::io::Result<bool> {
     let start = old.start.max(new.start);
     let end = old.end.min(new.end);
     if start > end {
@@ -153,7 +163,10 @@ fn decide(
         }
     }
     let mut duplicate = false;
-    for old in parts.iter().filter(|p| p.start <= new.end && new.start <= p.end) {
+    for old in parts
+        .iter()
+        .filter(|p| p.start <= new.end && new.start <= p.end)
+    {
         match overlap_agrees(dir, old, new, new_path) {
             Ok(true) => {
                 if old.start == new.start && old.end == new.end {
@@ -166,7 +179,9 @@ fn decide(
                     new.start, new.end, old.start, old.end
                 ))
             }
-            Err(e) => return ChunkDecision::Reject(format!("Could not compare overlapping parts: {e}")),
+            Err(e) => {
+                return ChunkDecision::Reject(format!("Could not compare overlapping parts: {e}"))
+            }
         }
     }
     let mut after: Vec<ChunkPart> = parts.to_vec();
@@ -178,7 +193,10 @@ fn decide(
     if duplicate {
         ChunkDecision::Duplicate { claim }
     } else {
-        ChunkDecision::Accept { total: new_total, claim }
+        ChunkDecision::Accept {
+            total: new_total,
+            claim,
+        }
     }
 }
 
@@ -190,7 +208,10 @@ fn session_dir(state: &AppState, session_id: &str) -> PathBuf {
 fn assemble(dir: &Path, parts: &[ChunkPart], total: u64, out_path: &Path) -> std::io::Result<()> {
     let mut sorted = parts.to_vec();
     sorted.sort_by_key(|p| (p.start, p.end));
-    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(out_path)?;
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out_path)?;
     let mut offset: u64 = 0;
     for p in &sorted {
         let (start, end) = (p.start as u64, p.end as u64);
@@ -205,12 +226,16 @@ fn assemble(dir: &Path, parts: &[ChunkPart], total: u64, out_path: &Path) -> std
         let want = end - offset + 1;
         let copied = std::io::copy(&mut f.take(want), &mut out)?;
         if copied != want {
-            return Err(std::io::Error::other(format!("part {start}-{end} is shorter than recorded")));
+            return Err(std::io::Error::other(format!(
+                "part {start}-{end} is shorter than recorded"
+            )));
         }
         offset = end + 1;
     }
     if offset != total {
-        return Err(std::io::Error::other(format!("assembled {offset} bytes of {total}")));
+        return Err(std::io::Error::other(format!(
+            "assembled {offset} bytes of {total}"
+        )));
     }
     out.sync_data()?;
     Ok(())
@@ -264,7 +289,9 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         range,
         hashed_in_order,
     } = p;
-    let file = file.ok_or_else(|| ApiError::bad("Chunked uploads need the file bytes in a multipart file part"))?;
+    let file = file.ok_or_else(|| {
+        ApiError::bad("Chunked uploads need the file bytes in a multipart file part")
+    })?;
     let len = file.blob.size;
     if len != range.end - range.start + 1 {
         return Err(ApiError::bad(format!(
@@ -295,7 +322,9 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     }
     let is_final = range.total.is_some_and(|t| range.end + 1 == t);
     if !is_final && len < MIN_PART_BYTES {
-        return Err(ApiError::bad("All parts except EOF-chunk must be larger than 5mb"));
+        return Err(ApiError::bad(
+            "All parts except EOF-chunk must be larger than 5mb",
+        ));
     }
 
     // The session: by upload id, or (legacy) by public ID.
@@ -310,7 +339,8 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
             public_id_prefix: params.nonempty("public_id_prefix"),
             use_filename: params.flag("use_filename")?.unwrap_or(false),
             unique_filename: params.flag("unique_filename")?.unwrap_or(true),
-            filename: Some(naming::split_filename(&file.filename)).filter(|_| !file.filename.is_empty()),
+            filename: Some(naming::split_filename(&file.filename))
+                .filter(|_| !file.filename.is_empty()),
             raw: rt == "raw",
         })?),
     };
@@ -324,7 +354,10 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
                     .ok_or_else(|| ApiError::missing("public_id"))?,
                 (None, _) => return Err(ApiError::missing("public_id")),
             };
-            (session_id(req.cloud, None, Some(&key)), format!("public_id:{key}"))
+            (
+                session_id(req.cloud, None, Some(&key)),
+                format!("public_id:{key}"),
+            )
         }
     };
     let identity = match caller {
@@ -339,8 +372,11 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     let filename = Some(file.filename.clone()).filter(|f| !f.is_empty());
     let md5_state = file.blob.md5_state.clone();
     let part_md5 = file.blob.md5.clone();
-    tokio::fs::rename(file.blob.path(), &part_path).await?;
-    file.blob.keep();
+    let persist_to = part_path.clone();
+    let blob = file.blob;
+    tokio::task::spawn_blocking(move || blob.persist(&persist_to))
+        .await
+        .map_err(ApiError::internal)??;
 
     let new_part = ChunkPart {
         start: range.start as i64,
@@ -367,7 +403,16 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     let rules_part = new_part.clone();
     let rules_path = part_path.clone();
     let rules = move |s: &ChunkSession, parts: &[ChunkPart]| {
-        decide(s, parts, &rules_part, new_total, &identity, &rules_dir, &rules_path, now)
+        decide(
+            s,
+            parts,
+            &rules_part,
+            new_total,
+            &identity,
+            &rules_dir,
+            &rules_path,
+            now,
+        )
     };
     let outcome = state
         .meta
@@ -444,12 +489,17 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         Err(e) => {
             let _ = tokio::fs::remove_file(&out_path).await;
             let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
-            return Err(ApiError::internal(format!("could not assemble the chunked upload: {e}")));
+            return Err(ApiError::internal(format!(
+                "could not assemble the chunked upload: {e}"
+            )));
         }
     };
     let src = Source {
         blob: TempBlob::adopt(out_path, total, md5),
-        filename: session.filename.clone().or_else(|| Some(file.filename.clone()).filter(|f| !f.is_empty())),
+        filename: session
+            .filename
+            .clone()
+            .or_else(|| Some(file.filename.clone()).filter(|f| !f.is_empty())),
     };
     let public_id = match (&explicit_id, &session.public_id) {
         (Some(e), Some(d)) if e == d => Some(d.clone()),
@@ -485,7 +535,8 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         discard_session(state, &sid).await;
         removed += 1;
     }
-    let known: std::collections::HashSet<String> = state.meta.chunk_part_files().await?.into_iter().collect();
+    let known: std::collections::HashSet<String> =
+        state.meta.chunk_part_files().await?.into_iter().collect();
     let chunk_dir = state.chunk_dir.clone();
     let tmp_dir = state.tmp_dir.clone();
     let max_age = std::time::Duration::from_secs(ttl.max(0) as u64);
@@ -500,7 +551,9 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         if let Ok(dirs) = std::fs::read_dir(&chunk_dir) {
             for d in dirs.flatten() {
                 let path = d.path();
-                let Ok(files) = std::fs::read_dir(&path) else { continue };
+                let Ok(files) = std::fs::read_dir(&path) else {
+                    continue;
+                };
                 let mut left = 0;
                 for f in files.flatten() {
                     let name = f.file_name().to_string_lossy().into_owned();
@@ -555,8 +608,14 @@ mod tests {
 
     #[test]
     fn session_ids_separate_clouds_and_forms() {
-        assert_ne!(session_id("a", Some("x"), None), session_id("b", Some("x"), None));
-        assert_ne!(session_id("a", Some("x"), None), session_id("a", None, Some("x")));
+        assert_ne!(
+            session_id("a", Some("x"), None),
+            session_id("b", Some("x"), None)
+        );
+        assert_ne!(
+            session_id("a", Some("x"), None),
+            session_id("a", None, Some("x"))
+        );
         assert_eq!(session_id("a", Some("x"), None).len(), 40);
     }
 }

@@ -298,10 +298,15 @@ pub async fn store_upload(
     if src.blob.size == 0 {
         return Err(ApiError::bad("Empty file"));
     }
-    let probe_path = src.blob.path().to_path_buf();
-    let info = tokio::task::spawn_blocking(move || media::probe(&probe_path))
-        .await
-        .map_err(ApiError::internal)??;
+    let info = match src.blob.bytes() {
+        Some(bytes) => media::probe(std::io::Cursor::new(bytes.as_ref()))?,
+        None => {
+            let reader = src.blob.reader()?;
+            tokio::task::spawn_blocking(move || media::probe(reader))
+                .await
+                .map_err(ApiError::internal)??
+        }
+    };
 
     let kind = match req.resource_type {
         "auto" => info.kind,
@@ -378,14 +383,14 @@ pub async fn store_upload(
     let public_id = match public_id {
         Some(id) => id,
         None => naming::compose(&naming::NameParts {
-        public_id: params.text("public_id"),
-        folder: folder_param.as_deref(),
-        public_id_prefix: prefix_param.as_deref(),
-        use_filename,
-        unique_filename,
-        filename: split.clone(),
-        raw: kind == MediaKind::Raw,
-    })?,
+            public_id: params.text("public_id"),
+            folder: folder_param.as_deref(),
+            public_id_prefix: prefix_param.as_deref(),
+            use_filename,
+            unique_filename,
+            filename: split.clone(),
+            raw: kind == MediaKind::Raw,
+        })?,
     };
     let asset_folder = match asset_folder_param {
         Some(f) => f,
