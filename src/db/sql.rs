@@ -259,8 +259,25 @@ impl MetaStore for SqlStore {
              AND delivery_type = $3 AND public_id = $4{}",
             self.lock_suffix()
         );
-        // A concurrent insert of the same key (PostgreSQL) makes the INSERT below a no-op;
-        // the loop then sees the row and takes the replace/existing path.
+        // Most uploads create a new asset: try that first, in one statement when there are no
+        // tags to write with it.
+        let mut stored = record.clone();
+        stored.tags = normalized_tags(&record.tags);
+        if stored.tags.is_empty() {
+            if insert_asset(&self.write, &stored).await? {
+                return Ok(SaveOutcome::Created(stored));
+            }
+        } else {
+            let mut tx = self.write.begin().await?;
+            if insert_asset(&mut *tx, &stored).await? {
+                insert_tags(&mut tx, &stored.asset_id, &stored.tags).await?;
+                tx.commit().await?;
+                return Ok(SaveOutcome::Created(stored));
+            }
+            tx.rollback().await?;
+        }
+        // The key exists: lock the row and replace it or report it. A concurrent delete can
+        // make the row vanish again, hence the loop.
         for _attempt in 0..5 {
             let mut tx = self.write.begin().await?;
             let existing = sqlx::query(&select)
@@ -321,37 +338,7 @@ impl MetaStore for SqlStore {
             }
             let mut stored = record.clone();
             stored.tags = normalized_tags(&record.tags);
-            let sql = format!(
-                "INSERT INTO assets ({ASSET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
-                 ON CONFLICT (cloud, resource_type, delivery_type, public_id) DO NOTHING"
-            );
-            let done = sqlx::query(&sql)
-                .bind(stored.asset_id.clone())
-                .bind(stored.key.cloud.clone())
-                .bind(stored.key.resource_type.clone())
-                .bind(stored.key.delivery_type.clone())
-                .bind(stored.key.public_id.clone())
-                .bind(stored.version)
-                .bind(stored.version_id.clone())
-                .bind(stored.format.clone())
-                .bind(stored.width)
-                .bind(stored.height)
-                .bind(stored.pages)
-                .bind(stored.bytes)
-                .bind(stored.etag.clone())
-                .bind(stored.created_at)
-                .bind(stored.original_filename.clone())
-                .bind(stored.display_name.clone())
-                .bind(stored.asset_folder.clone())
-                .bind(json_text(&stored.context))
-                .bind(json_text(&stored.metadata))
-                .bind(json_text(&stored.extra))
-                .bind(stored.blob_key.clone())
-                .bind(stored.api_key.clone())
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() == 0 {
+            if !insert_asset(&mut *tx, &stored).await? {
                 tx.rollback().await?;
                 continue;
             }
@@ -631,19 +618,63 @@ impl SqlStore {
     }
 }
 
+/// Inserts an asset row unless its key exists; returns whether it was inserted.
+async fn insert_asset<'e, E>(exec: E, stored: &AssetRecord) -> Result<bool, DbError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let sql = format!(
+        "INSERT INTO assets ({ASSET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+                 ON CONFLICT (cloud, resource_type, delivery_type, public_id) DO NOTHING"
+    );
+    let done = sqlx::query(&sql)
+        .bind(stored.asset_id.clone())
+        .bind(stored.key.cloud.clone())
+        .bind(stored.key.resource_type.clone())
+        .bind(stored.key.delivery_type.clone())
+        .bind(stored.key.public_id.clone())
+        .bind(stored.version)
+        .bind(stored.version_id.clone())
+        .bind(stored.format.clone())
+        .bind(stored.width)
+        .bind(stored.height)
+        .bind(stored.pages)
+        .bind(stored.bytes)
+        .bind(stored.etag.clone())
+        .bind(stored.created_at)
+        .bind(stored.original_filename.clone())
+        .bind(stored.display_name.clone())
+        .bind(stored.asset_folder.clone())
+        .bind(json_text(&stored.context))
+        .bind(json_text(&stored.metadata))
+        .bind(json_text(&stored.extra))
+        .bind(stored.blob_key.clone())
+        .bind(stored.api_key.clone())
+        .execute(exec)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 async fn insert_tags(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     asset_id: &str,
     tags: &[String],
 ) -> Result<(), DbError> {
-    for tag in tags {
-        sqlx::query(
-            "INSERT INTO asset_tags (asset_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(asset_id.to_string())
-        .bind(tag.clone())
-        .execute(&mut **tx)
-        .await?;
+    if tags.is_empty() {
+        return Ok(());
     }
+    let values: Vec<String> = (0..tags.len())
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    let sql = format!(
+        "INSERT INTO asset_tags (asset_id, tag) VALUES {} ON CONFLICT DO NOTHING",
+        values.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for tag in tags {
+        q = q.bind(asset_id.to_string()).bind(tag.clone());
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }

@@ -59,6 +59,15 @@ fn collect_keys(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Resu
 impl BlobStore for FsBlobStore {
     async fn put(&self, key: &str, blob: TempBlob) -> std::io::Result<()> {
         let dest = self.path(key)?;
+        if blob.bytes().is_some() {
+            // Small in-memory content: two short syscalls, not worth a thread hop.
+            if let Some(parent) = dest.parent() {
+                if !parent.is_dir() {
+                    std::fs::create_dir_all(parent)?;
+                }
+            }
+            return blob.persist(&dest);
+        }
         tokio::task::spawn_blocking(move || {
             if let Some(parent) = dest.parent() {
                 if !parent.is_dir() {
