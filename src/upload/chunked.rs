@@ -130,17 +130,28 @@ fn overlap_agrees(
     Ok(true)
 }
 
-/// The decision about a new part, taken under the session lock.
-fn decide(
-    session: &ChunkSession,
-    parts: &[ChunkPart],
-    new: &ChunkPart,
-    new_total: Option<i64>,
-    identity: &str,
-    dir: &Path,
-    new_path: &Path,
+/// A part being recorded, as the rules see it.
+struct Incoming<'a> {
+    part: &'a ChunkPart,
+    /// The size the part's Content-Range tells (None for `-1`).
+    total: Option<i64>,
+    identity: &'a str,
+    /// The session's folder and the part's file in it.
+    dir: &'a Path,
+    path: &'a Path,
     now: i64,
-) -> ChunkDecision {
+}
+
+/// The decision about a new part, taken under the session lock.
+fn decide(session: &ChunkSession, parts: &[ChunkPart], inc: &Incoming<'_>) -> ChunkDecision {
+    let (new, new_total, identity, dir, new_path, now) = (
+        inc.part,
+        inc.total,
+        inc.identity,
+        inc.dir,
+        inc.path,
+        inc.now,
+    );
     if session.identity != identity {
         return ChunkDecision::Reject(
             "This chunked upload was started with another API key or upload preset".into(),
@@ -403,16 +414,15 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     let rules_part = new_part.clone();
     let rules_path = part_path.clone();
     let rules = move |s: &ChunkSession, parts: &[ChunkPart]| {
-        decide(
-            s,
-            parts,
-            &rules_part,
-            new_total,
-            &identity,
-            &rules_dir,
-            &rules_path,
+        let incoming = Incoming {
+            part: &rules_part,
+            total: new_total,
+            identity: &identity,
+            dir: &rules_dir,
+            path: &rules_path,
             now,
-        )
+        };
+        decide(s, parts, &incoming)
     };
     let outcome = state
         .meta
