@@ -351,19 +351,7 @@ async fn chunked_video_is_probed_after_assembly() {
 }
 
 async fn server_with(extra: &str) -> TestServer {
-    let data_dir = tempfile::tempdir().unwrap();
-    let file: nephos::config::FileConfig =
-        toml::from_str(&format!("{DEFAULT_TOML}\n[limits]\n{extra}\n")).unwrap();
-    let args = nephos::config::ServeArgs {
-        data_dir: Some(data_dir.path().to_path_buf()),
-        ..Default::default()
-    };
-    TestServer::launch(
-        nephos::config::Config::from_parts(file, &args).unwrap(),
-        data_dir,
-        None,
-    )
-    .await
+    TestServer::start_with_limits(extra).await
 }
 
 #[tokio::test]

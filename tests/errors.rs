@@ -475,17 +475,7 @@ async fn public_ids_cannot_escape_the_data_dir() {
 
 #[tokio::test]
 async fn size_limit_reports_the_size() {
-    let data_dir = tempfile::tempdir().unwrap();
-    let file: nephos::config::FileConfig = toml::from_str(&format!(
-        "{DEFAULT_TOML}\n[limits]\nmax_upload_bytes = 1000\n"
-    ))
-    .unwrap();
-    let args = nephos::config::ServeArgs {
-        data_dir: Some(data_dir.path().to_path_buf()),
-        ..Default::default()
-    };
-    let config = nephos::config::Config::from_parts(file, &args).unwrap();
-    let server = TestServer::launch(config, data_dir, None).await;
+    let server = TestServer::start_with_limits("max_upload_bytes = 1000").await;
     let big = vec![7u8; 5000];
     check(
         &server,

@@ -118,6 +118,12 @@ impl TestServer {
         Self::start_with(Backend::Sqlite, DEFAULT_TOML, None).await
     }
 
+    /// The default configuration with extra `[limits]` lines.
+    pub async fn start_with_limits(limits: &str) -> TestServer {
+        let toml_text = format!("{DEFAULT_TOML}\n[limits]\n{limits}\n");
+        Self::start_with(Backend::Sqlite, &toml_text, None).await
+    }
+
     pub async fn start_on(backend: &Backend) -> TestServer {
         Self::start_with(backend.clone(), DEFAULT_TOML, None).await
     }
