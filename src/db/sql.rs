@@ -264,12 +264,12 @@ impl MetaStore for SqlStore {
         let mut stored = record.clone();
         stored.tags = normalized_tags(&record.tags);
         if stored.tags.is_empty() {
-            if insert_asset(&self.write, &stored).await? {
+            if write_asset(&self.write, &stored, Conflict::Skip).await? {
                 return Ok(SaveOutcome::Created(stored));
             }
         } else {
             let mut tx = self.write.begin().await?;
-            if insert_asset(&mut *tx, &stored).await? {
+            if write_asset(&mut *tx, &stored, Conflict::Skip).await? {
                 insert_tags(&mut tx, &stored.asset_id, &stored.tags).await?;
                 tx.commit().await?;
                 return Ok(SaveOutcome::Created(stored));
@@ -299,32 +299,7 @@ impl MetaStore for SqlStore {
                 stored.asset_id = previous.asset_id.clone();
                 stored.version = record.version.max(previous.version + 1);
                 stored.tags = normalized_tags(&record.tags);
-                sqlx::query(
-                    "UPDATE assets SET version = $1, version_id = $2, format = $3, width = $4, \
-                     height = $5, pages = $6, bytes = $7, etag = $8, created_at = $9, \
-                     original_filename = $10, display_name = $11, asset_folder = $12, context = $13, \
-                     metadata = $14, extra = $15, blob_key = $16, api_key = $17 WHERE asset_id = $18",
-                )
-                .bind(stored.version)
-                .bind(stored.version_id.clone())
-                .bind(stored.format.clone())
-                .bind(stored.width)
-                .bind(stored.height)
-                .bind(stored.pages)
-                .bind(stored.bytes)
-                .bind(stored.etag.clone())
-                .bind(stored.created_at)
-                .bind(stored.original_filename.clone())
-                .bind(stored.display_name.clone())
-                .bind(stored.asset_folder.clone())
-                .bind(json_text(&stored.context))
-                .bind(json_text(&stored.metadata))
-                .bind(json_text(&stored.extra))
-                .bind(stored.blob_key.clone())
-                .bind(stored.api_key.clone())
-                .bind(stored.asset_id.clone())
-                .execute(&mut *tx)
-                .await?;
+                write_asset(&mut *tx, &stored, Conflict::Replace).await?;
                 sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
                     .bind(stored.asset_id.clone())
                     .execute(&mut *tx)
@@ -338,7 +313,7 @@ impl MetaStore for SqlStore {
             }
             let mut stored = record.clone();
             stored.tags = normalized_tags(&record.tags);
-            if !insert_asset(&mut *tx, &stored).await? {
+            if !write_asset(&mut *tx, &stored, Conflict::Skip).await? {
                 tx.rollback().await?;
                 continue;
             }
@@ -618,15 +593,47 @@ impl SqlStore {
     }
 }
 
-/// Inserts an asset row unless its key exists; returns whether it was inserted.
-async fn insert_asset<'e, E>(exec: E, stored: &AssetRecord) -> Result<bool, DbError>
+/// What [`write_asset`] does when the asset's key already has a row.
+#[derive(Clone, Copy)]
+enum Conflict {
+    /// Leave the row alone (nothing is written).
+    Skip,
+    /// Replace every column but the key and the `asset_id`.
+    Replace,
+}
+
+/// Writes an asset row; returns whether a row was written.
+async fn write_asset<'e, E>(
+    exec: E,
+    stored: &AssetRecord,
+    conflict: Conflict,
+) -> Result<bool, DbError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
+    let action = match conflict {
+        Conflict::Skip => "DO NOTHING".to_string(),
+        Conflict::Replace => {
+            let keep = [
+                "asset_id",
+                "cloud",
+                "resource_type",
+                "delivery_type",
+                "public_id",
+            ];
+            let sets: Vec<String> = ASSET_COLUMNS
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !keep.contains(c))
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
+            format!("DO UPDATE SET {}", sets.join(", "))
+        }
+    };
     let sql = format!(
         "INSERT INTO assets ({ASSET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
-                 ON CONFLICT (cloud, resource_type, delivery_type, public_id) DO NOTHING"
+         $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+         ON CONFLICT (cloud, resource_type, delivery_type, public_id) {action}"
     );
     let done = sqlx::query(&sql)
         .bind(stored.asset_id.clone())
