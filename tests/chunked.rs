@@ -255,6 +255,17 @@ async fn refused_parts_have_exact_messages() {
             t - 9 * MIB
         )
     );
+    // Options are checked on the first part, not after the last.
+    let mut p = Part_::new(b, "bad3", 0, 5 * MIB - 1, Some(t));
+    p.params.push(("type", "fetch".into()));
+    let (s, r) = p.send(&file).await;
+    assert_eq!(
+        (s, message(&r).as_str()),
+        (
+            400,
+            "Invalid type fetch: must be one of upload, private, authenticated"
+        )
+    );
     // A range past the total.
     let (s, r) = Part_::new(b, "bad2", 0, 5 * MIB - 1, Some(100))
         .send(&file)

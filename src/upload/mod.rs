@@ -91,6 +91,31 @@ fn refuse_unsupported(params: &Params) -> ApiResult<()> {
     Ok(())
 }
 
+/// Boolean flags read by the upload pipeline.
+const FLAGS: &[&str] = &[
+    "overwrite",
+    "use_filename",
+    "unique_filename",
+    "discard_original_filename",
+    "use_filename_as_display_name",
+    "use_asset_folder_as_public_id_prefix",
+];
+
+/// Checks the delivery type and the boolean flags before any byte is stored, so that a chunked
+/// upload fails on its first part rather than after the last.
+fn check_options(params: &Params) -> ApiResult<()> {
+    let delivery_type = params.nonempty("type").unwrap_or("upload");
+    if !DELIVERY_TYPES.contains(&delivery_type) {
+        return Err(ApiError::bad(format!(
+            "Invalid type {delivery_type}: must be one of upload, private, authenticated"
+        )));
+    }
+    for flag in FLAGS {
+        params.flag(flag)?;
+    }
+    Ok(())
+}
+
 /// Splits on separators not preceded by a backslash, then unescapes `\=`, `\|`, `\\`.
 fn split_escaped(s: &str, sep: char, limit: Option<usize>) -> Vec<String> {
     let mut out = vec![String::new()];
@@ -243,6 +268,7 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
     };
     let (params, _preset) = preset::apply(state.meta.as_ref(), req.cloud, &caller, params).await?;
     refuse_unsupported(&params)?;
+    check_options(&params)?;
     if let Some(range) = range {
         if !chunked::is_whole(&range, file.as_ref().map(|f| f.blob.size)) {
             let hashed_in_order = req.hashed_in_order;
@@ -274,12 +300,8 @@ pub async fn store_upload(
     src: Source,
     public_id: Option<String>,
 ) -> ApiResult<Json> {
+    check_options(&params)?;
     let delivery_type = params.nonempty("type").unwrap_or("upload").to_string();
-    if !DELIVERY_TYPES.contains(&delivery_type.as_str()) {
-        return Err(ApiError::bad(format!(
-            "Invalid type {delivery_type}: must be one of upload, private, authenticated"
-        )));
-    }
     let overwrite = if caller.is_signed() {
         params.flag("overwrite")?.unwrap_or(true)
     } else {
