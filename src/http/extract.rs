@@ -128,7 +128,32 @@ async fn read_multipart(
 ) -> ApiResult<Form> {
     let boundary = multer::parse_boundary(content_type)
         .map_err(|_| ApiError::bad("Invalid multipart body: missing boundary"))?;
-    let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
+    // multer stops reading at the closing boundary; the body stays shared so that what the
+    // client still sends after it (the chunked-encoding terminator, an epilogue) is read too.
+    // A response sent before the body is consumed makes the connection close under a client
+    // that is still writing (EPIPE in Node).
+    let shared = std::sync::Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    let stream = futures_util::stream::unfold(shared.clone(), |s| async move {
+        let item = s.lock().await.next().await;
+        item.map(|i| (i, s))
+    });
+    let form = parse_multipart(multer::Multipart::new(stream, boundary), tmp_dir, limits).await?;
+    let mut rest = shared.lock().await;
+    let mut trailing = 0usize;
+    while let Some(Ok(chunk)) = rest.next().await {
+        trailing += chunk.len();
+        if trailing > 1024 * 1024 {
+            break;
+        }
+    }
+    Ok(form)
+}
+
+async fn parse_multipart(
+    mut multipart: multer::Multipart<'static>,
+    tmp_dir: &std::path::Path,
+    limits: &BodyLimits,
+) -> ApiResult<Form> {
     let mut form = Form::default();
     let bad = |e: multer::Error| ApiError::bad(format!("Invalid multipart body: {e}"));
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
