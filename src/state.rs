@@ -1,14 +1,12 @@
 //! The shared state every handler sees.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
-use md5::Md5;
+use std::sync::Arc;
 
 use crate::auth::Accounts;
 use crate::config::Limits;
 use crate::db::MetaStore;
+use crate::storage::chunks::ChunkRuntime;
 use crate::storage::BlobStore;
 
 #[derive(Clone)]
@@ -25,10 +23,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Where the parts of chunked uploads are kept until assembly.
     pub chunk_dir: PathBuf,
-    /// Running MD5 of chunked uploads whose parts arrived in order: session → (next offset,
-    /// state). A process without the state (a restart, another process) hashes the assembled
-    /// file instead.
-    pub chunk_hashes: Arc<Mutex<HashMap<String, (u64, Md5)>>>,
+    /// In-process state of chunked uploads (ranges being written, background hashers).
+    pub chunks: Arc<ChunkRuntime>,
     fixed_time: Option<i64>,
 }
 
@@ -54,7 +50,7 @@ impl AppState {
             limits,
             http,
             chunk_dir,
-            chunk_hashes: Arc::new(Mutex::new(HashMap::new())),
+            chunks: Arc::new(ChunkRuntime::default()),
             fixed_time,
         }
     }

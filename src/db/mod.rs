@@ -169,6 +169,11 @@ pub trait MetaStore: Send + Sync {
         max_open: i64,
         rules: ChunkRules<'_>,
     ) -> Result<ChunkOutcome, DbError>;
+    /// A session and its parts, read without locking.
+    async fn chunk_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<(ChunkSession, Vec<ChunkPart>)>, DbError>;
     /// Sets a claimed session back to `open` (its assembly failed).
     async fn reopen_chunk_session(&self, session_id: &str, now: i64) -> Result<(), DbError>;
     /// Removes a session and its part rows; returns the parts (whose files the caller removes).

@@ -423,6 +423,24 @@ impl MetaStore for SqlStore {
         Err(DbError::Corrupt("could not lock the upload session".into()))
     }
 
+    async fn chunk_session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<(ChunkSession, Vec<ChunkPart>)>, DbError> {
+        let mut conn = self.read.acquire().await?;
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM upload_sessions WHERE session_id = $1");
+        let Some(row) = sqlx::query(&sql)
+            .bind(session_id.to_string())
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let session = row_to_session(&row)?;
+        let parts = load_parts(&mut *conn, session_id).await?;
+        Ok(Some((session, parts)))
+    }
+
     async fn reopen_chunk_session(&self, session_id: &str, now: i64) -> Result<(), DbError> {
         sqlx::query(
             "UPDATE upload_sessions SET state = 'open', state_since = $1 WHERE session_id = $2",

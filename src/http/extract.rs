@@ -9,15 +9,22 @@ use serde_json::Value as Json;
 
 use crate::error::{ApiError, ApiResult};
 use crate::form::{base_name, parse_query, FilePart, Form, Params, Value};
-use crate::storage::{BlobWriter, Hashing, WriteError};
+use crate::storage::{BlobWriter, WriteError};
 
 /// Limits applied while reading a body.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BodyLimits {
     pub max_file_bytes: u64,
     pub max_field_bytes: u64,
-    /// What the file part's writer hashes.
-    pub hashing: Hashing,
+    /// Where a file part may be written in place (chunked uploads).
+    pub placement: Option<std::sync::Arc<dyn FilePlacement>>,
+}
+
+/// Chooses, when a multipart file part starts, a place to write it directly:
+/// `Some((file, offset, length))`, or `None` for an ordinary (hashed, staged) body.
+#[async_trait::async_trait]
+pub trait FilePlacement: Send + Sync {
+    async fn place(&self, fields_so_far: &Params) -> Option<(std::path::PathBuf, u64, u64)>;
 }
 
 /// Reads the request body (any of the three encodings) and merges the query string under it
@@ -161,9 +168,17 @@ async fn parse_multipart(
         let filename = field.file_name().map(str::to_string);
         match filename {
             Some(filename) if name == "file" => {
-                let mut writer =
-                    BlobWriter::create_with(tmp_dir, limits.max_file_bytes, limits.hashing.clone())
-                        .await?;
+                let placed = match &limits.placement {
+                    Some(p) => p.place(&form.params).await,
+                    None => None,
+                };
+                let in_place = placed.is_some();
+                let mut writer = match placed {
+                    Some((path, offset, len)) => {
+                        BlobWriter::create_placed(&path, offset, len).await?
+                    }
+                    None => BlobWriter::create(tmp_dir, limits.max_file_bytes).await?,
+                };
                 let mut overflow: Option<u64> = None;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
                     if let Some(total) = overflow.as_mut() {
@@ -179,6 +194,11 @@ async fn parse_multipart(
                     }
                 }
                 if let Some(total) = overflow {
+                    if in_place {
+                        return Err(ApiError::bad(format!(
+                            "Invalid Content-Range header: the part has {total} bytes, more than its range"
+                        )));
+                    }
                     return Err(too_large(total, limits.max_file_bytes));
                 }
                 let blob = writer.finish().await?;
@@ -221,7 +241,7 @@ mod tests {
         let limits = BodyLimits {
             max_file_bytes: 100,
             max_field_bytes: 1000,
-            hashing: Hashing::Fresh,
+            placement: None,
         };
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());

@@ -70,7 +70,7 @@ fn body_limits(state: &AppState) -> BodyLimits {
     BodyLimits {
         max_file_bytes: state.limits.max_upload_bytes,
         max_field_bytes: state.limits.max_field_bytes,
-        hashing: crate::storage::Hashing::Fresh,
+        placement: None,
     }
 }
 
@@ -119,12 +119,16 @@ async fn run_upload(
     let content_range = header_text(headers, "content-range");
     let upload_id = header_text(headers, "x-unique-upload-id").filter(|v| !v.is_empty());
     let mut limits = body_limits(state);
-    let mut hashed_in_order = false;
     if let Some(range) = content_range.and_then(upload::parse_content_range) {
         if !upload::chunked::is_whole(&range, None) {
-            let (hashing, extends) = upload::chunked::hashing_for(state, cloud, upload_id, &range);
-            limits.hashing = hashing;
-            hashed_in_order = extends;
+            limits.placement = Some(std::sync::Arc::new(upload::chunked::Placement {
+                state: state.clone(),
+                cloud: cloud.to_string(),
+                upload_id: upload_id.map(str::to_string),
+                authorization: header_text(headers, header::AUTHORIZATION.as_str())
+                    .map(str::to_string),
+                range,
+            }));
         }
     }
     let form = read_form(headers, uri.query(), body, &state.tmp_dir, &limits).await?;
@@ -134,7 +138,6 @@ async fn run_upload(
         authorization: header_text(headers, header::AUTHORIZATION.as_str()),
         content_range,
         upload_id,
-        hashed_in_order,
     };
     let result = upload::upload(state, req, form).await?;
     Ok(Json(result).into_response())

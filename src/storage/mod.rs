@@ -4,6 +4,7 @@
 //! Blob keys are made by the server (`<cloud>/<2 hex>/<version_id>`), never from a public ID,
 //! so no request can name a path outside the store.
 
+pub mod chunks;
 pub mod fs;
 pub mod temp;
 

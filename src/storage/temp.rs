@@ -24,6 +24,8 @@ pub const SPILL_BYTES: usize = 256 * 1024;
 enum Content {
     Memory(Bytes),
     File(PathBuf),
+    /// Written in place into a file owned by someone else (a chunked upload's data file).
+    Placed(PathBuf),
     Gone,
 }
 
@@ -44,8 +46,6 @@ pub enum Hashing {
     /// The MD5 of this content.
     #[default]
     Fresh,
-    /// Continue an MD5 over earlier bytes (a chunk that extends an upload in order).
-    Continue(Md5),
     /// No hashing.
     Off,
 }
@@ -54,7 +54,6 @@ impl std::fmt::Debug for Hashing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Hashing::Fresh => "Fresh",
-            Hashing::Continue(_) => "Continue",
             Hashing::Off => "Off",
         })
     }
@@ -91,12 +90,37 @@ impl TempBlob {
         }
     }
 
+    /// The file the content was written into in place, if it was.
+    pub fn placed(&self) -> Option<&Path> {
+        match &self.content {
+            Content::Placed(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Opens the content for reading (blocking).
     pub fn reader(&self) -> std::io::Result<Box<dyn ReadSeek>> {
         match &self.content {
             Content::Memory(b) => Ok(Box::new(std::io::Cursor::new(b.clone()))),
             Content::File(p) => Ok(Box::new(std::fs::File::open(p)?)),
-            Content::Gone => Err(std::io::Error::other("blob already persisted")),
+            Content::Placed(_) | Content::Gone => {
+                Err(std::io::Error::other("content is not readable on its own"))
+            }
+        }
+    }
+
+    /// Writes the content into `file` at `offset` (blocking; in-kernel copy for files).
+    pub fn write_at(&self, file: &Path, offset: u64) -> std::io::Result<()> {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(file)?;
+        out.seek(std::io::SeekFrom::Start(offset))?;
+        match &self.content {
+            Content::Memory(b) => out.write_all(b),
+            Content::File(p) => std::io::copy(&mut std::fs::File::open(p)?, &mut out).map(|_| ()),
+            Content::Placed(_) | Content::Gone => Err(std::io::Error::other("nothing to copy")),
         }
     }
 
@@ -125,7 +149,9 @@ impl TempBlob {
                 }
                 written
             }
-            Content::Gone => Err(std::io::Error::other("blob already persisted")),
+            Content::Placed(_) | Content::Gone => {
+                Err(std::io::Error::other("blob cannot be persisted"))
+            }
         }
     }
 }
@@ -167,7 +193,7 @@ struct Spilled {
 }
 
 pub struct BlobWriter {
-    dir: PathBuf,
+    target: Target,
     /// In-memory stage: the bytes so far and the inline hash.
     buf: BytesMut,
     md5: Option<Md5>,
@@ -181,15 +207,37 @@ pub fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!("upload-{}.part", crate::util::random_hex(16)))
 }
 
-async fn spill(dir: &Path, md5: Option<Md5>) -> std::io::Result<Spilled> {
-    let path = temp_path(dir);
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .await?
-        .into_std()
-        .await;
+/// Where a spilled writer writes.
+enum Target {
+    /// A new temporary file in this folder.
+    Temp(PathBuf),
+    /// In place: this file at this offset (created when missing, never truncated).
+    At(PathBuf, u64),
+}
+
+async fn spill(target: &Target, md5: Option<Md5>) -> std::io::Result<Spilled> {
+    let (file, guard) = match target {
+        Target::Temp(dir) => {
+            let path = temp_path(dir);
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await?;
+            (file, PathGuard(Some(path)))
+        }
+        Target::At(path, offset) => {
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .await?;
+            tokio::io::AsyncSeekExt::seek(&mut file, std::io::SeekFrom::Start(*offset)).await?;
+            (file, PathGuard(None))
+        }
+    };
+    let file = file.into_std().await;
     let (tx, mut rx) = mpsc::channel::<(Bytes, bool)>(QUEUE);
     let task = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Md5>> {
         let (htx, hasher) = match md5 {
@@ -233,7 +281,7 @@ async fn spill(dir: &Path, md5: Option<Md5>) -> std::io::Result<Spilled> {
     Ok(Spilled {
         tx: Some(tx),
         task: Some(task),
-        guard: PathGuard(Some(path)),
+        guard,
     })
 }
 
@@ -251,14 +299,31 @@ impl BlobWriter {
     ) -> std::io::Result<BlobWriter> {
         let md5 = match hashing {
             Hashing::Fresh => Some(Md5::new()),
-            Hashing::Continue(state) => Some(state),
             Hashing::Off => None,
         };
         Ok(BlobWriter {
-            dir: dir.to_path_buf(),
+            target: Target::Temp(dir.to_path_buf()),
             buf: BytesMut::new(),
             md5,
             spilled: None,
+            written: 0,
+            limit,
+        })
+    }
+
+    /// Writes the content in place into `file` at `offset`, unhashed (a chunked upload's part).
+    pub async fn create_placed(
+        file: &Path,
+        offset: u64,
+        limit: u64,
+    ) -> std::io::Result<BlobWriter> {
+        let target = Target::At(file.to_path_buf(), offset);
+        let spilled = spill(&target, None).await?;
+        Ok(BlobWriter {
+            target,
+            buf: BytesMut::new(),
+            md5: None,
+            spilled: Some(spilled),
             written: 0,
             limit,
         })
@@ -286,7 +351,7 @@ impl BlobWriter {
             }
             // Too large for memory: continue in a file, the buffered (already hashed) bytes
             // first.
-            let mut spilled = spill(&self.dir, self.md5.take()).await?;
+            let mut spilled = spill(&self.target, self.md5.take()).await?;
             let first = std::mem::take(&mut self.buf).freeze();
             if !first.is_empty() {
                 Self::send(&mut spilled, first, false).await?;
@@ -339,12 +404,14 @@ impl BlobWriter {
                 let md5_state = task
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))??;
-                let path = s
-                    .guard
-                    .0
-                    .take()
-                    .ok_or_else(|| std::io::Error::other("writer already finished"))?;
-                (Content::File(path), md5_state)
+                let content = match (&self.target, s.guard.0.take()) {
+                    (Target::At(path, _), _) => Content::Placed(path.clone()),
+                    (Target::Temp(_), Some(path)) => Content::File(path),
+                    (Target::Temp(_), None) => {
+                        return Err(std::io::Error::other("writer already finished"))
+                    }
+                };
+                (content, md5_state)
             }
         };
         let md5 = md5_state

@@ -2,30 +2,37 @@
 //! request with `Content-Range: bytes START-END/TOTAL` (TOTAL may be `-1` until the last part)
 //! and `X-Unique-Upload-Id` (or, in the legacy form, keyed by `public_id`).
 //!
-//! Parts are kept as files under `<data_dir>/chunks/<session>/`, recorded in the metadata
-//! database under the session's lock, and joined with in-kernel copies when the ranges cover
-//! the whole file. The MD5 etag runs along with parts that arrive in order; otherwise the
-//! assembled file is read once to hash it.
+//! Every part ends up at its offset in one data file per session (`<data_dir>/chunks/<session>/
+//! data`), which becomes the stored file when the ranges cover it: no join, no second write.
+//! When the fields before the file part authenticate the request (the SDKs send every field
+//! first), the part streams straight into place ([`Placement`]); otherwise it is staged and
+//! copied into place once checked. Parts are recorded in the metadata database under the
+//! session's lock. A background MD5 follows the data file as its in-order prefix grows, so
+//! hashing overlaps the transfer of later parts; a process that did not see the earlier parts
+//! (a restart, another process) hashes them from the file at completion.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use md5::{Digest, Md5};
+use async_trait::async_trait;
+use md5::Digest;
 use serde_json::{json, Map, Value as Json};
 
 use super::{naming, ContentRange, Source, UploadRequest};
-use crate::auth::Caller;
+use crate::auth::{self, AuthOptions, Caller};
 use crate::db::{ChunkDecision, ChunkPart, ChunkSession};
 use crate::error::{ApiError, ApiResult};
 use crate::form::{FilePart, Params};
+use crate::http::extract::FilePlacement;
 use crate::state::AppState;
-use crate::storage::{Hashing, TempBlob};
-use crate::util::random_hex;
+use crate::storage::TempBlob;
 
 /// Every part but the last must have at least this many bytes (5 MiB).
 pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 /// A claimed assembly older than this is considered abandoned (its process died).
 const ASSEMBLY_TIMEOUT_SECS: i64 = 600;
+/// The name of a session's data file (also recorded as each part's file).
+const DATA_FILE: &str = "data";
 
 /// The session key of a chunked upload.
 pub fn session_id(cloud: &str, upload_id: Option<&str>, public_id: Option<&str>) -> String {
@@ -41,27 +48,110 @@ pub fn is_whole(r: &ContentRange, part_len: Option<u64>) -> bool {
     r.start == 0 && r.total == Some(r.end + 1) && part_len.is_none_or(|l| l == r.end + 1)
 }
 
-/// How the body of a part is hashed while it streams in: the first part starts a fresh MD5,
-/// a part that continues the in-order prefix continues it; other parts are not hashed.
-/// Returns the mode and whether it extends the running hash.
-pub fn hashing_for(
-    state: &AppState,
-    cloud: &str,
-    upload_id: Option<&str>,
-    r: &ContentRange,
-) -> (Hashing, bool) {
-    if r.start == 0 {
-        return (Hashing::Fresh, true);
+fn identity_of(caller: &Caller) -> String {
+    match caller {
+        Caller::Key { account, .. } => format!("key:{}", account.api_key),
+        Caller::Unsigned { preset } => format!("preset:{preset}"),
     }
-    let Some(id) = upload_id else {
-        return (Hashing::Off, false);
-    };
-    let sid = session_id(cloud, Some(id), None);
-    let map = state.chunk_hashes.lock().unwrap_or_else(|e| e.into_inner());
-    match map.get(&sid) {
-        Some((next, md5)) if *next == r.start => (Hashing::Continue(md5.clone()), true),
-        _ => (Hashing::Off, false),
+}
+
+fn session_dir(state: &AppState, session_id: &str) -> PathBuf {
+    state.chunk_dir.join(session_id)
+}
+
+fn overlaps(p: &ChunkPart, start: u64, end: u64) -> bool {
+    p.start as u64 <= end && start <= p.end as u64
+}
+
+/// Decides, when the file part of a chunk request starts, whether it can be written straight
+/// into the session's data file: the fields so far authenticate the request, the session (if
+/// any) belongs to the same caller, and no recorded or in-flight part overlaps the range.
+pub struct Placement {
+    pub state: AppState,
+    pub cloud: String,
+    pub upload_id: Option<String>,
+    pub authorization: Option<String>,
+    pub range: ContentRange,
+}
+
+#[async_trait]
+impl FilePlacement for Placement {
+    async fn place(&self, params: &Params) -> Option<(PathBuf, u64, u64)> {
+        let state = &self.state;
+        let r = self.range;
+        if r.total.is_some_and(|t| r.end >= t) || r.end + 1 > state.limits.max_file_bytes {
+            return None;
+        }
+        let opts = AuthOptions {
+            unsigned_preset: true,
+            lenient_notification: false,
+        };
+        let caller = auth::authenticate(
+            state,
+            &self.cloud,
+            self.authorization.as_deref(),
+            params,
+            opts,
+        )
+        .ok()?;
+        if let Caller::Unsigned { preset } = &caller {
+            let preset = state.meta.get_preset(&self.cloud, preset).await.ok()??;
+            if !preset.unsigned {
+                return None;
+            }
+        }
+        let sid = match &self.upload_id {
+            Some(id) => session_id(&self.cloud, Some(id), None),
+            None => session_id(&self.cloud, None, Some(params.nonempty("public_id")?)),
+        };
+        if let Some((session, parts)) = state.meta.chunk_session(&sid).await.ok()? {
+            let beyond_total = session.total.is_some_and(|t| r.end >= t as u64);
+            if beyond_total
+                || session.identity != identity_of(&caller)
+                || parts.iter().any(|p| overlaps(p, r.start, r.end))
+            {
+                return None;
+            }
+        }
+        if !state.chunks.claim_range(&sid, r.start, r.end) {
+            return None;
+        }
+        let dir = session_dir(state, &sid);
+        if tokio::fs::create_dir_all(&dir).await.is_err() {
+            state.chunks.release_range(&sid, r.start, r.end);
+            return None;
+        }
+        Some((dir.join(DATA_FILE), r.start, r.end - r.start + 1))
     }
+}
+
+/// Releases the in-flight claim of a part written in place when its request ends.
+struct Release<'a> {
+    state: &'a AppState,
+    sid: String,
+    range: Option<(u64, u64)>,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        if let Some((s, e)) = self.range {
+            self.state.chunks.release_range(&self.sid, s, e);
+        }
+    }
+}
+
+/// The end of the contiguous prefix the parts cover from byte 0.
+fn prefix_end(parts: &[ChunkPart]) -> u64 {
+    let mut ranges: Vec<(i64, i64)> = parts.iter().map(|p| (p.start, p.end)).collect();
+    ranges.sort();
+    let mut end: i64 = 0;
+    for (s, e) in ranges {
+        if s > end {
+            break;
+        }
+        end = end.max(e + 1);
+    }
+    end as u64
 }
 
 /// Bytes covered by the union of the parts' ranges.
@@ -99,25 +189,25 @@ fn complete(parts: &[ChunkPart], total: Option<i64>) -> bool {
     }
 }
 
-/// Whether two parts hold the same bytes where their ranges overlap.
+/// Whether a staged part holds the same bytes as the data file where `old` overlaps it.
 fn overlap_agrees(
-    dir: &Path,
+    data: &Path,
     old: &ChunkPart,
-    new: &ChunkPart,
-    new_path: &Path,
+    new_start: u64,
+    new_end: u64,
+    staged: &TempBlob,
 ) -> std::io::Result<bool> {
-    let start = old.start.max(new.start);
-    let end = old.end.min(new.end);
+    let start = (old.start as u64).max(new_start);
+    let end = (old.end as u64).min(new_end);
     if start > end {
         return Ok(true);
     }
-    let len = (end - start + 1) as u64;
-    let mut a = std::fs::File::open(dir.join(&old.file))?;
-    let mut b = std::fs::File::open(new_path)?;
-    a.seek(SeekFrom::Start((start - old.start) as u64))?;
-    b.seek(SeekFrom::Start((start - new.start) as u64))?;
+    let mut a = std::fs::File::open(data)?;
+    let mut b = staged.reader()?;
+    a.seek(SeekFrom::Start(start))?;
+    b.seek(SeekFrom::Start(start - new_start))?;
     let (mut ba, mut bb) = (vec![0u8; 256 * 1024], vec![0u8; 256 * 1024]);
-    let mut left = len;
+    let mut left = end - start + 1;
     while left > 0 {
         let n = left.min(ba.len() as u64) as usize;
         a.read_exact(&mut ba[..n])?;
@@ -130,28 +220,15 @@ fn overlap_agrees(
     Ok(true)
 }
 
-/// A part being recorded, as the rules see it.
-struct Incoming<'a> {
-    part: &'a ChunkPart,
-    /// The size the part's Content-Range tells (None for `-1`).
-    total: Option<i64>,
-    identity: &'a str,
-    /// The session's folder and the part's file in it.
-    dir: &'a Path,
-    path: &'a Path,
-    now: i64,
-}
-
 /// The decision about a new part, taken under the session lock.
-fn decide(session: &ChunkSession, parts: &[ChunkPart], inc: &Incoming<'_>) -> ChunkDecision {
-    let (new, new_total, identity, dir, new_path, now) = (
-        inc.part,
-        inc.total,
-        inc.identity,
-        inc.dir,
-        inc.path,
-        inc.now,
-    );
+fn decide(
+    session: &ChunkSession,
+    parts: &[ChunkPart],
+    new: &ChunkPart,
+    new_total: Option<i64>,
+    identity: &str,
+    now: i64,
+) -> ChunkDecision {
     if session.identity != identity {
         return ChunkDecision::Reject(
             "This chunked upload was started with another API key or upload preset".into(),
@@ -173,28 +250,9 @@ fn decide(session: &ChunkSession, parts: &[ChunkPart], inc: &Incoming<'_>) -> Ch
             ));
         }
     }
-    let mut duplicate = false;
-    for old in parts
+    let duplicate = parts
         .iter()
-        .filter(|p| p.start <= new.end && new.start <= p.end)
-    {
-        match overlap_agrees(dir, old, new, new_path) {
-            Ok(true) => {
-                if old.start == new.start && old.end == new.end {
-                    duplicate = true;
-                }
-            }
-            Ok(false) => {
-                return ChunkDecision::Reject(format!(
-                    "Part bytes {}-{} overlaps bytes {}-{} received earlier with different content",
-                    new.start, new.end, old.start, old.end
-                ))
-            }
-            Err(e) => {
-                return ChunkDecision::Reject(format!("Could not compare overlapping parts: {e}"))
-            }
-        }
-    }
+        .any(|p| p.start == new.start && p.end == new.end);
     let mut after: Vec<ChunkPart> = parts.to_vec();
     if !duplicate {
         after.push(new.clone());
@@ -211,72 +269,13 @@ fn decide(session: &ChunkSession, parts: &[ChunkPart], inc: &Incoming<'_>) -> Ch
     }
 }
 
-fn session_dir(state: &AppState, session_id: &str) -> PathBuf {
-    state.chunk_dir.join(session_id)
-}
-
-/// Joins the parts into one temporary file (in-kernel copies where the platform has them).
-fn assemble(dir: &Path, parts: &[ChunkPart], total: u64, out_path: &Path) -> std::io::Result<()> {
-    let mut sorted = parts.to_vec();
-    sorted.sort_by_key(|p| (p.start, p.end));
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(out_path)?;
-    let mut offset: u64 = 0;
-    for p in &sorted {
-        let (start, end) = (p.start as u64, p.end as u64);
-        if end < offset {
-            continue;
-        }
-        if start > offset {
-            return Err(std::io::Error::other(format!("gap before byte {start}")));
-        }
-        let mut f = std::fs::File::open(dir.join(&p.file))?;
-        f.seek(SeekFrom::Start(offset - start))?;
-        let want = end - offset + 1;
-        let copied = std::io::copy(&mut f.take(want), &mut out)?;
-        if copied != want {
-            return Err(std::io::Error::other(format!(
-                "part {start}-{end} is shorter than recorded"
-            )));
-        }
-        offset = end + 1;
-    }
-    if offset != total {
-        return Err(std::io::Error::other(format!(
-            "assembled {offset} bytes of {total}"
-        )));
-    }
-    out.sync_data()?;
-    Ok(())
-}
-
-fn md5_of_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut md5 = Md5::new();
-    let mut buf = vec![0u8; 1024 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        md5.update(&buf[..n]);
-    }
-    Ok(hex::encode(md5.finalize()))
-}
-
-/// Removes a session's rows, files and running hash.
+/// Removes a session's rows, files and in-process state.
 pub async fn discard_session(state: &AppState, session_id: &str) {
     if let Err(e) = state.meta.delete_chunk_session(session_id).await {
         tracing::warn!(session = session_id, error = %e, "could not delete an upload session");
     }
     let _ = tokio::fs::remove_dir_all(session_dir(state, session_id)).await;
-    state
-        .chunk_hashes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(session_id);
+    state.chunks.drop_session(session_id);
 }
 
 /// Everything a part request brings.
@@ -286,8 +285,6 @@ pub struct PartRequest<'a> {
     pub params: Params,
     pub file: Option<FilePart>,
     pub range: ContentRange,
-    /// Whether the part's body extended the running MD5 of the session.
-    pub hashed_in_order: bool,
 }
 
 /// Handles one part of a chunked upload.
@@ -298,12 +295,26 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         params,
         file,
         range,
-        hashed_in_order,
     } = p;
     let file = file.ok_or_else(|| {
         ApiError::bad("Chunked uploads need the file bytes in a multipart file part")
     })?;
     let len = file.blob.size;
+    let placed = file.blob.placed().is_some();
+    let explicit_id = params.nonempty("public_id").map(str::to_string);
+    let (sid, upload_id) = match (req.upload_id, &explicit_id) {
+        (Some(id), _) => (session_id(req.cloud, Some(id), None), id.to_string()),
+        (None, Some(pid)) => (
+            session_id(req.cloud, None, Some(pid)),
+            format!("public_id:{pid}"),
+        ),
+        (None, None) => (String::new(), String::new()),
+    };
+    let _release = Release {
+        state,
+        sid: sid.clone(),
+        range: placed.then_some((range.start, range.end)),
+    };
     if len != range.end - range.start + 1 {
         return Err(ApiError::bad(format!(
             "Invalid Content-Range header - bytes {}-{}: the part has {len} bytes",
@@ -338,8 +349,7 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         ));
     }
 
-    // The session: by upload id, or (legacy) by public ID.
-    let explicit_id = params.nonempty("public_id").map(str::to_string);
+    // The public ID is decided when the upload starts and echoed to every part.
     let delivery_type = params.nonempty("type").unwrap_or("upload").to_string();
     let decided = match (&explicit_id, req.resource_type) {
         (Some(id), _) => Some(id.clone()),
@@ -355,45 +365,66 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
             raw: rt == "raw",
         })?),
     };
-    let (sid, upload_id) = match req.upload_id {
-        Some(id) => (session_id(req.cloud, Some(id), None), id.to_string()),
-        None => {
-            let key = match (&explicit_id, range.start) {
-                (Some(id), _) => id.clone(),
-                (None, 0) => decided
-                    .clone()
-                    .ok_or_else(|| ApiError::missing("public_id"))?,
-                (None, _) => return Err(ApiError::missing("public_id")),
-            };
-            (
-                session_id(req.cloud, None, Some(&key)),
-                format!("public_id:{key}"),
-            )
+    let (sid, upload_id) = if sid.is_empty() {
+        // Legacy form keyed by public ID: only the first part may come without one.
+        if range.start != 0 {
+            return Err(ApiError::missing("public_id"));
         }
+        let key = decided
+            .clone()
+            .ok_or_else(|| ApiError::missing("public_id"))?;
+        (
+            session_id(req.cloud, None, Some(&key)),
+            format!("public_id:{key}"),
+        )
+    } else {
+        (sid, upload_id)
     };
-    let identity = match caller {
-        Caller::Key { account, .. } => format!("key:{}", account.api_key),
-        Caller::Unsigned { preset } => format!("preset:{preset}"),
-    };
+    let identity = identity_of(caller);
     let now = state.now();
     let dir = session_dir(state, &sid);
-    tokio::fs::create_dir_all(&dir).await?;
-    let file_name = format!("{}-{}-{}", range.start, range.end, random_hex(6));
-    let part_path = dir.join(&file_name);
+    let data = dir.join(DATA_FILE);
     let filename = Some(file.filename.clone()).filter(|f| !f.is_empty());
-    let md5_state = file.blob.md5_state.clone();
-    let part_md5 = file.blob.md5.clone();
-    let persist_to = part_path.clone();
-    let blob = file.blob;
-    tokio::task::spawn_blocking(move || blob.persist(&persist_to))
-        .await
-        .map_err(ApiError::internal)??;
+
+    if !placed {
+        // A staged part: check it against what was recorded, then copy it into place.
+        tokio::fs::create_dir_all(&dir).await?;
+        let known = state.meta.chunk_session(&sid).await?;
+        if let Some((session, _)) = &known {
+            if session.identity != identity {
+                return Err(ApiError::bad(
+                    "This chunked upload was started with another API key or upload preset",
+                ));
+            }
+        }
+        let recorded = known.map(|(_, parts)| parts).unwrap_or_default();
+        let (blob, data_path) = (file.blob, data.clone());
+        let (start, end) = (range.start, range.end);
+        let conflict =
+            tokio::task::spawn_blocking(move || -> std::io::Result<Option<ChunkPart>> {
+                for old in recorded.iter().filter(|p| overlaps(p, start, end)) {
+                    if !overlap_agrees(&data_path, old, start, end, &blob)? {
+                        return Ok(Some(old.clone()));
+                    }
+                }
+                blob.write_at(&data_path, start)?;
+                Ok(None)
+            })
+            .await
+            .map_err(ApiError::internal)??;
+        if let Some(old) = conflict {
+            return Err(ApiError::bad(format!(
+                "Part bytes {}-{} overlaps bytes {}-{} received earlier with different content",
+                range.start, range.end, old.start, old.end
+            )));
+        }
+    }
 
     let new_part = ChunkPart {
         start: range.start as i64,
         end: range.end as i64,
-        md5: part_md5,
-        file: file_name,
+        md5: String::new(),
+        file: DATA_FILE.into(),
     };
     let init = ChunkSession {
         session_id: sid.clone(),
@@ -410,53 +441,20 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         updated_at: now,
     };
     let new_total = range.total.map(|t| t as i64);
-    let rules_dir = dir.clone();
     let rules_part = new_part.clone();
-    let rules_path = part_path.clone();
     let rules = move |s: &ChunkSession, parts: &[ChunkPart]| {
-        let incoming = Incoming {
-            part: &rules_part,
-            total: new_total,
-            identity: &identity,
-            dir: &rules_dir,
-            path: &rules_path,
-            now,
-        };
-        decide(s, parts, &incoming)
+        decide(s, parts, &rules_part, new_total, &identity, now)
     };
     let outcome = state
         .meta
         .record_chunk(&init, &new_part, state.limits.max_open_uploads, &rules)
-        .await;
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&part_path).await;
-            return Err(e.into());
-        }
-    };
+        .await?;
     let claim = match &outcome.decision {
-        ChunkDecision::Reject(msg) => {
-            let _ = tokio::fs::remove_file(&part_path).await;
-            return Err(ApiError::bad(msg.clone()));
-        }
-        ChunkDecision::Duplicate { claim } => {
-            let _ = tokio::fs::remove_file(&part_path).await;
-            *claim
-        }
-        ChunkDecision::Accept { claim, .. } => {
-            if hashed_in_order {
-                if let Some(md5) = md5_state {
-                    let mut map = state.chunk_hashes.lock().unwrap_or_else(|e| e.into_inner());
-                    let next = map.get(&sid).map(|(n, _)| *n).unwrap_or(0);
-                    if next == range.start {
-                        map.insert(sid.clone(), (range.end + 1, md5));
-                    }
-                }
-            }
-            *claim
-        }
+        ChunkDecision::Reject(msg) => return Err(ApiError::bad(msg.clone())),
+        ChunkDecision::Duplicate { claim } | ChunkDecision::Accept { claim, .. } => *claim,
     };
+    let hasher = state.chunks.hasher(&sid, &data);
+    hasher.advance(prefix_end(&outcome.parts));
     let session = &outcome.session;
     let echo_id = explicit_id.clone().or_else(|| session.public_id.clone());
     if !claim {
@@ -473,39 +471,40 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         return Ok(Json::Object(m));
     }
 
-    // This request completes the upload: assemble, hash, and run the normal pipeline.
+    // This request completes the upload: the data file is the file; finish its MD5.
     let total = session.total.unwrap_or(0) as u64;
-    let out_path = crate::storage::temp::temp_path(&state.tmp_dir);
-    let parts = outcome.parts.clone();
-    let (adir, apath) = (dir.clone(), out_path.clone());
-    let running = {
-        let mut map = state.chunk_hashes.lock().unwrap_or_else(|e| e.into_inner());
-        match map.remove(&sid) {
-            Some((next, md5)) if next == total => Some(hex::encode(md5.finalize())),
-            _ => None,
-        }
-    };
-    let assembled = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
-        assemble(&adir, &parts, total, &apath)?;
-        match running {
-            Some(md5) => Ok(md5),
-            None => md5_of_file(&apath),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-    let md5 = match assembled {
-        Ok(md5) => md5,
+    let md5 = tokio::task::spawn_blocking(move || hasher.finish(total))
+        .await
+        .map_err(ApiError::internal)?;
+    let md5 = match md5 {
+        Ok(m) => m,
         Err(e) => {
-            let _ = tokio::fs::remove_file(&out_path).await;
             let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
             return Err(ApiError::internal(format!(
-                "could not assemble the chunked upload: {e}"
+                "could not hash the chunked upload: {e}"
             )));
         }
     };
+    // A hard link hands the file to the upload pipeline while the session keeps its copy
+    // until the asset is stored (a failed store can then be retried). Bytes a refused part
+    // wrote past the end are cut off first.
+    let link = crate::storage::temp::temp_path(&state.tmp_dir);
+    let handed_over = async {
+        let f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&data)
+            .await?;
+        f.set_len(total).await?;
+        tokio::fs::hard_link(&data, &link).await
+    };
+    if let Err(e) = handed_over.await {
+        let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
+        return Err(ApiError::internal(format!(
+            "could not hand over the chunked upload: {e}"
+        )));
+    }
     let src = Source {
-        blob: TempBlob::adopt(out_path, total, md5),
+        blob: TempBlob::adopt(link, total, md5),
         filename: session
             .filename
             .clone()
@@ -608,8 +607,10 @@ mod tests {
     }
 
     #[test]
-    fn coverage_and_completion() {
+    fn coverage_prefix_and_completion() {
         assert_eq!(covered(&[part(0, 9), part(5, 14), part(20, 29)]), 25);
+        assert_eq!(prefix_end(&[part(20, 29), part(0, 9), part(5, 14)]), 15);
+        assert_eq!(prefix_end(&[part(5, 9)]), 0);
         assert!(complete(&[part(10, 19), part(0, 9)], Some(20)));
         assert!(!complete(&[part(0, 9)], Some(20)));
         assert!(!complete(&[part(0, 9), part(11, 19)], Some(20)));

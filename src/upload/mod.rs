@@ -242,8 +242,6 @@ pub struct UploadRequest<'a> {
     pub content_range: Option<&'a str>,
     /// `X-Unique-Upload-Id` of a chunked upload.
     pub upload_id: Option<&'a str>,
-    /// Whether the file part's MD5 continued the session's running hash.
-    pub hashed_in_order: bool,
 }
 
 /// Handles `POST /v1_1/:cloud/:resource_type/upload`.
@@ -271,7 +269,6 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
     check_options(&params)?;
     if let Some(range) = range {
         if !chunked::is_whole(&range, file.as_ref().map(|f| f.blob.size)) {
-            let hashed_in_order = req.hashed_in_order;
             return chunked::part(
                 state,
                 chunked::PartRequest {
@@ -280,7 +277,6 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
                     params,
                     file,
                     range,
-                    hashed_in_order,
                 },
             )
             .await;

@@ -1,0 +1,216 @@
+//! In-process helpers of chunked uploads whose parts are written in place into one data file
+//! per session: the byte ranges being written right now, and a background MD5 that follows the
+//! file as its in-order prefix grows (so hashing overlaps the transfer of later parts).
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use md5::{Digest, Md5};
+
+/// A range written by a request that has not finished is considered abandoned after this.
+const INFLIGHT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Ranges being written in place: `(start, end, since)`.
+type InFlight = Vec<(u64, u64, Instant)>;
+
+#[derive(Default)]
+pub struct ChunkRuntime {
+    inflight: Mutex<HashMap<String, InFlight>>,
+    hashers: Mutex<HashMap<String, Arc<FileHasher>>>,
+}
+
+impl ChunkRuntime {
+    /// Reserves `start..=end` of a session for a request writing it in place; false when a
+    /// running request already writes an overlapping range.
+    pub fn claim_range(&self, session: &str, start: u64, end: u64) -> bool {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let ranges = map.entry(session.to_string()).or_default();
+        ranges.retain(|(_, _, t)| t.elapsed() < INFLIGHT_TIMEOUT);
+        if ranges.iter().any(|(s, e, _)| *s <= end && start <= *e) {
+            return false;
+        }
+        ranges.push((start, end, Instant::now()));
+        true
+    }
+
+    pub fn release_range(&self, session: &str, start: u64, end: u64) {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ranges) = map.get_mut(session) {
+            if let Some(i) = ranges.iter().position(|(s, e, _)| *s == start && *e == end) {
+                ranges.remove(i);
+            }
+            if ranges.is_empty() {
+                map.remove(session);
+            }
+        }
+    }
+
+    /// The session's hasher, started on first use.
+    pub fn hasher(&self, session: &str, data: &Path) -> Arc<FileHasher> {
+        let mut map = self.hashers.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(session.to_string())
+            .or_insert_with(|| Arc::new(FileHasher::spawn(data.to_path_buf())))
+            .clone()
+    }
+
+    /// Forgets a session (its hasher thread ends when the last user lets go).
+    pub fn drop_session(&self, session: &str) {
+        self.hashers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
+    }
+}
+
+struct HashState {
+    hashed: u64,
+    md5: Md5,
+    error: Option<String>,
+}
+
+/// An MD5 over a growing file, computed by a background thread up to the targets it is given.
+pub struct FileHasher {
+    shared: Arc<(Mutex<HashState>, Condvar)>,
+    tx: Mutex<std::sync::mpsc::Sender<u64>>,
+}
+
+impl FileHasher {
+    fn spawn(path: PathBuf) -> FileHasher {
+        let shared = Arc::new((
+            Mutex::new(HashState {
+                hashed: 0,
+                md5: Md5::new(),
+                error: None,
+            }),
+            Condvar::new(),
+        ));
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let worker = shared.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1024 * 1024];
+            let mut file: Option<std::fs::File> = None;
+            while let Ok(mut target) = rx.recv() {
+                while let Ok(t) = rx.try_recv() {
+                    target = target.max(t);
+                }
+                let (lock, cvar) = &*worker;
+                let (mut hashed, mut md5) = {
+                    let st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                    (st.hashed, st.md5.clone())
+                };
+                let mut error = None;
+                while hashed < target {
+                    let f = match &mut file {
+                        Some(f) => f,
+                        None => match std::fs::File::open(&path) {
+                            Ok(f) => file.insert(f),
+                            Err(e) => {
+                                error = Some(e.to_string());
+                                break;
+                            }
+                        },
+                    };
+                    let want = (target - hashed).min(buf.len() as u64) as usize;
+                    let read = f
+                        .seek(SeekFrom::Start(hashed))
+                        .and_then(|_| f.read(&mut buf[..want]));
+                    match read {
+                        Ok(0) => {
+                            error = Some(format!("data file ends at byte {hashed}"));
+                            break;
+                        }
+                        Ok(n) => {
+                            md5.update(&buf[..n]);
+                            hashed += n as u64;
+                        }
+                        Err(e) => {
+                            error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                    // Publish progress now and then so that waiters see it.
+                    if hashed % (64 * 1024 * 1024) < want as u64 {
+                        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                        st.hashed = hashed;
+                        st.md5 = md5.clone();
+                    }
+                }
+                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                st.hashed = hashed;
+                st.md5 = md5;
+                st.error = error;
+                cvar.notify_all();
+            }
+        });
+        FileHasher {
+            shared,
+            tx: Mutex::new(tx),
+        }
+    }
+
+    /// Lets the hasher run up to `target` (the end of the contiguous prefix written so far).
+    pub fn advance(&self, target: u64) {
+        let _ = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(target);
+    }
+
+    /// Hashes up to `total` and returns the hex MD5 (blocking).
+    pub fn finish(&self, total: u64) -> std::io::Result<String> {
+        let (lock, cvar) = &*self.shared;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).error = None;
+        self.advance(total);
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if st.hashed >= total {
+                return Ok(hex::encode(st.md5.clone().finalize()));
+            }
+            if let Some(e) = st.error.take() {
+                return Err(std::io::Error::other(e));
+            }
+            st = cvar
+                .wait_timeout(st, Duration::from_secs(1))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hasher_follows_a_growing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &data[..1_000_000]).unwrap();
+        let rt = ChunkRuntime::default();
+        let h = rt.hasher("s", &path);
+        h.advance(1_000_000);
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&data[1_000_000..]).unwrap();
+        assert_eq!(
+            h.finish(3_000_000).unwrap(),
+            hex::encode(Md5::digest(&data))
+        );
+        assert!(rt.claim_range("s", 0, 9));
+        assert!(!rt.claim_range("s", 5, 20));
+        rt.release_range("s", 0, 9);
+        assert!(rt.claim_range("s", 5, 20));
+    }
+}
