@@ -584,3 +584,38 @@ async fn two_processes_share_one_upload_through_postgres() {
     b.child.wait().unwrap();
     pg.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_refused_part_leaves_no_trace_in_the_etag() {
+    let server = TestServer::start().await;
+    let file = data(12 * MIB + 3, 11);
+    let other = data(12 * MIB + 3, 12);
+    let t = file.len();
+    let b = &server.base;
+    assert_eq!(
+        Part_::new(b, "trace", 0, 5 * MIB - 1, Some(t))
+            .send(&file)
+            .await
+            .0,
+        200
+    );
+    // Written in place and fed to the hash, then refused (the total changes).
+    let (s, r) = Part_::new(b, "trace", 5 * MIB, 10 * MIB - 1, Some(20 * MIB))
+        .send(&other)
+        .await;
+    assert_eq!(s, 400, "{r}");
+    // The same range again with the right bytes, then the end.
+    assert_eq!(
+        Part_::new(b, "trace", 5 * MIB, 10 * MIB - 1, Some(t))
+            .send(&file)
+            .await
+            .0,
+        200
+    );
+    let (s, r) = Part_::new(b, "trace", 10 * MIB, t - 1, Some(t))
+        .send(&file)
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_stored(&r, &file).await;
+    server.stop().await;
+}

@@ -20,11 +20,20 @@ pub struct BodyLimits {
     pub placement: Option<std::sync::Arc<dyn FilePlacement>>,
 }
 
-/// Chooses, when a multipart file part starts, a place to write it directly:
-/// `Some((file, offset, length))`, or `None` for an ordinary (hashed, staged) body.
+/// Where a file part is written in place: `len` bytes at `offset` of `file`, each chunk also
+/// given to `tap`.
+pub struct Placed {
+    pub file: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    pub tap: Option<crate::storage::temp::Tap>,
+}
+
+/// Chooses, when a multipart file part starts, a place to write it directly, or `None` for an
+/// ordinary (hashed, staged) body.
 #[async_trait::async_trait]
 pub trait FilePlacement: Send + Sync {
-    async fn place(&self, fields_so_far: &Params) -> Option<(std::path::PathBuf, u64, u64)>;
+    async fn place(&self, fields_so_far: &Params) -> Option<Placed>;
 }
 
 /// Reads the request body (any of the three encodings) and merges the query string under it
@@ -174,9 +183,7 @@ async fn parse_multipart(
                 };
                 let in_place = placed.is_some();
                 let mut writer = match placed {
-                    Some((path, offset, len)) => {
-                        BlobWriter::create_placed(&path, offset, len).await?
-                    }
+                    Some(p) => BlobWriter::create_placed(&p.file, p.offset, p.len, p.tap).await?,
                     None => BlobWriter::create(tmp_dir, limits.max_file_bytes).await?,
                 };
                 let mut overflow: Option<u64> = None;

@@ -75,10 +75,26 @@ struct HashState {
     error: Option<String>,
 }
 
-/// An MD5 over a growing file, computed by a background thread up to the targets it is given.
+/// What the hasher thread is told.
+enum Msg {
+    /// Hash the file up to this offset (reading back what was not fed).
+    Target(u64),
+    /// Bytes a request (identified by its token) just wrote at this offset: hashed
+    /// tentatively when they continue the hash.
+    Data(u64, u64, bytes::Bytes),
+    /// The request's part was recorded: its tentative hash becomes part of the hash.
+    Commit(u64),
+}
+
+/// Messages waiting for the hasher; a writer feeding it waits when it falls behind.
+const HASH_QUEUE: usize = 64;
+
+/// An MD5 over a growing file, computed by a background thread: fed the bytes of parts that
+/// continue the hash as they are written, and reading back from the file whatever it missed,
+/// up to the targets it is given.
 pub struct FileHasher {
     shared: Arc<(Mutex<HashState>, Condvar)>,
-    tx: Mutex<std::sync::mpsc::Sender<u64>>,
+    tx: std::sync::mpsc::SyncSender<Msg>,
 }
 
 impl FileHasher {
@@ -91,20 +107,66 @@ impl FileHasher {
             }),
             Condvar::new(),
         ));
-        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(HASH_QUEUE);
         let worker = shared.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 1024 * 1024];
             let mut file: Option<std::fs::File> = None;
-            while let Ok(mut target) = rx.recv() {
-                while let Ok(t) = rx.try_recv() {
-                    target = target.max(t);
+            let (lock, cvar) = &*worker;
+            let publish = |hashed: u64, md5: &Md5, error: Option<String>| {
+                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+                st.hashed = hashed;
+                st.md5 = md5.clone();
+                if error.is_some() {
+                    st.error = error;
                 }
-                let (lock, cvar) = &*worker;
-                let (mut hashed, mut md5) = {
-                    let st = lock.lock().unwrap_or_else(|e| e.into_inner());
-                    (st.hashed, st.md5.clone())
+                cvar.notify_all();
+            };
+            let (mut hashed, mut md5) = (0u64, Md5::new());
+            // (token, start, end, state after end) of the one part being fed.
+            let mut tentative: Option<(u64, u64, u64, Md5)> = None;
+            while let Ok(msg) = rx.recv() {
+                let target = match msg {
+                    Msg::Data(token, offset, bytes) => {
+                        let len = bytes.len() as u64;
+                        match &mut tentative {
+                            Some((t, _, end, state)) if *t == token && *end == offset => {
+                                state.update(&bytes);
+                                *end += len;
+                            }
+                            // Nothing tentative, or the same range written again (a retry
+                            // after a refused request): start from the committed hash.
+                            Some((t, _, _, _)) if *t != token || offset != hashed => {}
+                            _ if offset == hashed => {
+                                let mut state = md5.clone();
+                                state.update(&bytes);
+                                tentative = Some((token, offset, offset + len, state));
+                            }
+                            _ => {}
+                        }
+                        continue;
+                    }
+                    Msg::Commit(token) => {
+                        if let Some((t, start, end, state)) = tentative.take() {
+                            if t == token && start == hashed {
+                                hashed = end;
+                                md5 = state;
+                            } else if t != token {
+                                tentative = Some((t, start, end, state));
+                            }
+                        }
+                        publish(hashed, &md5, None);
+                        continue;
+                    }
+                    Msg::Target(t) => t,
                 };
+                // Bytes of a part that was never committed are not trusted.
+                if tentative
+                    .as_ref()
+                    .is_some_and(|(_, start, _, _)| *start < target)
+                {
+                    tentative = None;
+                }
                 let mut error = None;
                 while hashed < target {
                     let f = match &mut file {
@@ -135,40 +197,43 @@ impl FileHasher {
                             break;
                         }
                     }
-                    // Publish progress now and then so that waiters see it.
-                    if hashed % (64 * 1024 * 1024) < want as u64 {
-                        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-                        st.hashed = hashed;
-                        st.md5 = md5.clone();
-                    }
                 }
-                let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
-                st.hashed = hashed;
-                st.md5 = md5;
-                st.error = error;
-                cvar.notify_all();
+                publish(hashed, &md5, error);
             }
         });
-        FileHasher {
-            shared,
-            tx: Mutex::new(tx),
-        }
+        FileHasher { shared, tx }
+    }
+
+    /// A sink for the bytes one request writes at an offset of the file (called from a
+    /// blocking thread; it waits when the hasher is behind). They count once [`commit`] is
+    /// called with the same token.
+    ///
+    /// [`commit`]: FileHasher::commit
+    pub fn tap(&self, token: u64) -> crate::storage::temp::Tap {
+        let tx = self.tx.clone();
+        Box::new(move |offset, bytes| {
+            let _ = tx.send(Msg::Data(token, offset, bytes));
+        })
+    }
+
+    /// The part written through the tap of `token` was recorded; then hash up to `target`
+    /// (blocking: call it from a blocking thread).
+    pub fn commit(&self, token: u64, target: u64) {
+        let _ = self.tx.send(Msg::Commit(token));
+        let _ = self.tx.send(Msg::Target(target));
     }
 
     /// Lets the hasher run up to `target` (the end of the contiguous prefix written so far).
+    /// Never blocks: when the queue is full, a later target carries this one.
     pub fn advance(&self, target: u64) {
-        let _ = self
-            .tx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(target);
+        let _ = self.tx.try_send(Msg::Target(target));
     }
 
     /// Hashes up to `total` and returns the hex MD5 (blocking).
     pub fn finish(&self, total: u64) -> std::io::Result<String> {
         let (lock, cvar) = &*self.shared;
         lock.lock().unwrap_or_else(|e| e.into_inner()).error = None;
-        self.advance(total);
+        let _ = self.tx.send(Msg::Target(total));
         let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if st.hashed >= total {
@@ -197,6 +262,11 @@ mod tests {
         std::fs::write(&path, &data[..1_000_000]).unwrap();
         let rt = ChunkRuntime::default();
         let h = rt.hasher("s", &path);
+        // Bytes fed by a request that is never committed do not count, and a retry of the
+        // same range under the same token starts over.
+        (h.tap(7))(0, bytes::Bytes::from_static(b"junk"));
+        (h.tap(7))(0, bytes::Bytes::copy_from_slice(&data[..500_000]));
+        h.commit(7, 400_000);
         h.advance(1_000_000);
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

@@ -207,6 +207,9 @@ pub fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!("upload-{}.part", crate::util::random_hex(16)))
 }
 
+/// Receives every chunk a placed writer wrote, with its offset in the file.
+pub type Tap = Box<dyn FnMut(u64, Bytes) + Send>;
+
 /// Where a spilled writer writes.
 enum Target {
     /// A new temporary file in this folder.
@@ -215,7 +218,15 @@ enum Target {
     At(PathBuf, u64),
 }
 
-async fn spill(target: &Target, md5: Option<Md5>) -> std::io::Result<Spilled> {
+async fn spill(
+    target: &Target,
+    md5: Option<Md5>,
+    mut tap: Option<Tap>,
+) -> std::io::Result<Spilled> {
+    let mut offset = match target {
+        Target::At(_, offset) => *offset,
+        Target::Temp(_) => 0,
+    };
     let (file, guard) = match target {
         Target::Temp(dir) => {
             let path = temp_path(dir);
@@ -260,6 +271,10 @@ async fn spill(target: &Target, md5: Option<Md5>) -> std::io::Result<Spilled> {
                 result = Err(e);
                 break;
             }
+            if let Some(tap) = &mut tap {
+                tap(offset, chunk.clone());
+            }
+            offset += chunk.len() as u64;
             if let (Some(htx), true) = (&htx, hash) {
                 if htx.send(chunk).is_err() {
                     break;
@@ -311,14 +326,16 @@ impl BlobWriter {
         })
     }
 
-    /// Writes the content in place into `file` at `offset`, unhashed (a chunked upload's part).
+    /// Writes the content in place into `file` at `offset`, unhashed (a chunked upload's
+    /// part); `tap` sees every chunk once it is written.
     pub async fn create_placed(
         file: &Path,
         offset: u64,
         limit: u64,
+        tap: Option<Tap>,
     ) -> std::io::Result<BlobWriter> {
         let target = Target::At(file.to_path_buf(), offset);
-        let spilled = spill(&target, None).await?;
+        let spilled = spill(&target, None, tap).await?;
         Ok(BlobWriter {
             target,
             buf: BytesMut::new(),
@@ -351,7 +368,7 @@ impl BlobWriter {
             }
             // Too large for memory: continue in a file, the buffered (already hashed) bytes
             // first.
-            let mut spilled = spill(&self.target, self.md5.take()).await?;
+            let mut spilled = spill(&self.target, self.md5.take(), None).await?;
             let first = std::mem::take(&mut self.buf).freeze();
             if !first.is_empty() {
                 Self::send(&mut spilled, first, false).await?;

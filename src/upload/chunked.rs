@@ -23,7 +23,7 @@ use crate::auth::{self, AuthOptions, Caller};
 use crate::db::{ChunkDecision, ChunkPart, ChunkSession};
 use crate::error::{ApiError, ApiResult};
 use crate::form::{FilePart, Params};
-use crate::http::extract::FilePlacement;
+use crate::http::extract::{FilePlacement, Placed};
 use crate::state::AppState;
 use crate::storage::TempBlob;
 
@@ -76,7 +76,7 @@ pub struct Placement {
 
 #[async_trait]
 impl FilePlacement for Placement {
-    async fn place(&self, params: &Params) -> Option<(PathBuf, u64, u64)> {
+    async fn place(&self, params: &Params) -> Option<Placed> {
         let state = &self.state;
         let r = self.range;
         if r.total.is_some_and(|t| r.end >= t) || r.end + 1 > state.limits.max_file_bytes {
@@ -121,8 +121,27 @@ impl FilePlacement for Placement {
             state.chunks.release_range(&sid, r.start, r.end);
             return None;
         }
-        Some((dir.join(DATA_FILE), r.start, r.end - r.start + 1))
+        let data = dir.join(DATA_FILE);
+        // The token ties the fed bytes to this request's part (see `part`).
+        let tap = state
+            .chunks
+            .hasher(&sid, &data)
+            .tap(placement_token(&sid, r.start, r.end));
+        Some(Placed {
+            file: data,
+            offset: r.start,
+            len: r.end - r.start + 1,
+            tap: Some(tap),
+        })
     }
+}
+
+/// The token under which a part written in place feeds the session's hasher: the range is
+/// claimed by one request at a time in this process, so it identifies that request's bytes
+/// until the claim is released.
+fn placement_token(sid: &str, start: u64, end: u64) -> u64 {
+    let d = sha1::Sha1::digest(format!("{sid}/{start}/{end}").as_bytes());
+    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
 /// Releases the in-flight claim of a part written in place when its request ends.
@@ -454,7 +473,16 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         ChunkDecision::Duplicate { claim } | ChunkDecision::Accept { claim, .. } => *claim,
     };
     let hasher = state.chunks.hasher(&sid, &data);
-    hasher.advance(prefix_end(&outcome.parts));
+    let prefix = prefix_end(&outcome.parts);
+    if placed && matches!(outcome.decision, ChunkDecision::Accept { .. }) {
+        let (h, token) = (
+            hasher.clone(),
+            placement_token(&sid, range.start, range.end),
+        );
+        let _ = tokio::task::spawn_blocking(move || h.commit(token, prefix)).await;
+    } else {
+        hasher.advance(prefix);
+    }
     let session = &outcome.session;
     let echo_id = explicit_id.clone().or_else(|| session.public_id.clone());
     if !claim {
