@@ -87,7 +87,7 @@ enum Msg {
 }
 
 /// Messages waiting for the hasher; a writer feeding it waits when it falls behind.
-const HASH_QUEUE: usize = 64;
+const HASH_QUEUE: usize = 16;
 
 /// An MD5 over a growing file, computed by a background thread: fed the bytes of parts that
 /// continue the hash as they are written, and reading back from the file whatever it missed,
