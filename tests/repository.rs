@@ -112,6 +112,24 @@ async fn story(store: Arc<dyn MetaStore>) {
     assert_eq!(creations, 1);
     assert!(store.find_asset(&key).await.unwrap().is_some());
 
+    // Concurrent writers of different keys (inserted together): all created, tags kept.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = record(&format!("many/{i}"), 10, &["x", &format!("t{i}")]);
+            (s.save_asset(&r, false).await, r.key)
+        }));
+    }
+    for t in tasks {
+        let (outcome, key) = t.await.unwrap();
+        assert!(matches!(outcome.unwrap(), SaveOutcome::Created(_)));
+        let got = store.find_asset(&key).await.unwrap().unwrap();
+        assert_eq!(got.tags.len(), 2);
+        assert!(got.tags.contains(&"x".to_string()));
+        store.delete_asset(&key).await.unwrap();
+    }
+
     let keys = store.blob_keys().await.unwrap();
     assert_eq!(keys.len(), 4, "{keys:?}");
     assert!(keys.contains(&b.blob_key));

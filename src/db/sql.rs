@@ -28,7 +28,20 @@ pub struct SqlStore {
     read: AnyPool,
     write: AnyPool,
     dialect: Dialect,
+    /// New assets waiting to be inserted together (group commit).
+    inserts: tokio::sync::mpsc::Sender<PendingInsert>,
 }
+
+/// A new asset and where to say whether its row was inserted.
+type PendingInsert = (
+    AssetRecord,
+    tokio::sync::oneshot::Sender<Result<bool, String>>,
+);
+
+/// Rows inserted by one statement at most (22 parameters each).
+const BATCH_ROWS: usize = 64;
+/// Tags written in one batch at most; records beyond it wait for the next batch.
+const BATCH_TAGS: usize = 4000;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -108,10 +121,12 @@ impl SqlStore {
                     .after_connect(setup)
                     .connect_with(options)
                     .await?;
+                let inserts = spawn_inserter(write.clone());
                 SqlStore {
                     read,
                     write,
                     dialect,
+                    inserts,
                 }
             }
             Dialect::Postgres => {
@@ -123,6 +138,7 @@ impl SqlStore {
                 POSTGRES_MIGRATIONS.run(&pool).await?;
                 SqlStore {
                     read: pool.clone(),
+                    inserts: spawn_inserter(pool.clone()),
                     write: pool,
                     dialect,
                 }
@@ -259,22 +275,18 @@ impl MetaStore for SqlStore {
              AND delivery_type = $3 AND public_id = $4{}",
             self.lock_suffix()
         );
-        // Most uploads create a new asset: try that first, in one statement when there are no
-        // tags to write with it.
+        // Most uploads create a new asset: try that first, together with the other uploads
+        // of the moment (one transaction and one statement for many rows).
         let mut stored = record.clone();
         stored.tags = normalized_tags(&record.tags);
-        if stored.tags.is_empty() {
-            if write_asset(&self.write, &stored, Conflict::Skip).await? {
-                return Ok(SaveOutcome::Created(stored));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.inserts.send((stored.clone(), reply)).await.is_ok() {
+            match answer.await {
+                Ok(Ok(true)) => return Ok(SaveOutcome::Created(stored)),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => return Err(DbError::Corrupt(format!("batched insert failed: {e}"))),
+                Err(_) => return Err(DbError::Corrupt("the insert batcher stopped".into())),
             }
-        } else {
-            let mut tx = self.write.begin().await?;
-            if write_asset(&mut *tx, &stored, Conflict::Skip).await? {
-                insert_tags(&mut tx, &stored.asset_id, &stored.tags).await?;
-                tx.commit().await?;
-                return Ok(SaveOutcome::Created(stored));
-            }
-            tx.rollback().await?;
         }
         // The key exists: lock the row and replace it or report it. A concurrent delete can
         // make the row vanish again, hence the loop.
@@ -609,6 +621,128 @@ impl SqlStore {
             parts,
         }))
     }
+}
+
+/// Starts the task that inserts new assets in batches: it takes what is waiting (up to
+/// [`BATCH_ROWS`]), writes the rows and their tags in one transaction, and tells each caller
+/// whether its row went in (a key that exists, or twice in one batch, does not).
+fn spawn_inserter(pool: AnyPool) -> tokio::sync::mpsc::Sender<PendingInsert> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingInsert>(1024);
+    tokio::spawn(async move {
+        let mut carry: Option<PendingInsert> = None;
+        loop {
+            let first = match carry.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            let mut tags = first.0.tags.len();
+            let mut batch = vec![first];
+            while batch.len() < BATCH_ROWS {
+                match rx.try_recv() {
+                    Ok(p) if tags + p.0.tags.len() > BATCH_TAGS => {
+                        carry = Some(p);
+                        break;
+                    }
+                    Ok(p) => {
+                        tags += p.0.tags.len();
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let records: Vec<&AssetRecord> = batch.iter().map(|(r, _)| r).collect();
+            let result = insert_batch(&pool, &records).await;
+            for (record, reply) in batch {
+                let answer = match &result {
+                    Ok(ids) => Ok(ids.contains(&record.asset_id)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    });
+    tx
+}
+
+/// Inserts the rows that do not exist yet, and the tags of those, in one transaction;
+/// returns the asset IDs inserted.
+async fn insert_batch(
+    pool: &AnyPool,
+    records: &[&AssetRecord],
+) -> Result<std::collections::HashSet<String>, DbError> {
+    let width = ASSET_COLUMNS.split(',').count();
+    let rows: Vec<String> = (0..records.len())
+        .map(|r| {
+            let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO assets ({ASSET_COLUMNS}) VALUES {} \
+         ON CONFLICT (cloud, resource_type, delivery_type, public_id) DO NOTHING RETURNING asset_id",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for s in records {
+        q = q
+            .bind(s.asset_id.clone())
+            .bind(s.key.cloud.clone())
+            .bind(s.key.resource_type.clone())
+            .bind(s.key.delivery_type.clone())
+            .bind(s.key.public_id.clone())
+            .bind(s.version)
+            .bind(s.version_id.clone())
+            .bind(s.format.clone())
+            .bind(s.width)
+            .bind(s.height)
+            .bind(s.pages)
+            .bind(s.bytes)
+            .bind(s.etag.clone())
+            .bind(s.created_at)
+            .bind(s.original_filename.clone())
+            .bind(s.display_name.clone())
+            .bind(s.asset_folder.clone())
+            .bind(json_text(&s.context))
+            .bind(json_text(&s.metadata))
+            .bind(json_text(&s.extra))
+            .bind(s.blob_key.clone())
+            .bind(s.api_key.clone());
+    }
+    let mut tx = pool.begin().await?;
+    let inserted: std::collections::HashSet<String> = q
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("asset_id"))
+        .collect::<Result<_, _>>()?;
+    let tag_rows: Vec<(&str, &str)> = records
+        .iter()
+        .filter(|r| inserted.contains(&r.asset_id))
+        .flat_map(|r| {
+            r.tags
+                .iter()
+                .map(move |t| (r.asset_id.as_str(), t.as_str()))
+        })
+        .collect();
+    if !tag_rows.is_empty() {
+        let values: Vec<String> = (0..tag_rows.len())
+            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "INSERT INTO asset_tags (asset_id, tag) VALUES {} ON CONFLICT DO NOTHING",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, tag) in tag_rows {
+            q = q.bind(id.to_string()).bind(tag.to_string());
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
 }
 
 /// What [`write_asset`] does when the asset's key already has a row.
