@@ -86,7 +86,7 @@ enum Msg {
     Commit(u64),
 }
 
-/// Messages waiting for the hasher; a writer feeding it waits when it falls behind.
+/// Messages waiting for the hasher (fed bytes beyond it are read back from the file later).
 const HASH_QUEUE: usize = 16;
 
 /// An MD5 over a growing file, computed by a background thread: fed the bytes of parts that
@@ -204,15 +204,16 @@ impl FileHasher {
         FileHasher { shared, tx }
     }
 
-    /// A sink for the bytes one request writes at an offset of the file (called from a
-    /// blocking thread; it waits when the hasher is behind). They count once [`commit`] is
-    /// called with the same token.
+    /// A sink for the bytes one request writes at an offset of the file. It never waits: when
+    /// the hasher is behind, the bytes are dropped here and read back from the file later, so
+    /// the transfer runs at full speed and the hasher is never idle. The bytes count once
+    /// [`commit`] is called with the same token.
     ///
     /// [`commit`]: FileHasher::commit
     pub fn tap(&self, token: u64) -> crate::storage::temp::Tap {
         let tx = self.tx.clone();
         Box::new(move |offset, bytes| {
-            let _ = tx.send(Msg::Data(token, offset, bytes));
+            let _ = tx.try_send(Msg::Data(token, offset, bytes));
         })
     }
 
