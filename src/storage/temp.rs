@@ -264,7 +264,7 @@ async fn spill(
             }
             None => (None, None),
         };
-        let mut file = std::io::BufWriter::with_capacity(1024 * 1024, file);
+        let mut file = std::io::BufWriter::with_capacity(32 * 1024, file);
         let mut result = Ok(());
         while let Some((chunk, hash)) = rx.blocking_recv() {
             if let Err(e) = file.write_all(&chunk) {
