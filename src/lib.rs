@@ -3,6 +3,7 @@
 //! [`serve`] runs the server on a bound listener until `shutdown` resolves; `main.rs` is a thin
 //! command-line wrapper around it.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod db;

@@ -86,6 +86,25 @@ pub struct Preset {
     pub created_at: i64,
 }
 
+/// A listing of assets (Admin API `resources`).
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub cloud: String,
+    pub resource_type: Option<String>,
+    pub delivery_type: Option<String>,
+    /// Public IDs starting with this.
+    pub prefix: Option<String>,
+    /// Exactly these public IDs.
+    pub public_ids: Option<Vec<String>>,
+    /// Assets carrying this tag.
+    pub tag: Option<String>,
+    pub max_results: i64,
+    /// Where the previous page ended (opaque to callers).
+    pub cursor: Option<String>,
+    /// Oldest first instead of newest first.
+    pub ascending: bool,
+}
+
 /// A chunked upload in progress.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChunkSession {
@@ -151,6 +170,11 @@ pub trait MetaStore: Send + Sync {
         record: &AssetRecord,
         overwrite: bool,
     ) -> Result<SaveOutcome, DbError>;
+    /// A page of assets in creation order, and the cursor of the next page when there is one.
+    async fn list_assets(
+        &self,
+        query: &ListQuery,
+    ) -> Result<(Vec<AssetRecord>, Option<String>), DbError>;
     /// Removes an asset row and its tags; returns what was removed.
     async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
     /// Creates or replaces a preset.

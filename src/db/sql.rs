@@ -15,7 +15,7 @@ use sqlx::{AnyPool, Row};
 
 use super::{
     AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules, ChunkSession,
-    DbError, MetaStore, Preset, SaveOutcome,
+    DbError, ListQuery, MetaStore, Preset, SaveOutcome,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,6 +336,92 @@ impl MetaStore for SqlStore {
         Err(DbError::Corrupt(
             "could not save the asset: the public ID kept changing under concurrent writes".into(),
         ))
+    }
+
+    async fn list_assets(
+        &self,
+        q: &ListQuery,
+    ) -> Result<(Vec<AssetRecord>, Option<String>), DbError> {
+        let mut conds = vec!["a.cloud = $1".to_string()];
+        let mut binds: Vec<String> = vec![q.cloud.clone()];
+        let next = |binds: &mut Vec<String>, v: String| {
+            binds.push(v);
+            format!("${}", binds.len())
+        };
+        if let Some(rt) = &q.resource_type {
+            let p = next(&mut binds, rt.clone());
+            conds.push(format!("a.resource_type = {p}"));
+        }
+        if let Some(t) = &q.delivery_type {
+            let p = next(&mut binds, t.clone());
+            conds.push(format!("a.delivery_type = {p}"));
+        }
+        if let Some(prefix) = &q.prefix {
+            // substr instead of LIKE: no wildcard escaping, same in both databases.
+            let n = prefix.chars().count();
+            let p = next(&mut binds, prefix.clone());
+            conds.push(format!("substr(a.public_id, 1, {n}) = {p}"));
+        }
+        if let Some(ids) = &q.public_ids {
+            if ids.is_empty() {
+                return Ok((Vec::new(), None));
+            }
+            let ps: Vec<String> = ids.iter().map(|id| next(&mut binds, id.clone())).collect();
+            conds.push(format!("a.public_id IN ({})", ps.join(", ")));
+        }
+        if let Some(tag) = &q.tag {
+            let p = next(&mut binds, tag.clone());
+            conds.push(format!(
+                "EXISTS (SELECT 1 FROM asset_tags t WHERE t.asset_id = a.asset_id AND t.tag = {p})"
+            ));
+        }
+        let (cmp, order) = if q.ascending {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
+        if let Some(cursor) = &q.cursor {
+            let (created, id) = cursor
+                .split_once(':')
+                .and_then(|(c, id)| c.parse::<i64>().ok().map(|c| (c, id.to_string())))
+                .ok_or_else(|| DbError::Corrupt(format!("invalid cursor {cursor}")))?;
+            let pc = next(&mut binds, created.to_string());
+            let pid = next(&mut binds, id);
+            conds.push(format!(
+                "(a.created_at {cmp} CAST({pc} AS BIGINT) OR (a.created_at = CAST({pc} AS BIGINT) AND a.asset_id {cmp} {pid}))"
+            ));
+        }
+        let limit = q.max_results.clamp(1, 1000);
+        let sql = format!(
+            "SELECT {cols} FROM assets a WHERE {} ORDER BY a.created_at {order}, a.asset_id {order} LIMIT {}",
+            conds.join(" AND "),
+            limit + 1,
+            cols = ASSET_COLUMNS
+                .split(',')
+                .map(|c| format!("a.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for b in &binds {
+            query = query.bind(b.clone());
+        }
+        let mut conn = self.read.acquire().await?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        let more = rows.len() as i64 > limit;
+        let mut out = Vec::new();
+        for row in rows.iter().take(limit as usize) {
+            let id: String = row.try_get("asset_id")?;
+            let tags = load_tags(&mut *conn, &id).await?;
+            out.push(row_to_asset(row, tags)?);
+        }
+        let cursor = if more {
+            out.last()
+                .map(|r| format!("{}:{}", r.created_at, r.asset_id))
+        } else {
+            None
+        };
+        Ok((out, cursor))
     }
 
     async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {

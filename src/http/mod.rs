@@ -26,6 +26,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1_1/{cloud}/upload", post(upload_auto))
+        .route("/v1_1/{cloud}/ping", get(admin_ping))
+        .route("/v1_1/{cloud}/config", get(admin_config))
+        .route(
+            "/v1_1/{cloud}/resources/{*rest}",
+            get(admin_get_resources).delete(admin_delete_resources),
+        )
         .route("/v1_1/{cloud}/{resource_type}/{action}", post(upload_api))
         .fallback(fallback)
         .with_state(state)
@@ -98,8 +104,26 @@ async fn upload_api(
     }
     match action.as_str() {
         "upload" => run_upload(&state, &cloud, &resource_type, &uri, &headers, body).await,
+        "destroy" => {
+            let form = read_form(
+                &headers,
+                uri.query(),
+                body,
+                &state.tmp_dir,
+                &body_limits(&state),
+            )
+            .await?;
+            let req = UploadRequest {
+                cloud: &cloud,
+                resource_type: &resource_type,
+                authorization: header_text(&headers, header::AUTHORIZATION.as_str()),
+                content_range: None,
+                upload_id: None,
+            };
+            Ok(Json(upload::destroy(&state, &req, form).await?).into_response())
+        }
         other => Err(ApiError::NotFound(format!(
-            "Unknown Upload API action {other} (this server implements: upload)"
+            "Unknown Upload API action {other} (this server implements: upload, destroy)"
         ))),
     }
 }
@@ -141,6 +165,80 @@ async fn run_upload(
     };
     let result = upload::upload(state, req, form).await?;
     Ok(Json(result).into_response())
+}
+
+async fn admin_ping(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    crate::admin::authenticate(
+        &state,
+        &cloud,
+        header_text(&headers, header::AUTHORIZATION.as_str()),
+    )?;
+    Ok(Json(crate::admin::ping()).into_response())
+}
+
+async fn admin_config(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    crate::admin::authenticate(
+        &state,
+        &cloud,
+        header_text(&headers, header::AUTHORIZATION.as_str()),
+    )?;
+    Ok(Json(crate::admin::config(&cloud)).into_response())
+}
+
+async fn admin_get_resources(
+    State(state): State<AppState>,
+    Path((cloud, rest)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let account = crate::admin::authenticate(
+        &state,
+        &cloud,
+        header_text(&headers, header::AUTHORIZATION.as_str()),
+    )?;
+    let form = read_form(
+        &headers,
+        uri.query(),
+        body,
+        &state.tmp_dir,
+        &body_limits(&state),
+    )
+    .await?;
+    let out = crate::admin::get_resources(&state, &account, &cloud, &rest, &form.params).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn admin_delete_resources(
+    State(state): State<AppState>,
+    Path((cloud, rest)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    crate::admin::authenticate(
+        &state,
+        &cloud,
+        header_text(&headers, header::AUTHORIZATION.as_str()),
+    )?;
+    let form = read_form(
+        &headers,
+        uri.query(),
+        body,
+        &state.tmp_dir,
+        &body_limits(&state),
+    )
+    .await?;
+    let out = crate::admin::delete_resources(&state, &cloud, &rest, &form.params).await?;
+    Ok(Json(out).into_response())
 }
 
 /// GET/HEAD of anything else is a delivery URL; other methods are unknown routes.

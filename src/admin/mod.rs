@@ -1,0 +1,347 @@
+//! The Admin API calls SDK users make around uploads: `ping`, `config`, listing and reading
+//! resources, and deleting them. HTTP Basic `api_key:api_secret` only (an Upload API signature
+//! is not accepted here).
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::auth::{basic_auth, Account};
+use crate::db::{AssetKey, AssetRecord, ListQuery};
+use crate::delivery;
+use crate::error::{ApiError, ApiResult};
+use crate::form::Params;
+use crate::state::AppState;
+use crate::util::iso_time;
+
+/// Resource types the Admin API lists.
+const RESOURCE_TYPES: &[&str] = &["image", "video", "raw"];
+/// Deletions answered in one call at most (Cloudinary's limit); more gives `partial`.
+const DELETE_BATCH: i64 = 1000;
+
+/// Checks the Basic credentials of an Admin API call.
+pub fn authenticate(
+    state: &AppState,
+    cloud: &str,
+    authorization: Option<&str>,
+) -> ApiResult<Account> {
+    if !state.accounts.has_cloud(cloud) {
+        return Err(ApiError::Unauthorized(format!(
+            "Invalid cloud_name {cloud}"
+        )));
+    }
+    match basic_auth(&state.accounts, cloud, authorization)? {
+        Some(account) => Ok(account),
+        None => Err(ApiError::Unauthorized(
+            "Must supply api_key (Admin API calls use HTTP Basic credentials)".into(),
+        )),
+    }
+}
+
+pub fn ping() -> Json {
+    json!({"status": "ok"})
+}
+
+pub fn config(cloud: &str) -> Json {
+    json!({"cloud_name": cloud, "settings": {"folder_mode": "dynamic"}})
+}
+
+/// The asset object of the Admin API (`tags`/`context` only when present and wanted).
+pub fn asset_json(
+    state: &AppState,
+    account: &Account,
+    rec: &AssetRecord,
+    with_tags: bool,
+    with_context: bool,
+) -> Json {
+    let mut m = Map::new();
+    m.insert("asset_id".into(), json!(rec.asset_id));
+    m.insert("public_id".into(), json!(rec.key.public_id));
+    if rec.key.resource_type != "raw" {
+        if let Some(f) = &rec.format {
+            m.insert("format".into(), json!(f));
+        }
+    }
+    m.insert("version".into(), json!(rec.version));
+    m.insert("resource_type".into(), json!(rec.key.resource_type));
+    m.insert("type".into(), json!(rec.key.delivery_type));
+    m.insert("created_at".into(), json!(iso_time(rec.created_at)));
+    m.insert("bytes".into(), json!(rec.bytes));
+    if rec.key.resource_type != "raw" {
+        if let (Some(w), Some(h)) = (rec.width, rec.height) {
+            m.insert("width".into(), json!(w));
+            m.insert("height".into(), json!(h));
+        }
+    }
+    m.insert("asset_folder".into(), json!(rec.asset_folder));
+    m.insert("display_name".into(), json!(rec.display_name));
+    let url = delivery::asset_url(
+        &state.public_url,
+        rec,
+        &account.api_secret,
+        account.algorithm,
+    );
+    m.insert("url".into(), json!(url));
+    m.insert("secure_url".into(), json!(url));
+    m.insert(
+        "access_mode".into(),
+        rec.extra
+            .get("access_mode")
+            .cloned()
+            .unwrap_or_else(|| json!("public")),
+    );
+    m.insert("placeholder".into(), json!(false));
+    if with_tags && !rec.tags.is_empty() {
+        let mut tags = rec.tags.clone();
+        tags.sort();
+        m.insert("tags".into(), json!(tags));
+    }
+    if with_context && !rec.context.is_empty() {
+        m.insert("context".into(), json!({"custom": rec.context}));
+    }
+    Json::Object(m)
+}
+
+fn wants(params: &Params, name: &str) -> bool {
+    params
+        .text(name)
+        .and_then(crate::util::parse_bool)
+        .unwrap_or(false)
+}
+
+fn check_rt(rt: &str) -> ApiResult<()> {
+    if RESOURCE_TYPES.contains(&rt) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("Invalid resource type {rt}")))
+    }
+}
+
+/// What a `resources/...` path names.
+enum Target {
+    /// `resources/:rt[/:type]`
+    List { rt: String, ty: Option<String> },
+    /// `resources/:rt/tags/:tag`
+    Tag { rt: String, tag: String },
+    /// `resources/:rt/:type/:public_id`
+    One {
+        key_rt: String,
+        ty: String,
+        public_id: String,
+    },
+}
+
+fn parse_target(rest: &str) -> ApiResult<Target> {
+    let segs: Vec<&str> = rest.trim_matches('/').splitn(3, '/').collect();
+    let rt = segs.first().copied().unwrap_or("").to_string();
+    check_rt(&rt)?;
+    Ok(match segs.as_slice() {
+        [_] => Target::List { rt, ty: None },
+        [_, ty] => Target::List {
+            rt,
+            ty: Some(ty.to_string()),
+        },
+        [_, "tags", tag] => Target::Tag {
+            rt,
+            tag: tag.to_string(),
+        },
+        [_, ty, public_id] => Target::One {
+            key_rt: rt,
+            ty: ty.to_string(),
+            public_id: public_id.to_string(),
+        },
+        _ => return Err(ApiError::NotFound(format!("No such resource path: {rest}"))),
+    })
+}
+
+fn page_query(cloud: &str, params: &Params) -> ApiResult<ListQuery> {
+    let max_results = match params.nonempty("max_results") {
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::bad(format!("Invalid max_results {v}: must be 1 to 500")))?,
+        None => 10,
+    };
+    let ascending = match params.nonempty("direction") {
+        None => false,
+        Some(d) if d.eq_ignore_ascii_case("asc") || d == "1" => true,
+        Some(d) if d.eq_ignore_ascii_case("desc") || d == "-1" => false,
+        Some(d) => {
+            return Err(ApiError::bad(format!(
+                "Invalid direction {d}: must be asc or desc"
+            )))
+        }
+    };
+    Ok(ListQuery {
+        cloud: cloud.to_string(),
+        max_results,
+        cursor: params.nonempty("next_cursor").map(str::to_string),
+        ascending,
+        ..Default::default()
+    })
+}
+
+/// `GET resources/...`: a listing or one asset.
+pub async fn get_resources(
+    state: &AppState,
+    account: &Account,
+    cloud: &str,
+    rest: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    let target = parse_target(rest)?;
+    let mut q = page_query(cloud, params)?;
+    match target {
+        Target::One {
+            key_rt,
+            ty,
+            public_id,
+        } => {
+            let key = AssetKey {
+                cloud: cloud.to_string(),
+                resource_type: key_rt,
+                delivery_type: ty,
+                public_id: public_id.clone(),
+            };
+            let rec =
+                state.meta.find_asset(&key).await?.ok_or_else(|| {
+                    ApiError::NotFound(format!("Resource not found - {public_id}"))
+                })?;
+            return Ok(asset_json(state, account, &rec, true, true));
+        }
+        Target::List { rt, ty } => {
+            q.resource_type = Some(rt);
+            q.delivery_type = ty;
+            q.prefix = params.nonempty("prefix").map(str::to_string);
+            let ids = params.items("public_ids");
+            if !ids.is_empty() {
+                q.public_ids = Some(ids);
+                q.max_results = 1000;
+            }
+        }
+        Target::Tag { rt, tag } => {
+            q.resource_type = Some(rt);
+            q.tag = Some(tag);
+        }
+    }
+    let (records, cursor) = state.meta.list_assets(&q).await.map_err(|e| match e {
+        crate::db::DbError::Corrupt(msg) if msg.starts_with("invalid cursor") => ApiError::bad(msg),
+        other => other.into(),
+    })?;
+    let (with_tags, with_context) = (wants(params, "tags"), wants(params, "context"));
+    let resources: Vec<Json> = records
+        .iter()
+        .map(|r| asset_json(state, account, r, with_tags, with_context))
+        .collect();
+    let mut m = Map::new();
+    m.insert("resources".into(), Json::Array(resources));
+    if let Some(c) = cursor {
+        m.insert("next_cursor".into(), json!(c));
+    }
+    Ok(Json::Object(m))
+}
+
+/// Deletes one asset: the row first, then its file (so no row is ever left without a file).
+pub async fn delete_one(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
+    match state.meta.delete_asset(key).await? {
+        Some(rec) => {
+            if let Err(e) = state.blobs.delete(&rec.blob_key).await {
+                tracing::warn!(key = %rec.blob_key, error = %e, "could not remove a deleted asset's file");
+            }
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// `DELETE resources/:rt/:type` (public_ids, prefix or all) and `DELETE resources/:rt/tags/:tag`.
+pub async fn delete_resources(
+    state: &AppState,
+    cloud: &str,
+    rest: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    let target = parse_target(rest)?;
+    let mut deleted = Map::new();
+    let mut counts = Map::new();
+    let mut record = |id: &str, found: bool| {
+        deleted.insert(
+            id.to_string(),
+            json!(if found { "deleted" } else { "not_found" }),
+        );
+        counts.insert(
+            id.to_string(),
+            json!({"original": i64::from(found), "derived": 0}),
+        );
+    };
+    let mut more: Option<String> = None;
+    let (rt, ty, ids) = match target {
+        Target::List { rt, ty } => {
+            let ty = ty.unwrap_or_else(|| "upload".into());
+            let ids = params.items("public_ids");
+            if !ids.is_empty() {
+                (rt, ty, Some(ids))
+            } else if params.nonempty("prefix").is_some() || wants(params, "all") {
+                (rt, ty, None)
+            } else {
+                return Err(ApiError::missing("public_ids"));
+            }
+        }
+        Target::Tag { rt, tag } => {
+            let q = ListQuery {
+                cloud: cloud.to_string(),
+                resource_type: Some(rt.clone()),
+                tag: Some(tag),
+                max_results: DELETE_BATCH,
+                ..Default::default()
+            };
+            let (recs, next) = state.meta.list_assets(&q).await?;
+            more = next;
+            for r in recs {
+                let found = delete_one(state, &r.key).await?;
+                record(&r.key.public_id, found);
+            }
+            (String::new(), String::new(), Some(Vec::new()))
+        }
+        Target::One { .. } => {
+            return Err(ApiError::NotFound(
+                "Use DELETE resources/:resource_type/:type".into(),
+            ))
+        }
+    };
+    match ids {
+        Some(ids) => {
+            for id in ids.iter().take(DELETE_BATCH as usize) {
+                let key = AssetKey {
+                    cloud: cloud.to_string(),
+                    resource_type: rt.clone(),
+                    delivery_type: ty.clone(),
+                    public_id: id.clone(),
+                };
+                let found = delete_one(state, &key).await?;
+                record(id, found);
+            }
+        }
+        None => {
+            let q = ListQuery {
+                cloud: cloud.to_string(),
+                resource_type: Some(rt.clone()),
+                delivery_type: Some(ty.clone()),
+                prefix: params.nonempty("prefix").map(str::to_string),
+                max_results: DELETE_BATCH,
+                ..Default::default()
+            };
+            let (recs, next) = state.meta.list_assets(&q).await?;
+            more = next;
+            for r in recs {
+                let found = delete_one(state, &r.key).await?;
+                record(&r.key.public_id, found);
+            }
+        }
+    }
+    let mut out = json!({"deleted": deleted, "deleted_counts": counts, "partial": more.is_some()});
+    if let Some(cursor) = more {
+        // Deleted rows are gone: calling again (with or without this cursor) continues.
+        out["next_cursor"] = json!(cursor);
+    }
+    Ok(out)
+}

@@ -1,0 +1,113 @@
+//! Admin API authentication and the shapes the SDKs rely on, over plain HTTP.
+
+mod common;
+
+use common::*;
+use nephos::auth::SignatureAlgorithm;
+use nephos::media::samples;
+use serde_json::Value;
+
+#[tokio::test]
+async fn admin_routes_need_the_clouds_basic_credentials() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let ping = server.url("/v1_1/demo/ping");
+    let r = client
+        .get(&ping)
+        .basic_auth(KEY, Some(SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ok");
+    // Wrong secret, unknown key, no credentials.
+    for (user, pass, want) in [
+        (KEY, "bad", "api_secret mismatch"),
+        ("nokey", SECRET, "Unknown API key nokey"),
+    ] {
+        let r = client
+            .get(&ping)
+            .basic_auth(user, Some(pass))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(message(&r.json().await.unwrap()), want);
+    }
+    let r = client.get(&ping).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // An Upload API signature is not accepted on Admin routes.
+    let ts = now().to_string();
+    let pairs = signed(&[("timestamp", &ts)], KEY, SECRET, SignatureAlgorithm::Sha1);
+    let r = client.get(&ping).query(&pairs).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    // Another cloud's key is refused.
+    let r = client
+        .get(server.url("/v1_1/other/ping"))
+        .basic_auth(KEY, Some(SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        message(&r.json().await.unwrap()),
+        "Unknown API key 1234567890"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn node_style_encoded_paths_and_bodies() {
+    let server = TestServer::start().await;
+    let png = samples::png(2, 2);
+    let (_, up) = upload(
+        &server,
+        "image",
+        &[("public_id", "folder/my id")],
+        &png,
+        "x.png",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // Node encodes the whole public ID as one segment.
+    let r = client
+        .get(server.url("/v1_1/demo/resources/image/upload/folder%2Fmy%20id"))
+        .basic_auth(KEY, Some(SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["public_id"], "folder/my id");
+    assert_eq!(v["asset_id"], up["asset_id"]);
+    assert!(v.get("tags").is_none());
+    // DELETE with a urlencoded body (Node) and a missing cursor value.
+    let r = client
+        .delete(server.url("/v1_1/demo/resources/image/upload"))
+        .basic_auth(KEY, Some(SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("public_ids%5B%5D=folder%2Fmy%20id&public_ids%5B%5D=nope")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["deleted"]["folder/my id"], "deleted");
+    assert_eq!(v["deleted"]["nope"], "not_found");
+    assert_eq!(v["partial"], false);
+    assert_eq!(server.blob_files().len(), 0);
+    let r = client
+        .get(server.url("/v1_1/demo/resources/image/upload?next_cursor=garbage"))
+        .basic_auth(KEY, Some(SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = client
+        .get(server.url("/v1_1/demo/resources/pictures"))
+        .basic_auth(KEY, Some(SECRET))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    server.stop().await;
+}
