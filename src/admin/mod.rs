@@ -345,3 +345,284 @@ pub async fn delete_resources(
     }
     Ok(out)
 }
+
+/// Add-on and analysis parameters that `update` refuses (nephos does not provide them).
+const UPDATE_ADDONS: &[&str] = &[
+    "auto_tagging",
+    "categorization",
+    "detection",
+    "ocr",
+    "raw_convert",
+    "background_removal",
+    "moderation_status",
+    "visual_search",
+];
+
+/// `POST resources/:rt/:type/:public_id` (`update`): tags, context, metadata, display name,
+/// asset folder.
+pub async fn update_resource(
+    state: &AppState,
+    account: &Account,
+    cloud: &str,
+    rest: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    let Target::One {
+        key_rt,
+        ty,
+        public_id,
+    } = parse_target(rest)?
+    else {
+        return Err(ApiError::NotFound(format!("No such resource path: {rest}")));
+    };
+    for name in UPDATE_ADDONS {
+        if let Some(v) = params.nonempty(name) {
+            return Err(ApiError::bad(format!(
+                "Illegal value {v} for parameter {name}: it is not enabled for this product environment"
+            )));
+        }
+    }
+    let tags = params
+        .get("tags")
+        .map(|_| crate::upload::parse_tags(&params.items("tags")));
+    let context = params
+        .text("context")
+        .map(|c| crate::upload::parse_pairs(c, false));
+    let metadata = params
+        .text("metadata")
+        .map(|m| crate::upload::parse_pairs(m, true));
+    let display_name = params.nonempty("display_name").map(str::to_string);
+    let asset_folder = match params.text("asset_folder") {
+        Some(f) => Some(crate::upload::naming::clean_path("asset_folder", f)?),
+        None => None,
+    };
+    let change = move |r: &mut AssetRecord| {
+        if let Some(t) = &tags {
+            r.tags = t.clone();
+        }
+        if let Some(c) = &context {
+            r.context = c.clone();
+        }
+        if let Some(m) = &metadata {
+            r.metadata = m.clone();
+        }
+        if let Some(d) = &display_name {
+            r.display_name = d.clone();
+        }
+        if let Some(f) = &asset_folder {
+            r.asset_folder = f.clone();
+        }
+    };
+    let key = AssetKey {
+        cloud: cloud.to_string(),
+        resource_type: key_rt,
+        delivery_type: ty,
+        public_id: public_id.clone(),
+    };
+    let rec = state
+        .meta
+        .modify_asset(&key, &change)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
+    Ok(asset_json(state, account, &rec, true, true))
+}
+
+/// `GET tags/:rt`.
+pub async fn list_tags(
+    state: &AppState,
+    cloud: &str,
+    rt: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    check_rt(rt)?;
+    let q = page_query(cloud, params)?;
+    let (tags, cursor) = state
+        .meta
+        .list_tags(
+            cloud,
+            rt,
+            params.nonempty("prefix"),
+            q.max_results,
+            q.cursor.as_deref(),
+        )
+        .await?;
+    let mut m = Map::new();
+    m.insert("tags".into(), json!(tags));
+    if let Some(c) = cursor {
+        m.insert("next_cursor".into(), json!(c));
+    }
+    Ok(Json::Object(m))
+}
+
+/// `GET usage`: real counts and bytes; what nephos does not meter (bandwidth, requests,
+/// transformations) is reported as zero usage.
+pub async fn usage(state: &AppState, cloud: &str) -> ApiResult<Json> {
+    let (objects, bytes) = state.meta.usage(cloud).await?;
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    Ok(json!({
+        "plan": "nephos",
+        "last_updated": today,
+        "transformations": {"usage": 0, "credits_usage": 0.0},
+        "objects": {"usage": objects},
+        "bandwidth": {"usage": 0, "credits_usage": 0.0},
+        "storage": {"usage": bytes, "credits_usage": 0.0},
+        "requests": 0,
+        "resources": objects,
+        "derived_resources": 0,
+        "media_limits": {
+            "image_max_size_bytes": state.limits.max_upload_bytes,
+            "video_max_size_bytes": state.limits.max_upload_bytes,
+            "raw_max_size_bytes": state.limits.max_upload_bytes,
+            "image_max_px": 0,
+            "asset_max_total_px": 0
+        }
+    }))
+}
+
+/// Preset fields that are not upload settings.
+const PRESET_FIELDS: &[&str] = &[
+    "name",
+    "unsigned",
+    "disallow_public_id",
+    "live",
+    "timestamp",
+    "signature",
+    "api_key",
+];
+const BOOLEAN_SETTINGS: &[&str] = &[
+    "overwrite",
+    "use_filename",
+    "unique_filename",
+    "discard_original_filename",
+    "use_filename_as_display_name",
+    "use_asset_folder_as_public_id_prefix",
+    "invalidate",
+    "backup",
+    "return_delete_token",
+];
+
+/// Settings as the Admin API shows them: booleans as booleans, lists as arrays, context as
+/// an object.
+fn settings_json(settings: &Map<String, Json>) -> Json {
+    let mut out = Map::new();
+    for (k, v) in settings {
+        let text = crate::upload::preset::setting_text(v);
+        let shown = match (k.as_str(), &text) {
+            (k, Some(t)) if BOOLEAN_SETTINGS.contains(&k) => crate::util::parse_bool(t)
+                .map(Json::Bool)
+                .unwrap_or_else(|| v.clone()),
+            ("tags" | "allowed_formats", Some(t)) => json!(crate::upload::parse_tags(&[t.clone()])),
+            ("context", Some(t)) => Json::Object(crate::upload::parse_pairs(t, false)),
+            _ => v.clone(),
+        };
+        out.insert(k.clone(), shown);
+    }
+    Json::Object(out)
+}
+
+fn preset_json(p: &crate::db::Preset) -> Json {
+    json!({
+        "name": p.name,
+        "unsigned": p.unsigned,
+        "settings": settings_json(&p.settings),
+        "external_id": p.external_id,
+    })
+}
+
+/// Upload settings of a create/update body (JSON values as sent; lists as arrays).
+fn settings_from(params: &Params) -> Map<String, Json> {
+    let mut m = Map::new();
+    for name in params.names() {
+        if PRESET_FIELDS.contains(&name) {
+            continue;
+        }
+        match params.get(name) {
+            Some(crate::form::Value::Text(t)) => {
+                m.insert(name.to_string(), json!(t));
+            }
+            Some(crate::form::Value::List(items)) => {
+                m.insert(name.to_string(), json!(items));
+            }
+            None => {}
+        }
+    }
+    m
+}
+
+pub async fn list_presets(state: &AppState, cloud: &str) -> ApiResult<Json> {
+    let presets: Vec<Json> = state
+        .meta
+        .list_presets(cloud)
+        .await?
+        .iter()
+        .map(preset_json)
+        .collect();
+    Ok(json!({"presets": presets}))
+}
+
+pub async fn get_preset(state: &AppState, cloud: &str, name: &str) -> ApiResult<Json> {
+    let p = state
+        .meta
+        .get_preset(cloud, name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Upload preset {name} not found")))?;
+    Ok(preset_json(&p))
+}
+
+pub async fn create_preset(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
+    let name = match params.nonempty("name") {
+        Some(n) => n.to_string(),
+        None => crate::util::random_alnum(8),
+    };
+    if name.contains('/') || name.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad(format!("Invalid upload preset name {name}")));
+    }
+    if state.meta.get_preset(cloud, &name).await?.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "Upload preset {name} already exists"
+        )));
+    }
+    let preset = crate::db::Preset {
+        cloud: cloud.to_string(),
+        name: name.clone(),
+        unsigned: params.flag("unsigned")?.unwrap_or(false),
+        disallow_public_id: params.flag("disallow_public_id")?.unwrap_or(false),
+        settings: settings_from(params),
+        external_id: crate::util::random_hex(16),
+        created_at: state.now(),
+    };
+    state.meta.put_preset(&preset).await?;
+    Ok(json!({"message": "created", "name": name, "external_id": preset.external_id}))
+}
+
+pub async fn update_preset(
+    state: &AppState,
+    cloud: &str,
+    name: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    let mut p = state
+        .meta
+        .get_preset(cloud, name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Upload preset {name} not found")))?;
+    if let Some(u) = params.flag("unsigned")? {
+        p.unsigned = u;
+    }
+    if let Some(d) = params.flag("disallow_public_id")? {
+        p.disallow_public_id = d;
+    }
+    p.settings.extend(settings_from(params));
+    state.meta.put_preset(&p).await?;
+    Ok(json!({"message": "updated"}))
+}
+
+pub async fn delete_preset(state: &AppState, cloud: &str, name: &str) -> ApiResult<Json> {
+    if state.meta.delete_preset(cloud, name).await? {
+        Ok(json!({"message": "deleted"}))
+    } else {
+        Err(ApiError::NotFound(format!(
+            "Upload preset {name} not found"
+        )))
+    }
+}

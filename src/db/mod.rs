@@ -155,6 +155,22 @@ pub struct ChunkOutcome {
     pub parts: Vec<ChunkPart>,
 }
 
+/// A change applied to an asset under its lock.
+pub type AssetChange<'a> = &'a (dyn Fn(&mut AssetRecord) + Send + Sync);
+
+/// What [`MetaStore::rename_asset`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenameOutcome {
+    Renamed {
+        record: Box<AssetRecord>,
+        /// The blob of an asset that was replaced at the target key (to remove).
+        replaced_blob: Option<String>,
+    },
+    NotFound,
+    /// The target exists and `overwrite` was false.
+    TargetExists,
+}
+
 /// The rules applied inside the session lock.
 pub type ChunkRules<'a> = &'a (dyn Fn(&ChunkSession, &[ChunkPart]) -> ChunkDecision + Send + Sync);
 
@@ -177,6 +193,36 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<(Vec<AssetRecord>, Option<String>), DbError>;
     /// Removes an asset row and its tags; returns what was removed.
     async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
+    /// Changes an asset's metadata (tags, context, display name, …) under its row lock; the key,
+    /// `asset_id` and blob stay. Returns the asset as stored, `None` when missing.
+    async fn modify_asset(
+        &self,
+        key: &AssetKey,
+        change: AssetChange<'_>,
+    ) -> Result<Option<AssetRecord>, DbError>;
+    /// Moves an asset to another key (public ID and/or delivery type), atomically.
+    async fn rename_asset(
+        &self,
+        from: &AssetKey,
+        to: &AssetKey,
+        overwrite: bool,
+    ) -> Result<RenameOutcome, DbError>;
+    /// Distinct tags of a resource type, sorted, with an optional prefix; a page and the
+    /// cursor of the next one.
+    async fn list_tags(
+        &self,
+        cloud: &str,
+        resource_type: &str,
+        prefix: Option<&str>,
+        max: i64,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), DbError>;
+    /// Number of assets and their bytes in a cloud.
+    async fn usage(&self, cloud: &str) -> Result<(i64, i64), DbError>;
+    /// Every preset of a cloud, by name.
+    async fn list_presets(&self, cloud: &str) -> Result<Vec<Preset>, DbError>;
+    /// Removes a preset; false when it did not exist.
+    async fn delete_preset(&self, cloud: &str, name: &str) -> Result<bool, DbError>;
     /// Creates or replaces a preset.
     async fn put_preset(&self, preset: &Preset) -> Result<(), DbError>;
     async fn get_preset(&self, cloud: &str, name: &str) -> Result<Option<Preset>, DbError>;

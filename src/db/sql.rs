@@ -14,8 +14,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use super::{
-    AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules, ChunkSession,
-    DbError, ListQuery, MetaStore, Preset, SaveOutcome,
+    AssetChange, AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules,
+    ChunkSession, DbError, ListQuery, MetaStore, Preset, RenameOutcome, SaveOutcome,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +168,18 @@ fn sqlite_setup(
             sqlx::query(pragma).execute(&mut *conn).await?;
         }
         Ok(())
+    })
+}
+
+fn row_to_preset(row: &AnyRow) -> Result<Preset, DbError> {
+    Ok(Preset {
+        cloud: row.try_get("cloud")?,
+        name: row.try_get("name")?,
+        unsigned: row.try_get::<i64, _>("unsigned")? != 0,
+        disallow_public_id: row.try_get::<i64, _>("disallow_public_id")? != 0,
+        settings: parse_map(&row.try_get::<String, _>("settings")?, "settings")?,
+        external_id: row.try_get("external_id")?,
+        created_at: row.try_get("created_at")?,
     })
 }
 
@@ -424,6 +436,182 @@ impl MetaStore for SqlStore {
         Ok((out, cursor))
     }
 
+    async fn modify_asset(
+        &self,
+        key: &AssetKey,
+        change: AssetChange<'_>,
+    ) -> Result<Option<AssetRecord>, DbError> {
+        let select = format!(
+            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
+             AND delivery_type = $3 AND public_id = $4{}",
+            self.lock_suffix()
+        );
+        let mut tx = self.write.begin().await?;
+        let Some(row) = sqlx::query(&select)
+            .bind(key.cloud.clone())
+            .bind(key.resource_type.clone())
+            .bind(key.delivery_type.clone())
+            .bind(key.public_id.clone())
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let asset_id: String = row.try_get("asset_id")?;
+        let tags = load_tags(&mut *tx, &asset_id).await?;
+        let mut record = row_to_asset(&row, tags)?;
+        change(&mut record);
+        // What the change may not touch.
+        record.asset_id = asset_id;
+        record.key = key.clone();
+        record.tags = normalized_tags(&record.tags);
+        write_asset(&mut *tx, &record, Conflict::Replace).await?;
+        sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
+            .bind(record.asset_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        insert_tags(&mut tx, &record.asset_id, &record.tags).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn rename_asset(
+        &self,
+        from: &AssetKey,
+        to: &AssetKey,
+        overwrite: bool,
+    ) -> Result<RenameOutcome, DbError> {
+        let select = format!(
+            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
+             AND delivery_type = $3 AND public_id = $4{}",
+            self.lock_suffix()
+        );
+        let mut tx = self.write.begin().await?;
+        let fetch = |k: &AssetKey| {
+            sqlx::query(&select)
+                .bind(k.cloud.clone())
+                .bind(k.resource_type.clone())
+                .bind(k.delivery_type.clone())
+                .bind(k.public_id.clone())
+        };
+        let Some(row) = fetch(from).fetch_optional(&mut *tx).await? else {
+            tx.commit().await?;
+            return Ok(RenameOutcome::NotFound);
+        };
+        let asset_id: String = row.try_get("asset_id")?;
+        let tags = load_tags(&mut *tx, &asset_id).await?;
+        let mut record = row_to_asset(&row, tags)?;
+        let mut replaced_blob = None;
+        if from != to {
+            if let Some(target) = fetch(to).fetch_optional(&mut *tx).await? {
+                if !overwrite {
+                    tx.commit().await?;
+                    return Ok(RenameOutcome::TargetExists);
+                }
+                let target_id: String = target.try_get("asset_id")?;
+                replaced_blob = Some(target.try_get::<String, _>("blob_key")?);
+                for sql in [
+                    "DELETE FROM asset_tags WHERE asset_id = $1",
+                    "DELETE FROM assets WHERE asset_id = $1",
+                ] {
+                    sqlx::query(sql)
+                        .bind(target_id.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            sqlx::query("UPDATE assets SET public_id = $1, delivery_type = $2, display_name = $3 WHERE asset_id = $4")
+                .bind(to.public_id.clone())
+                .bind(to.delivery_type.clone())
+                .bind(to.public_id.rsplit('/').next().unwrap_or(&to.public_id).to_string())
+                .bind(asset_id)
+                .execute(&mut *tx)
+                .await?;
+            record.key = to.clone();
+            record.display_name = to
+                .public_id
+                .rsplit('/')
+                .next()
+                .unwrap_or(&to.public_id)
+                .to_string();
+        }
+        tx.commit().await?;
+        Ok(RenameOutcome::Renamed {
+            record: Box::new(record),
+            replaced_blob,
+        })
+    }
+
+    async fn list_tags(
+        &self,
+        cloud: &str,
+        resource_type: &str,
+        prefix: Option<&str>,
+        max: i64,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, Option<String>), DbError> {
+        let mut sql = "SELECT DISTINCT t.tag AS tag FROM asset_tags t JOIN assets a ON a.asset_id = t.asset_id \
+                       WHERE a.cloud = $1 AND a.resource_type = $2"
+            .to_string();
+        let mut binds = vec![cloud.to_string(), resource_type.to_string()];
+        if let Some(p) = prefix {
+            binds.push(p.to_string());
+            sql += &format!(
+                " AND substr(t.tag, 1, {}) = ${}",
+                p.chars().count(),
+                binds.len()
+            );
+        }
+        if let Some(a) = after {
+            binds.push(a.to_string());
+            sql += &format!(" AND t.tag > ${}", binds.len());
+        }
+        let limit = max.clamp(1, 1000);
+        sql += &format!(" ORDER BY t.tag LIMIT {}", limit + 1);
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        let mut tags: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("tag"))
+            .collect::<Result<_, _>>()?;
+        let more = tags.len() as i64 > limit;
+        tags.truncate(limit as usize);
+        let cursor = if more { tags.last().cloned() } else { None };
+        Ok((tags, cursor))
+    }
+
+    async fn usage(&self, cloud: &str) -> Result<(i64, i64), DbError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS b FROM assets WHERE cloud = $1")
+            .bind(cloud.to_string())
+            .fetch_one(&self.read)
+            .await?;
+        Ok((row.try_get("n")?, row.try_get("b")?))
+    }
+
+    async fn list_presets(&self, cloud: &str) -> Result<Vec<Preset>, DbError> {
+        let rows = sqlx::query(
+            "SELECT cloud, name, unsigned, disallow_public_id, settings, external_id, created_at \
+             FROM upload_presets WHERE cloud = $1 ORDER BY name",
+        )
+        .bind(cloud.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(row_to_preset).collect()
+    }
+
+    async fn delete_preset(&self, cloud: &str, name: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM upload_presets WHERE cloud = $1 AND name = $2")
+            .bind(cloud.to_string())
+            .bind(name.to_string())
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {
         let select = format!(
             "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
@@ -485,16 +673,7 @@ impl MetaStore for SqlStore {
         .bind(name.to_string())
         .fetch_optional(&self.read)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(Preset {
-            cloud: row.try_get("cloud")?,
-            name: row.try_get("name")?,
-            unsigned: row.try_get::<i64, _>("unsigned")? != 0,
-            disallow_public_id: row.try_get::<i64, _>("disallow_public_id")? != 0,
-            settings: parse_map(&row.try_get::<String, _>("settings")?, "settings")?,
-            external_id: row.try_get("external_id")?,
-            created_at: row.try_get("created_at")?,
-        }))
+        row.as_ref().map(row_to_preset).transpose()
     }
 
     async fn blob_keys(&self) -> Result<Vec<String>, DbError> {

@@ -30,7 +30,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1_1/{cloud}/config", get(admin_config))
         .route(
             "/v1_1/{cloud}/resources/{*rest}",
-            get(admin_get_resources).delete(admin_delete_resources),
+            get(admin_get_resources)
+                .delete(admin_delete_resources)
+                .post(admin_update_resource),
+        )
+        .route("/v1_1/{cloud}/tags/{resource_type}", get(admin_tags))
+        .route("/v1_1/{cloud}/usage", get(admin_usage))
+        .route(
+            "/v1_1/{cloud}/upload_presets",
+            get(admin_presets).post(admin_create_preset),
+        )
+        .route(
+            "/v1_1/{cloud}/upload_presets/{name}",
+            get(admin_preset)
+                .put(admin_update_preset)
+                .delete(admin_delete_preset),
         )
         .route("/v1_1/{cloud}/{resource_type}/{action}", post(upload_api))
         .fallback(fallback)
@@ -104,15 +118,8 @@ async fn upload_api(
     }
     match action.as_str() {
         "upload" => run_upload(&state, &cloud, &resource_type, &uri, &headers, body).await,
-        "destroy" => {
-            let form = read_form(
-                &headers,
-                uri.query(),
-                body,
-                &state.tmp_dir,
-                &body_limits(&state),
-            )
-            .await?;
+        "destroy" | "rename" | "explicit" | "tags" | "context" => {
+            let form = read_form(&headers, uri.query(), body, &state.tmp_dir, &body_limits(&state)).await?;
             let req = UploadRequest {
                 cloud: &cloud,
                 resource_type: &resource_type,
@@ -120,10 +127,18 @@ async fn upload_api(
                 content_range: None,
                 upload_id: None,
             };
-            Ok(Json(upload::destroy(&state, &req, form).await?).into_response())
+            use upload::actions;
+            let out = match action.as_str() {
+                "destroy" => actions::destroy(&state, &req, form).await?,
+                "rename" => actions::rename(&state, &req, form).await?,
+                "explicit" => actions::explicit(&state, &req, form).await?,
+                "tags" => actions::tags(&state, &req, form).await?,
+                _ => actions::context(&state, &req, form).await?,
+            };
+            Ok(Json(out).into_response())
         }
         other => Err(ApiError::NotFound(format!(
-            "Unknown Upload API action {other} (this server implements: upload, destroy)"
+            "Unknown Upload API action {other} (this server implements: upload, destroy, rename, explicit, tags, context)"
         ))),
     }
 }
@@ -239,6 +254,119 @@ async fn admin_delete_resources(
     .await?;
     let out = crate::admin::delete_resources(&state, &cloud, &rest, &form.params).await?;
     Ok(Json(out).into_response())
+}
+
+/// An authenticated Admin API call: the account and the request's parameters.
+async fn admin_call(
+    state: &AppState,
+    cloud: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<(crate::auth::Account, crate::form::Params)> {
+    let account = crate::admin::authenticate(
+        state,
+        cloud,
+        header_text(headers, header::AUTHORIZATION.as_str()),
+    )?;
+    let form = read_form(
+        headers,
+        uri.query(),
+        body,
+        &state.tmp_dir,
+        &body_limits(state),
+    )
+    .await?;
+    Ok((account, form.params))
+}
+
+async fn admin_update_resource(
+    State(state): State<AppState>,
+    Path((cloud, rest)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (account, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    let out = crate::admin::update_resource(&state, &account, &cloud, &rest, &params).await?;
+    Ok(Json(out).into_response())
+}
+
+async fn admin_tags(
+    State(state): State<AppState>,
+    Path((cloud, rt)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::list_tags(&state, &cloud, &rt, &params).await?).into_response())
+}
+
+async fn admin_usage(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::usage(&state, &cloud).await?).into_response())
+}
+
+async fn admin_presets(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::list_presets(&state, &cloud).await?).into_response())
+}
+
+async fn admin_create_preset(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::create_preset(&state, &cloud, &params).await?).into_response())
+}
+
+async fn admin_preset(
+    State(state): State<AppState>,
+    Path((cloud, name)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::get_preset(&state, &cloud, &name).await?).into_response())
+}
+
+async fn admin_update_preset(
+    State(state): State<AppState>,
+    Path((cloud, name)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::update_preset(&state, &cloud, &name, &params).await?).into_response())
+}
+
+async fn admin_delete_preset(
+    State(state): State<AppState>,
+    Path((cloud, name)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::delete_preset(&state, &cloud, &name).await?).into_response())
 }
 
 /// GET/HEAD of anything else is a delivery URL; other methods are unknown routes.

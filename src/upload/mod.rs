@@ -1,6 +1,7 @@
 //! The Upload API's `upload` action: authentication, presets, the file source, probing,
 //! naming, storing (blob first, then the metadata row), and the Cloudinary-shaped answer.
 
+pub mod actions;
 pub mod chunked;
 pub mod naming;
 pub mod preset;
@@ -60,7 +61,7 @@ const NOT_YET: &[&str] = &[
     "on_success",
 ];
 
-fn refuse_unsupported(params: &Params) -> ApiResult<()> {
+pub(crate) fn refuse_unsupported(params: &Params) -> ApiResult<()> {
     for (name, label) in NOT_ENABLED {
         if params.nonempty(name).is_some() && params.truthy(name) {
             return Err(ApiError::bad(format!(
@@ -284,35 +285,6 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
     }
     let src = source::resolve(state, file, params.text("file")).await?;
     store_upload(state, &req, &caller, params, src, None).await
-}
-
-/// Handles `POST /v1_1/:cloud/:resource_type/destroy`: `{"result":"ok"}`, or HTTP 200
-/// `{"result":"not found"}` for a missing asset.
-pub async fn destroy(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
-    let params = form.params;
-    auth::authenticate(
-        state,
-        req.cloud,
-        req.authorization,
-        &params,
-        AuthOptions::default(),
-    )?;
-    let public_id = params
-        .nonempty("public_id")
-        .ok_or_else(|| ApiError::missing("public_id"))?;
-    let key = AssetKey {
-        cloud: req.cloud.to_string(),
-        resource_type: if req.resource_type == "auto" {
-            "image"
-        } else {
-            req.resource_type
-        }
-        .to_string(),
-        delivery_type: params.nonempty("type").unwrap_or("upload").to_string(),
-        public_id: public_id.to_string(),
-    };
-    let found = crate::admin::delete_one(state, &key).await?;
-    Ok(json!({"result": if found { "ok" } else { "not found" }}))
 }
 
 /// Probes, names and stores an upload from its resolved source, and builds the answer.

@@ -1,0 +1,292 @@
+//! The Upload API methods besides `upload`: `destroy`, `rename`, `explicit`, `tags` and
+//! `context`. All are signed like uploads (or use Basic credentials).
+
+use serde_json::{json, Value as Json};
+
+use super::{
+    naming, parse_pairs, parse_tags, upload_response, Outcome, ResponseSigner, UploadRequest,
+};
+use crate::auth::{self, AuthOptions, Caller};
+use crate::db::{AssetKey, AssetRecord, ListQuery, RenameOutcome};
+use crate::error::{ApiError, ApiResult};
+use crate::form::{Form, Params};
+use crate::state::AppState;
+
+/// IDs a tags/context call processes at most.
+const MAX_IDS: usize = 1000;
+
+fn resource_type(req: &UploadRequest<'_>) -> String {
+    if req.resource_type == "auto" {
+        "image"
+    } else {
+        req.resource_type
+    }
+    .to_string()
+}
+
+fn key(req: &UploadRequest<'_>, delivery_type: &str, public_id: &str) -> AssetKey {
+    AssetKey {
+        cloud: req.cloud.to_string(),
+        resource_type: resource_type(req),
+        delivery_type: delivery_type.to_string(),
+        public_id: public_id.to_string(),
+    }
+}
+
+fn signed_caller(
+    state: &AppState,
+    req: &UploadRequest<'_>,
+    params: &Params,
+    lenient: bool,
+) -> ApiResult<Caller> {
+    auth::authenticate(
+        state,
+        req.cloud,
+        req.authorization,
+        params,
+        AuthOptions {
+            unsigned_preset: false,
+            lenient_notification: lenient,
+        },
+    )
+}
+
+fn answer(
+    state: &AppState,
+    req: &UploadRequest<'_>,
+    caller: &Caller,
+    rec: &AssetRecord,
+) -> ApiResult<Json> {
+    let signer = ResponseSigner::for_caller(state, req.cloud, caller)?;
+    Ok(Json::Object(upload_response(
+        state,
+        rec,
+        &signer,
+        Outcome::Created,
+    )))
+}
+
+/// `destroy`: `{"result":"ok"}`, or HTTP 200 `{"result":"not found"}`.
+pub async fn destroy(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
+    let params = form.params;
+    signed_caller(state, req, &params, false)?;
+    let public_id = params
+        .nonempty("public_id")
+        .ok_or_else(|| ApiError::missing("public_id"))?;
+    let k = key(req, params.nonempty("type").unwrap_or("upload"), public_id);
+    let found = crate::admin::delete_one(state, &k).await?;
+    Ok(json!({"result": if found { "ok" } else { "not found" }}))
+}
+
+/// `rename`: moves an asset to another public ID and/or delivery type.
+pub async fn rename(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
+    let params = form.params;
+    let caller = signed_caller(state, req, &params, false)?;
+    let from = params
+        .nonempty("from_public_id")
+        .ok_or_else(|| ApiError::missing("from_public_id"))?;
+    let to_raw = params
+        .nonempty("to_public_id")
+        .ok_or_else(|| ApiError::missing("to_public_id"))?;
+    let to = naming::clean_path("public_id", to_raw)?;
+    if to.is_empty() {
+        return Err(ApiError::missing("to_public_id"));
+    }
+    let ty = params.nonempty("type").unwrap_or("upload");
+    let to_type = params.nonempty("to_type").unwrap_or(ty);
+    if !super::DELIVERY_TYPES.contains(&to_type) {
+        return Err(ApiError::bad(format!(
+            "Invalid to_type {to_type}: must be one of upload, private, authenticated"
+        )));
+    }
+    let overwrite = params.flag("overwrite")?.unwrap_or(false);
+    let outcome = state
+        .meta
+        .rename_asset(&key(req, ty, from), &key(req, to_type, &to), overwrite)
+        .await?;
+    match outcome {
+        RenameOutcome::NotFound => Err(ApiError::NotFound(format!("Resource not found - {from}"))),
+        RenameOutcome::TargetExists => {
+            Err(ApiError::bad(format!("Resource already exists - {to}")))
+        }
+        RenameOutcome::Renamed {
+            record,
+            replaced_blob,
+        } => {
+            if let Some(blob) = replaced_blob {
+                let _ = state.blobs.delete(&blob).await;
+            }
+            answer(state, req, &caller, &record)
+        }
+    }
+}
+
+/// `explicit`: metadata-only updates of an existing asset (tags, context, metadata, …).
+pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
+    let params = form.params;
+    let caller = signed_caller(state, req, &params, false)?;
+    super::refuse_unsupported(&params)?;
+    let public_id = params
+        .nonempty("public_id")
+        .ok_or_else(|| ApiError::missing("public_id"))?;
+    let ty = params.nonempty("type").unwrap_or("upload");
+    let tags = params
+        .get("tags")
+        .map(|_| parse_tags(&params.items("tags")));
+    let context = params.text("context").map(|c| parse_pairs(c, false));
+    let metadata = params.text("metadata").map(|m| parse_pairs(m, true));
+    let display_name = params.nonempty("display_name").map(str::to_string);
+    let change = move |r: &mut AssetRecord| {
+        if let Some(t) = &tags {
+            r.tags = t.clone();
+        }
+        if let Some(c) = &context {
+            r.context = c.clone();
+        }
+        if let Some(m) = &metadata {
+            r.metadata = m.clone();
+        }
+        if let Some(d) = &display_name {
+            r.display_name = d.clone();
+        }
+    };
+    let rec = state
+        .meta
+        .modify_asset(&key(req, ty, public_id), &change)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
+    answer(state, req, &caller, &rec)
+}
+
+fn public_ids(params: &Params) -> ApiResult<Vec<String>> {
+    let ids: Vec<String> = params
+        .items("public_ids")
+        .into_iter()
+        .filter(|s| !s.trim().is_empty())
+        .take(MAX_IDS)
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::missing("public_ids"));
+    }
+    Ok(ids)
+}
+
+/// `tags`: add, remove, replace, remove_all, set_exclusive.
+pub async fn tags(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
+    let params = form.params;
+    signed_caller(state, req, &params, true)?;
+    let command = params
+        .nonempty("command")
+        .ok_or_else(|| ApiError::missing("command"))?
+        .to_string();
+    if !["add", "remove", "replace", "remove_all", "set_exclusive"].contains(&command.as_str()) {
+        return Err(ApiError::bad(format!(
+            "Invalid command - {command}. Must be one of: add, remove, replace, remove_all, set_exclusive"
+        )));
+    }
+    let mut given = parse_tags(&params.items("tag"));
+    given.extend(parse_tags(&params.items("tags")));
+    if command != "remove_all" && given.is_empty() {
+        return Err(ApiError::missing("tag"));
+    }
+    let ids = public_ids(&params)?;
+    let ty = params.nonempty("type").unwrap_or("upload").to_string();
+    if command == "set_exclusive" {
+        // The tag leaves every other asset of this resource type and delivery type.
+        for tag in &given {
+            loop {
+                let q = ListQuery {
+                    cloud: req.cloud.to_string(),
+                    resource_type: Some(resource_type(req)),
+                    delivery_type: Some(ty.clone()),
+                    tag: Some(tag.clone()),
+                    max_results: 1000,
+                    ..Default::default()
+                };
+                let (holders, _) = state.meta.list_assets(&q).await?;
+                let others: Vec<AssetRecord> = holders
+                    .into_iter()
+                    .filter(|r| !ids.contains(&r.key.public_id))
+                    .collect();
+                if others.is_empty() {
+                    break;
+                }
+                for r in others {
+                    let t = tag.clone();
+                    let drop_tag = move |a: &mut AssetRecord| a.tags.retain(|x| *x != t);
+                    state.meta.modify_asset(&r.key, &drop_tag).await?;
+                }
+            }
+        }
+    }
+    let mut changed = Vec::new();
+    for id in &ids {
+        let (cmd, given) = (command.clone(), given.clone());
+        let change = move |r: &mut AssetRecord| match cmd.as_str() {
+            "add" | "set_exclusive" => r.tags.extend(given.iter().cloned()),
+            "remove" => r.tags.retain(|t| !given.contains(t)),
+            "replace" => r.tags = given.clone(),
+            _ => r.tags.clear(),
+        };
+        if state
+            .meta
+            .modify_asset(&key(req, &ty, id), &change)
+            .await?
+            .is_some()
+        {
+            changed.push(id.clone());
+        }
+    }
+    Ok(json!({"public_ids": changed}))
+}
+
+/// `context`: add (merge; an empty value removes the key) or remove_all.
+pub async fn context(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
+    let params = form.params;
+    signed_caller(state, req, &params, true)?;
+    let command = params
+        .nonempty("command")
+        .ok_or_else(|| ApiError::missing("command"))?
+        .to_string();
+    if command != "add" && command != "remove_all" {
+        return Err(ApiError::bad(format!(
+            "Invalid command - {command}. Must be one of: add, remove_all"
+        )));
+    }
+    let pairs = match command.as_str() {
+        "add" => Some(parse_pairs(
+            params
+                .nonempty("context")
+                .ok_or_else(|| ApiError::missing("context"))?,
+            false,
+        )),
+        _ => None,
+    };
+    let ids = public_ids(&params)?;
+    let ty = params.nonempty("type").unwrap_or("upload").to_string();
+    let mut changed = Vec::new();
+    for id in &ids {
+        let pairs = pairs.clone();
+        let change = move |r: &mut AssetRecord| match &pairs {
+            Some(p) => {
+                for (k, v) in p {
+                    if v.as_str() == Some("") {
+                        r.context.remove(k);
+                    } else {
+                        r.context.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            None => r.context.clear(),
+        };
+        if state
+            .meta
+            .modify_asset(&key(req, &ty, id), &change)
+            .await?
+            .is_some()
+        {
+            changed.push(id.clone());
+        }
+    }
+    Ok(json!({"public_ids": changed}))
+}
