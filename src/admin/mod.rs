@@ -511,7 +511,9 @@ fn settings_json(settings: &Map<String, Json>) -> Json {
             (k, Some(t)) if BOOLEAN_SETTINGS.contains(&k) => crate::util::parse_bool(t)
                 .map(Json::Bool)
                 .unwrap_or_else(|| v.clone()),
-            ("tags" | "allowed_formats", Some(t)) => json!(crate::upload::parse_tags(std::slice::from_ref(t))),
+            ("tags" | "allowed_formats", Some(t)) => {
+                json!(crate::upload::parse_tags(std::slice::from_ref(t)))
+            }
             ("context", Some(t)) => Json::Object(crate::upload::parse_pairs(t, false)),
             _ => v.clone(),
         };

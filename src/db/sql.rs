@@ -482,67 +482,25 @@ impl MetaStore for SqlStore {
         to: &AssetKey,
         overwrite: bool,
     ) -> Result<RenameOutcome, DbError> {
-        let select = format!(
-            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
-             AND delivery_type = $3 AND public_id = $4{}",
-            self.lock_suffix()
-        );
-        let mut tx = self.write.begin().await?;
-        let fetch = |k: &AssetKey| {
-            sqlx::query(&select)
-                .bind(k.cloud.clone())
-                .bind(k.resource_type.clone())
-                .bind(k.delivery_type.clone())
-                .bind(k.public_id.clone())
-        };
-        let Some(row) = fetch(from).fetch_optional(&mut *tx).await? else {
-            tx.commit().await?;
-            return Ok(RenameOutcome::NotFound);
-        };
-        let asset_id: String = row.try_get("asset_id")?;
-        let tags = load_tags(&mut *tx, &asset_id).await?;
-        let mut record = row_to_asset(&row, tags)?;
-        let mut replaced_blob = None;
-        if from != to {
-            if let Some(target) = fetch(to).fetch_optional(&mut *tx).await? {
-                if !overwrite {
-                    tx.commit().await?;
-                    return Ok(RenameOutcome::TargetExists);
+        // Two rows are locked: concurrent renames can deadlock, and an insert can take the
+        // target key after it was checked. Both roll back cleanly; try again.
+        let mut attempt = 0;
+        loop {
+            match self.rename_once(from, to, overwrite).await {
+                Err(DbError::Sqlx(sqlx::Error::Database(e)))
+                    if attempt < 8
+                        && matches!(
+                            e.code().as_deref(),
+                            Some("40P01" | "40001" | "23505" | "2067" | "1555")
+                        ) =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
                 }
-                let target_id: String = target.try_get("asset_id")?;
-                replaced_blob = Some(target.try_get::<String, _>("blob_key")?);
-                for sql in [
-                    "DELETE FROM asset_tags WHERE asset_id = $1",
-                    "DELETE FROM assets WHERE asset_id = $1",
-                ] {
-                    sqlx::query(sql)
-                        .bind(target_id.clone())
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                other => return other,
             }
-            sqlx::query("UPDATE assets SET public_id = $1, delivery_type = $2, display_name = $3 WHERE asset_id = $4")
-                .bind(to.public_id.clone())
-                .bind(to.delivery_type.clone())
-                .bind(to.public_id.rsplit('/').next().unwrap_or(&to.public_id).to_string())
-                .bind(asset_id)
-                .execute(&mut *tx)
-                .await?;
-            record.key = to.clone();
-            record.display_name = to
-                .public_id
-                .rsplit('/')
-                .next()
-                .unwrap_or(&to.public_id)
-                .to_string();
         }
-        tx.commit().await?;
-        Ok(RenameOutcome::Renamed {
-            record: Box::new(record),
-            replaced_blob,
-        })
     }
-
     async fn list_tags(
         &self,
         cloud: &str,
@@ -1101,4 +1059,73 @@ async fn insert_tags(
     }
     q.execute(&mut **tx).await?;
     Ok(())
+}
+
+impl SqlStore {
+    async fn rename_once(
+        &self,
+        from: &AssetKey,
+        to: &AssetKey,
+        overwrite: bool,
+    ) -> Result<RenameOutcome, DbError> {
+        let select = format!(
+            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
+             AND delivery_type = $3 AND public_id = $4{}",
+            self.lock_suffix()
+        );
+        let mut tx = self.write.begin().await?;
+        let fetch = |k: &AssetKey| {
+            sqlx::query(&select)
+                .bind(k.cloud.clone())
+                .bind(k.resource_type.clone())
+                .bind(k.delivery_type.clone())
+                .bind(k.public_id.clone())
+        };
+        let Some(row) = fetch(from).fetch_optional(&mut *tx).await? else {
+            tx.commit().await?;
+            return Ok(RenameOutcome::NotFound);
+        };
+        let asset_id: String = row.try_get("asset_id")?;
+        let tags = load_tags(&mut *tx, &asset_id).await?;
+        let mut record = row_to_asset(&row, tags)?;
+        let mut replaced_blob = None;
+        if from != to {
+            if let Some(target) = fetch(to).fetch_optional(&mut *tx).await? {
+                if !overwrite {
+                    tx.commit().await?;
+                    return Ok(RenameOutcome::TargetExists);
+                }
+                let target_id: String = target.try_get("asset_id")?;
+                replaced_blob = Some(target.try_get::<String, _>("blob_key")?);
+                for sql in [
+                    "DELETE FROM asset_tags WHERE asset_id = $1",
+                    "DELETE FROM assets WHERE asset_id = $1",
+                ] {
+                    sqlx::query(sql)
+                        .bind(target_id.clone())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            sqlx::query("UPDATE assets SET public_id = $1, delivery_type = $2, display_name = $3 WHERE asset_id = $4")
+                .bind(to.public_id.clone())
+                .bind(to.delivery_type.clone())
+                .bind(to.public_id.rsplit('/').next().unwrap_or(&to.public_id).to_string())
+                .bind(asset_id)
+                .execute(&mut *tx)
+                .await?;
+            record.key = to.clone();
+            record.display_name = to
+                .public_id
+                .rsplit('/')
+                .next()
+                .unwrap_or(&to.public_id)
+                .to_string();
+        }
+        tx.commit().await?;
+        Ok(RenameOutcome::Renamed {
+            record: Box::new(record),
+            replaced_blob,
+        })
+    }
 }

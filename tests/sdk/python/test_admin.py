@@ -86,3 +86,85 @@ def test_destroy_and_delete_resources(asset):
 def test_admin_credentials_are_checked():
     with pytest.raises(exceptions.AuthorizationRequired):
         cloudinary.api.ping(api_secret="wrong")
+
+
+def test_rename(asset):
+    base = f"py_ren_{int(time.time() * 1000)}"
+    a = cloudinary.uploader.upload(asset("logo.png"), public_id=f"{base}/a", tags=["keep"])
+    r = cloudinary.uploader.rename(f"{base}/a", f"{base}/b")
+    assert (r["public_id"], r["asset_id"]) == (f"{base}/b", a["asset_id"])
+    assert status_of(r["secure_url"]) == 200
+    assert status_of(a["secure_url"]) == 404
+    with pytest.raises(exceptions.NotFound):
+        cloudinary.uploader.rename(f"{base}/a", f"{base}/c")
+    cloudinary.uploader.upload(asset("logo.png"), public_id=f"{base}/c")
+    with pytest.raises(exceptions.BadRequest, match="already exists"):
+        cloudinary.uploader.rename(f"{base}/b", f"{base}/c")
+    r = cloudinary.uploader.rename(f"{base}/b", f"{base}/c", overwrite=True)
+    assert r["asset_id"] == a["asset_id"]
+    assert cloudinary.api.resource(f"{base}/c")["tags"] == ["keep"]
+    r = cloudinary.uploader.rename(f"{base}/c", f"{base}/c", to_type="private")
+    assert r["type"] == "private" and "/image/private/s--" in r["secure_url"]
+
+
+def test_tags_context_and_explicit(asset):
+    a = cloudinary.uploader.upload(asset("logo.png"), tags=["one"])
+    b = cloudinary.uploader.upload(asset("logo.png"))
+    ids = [a["public_id"], b["public_id"]]
+    res = cloudinary.uploader.add_tag("two", ids + ["noSuchId"])
+    assert sorted(res["public_ids"]) == sorted(ids)
+    assert cloudinary.api.resource(a["public_id"])["tags"] == ["one", "two"]
+    cloudinary.uploader.remove_tag("one", [a["public_id"]])
+    assert cloudinary.api.resource(a["public_id"])["tags"] == ["two"]
+    cloudinary.uploader.replace_tag("three", [a["public_id"]])
+    assert cloudinary.api.resource(a["public_id"])["tags"] == ["three"]
+    excl = f"excl_{int(time.time() * 1000)}"
+    cloudinary.uploader.add_tag(excl, ids)
+    cloudinary.uploader.add_tag(excl, [b["public_id"]], exclusive=True)
+    assert excl not in cloudinary.api.resource(a["public_id"]).get("tags", [])
+    assert excl in cloudinary.api.resource(b["public_id"])["tags"]
+    cloudinary.uploader.remove_all_tags([a["public_id"]])
+    assert "tags" not in cloudinary.api.resource(a["public_id"])
+    cloudinary.uploader.add_context({"alt": "x=y", "caption": "c"}, [a["public_id"]])
+    cloudinary.uploader.add_context({"caption": ""}, [a["public_id"]])
+    assert cloudinary.api.resource(a["public_id"])["context"] == {"custom": {"alt": "x=y"}}
+    cloudinary.uploader.remove_all_context([a["public_id"]])
+    assert "context" not in cloudinary.api.resource(a["public_id"])
+    r = cloudinary.uploader.explicit(a["public_id"], type="upload", tags=["ex1", "ex2"], context={"k": "v"})
+    assert sorted(r["tags"]) == ["ex1", "ex2"] and r["context"] == {"custom": {"k": "v"}}
+    with pytest.raises(exceptions.NotFound, match="^Resource not found"):
+        cloudinary.uploader.explicit("missing_for_explicit", type="upload")
+
+
+def test_update_tags_listing_and_usage(asset):
+    a = cloudinary.uploader.upload(asset("logo.png"))
+    tag = f"upd_{int(time.time() * 1000)}"
+    r = cloudinary.api.update(a["public_id"], tags=f"{tag},b", context="alt=upd", display_name="Nice")
+    assert r["tags"] == sorted([tag, "b"]) and r["context"] == {"custom": {"alt": "upd"}}
+    assert r["display_name"] == "Nice"
+    assert tag in cloudinary.api.tags(prefix="upd_", max_results=500)["tags"]
+    assert cloudinary.api.tags(prefix="zzz_none")["tags"] == []
+    usage = cloudinary.api.usage()
+    assert usage["resources"] >= 1 and usage["storage"]["usage"] > 0
+    with pytest.raises(exceptions.BadRequest, match="Illegal value"):
+        cloudinary.api.update(a["public_id"], auto_tagging=0.5)
+
+
+def test_upload_presets_through_the_admin_api(asset):
+    name = f"py_preset_{int(time.time() * 1000)}"
+    created = cloudinary.api.create_upload_preset(name=name, unsigned=True, folder="from_api", tags="p1,p2")
+    assert created["message"] == "created" and created["name"] == name
+    got = cloudinary.api.upload_preset(name)
+    assert got["unsigned"] is True
+    assert got["settings"]["folder"] == "from_api" and got["settings"]["tags"] == ["p1", "p2"]
+    assert name in [p["name"] for p in cloudinary.api.upload_presets()["presets"]]
+    up = cloudinary.uploader.unsigned_upload(asset("logo.png"), name)
+    assert up["public_id"].startswith("from_api/") and sorted(up["tags"]) == ["p1", "p2"]
+    with pytest.raises(exceptions.AlreadyExists):
+        cloudinary.api.create_upload_preset(name=name)
+    cloudinary.api.update_upload_preset(name, unsigned=False)
+    with pytest.raises(exceptions.BadRequest, match="whitelisted for unsigned uploads"):
+        cloudinary.uploader.unsigned_upload(asset("logo.png"), name)
+    assert cloudinary.api.delete_upload_preset(name)["message"] == "deleted"
+    with pytest.raises(exceptions.NotFound):
+        cloudinary.api.upload_preset(name)
