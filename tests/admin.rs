@@ -111,3 +111,48 @@ async fn node_style_encoded_paths_and_bodies() {
     assert_eq!(r.status(), 404);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn delete_tokens_work_once() {
+    let server = TestServer::start().await;
+    let png = samples::png(2, 2);
+    let (s, up) = upload(
+        &server,
+        "image",
+        &[("return_delete_token", "1")],
+        &png,
+        "t.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    let token = up["delete_token"].as_str().unwrap().to_string();
+    let url = server.url("/v1_1/demo/delete_by_token");
+    let client = reqwest::Client::new();
+    // JSON, as browser widgets send it; no other credential.
+    let r = client
+        .post(&url)
+        .json(&serde_json::json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["result"], "ok");
+    assert_eq!(get_bytes(up["secure_url"].as_str().unwrap()).await.0, 404);
+    let r = client
+        .post(&url)
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        message(&r.json().await.unwrap()),
+        "Stale or invalid delete token"
+    );
+    let r = client.post(&url).send().await.unwrap();
+    assert_eq!(
+        message(&r.json().await.unwrap()),
+        "Missing required parameter - token"
+    );
+    server.stop().await;
+}

@@ -125,11 +125,6 @@ fn expected_status(file: &str) -> (u16, &'static str) {
         ),
         ("__upload__notification_url", 400, "webhooks come later"),
         (
-            "__upload__return_delete_token",
-            400,
-            "delete tokens come later",
-        ),
-        (
             "__upload__many_options",
             400,
             "format conversion comes later",

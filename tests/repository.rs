@@ -141,6 +141,55 @@ async fn story(store: Arc<dyn MetaStore>) {
     assert!(store.delete_asset(&a.key).await.unwrap().is_none());
     assert!(store.find_asset(&a.key).await.unwrap().is_none());
 
+    // Delete tokens: valid until they expire, usable once, per cloud.
+    let k = record("tok", 1, &[]).key;
+    store.put_delete_token("old", &k, 100).await.unwrap();
+    assert!(store
+        .take_delete_token("demo", "old", 101)
+        .await
+        .unwrap()
+        .is_none());
+    store.put_delete_token("fresh", &k, 200).await.unwrap();
+    assert!(store
+        .take_delete_token("other", "fresh", 150)
+        .await
+        .unwrap()
+        .is_none());
+    store.put_delete_token("fresh2", &k, 200).await.unwrap();
+    assert_eq!(
+        store
+            .take_delete_token("demo", "fresh2", 150)
+            .await
+            .unwrap(),
+        Some(k.clone())
+    );
+    assert!(store
+        .take_delete_token("demo", "fresh2", 150)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Folders: created ones and those of assets.
+    assert!(store
+        .create_folder("demo", "made/here", "x", 1)
+        .await
+        .unwrap());
+    assert!(!store
+        .create_folder("demo", "made/here", "x", 1)
+        .await
+        .unwrap());
+    assert!(store
+        .folder_paths("demo")
+        .await
+        .unwrap()
+        .contains(&"made/here".to_string()));
+    assert!(!store.folder_has_assets("demo", "made").await.unwrap());
+    assert_eq!(
+        store.delete_folders("demo", "made").await.unwrap(),
+        vec!["made/here".to_string()]
+    );
+    assert!(store.folder_paths("other").await.unwrap().is_empty());
+
     // Presets: create, read, replace.
     let mut settings = Map::new();
     settings.insert("folder".into(), json!("f"));

@@ -628,3 +628,98 @@ pub async fn delete_preset(state: &AppState, cloud: &str, name: &str) -> ApiResu
         )))
     }
 }
+
+/// Folder paths of a cloud with every parent of each path included.
+async fn all_folders(
+    state: &AppState,
+    cloud: &str,
+) -> ApiResult<std::collections::BTreeSet<String>> {
+    let mut out = std::collections::BTreeSet::new();
+    for path in state.meta.folder_paths(cloud).await? {
+        let mut acc = String::new();
+        for seg in path.split('/').filter(|s| !s.is_empty()) {
+            if !acc.is_empty() {
+                acc.push('/');
+            }
+            acc.push_str(seg);
+            out.insert(acc.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn folder_json(path: &str) -> Json {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let external_id = hex::encode(&sha1::Sha1::digest(path.as_bytes())[..16]);
+    json!({"name": name, "path": path, "external_id": external_id})
+}
+
+use sha1::Digest as _;
+
+/// `GET folders` (root) and `GET folders/:path` (its subfolders).
+pub async fn list_folders(state: &AppState, cloud: &str, path: Option<&str>) -> ApiResult<Json> {
+    let all = all_folders(state, cloud).await?;
+    let parent = path
+        .map(|p| p.trim_matches('/').to_string())
+        .filter(|p| !p.is_empty());
+    if let Some(p) = &parent {
+        if !all.contains(p) {
+            return Err(ApiError::NotFound(format!(
+                "Can't find folder with path {p}"
+            )));
+        }
+    }
+    let folders: Vec<Json> = all
+        .iter()
+        .filter(|f| match &parent {
+            None => !f.contains('/'),
+            Some(p) => f
+                .strip_prefix(&format!("{p}/"))
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
+        })
+        .map(|f| folder_json(f))
+        .collect();
+    let total = folders.len();
+    Ok(json!({"folders": folders, "next_cursor": null, "total_count": total}))
+}
+
+/// `POST folders/:path`: creates the folder (and its parents).
+pub async fn create_folder(state: &AppState, cloud: &str, path: &str) -> ApiResult<Json> {
+    let path = crate::upload::naming::clean_path("folder", path)?;
+    if path.is_empty() {
+        return Err(ApiError::missing("folder"));
+    }
+    if all_folders(state, cloud).await?.contains(&path) {
+        return Err(ApiError::Conflict(format!("Folder {path} already exists")));
+    }
+    let external_id = folder_json(&path)["external_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    state
+        .meta
+        .create_folder(cloud, &path, &external_id, state.now())
+        .await?;
+    let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+    Ok(json!({"success": true, "path": path, "name": name, "external_id": external_id}))
+}
+
+/// `DELETE folders/:path`: only when no asset lives in it or below.
+pub async fn delete_folder(state: &AppState, cloud: &str, path: &str) -> ApiResult<Json> {
+    let path = path.trim_matches('/').to_string();
+    let all = all_folders(state, cloud).await?;
+    if !all.contains(&path) {
+        return Err(ApiError::NotFound(format!(
+            "Can't find folder with path {path}"
+        )));
+    }
+    if state.meta.folder_has_assets(cloud, &path).await? {
+        return Err(ApiError::bad(format!("Folder {path} is not empty")));
+    }
+    state.meta.delete_folders(cloud, &path).await?;
+    let deleted: Vec<&String> = all
+        .iter()
+        .filter(|f| **f == path || f.starts_with(&format!("{path}/")))
+        .collect();
+    Ok(json!({"deleted": deleted}))
+}

@@ -225,6 +225,34 @@ pub trait MetaStore: Send + Sync {
     async fn delete_preset(&self, cloud: &str, name: &str) -> Result<bool, DbError>;
     /// Creates or replaces a preset.
     async fn put_preset(&self, preset: &Preset) -> Result<(), DbError>;
+    /// Every folder path of a cloud: created ones and those of assets' `asset_folder`.
+    async fn folder_paths(&self, cloud: &str) -> Result<Vec<String>, DbError>;
+    /// Records a created folder; false when it was already recorded.
+    async fn create_folder(
+        &self,
+        cloud: &str,
+        path: &str,
+        external_id: &str,
+        now: i64,
+    ) -> Result<bool, DbError>;
+    /// Whether any asset lives in this folder or below it.
+    async fn folder_has_assets(&self, cloud: &str, path: &str) -> Result<bool, DbError>;
+    /// Forgets the created folder and those below it; returns their paths.
+    async fn delete_folders(&self, cloud: &str, path: &str) -> Result<Vec<String>, DbError>;
+    /// Stores a delete token for an asset.
+    async fn put_delete_token(
+        &self,
+        token: &str,
+        key: &AssetKey,
+        expires_at: i64,
+    ) -> Result<(), DbError>;
+    /// Takes a delete token (it can be used once): the asset it names if still valid at `now`.
+    async fn take_delete_token(
+        &self,
+        cloud: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<AssetKey>, DbError>;
     async fn get_preset(&self, cloud: &str, name: &str) -> Result<Option<Preset>, DbError>;
     /// Every blob key referenced by an asset (used to sweep orphaned blobs).
     async fn blob_keys(&self) -> Result<Vec<String>, DbError>;

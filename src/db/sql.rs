@@ -570,6 +570,133 @@ impl MetaStore for SqlStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn folder_paths(&self, cloud: &str) -> Result<Vec<String>, DbError> {
+        let rows = sqlx::query(
+            "SELECT path FROM folders WHERE cloud = $1 \
+             UNION SELECT DISTINCT asset_folder AS path FROM assets WHERE cloud = $1 AND asset_folder <> ''",
+        )
+        .bind(cloud.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("path").map_err(DbError::from))
+            .collect()
+    }
+
+    async fn create_folder(
+        &self,
+        cloud: &str,
+        path: &str,
+        external_id: &str,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO folders (cloud, path, external_id, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (cloud, path) DO NOTHING",
+        )
+        .bind(cloud.to_string())
+        .bind(path.to_string())
+        .bind(external_id.to_string())
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn folder_has_assets(&self, cloud: &str, path: &str) -> Result<bool, DbError> {
+        let n = path.chars().count() + 1;
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM assets WHERE cloud = $1 AND (asset_folder = $2 OR substr(asset_folder, 1, {n}) = $3)"
+        );
+        let row = sqlx::query(&sql)
+            .bind(cloud.to_string())
+            .bind(path.to_string())
+            .bind(format!("{path}/"))
+            .fetch_one(&self.read)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    async fn delete_folders(&self, cloud: &str, path: &str) -> Result<Vec<String>, DbError> {
+        let n = path.chars().count() + 1;
+        let cond = format!("cloud = $1 AND (path = $2 OR substr(path, 1, {n}) = $3)");
+        let mut tx = self.write.begin().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT path FROM folders WHERE {cond} ORDER BY path"
+        ))
+        .bind(cloud.to_string())
+        .bind(path.to_string())
+        .bind(format!("{path}/"))
+        .fetch_all(&mut *tx)
+        .await?;
+        let paths: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("path"))
+            .collect::<Result<_, _>>()?;
+        sqlx::query(&format!("DELETE FROM folders WHERE {cond}"))
+            .bind(cloud.to_string())
+            .bind(path.to_string())
+            .bind(format!("{path}/"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(paths)
+    }
+
+    async fn put_delete_token(
+        &self,
+        token: &str,
+        key: &AssetKey,
+        expires_at: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO delete_tokens (token, cloud, resource_type, delivery_type, public_id, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token.to_string())
+        .bind(key.cloud.clone())
+        .bind(key.resource_type.clone())
+        .bind(key.delivery_type.clone())
+        .bind(key.public_id.clone())
+        .bind(expires_at)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_delete_token(
+        &self,
+        cloud: &str,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<AssetKey>, DbError> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(
+            "SELECT cloud, resource_type, delivery_type, public_id, expires_at FROM delete_tokens \
+             WHERE token = $1 AND cloud = $2",
+        )
+        .bind(token.to_string())
+        .bind(cloud.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM delete_tokens WHERE token = $1 OR expires_at < $2")
+            .bind(token.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.try_get::<i64, _>("expires_at")? < now {
+            return Ok(None);
+        }
+        Ok(Some(AssetKey {
+            cloud: row.try_get("cloud")?,
+            resource_type: row.try_get("resource_type")?,
+            delivery_type: row.try_get("delivery_type")?,
+            public_id: row.try_get("public_id")?,
+        }))
+    }
+
     async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {
         let select = format!(
             "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \

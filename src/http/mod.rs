@@ -35,6 +35,14 @@ pub fn router(state: AppState) -> Router {
                 .post(admin_update_resource),
         )
         .route("/v1_1/{cloud}/tags/{resource_type}", get(admin_tags))
+        .route("/v1_1/{cloud}/folders", get(admin_root_folders))
+        .route(
+            "/v1_1/{cloud}/folders/{*path}",
+            get(admin_sub_folders)
+                .post(admin_create_folder)
+                .delete(admin_delete_folder),
+        )
+        .route("/v1_1/{cloud}/delete_by_token", post(delete_by_token))
         .route("/v1_1/{cloud}/usage", get(admin_usage))
         .route(
             "/v1_1/{cloud}/upload_presets",
@@ -118,6 +126,10 @@ async fn upload_api(
     }
     match action.as_str() {
         "upload" => run_upload(&state, &cloud, &resource_type, &uri, &headers, body).await,
+        "delete_by_token" => {
+            let form = read_form(&headers, uri.query(), body, &state.tmp_dir, &body_limits(&state)).await?;
+            Ok(Json(upload::actions::delete_by_token(&state, &cloud, form).await?).into_response())
+        }
         "destroy" | "rename" | "explicit" | "tags" | "context" => {
             let form = read_form(&headers, uri.query(), body, &state.tmp_dir, &body_limits(&state)).await?;
             let req = UploadRequest {
@@ -138,7 +150,7 @@ async fn upload_api(
             Ok(Json(out).into_response())
         }
         other => Err(ApiError::NotFound(format!(
-            "Unknown Upload API action {other} (this server implements: upload, destroy, rename, explicit, tags, context)"
+            "Unknown Upload API action {other} (this server implements: upload, destroy, rename, explicit, tags, context, delete_by_token)"
         ))),
     }
 }
@@ -367,6 +379,68 @@ async fn admin_delete_preset(
 ) -> ApiResult<Response> {
     admin_call(&state, &cloud, &uri, &headers, body).await?;
     Ok(Json(crate::admin::delete_preset(&state, &cloud, &name).await?).into_response())
+}
+
+async fn delete_by_token(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let form = read_form(
+        &headers,
+        uri.query(),
+        body,
+        &state.tmp_dir,
+        &body_limits(&state),
+    )
+    .await?;
+    Ok(Json(upload::actions::delete_by_token(&state, &cloud, form).await?).into_response())
+}
+
+async fn admin_root_folders(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::list_folders(&state, &cloud, None).await?).into_response())
+}
+
+async fn admin_sub_folders(
+    State(state): State<AppState>,
+    Path((cloud, path)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::list_folders(&state, &cloud, Some(&path)).await?).into_response())
+}
+
+async fn admin_create_folder(
+    State(state): State<AppState>,
+    Path((cloud, path)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::create_folder(&state, &cloud, &path).await?).into_response())
+}
+
+async fn admin_delete_folder(
+    State(state): State<AppState>,
+    Path((cloud, path)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::delete_folder(&state, &cloud, &path).await?).into_response())
 }
 
 /// GET/HEAD of anything else is a delivery URL; other methods are unknown routes.

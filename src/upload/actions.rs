@@ -290,3 +290,25 @@ pub async fn context(state: &AppState, req: &UploadRequest<'_>, form: Form) -> A
     }
     Ok(json!({"public_ids": changed}))
 }
+
+/// `delete_by_token`: deletes the asset a `delete_token` names; the token is the only
+/// credential, usable once, for ten minutes after the upload.
+pub async fn delete_by_token(state: &AppState, cloud: &str, form: Form) -> ApiResult<Json> {
+    if !state.accounts.has_cloud(cloud) {
+        return Err(ApiError::Unauthorized(format!(
+            "Invalid cloud_name {cloud}"
+        )));
+    }
+    let token = form
+        .params
+        .nonempty("token")
+        .ok_or_else(|| ApiError::missing("token"))?
+        .to_string();
+    let key = state
+        .meta
+        .take_delete_token(cloud, &token, state.now())
+        .await?
+        .ok_or_else(|| ApiError::bad("Stale or invalid delete token"))?;
+    crate::admin::delete_one(state, &key).await?;
+    Ok(json!({"result": "ok"}))
+}

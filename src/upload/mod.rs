@@ -22,6 +22,9 @@ use crate::util::random_hex;
 pub use response::{upload_response, ResponseSigner};
 pub use source::Source;
 
+/// How long a `delete_token` stays valid.
+pub const DELETE_TOKEN_SECS: i64 = 600;
+
 /// Delivery types an upload may ask for.
 pub const DELIVERY_TYPES: &[&str] = &["upload", "private", "authenticated"];
 
@@ -56,7 +59,6 @@ const NOT_YET: &[&str] = &[
     "notification_url",
     "eager_notification_url",
     "callback",
-    "return_delete_token",
     "eval",
     "on_success",
 ];
@@ -100,6 +102,7 @@ const FLAGS: &[&str] = &[
     "discard_original_filename",
     "use_filename_as_display_name",
     "use_asset_folder_as_public_id_prefix",
+    "return_delete_token",
 ];
 
 /// Checks the delivery type and the boolean flags before any byte is stored, so that a chunked
@@ -310,6 +313,7 @@ pub async fn store_upload(
     let use_filename_as_display_name = params
         .flag("use_filename_as_display_name")?
         .unwrap_or(false);
+    let return_delete_token = params.flag("return_delete_token")?.unwrap_or(false);
     let use_asset_folder_prefix = params
         .flag("use_asset_folder_as_public_id_prefix")?
         .unwrap_or(false);
@@ -515,9 +519,17 @@ pub async fn store_upload(
     };
     let record = store(state, record, src.blob, overwrite).await?;
     let signer = ResponseSigner::for_caller(state, req.cloud, caller)?;
-    Ok(Json::Object(upload_response(
-        state, &record.0, &signer, record.1,
-    )))
+    let mut answer = upload_response(state, &record.0, &signer, record.1);
+    if return_delete_token {
+        // A token anyone holding it can use once, within ten minutes, to delete the asset.
+        let token = random_hex(20);
+        state
+            .meta
+            .put_delete_token(&token, &record.0.key, state.now() + DELETE_TOKEN_SECS)
+            .await?;
+        answer.insert("delete_token".into(), json!(token));
+    }
+    Ok(Json::Object(answer))
 }
 
 fn capitalized(s: &str) -> String {

@@ -168,3 +168,20 @@ def test_upload_presets_through_the_admin_api(asset):
     assert cloudinary.api.delete_upload_preset(name)["message"] == "deleted"
     with pytest.raises(exceptions.NotFound):
         cloudinary.api.upload_preset(name)
+
+
+def test_folders(asset):
+    root = f"pyf_{int(time.time() * 1000)}"
+    created = cloudinary.api.create_folder(f"{root}/empty")
+    assert created["success"] is True and created["path"] == f"{root}/empty" and created["name"] == "empty"
+    cloudinary.uploader.upload(asset("logo.png"), asset_folder=f"{root}/full")
+    assert root in [f["name"] for f in cloudinary.api.root_folders()["folders"]]
+    subs = cloudinary.api.subfolders(root)
+    assert [f["path"] for f in subs["folders"]] == [f"{root}/empty", f"{root}/full"]
+    with pytest.raises(exceptions.NotFound, match="Can't find folder with path"):
+        cloudinary.api.subfolders(f"{root}/nope")
+    with pytest.raises(exceptions.BadRequest, match="not empty"):
+        cloudinary.api.delete_folder(f"{root}/full")
+    assert cloudinary.api.delete_folder(f"{root}/empty")["deleted"] == [f"{root}/empty"]
+    with pytest.raises(exceptions.AlreadyExists):
+        cloudinary.api.create_folder(f"{root}/full")
