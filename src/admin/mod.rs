@@ -40,6 +40,23 @@ pub fn ping() -> Json {
     json!({"status": "ok"})
 }
 
+/// `GET resources`: the resource types that have assets.
+pub async fn resource_types(state: &AppState, cloud: &str) -> ApiResult<Json> {
+    let mut types = Vec::new();
+    for rt in RESOURCE_TYPES {
+        let q = ListQuery {
+            cloud: cloud.to_string(),
+            resource_type: Some(rt.to_string()),
+            max_results: 1,
+            ..Default::default()
+        };
+        if !state.meta.list_assets(&q).await?.0.is_empty() {
+            types.push(*rt);
+        }
+    }
+    Ok(json!({"resource_types": types}))
+}
+
 pub fn config(cloud: &str) -> Json {
     json!({"cloud_name": cloud, "settings": {"folder_mode": "dynamic"}})
 }
@@ -121,6 +138,8 @@ enum Target {
     List { rt: String, ty: Option<String> },
     /// `resources/:rt/tags/:tag`
     Tag { rt: String, tag: String },
+    /// `resources/:rt/context` (with `key` and optional `value`)
+    Context { rt: String },
     /// `resources/:rt/:type/:public_id`
     One {
         key_rt: String,
@@ -135,6 +154,7 @@ fn parse_target(rest: &str) -> ApiResult<Target> {
     check_rt(&rt)?;
     Ok(match segs.as_slice() {
         [_] => Target::List { rt, ty: None },
+        [_, "context"] => Target::Context { rt },
         [_, ty] => Target::List {
             rt,
             ty: Some(ty.to_string()),
@@ -222,6 +242,9 @@ pub async fn get_resources(
             q.resource_type = Some(rt);
             q.tag = Some(tag);
         }
+        Target::Context { rt } => {
+            return by_context(state, account, cloud, &rt, params, q.max_results).await;
+        }
     }
     let (records, cursor) = state.meta.list_assets(&q).await.map_err(|e| match e {
         crate::db::DbError::Corrupt(msg) if msg.starts_with("invalid cursor") => ApiError::bad(msg),
@@ -238,6 +261,49 @@ pub async fn get_resources(
         m.insert("next_cursor".into(), json!(c));
     }
     Ok(Json::Object(m))
+}
+
+/// `resources/:rt/context?key=K[&value=V]`: assets whose context has the key (and value),
+/// newest first, scanning the resource type's assets.
+async fn by_context(
+    state: &AppState,
+    account: &Account,
+    cloud: &str,
+    rt: &str,
+    params: &Params,
+    max: i64,
+) -> ApiResult<Json> {
+    let key = params
+        .nonempty("key")
+        .ok_or_else(|| ApiError::missing("key"))?;
+    let value = params.text("value").filter(|v| !v.is_empty());
+    let mut found = Vec::new();
+    let mut cursor = None;
+    loop {
+        let q = ListQuery {
+            cloud: cloud.to_string(),
+            resource_type: Some(rt.to_string()),
+            max_results: 500,
+            cursor: cursor.take(),
+            ..Default::default()
+        };
+        let (page, next) = state.meta.list_assets(&q).await?;
+        for r in page {
+            let hit = match (r.context.get(key), value) {
+                (Some(v), Some(want)) => v.as_str() == Some(want),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if hit && (found.len() as i64) < max {
+                found.push(asset_json(state, account, &r, wants(params, "tags"), true));
+            }
+        }
+        match next {
+            Some(c) if (found.len() as i64) < max => cursor = Some(c),
+            _ => break,
+        }
+    }
+    Ok(json!({"resources": found}))
 }
 
 /// Deletes one asset: the row first, then its file (so no row is ever left without a file).
@@ -302,7 +368,7 @@ pub async fn delete_resources(
             }
             (String::new(), String::new(), Some(Vec::new()))
         }
-        Target::One { .. } => {
+        Target::One { .. } | Target::Context { .. } => {
             return Err(ApiError::NotFound(
                 "Use DELETE resources/:resource_type/:type".into(),
             ))

@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1_1/{cloud}/delete_by_token", post(delete_by_token))
         .route("/v1_1/{cloud}/usage", get(admin_usage))
+        .route("/v1_1/{cloud}/resources", get(admin_resource_types))
         .route(
             "/v1_1/{cloud}/upload_presets",
             get(admin_presets).post(admin_create_preset),
@@ -313,6 +314,17 @@ async fn admin_tags(
 ) -> ApiResult<Response> {
     let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
     Ok(Json(crate::admin::list_tags(&state, &cloud, &rt, &params).await?).into_response())
+}
+
+async fn admin_resource_types(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::resource_types(&state, &cloud).await?).into_response())
 }
 
 async fn admin_usage(

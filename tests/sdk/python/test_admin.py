@@ -185,3 +185,15 @@ def test_folders(asset):
     assert cloudinary.api.delete_folder(f"{root}/empty")["deleted"] == [f"{root}/empty"]
     with pytest.raises(exceptions.AlreadyExists):
         cloudinary.api.create_folder(f"{root}/full")
+
+
+def test_resources_by_context_and_resource_types(asset):
+    marker = f"ctx{int(time.time() * 1000)}"
+    a = cloudinary.uploader.upload(asset("logo.png"), context={marker: "yes"})
+    cloudinary.uploader.upload(asset("logo.png"), context={marker: "no"})
+    both = cloudinary.api.resources_by_context(marker)
+    assert len(both["resources"]) == 2
+    only = cloudinary.api.resources_by_context(marker, "yes")
+    assert [r["public_id"] for r in only["resources"]] == [a["public_id"]]
+    assert only["resources"][0]["context"] == {"custom": {marker: "yes"}}
+    assert "image" in cloudinary.api.resource_types()["resource_types"]
