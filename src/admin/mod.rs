@@ -172,6 +172,22 @@ fn parse_target(rest: &str) -> ApiResult<Target> {
     })
 }
 
+/// `yyyy-mm-dd hh:mm:ss` (UTC, as the SDKs document), ISO 8601, or Unix seconds.
+fn parse_time(v: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Some(t.timestamp());
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(v, fmt) {
+            return Some(t.and_utc().timestamp());
+        }
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(v, fmt) {
+            return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp());
+        }
+    }
+    v.parse::<i64>().ok()
+}
+
 fn page_query(cloud: &str, params: &Params) -> ApiResult<ListQuery> {
     let max_results = match params.nonempty("max_results") {
         Some(v) => v
@@ -191,11 +207,20 @@ fn page_query(cloud: &str, params: &Params) -> ApiResult<ListQuery> {
             )))
         }
     };
+    let start_at = match params.nonempty("start_at") {
+        None => None,
+        Some(v) => Some(parse_time(v).ok_or_else(|| {
+            ApiError::bad(format!(
+                "Invalid start_at {v}: expected yyyy-mm-dd hh:mm:ss or an ISO 8601 time"
+            ))
+        })?),
+    };
     Ok(ListQuery {
         cloud: cloud.to_string(),
         max_results,
         cursor: params.nonempty("next_cursor").map(str::to_string),
         ascending,
+        start_at,
         ..Default::default()
     })
 }

@@ -103,6 +103,8 @@ pub struct ListQuery {
     pub cursor: Option<String>,
     /// Oldest first instead of newest first.
     pub ascending: bool,
+    /// Only assets created at or after this Unix time.
+    pub start_at: Option<i64>,
 }
 
 /// A chunked upload in progress.

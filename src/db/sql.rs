@@ -387,6 +387,10 @@ impl MetaStore for SqlStore {
                 "EXISTS (SELECT 1 FROM asset_tags t WHERE t.asset_id = a.asset_id AND t.tag = {p})"
             ));
         }
+        if let Some(t) = q.start_at {
+            let p = next(&mut binds, t.to_string());
+            conds.push(format!("a.created_at >= CAST({p} AS BIGINT)"));
+        }
         let (cmp, order) = if q.ascending {
             (">", "ASC")
         } else {

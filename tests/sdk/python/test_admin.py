@@ -197,3 +197,26 @@ def test_resources_by_context_and_resource_types(asset):
     assert [r["public_id"] for r in only["resources"]] == [a["public_id"]]
     assert only["resources"][0]["context"] == {"custom": {marker: "yes"}}
     assert "image" in cloudinary.api.resource_types()["resource_types"]
+
+
+def test_listing_options(asset):
+    base = f"pyl_{int(time.time() * 1000)}"
+    ups = [cloudinary.uploader.upload(asset("logo.png"), public_id=f"{base}/{i}", context={"n": str(i)}) for i in range(3)]
+    ids = [u["public_id"] for u in ups]
+    by_ids = cloudinary.api.resources_by_ids(ids, context=True)
+    assert sorted(r["public_id"] for r in by_ids["resources"]) == sorted(ids)
+    assert all("context" in r for r in by_ids["resources"])
+    plain = cloudinary.api.resources(type="upload", prefix=base)
+    assert all("context" not in r and "tags" not in r for r in plain["resources"])
+    asc = cloudinary.api.resources(type="upload", prefix=base, direction="asc")["resources"]
+    desc = cloudinary.api.resources(type="upload", prefix=base, direction="desc")["resources"]
+    assert [r["public_id"] for r in asc] == list(reversed([r["public_id"] for r in desc]))
+    later = cloudinary.api.resources(type="upload", prefix=base, start_at="2100-01-01T00:00:00Z")
+    assert later["resources"] == []
+    assert cloudinary.api.resources(type="upload", prefix=base, start_at="2100-01-01 00:00:00")["resources"] == []
+    earlier = cloudinary.api.resources(type="upload", prefix=base, start_at="2000-01-01T00:00:00Z")
+    assert len(earlier["resources"]) == 3
+    raw = cloudinary.uploader.upload(asset("notes.txt"), resource_type="raw")
+    gone = cloudinary.api.delete_all_resources(resource_type="raw")
+    assert gone["deleted"][raw["public_id"]] == "deleted"
+    assert cloudinary.api.resources(resource_type="raw")["resources"] == []
