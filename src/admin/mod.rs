@@ -345,91 +345,85 @@ pub async fn delete_one(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
 }
 
 /// `DELETE resources/:rt/:type` (public_ids, prefix or all) and `DELETE resources/:rt/tags/:tag`.
+/// Assets are deleted one by one (row, then file); if one fails, the answer reports exactly
+/// what was deleted before it, with `partial: true`.
 pub async fn delete_resources(
     state: &AppState,
     cloud: &str,
     rest: &str,
     params: &Params,
 ) -> ApiResult<Json> {
-    let target = parse_target(rest)?;
-    let mut deleted = Map::new();
-    let mut counts = Map::new();
-    let mut record = |id: &str, found: bool| {
-        deleted.insert(
-            id.to_string(),
-            json!(if found { "deleted" } else { "not_found" }),
-        );
-        counts.insert(
-            id.to_string(),
-            json!({"original": i64::from(found), "derived": 0}),
-        );
+    let key_of = |rt: &str, ty: &str, id: &str| AssetKey {
+        cloud: cloud.to_string(),
+        resource_type: rt.to_string(),
+        delivery_type: ty.to_string(),
+        public_id: id.to_string(),
     };
+    let mut query = ListQuery {
+        cloud: cloud.to_string(),
+        max_results: DELETE_BATCH,
+        ..Default::default()
+    };
+    let keys: Vec<AssetKey>;
     let mut more: Option<String> = None;
-    let (rt, ty, ids) = match target {
+    match parse_target(rest)? {
         Target::List { rt, ty } => {
             let ty = ty.unwrap_or_else(|| "upload".into());
             let ids = params.items("public_ids");
             if !ids.is_empty() {
-                (rt, ty, Some(ids))
+                keys = ids
+                    .iter()
+                    .take(DELETE_BATCH as usize)
+                    .map(|id| key_of(&rt, &ty, id))
+                    .collect();
             } else if params.nonempty("prefix").is_some() || wants(params, "all") {
-                (rt, ty, None)
+                query.resource_type = Some(rt);
+                query.delivery_type = Some(ty);
+                query.prefix = params.nonempty("prefix").map(str::to_string);
+                let (recs, next) = state.meta.list_assets(&query).await?;
+                more = next;
+                keys = recs.into_iter().map(|r| r.key).collect();
             } else {
                 return Err(ApiError::missing("public_ids"));
             }
         }
         Target::Tag { rt, tag } => {
-            let q = ListQuery {
-                cloud: cloud.to_string(),
-                resource_type: Some(rt.clone()),
-                tag: Some(tag),
-                max_results: DELETE_BATCH,
-                ..Default::default()
-            };
-            let (recs, next) = state.meta.list_assets(&q).await?;
+            query.resource_type = Some(rt);
+            query.tag = Some(tag);
+            let (recs, next) = state.meta.list_assets(&query).await?;
             more = next;
-            for r in recs {
-                let found = delete_one(state, &r.key).await?;
-                record(&r.key.public_id, found);
-            }
-            (String::new(), String::new(), Some(Vec::new()))
+            keys = recs.into_iter().map(|r| r.key).collect();
         }
         Target::One { .. } | Target::Context { .. } => {
             return Err(ApiError::NotFound(
                 "Use DELETE resources/:resource_type/:type".into(),
             ))
         }
-    };
-    match ids {
-        Some(ids) => {
-            for id in ids.iter().take(DELETE_BATCH as usize) {
-                let key = AssetKey {
-                    cloud: cloud.to_string(),
-                    resource_type: rt.clone(),
-                    delivery_type: ty.clone(),
-                    public_id: id.clone(),
-                };
-                let found = delete_one(state, &key).await?;
-                record(id, found);
+    }
+    let mut deleted = Map::new();
+    let mut counts = Map::new();
+    let mut failed = false;
+    for key in &keys {
+        match delete_one(state, key).await {
+            Ok(found) => {
+                deleted.insert(
+                    key.public_id.clone(),
+                    json!(if found { "deleted" } else { "not_found" }),
+                );
+                counts.insert(
+                    key.public_id.clone(),
+                    json!({"original": i64::from(found), "derived": 0}),
+                );
             }
-        }
-        None => {
-            let q = ListQuery {
-                cloud: cloud.to_string(),
-                resource_type: Some(rt.clone()),
-                delivery_type: Some(ty.clone()),
-                prefix: params.nonempty("prefix").map(str::to_string),
-                max_results: DELETE_BATCH,
-                ..Default::default()
-            };
-            let (recs, next) = state.meta.list_assets(&q).await?;
-            more = next;
-            for r in recs {
-                let found = delete_one(state, &r.key).await?;
-                record(&r.key.public_id, found);
+            Err(e) => {
+                tracing::error!(public_id = %key.public_id, error = %e, "deleting stopped");
+                failed = true;
+                break;
             }
         }
     }
-    let mut out = json!({"deleted": deleted, "deleted_counts": counts, "partial": more.is_some()});
+    let mut out =
+        json!({"deleted": deleted, "deleted_counts": counts, "partial": more.is_some() || failed});
     if let Some(cursor) = more {
         // Deleted rows are gone: calling again (with or without this cursor) continues.
         out["next_cursor"] = json!(cursor);

@@ -44,7 +44,8 @@ test('listings by ids, context, direction; delete all of a type', async () => {
   const byCtx = await cloudinary.api.resources_by_context('mark', base);
   assert.equal(byCtx.resources.length, 3);
   const asc = await cloudinary.api.resources({ type: 'upload', prefix: base, direction: 'asc', context: true });
-  assert.equal(asc.resources[0].public_id, ids[0]);
+  const desc = await cloudinary.api.resources({ type: 'upload', prefix: base, direction: 'desc' });
+  assert.deepEqual(asc.resources.map((r) => r.public_id), desc.resources.map((r) => r.public_id).reverse());
   assert.deepEqual(asc.resources[0].context, { custom: { mark: base } });
   const raw = await cloudinary.uploader.upload(asset('notes.txt'), { resource_type: 'raw' });
   const all = await cloudinary.api.delete_all_resources({ resource_type: 'raw' });
