@@ -467,37 +467,8 @@ pub async fn update_resource(
             )));
         }
     }
-    let tags = params
-        .get("tags")
-        .map(|_| crate::upload::parse_tags(&params.items("tags")));
-    let context = params
-        .text("context")
-        .map(|c| crate::upload::parse_pairs(c, false));
-    let metadata = params
-        .text("metadata")
-        .map(|m| crate::upload::parse_pairs(m, true));
-    let display_name = params.nonempty("display_name").map(str::to_string);
-    let asset_folder = match params.text("asset_folder") {
-        Some(f) => Some(crate::upload::naming::clean_path("asset_folder", f)?),
-        None => None,
-    };
-    let change = move |r: &mut AssetRecord| {
-        if let Some(t) = &tags {
-            r.tags = t.clone();
-        }
-        if let Some(c) = &context {
-            r.context = c.clone();
-        }
-        if let Some(m) = &metadata {
-            r.metadata = m.clone();
-        }
-        if let Some(d) = &display_name {
-            r.display_name = d.clone();
-        }
-        if let Some(f) = &asset_folder {
-            r.asset_folder = f.clone();
-        }
-    };
+    let update = crate::upload::actions::MetadataUpdate::from_params(params, true)?;
+    let change = move |r: &mut AssetRecord| update.apply(r);
     let key = AssetKey {
         cloud: cloud.to_string(),
         resource_type: key_rt,

@@ -1041,29 +1041,7 @@ async fn insert_batch(
     );
     let mut q = sqlx::query(&sql);
     for s in records {
-        q = q
-            .bind(s.asset_id.clone())
-            .bind(s.key.cloud.clone())
-            .bind(s.key.resource_type.clone())
-            .bind(s.key.delivery_type.clone())
-            .bind(s.key.public_id.clone())
-            .bind(s.version)
-            .bind(s.version_id.clone())
-            .bind(s.format.clone())
-            .bind(s.width)
-            .bind(s.height)
-            .bind(s.pages)
-            .bind(s.bytes)
-            .bind(s.etag.clone())
-            .bind(s.created_at)
-            .bind(s.original_filename.clone())
-            .bind(s.display_name.clone())
-            .bind(s.asset_folder.clone())
-            .bind(json_text(&s.context))
-            .bind(json_text(&s.metadata))
-            .bind(json_text(&s.extra))
-            .bind(s.blob_key.clone())
-            .bind(s.api_key.clone());
+        q = bind_asset(q, s);
     }
     let mut tx = pool.begin().await?;
     let inserted: std::collections::HashSet<String> = q
@@ -1097,6 +1075,34 @@ async fn insert_batch(
     }
     tx.commit().await?;
     Ok(inserted)
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds an asset's columns in [`ASSET_COLUMNS`] order.
+fn bind_asset<'q>(q: AnyQuery<'q>, s: &AssetRecord) -> AnyQuery<'q> {
+    q.bind(s.asset_id.clone())
+        .bind(s.key.cloud.clone())
+        .bind(s.key.resource_type.clone())
+        .bind(s.key.delivery_type.clone())
+        .bind(s.key.public_id.clone())
+        .bind(s.version)
+        .bind(s.version_id.clone())
+        .bind(s.format.clone())
+        .bind(s.width)
+        .bind(s.height)
+        .bind(s.pages)
+        .bind(s.bytes)
+        .bind(s.etag.clone())
+        .bind(s.created_at)
+        .bind(s.original_filename.clone())
+        .bind(s.display_name.clone())
+        .bind(s.asset_folder.clone())
+        .bind(json_text(&s.context))
+        .bind(json_text(&s.metadata))
+        .bind(json_text(&s.extra))
+        .bind(s.blob_key.clone())
+        .bind(s.api_key.clone())
 }
 
 /// What [`write_asset`] does when the asset's key already has a row.
@@ -1141,31 +1147,7 @@ where
          $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
          ON CONFLICT (cloud, resource_type, delivery_type, public_id) {action}"
     );
-    let done = sqlx::query(&sql)
-        .bind(stored.asset_id.clone())
-        .bind(stored.key.cloud.clone())
-        .bind(stored.key.resource_type.clone())
-        .bind(stored.key.delivery_type.clone())
-        .bind(stored.key.public_id.clone())
-        .bind(stored.version)
-        .bind(stored.version_id.clone())
-        .bind(stored.format.clone())
-        .bind(stored.width)
-        .bind(stored.height)
-        .bind(stored.pages)
-        .bind(stored.bytes)
-        .bind(stored.etag.clone())
-        .bind(stored.created_at)
-        .bind(stored.original_filename.clone())
-        .bind(stored.display_name.clone())
-        .bind(stored.asset_folder.clone())
-        .bind(json_text(&stored.context))
-        .bind(json_text(&stored.metadata))
-        .bind(json_text(&stored.extra))
-        .bind(stored.blob_key.clone())
-        .bind(stored.api_key.clone())
-        .execute(exec)
-        .await?;
+    let done = bind_asset(sqlx::query(&sql), stored).execute(exec).await?;
     Ok(done.rows_affected() == 1)
 }
 

@@ -12,6 +12,74 @@ use crate::error::{ApiError, ApiResult};
 use crate::form::{Form, Params};
 use crate::state::AppState;
 
+/// The metadata an `explicit` or Admin `update` call sets (each only when given).
+pub struct MetadataUpdate {
+    tags: Option<Vec<String>>,
+    context: Option<serde_json::Map<String, Json>>,
+    metadata: Option<serde_json::Map<String, Json>>,
+    display_name: Option<String>,
+    asset_folder: Option<String>,
+}
+
+impl MetadataUpdate {
+    /// Reads `tags`, `context`, `metadata`, `display_name` and (when allowed) `asset_folder`.
+    pub fn from_params(params: &Params, with_asset_folder: bool) -> ApiResult<MetadataUpdate> {
+        let asset_folder = match params.text("asset_folder").filter(|_| with_asset_folder) {
+            Some(f) => Some(naming::clean_path("asset_folder", f)?),
+            None => None,
+        };
+        Ok(MetadataUpdate {
+            tags: params
+                .get("tags")
+                .map(|_| parse_tags(&params.items("tags"))),
+            context: params.text("context").map(|c| parse_pairs(c, false)),
+            metadata: params.text("metadata").map(|m| parse_pairs(m, true)),
+            display_name: params.nonempty("display_name").map(str::to_string),
+            asset_folder,
+        })
+    }
+
+    pub fn apply(&self, r: &mut AssetRecord) {
+        if let Some(t) = &self.tags {
+            r.tags = t.clone();
+        }
+        if let Some(c) = &self.context {
+            r.context = c.clone();
+        }
+        if let Some(m) = &self.metadata {
+            r.metadata = m.clone();
+        }
+        if let Some(d) = &self.display_name {
+            r.display_name = d.clone();
+        }
+        if let Some(f) = &self.asset_folder {
+            r.asset_folder = f.clone();
+        }
+    }
+}
+
+/// Applies a change to each of `ids` that exists; returns those.
+async fn change_each(
+    state: &AppState,
+    req: &UploadRequest<'_>,
+    ty: &str,
+    ids: &[String],
+    change: &(dyn Fn(&mut AssetRecord) + Send + Sync),
+) -> ApiResult<Vec<String>> {
+    let mut changed = Vec::new();
+    for id in ids {
+        if state
+            .meta
+            .modify_asset(&key(req, ty, id), change)
+            .await?
+            .is_some()
+        {
+            changed.push(id.clone());
+        }
+    }
+    Ok(changed)
+}
+
 /// IDs a tags/context call processes at most.
 const MAX_IDS: usize = 1000;
 
@@ -130,26 +198,8 @@ pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> 
         .nonempty("public_id")
         .ok_or_else(|| ApiError::missing("public_id"))?;
     let ty = params.nonempty("type").unwrap_or("upload");
-    let tags = params
-        .get("tags")
-        .map(|_| parse_tags(&params.items("tags")));
-    let context = params.text("context").map(|c| parse_pairs(c, false));
-    let metadata = params.text("metadata").map(|m| parse_pairs(m, true));
-    let display_name = params.nonempty("display_name").map(str::to_string);
-    let change = move |r: &mut AssetRecord| {
-        if let Some(t) = &tags {
-            r.tags = t.clone();
-        }
-        if let Some(c) = &context {
-            r.context = c.clone();
-        }
-        if let Some(m) = &metadata {
-            r.metadata = m.clone();
-        }
-        if let Some(d) = &display_name {
-            r.display_name = d.clone();
-        }
-    };
+    let update = MetadataUpdate::from_params(&params, false)?;
+    let change = move |r: &mut AssetRecord| update.apply(r);
     let rec = state
         .meta
         .modify_asset(&key(req, ty, public_id), &change)
@@ -219,24 +269,13 @@ pub async fn tags(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiR
             }
         }
     }
-    let mut changed = Vec::new();
-    for id in &ids {
-        let (cmd, given) = (command.clone(), given.clone());
-        let change = move |r: &mut AssetRecord| match cmd.as_str() {
-            "add" | "set_exclusive" => r.tags.extend(given.iter().cloned()),
-            "remove" => r.tags.retain(|t| !given.contains(t)),
-            "replace" => r.tags = given.clone(),
-            _ => r.tags.clear(),
-        };
-        if state
-            .meta
-            .modify_asset(&key(req, &ty, id), &change)
-            .await?
-            .is_some()
-        {
-            changed.push(id.clone());
-        }
-    }
+    let change = move |r: &mut AssetRecord| match command.as_str() {
+        "add" | "set_exclusive" => r.tags.extend(given.iter().cloned()),
+        "remove" => r.tags.retain(|t| !given.contains(t)),
+        "replace" => r.tags = given.clone(),
+        _ => r.tags.clear(),
+    };
+    let changed = change_each(state, req, &ty, &ids, &change).await?;
     Ok(json!({"public_ids": changed}))
 }
 
@@ -264,30 +303,19 @@ pub async fn context(state: &AppState, req: &UploadRequest<'_>, form: Form) -> A
     };
     let ids = public_ids(&params)?;
     let ty = params.nonempty("type").unwrap_or("upload").to_string();
-    let mut changed = Vec::new();
-    for id in &ids {
-        let pairs = pairs.clone();
-        let change = move |r: &mut AssetRecord| match &pairs {
-            Some(p) => {
-                for (k, v) in p {
-                    if v.as_str() == Some("") {
-                        r.context.remove(k);
-                    } else {
-                        r.context.insert(k.clone(), v.clone());
-                    }
+    let change = move |r: &mut AssetRecord| match &pairs {
+        Some(p) => {
+            for (k, v) in p {
+                if v.as_str() == Some("") {
+                    r.context.remove(k);
+                } else {
+                    r.context.insert(k.clone(), v.clone());
                 }
             }
-            None => r.context.clear(),
-        };
-        if state
-            .meta
-            .modify_asset(&key(req, &ty, id), &change)
-            .await?
-            .is_some()
-        {
-            changed.push(id.clone());
         }
-    }
+        None => r.context.clear(),
+    };
+    let changed = change_each(state, req, &ty, &ids, &change).await?;
     Ok(json!({"public_ids": changed}))
 }
 
