@@ -156,3 +156,49 @@ async fn delete_tokens_work_once() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn bulk_deletes_go_by_thousands() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    let server = std::sync::Arc::new(server);
+    for i in 0..1005 {
+        let s = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let form = reqwest::multipart::Form::new()
+                .text("public_id", format!("bulk/{i}"))
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(vec![b'x']).file_name("b.txt"),
+                );
+            let r = reqwest::Client::new()
+                .post(s.upload_url("raw"))
+                .basic_auth(KEY, Some(SECRET))
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let delete = || {
+        client
+            .delete(server.url("/v1_1/demo/resources/raw/upload"))
+            .basic_auth(KEY, Some(SECRET))
+            .json(&serde_json::json!({"prefix": "bulk/"}))
+            .send()
+    };
+    let first: Value = delete().await.unwrap().json().await.unwrap();
+    assert_eq!(first["deleted"].as_object().unwrap().len(), 1000);
+    assert_eq!(first["partial"], true);
+    assert!(first["next_cursor"].is_string());
+    let second: Value = delete().await.unwrap().json().await.unwrap();
+    assert_eq!(second["deleted"].as_object().unwrap().len(), 5);
+    assert_eq!(second["partial"], false);
+    assert!(second.get("next_cursor").is_none());
+    assert_eq!(server.blob_files().len(), 0);
+}

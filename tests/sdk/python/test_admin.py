@@ -220,3 +220,14 @@ def test_listing_options(asset):
     gone = cloudinary.api.delete_all_resources(resource_type="raw")
     assert gone["deleted"][raw["public_id"]] == "deleted"
     assert cloudinary.api.resources(resource_type="raw")["resources"] == []
+
+
+def test_return_delete_token_and_delete_by_token(base, asset):
+    import json
+    up = cloudinary.uploader.upload(asset("logo.png"), return_delete_token=True)
+    token = up["delete_token"]
+    req = urllib.request.Request(f"{base}/v1_1/demo/delete_by_token", data=json.dumps({"token": token}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req) as r:
+        assert json.loads(r.read())["result"] == "ok"
+    assert status_of(up["secure_url"]) == 404
