@@ -251,7 +251,10 @@ pub async fn get_resources(
                 state.meta.find_asset(&key).await?.ok_or_else(|| {
                     ApiError::NotFound(format!("Resource not found - {public_id}"))
                 })?;
-            return Ok(asset_json(state, account, &rec, true, true));
+            let mut one = asset_json(state, account, &rec, true, true);
+            // No derived versions exist (transformations are not generated yet).
+            one["derived"] = json!([]);
+            return Ok(one);
         }
         Target::List { rt, ty } => {
             q.resource_type = Some(rt);

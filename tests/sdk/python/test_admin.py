@@ -59,6 +59,7 @@ def test_resource_and_missing_resource(asset):
     assert r["tags"] == ["a", "b"]
     assert r["context"] == {"custom": {"alt": "x"}}
     assert r["secure_url"] == up["secure_url"]
+    assert r["derived"] == []
     plain = cloudinary.uploader.upload(asset("logo.png"))
     assert "tags" not in cloudinary.api.resource(plain["public_id"])
     with pytest.raises(exceptions.NotFound, match="Resource not found"):
