@@ -280,8 +280,6 @@ pub trait MetaStore: Send + Sync {
     async fn delete_chunk_session(&self, session_id: &str) -> Result<Vec<ChunkPart>, DbError>;
     /// Sessions not touched since `before`.
     async fn stale_chunk_sessions(&self, before: i64) -> Result<Vec<String>, DbError>;
-    /// Every part file referenced by a session.
-    async fn chunk_part_files(&self) -> Result<Vec<String>, DbError>;
 }
 
 /// Opens the store for `url` (running migrations).

@@ -842,15 +842,6 @@ impl MetaStore for SqlStore {
             .map(|r| r.try_get::<String, _>("session_id").map_err(DbError::from))
             .collect()
     }
-
-    async fn chunk_part_files(&self) -> Result<Vec<String>, DbError> {
-        let rows = sqlx::query("SELECT file FROM upload_parts")
-            .fetch_all(&self.read)
-            .await?;
-        rows.iter()
-            .map(|r| r.try_get::<String, _>("file").map_err(DbError::from))
-            .collect()
-    }
 }
 
 impl SqlStore {

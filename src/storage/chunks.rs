@@ -56,6 +56,16 @@ impl ChunkRuntime {
             .clone()
     }
 
+    /// Sessions this process keeps a hasher for.
+    pub fn sessions(&self) -> Vec<String> {
+        self.hashers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Forgets a session (its hasher thread ends when the last user lets go).
     pub fn drop_session(&self, session: &str) {
         self.hashers

@@ -562,8 +562,9 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     }
 }
 
-/// Removes sessions not touched within the configured time, part files no session knows
-/// (left by a crash between the file and its row) and stale temporary files.
+/// Removes sessions not touched within the configured time, session folders no session row
+/// knows (left by a crash between the folder and its row, or by a discarded session), stale
+/// temporary files, and this process's hashers of sessions that ended elsewhere.
 pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     let ttl = state.limits.upload_session_ttl_secs;
     let now = state.now();
@@ -572,11 +573,19 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         discard_session(state, &sid).await;
         removed += 1;
     }
-    let known: std::collections::HashSet<String> =
-        state.meta.chunk_part_files().await?.into_iter().collect();
+    let live: std::collections::HashSet<String> = state
+        .meta
+        .stale_chunk_sessions(i64::MAX)
+        .await?
+        .into_iter()
+        .collect();
+    for sid in state.chunks.sessions() {
+        if !live.contains(&sid) {
+            state.chunks.drop_session(&sid);
+        }
+    }
     let chunk_dir = state.chunk_dir.clone();
     let tmp_dir = state.tmp_dir.clone();
-    let max_age = std::time::Duration::from_secs(ttl.max(0) as u64);
     removed += tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
         let mut n = 0;
         let old = |p: &Path, age: std::time::Duration| {
@@ -585,24 +594,13 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
                 .map(|t| t.elapsed().unwrap_or_default() > age)
                 .unwrap_or(false)
         };
+        // A folder is made just before its session row: leave young ones alone.
         if let Ok(dirs) = std::fs::read_dir(&chunk_dir) {
             for d in dirs.flatten() {
-                let path = d.path();
-                let Ok(files) = std::fs::read_dir(&path) else {
-                    continue;
-                };
-                let mut left = 0;
-                for f in files.flatten() {
-                    let name = f.file_name().to_string_lossy().into_owned();
-                    if !known.contains(&name) && old(&f.path(), max_age) {
-                        std::fs::remove_file(f.path())?;
-                        n += 1;
-                    } else {
-                        left += 1;
-                    }
-                }
-                if left == 0 && old(&path, std::time::Duration::from_secs(60)) {
-                    let _ = std::fs::remove_dir(&path);
+                let name = d.file_name().to_string_lossy().into_owned();
+                if !live.contains(&name) && old(&d.path(), std::time::Duration::from_secs(600)) {
+                    std::fs::remove_dir_all(d.path())?;
+                    n += 1;
                 }
             }
         }
