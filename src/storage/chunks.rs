@@ -79,6 +79,18 @@ impl ChunkRuntime {
     }
 }
 
+/// Gives `n` bytes of backlog back when dropped (after the hasher processed a message).
+struct Drained<'a>(&'a (Mutex<usize>, Condvar), usize);
+
+impl Drop for Drained<'_> {
+    fn drop(&mut self) {
+        let (lock, cvar) = self.0;
+        let mut queued = lock.lock().unwrap_or_else(|e| e.into_inner());
+        *queued = queued.saturating_sub(self.1);
+        cvar.notify_all();
+    }
+}
+
 struct HashState {
     hashed: u64,
     md5: Md5,
@@ -96,8 +108,11 @@ enum Msg {
     Commit(u64),
 }
 
-/// Messages waiting for the hasher (fed bytes beyond it are read back from the file later).
-const HASH_QUEUE: usize = 16;
+/// Messages waiting for the hasher.
+const HASH_QUEUE: usize = 4096;
+/// Fed bytes waiting for the hasher at most: enough for it to keep working through the gap
+/// between two parts; a writer that gets further ahead waits.
+const HASH_BACKLOG: usize = 8 * 1024 * 1024;
 
 /// An MD5 over a growing file, computed by a background thread: fed the bytes of parts that
 /// continue the hash as they are written, and reading back from the file whatever it missed,
@@ -105,6 +120,8 @@ const HASH_QUEUE: usize = 16;
 pub struct FileHasher {
     shared: Arc<(Mutex<HashState>, Condvar)>,
     tx: std::sync::mpsc::SyncSender<Msg>,
+    /// Bytes fed and not yet hashed.
+    backlog: Arc<(Mutex<usize>, Condvar)>,
 }
 
 impl FileHasher {
@@ -119,6 +136,8 @@ impl FileHasher {
         ));
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(HASH_QUEUE);
         let worker = shared.clone();
+        let backlog = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let drained = backlog.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 1024 * 1024];
             let mut file: Option<std::fs::File> = None;
@@ -139,6 +158,7 @@ impl FileHasher {
                 let target = match msg {
                     Msg::Data(token, offset, bytes) => {
                         let len = bytes.len() as u64;
+                        let _release = Drained(&drained, bytes.len());
                         match &mut tentative {
                             Some((t, _, end, state)) if *t == token && *end == offset => {
                                 state.update(&bytes);
@@ -211,19 +231,38 @@ impl FileHasher {
                 publish(hashed, &md5, error);
             }
         });
-        FileHasher { shared, tx }
+        FileHasher {
+            shared,
+            tx,
+            backlog,
+        }
     }
 
-    /// A sink for the bytes one request writes at an offset of the file. It never waits: when
-    /// the hasher is behind, the bytes are dropped here and read back from the file later, so
-    /// the transfer runs at full speed and the hasher is never idle. The bytes count once
-    /// [`commit`] is called with the same token.
+    /// A sink for the bytes one request writes at an offset of the file. The writer waits when
+    /// the hasher is more than [`HASH_BACKLOG`] behind, so the hasher keeps a backlog to work
+    /// through between parts and nothing has to be read back. The bytes count once [`commit`]
+    /// is called with the same token.
     ///
     /// [`commit`]: FileHasher::commit
     pub fn tap(&self, token: u64) -> crate::storage::temp::Tap {
-        let tx = self.tx.clone();
+        let (tx, backlog) = (self.tx.clone(), self.backlog.clone());
         Box::new(move |offset, bytes| {
-            let _ = tx.try_send(Msg::Data(token, offset, bytes));
+            let (lock, cvar) = &*backlog;
+            let mut queued = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while *queued > 0 && *queued + bytes.len() > HASH_BACKLOG {
+                queued = cvar.wait(queued).unwrap_or_else(|e| e.into_inner());
+            }
+            *queued += bytes.len();
+            drop(queued);
+            if tx
+                .try_send(Msg::Data(token, offset, bytes.clone()))
+                .is_err()
+            {
+                // Not queued after all (full or closed): read back from the file later.
+                let mut queued = lock.lock().unwrap_or_else(|e| e.into_inner());
+                *queued -= bytes.len();
+                cvar.notify_all();
+            }
         })
     }
 
