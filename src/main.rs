@@ -17,7 +17,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::load(&args)?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr()?).await?;
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {e} (choose another with --listen or NEPHOS_LISTEN)"
+        )
+    })?;
     let addr = listener.local_addr()?;
     println!("nephos listening on http://{addr}");
     if config.dev_account {
