@@ -102,11 +102,8 @@ fn toml_to_json(v: &toml::Value) -> Value {
 
 /// Writes the presets of the configuration file to the database.
 async fn seed_presets(config: &Config, meta: &dyn MetaStore) -> anyhow::Result<()> {
-    let clouds: Vec<String> = {
-        let mut c: Vec<String> = config.accounts.iter().map(|a| a.cloud.clone()).collect();
-        c.dedup();
-        c
-    };
+    let accounts = Accounts::new(config.accounts.clone());
+    let clouds: Vec<String> = accounts.clouds().into_iter().map(str::to_string).collect();
     for seed in &config.presets {
         let targets: Vec<String> = match &seed.cloud {
             Some(c) => vec![c.clone()],

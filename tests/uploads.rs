@@ -599,3 +599,37 @@ async fn x_request_id_on_every_answer() {
     assert!(r.headers().contains_key("x-request-id"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn private_cdn_paths_without_the_cloud_segment() {
+    let toml_text = r#"accounts = ["cloudinary://1234567890:abcd@demo"]"#;
+    let server = TestServer::start_with(Backend::Sqlite, toml_text, None).await;
+    let png = samples::png(3, 3);
+    let (s, r) = upload(
+        &server,
+        "image",
+        &[("public_id", "cdn/logo")],
+        &png,
+        "l.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let v = r["version"].as_i64().unwrap();
+    assert_eq!(
+        get_bytes(&server.url(&format!("/image/upload/v{v}/cdn/logo.png"))).await,
+        (200, png.clone())
+    );
+    assert_eq!(
+        get_bytes(&server.url("/image/upload/cdn/missing.png"))
+            .await
+            .0,
+        404
+    );
+    // With several clouds the cloud segment is required.
+    let two = TestServer::start().await;
+    let (_, r) = upload(&two, "image", &[("public_id", "x")], &png, "l.png").await;
+    assert_eq!(r["public_id"], "x");
+    assert_eq!(get_bytes(&two.url("/image/upload/x.png")).await.0, 404);
+    server.stop().await;
+    two.stop().await;
+}

@@ -60,8 +60,10 @@ impl Accounts {
             .find(|a| a.cloud == cloud && a.api_key == api_key)
     }
 
+    /// The configured clouds, each once.
     pub fn clouds(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.accounts.iter().map(|a| a.cloud.as_str()).collect();
+        v.sort_unstable();
         v.dedup();
         v
     }

@@ -288,6 +288,20 @@ pub async fn serve(
     path: &str,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
+    // The private-CDN form has no cloud segment (`/<rt>/<type>/…`): with a single cloud
+    // configured, it is that cloud's.
+    let clouds = state.accounts.clouds();
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let rooted;
+    let path = if clouds.len() == 1
+        && ["image", "video", "raw"].contains(&first)
+        && !state.accounts.has_cloud(first)
+    {
+        rooted = format!("/{}{path}", clouds[0]);
+        rooted.as_str()
+    } else {
+        path
+    };
     let p = parse_path(path)
         .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, "Resource not found"))?;
     if !state.accounts.has_cloud(&p.cloud) {
