@@ -147,6 +147,34 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// Reads an asset with its tags, locking its row for the transaction when `lock` is set
+    /// (PostgreSQL; SQLite's single writer already serialises).
+    async fn fetch_asset(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        key: &AssetKey,
+        lock: bool,
+    ) -> Result<Option<AssetRecord>, DbError> {
+        let sql = format!(
+            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
+             AND delivery_type = $3 AND public_id = $4{}",
+            if lock { self.lock_suffix() } else { "" }
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(key.cloud.clone())
+            .bind(key.resource_type.clone())
+            .bind(key.delivery_type.clone())
+            .bind(key.public_id.clone())
+            .fetch_optional(&mut *conn)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let asset_id: String = row.try_get("asset_id")?;
+        let tags = load_tags(&mut *conn, &asset_id).await?;
+        Ok(Some(row_to_asset(&row, tags)?))
+    }
+
     fn lock_suffix(&self) -> &'static str {
         match self.dialect {
             Dialect::Postgres => " FOR UPDATE",
@@ -255,26 +283,8 @@ impl MetaStore for SqlStore {
     }
 
     async fn find_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {
-        let sql = format!(
-            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
-             AND delivery_type = $3 AND public_id = $4"
-        );
         let mut conn = self.read.acquire().await?;
-        let row = sqlx::query(&sql)
-            .bind(key.cloud.clone())
-            .bind(key.resource_type.clone())
-            .bind(key.delivery_type.clone())
-            .bind(key.public_id.clone())
-            .fetch_optional(&mut *conn)
-            .await?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let asset_id: String = row.try_get("asset_id")?;
-                let tags = load_tags(&mut *conn, &asset_id).await?;
-                Ok(Some(row_to_asset(&row, tags)?))
-            }
-        }
+        self.fetch_asset(&mut conn, key, false).await
     }
 
     async fn save_asset(
@@ -282,11 +292,6 @@ impl MetaStore for SqlStore {
         record: &AssetRecord,
         overwrite: bool,
     ) -> Result<SaveOutcome, DbError> {
-        let select = format!(
-            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
-             AND delivery_type = $3 AND public_id = $4{}",
-            self.lock_suffix()
-        );
         // Most uploads create a new asset: try that first, together with the other uploads
         // of the moment (one transaction and one statement for many rows).
         let mut stored = record.clone();
@@ -304,17 +309,7 @@ impl MetaStore for SqlStore {
         // make the row vanish again, hence the loop.
         for _attempt in 0..5 {
             let mut tx = self.write.begin().await?;
-            let existing = sqlx::query(&select)
-                .bind(record.key.cloud.clone())
-                .bind(record.key.resource_type.clone())
-                .bind(record.key.delivery_type.clone())
-                .bind(record.key.public_id.clone())
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(row) = existing {
-                let asset_id: String = row.try_get("asset_id")?;
-                let tags = load_tags(&mut *tx, &asset_id).await?;
-                let previous = row_to_asset(&row, tags)?;
+            if let Some(previous) = self.fetch_asset(&mut tx, &record.key, true).await? {
                 if !overwrite {
                     tx.commit().await?;
                     return Ok(SaveOutcome::Existing(previous));
@@ -445,26 +440,12 @@ impl MetaStore for SqlStore {
         key: &AssetKey,
         change: AssetChange<'_>,
     ) -> Result<Option<AssetRecord>, DbError> {
-        let select = format!(
-            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
-             AND delivery_type = $3 AND public_id = $4{}",
-            self.lock_suffix()
-        );
         let mut tx = self.write.begin().await?;
-        let Some(row) = sqlx::query(&select)
-            .bind(key.cloud.clone())
-            .bind(key.resource_type.clone())
-            .bind(key.delivery_type.clone())
-            .bind(key.public_id.clone())
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let Some(mut record) = self.fetch_asset(&mut tx, key, true).await? else {
             tx.commit().await?;
             return Ok(None);
         };
-        let asset_id: String = row.try_get("asset_id")?;
-        let tags = load_tags(&mut *tx, &asset_id).await?;
-        let mut record = row_to_asset(&row, tags)?;
+        let asset_id = record.asset_id.clone();
         change(&mut record);
         // What the change may not touch.
         record.asset_id = asset_id;
@@ -702,26 +683,12 @@ impl MetaStore for SqlStore {
     }
 
     async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {
-        let select = format!(
-            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
-             AND delivery_type = $3 AND public_id = $4{}",
-            self.lock_suffix()
-        );
         let mut tx = self.write.begin().await?;
-        let Some(row) = sqlx::query(&select)
-            .bind(key.cloud.clone())
-            .bind(key.resource_type.clone())
-            .bind(key.delivery_type.clone())
-            .bind(key.public_id.clone())
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let Some(record) = self.fetch_asset(&mut tx, key, true).await? else {
             tx.commit().await?;
             return Ok(None);
         };
-        let asset_id: String = row.try_get("asset_id")?;
-        let tags = load_tags(&mut *tx, &asset_id).await?;
-        let record = row_to_asset(&row, tags)?;
+        let asset_id = record.asset_id.clone();
         sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
             .bind(asset_id.clone())
             .execute(&mut *tx)
@@ -1172,35 +1139,21 @@ impl SqlStore {
         to: &AssetKey,
         overwrite: bool,
     ) -> Result<RenameOutcome, DbError> {
-        let select = format!(
-            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
-             AND delivery_type = $3 AND public_id = $4{}",
-            self.lock_suffix()
-        );
         let mut tx = self.write.begin().await?;
-        let fetch = |k: &AssetKey| {
-            sqlx::query(&select)
-                .bind(k.cloud.clone())
-                .bind(k.resource_type.clone())
-                .bind(k.delivery_type.clone())
-                .bind(k.public_id.clone())
-        };
-        let Some(row) = fetch(from).fetch_optional(&mut *tx).await? else {
+        let Some(mut record) = self.fetch_asset(&mut tx, from, true).await? else {
             tx.commit().await?;
             return Ok(RenameOutcome::NotFound);
         };
-        let asset_id: String = row.try_get("asset_id")?;
-        let tags = load_tags(&mut *tx, &asset_id).await?;
-        let mut record = row_to_asset(&row, tags)?;
+        let asset_id = record.asset_id.clone();
         let mut replaced_blob = None;
         if from != to {
-            if let Some(target) = fetch(to).fetch_optional(&mut *tx).await? {
+            if let Some(target) = self.fetch_asset(&mut tx, to, true).await? {
                 if !overwrite {
                     tx.commit().await?;
                     return Ok(RenameOutcome::TargetExists);
                 }
-                let target_id: String = target.try_get("asset_id")?;
-                replaced_blob = Some(target.try_get::<String, _>("blob_key")?);
+                let target_id = target.asset_id;
+                replaced_blob = Some(target.blob_key);
                 for sql in [
                     "DELETE FROM asset_tags WHERE asset_id = $1",
                     "DELETE FROM assets WHERE asset_id = $1",
