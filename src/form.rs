@@ -151,6 +151,22 @@ pub struct Form {
     pub file: Option<FilePart>,
 }
 
+/// Where a file part is written in place: `len` bytes at `offset` of `file`, each chunk also
+/// given to `tap`.
+pub struct Placed {
+    pub file: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+    pub tap: Option<crate::storage::temp::Tap>,
+}
+
+/// Chooses, when a multipart file part starts, a place to write it directly, or `None` for an
+/// ordinary (hashed, staged) body.
+#[async_trait::async_trait]
+pub trait FilePlacement: Send + Sync {
+    async fn place(&self, fields_so_far: &Params) -> Option<Placed>;
+}
+
 /// Parses the query string into parameters.
 pub fn parse_query(query: Option<&str>) -> Params {
     let mut params = Params::default();

@@ -334,19 +334,6 @@ async fn by_context(
     Ok(json!({"resources": found}))
 }
 
-/// Deletes one asset: the row first, then its file (so no row is ever left without a file).
-pub async fn delete_one(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
-    match state.meta.delete_asset(key).await? {
-        Some(rec) => {
-            if let Err(e) = state.blobs.delete(&rec.blob_key).await {
-                tracing::warn!(key = %rec.blob_key, error = %e, "could not remove a deleted asset's file");
-            }
-            Ok(true)
-        }
-        None => Ok(false),
-    }
-}
-
 /// `DELETE resources/:rt/:type` (public_ids, prefix or all) and `DELETE resources/:rt/tags/:tag`.
 /// Assets are deleted one by one (row, then file); if one fails, the answer reports exactly
 /// what was deleted before it, with `partial: true`.
@@ -407,7 +394,7 @@ pub async fn delete_resources(
     let mut counts = Map::new();
     let mut failed = false;
     for key in &keys {
-        match delete_one(state, key).await {
+        match crate::upload::delete_asset(state, key).await {
             Ok(found) => {
                 deleted.insert(
                     key.public_id.clone(),

@@ -10,7 +10,6 @@ use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
 use crate::form::Params;
-use crate::state::AppState;
 
 pub use sign::{api_sign, delivery_signature, string_to_sign, SignatureAlgorithm};
 
@@ -224,62 +223,6 @@ pub fn verify_signed(
         account: account.clone(),
         algorithm,
     })
-}
-
-/// What a route accepts besides signed requests and Basic credentials.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AuthOptions {
-    /// Unsigned requests naming an `upload_preset` (the upload action only).
-    pub unsigned_preset: bool,
-    /// Retry the signature without `notification_url`/`batch_id` (tags, context, metadata).
-    pub lenient_notification: bool,
-}
-
-/// Authenticates an Upload API request: Basic credentials, else a signature, else (where
-/// allowed) an unsigned upload preset. The preset itself is checked by the caller.
-pub fn authenticate(
-    state: &AppState,
-    cloud: &str,
-    authorization: Option<&str>,
-    params: &Params,
-    opts: AuthOptions,
-) -> Result<Caller, ApiError> {
-    let accounts = &state.accounts;
-    if !accounts.has_cloud(cloud) {
-        return Err(ApiError::Unauthorized(format!(
-            "Invalid cloud_name {cloud}"
-        )));
-    }
-    if let Some(account) = basic_auth(accounts, cloud, authorization)? {
-        let algorithm = account.algorithm;
-        return Ok(Caller::Key { account, algorithm });
-    }
-    if authorization.is_some_and(|h| h.to_ascii_lowercase().starts_with("bearer ")) {
-        return Err(ApiError::Unauthorized(
-            "OAuth tokens are not accepted by this server: sign the request or use Basic credentials".into(),
-        ));
-    }
-    if params.nonempty("signature").is_some() {
-        return verify_signed(
-            accounts,
-            cloud,
-            params,
-            state.now(),
-            state.limits.signature_ttl_secs,
-            opts.lenient_notification,
-        );
-    }
-    if opts.unsigned_preset {
-        return match params.nonempty("upload_preset") {
-            Some(preset) => Ok(Caller::Unsigned {
-                preset: preset.to_string(),
-            }),
-            None => Err(ApiError::bad(
-                "Upload preset must be specified when using unsigned upload",
-            )),
-        };
-    }
-    Err(ApiError::missing("signature"))
 }
 
 #[cfg(test)]

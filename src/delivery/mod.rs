@@ -22,6 +22,9 @@ const PATH_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'/')
     .remove(b':');
 
+/// Delivery types an asset may have (and a delivery URL may name).
+pub const DELIVERY_TYPES: &[&str] = &["upload", "private", "authenticated"];
+
 pub fn escape_public_id(public_id: &str) -> String {
     utf8_percent_encode(public_id, PATH_ESCAPE).to_string()
 }
@@ -316,7 +319,7 @@ pub async fn serve(
             format!("Invalid resource type {}", p.resource_type),
         ));
     }
-    if !crate::upload::DELIVERY_TYPES.contains(&p.delivery_type.as_str()) {
+    if !DELIVERY_TYPES.contains(&p.delivery_type.as_str()) {
         return Err(delivery_error(
             StatusCode::NOT_FOUND,
             format!("Delivery type {} is not supported", p.delivery_type),

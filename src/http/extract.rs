@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use serde_json::Value as Json;
 
 use crate::error::{ApiError, ApiResult};
-use crate::form::{base_name, parse_query, FilePart, Form, Params, Value};
+use crate::form::{base_name, parse_query, FilePart, FilePlacement, Form, Params, Value};
 use crate::storage::{BlobWriter, WriteError};
 
 /// Limits applied while reading a body.
@@ -18,22 +18,6 @@ pub struct BodyLimits {
     pub max_field_bytes: u64,
     /// Where a file part may be written in place (chunked uploads).
     pub placement: Option<std::sync::Arc<dyn FilePlacement>>,
-}
-
-/// Where a file part is written in place: `len` bytes at `offset` of `file`, each chunk also
-/// given to `tap`.
-pub struct Placed {
-    pub file: std::path::PathBuf,
-    pub offset: u64,
-    pub len: u64,
-    pub tap: Option<crate::storage::temp::Tap>,
-}
-
-/// Chooses, when a multipart file part starts, a place to write it directly, or `None` for an
-/// ordinary (hashed, staged) body.
-#[async_trait::async_trait]
-pub trait FilePlacement: Send + Sync {
-    async fn place(&self, fields_so_far: &Params) -> Option<Placed>;
 }
 
 /// Reads the request body (any of the three encodings) and merges the query string under it

@@ -3,10 +3,11 @@
 
 use serde_json::{json, Value as Json};
 
+use super::access::AuthOptions;
 use super::{
     naming, parse_pairs, parse_tags, upload_response, Outcome, ResponseSigner, UploadRequest,
 };
-use crate::auth::{self, AuthOptions, Caller};
+use crate::auth::Caller;
 use crate::db::{AssetKey, AssetRecord, ListQuery, RenameOutcome};
 use crate::error::{ApiError, ApiResult};
 use crate::form::{Form, Params};
@@ -107,7 +108,7 @@ fn signed_caller(
     params: &Params,
     lenient: bool,
 ) -> ApiResult<Caller> {
-    auth::authenticate(
+    super::access::authenticate(
         state,
         req.cloud,
         req.authorization,
@@ -142,7 +143,7 @@ pub async fn destroy(state: &AppState, req: &UploadRequest<'_>, form: Form) -> A
         .nonempty("public_id")
         .ok_or_else(|| ApiError::missing("public_id"))?;
     let k = key(req, params.nonempty("type").unwrap_or("upload"), public_id);
-    let found = crate::admin::delete_one(state, &k).await?;
+    let found = super::delete_asset(state, &k).await?;
     Ok(json!({"result": if found { "ok" } else { "not found" }}))
 }
 
@@ -162,7 +163,7 @@ pub async fn rename(state: &AppState, req: &UploadRequest<'_>, form: Form) -> Ap
     }
     let ty = params.nonempty("type").unwrap_or("upload");
     let to_type = params.nonempty("to_type").unwrap_or(ty);
-    if !super::DELIVERY_TYPES.contains(&to_type) {
+    if !crate::delivery::DELIVERY_TYPES.contains(&to_type) {
         return Err(ApiError::bad(format!(
             "Invalid to_type {to_type}: must be one of upload, private, authenticated"
         )));
@@ -337,6 +338,6 @@ pub async fn delete_by_token(state: &AppState, cloud: &str, form: Form) -> ApiRe
         .take_delete_token(cloud, &token, state.now())
         .await?
         .ok_or_else(|| ApiError::bad("Stale or invalid delete token"))?;
-    crate::admin::delete_one(state, &key).await?;
+    super::delete_asset(state, &key).await?;
     Ok(json!({"result": "ok"}))
 }

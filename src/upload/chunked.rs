@@ -18,12 +18,12 @@ use async_trait::async_trait;
 use md5::Digest;
 use serde_json::{json, Map, Value as Json};
 
+use super::access::AuthOptions;
 use super::{naming, ContentRange, Source, UploadRequest};
-use crate::auth::{self, AuthOptions, Caller};
+use crate::auth::Caller;
 use crate::db::{ChunkDecision, ChunkPart, ChunkSession};
 use crate::error::{ApiError, ApiResult};
-use crate::form::{FilePart, Params};
-use crate::http::extract::{FilePlacement, Placed};
+use crate::form::{FilePart, FilePlacement, Params, Placed};
 use crate::state::AppState;
 use crate::storage::TempBlob;
 
@@ -86,7 +86,7 @@ impl FilePlacement for Placement {
             unsigned_preset: true,
             lenient_notification: false,
         };
-        let caller = auth::authenticate(
+        let caller = super::access::authenticate(
             state,
             &self.cloud,
             self.authorization.as_deref(),

@@ -1,6 +1,7 @@
 //! The Upload API's `upload` action: authentication, presets, the file source, probing,
 //! naming, storing (blob first, then the metadata row), and the Cloudinary-shaped answer.
 
+pub mod access;
 pub mod actions;
 pub mod chunked;
 pub mod naming;
@@ -10,7 +11,7 @@ pub mod source;
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::auth::{self, AuthOptions, Caller};
+use crate::auth::Caller;
 use crate::db::{AssetKey, AssetRecord, SaveOutcome};
 use crate::error::{ApiError, ApiResult};
 use crate::form::{Form, Params};
@@ -18,15 +19,13 @@ use crate::media::{self, MediaKind};
 use crate::state::AppState;
 use crate::storage::new_blob_key;
 use crate::util::random_hex;
+use access::AuthOptions;
 
 pub use response::{upload_response, ResponseSigner};
 pub use source::Source;
 
 /// How long a `delete_token` stays valid.
 pub const DELETE_TOKEN_SECS: i64 = 600;
-
-/// Delivery types an upload may ask for.
-pub const DELIVERY_TYPES: &[&str] = &["upload", "private", "authenticated"];
 
 /// Analysis and add-on parameters nephos does not provide: a true value is refused.
 const NOT_ENABLED: &[(&str, &str)] = &[
@@ -109,7 +108,7 @@ const FLAGS: &[&str] = &[
 /// upload fails on its first part rather than after the last.
 fn check_options(params: &Params) -> ApiResult<()> {
     let delivery_type = params.nonempty("type").unwrap_or("upload");
-    if !DELIVERY_TYPES.contains(&delivery_type) {
+    if !crate::delivery::DELIVERY_TYPES.contains(&delivery_type) {
         return Err(ApiError::bad(format!(
             "Invalid type {delivery_type}: must be one of upload, private, authenticated"
         )));
@@ -251,7 +250,7 @@ pub struct UploadRequest<'a> {
 /// Handles `POST /v1_1/:cloud/:resource_type/upload`.
 pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> ApiResult<Json> {
     let Form { params, file } = form;
-    let caller = auth::authenticate(
+    let caller = access::authenticate(
         state,
         req.cloud,
         req.authorization,
@@ -288,6 +287,19 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
     }
     let src = source::resolve(state, file, params.text("file")).await?;
     store_upload(state, &req, &caller, params, src, None).await
+}
+
+/// Deletes one asset: the row first, then its file (so no row is ever left without a file).
+pub async fn delete_asset(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
+    match state.meta.delete_asset(key).await? {
+        Some(rec) => {
+            if let Err(e) = state.blobs.delete(&rec.blob_key).await {
+                tracing::warn!(key = %rec.blob_key, error = %e, "could not remove a deleted asset's file");
+            }
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }
 
 /// Probes, names and stores an upload from its resolved source, and builds the answer.
