@@ -217,14 +217,13 @@ async fn parse_multipart(
     Ok(form)
 }
 
-/// Wraps bytes as a request body (tests and internal calls).
-pub fn body_from(bytes: impl Into<Bytes>) -> Body {
-    Body::from(bytes.into())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn body_from(bytes: impl Into<Bytes>) -> Body {
+        Body::from(bytes.into())
+    }
 
     #[tokio::test]
     async fn json_and_urlencoded_bodies() {
