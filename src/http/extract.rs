@@ -3,7 +3,6 @@
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value as Json;
 
@@ -221,7 +220,7 @@ async fn parse_multipart(
 mod tests {
     use super::*;
 
-    fn body_from(bytes: impl Into<Bytes>) -> Body {
+    fn body_from(bytes: impl Into<bytes::Bytes>) -> Body {
         Body::from(bytes.into())
     }
 
