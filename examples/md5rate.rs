@@ -1,6 +1,6 @@
 //! Hashes a file with the MD5 implementation nephos uses, for `scripts/bench`: prints the
 //! seconds it took (after one warm-up read) and the digest.
-use md5::Digest;
+use nephos::storage::md5::Md5;
 use std::io::Read;
 
 fn main() -> std::io::Result<()> {
@@ -8,7 +8,7 @@ fn main() -> std::io::Result<()> {
     let mut buf = vec![0u8; 1024 * 1024];
     let t = std::time::Instant::now();
     let mut f = std::fs::File::open(&path)?;
-    let mut h = md5::Md5::new();
+    let mut h = Md5::new();
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use md5::{Digest, Md5};
+use md5_ref::{Digest, Md5};
 use nephos::auth::SignatureAlgorithm;
 use serde_json::Value;
 

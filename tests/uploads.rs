@@ -4,7 +4,7 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use md5::{Digest, Md5};
+use md5_ref::{Digest, Md5};
 use nephos::auth::{api_sign, delivery_signature, SignatureAlgorithm};
 use nephos::media::samples;
 use serde_json::Value;

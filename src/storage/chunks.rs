@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use md5::{Digest, Md5};
+use crate::storage::md5::Md5;
 
 /// A range written by a request that has not finished is considered abandoned after this.
 const INFLIGHT_TIMEOUT: Duration = Duration::from_secs(600);

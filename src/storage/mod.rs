@@ -6,6 +6,7 @@
 
 pub mod chunks;
 pub mod fs;
+pub mod md5;
 pub mod temp;
 
 use std::pin::Pin;

@@ -10,8 +10,8 @@
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use crate::storage::md5::Md5;
 use bytes::{Bytes, BytesMut};
-use md5::{Digest, Md5};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

@@ -15,8 +15,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use md5::Digest;
 use serde_json::{json, Map, Value as Json};
+use sha1::Digest;
 
 use super::access::AuthOptions;
 use super::{naming, ContentRange, Source, UploadRequest};
