@@ -121,7 +121,7 @@ impl SqlStore {
                     .after_connect(setup)
                     .connect_with(options)
                     .await?;
-                let inserts = spawn_inserter(write.clone());
+                let inserts = spawn_inserter(write.clone(), dialect);
                 SqlStore {
                     read,
                     write,
@@ -138,7 +138,7 @@ impl SqlStore {
                 POSTGRES_MIGRATIONS.run(&pool).await?;
                 SqlStore {
                     read: pool.clone(),
-                    inserts: spawn_inserter(pool.clone()),
+                    inserts: spawn_inserter(pool.clone(), dialect),
                     write: pool,
                     dialect,
                 }
@@ -192,6 +192,8 @@ fn sqlite_setup(
             "PRAGMA busy_timeout = 10000",
             "PRAGMA synchronous = NORMAL",
             "PRAGMA foreign_keys = ON",
+            // Statement journals of multi-row inserts stay in memory, not in a file under /tmp.
+            "PRAGMA temp_store = MEMORY",
         ] {
             sqlx::query(pragma).execute(&mut *conn).await?;
         }
@@ -938,7 +940,7 @@ impl SqlStore {
 /// Starts the task that inserts new assets in batches: it takes what is waiting (up to
 /// [`BATCH_ROWS`]), writes the rows and their tags in one transaction, and tells each caller
 /// whether its row went in (a key that exists, or twice in one batch, does not).
-fn spawn_inserter(pool: AnyPool) -> tokio::sync::mpsc::Sender<PendingInsert> {
+fn spawn_inserter(pool: AnyPool, dialect: Dialect) -> tokio::sync::mpsc::Sender<PendingInsert> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingInsert>(1024);
     tokio::spawn(async move {
         let mut carry: Option<PendingInsert> = None;
@@ -966,7 +968,7 @@ fn spawn_inserter(pool: AnyPool) -> tokio::sync::mpsc::Sender<PendingInsert> {
                 }
             }
             let records: Vec<&AssetRecord> = batch.iter().map(|(r, _)| r).collect();
-            let result = insert_batch(&pool, &records).await;
+            let result = insert_batch(&pool, dialect, &records).await;
             for (record, reply) in batch {
                 let answer = match &result {
                     Ok(ids) => Ok(ids.contains(&record.asset_id)),
@@ -983,12 +985,15 @@ fn spawn_inserter(pool: AnyPool) -> tokio::sync::mpsc::Sender<PendingInsert> {
 /// returns the asset IDs inserted.
 async fn insert_batch(
     pool: &AnyPool,
+    dialect: Dialect,
     records: &[&AssetRecord],
 ) -> Result<std::collections::HashSet<String>, DbError> {
     let width = ASSET_COLUMNS.split(',').count();
     let rows: Vec<String> = (0..records.len())
         .map(|r| {
-            let params: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
+            let params: Vec<String> = (1..=width)
+                .map(|c| placeholder(dialect, r * width + c))
+                .collect();
             format!("({})", params.join(", "))
         })
         .collect();
@@ -1019,7 +1024,13 @@ async fn insert_batch(
         .collect();
     if !tag_rows.is_empty() {
         let values: Vec<String> = (0..tag_rows.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+            .map(|i| {
+                format!(
+                    "({}, {})",
+                    placeholder(dialect, 2 * i + 1),
+                    placeholder(dialect, 2 * i + 2)
+                )
+            })
             .collect();
         let sql = format!(
             "INSERT INTO asset_tags (asset_id, tag) VALUES {} ON CONFLICT DO NOTHING",
@@ -1033,6 +1044,16 @@ async fn insert_batch(
     }
     tx.commit().await?;
     Ok(inserted)
+}
+
+/// The `n`th (1-based) bind parameter of a generated statement. SQLite gets anonymous `?`s:
+/// it resolves the name of a numbered one by a linear scan, which made binding a batch of
+/// hundreds of parameters quadratic.
+fn placeholder(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => "?".to_string(),
+        Dialect::Postgres => format!("${n}"),
+    }
 }
 
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
