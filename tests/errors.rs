@@ -495,3 +495,59 @@ async fn size_limit_reports_the_size() {
     assert_eq!(server.health().await, 200);
     server.stop().await;
 }
+
+/// Unknown actions, resource types and routes, and known routes called with another method,
+/// all answer Cloudinary's JSON error shape.
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json_errors() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let cases = [
+        (
+            "GET",
+            "/v1_1/demo/image/upload",
+            405,
+            "Method GET is not allowed",
+        ),
+        (
+            "PUT",
+            "/v1_1/demo/image/upload",
+            405,
+            "Method PUT is not allowed",
+        ),
+        (
+            "DELETE",
+            "/v1_1/demo/upload_presets",
+            405,
+            "Method DELETE is not allowed",
+        ),
+        (
+            "POST",
+            "/v1_1/demo/image/frobnicate",
+            404,
+            "Unknown Upload API action frobnicate",
+        ),
+        (
+            "POST",
+            "/v1_1/demo/bogus/upload",
+            404,
+            "Invalid resource type bogus",
+        ),
+        (
+            "POST",
+            "/no/such/route",
+            404,
+            "No route for POST /no/such/route",
+        ),
+    ];
+    for (method, path, status, msg) in cases {
+        let r = client
+            .request(method.parse().unwrap(), format!("{}{path}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(message(&v).starts_with(msg), "{method} {path}: {v}");
+    }
+}

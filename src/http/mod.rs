@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1_1/{cloud}/{resource_type}/{action}", post(upload_api))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(CorsLayer::very_permissive())
         .layer(TraceLayer::new_for_http())
@@ -453,6 +454,12 @@ async fn admin_delete_folder(
 ) -> ApiResult<Response> {
     admin_call(&state, &cloud, &uri, &headers, body).await?;
     Ok(Json(crate::admin::delete_folder(&state, &cloud, &path).await?).into_response())
+}
+
+/// A known route called with another method: the same JSON error shape as every API error.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::MethodNotAllowed(format!("Method {method} is not allowed for {}", uri.path()))
+        .into_response()
 }
 
 /// GET/HEAD of anything else is a delivery URL; other methods are unknown routes.
