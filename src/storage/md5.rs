@@ -110,176 +110,74 @@ fn compress(state: &mut [u32; 4], blocks: &[u8]) {
     compress_portable(state, blocks);
 }
 
-// One step in assembly: `a = b + rotl(a + X[k] + K + f(b, c, d), s)` where the additions of the
-// message word and the constant (and, in round 2, the term without `b`) come first.
+// One step in assembly: `a = b + rotl(a + X[k] + K + f(b, c, d), s)`. The message word and the
+// constant are added first (they do not wait for `b`, the previous step's result); the round's
+// function leaves its last term in `t`.
 #[cfg(target_arch = "x86_64")]
-macro_rules! asm_f {
-    ($a:literal, $b:literal, $c:literal, $d:literal, $off:literal, $k:literal, $s:literal) => {
+#[rustfmt::skip]
+macro_rules! step {
+    ($f:ident, $a:literal, $b:literal, $c:literal, $d:literal, $off:literal, $k:literal, $s:literal) => {
         concat!(
-            "add ",
-            $a,
-            ", dword ptr [{p} + ",
-            $off,
-            "]\n",
-            "mov {t:e}, ",
-            $c,
-            "\n",
-            "add ",
-            $a,
-            ", ",
-            $k,
-            "\n",
-            "xor {t:e}, ",
-            $d,
-            "\n",
-            "and {t:e}, ",
-            $b,
-            "\n",
-            "xor {t:e}, ",
-            $d,
-            "\n",
-            "add ",
-            $a,
-            ", {t:e}\n",
-            "rol ",
-            $a,
-            ", ",
-            $s,
-            "\n",
-            "add ",
-            $a,
-            ", ",
-            $b,
-            "\n",
+            "add ", $a, ", dword ptr [{p} + ", $off, "]\n",
+            "add ", $a, ", ", $k, "\n",
+            $f!($a, $b, $c, $d),
+            "add ", $a, ", {t:e}\n",
+            "rol ", $a, ", ", $s, "\n",
+            "add ", $a, ", ", $b, "\n",
         )
     };
 }
 
-// Round 2's `(b & d) | (c & !d)` is a sum of two disjoint terms: `c & !d` is added early.
+// Round 1: `d ^ (b & (c ^ d))`.
 #[cfg(target_arch = "x86_64")]
-macro_rules! asm_g {
-    ($a:literal, $b:literal, $c:literal, $d:literal, $off:literal, $k:literal, $s:literal) => {
+#[rustfmt::skip]
+macro_rules! round_f {
+    ($a:literal, $b:literal, $c:literal, $d:literal) => {
+        concat!("mov {t:e}, ", $c, "\nxor {t:e}, ", $d, "\nand {t:e}, ", $b, "\nxor {t:e}, ", $d, "\n")
+    };
+}
+
+// Round 2: `(b & d) | (c & !d)`, a sum of two disjoint terms: `c & !d` is added early.
+#[cfg(target_arch = "x86_64")]
+#[rustfmt::skip]
+macro_rules! round_g {
+    ($a:literal, $b:literal, $c:literal, $d:literal) => {
         concat!(
-            "add ",
-            $a,
-            ", dword ptr [{p} + ",
-            $off,
-            "]\n",
-            "mov {t:e}, ",
-            $d,
-            "\n",
-            "add ",
-            $a,
-            ", ",
-            $k,
-            "\n",
-            "not {t:e}\n",
-            "and {t:e}, ",
-            $c,
-            "\n",
-            "add ",
-            $a,
-            ", {t:e}\n",
-            "mov {t:e}, ",
-            $d,
-            "\n",
-            "and {t:e}, ",
-            $b,
-            "\n",
-            "add ",
-            $a,
-            ", {t:e}\n",
-            "rol ",
-            $a,
-            ", ",
-            $s,
-            "\n",
-            "add ",
-            $a,
-            ", ",
-            $b,
-            "\n",
+            "mov {t:e}, ", $d, "\nnot {t:e}\nand {t:e}, ", $c, "\nadd ", $a, ", {t:e}\n",
+            "mov {t:e}, ", $d, "\nand {t:e}, ", $b, "\n",
         )
     };
 }
 
+// Round 3: `b ^ c ^ d`.
 #[cfg(target_arch = "x86_64")]
-macro_rules! asm_h {
-    ($a:literal, $b:literal, $c:literal, $d:literal, $off:literal, $k:literal, $s:literal) => {
-        concat!(
-            "add ",
-            $a,
-            ", dword ptr [{p} + ",
-            $off,
-            "]\n",
-            "mov {t:e}, ",
-            $c,
-            "\n",
-            "add ",
-            $a,
-            ", ",
-            $k,
-            "\n",
-            "xor {t:e}, ",
-            $d,
-            "\n",
-            "xor {t:e}, ",
-            $b,
-            "\n",
-            "add ",
-            $a,
-            ", {t:e}\n",
-            "rol ",
-            $a,
-            ", ",
-            $s,
-            "\n",
-            "add ",
-            $a,
-            ", ",
-            $b,
-            "\n",
-        )
+#[rustfmt::skip]
+macro_rules! round_h {
+    ($a:literal, $b:literal, $c:literal, $d:literal) => {
+        concat!("mov {t:e}, ", $c, "\nxor {t:e}, ", $d, "\nxor {t:e}, ", $b, "\n")
     };
 }
 
+// Round 4: `c ^ (b | !d)`.
 #[cfg(target_arch = "x86_64")]
-macro_rules! asm_i {
-    ($a:literal, $b:literal, $c:literal, $d:literal, $off:literal, $k:literal, $s:literal) => {
+#[rustfmt::skip]
+macro_rules! round_i {
+    ($a:literal, $b:literal, $c:literal, $d:literal) => {
+        concat!("mov {t:e}, ", $d, "\nnot {t:e}\nor {t:e}, ", $b, "\nxor {t:e}, ", $c, "\n")
+    };
+}
+
+// Four steps with the registers in their rotating roles; each step's message word (byte offset)
+// and constant, and the round's four rotations.
+#[cfg(target_arch = "x86_64")]
+macro_rules! four {
+    ($f:ident, [$s0:literal, $s1:literal, $s2:literal, $s3:literal],
+     $o0:literal $k0:literal, $o1:literal $k1:literal, $o2:literal $k2:literal, $o3:literal $k3:literal) => {
         concat!(
-            "add ",
-            $a,
-            ", dword ptr [{p} + ",
-            $off,
-            "]\n",
-            "mov {t:e}, ",
-            $d,
-            "\n",
-            "add ",
-            $a,
-            ", ",
-            $k,
-            "\n",
-            "not {t:e}\n",
-            "or {t:e}, ",
-            $b,
-            "\n",
-            "xor {t:e}, ",
-            $c,
-            "\n",
-            "add ",
-            $a,
-            ", {t:e}\n",
-            "rol ",
-            $a,
-            ", ",
-            $s,
-            "\n",
-            "add ",
-            $a,
-            ", ",
-            $b,
-            "\n",
+            step!($f, "{a:e}", "{b:e}", "{c:e}", "{d:e}", $o0, $k0, $s0),
+            step!($f, "{d:e}", "{a:e}", "{b:e}", "{c:e}", $o1, $k1, $s1),
+            step!($f, "{c:e}", "{d:e}", "{a:e}", "{b:e}", $o2, $k2, $s2),
+            step!($f, "{b:e}", "{c:e}", "{d:e}", "{a:e}", $o3, $k3, $s3),
         )
     };
 }
@@ -291,70 +189,22 @@ fn compress_asm(state: &mut [u32; 4], block: &[u8; 64]) {
     // registers, touches no other memory and does not use the stack.
     unsafe {
         std::arch::asm!(
-            asm_f!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 0, "0xd76aa478", 7),
-            asm_f!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 4, "0xe8c7b756", 12),
-            asm_f!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 8, "0x242070db", 17),
-            asm_f!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 12, "0xc1bdceee", 22),
-            asm_f!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 16, "0xf57c0faf", 7),
-            asm_f!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 20, "0x4787c62a", 12),
-            asm_f!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 24, "0xa8304613", 17),
-            asm_f!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 28, "0xfd469501", 22),
-            asm_f!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 32, "0x698098d8", 7),
-            asm_f!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 36, "0x8b44f7af", 12),
-            asm_f!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 40, "0xffff5bb1", 17),
-            asm_f!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 44, "0x895cd7be", 22),
-            asm_f!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 48, "0x6b901122", 7),
-            asm_f!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 52, "0xfd987193", 12),
-            asm_f!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 56, "0xa679438e", 17),
-            asm_f!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 60, "0x49b40821", 22),
-            asm_g!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 4, "0xf61e2562", 5),
-            asm_g!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 24, "0xc040b340", 9),
-            asm_g!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 44, "0x265e5a51", 14),
-            asm_g!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 0, "0xe9b6c7aa", 20),
-            asm_g!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 20, "0xd62f105d", 5),
-            asm_g!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 40, "0x02441453", 9),
-            asm_g!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 60, "0xd8a1e681", 14),
-            asm_g!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 16, "0xe7d3fbc8", 20),
-            asm_g!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 36, "0x21e1cde6", 5),
-            asm_g!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 56, "0xc33707d6", 9),
-            asm_g!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 12, "0xf4d50d87", 14),
-            asm_g!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 32, "0x455a14ed", 20),
-            asm_g!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 52, "0xa9e3e905", 5),
-            asm_g!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 8, "0xfcefa3f8", 9),
-            asm_g!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 28, "0x676f02d9", 14),
-            asm_g!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 48, "0x8d2a4c8a", 20),
-            asm_h!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 20, "0xfffa3942", 4),
-            asm_h!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 32, "0x8771f681", 11),
-            asm_h!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 44, "0x6d9d6122", 16),
-            asm_h!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 56, "0xfde5380c", 23),
-            asm_h!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 4, "0xa4beea44", 4),
-            asm_h!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 16, "0x4bdecfa9", 11),
-            asm_h!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 28, "0xf6bb4b60", 16),
-            asm_h!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 40, "0xbebfbc70", 23),
-            asm_h!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 52, "0x289b7ec6", 4),
-            asm_h!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 0, "0xeaa127fa", 11),
-            asm_h!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 12, "0xd4ef3085", 16),
-            asm_h!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 24, "0x04881d05", 23),
-            asm_h!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 36, "0xd9d4d039", 4),
-            asm_h!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 48, "0xe6db99e5", 11),
-            asm_h!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 60, "0x1fa27cf8", 16),
-            asm_h!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 8, "0xc4ac5665", 23),
-            asm_i!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 0, "0xf4292244", 6),
-            asm_i!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 28, "0x432aff97", 10),
-            asm_i!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 56, "0xab9423a7", 15),
-            asm_i!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 20, "0xfc93a039", 21),
-            asm_i!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 48, "0x655b59c3", 6),
-            asm_i!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 12, "0x8f0ccc92", 10),
-            asm_i!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 40, "0xffeff47d", 15),
-            asm_i!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 4, "0x85845dd1", 21),
-            asm_i!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 32, "0x6fa87e4f", 6),
-            asm_i!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 60, "0xfe2ce6e0", 10),
-            asm_i!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 24, "0xa3014314", 15),
-            asm_i!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 52, "0x4e0811a1", 21),
-            asm_i!("{a:e}", "{b:e}", "{c:e}", "{d:e}", 16, "0xf7537e82", 6),
-            asm_i!("{d:e}", "{a:e}", "{b:e}", "{c:e}", 44, "0xbd3af235", 10),
-            asm_i!("{c:e}", "{d:e}", "{a:e}", "{b:e}", 8, "0x2ad7d2bb", 15),
-            asm_i!("{b:e}", "{c:e}", "{d:e}", "{a:e}", 36, "0xeb86d391", 21),
+            four!(round_f, [7, 12, 17, 22], 0 "0xd76aa478", 4 "0xe8c7b756", 8 "0x242070db", 12 "0xc1bdceee"),
+            four!(round_f, [7, 12, 17, 22], 16 "0xf57c0faf", 20 "0x4787c62a", 24 "0xa8304613", 28 "0xfd469501"),
+            four!(round_f, [7, 12, 17, 22], 32 "0x698098d8", 36 "0x8b44f7af", 40 "0xffff5bb1", 44 "0x895cd7be"),
+            four!(round_f, [7, 12, 17, 22], 48 "0x6b901122", 52 "0xfd987193", 56 "0xa679438e", 60 "0x49b40821"),
+            four!(round_g, [5, 9, 14, 20], 4 "0xf61e2562", 24 "0xc040b340", 44 "0x265e5a51", 0 "0xe9b6c7aa"),
+            four!(round_g, [5, 9, 14, 20], 20 "0xd62f105d", 40 "0x02441453", 60 "0xd8a1e681", 16 "0xe7d3fbc8"),
+            four!(round_g, [5, 9, 14, 20], 36 "0x21e1cde6", 56 "0xc33707d6", 12 "0xf4d50d87", 32 "0x455a14ed"),
+            four!(round_g, [5, 9, 14, 20], 52 "0xa9e3e905", 8 "0xfcefa3f8", 28 "0x676f02d9", 48 "0x8d2a4c8a"),
+            four!(round_h, [4, 11, 16, 23], 20 "0xfffa3942", 32 "0x8771f681", 44 "0x6d9d6122", 56 "0xfde5380c"),
+            four!(round_h, [4, 11, 16, 23], 4 "0xa4beea44", 16 "0x4bdecfa9", 28 "0xf6bb4b60", 40 "0xbebfbc70"),
+            four!(round_h, [4, 11, 16, 23], 52 "0x289b7ec6", 0 "0xeaa127fa", 12 "0xd4ef3085", 24 "0x04881d05"),
+            four!(round_h, [4, 11, 16, 23], 36 "0xd9d4d039", 48 "0xe6db99e5", 60 "0x1fa27cf8", 8 "0xc4ac5665"),
+            four!(round_i, [6, 10, 15, 21], 0 "0xf4292244", 28 "0x432aff97", 56 "0xab9423a7", 20 "0xfc93a039"),
+            four!(round_i, [6, 10, 15, 21], 48 "0x655b59c3", 12 "0x8f0ccc92", 40 "0xffeff47d", 4 "0x85845dd1"),
+            four!(round_i, [6, 10, 15, 21], 32 "0x6fa87e4f", 60 "0xfe2ce6e0", 24 "0xa3014314", 52 "0x4e0811a1"),
+            four!(round_i, [6, 10, 15, 21], 16 "0xf7537e82", 44 "0xbd3af235", 8 "0x2ad7d2bb", 36 "0xeb86d391"),
             p = in(reg) block.as_ptr(),
             a = inout(reg) a,
             b = inout(reg) b,
