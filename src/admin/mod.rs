@@ -2,6 +2,9 @@
 //! resources, and deleting them. HTTP Basic `api_key:api_secret` only (an Upload API signature
 //! is not accepted here).
 
+
+pub mod expression;
+pub mod search;
 use serde_json::{json, Map, Value as Json};
 
 use crate::auth::{basic_auth, Account};
@@ -148,6 +151,11 @@ enum Target {
     },
 }
 
+/// Asset IDs are 32 lowercase hex digits (never a resource type).
+fn is_asset_id(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn parse_target(rest: &str) -> ApiResult<Target> {
     let segs: Vec<&str> = rest.trim_matches('/').splitn(3, '/').collect();
     let rt = segs.first().copied().unwrap_or("").to_string();
@@ -233,6 +241,13 @@ pub async fn get_resources(
     rest: &str,
     params: &Params,
 ) -> ApiResult<Json> {
+    match rest.trim_matches('/') {
+        "search" => return search::search(state, account, cloud, params).await,
+        "by_asset_ids" => return search::by_asset_ids(state, account, cloud, params).await,
+        "by_asset_folder" => return search::by_asset_folder(state, account, cloud, params).await,
+        id if is_asset_id(id) => return search::by_asset_id(state, account, cloud, id).await,
+        _ => {}
+    }
     let target = parse_target(rest)?;
     let mut q = page_query(cloud, params)?;
     match target {
@@ -293,6 +308,31 @@ pub async fn get_resources(
 
 /// `resources/:rt/context?key=K[&value=V]`: assets whose context has the key (and value),
 /// newest first, scanning the resource type's assets.
+/// Every asset of a cloud (of one resource type), newest first, read page by page.
+pub(crate) async fn all_assets(
+    state: &AppState,
+    cloud: &str,
+    resource_type: Option<&str>,
+) -> ApiResult<Vec<AssetRecord>> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let q = ListQuery {
+            cloud: cloud.to_string(),
+            resource_type: resource_type.map(str::to_string),
+            max_results: 500,
+            cursor: cursor.take(),
+            ..Default::default()
+        };
+        let (page, next) = state.meta.list_assets(&q).await?;
+        out.extend(page);
+        match next {
+            Some(c) => cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
 async fn by_context(
     state: &AppState,
     account: &Account,
@@ -305,32 +345,17 @@ async fn by_context(
         .nonempty("key")
         .ok_or_else(|| ApiError::missing("key"))?;
     let value = params.text("value").filter(|v| !v.is_empty());
-    let mut found = Vec::new();
-    let mut cursor = None;
-    loop {
-        let q = ListQuery {
-            cloud: cloud.to_string(),
-            resource_type: Some(rt.to_string()),
-            max_results: 500,
-            cursor: cursor.take(),
-            ..Default::default()
-        };
-        let (page, next) = state.meta.list_assets(&q).await?;
-        for r in page {
-            let hit = match (r.context.get(key), value) {
-                (Some(v), Some(want)) => v.as_str() == Some(want),
-                (Some(_), None) => true,
-                (None, _) => false,
-            };
-            if hit && (found.len() as i64) < max {
-                found.push(asset_json(state, account, &r, wants(params, "tags"), true));
-            }
-        }
-        match next {
-            Some(c) if (found.len() as i64) < max => cursor = Some(c),
-            _ => break,
-        }
-    }
+    let found: Vec<Json> = all_assets(state, cloud, Some(rt))
+        .await?
+        .iter()
+        .filter(|r| match (r.context.get(key), value) {
+            (Some(v), Some(want)) => v.as_str() == Some(want),
+            (Some(_), None) => true,
+            (None, _) => false,
+        })
+        .take(max.max(0) as usize)
+        .map(|r| asset_json(state, account, r, wants(params, "tags"), true))
+        .collect();
     Ok(json!({"resources": found}))
 }
 
@@ -442,6 +467,9 @@ pub async fn update_resource(
     rest: &str,
     params: &Params,
 ) -> ApiResult<Json> {
+    if rest.trim_matches('/') == "search" {
+        return search::search(state, account, cloud, params).await;
+    }
     let Target::One {
         key_rt,
         ty,
@@ -748,6 +776,43 @@ pub async fn create_folder(state: &AppState, cloud: &str, path: &str) -> ApiResu
         .await?;
     let name = path.rsplit('/').next().unwrap_or(&path).to_string();
     Ok(json!({"success": true, "path": path, "name": name, "external_id": external_id}))
+}
+
+/// `PUT folders/:path` with `to_folder`: moves the folder, its subfolders and the assets in
+/// them (their `asset_folder`; public IDs and URLs do not change).
+pub async fn rename_folder(state: &AppState, cloud: &str, from: &str, to: &str) -> ApiResult<Json> {
+    let from = from.trim_matches('/').to_string();
+    let to = crate::upload::naming::clean_path("to_folder", to)?;
+    if to.is_empty() {
+        return Err(ApiError::missing("to_folder"));
+    }
+    let all = all_folders(state, cloud).await?;
+    if !all.contains(&from) {
+        return Err(ApiError::NotFound(format!(
+            "Can't find folder with path {from}"
+        )));
+    }
+    if to == from || to.starts_with(&format!("{from}/")) {
+        return Err(ApiError::bad(format!(
+            "Cannot move folder {from} into itself ({to})"
+        )));
+    }
+    if all.contains(&to) {
+        return Err(ApiError::Conflict(format!("Folder {to} already exists")));
+    }
+    let external_id = folder_json(&to)["external_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    state
+        .meta
+        .rename_folders(cloud, &from, &to, &external_id, state.now())
+        .await?;
+    let name = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    Ok(json!({
+        "from": {"name": name(&from), "path": from},
+        "to": {"name": name(&to), "path": to},
+    }))
 }
 
 /// `DELETE folders/:path`: only when no asset lives in it or below.

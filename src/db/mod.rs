@@ -239,6 +239,16 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<bool, DbError>;
     /// Whether any asset lives in this folder or below it.
     async fn folder_has_assets(&self, cloud: &str, path: &str) -> Result<bool, DbError>;
+    /// Moves a folder and everything below it to `to` (created folders and assets'
+    /// `asset_folder`), in one transaction; `to` is recorded as a created folder.
+    async fn rename_folders(
+        &self,
+        cloud: &str,
+        from: &str,
+        to: &str,
+        external_id: &str,
+        now: i64,
+    ) -> Result<(), DbError>;
     /// Forgets the created folder and those below it; returns their paths.
     async fn delete_folders(&self, cloud: &str, path: &str) -> Result<Vec<String>, DbError>;
     /// Stores a delete token for an asset.

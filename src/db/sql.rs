@@ -604,6 +604,47 @@ impl MetaStore for SqlStore {
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
+    async fn rename_folders(
+        &self,
+        cloud: &str,
+        from: &str,
+        to: &str,
+        external_id: &str,
+        now: i64,
+    ) -> Result<(), DbError> {
+        // The path itself, or anything below it: the rest after `from` is kept.
+        let n = from.chars().count();
+        let below = |col: &str| {
+            format!("cloud = $1 AND ({col} = $2 OR substr({col}, 1, {}) = $3)", n + 1)
+        };
+        let mut tx = self.write.begin().await?;
+        for (table, col) in [("folders", "path"), ("assets", "asset_folder")] {
+            sqlx::query(&format!(
+                "UPDATE {table} SET {col} = $4 || substr({col}, {}) WHERE {}",
+                n + 1,
+                below(col)
+            ))
+            .bind(cloud.to_string())
+            .bind(from.to_string())
+            .bind(format!("{from}/"))
+            .bind(to.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO folders (cloud, path, external_id, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (cloud, path) DO UPDATE SET external_id = excluded.external_id",
+        )
+        .bind(cloud.to_string())
+        .bind(to.to_string())
+        .bind(external_id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn delete_folders(&self, cloud: &str, path: &str) -> Result<Vec<String>, DbError> {
         let n = path.chars().count() + 1;
         let cond = format!("cloud = $1 AND (path = $2 OR substr(path, 1, {n}) = $3)");

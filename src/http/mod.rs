@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
             "/v1_1/{cloud}/folders/{*path}",
             get(admin_sub_folders)
                 .post(admin_create_folder)
+                .put(admin_rename_folder)
                 .delete(admin_delete_folder),
         )
         .route("/v1_1/{cloud}/delete_by_token", post(delete_by_token))
@@ -430,7 +431,11 @@ async fn admin_sub_folders(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    if path == "search" {
+        let out = crate::admin::search::search_folders(&state, &cloud, &params).await?;
+        return Ok(Json(out).into_response());
+    }
     Ok(Json(crate::admin::list_folders(&state, &cloud, Some(&path)).await?).into_response())
 }
 
@@ -441,8 +446,26 @@ async fn admin_create_folder(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
+    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    if path == "search" {
+        let out = crate::admin::search::search_folders(&state, &cloud, &params).await?;
+        return Ok(Json(out).into_response());
+    }
     Ok(Json(crate::admin::create_folder(&state, &cloud, &path).await?).into_response())
+}
+
+async fn admin_rename_folder(
+    State(state): State<AppState>,
+    Path((cloud, path)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    let to = params
+        .nonempty("to_folder")
+        .ok_or_else(|| ApiError::missing("to_folder"))?;
+    Ok(Json(crate::admin::rename_folder(&state, &cloud, &path, to).await?).into_response())
 }
 
 async fn admin_delete_folder(
@@ -462,14 +485,16 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         .into_response()
 }
 
-/// GET/HEAD of anything else is a delivery URL; other methods are unknown routes.
+/// GET/HEAD of anything else outside `/v1_1/` is a delivery URL; the rest are unknown routes
+/// (answered in the API's JSON error shape, which the SDKs can read).
 async fn fallback(
     State(state): State<AppState>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if method == Method::GET || method == Method::HEAD {
+    let api = uri.path().starts_with("/v1_1/");
+    if !api && (method == Method::GET || method == Method::HEAD) {
         return match crate::delivery::serve(&state, &method, uri.path(), &headers).await {
             Ok(r) => r,
             Err(e) => e.into_response(),

@@ -232,3 +232,92 @@ def test_return_delete_token_and_delete_by_token(base, asset):
     with urllib.request.urlopen(req) as r:
         assert json.loads(r.read())["result"] == "ok"
     assert status_of(up["secure_url"]) == 404
+
+
+def test_search_expressions_sorting_paging_and_fields(asset):
+    run = f"pys{int(time.time() * 1000)}"
+    ups = [cloudinary.uploader.upload(asset(name), public_id=f"{run}/{i}", asset_folder=f"{run}/f{i % 2}",
+                                      tags=[run, f"k{i}"], context={"alt": f"shot {i}"}, resource_type=rt)
+           for i, (name, rt) in enumerate([("logo.png", "image"), ("anim.gif", "image"),
+                                           ("logo.png", "image"), ("notes.txt", "raw")])]
+    everything = cloudinary.Search().expression(f"tags={run}").sort_by("public_id", "asc").execute()
+    assert everything["total_count"] == 4
+    assert [r["public_id"] for r in everything["resources"]] == [u["public_id"] for u in ups]
+    first = everything["resources"][0]
+    assert (first["asset_id"], first["folder"], first["filename"]) == (ups[0]["asset_id"], f"{run}/f0", "0")
+    assert first["secure_url"] == ups[0]["secure_url"] and first["status"] == "active"
+    assert "tags" not in first
+
+    images = cloudinary.Search().expression(f"tags={run} AND resource_type:image AND format:png").execute()
+    assert sorted(r["public_id"] for r in images["resources"]) == [f"{run}/0", f"{run}/2"]
+    folder = cloudinary.Search().expression(f"folder:{run}/f1 AND -format:gif").execute()
+    assert [r["public_id"] for r in folder["resources"]] == [f"{run}/3"]
+    below = cloudinary.Search().expression(f"folder:{run}/*").execute()
+    assert below["total_count"] == 4
+    either = cloudinary.Search().expression(f"(tags=k0 OR tags=k3) AND tags={run}").execute()
+    assert sorted(r["public_id"] for r in either["resources"]) == [f"{run}/0", f"{run}/3"]
+    recent = cloudinary.Search().expression(f"tags={run} AND created_at>1h AND bytes>10").execute()
+    assert recent["total_count"] == 4
+    assert cloudinary.Search().expression(f"tags={run} AND created_at<1h").execute()["total_count"] == 0
+
+    pages, cursor = [], None
+    while True:
+        s = cloudinary.Search().expression(f"tags={run}").sort_by("public_id", "desc").max_results(3)
+        if cursor:
+            s = s.next_cursor(cursor)
+        page = s.with_field("tags").with_field("context").execute()
+        pages.append([r["public_id"] for r in page["resources"]])
+        assert all(r["tags"] == sorted([run, f"k{r['public_id'][-1]}"]) for r in page["resources"])
+        assert all(r["context"] == {"alt": f"shot {r['public_id'][-1]}"} for r in page["resources"])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    assert pages == [[f"{run}/3", f"{run}/2", f"{run}/1"], [f"{run}/0"]]
+    counts = cloudinary.Search().expression(f"tags={run}").aggregate("format").execute()["aggregations"]
+    assert counts["format"] == {"png": 2, "gif": 1}
+
+    with pytest.raises(exceptions.BadRequest):
+        cloudinary.Search().expression("tags:(unclosed").execute()
+    with pytest.raises(exceptions.BadRequest):
+        cloudinary.Search().expression("nosuchfield:1").execute()
+
+
+def test_lookups_by_asset_id_and_asset_folder(asset):
+    run = f"pya{int(time.time() * 1000)}"
+    ups = [cloudinary.uploader.upload(asset("logo.png"), public_id=f"{run}_{i}", asset_folder=f"{run}/box", tags=["x"])
+           for i in range(3)]
+    one = cloudinary.api.resource_by_asset_id(ups[1]["asset_id"])
+    assert (one["public_id"], one["tags"], one["derived"]) == (ups[1]["public_id"], ["x"], [])
+    with pytest.raises(exceptions.NotFound):
+        cloudinary.api.resource_by_asset_id("0" * 32)
+    some = cloudinary.api.resources_by_asset_ids([ups[0]["asset_id"], ups[2]["asset_id"]], tags=True)
+    assert sorted(r["public_id"] for r in some["resources"]) == [ups[0]["public_id"], ups[2]["public_id"]]
+    assert all(r["tags"] == ["x"] for r in some["resources"])
+    page = cloudinary.api.resources_by_asset_folder(f"{run}/box", max_results=2)
+    rest = cloudinary.api.resources_by_asset_folder(f"{run}/box", max_results=2, next_cursor=page["next_cursor"])
+    assert "next_cursor" not in rest
+    listed = [r["public_id"] for r in page["resources"] + rest["resources"]]
+    assert len(page["resources"]) == 2 and sorted(listed) == sorted(u["public_id"] for u in ups)
+
+
+def test_rename_and_search_folders(asset):
+    run = f"pyf{int(time.time() * 1000)}"
+    cloudinary.api.create_folder(f"{run}/a/b")
+    up = cloudinary.uploader.upload(asset("logo.png"), asset_folder=f"{run}/a/b")
+    found = cloudinary.SearchFolders().expression(f"path:{run}/*").execute()
+    assert [f["path"] for f in found["folders"]] == [run, f"{run}/a", f"{run}/a/b"]
+    assert found["total_count"] == 3
+    by_name = cloudinary.SearchFolders().expression(f"name:b AND path:{run}/*").execute()
+    assert [f["path"] for f in by_name["folders"]] == [f"{run}/a/b"]
+
+    moved = cloudinary.api.rename_folder(f"{run}/a", f"{run}/z")
+    assert moved == {"from": {"name": "a", "path": f"{run}/a"}, "to": {"name": "z", "path": f"{run}/z"}}
+    assert [f["path"] for f in cloudinary.api.subfolders(f"{run}/z")["folders"]] == [f"{run}/z/b"]
+    again = cloudinary.api.resource(up["public_id"])
+    assert again["asset_folder"] == f"{run}/z/b" and again["secure_url"] == up["secure_url"]
+    assert status_of(up["secure_url"]) == 200
+    with pytest.raises(exceptions.NotFound):
+        cloudinary.api.rename_folder(f"{run}/a", f"{run}/q")
+    cloudinary.api.create_folder(f"{run}/taken")
+    with pytest.raises(exceptions.AlreadyExists):
+        cloudinary.api.rename_folder(f"{run}/z", f"{run}/taken")
