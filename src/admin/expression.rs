@@ -89,7 +89,9 @@ impl Parser {
             if end <= self.chars.len() && self.chars[self.pos..end] == wc[..] {
                 let boundary = match self.chars.get(end) {
                     None => true,
-                    Some(c) => c.is_whitespace() || *c == '(' || !w.chars().all(char::is_alphabetic),
+                    Some(c) => {
+                        c.is_whitespace() || *c == '(' || !w.chars().all(char::is_alphabetic)
+                    }
                 };
                 if boundary {
                     self.pos = end;
@@ -191,7 +193,11 @@ impl Parser {
                 }
                 continue;
             }
-            if c == '*' && (self.peek().is_none_or(|n| n.is_whitespace() || SPECIAL.contains(&n))) {
+            if c == '*'
+                && (self
+                    .peek()
+                    .is_none_or(|n| n.is_whitespace() || SPECIAL.contains(&n)))
+            {
                 prefix = true;
                 break;
             }
@@ -286,7 +292,11 @@ impl Parser {
             return Ok(Expr::Term(Term {
                 field: Some(first.to_ascii_lowercase()),
                 op,
-                value: if low_star && low.is_empty() { "*".into() } else { low },
+                value: if low_star && low.is_empty() {
+                    "*".into()
+                } else {
+                    low
+                },
                 prefix: false,
                 high: Some(if high_star && high.is_empty() {
                     "*".into()
@@ -399,12 +409,11 @@ fn asset_field(rec: &AssetRecord, name: &str) -> Option<Field> {
         "width" => num(rec.width.map(|v| v as f64)),
         "height" => num(rec.height.map(|v| v as f64)),
         "pixels" => num(rec.width.zip(rec.height).map(|(w, h)| (w * h) as f64)),
-        "aspect_ratio" => num(
-            rec.width
-                .zip(rec.height)
-                .filter(|(_, h)| *h > 0)
-                .map(|(w, h)| w as f64 / h as f64),
-        ),
+        "aspect_ratio" => num(rec
+            .width
+            .zip(rec.height)
+            .filter(|(_, h)| *h > 0)
+            .map(|(w, h)| w as f64 / h as f64)),
         "pages" => num(rec.pages.map(|v| v as f64)),
         "version" => num(Some(rec.version as f64)),
         "duration" => num(rec.extra.get("duration").and_then(Json::as_f64)),
@@ -495,7 +504,9 @@ pub fn matches(expr: &Expr, rec: &dyn Searchable, now: i64) -> Result<bool, Stri
             Some(name) => match rec.field(name) {
                 None => return Err(format!("unknown field {name}")),
                 // A folder is one value, not words: `folder:a` is that folder only.
-                Some(Field::Text(values)) if matches!(name.as_str(), "folder" | "asset_folder" | "path") => {
+                Some(Field::Text(values))
+                    if matches!(name.as_str(), "folder" | "asset_folder" | "path") =>
+                {
                     values.iter().any(|v| folder_match(v, t))
                 }
                 Some(Field::Text(values)) => values.iter().any(|v| text_match(v, t, false)),
@@ -523,7 +534,9 @@ fn text_match(v: &str, t: &Term, loose: bool) -> bool {
             if t.prefix {
                 // `folder:a/*` is the folder and everything below it.
                 let under = want.strip_suffix('/').map(|f| v == f).unwrap_or(false);
-                return under || v.starts_with(&want) || (loose && tokens(&v).any(|w| w.starts_with(&want)));
+                return under
+                    || v.starts_with(&want)
+                    || (loose && tokens(&v).any(|w| w.starts_with(&want)));
             }
             v == want || tokens(&v).any(|w| w == want)
         }
@@ -534,7 +547,11 @@ fn text_match(v: &str, t: &Term, loose: bool) -> bool {
         Op::Range => {
             let high = t.high.as_deref().unwrap_or("*");
             let low_ok = t.value == "*"
-                || if t.inclusive.0 { v >= t.value.as_str() } else { v > t.value.as_str() };
+                || if t.inclusive.0 {
+                    v >= t.value.as_str()
+                } else {
+                    v > t.value.as_str()
+                };
             let high_ok = high == "*" || if t.inclusive.1 { v <= high } else { v < high };
             low_ok && high_ok
         }
@@ -550,14 +567,11 @@ fn folder_match(v: &str, t: &Term) -> bool {
 
 /// Words of a text value (split at anything not a letter or digit).
 fn tokens(v: &str) -> impl Iterator<Item = &str> {
-    v.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty())
+    v.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
 }
 
-fn compare(
-    n: f64,
-    t: &Term,
-    parse: impl Fn(&str) -> Option<f64>,
-) -> Result<bool, String> {
+fn compare(n: f64, t: &Term, parse: impl Fn(&str) -> Option<f64>) -> Result<bool, String> {
     let bound = |v: &str| -> Result<Option<f64>, String> {
         if v == "*" {
             return Ok(None);
@@ -589,7 +603,11 @@ fn parse_number(v: &str) -> Option<f64> {
         let (a, b) = (a.parse::<f64>().ok()?, b.parse::<f64>().ok()?);
         return (b != 0.0).then(|| a / b);
     }
-    for (unit, mult) in [("kb", 1024.0), ("mb", 1024.0 * 1024.0), ("gb", 1024.0 * 1024.0 * 1024.0)] {
+    for (unit, mult) in [
+        ("kb", 1024.0),
+        ("mb", 1024.0 * 1024.0),
+        ("gb", 1024.0 * 1024.0 * 1024.0),
+    ] {
         if let Some(n) = lower.strip_suffix(unit) {
             return n.trim().parse::<f64>().ok().map(|n| n * mult);
         }
@@ -634,7 +652,13 @@ mod tests {
     use crate::db::AssetKey;
     use serde_json::json;
 
-    fn asset(public_id: &str, folder: &str, tags: &[&str], bytes: i64, created_at: i64) -> AssetRecord {
+    fn asset(
+        public_id: &str,
+        folder: &str,
+        tags: &[&str],
+        bytes: i64,
+        created_at: i64,
+    ) -> AssetRecord {
         AssetRecord {
             asset_id: format!("id-{public_id}"),
             key: AssetKey {
@@ -656,7 +680,10 @@ mod tests {
             display_name: public_id.rsplit('/').next().unwrap_or("").into(),
             asset_folder: folder.into(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
-            context: json!({"alt": "Red shoe", "n": "7"}).as_object().cloned().unwrap_or_default(),
+            context: json!({"alt": "Red shoe", "n": "7"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
             metadata: Default::default(),
             extra: Default::default(),
             blob_key: "b".into(),
@@ -671,7 +698,13 @@ mod tests {
 
     #[test]
     fn fields_operators_and_boolean_logic() {
-        let a = asset("shop/red_shoe", "shop/shoes", &["sale", "Summer"], 2 * 1024 * 1024, 1_000_000 - 3600);
+        let a = asset(
+            "shop/red_shoe",
+            "shop/shoes",
+            &["sale", "Summer"],
+            2 * 1024 * 1024,
+            1_000_000 - 3600,
+        );
         for yes in [
             "tags:sale",
             "tags=sale",

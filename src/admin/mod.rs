@@ -2,7 +2,6 @@
 //! resources, and deleting them. HTTP Basic `api_key:api_secret` only (an Upload API signature
 //! is not accepted here).
 
-
 pub mod expression;
 pub mod search;
 use serde_json::{json, Map, Value as Json};
@@ -153,7 +152,9 @@ enum Target {
 
 /// Asset IDs are 32 lowercase hex digits (never a resource type).
 fn is_asset_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn parse_target(rest: &str) -> ApiResult<Target> {

@@ -85,7 +85,11 @@ pub async fn search(
     let fields: Vec<String> = params
         .items("fields")
         .into_iter()
-        .flat_map(|f| f.split(',').map(|s| s.trim().to_string()).collect::<Vec<_>>())
+        .flat_map(|f| {
+            f.split(',')
+                .map(|s| s.trim().to_string())
+                .collect::<Vec<_>>()
+        })
         .filter(|f| !f.is_empty())
         .collect();
     let mut out = Map::new();
@@ -345,7 +349,15 @@ pub async fn by_asset_ids(
         .await?
         .iter()
         .filter(|r| ids.contains(&r.asset_id))
-        .map(|r| asset_json(state, account, r, wants(params, "tags"), wants(params, "context")))
+        .map(|r| {
+            asset_json(
+                state,
+                account,
+                r,
+                wants(params, "tags"),
+                wants(params, "context"),
+            )
+        })
         .collect();
     Ok(json!({ "resources": resources }))
 }
@@ -378,7 +390,15 @@ pub async fn by_asset_folder(
         .iter()
         .skip(offset)
         .take(max)
-        .map(|r| asset_json(state, account, r, wants(params, "tags"), wants(params, "context")))
+        .map(|r| {
+            asset_json(
+                state,
+                account,
+                r,
+                wants(params, "tags"),
+                wants(params, "context"),
+            )
+        })
         .collect();
     let mut out = Map::new();
     out.insert("resources".into(), Json::Array(resources));

@@ -615,7 +615,10 @@ impl MetaStore for SqlStore {
         // The path itself, or anything below it: the rest after `from` is kept.
         let n = from.chars().count();
         let below = |col: &str| {
-            format!("cloud = $1 AND ({col} = $2 OR substr({col}, 1, {}) = $3)", n + 1)
+            format!(
+                "cloud = $1 AND ({col} = $2 OR substr({col}, 1, {}) = $3)",
+                n + 1
+            )
         };
         let mut tx = self.write.begin().await?;
         for (table, col) in [("folders", "path"), ("assets", "asset_folder")] {

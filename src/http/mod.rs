@@ -23,6 +23,39 @@ use extract::{read_form, BodyLimits};
 const RESOURCE_TYPES: &[&str] = &["image", "video", "raw", "auto"];
 
 pub fn router(state: AppState) -> Router {
+    // Path decoding must happen before routing, so it wraps the routed service.
+    let routes = tower::util::MapRequest::new(api_routes(state), decode_slashes);
+    Router::new()
+        .fallback_service(routes)
+        .layer(CorsLayer::very_permissive())
+        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(request_id))
+}
+
+/// Node's SDK encodes a path given as one string as one segment (`resources%2Fsearch`,
+/// `folders/a%2Fb`): under `/v1_1/`, `%2F` is a path separator (public IDs, folders and tags
+/// never contain `%`, so this is unambiguous). Other escapes are left to the extractors.
+fn decode_slashes(mut req: Request) -> Request {
+    let uri = req.uri();
+    if !uri.path().starts_with("/v1_1/") || !uri.path().to_ascii_lowercase().contains("%2f") {
+        return req;
+    }
+    let path = uri.path().replace("%2F", "/").replace("%2f", "/");
+    let rebuilt = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    if let Ok(pq) = rebuilt.parse::<axum::http::uri::PathAndQuery>() {
+        let mut parts = uri.clone().into_parts();
+        parts.path_and_query = Some(pq);
+        if let Ok(new) = Uri::from_parts(parts) {
+            *req.uri_mut() = new;
+        }
+    }
+    req
+}
+
+fn api_routes(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1_1/{cloud}/upload", post(upload_auto))
@@ -60,9 +93,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(CorsLayer::very_permissive())
-        .layer(TraceLayer::new_for_http())
-        .layer(middleware::from_fn(request_id))
 }
 
 /// Adds `X-Request-Id` to every response (the Python SDK copies it into upload results).
