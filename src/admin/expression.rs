@@ -5,7 +5,7 @@
 //! trailing `*` matches a prefix), `=` (exact), `<`, `<=`, `>`, `>=`, or a range
 //! `field:[low TO high]` (`{…}` for exclusive bounds). Terms combine with `AND` (also the
 //! default between adjacent terms), `OR`, `NOT` / `-` and parentheses; values may be quoted.
-//! Sizes take `kb`/`mb`/`gb` (1024-based) and times take ISO dates or a relative age
+//! Sizes take `k`/`m`/`g` or `kb`/`mb`/`gb` (1024-based) and times take ISO dates or a relative age
 //! (`1h`, `2d`, `3w`, `1m` for months, `1y`).
 
 use serde_json::Value as Json;
@@ -596,17 +596,21 @@ fn compare(n: f64, t: &Term, parse: impl Fn(&str) -> Option<f64>) -> Result<bool
     })
 }
 
-/// A number, a size with `kb`/`mb`/`gb`, or a ratio such as `16:9`.
+/// A number, a size with `k`/`m`/`g` (or `kb`/`mb`/`gb`), or a ratio such as `16:9`.
 fn parse_number(v: &str) -> Option<f64> {
     let lower = v.trim().to_ascii_lowercase();
     if let Some((a, b)) = lower.split_once(':') {
         let (a, b) = (a.parse::<f64>().ok()?, b.parse::<f64>().ok()?);
         return (b != 0.0).then(|| a / b);
     }
+    // Cloudinary's examples write `bytes>1m`; `kb`/`mb`/`gb` are read too.
     for (unit, mult) in [
         ("kb", 1024.0),
         ("mb", 1024.0 * 1024.0),
         ("gb", 1024.0 * 1024.0 * 1024.0),
+        ("k", 1024.0),
+        ("m", 1024.0 * 1024.0),
+        ("g", 1024.0 * 1024.0 * 1024.0),
     ] {
         if let Some(n) = lower.strip_suffix(unit) {
             return n.trim().parse::<f64>().ok().map(|n| n * mult);
@@ -726,6 +730,7 @@ mod tests {
             "(tags:winter OR tags:sale) AND bytes>1mb",
             "bytes:>=2mb",
             "bytes<3MB",
+            "bytes>1m AND bytes<2049k",
             "width:[1000 TO 2000]",
             "width:{1599 TO *]",
             "pixels>1000000",

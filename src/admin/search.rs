@@ -20,6 +20,8 @@ use crate::util::iso_time;
 
 /// Fields `sort_by` accepts.
 const SORT_FIELDS: &[&str] = &[
+    // Relevance: every match is as relevant, so it sorts like `created_at`.
+    "score",
     "created_at",
     "uploaded_at",
     "last_updated",
