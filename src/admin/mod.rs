@@ -416,23 +416,82 @@ pub async fn delete_resources(
             ))
         }
     }
+    let labelled: Vec<(String, AssetKey)> =
+        keys.into_iter().map(|k| (k.public_id.clone(), k)).collect();
+    delete_keys(state, labelled, wants(params, "keep_original"), more).await
+}
+
+/// `DELETE resources` with `asset_ids[]`: the report is keyed by asset ID.
+pub async fn delete_by_asset_ids(
+    state: &AppState,
+    cloud: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    let ids = params.items("asset_ids");
+    if ids.is_empty() {
+        return Err(ApiError::missing("asset_ids"));
+    }
+    let assets = all_assets(state, cloud, None).await?;
+    let labelled = ids
+        .iter()
+        .take(DELETE_BATCH as usize)
+        .map(|id| {
+            let key = assets
+                .iter()
+                .find(|r| &r.asset_id == id)
+                .map(|r| r.key.clone())
+                // An unknown asset ID names no asset: a key nothing can have.
+                .unwrap_or_else(|| AssetKey {
+                    cloud: cloud.to_string(),
+                    resource_type: String::new(),
+                    delivery_type: String::new(),
+                    public_id: String::new(),
+                });
+            (id.clone(), key)
+        })
+        .collect();
+    delete_keys(state, labelled, wants(params, "keep_original"), None).await
+}
+
+/// Deletes assets one by one, stopping at the first failure, and reports exactly what went.
+/// With `keep_original` only derived versions go, and nephos makes none: nothing is removed.
+async fn delete_keys(
+    state: &AppState,
+    keys: Vec<(String, AssetKey)>,
+    keep_original: bool,
+    more: Option<String>,
+) -> ApiResult<Json> {
     let mut deleted = Map::new();
     let mut counts = Map::new();
     let mut failed = false;
-    for key in &keys {
-        match crate::upload::delete_asset(state, key).await {
-            Ok(found) => {
+    for (label, key) in &keys {
+        let result = if key.public_id.is_empty() {
+            Ok((false, false))
+        } else if keep_original {
+            state
+                .meta
+                .find_asset(key)
+                .await
+                .map(|r| (r.is_some(), false))
+                .map_err(ApiError::from)
+        } else {
+            crate::upload::delete_asset(state, key)
+                .await
+                .map(|found| (found, found))
+        };
+        match result {
+            Ok((found, removed)) => {
                 deleted.insert(
-                    key.public_id.clone(),
+                    label.clone(),
                     json!(if found { "deleted" } else { "not_found" }),
                 );
                 counts.insert(
-                    key.public_id.clone(),
-                    json!({"original": i64::from(found), "derived": 0}),
+                    label.clone(),
+                    json!({"original": i64::from(removed), "derived": 0}),
                 );
             }
             Err(e) => {
-                tracing::error!(public_id = %key.public_id, error = %e, "deleting stopped");
+                tracing::error!(asset = %label, error = %e, "deleting stopped");
                 failed = true;
                 break;
             }

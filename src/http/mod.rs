@@ -78,7 +78,10 @@ fn api_routes(state: AppState) -> Router {
         )
         .route("/v1_1/{cloud}/delete_by_token", post(delete_by_token))
         .route("/v1_1/{cloud}/usage", get(admin_usage))
-        .route("/v1_1/{cloud}/resources", get(admin_resource_types))
+        .route(
+            "/v1_1/{cloud}/resources",
+            get(admin_resource_types).delete(admin_delete_by_asset_ids),
+        )
         .route(
             "/v1_1/{cloud}/upload_presets",
             get(admin_presets).post(admin_create_preset),
@@ -346,6 +349,17 @@ async fn admin_tags(
 ) -> ApiResult<Response> {
     let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
     Ok(Json(crate::admin::list_tags(&state, &cloud, &rt, &params).await?).into_response())
+}
+
+async fn admin_delete_by_asset_ids(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::delete_by_asset_ids(&state, &cloud, &params).await?).into_response())
 }
 
 async fn admin_resource_types(

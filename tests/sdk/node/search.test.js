@@ -73,3 +73,12 @@ test('folder search and rename', async () => {
   const sub = await cloudinary.api.sub_folders(`${run}/c`);
   assert.deepEqual(sub.folders.map((f) => f.path), [`${run}/c/b`]);
 });
+
+test('delete by asset IDs', async () => {
+  const a = await cloudinary.uploader.upload(asset('logo.png'));
+  const b = await cloudinary.uploader.upload(asset('logo.png'));
+  const result = await cloudinary.api.delete_resources_by_asset_ids([a.asset_id]);
+  assert.deepEqual(result.deleted, { [a.asset_id]: 'deleted' });
+  await assert.rejects(cloudinary.api.resource(a.public_id), (e) => e.error.http_code === 404);
+  assert.equal((await cloudinary.api.resource(b.public_id)).asset_id, b.asset_id);
+});

@@ -321,3 +321,16 @@ def test_rename_and_search_folders(asset):
     cloudinary.api.create_folder(f"{run}/taken")
     with pytest.raises(exceptions.AlreadyExists):
         cloudinary.api.rename_folder(f"{run}/z", f"{run}/taken")
+
+
+def test_delete_by_asset_ids_and_keep_original(asset):
+    run = f"pyd{int(time.time() * 1000)}"
+    ups = [cloudinary.uploader.upload(asset("logo.png"), public_id=f"{run}/{i}") for i in range(3)]
+    kept = cloudinary.api.delete_resources([ups[0]["public_id"]], keep_original=True)
+    assert kept["deleted"] == {ups[0]["public_id"]: "deleted"}
+    assert kept["deleted_counts"][ups[0]["public_id"]] == {"original": 0, "derived": 0}
+    assert status_of(ups[0]["secure_url"]) == 200
+    result = cloudinary.api.delete_resources_by_asset_ids([ups[1]["asset_id"], ups[2]["asset_id"], "f" * 32])
+    assert result["deleted"] == {ups[1]["asset_id"]: "deleted", ups[2]["asset_id"]: "deleted", "f" * 32: "not_found"}
+    assert result["partial"] is False
+    assert [status_of(u["secure_url"]) for u in ups] == [200, 404, 404]
