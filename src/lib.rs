@@ -12,6 +12,7 @@ pub mod error;
 pub mod form;
 pub mod http;
 pub mod media;
+pub mod notify;
 pub mod state;
 pub mod storage;
 pub mod upload;

@@ -123,7 +123,6 @@ fn expected_status(file: &str) -> (u16, &'static str) {
             400,
             "transformations come later",
         ),
-        ("__upload__notification_url", 400, "webhooks come later"),
         (
             "__upload__many_options",
             400,

@@ -195,6 +195,12 @@ pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> 
     let params = form.params;
     let caller = signed_caller(state, req, &params, false)?;
     super::refuse_unsupported(&params)?;
+    if params.nonempty("notification_url").is_some() {
+        // explicit notifies about eager transformations, which come with transformations.
+        return Err(ApiError::bad(
+            "Parameter notification_url is not supported by explicit on this server yet",
+        ));
+    }
     let public_id = params
         .nonempty("public_id")
         .ok_or_else(|| ApiError::missing("public_id"))?;

@@ -55,7 +55,6 @@ const NOT_YET: &[&str] = &[
     "eager",
     "transformation",
     "async",
-    "notification_url",
     "eager_notification_url",
     "callback",
     "eval",
@@ -270,6 +269,9 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
     let (params, _preset) = preset::apply(state.meta.as_ref(), req.cloud, &caller, params).await?;
     refuse_unsupported(&params)?;
     check_options(&params)?;
+    if let Some(url) = params.nonempty("notification_url") {
+        crate::notify::check_url(url)?;
+    }
     if let Some(range) = range {
         if !chunked::is_whole(&range, file.as_ref().map(|f| f.blob.size)) {
             return chunked::part(
@@ -540,6 +542,19 @@ pub async fn store_upload(
             .put_delete_token(&token, &record.0.key, state.now() + DELETE_TOKEN_SECS)
             .await?;
         answer.insert("delete_token".into(), json!(token));
+    }
+    if let Some(url) = params.nonempty("notification_url") {
+        let mut payload = answer.clone();
+        payload.insert("notification_type".into(), json!("upload"));
+        crate::notify::send(
+            state.http.clone(),
+            crate::notify::check_url(url)?,
+            Json::Object(payload),
+            crate::notify::Signer {
+                secret: signer.secret.clone(),
+                algorithm: signer.algorithm,
+            },
+        );
     }
     Ok(Json::Object(answer))
 }

@@ -241,3 +241,29 @@ for (const resourceType of ['raw', 'video']) {
     }
   });
 }
+
+test('notification_url receives the signed upload result', async () => {
+  let resolveHook;
+  const arrived = new Promise((resolve) => { resolveHook = resolve; });
+  const hook = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => { body += c; });
+    req.on('end', () => {
+      res.end('ok');
+      resolveHook({ body, timestamp: req.headers['x-cld-timestamp'], signature: req.headers['x-cld-signature'] });
+    });
+  });
+  await new Promise((resolve) => hook.listen(0, '127.0.0.1', resolve));
+  try {
+    const url = `http://127.0.0.1:${hook.address().port}/cld`;
+    const result = await cloudinary.uploader.upload(asset('logo.png'), { notification_url: url });
+    const got = await arrived;
+    assert.ok(cloudinary.utils.verifyNotificationSignature(got.body, got.timestamp, got.signature));
+    const payload = JSON.parse(got.body);
+    assert.equal(payload.notification_type, 'upload');
+    assert.equal(payload.public_id, result.public_id);
+    assert.equal(payload.etag, result.etag);
+  } finally {
+    hook.close();
+  }
+});

@@ -250,3 +250,36 @@ def test_upload_large_with_known_total(tmp_path, asset, resource_type):
     if resource_type == "video":
         assert (r["format"], r["width"], r["duration"]) == ("mp4", 640, 3.5)
     assert fetch(r["secure_url"]) == data
+
+
+def test_notification_url_receives_the_signed_upload_result(asset):
+    received = []
+    done = threading.Event()
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append((body, self.headers["X-Cld-Timestamp"], self.headers["X-Cld-Signature"]))
+            self.send_response(200)
+            self.end_headers()
+            done.set()
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{hook.server_address[1]}/cld?x=1"
+        result = cloudinary.uploader.upload(asset("logo.png"), notification_url=url, tags=["hooked"])
+        assert done.wait(10), "no notification arrived"
+    finally:
+        hook.shutdown()
+    body, timestamp, signature = received[0]
+    assert cloudinary.utils.verify_notification_signature(body, timestamp, signature)
+    assert not cloudinary.utils.verify_notification_signature(body + " ", timestamp, signature)
+    import json
+    payload = json.loads(body)
+    assert payload["notification_type"] == "upload"
+    for key in ("public_id", "asset_id", "version", "etag", "secure_url", "tags", "bytes"):
+        assert payload[key] == result[key], key
