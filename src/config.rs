@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Largest text field (e.g. a data URI) accepted in a request, in bytes.
     #[arg(long, env = "NEPHOS_MAX_FIELD_BYTES")]
     pub max_field_bytes: Option<u64>,
+    /// Largest image (width × height, source or result) a delivery transformation handles.
+    #[arg(long, env = "NEPHOS_MAX_IMAGE_PIXELS")]
+    pub max_image_pixels: Option<u64>,
     /// Seconds a signed request stays valid (Cloudinary: 3600).
     #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
     pub signature_ttl_secs: Option<i64>,
@@ -117,6 +120,7 @@ pub struct FileLimits {
     pub max_file_bytes: Option<u64>,
     pub max_open_uploads: Option<i64>,
     pub upload_session_ttl_secs: Option<i64>,
+    pub max_image_pixels: Option<u64>,
 }
 
 /// An upload preset defined in the configuration file; written to the database at start.
@@ -146,6 +150,7 @@ pub struct Limits {
     pub max_file_bytes: u64,
     pub max_open_uploads: i64,
     pub upload_session_ttl_secs: i64,
+    pub max_image_pixels: u64,
 }
 
 impl Default for Limits {
@@ -160,6 +165,7 @@ impl Default for Limits {
             max_file_bytes: 20 * 1024 * 1024 * 1024,
             max_open_uploads: 1000,
             upload_session_ttl_secs: 24 * 3600,
+            max_image_pixels: 50_000_000,
         }
     }
 }
@@ -239,6 +245,10 @@ impl Config {
                 .max_field_bytes
                 .or(fl.max_field_bytes)
                 .unwrap_or(d.max_field_bytes),
+            max_image_pixels: args
+                .max_image_pixels
+                .or(fl.max_image_pixels)
+                .unwrap_or(d.max_image_pixels),
             signature_ttl_secs: args
                 .signature_ttl_secs
                 .or(fl.signature_ttl_secs)
