@@ -3,6 +3,7 @@
 
 mod image;
 mod mp4;
+pub mod transform;
 mod webm;
 
 use std::io::{BufReader, Read, Seek, SeekFrom};

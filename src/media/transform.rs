@@ -1,0 +1,585 @@
+//! Delivery transformations of images: the common subset of Cloudinary's URL syntax, applied
+//! on the fly.
+//!
+//! A transformation is `/`-separated components of `,`-separated `key_value` items, applied
+//! in order. Supported: `w_`/`h_` (pixels, or a fraction of the current size when below 1),
+//! `c_` (`scale`, `fit`, `limit`, `mfit`, `fill`, `lfill`, `fill_pad`, `thumb`, `auto`, `pad`,
+//! `lpad`, `crop`), `g_` (compass directions; `auto`, `face`, `faces` and the rest center),
+//! `ar_` (`16:9` or `1.78`), `dpr_` (a factor, `auto` = 1), `x_`/`y_` (with `c_crop`),
+//! `b_` (`pad` background: a colour name or `rgb:RRGGBB[AA]`), `a_` (`90`, `180`, `270`,
+//! `-90`, `hflip`, `vflip`), `e_grayscale`, `q_` (1–100 or `auto[:…]`), `f_` (`auto`, `jpg`,
+//! `png`, `webp`, `gif`, `bmp`, `tiff`) and `fl_attachment`. Anything else is refused with a
+//! message naming it, never ignored.
+
+use std::io::Cursor;
+
+use image::{imageops, DynamicImage, ImageFormat, Rgba, RgbaImage};
+
+/// A parsed transformation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    /// `f_`: the output format (`auto` resolved at delivery).
+    pub format: Option<String>,
+    /// `q_` for lossy output; `None` is Cloudinary's default (80).
+    pub quality: Option<u8>,
+    /// `fl_attachment`: download instead of display.
+    pub attachment: bool,
+}
+
+/// One component's geometry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    width: Option<f64>,
+    height: Option<f64>,
+    crop: Crop,
+    /// Where to keep the image when cropping or padding: fractions of the free space.
+    anchor: (f64, f64),
+    aspect: Option<f64>,
+    dpr: f64,
+    background: Rgba<u8>,
+    x: Option<i64>,
+    y: Option<i64>,
+    angle: Option<String>,
+    grayscale: bool,
+}
+
+impl Default for Step {
+    fn default() -> Self {
+        Step {
+            width: None,
+            height: None,
+            crop: Crop::Scale,
+            anchor: (0.5, 0.5),
+            aspect: None,
+            dpr: 1.0,
+            background: Rgba([255, 255, 255, 255]),
+            x: None,
+            y: None,
+            angle: None,
+            grayscale: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crop {
+    Scale,
+    Fit,
+    Limit,
+    Mfit,
+    Fill,
+    Lfill,
+    Pad,
+    Lpad,
+    Crop,
+}
+
+/// Output formats nephos can encode.
+pub const OUTPUT_FORMATS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff", "tif"];
+
+/// Source formats nephos can decode.
+pub fn can_decode(format: &str) -> bool {
+    matches!(
+        format,
+        "jpg" | "jpeg" | "png" | "webp" | "gif" | "bmp" | "tiff" | "tif"
+    )
+}
+
+fn invalid(item: &str, why: &str) -> String {
+    format!("Invalid transformation {item}: {why}")
+}
+
+/// Parses a transformation string such as `c_fill,h_100,w_100/q_auto,f_auto`.
+pub fn parse(t: &str) -> Result<Plan, String> {
+    let mut plan = Plan::default();
+    for component in t.split('/') {
+        let mut step = Step::default();
+        let mut geometric = false;
+        for item in component.split(',') {
+            let (key, value) = item
+                .split_once('_')
+                .ok_or_else(|| invalid(item, "expected key_value"))?;
+            let number = || -> Result<f64, String> {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|n| n.is_finite() && *n > 0.0)
+                    .ok_or_else(|| invalid(item, "expected a positive number"))
+            };
+            match key {
+                "w" => step.width = Some(number()?),
+                "h" => step.height = Some(number()?),
+                "c" => {
+                    step.crop = match value {
+                        "scale" => Crop::Scale,
+                        "fit" => Crop::Fit,
+                        "limit" => Crop::Limit,
+                        "mfit" => Crop::Mfit,
+                        "fill" | "thumb" | "auto" => Crop::Fill,
+                        "lfill" => Crop::Lfill,
+                        "pad" | "fill_pad" => Crop::Pad,
+                        "lpad" => Crop::Lpad,
+                        "crop" => Crop::Crop,
+                        _ => return Err(invalid(item, "unsupported crop mode")),
+                    }
+                }
+                "g" => step.anchor = anchor(value),
+                "ar" => {
+                    let ratio = match value.split_once(':') {
+                        Some((a, b)) => a
+                            .parse::<f64>()
+                            .ok()
+                            .zip(b.parse::<f64>().ok())
+                            .and_then(|(a, b)| (a > 0.0 && b > 0.0).then_some(a / b)),
+                        None => value.parse::<f64>().ok().filter(|r| *r > 0.0),
+                    };
+                    step.aspect =
+                        Some(ratio.ok_or_else(|| invalid(item, "expected w:h or a ratio"))?);
+                }
+                "dpr" => {
+                    step.dpr = if value == "auto" {
+                        1.0
+                    } else {
+                        number()?.min(5.0)
+                    }
+                }
+                "x" | "y" => {
+                    let v = value
+                        .parse::<i64>()
+                        .map_err(|_| invalid(item, "expected whole pixels"))?;
+                    if key == "x" {
+                        step.x = Some(v)
+                    } else {
+                        step.y = Some(v)
+                    }
+                }
+                "b" => {
+                    step.background = color(value).ok_or_else(|| invalid(item, "unknown colour"))?
+                }
+                "a" => match value {
+                    "90" | "180" | "270" | "-90" | "-180" | "-270" | "0" | "hflip" | "vflip" => {
+                        step.angle = Some(value.to_string())
+                    }
+                    _ => return Err(invalid(item, "only quarter turns and flips are supported")),
+                },
+                "e" if value == "grayscale" => step.grayscale = true,
+                "q" => {
+                    plan.quality = Some(match value {
+                        "auto" | "auto:good" => 80,
+                        "auto:best" => 90,
+                        "auto:eco" => 70,
+                        "auto:low" => 60,
+                        v => v
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|q| (1..=100).contains(q))
+                            .ok_or_else(|| invalid(item, "expected 1 to 100 or auto"))?,
+                    })
+                }
+                "f" => {
+                    let f = value.to_ascii_lowercase();
+                    if f != "auto" && !OUTPUT_FORMATS.contains(&f.as_str()) {
+                        return Err(invalid(item, "unsupported format"));
+                    }
+                    plan.format = Some(f);
+                }
+                "fl" if value == "attachment" => plan.attachment = true,
+                _ => {
+                    return Err(format!(
+                        "Transformation {item} is not supported by this server"
+                    ))
+                }
+            }
+            geometric |= matches!(key, "w" | "h" | "c" | "ar" | "dpr" | "x" | "y" | "a" | "e");
+        }
+        if geometric {
+            plan.steps.push(step);
+        }
+    }
+    Ok(plan)
+}
+
+fn anchor(gravity: &str) -> (f64, f64) {
+    match gravity {
+        "north" => (0.5, 0.0),
+        "south" => (0.5, 1.0),
+        "east" => (1.0, 0.5),
+        "west" => (0.0, 0.5),
+        "north_east" => (1.0, 0.0),
+        "north_west" => (0.0, 0.0),
+        "south_east" => (1.0, 1.0),
+        "south_west" => (0.0, 1.0),
+        _ => (0.5, 0.5),
+    }
+}
+
+fn color(v: &str) -> Option<Rgba<u8>> {
+    let hex = v.strip_prefix("rgb:").or_else(|| v.strip_prefix('#'));
+    if let Some(h) = hex {
+        let h: String = if h.len() == 3 {
+            h.chars().flat_map(|c| [c, c]).collect()
+        } else {
+            h.to_string()
+        };
+        let byte = |i: usize| u8::from_str_radix(h.get(i..i + 2)?, 16).ok();
+        return match h.len() {
+            6 => Some(Rgba([byte(0)?, byte(2)?, byte(4)?, 255])),
+            8 => Some(Rgba([byte(0)?, byte(2)?, byte(4)?, byte(6)?])),
+            _ => None,
+        };
+    }
+    Some(Rgba(match v {
+        "white" => [255, 255, 255, 255],
+        "black" => [0, 0, 0, 255],
+        "red" => [255, 0, 0, 255],
+        "green" => [0, 128, 0, 255],
+        "blue" => [0, 0, 255, 255],
+        "yellow" => [255, 255, 0, 255],
+        "gray" | "grey" => [128, 128, 128, 255],
+        "transparent" => [0, 0, 0, 0],
+        _ => return None,
+    }))
+}
+
+/// The output format for a request: `f_` first, then the URL's extension, else the source's
+/// own format (`f_auto` keeps it too); formats nephos cannot encode become PNG.
+pub fn output_format(plan: &Plan, extension: Option<&str>, source: &str) -> String {
+    let wanted = match plan.format.as_deref() {
+        Some("auto") | None => extension.unwrap_or(source),
+        Some(f) => f,
+    };
+    match wanted {
+        "jpeg" => "jpg".into(),
+        "tif" => "tiff".into(),
+        f if OUTPUT_FORMATS.contains(&f) => f.into(),
+        _ => "png".into(),
+    }
+}
+
+/// Decodes `bytes`, applies the plan and encodes as `format`; `max_pixels` bounds the source
+/// and every intermediate result.
+pub fn apply(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result<Vec<u8>, String> {
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("Cannot read the image: {e}"))?;
+    let mut limits = image::Limits::default();
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(max_pixels.saturating_mul(8));
+    reader.limits(limits);
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| format!("Cannot read the image: {e}"))?;
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(format!(
+            "The image is too large to transform ({w}x{h}; at most {max_pixels} pixels)"
+        ));
+    }
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("Cannot read the image: {e}"))?;
+    reader.no_limits();
+    let mut img = reader
+        .decode()
+        .map_err(|e| format!("Cannot decode the image: {e}"))?;
+    for step in &plan.steps {
+        img = apply_step(img, step, max_pixels)?;
+    }
+    encode(img, format, plan.quality.unwrap_or(80))
+}
+
+fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicImage, String> {
+    let (sw, sh) = (img.width() as f64, img.height() as f64);
+    // Fractions are of the current size; dpr multiplies what was asked.
+    let dim = |v: Option<f64>, of: f64| v.map(|v| if v < 1.0 { v * of } else { v } * s.dpr);
+    let mut w = dim(s.width, sw);
+    let mut h = dim(s.height, sh);
+    if let Some(ar) = s.aspect {
+        match (w, h) {
+            (Some(w0), None) => h = Some(w0 / ar),
+            (None, Some(h0)) => w = Some(h0 * ar),
+            (None, None) => {
+                // The largest box of that ratio inside the image.
+                if sw / sh > ar {
+                    (w, h) = (Some(sh * ar), Some(sh));
+                } else {
+                    (w, h) = (Some(sw), Some(sw / ar));
+                }
+            }
+            _ => {}
+        }
+    }
+    let px = |v: f64| (v.round() as i64).max(1) as u32;
+    let too_big = |a: u32, b: u32| u64::from(a) * u64::from(b) > max_pixels;
+    let fit_scale = |bw: Option<f64>, bh: Option<f64>| match (bw, bh) {
+        (Some(bw), Some(bh)) => (bw / sw).min(bh / sh),
+        (Some(bw), None) => bw / sw,
+        (None, Some(bh)) => bh / sh,
+        (None, None) => 1.0,
+    };
+    let resize = |img: &DynamicImage, nw: u32, nh: u32| -> Result<DynamicImage, String> {
+        if too_big(nw, nh) {
+            return Err(format!("The result would be too large ({nw}x{nh})"));
+        }
+        if (nw, nh) == (img.width(), img.height()) {
+            return Ok(img.clone());
+        }
+        Ok(img.resize_exact(nw, nh, imageops::FilterType::CatmullRom))
+    };
+    let mut out = match s.crop {
+        Crop::Scale => match (w, h) {
+            (None, None) => img,
+            (Some(bw), Some(bh)) => resize(&img, px(bw), px(bh))?,
+            _ => {
+                let k = fit_scale(w, h);
+                resize(&img, px(sw * k), px(sh * k))?
+            }
+        },
+        Crop::Fit | Crop::Limit | Crop::Mfit => {
+            // mfit grows the image until it covers the box (never shrinks it).
+            let k = match (s.crop, w, h) {
+                (Crop::Mfit, Some(bw), Some(bh)) => (bw / sw).max(bh / sh),
+                _ => fit_scale(w, h),
+            };
+            let skip = (s.crop == Crop::Limit && k >= 1.0) || (s.crop == Crop::Mfit && k <= 1.0);
+            if skip {
+                img
+            } else {
+                resize(&img, px(sw * k), px(sh * k))?
+            }
+        }
+        Crop::Fill | Crop::Lfill => match (w, h) {
+            (Some(bw), Some(bh)) => {
+                let mut k = (bw / sw).max(bh / sh);
+                let (mut bw, mut bh) = (bw, bh);
+                if s.crop == Crop::Lfill && k > 1.0 {
+                    k = 1.0;
+                    (bw, bh) = (bw.min(sw), bh.min(sh));
+                }
+                let scaled = resize(&img, px(sw * k), px(sh * k))?;
+                cut(&scaled, px(bw), px(bh), s.anchor, None, None)
+            }
+            _ => {
+                let k = fit_scale(w, h);
+                resize(&img, px(sw * k), px(sh * k))?
+            }
+        },
+        Crop::Pad | Crop::Lpad => match (w, h) {
+            (Some(bw), Some(bh)) => {
+                let mut k = (bw / sw).min(bh / sh);
+                if s.crop == Crop::Lpad {
+                    k = k.min(1.0);
+                }
+                let inner = resize(&img, px(sw * k), px(sh * k))?;
+                let (cw, ch) = (px(bw), px(bh));
+                if too_big(cw, ch) {
+                    return Err(format!("The result would be too large ({cw}x{ch})"));
+                }
+                let mut canvas = RgbaImage::from_pixel(cw, ch, s.background);
+                let dx = ((cw - inner.width().min(cw)) as f64 * s.anchor.0).round() as i64;
+                let dy = ((ch - inner.height().min(ch)) as f64 * s.anchor.1).round() as i64;
+                imageops::overlay(&mut canvas, &inner.to_rgba8(), dx, dy);
+                DynamicImage::ImageRgba8(canvas)
+            }
+            _ => {
+                let k = fit_scale(w, h);
+                resize(&img, px(sw * k), px(sh * k))?
+            }
+        },
+        Crop::Crop => {
+            let cw = w.map(px).unwrap_or(img.width());
+            let ch = h.map(px).unwrap_or(img.height());
+            cut(&img, cw, ch, s.anchor, s.x, s.y)
+        }
+    };
+    if s.grayscale {
+        out = DynamicImage::ImageLumaA8(out.to_luma_alpha8());
+    }
+    out = match s.angle.as_deref() {
+        Some("90") | Some("-270") => out.rotate90(),
+        Some("180") | Some("-180") => out.rotate180(),
+        Some("270") | Some("-90") => out.rotate270(),
+        Some("hflip") => out.fliph(),
+        Some("vflip") => out.flipv(),
+        _ => out,
+    };
+    Ok(out)
+}
+
+/// A `w`×`h` region (at most the image), at `x`/`y` when given, else placed by `anchor`.
+fn cut(
+    img: &DynamicImage,
+    w: u32,
+    h: u32,
+    anchor: (f64, f64),
+    x: Option<i64>,
+    y: Option<i64>,
+) -> DynamicImage {
+    let (iw, ih) = (img.width(), img.height());
+    let (w, h) = (w.min(iw), h.min(ih));
+    let place = |given: Option<i64>, free: u32, a: f64| match given {
+        Some(v) => v.clamp(0, i64::from(free)) as u32,
+        None => (f64::from(free) * a).round() as u32,
+    };
+    let left = place(x, iw - w, anchor.0);
+    let top = place(y, ih - h, anchor.1);
+    img.crop_imm(left, top, w, h)
+}
+
+fn encode(img: DynamicImage, format: &str, quality: u8) -> Result<Vec<u8>, String> {
+    let mut out = Cursor::new(Vec::new());
+    let failed = |e: image::ImageError| format!("Cannot encode {format}: {e}");
+    match format {
+        "jpg" => {
+            // JPEG has no alpha: transparent pixels are laid on white.
+            let rgba = img.to_rgba8();
+            let mut flat = image::RgbImage::new(rgba.width(), rgba.height());
+            for (p, q) in rgba.pixels().zip(flat.pixels_mut()) {
+                let a = u16::from(p[3]);
+                for c in 0..3 {
+                    q[c] = ((u16::from(p[c]) * a + 255 * (255 - a)) / 255) as u8;
+                }
+            }
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+                .encode_image(&flat)
+                .map_err(failed)?;
+        }
+        "png" => img.write_to(&mut out, ImageFormat::Png).map_err(failed)?,
+        "webp" => DynamicImage::ImageRgba8(img.to_rgba8())
+            .write_to(&mut out, ImageFormat::WebP)
+            .map_err(failed)?,
+        "gif" => DynamicImage::ImageRgba8(img.to_rgba8())
+            .write_to(&mut out, ImageFormat::Gif)
+            .map_err(failed)?,
+        "bmp" => DynamicImage::ImageRgba8(img.to_rgba8())
+            .write_to(&mut out, ImageFormat::Bmp)
+            .map_err(failed)?,
+        "tiff" => DynamicImage::ImageRgba8(img.to_rgba8())
+            .write_to(&mut out, ImageFormat::Tiff)
+            .map_err(failed)?,
+        other => return Err(format!("Cannot encode {other}")),
+    }
+    Ok(out.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbaImage::from_fn(w, h, |x, y| {
+            Rgba([(x % 256) as u8, (y % 256) as u8, 90, 255])
+        });
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgba8(img)
+            .write_to(&mut out, ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    fn size_after(t: &str, w: u32, h: u32) -> (u32, u32) {
+        let plan = parse(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+        let bytes =
+            apply(&source(w, h), &plan, "png", 50_000_000).unwrap_or_else(|e| panic!("{t}: {e}"));
+        let img = image::load_from_memory(&bytes).unwrap();
+        (img.width(), img.height())
+    }
+
+    #[test]
+    fn crop_modes_give_cloudinarys_sizes() {
+        let cases = [
+            ("w_100", (100, 50)),
+            ("h_50", (100, 50)),
+            ("w_100,h_100", (100, 100)),
+            ("c_scale,w_0.5", (100, 50)),
+            ("c_fit,w_100,h_100", (100, 50)),
+            ("c_limit,w_1000,h_1000", (200, 100)),
+            ("c_limit,w_50", (50, 25)),
+            ("c_mfit,w_400,h_400", (800, 400)),
+            ("c_fill,w_100,h_100", (100, 100)),
+            ("c_thumb,g_face,w_60,h_80", (60, 80)),
+            ("c_lfill,w_400,h_50", (200, 50)),
+            ("c_pad,w_300,h_300,b_black", (300, 300)),
+            ("c_lpad,w_300,h_300", (300, 300)),
+            ("c_crop,w_30,h_40,x_10,y_10", (30, 40)),
+            ("c_crop,g_south_east,w_500,h_40", (200, 40)),
+            ("ar_1:1,c_fill,w_80", (80, 80)),
+            ("c_crop,ar_1", (100, 100)),
+            ("w_50,dpr_2.0", (100, 50)),
+            ("c_fill,h_100,w_100/c_scale,w_10", (10, 10)),
+            ("a_90", (100, 200)),
+            ("e_grayscale,q_auto,f_auto", (200, 100)),
+        ];
+        for (t, want) in cases {
+            assert_eq!(size_after(t, 200, 100), want, "{t}");
+        }
+    }
+
+    #[test]
+    fn pixels_land_where_cloudinary_puts_them() {
+        // c_crop at x/y keeps the source pixels of that region.
+        let plan = parse("c_crop,w_2,h_2,x_7,y_3").unwrap();
+        let img =
+            image::load_from_memory(&apply(&source(20, 10), &plan, "png", 1_000_000).unwrap())
+                .unwrap()
+                .to_rgba8();
+        assert_eq!(img.get_pixel(0, 0).0, [7, 3, 90, 255]);
+        // Padding is filled with the background.
+        let plan = parse("c_pad,w_20,h_20,b_rgb:ff0000").unwrap();
+        let img =
+            image::load_from_memory(&apply(&source(20, 10), &plan, "png", 1_000_000).unwrap())
+                .unwrap()
+                .to_rgba8();
+        assert_eq!(img.get_pixel(0, 0).0, [255, 0, 0, 255]);
+        assert_eq!(img.get_pixel(0, 10).0[2], 90);
+    }
+
+    #[test]
+    fn formats_quality_and_refusals() {
+        let plan = parse("w_10,q_50").unwrap();
+        assert_eq!(plan.quality, Some(50));
+        for f in ["jpg", "png", "webp", "gif", "bmp", "tiff"] {
+            let out = apply(&source(40, 20), &plan, f, 1_000_000).unwrap();
+            let format = image::guess_format(&out).unwrap();
+            let ext = match format.extensions_str()[0] {
+                "jpeg" => "jpg",
+                "tif" => "tiff",
+                e => e,
+            };
+            assert_eq!(ext, f);
+        }
+        assert_eq!(output_format(&parse("f_auto").unwrap(), None, "png"), "png");
+        assert_eq!(
+            output_format(&parse("f_webp").unwrap(), Some("jpg"), "png"),
+            "webp"
+        );
+        assert_eq!(output_format(&Plan::default(), Some("jpeg"), "png"), "jpg");
+        assert_eq!(output_format(&Plan::default(), None, "svg"), "png");
+        for bad in [
+            "w_abc",
+            "c_imagga_scale",
+            "e_sepia",
+            "t_named",
+            "l_logo",
+            "q_0",
+            "f_svg",
+            "a_45",
+            "w",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        assert!(parse("fl_attachment").unwrap().attachment);
+        let err = apply(&source(100, 100), &parse("w_100").unwrap(), "png", 5_000).unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+        let err = apply(
+            &source(10, 10),
+            &parse("c_scale,w_1000,h_1000").unwrap(),
+            "png",
+            50_000,
+        )
+        .unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+    }
+}
