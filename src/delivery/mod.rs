@@ -8,9 +8,12 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use subtle::ConstantTimeEq;
 
+mod derived;
+
 use crate::auth::{delivery_signature, SignatureAlgorithm};
 use crate::db::{AssetKey, AssetRecord};
 use crate::error::{ApiError, ApiResult};
+use crate::media::transform;
 use crate::state::AppState;
 use crate::storage::ByteRange;
 
@@ -161,9 +164,13 @@ fn signature_valid(state: &AppState, cloud: &str, sig: &str, to_sign: &[String])
     false
 }
 
-/// Finds the asset a delivery source names: `<public_id>.<ext>` (ext = its format), or the
-/// public ID as written (raw assets, or a URL without extension).
-async fn lookup(state: &AppState, p: &DeliveryPath) -> ApiResult<Option<AssetRecord>> {
+/// Finds the asset a delivery source names: `<public_id>.<ext>` (ext = its format, or another
+/// image format to convert to, returned beside the asset), or the public ID as written (raw
+/// assets, or a URL without extension).
+async fn lookup(
+    state: &AppState,
+    p: &DeliveryPath,
+) -> ApiResult<Option<(AssetRecord, Option<String>)>> {
     let key = |public_id: &str| AssetKey {
         cloud: p.cloud.clone(),
         resource_type: p.resource_type.clone(),
@@ -179,18 +186,27 @@ async fn lookup(state: &AppState, p: &DeliveryPath) -> ApiResult<Option<AssetRec
                     || (ext == "jpeg" && fmt == "jpg")
                     || (ext == "tif" && fmt == "tiff");
                 if same {
-                    return Ok(Some(rec));
+                    return Ok(Some((rec, Some(ext))));
                 }
                 if state.meta.find_asset(&key(&p.source)).await?.is_none() {
+                    if p.resource_type == "image"
+                        && transform::OUTPUT_FORMATS.contains(&ext.as_str())
+                    {
+                        return Ok(Some((rec, Some(ext))));
+                    }
                     return Err(delivery_error(
                         StatusCode::BAD_REQUEST,
-                        format!("Format conversion from {fmt} to {ext} is not supported yet"),
+                        format!("Format conversion from {fmt} to {ext} is not supported"),
                     ));
                 }
             }
         }
     }
-    Ok(state.meta.find_asset(&key(&p.source)).await?)
+    Ok(state
+        .meta
+        .find_asset(&key(&p.source))
+        .await?
+        .map(|r| (r, None)))
 }
 
 fn content_type(rec: &AssetRecord) -> &'static str {
@@ -203,7 +219,12 @@ fn content_type(rec: &AssetRecord) -> &'static str {
             .unwrap_or_default(),
         _ => rec.format.clone().unwrap_or_default(),
     };
-    match ext.as_str() {
+    mime_for(&ext)
+}
+
+/// The media type of a format or file extension.
+pub(crate) fn mime_for(ext: &str) -> &'static str {
+    match ext {
         "jpg" | "jpeg" => "image/jpeg",
         "png" => "image/png",
         "gif" => "image/gif",
@@ -325,18 +346,33 @@ pub async fn serve(
             format!("Delivery type {} is not supported", p.delivery_type),
         ));
     }
-    if let Some(t) = &p.transformation {
-        return Err(delivery_error(
-            StatusCode::BAD_REQUEST,
-            format!("Transformations are not supported yet: {t}"),
-        ));
-    }
+    let plan = match &p.transformation {
+        Some(t) if p.resource_type != "image" => {
+            return Err(delivery_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Transformations of {} assets are not supported yet: {t}",
+                    p.resource_type
+                ),
+            ))
+        }
+        Some(t) => {
+            Some(transform::parse(t).map_err(|m| delivery_error(StatusCode::BAD_REQUEST, m))?)
+        }
+        None => None,
+    };
     match &p.signature {
         Some(sig) => {
+            // What the SDKs sign: the transformation (when there is one) and the source.
+            let prefix = p
+                .transformation
+                .as_ref()
+                .map(|t| format!("{t}/"))
+                .unwrap_or_default();
             let candidates = vec![
-                p.raw_source.clone(),
-                p.source.clone(),
-                escape_public_id(&p.source),
+                format!("{prefix}{}", p.raw_source),
+                format!("{prefix}{}", p.source),
+                format!("{prefix}{}", escape_public_id(&p.source)),
             ];
             if !signature_valid(state, &p.cloud, sig, &candidates) {
                 return Err(delivery_error(
@@ -353,12 +389,37 @@ pub async fn serve(
         }
         None => {}
     }
-    let rec = lookup(state, &p).await?.ok_or_else(|| {
+    let (rec, ext) = lookup(state, &p).await?.ok_or_else(|| {
         delivery_error(
             StatusCode::NOT_FOUND,
             format!("Resource not found - {}", p.source),
         )
     })?;
+    let source_format = rec.format.clone().unwrap_or_default();
+    let converts = ext.as_deref().is_some_and(|e| {
+        let e = if e == "jpeg" {
+            "jpg"
+        } else if e == "tif" {
+            "tiff"
+        } else {
+            e
+        };
+        e != source_format
+    });
+    if plan.is_some() || converts {
+        let plan = plan.unwrap_or_default();
+        let format = transform::output_format(&plan, ext.as_deref(), &source_format);
+        return derived::serve(
+            state,
+            method,
+            headers,
+            &rec,
+            p.transformation.as_deref(),
+            &plan,
+            &format,
+        )
+        .await;
+    }
     let len = state.blobs.size(&rec.blob_key).await?.ok_or_else(|| {
         delivery_error(
             StatusCode::NOT_FOUND,

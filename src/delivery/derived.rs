@@ -1,0 +1,112 @@
+//! Serving a transformed (or format-converted) image: computed on request from the original,
+//! with an ETag of its own so browsers revalidate cheaply.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use super::{delivery_error, etag_matches, mime_for};
+use crate::db::AssetRecord;
+use crate::error::{ApiError, ApiResult};
+use crate::media::transform::{self, Plan};
+use crate::state::AppState;
+use crate::storage::md5::Md5;
+
+pub(super) async fn serve(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    rec: &AssetRecord,
+    transformation: Option<&str>,
+    plan: &Plan,
+    format: &str,
+) -> ApiResult<Response> {
+    let source_format = rec.format.clone().unwrap_or_default();
+    if !transform::can_decode(&source_format) {
+        return Err(delivery_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Cannot transform {source_format} images (JPEG, PNG, GIF, WebP, BMP and TIFF can be)"
+            ),
+        ));
+    }
+    // The same original, transformation and format always give the same bytes.
+    let etag = format!(
+        "\"{}\"",
+        hex::encode(Md5::digest(
+            format!("{}|{}|{format}", rec.etag, transformation.unwrap_or("")).as_bytes()
+        ))
+    );
+    let last_modified = httpdate::fmt_http_date(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(rec.version.max(0) as u64),
+    );
+    let mut base = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::LAST_MODIFIED, &last_modified)
+        .header(header::CACHE_CONTROL, "public, max-age=0, must-revalidate")
+        .header(header::CONTENT_TYPE, mime_for(format))
+        .header("x-content-type-options", "nosniff");
+    if plan.attachment {
+        let name = rec
+            .key
+            .public_id
+            .rsplit('/')
+            .next()
+            .unwrap_or("download")
+            .replace(['"', '\\'], "_");
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.{format}\"")) {
+            base = base.header(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if if_none_match.is_some_and(|list| etag_matches(list, &etag)) {
+        return base
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .map_err(ApiError::internal);
+    }
+
+    let not_found = || {
+        delivery_error(
+            StatusCode::NOT_FOUND,
+            format!("Resource not found - {}", rec.key.public_id),
+        )
+    };
+    let max_pixels = state.limits.max_image_pixels;
+    if rec.bytes.max(0) as u64 > max_pixels.saturating_mul(8) {
+        return Err(delivery_error(
+            StatusCode::BAD_REQUEST,
+            format!("The image is too large to transform ({} bytes)", rec.bytes),
+        ));
+    }
+    let mut stream = state
+        .blobs
+        .read(&rec.blob_key, None)
+        .await?
+        .ok_or_else(not_found)?;
+    let mut original = Vec::with_capacity(rec.bytes.max(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        original.extend_from_slice(&chunk?);
+    }
+    let plan = plan.clone();
+    let out_format = format.to_string();
+    let bytes = tokio::task::spawn_blocking(move || {
+        transform::apply(&original, &plan, &out_format, max_pixels)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|m| delivery_error(StatusCode::BAD_REQUEST, m))?;
+    base = base
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, bytes.len());
+    if method == Method::HEAD {
+        return base.body(Body::empty()).map_err(ApiError::internal);
+    }
+    Ok(base
+        .body(Body::from(bytes))
+        .map_err(ApiError::internal)?
+        .into_response())
+}

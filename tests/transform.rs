@@ -1,0 +1,178 @@
+//! Delivery transformations over HTTP: sizes, formats by `f_` and by extension, conditional
+//! requests, signed URLs with a transformation, and clear refusals.
+
+mod common;
+
+use common::*;
+use nephos::auth::{delivery_signature, SignatureAlgorithm};
+use nephos::media::samples;
+use reqwest::StatusCode;
+
+async fn fetch(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+async fn image_at(url: &str) -> (image::ImageFormat, u32, u32, String) {
+    let r = fetch(url, &[]).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "{url}: {:?}",
+        r.headers().get("x-cld-error")
+    );
+    let ctype = r.headers()["content-type"].to_str().unwrap().to_string();
+    let bytes = r.bytes().await.unwrap();
+    let format = image::guess_format(&bytes).unwrap();
+    let img = image::load_from_memory(&bytes).unwrap();
+    (format, img.width(), img.height(), ctype)
+}
+
+#[tokio::test]
+async fn transformations_and_conversions() {
+    let server = TestServer::start().await;
+    let png = samples::png(200, 100);
+    let (s, up) = upload(
+        &server,
+        "image",
+        &[("public_id", "shop/pic")],
+        &png,
+        "p.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    let base = format!("{}/demo/image/upload", server.base);
+    use image::ImageFormat::*;
+    let cases = [
+        (
+            "c_fill,h_100,w_100/v1/shop/pic.png",
+            Png,
+            100,
+            100,
+            "image/png",
+        ),
+        ("w_50/shop/pic", Png, 50, 25, "image/png"),
+        (
+            "c_pad,h_60,w_60/q_auto,f_auto/shop/pic.png",
+            Png,
+            60,
+            60,
+            "image/png",
+        ),
+        ("c_scale,w_0.25/shop/pic.jpg", Jpeg, 50, 25, "image/jpeg"),
+        (
+            "c_fit,h_40,w_40/f_webp/shop/pic.png",
+            WebP,
+            40,
+            20,
+            "image/webp",
+        ),
+        (
+            "c_crop,g_north_west,h_10,w_20/shop/pic.gif",
+            Gif,
+            20,
+            10,
+            "image/gif",
+        ),
+    ];
+    for (path, format, w, h, ctype) in cases {
+        let got = image_at(&format!("{base}/{path}")).await;
+        assert_eq!(got, (format, w, h, ctype.to_string()), "{path}");
+    }
+    // A format by extension alone converts the original.
+    assert_eq!(image_at(&format!("{base}/v1/shop/pic.webp")).await.0, WebP);
+    // The untransformed original is still the stored bytes.
+    assert_eq!(
+        get_bytes(&format!("{base}/shop/pic.png")).await,
+        (200, png.clone())
+    );
+
+    // Conditional GET and HEAD on a derived image.
+    let url = format!("{base}/w_30/shop/pic.png");
+    let first = fetch(&url, &[]).await;
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(etag, format!("\"{}\"", up["etag"].as_str().unwrap()));
+    let len = first.bytes().await.unwrap().len();
+    let again = fetch(&url, &[("if-none-match", &etag)]).await;
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+    let head = reqwest::Client::new().head(&url).send().await.unwrap();
+    assert_eq!(head.headers()["content-length"], len.to_string().as_str());
+    let attach = fetch(&format!("{base}/fl_attachment,w_30/shop/pic.png"), &[]).await;
+    assert_eq!(
+        attach.headers()["content-disposition"],
+        "attachment; filename=\"pic.png\""
+    );
+
+    // Refusals name what is wrong, in X-Cld-Error.
+    for (path, msg) in [
+        (
+            "e_sepia/shop/pic.png",
+            "Transformation e_sepia is not supported by this server",
+        ),
+        (
+            "c_fill,w_abc/shop/pic.png",
+            "Invalid transformation w_abc: expected a positive number",
+        ),
+        (
+            "w_100000,h_100000,c_scale/shop/pic.png",
+            "The result would be too large (100000x100000)",
+        ),
+    ] {
+        let r = fetch(&format!("{base}/{path}"), &[]).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(r.headers()["x-cld-error"], msg, "{path}");
+    }
+    let r = fetch(&format!("{base}/w_10/shop/nothing.png"), &[]).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // An authenticated asset: the signature covers the transformation.
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "secret_pic"), ("type", "authenticated")],
+        &png,
+        "p.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let sig = delivery_signature(
+        "w_20/secret_pic.png",
+        SECRET,
+        SignatureAlgorithm::Sha1,
+        false,
+    );
+    let signed = format!(
+        "{}/demo/image/authenticated/s--{sig}--/w_20/v1/secret_pic.png",
+        server.base
+    );
+    assert_eq!(image_at(&signed).await.1, 20);
+    let wrong = format!(
+        "{}/demo/image/authenticated/s--{sig}--/w_21/v1/secret_pic.png",
+        server.base
+    );
+    assert_eq!(fetch(&wrong, &[]).await.status(), StatusCode::UNAUTHORIZED);
+
+    // Videos are not transformed (yet); SVG cannot be decoded.
+    let mp4 = samples::mp4(16, 16, 1.0, b"isom");
+    let (s, _) = upload(&server, "video", &[("public_id", "clip")], &mp4, "c.mp4").await;
+    assert_eq!(s, 200);
+    let r = fetch(
+        &format!("{}/demo/video/upload/w_10/clip.mp4", server.base),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>"#;
+    let (s, _) = upload(&server, "image", &[("public_id", "vec")], svg, "v.svg").await;
+    assert_eq!(s, 200);
+    let r = fetch(&format!("{base}/w_5/vec.svg"), &[]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(r.headers()["x-cld-error"]
+        .to_str()
+        .unwrap()
+        .starts_with("Cannot transform svg"));
+    server.stop().await;
+}
