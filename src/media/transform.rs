@@ -32,7 +32,7 @@ pub struct Plan {
 pub struct Step {
     width: Option<f64>,
     height: Option<f64>,
-    crop: Crop,
+    crop: Mode,
     /// Where to keep the image when cropping or padding: fractions of the free space.
     anchor: (f64, f64),
     aspect: Option<f64>,
@@ -49,7 +49,7 @@ impl Default for Step {
         Step {
             width: None,
             height: None,
-            crop: Crop::Scale,
+            crop: Mode::Scale,
             anchor: (0.5, 0.5),
             aspect: None,
             dpr: 1.0,
@@ -63,7 +63,7 @@ impl Default for Step {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Crop {
+enum Mode {
     Scale,
     Fit,
     Limit,
@@ -72,7 +72,7 @@ enum Crop {
     Lfill,
     Pad,
     Lpad,
-    Crop,
+    Region,
 }
 
 /// Output formats nephos can encode.
@@ -112,15 +112,15 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                 "h" => step.height = Some(number()?),
                 "c" => {
                     step.crop = match value {
-                        "scale" => Crop::Scale,
-                        "fit" => Crop::Fit,
-                        "limit" => Crop::Limit,
-                        "mfit" => Crop::Mfit,
-                        "fill" | "thumb" | "auto" => Crop::Fill,
-                        "lfill" => Crop::Lfill,
-                        "pad" | "fill_pad" => Crop::Pad,
-                        "lpad" => Crop::Lpad,
-                        "crop" => Crop::Crop,
+                        "scale" => Mode::Scale,
+                        "fit" => Mode::Fit,
+                        "limit" => Mode::Limit,
+                        "mfit" => Mode::Mfit,
+                        "fill" | "thumb" | "auto" => Mode::Fill,
+                        "lfill" => Mode::Lfill,
+                        "pad" | "fill_pad" => Mode::Pad,
+                        "lpad" => Mode::Lpad,
+                        "crop" => Mode::Region,
                         _ => return Err(invalid(item, "unsupported crop mode")),
                     }
                 }
@@ -329,7 +329,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         Ok(img.resize_exact(nw, nh, imageops::FilterType::CatmullRom))
     };
     let mut out = match s.crop {
-        Crop::Scale => match (w, h) {
+        Mode::Scale => match (w, h) {
             (None, None) => img,
             (Some(bw), Some(bh)) => resize(&img, px(bw), px(bh))?,
             _ => {
@@ -337,24 +337,24 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
                 resize(&img, px(sw * k), px(sh * k))?
             }
         },
-        Crop::Fit | Crop::Limit | Crop::Mfit => {
+        Mode::Fit | Mode::Limit | Mode::Mfit => {
             // mfit grows the image until it covers the box (never shrinks it).
             let k = match (s.crop, w, h) {
-                (Crop::Mfit, Some(bw), Some(bh)) => (bw / sw).max(bh / sh),
+                (Mode::Mfit, Some(bw), Some(bh)) => (bw / sw).max(bh / sh),
                 _ => fit_scale(w, h),
             };
-            let skip = (s.crop == Crop::Limit && k >= 1.0) || (s.crop == Crop::Mfit && k <= 1.0);
+            let skip = (s.crop == Mode::Limit && k >= 1.0) || (s.crop == Mode::Mfit && k <= 1.0);
             if skip {
                 img
             } else {
                 resize(&img, px(sw * k), px(sh * k))?
             }
         }
-        Crop::Fill | Crop::Lfill => match (w, h) {
+        Mode::Fill | Mode::Lfill => match (w, h) {
             (Some(bw), Some(bh)) => {
                 let mut k = (bw / sw).max(bh / sh);
                 let (mut bw, mut bh) = (bw, bh);
-                if s.crop == Crop::Lfill && k > 1.0 {
+                if s.crop == Mode::Lfill && k > 1.0 {
                     k = 1.0;
                     (bw, bh) = (bw.min(sw), bh.min(sh));
                 }
@@ -366,10 +366,10 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
                 resize(&img, px(sw * k), px(sh * k))?
             }
         },
-        Crop::Pad | Crop::Lpad => match (w, h) {
+        Mode::Pad | Mode::Lpad => match (w, h) {
             (Some(bw), Some(bh)) => {
                 let mut k = (bw / sw).min(bh / sh);
-                if s.crop == Crop::Lpad {
+                if s.crop == Mode::Lpad {
                     k = k.min(1.0);
                 }
                 let inner = resize(&img, px(sw * k), px(sh * k))?;
@@ -388,7 +388,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
                 resize(&img, px(sw * k), px(sh * k))?
             }
         },
-        Crop::Crop => {
+        Mode::Region => {
             let cw = w.map(px).unwrap_or(img.width());
             let ch = h.map(px).unwrap_or(img.height());
             cut(&img, cw, ch, s.anchor, s.x, s.y)
