@@ -267,3 +267,18 @@ test('notification_url receives the signed upload result', async () => {
     hook.close();
   }
 });
+
+test('SDK-built transformation URLs load', async () => {
+  const up = await cloudinary.uploader.upload(asset('logo.png'), { public_id: `node_tr/${Date.now()}` });
+  const at = { cname: server.base.replace('http://', ''), secure: false };
+  const url = cloudinary.url(up.public_id, { ...at, width: 16, height: 16, crop: 'fill', format: 'png' });
+  const res = await fetch(url);
+  assert.equal(res.status, 200);
+  const bytes = Buffer.from(await res.arrayBuffer());
+  assert.deepEqual([bytes.readUInt32BE(16), bytes.readUInt32BE(20)], [16, 16]);
+  const webp = await fetch(cloudinary.url(up.public_id, { ...at, width: 10, fetch_format: 'webp' }));
+  assert.equal(webp.headers.get('content-type'), 'image/webp');
+  const bad = await fetch(cloudinary.url(up.public_id, { ...at, effect: 'sepia' }));
+  assert.equal(bad.status, 400);
+  assert.match(bad.headers.get('x-cld-error'), /e_sepia/);
+});

@@ -283,3 +283,26 @@ def test_notification_url_receives_the_signed_upload_result(asset):
     assert payload["notification_type"] == "upload"
     for key in ("public_id", "asset_id", "version", "etag", "secure_url", "tags", "bytes"):
         assert payload[key] == result[key], key
+
+
+def png_size(data):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_sdk_built_transformation_urls_load(base, asset):
+    up = cloudinary.uploader.upload(asset("logo.png"), public_id=f"py_tr/{int(time.time() * 1000)}")
+    pid, host = up["public_id"], base.split("://", 1)[1]
+    url, _ = cloudinary.utils.cloudinary_url(pid, width=20, height=20, crop="fill", format="png", cname=host)
+    assert png_size(fetch(url)) == (20, 20)
+    url = cloudinary.CloudinaryImage(pid).build_url(transformation=[{"width": 32, "crop": "scale"}, {"angle": 90}],
+                                                    cname=host)
+    assert png_size(fetch(url)) == (16, 32)
+    jpg = cloudinary.CloudinaryImage(pid).build_url(width=10, format="jpg", quality="auto", cname=host)
+    with urllib.request.urlopen(jpg) as r:
+        assert r.headers["Content-Type"] == "image/jpeg" and r.read()[:2] == b"\xff\xd8"
+    signed, _ = cloudinary.utils.cloudinary_url(pid, width=8, crop="scale", format="png", sign_url=True, cname=host)
+    assert "/s--" in signed and png_size(fetch(signed)) == (8, 4)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        fetch(cloudinary.CloudinaryImage(pid).build_url(effect="sepia", cname=host))
+    assert e.value.code == 400 and "e_sepia" in e.value.headers["X-Cld-Error"]
