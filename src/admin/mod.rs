@@ -427,10 +427,7 @@ pub async fn delete_by_asset_ids(
     cloud: &str,
     params: &Params,
 ) -> ApiResult<Json> {
-    let ids = params.items("asset_ids");
-    if ids.is_empty() {
-        return Err(ApiError::missing("asset_ids"));
-    }
+    let ids = search::asset_ids(params)?;
     let assets = all_assets(state, cloud, None).await?;
     let labelled = ids
         .iter()

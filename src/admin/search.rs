@@ -54,13 +54,7 @@ pub async fn search(
     params: &Params,
 ) -> ApiResult<Json> {
     let started = std::time::Instant::now();
-    let expr = match params.nonempty("expression").map(str::trim) {
-        Some(e) if !e.is_empty() => Some(
-            expression::parse(e)
-                .map_err(|m| ApiError::bad(format!("Invalid search expression {e}: {m}")))?,
-        ),
-        _ => None,
-    };
+    let expr = parse_expression(params)?;
     let max = max_results(params, 50)?;
     let offset = read_cursor(params)?;
     let sort = sort_keys(params)?;
@@ -68,12 +62,7 @@ pub async fn search(
 
     let mut found = Vec::new();
     for rec in all_assets(state, cloud, None).await? {
-        let hit = match &expr {
-            Some(e) => expression::matches(e, &rec, now)
-                .map_err(|m| ApiError::bad(format!("Invalid search expression: {m}")))?,
-            None => true,
-        };
-        if hit {
+        if hits(&expr, &rec, now)? {
             found.push(rec);
         }
     }
@@ -112,6 +101,28 @@ pub async fn search(
     }
     out.insert("resources".into(), Json::Array(page));
     Ok(Json::Object(out))
+}
+
+/// The `expression` parameter, parsed; none when absent or blank (everything matches).
+fn parse_expression(params: &Params) -> ApiResult<Option<expression::Expr>> {
+    match params.nonempty("expression").map(str::trim) {
+        Some(e) if !e.is_empty() => expression::parse(e)
+            .map(Some)
+            .map_err(|m| ApiError::bad(format!("Invalid search expression {e}: {m}"))),
+        _ => Ok(None),
+    }
+}
+
+fn hits(
+    expr: &Option<expression::Expr>,
+    doc: &dyn expression::Searchable,
+    now: i64,
+) -> ApiResult<bool> {
+    match expr {
+        Some(e) => expression::matches(e, doc, now)
+            .map_err(|m| ApiError::bad(format!("Invalid search expression: {m}"))),
+        None => Ok(true),
+    }
 }
 
 /// One search hit: the Admin API asset object plus the fields search results carry; `tags`,
@@ -336,6 +347,15 @@ pub async fn by_asset_id(
     Ok(one)
 }
 
+/// The required `asset_ids[]` list.
+pub(super) fn asset_ids(params: &Params) -> ApiResult<Vec<String>> {
+    let ids = params.items("asset_ids");
+    if ids.is_empty() {
+        return Err(ApiError::missing("asset_ids"));
+    }
+    Ok(ids)
+}
+
 /// `GET resources/by_asset_ids?asset_ids[]=…`.
 pub async fn by_asset_ids(
     state: &AppState,
@@ -343,10 +363,7 @@ pub async fn by_asset_ids(
     cloud: &str,
     params: &Params,
 ) -> ApiResult<Json> {
-    let ids = params.items("asset_ids");
-    if ids.is_empty() {
-        return Err(ApiError::missing("asset_ids"));
-    }
+    let ids = asset_ids(params)?;
     let resources: Vec<Json> = all_assets(state, cloud, None)
         .await?
         .iter()
@@ -414,13 +431,7 @@ pub async fn by_asset_folder(
 /// path (or `sort_by` on `name`/`path`), paged like asset search.
 pub async fn search_folders(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
     let started = std::time::Instant::now();
-    let expr = match params.nonempty("expression").map(str::trim) {
-        Some(e) if !e.is_empty() => Some(
-            expression::parse(e)
-                .map_err(|m| ApiError::bad(format!("Invalid search expression {e}: {m}")))?,
-        ),
-        _ => None,
-    };
+    let expr = parse_expression(params)?;
     let max = max_results(params, 50)?;
     let offset = read_cursor(params)?;
     let mut descending = false;
@@ -444,12 +455,7 @@ pub async fn search_folders(state: &AppState, cloud: &str, params: &Params) -> A
             path: &path,
             external_id: folder["external_id"].as_str().unwrap_or_default(),
         };
-        let hit = match &expr {
-            Some(e) => expression::matches(e, &doc, now)
-                .map_err(|m| ApiError::bad(format!("Invalid search expression: {m}")))?,
-            None => true,
-        };
-        if hit {
+        if hits(&expr, &doc, now)? {
             found.push(folder);
         }
     }
