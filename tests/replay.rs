@@ -121,12 +121,7 @@ fn expected_status(file: &str) -> (u16, &'static str) {
         (
             "__upload__transformation_incoming",
             400,
-            "transformations come later",
-        ),
-        (
-            "__upload__many_options",
-            400,
-            "format conversion comes later",
+            "its e_sepia effect is not provided",
         ),
         (
             "__upload__remote_url",

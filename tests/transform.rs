@@ -176,3 +176,67 @@ async fn transformations_and_conversions() {
         .starts_with("Cannot transform svg"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn incoming_transformations_and_format_conversion() {
+    let server = TestServer::start().await;
+    let png = samples::png(200, 100);
+    let (s, up) = upload(
+        &server,
+        "image",
+        &[
+            ("public_id", "small"),
+            ("transformation", "c_scale,w_50"),
+            ("format", "jpg"),
+        ],
+        &png,
+        "p.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    assert_eq!(
+        (up["width"].as_i64(), up["height"].as_i64()),
+        (Some(50), Some(25))
+    );
+    assert_eq!(up["format"], "jpg");
+    let (status, stored) = get_bytes(up["secure_url"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    assert!(up["secure_url"].as_str().unwrap().ends_with("/small.jpg"));
+    assert_eq!(up["bytes"].as_u64(), Some(stored.len() as u64));
+    use md5_ref::Digest;
+    assert_eq!(up["etag"], hex::encode(md5_ref::Md5::digest(&stored)));
+    assert_eq!(
+        image::guess_format(&stored).unwrap(),
+        image::ImageFormat::Jpeg
+    );
+
+    let (s, up) = upload(&server, "image", &[("format", "webp")], &png, "p.png").await;
+    assert_eq!((s, up["format"].as_str()), (200, Some("webp")));
+    assert_eq!(up["width"], 200);
+
+    for (params, msg) in [
+        (vec![("transformation", "e_sepia")], "Transformation e_sepia is not supported by this server"),
+        (vec![("format", "svg")], "Parameter format (svg) is not a format this server converts to (jpg, png, webp, gif, bmp, tiff)"),
+    ] {
+        let mut params = params.clone();
+        params.push(("public_id", "refused"));
+        let (s, body) = upload(&server, "image", &params, &png, "p.png").await;
+        assert_eq!((s, message(&body).as_str()), (400, msg));
+    }
+    let mp4 = samples::mp4(16, 16, 1.0, b"isom");
+    let (s, body) = upload(
+        &server,
+        "video",
+        &[("transformation", "w_10")],
+        &mp4,
+        "c.mp4",
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert!(message(&body)
+        .starts_with("Incoming transformations and format conversion apply to images only"));
+    // Nothing was stored by the refused uploads.
+    let (status, _) = get_bytes(&format!("{}/demo/image/upload/refused.png", server.base)).await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}

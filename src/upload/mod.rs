@@ -53,7 +53,6 @@ const NOT_ENABLED: &[(&str, &str)] = &[
 /// Parameters that change what is stored or answered and that nephos does not implement yet.
 const NOT_YET: &[&str] = &[
     "eager",
-    "transformation",
     "async",
     "eager_notification_url",
     "callback",
@@ -392,16 +391,38 @@ pub async fn store_upload(
             )));
         }
     }
-    if let Some(f) = params.nonempty("format") {
-        let f = f.trim_start_matches('.').to_ascii_lowercase();
-        let same = format.as_deref() == Some(f.as_str())
-            || (f == "jpeg" && format.as_deref() == Some("jpg"));
-        if !same {
+    // An incoming `transformation` or a `format` other than the file's converts the image
+    // before it is stored.
+    let wanted_format = params
+        .nonempty("format")
+        .map(|f| f.trim_start_matches('.').to_ascii_lowercase());
+    let same_format = |f: &str| {
+        format.as_deref() == Some(f)
+            || (f == "jpeg" && format.as_deref() == Some("jpg"))
+            || (f == "tif" && format.as_deref() == Some("tiff"))
+    };
+    let converts = wanted_format.as_deref().is_some_and(|f| !same_format(f));
+    let incoming = params.nonempty("transformation");
+    let (src, info, format) = if incoming.is_some() || converts {
+        if kind != MediaKind::Image {
             return Err(ApiError::bad(format!(
-                "Parameter format ({f}) would need a format conversion, which this server does not support yet"
+                "Incoming transformations and format conversion apply to images only (this is a {} upload)",
+                kind.as_str()
             )));
         }
-    }
+        let converted = convert_incoming(
+            state,
+            src,
+            incoming,
+            wanted_format.as_deref(),
+            format.as_deref(),
+        )
+        .await?;
+        let format = converted.1.format.clone();
+        (converted.0, converted.1, format)
+    } else {
+        (src, info, format)
+    };
 
     let asset_folder_param = params
         .text("asset_folder")
@@ -557,6 +578,57 @@ pub async fn store_upload(
         );
     }
     Ok(Json::Object(answer))
+}
+
+/// Applies an incoming transformation (and/or converts to `wanted`) to an uploaded image,
+/// returning the new file and what it is.
+async fn convert_incoming(
+    state: &AppState,
+    src: Source,
+    transformation: Option<&str>,
+    wanted: Option<&str>,
+    current: Option<&str>,
+) -> ApiResult<(Source, media::MediaInfo)> {
+    use crate::media::transform;
+    let current = current.unwrap_or_default().to_string();
+    if !transform::can_decode(&current) {
+        return Err(ApiError::bad(format!(
+            "Cannot transform {current} images (JPEG, PNG, GIF, WebP, BMP and TIFF can be)"
+        )));
+    }
+    if let Some(w) = wanted {
+        if !transform::OUTPUT_FORMATS.contains(&w) {
+            return Err(ApiError::bad(format!(
+                "Parameter format ({w}) is not a format this server converts to (jpg, png, webp, gif, bmp, tiff)"
+            )));
+        }
+    }
+    let plan = match transformation {
+        Some(t) => transform::parse(t).map_err(ApiError::bad)?,
+        None => transform::Plan::default(),
+    };
+    let out_format = transform::output_format(&plan, wanted, &current);
+    let mut original = Vec::with_capacity(src.blob.size as usize);
+    src.blob.reader()?.read_to_end(&mut original)?;
+    let max_pixels = state.limits.max_image_pixels;
+    let bytes = tokio::task::spawn_blocking(move || {
+        transform::apply(&original, &plan, &out_format, max_pixels)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::bad)?;
+    let info = media::probe(std::io::Cursor::new(&bytes))?;
+    let blob =
+        crate::storage::temp::blob_from_bytes(&state.tmp_dir, bytes, state.limits.max_upload_bytes)
+            .await
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+    Ok((
+        Source {
+            blob,
+            filename: src.filename,
+        },
+        info,
+    ))
 }
 
 fn capitalized(s: &str) -> String {
