@@ -277,10 +277,10 @@ async fn upload_error_matrix() {
     check(
         &server,
         "image",
-        &[("eager", "w_100")],
+        &[("async", "true")],
         &png,
         400,
-        "Parameter eager is not supported by this server yet",
+        "Parameter async is not supported by this server yet",
     )
     .await;
     check(

@@ -117,7 +117,6 @@ fn expected_status(file: &str) -> (u16, &'static str) {
             400,
             "analysis add-ons are not provided",
         ),
-        ("__upload__eager_list", 400, "transformations come later"),
         (
             "__upload__transformation_incoming",
             400,

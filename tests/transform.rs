@@ -240,3 +240,207 @@ async fn incoming_transformations_and_format_conversion() {
     assert_eq!(status, 404);
     server.stop().await;
 }
+
+async fn admin_json(
+    server: &TestServer,
+    method: reqwest::Method,
+    path: &str,
+    form: &[(&str, &str)],
+) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .request(method, server.url(&format!("/v1_1/{CLOUD}/{path}")))
+        .basic_auth(KEY, Some(SECRET))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn eager_story(backend: Backend) {
+    let server = TestServer::start_on(&backend).await;
+    let png = samples::png(200, 100);
+    let (s, up) = upload(
+        &server,
+        "image",
+        &[
+            ("public_id", "eg"),
+            ("eager", "c_fill,h_100,w_100|c_scale,w_50/webp"),
+        ],
+        &png,
+        "p.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    let eager = up["eager"].as_array().expect("eager entries");
+    assert_eq!(eager.len(), 2);
+    assert_eq!(eager[0]["transformation"], "c_fill,h_100,w_100");
+    assert_eq!(
+        (eager[0]["width"].as_i64(), eager[0]["height"].as_i64()),
+        (Some(100), Some(100))
+    );
+    assert_eq!(
+        (
+            eager[1]["transformation"].as_str(),
+            eager[1]["format"].as_str()
+        ),
+        (Some("c_scale,w_50"), Some("webp"))
+    );
+    assert_eq!(
+        (eager[1]["width"].as_i64(), eager[1]["height"].as_i64()),
+        (Some(50), Some(25))
+    );
+    let version = up["version"].as_i64().unwrap();
+    assert_eq!(
+        eager[1]["secure_url"],
+        format!(
+            "{}/demo/image/upload/c_scale,w_50/v{version}/eg.webp",
+            server.base
+        )
+    );
+    for e in eager {
+        let (status, bytes) = get_bytes(e["secure_url"].as_str().unwrap()).await;
+        assert_eq!(
+            (status, bytes.len() as i64),
+            (200, e["bytes"].as_i64().unwrap())
+        );
+    }
+
+    let res = admin_json(
+        &server,
+        reqwest::Method::GET,
+        "resources/image/upload/eg",
+        &[],
+    )
+    .await;
+    let derived = res["derived"].as_array().unwrap();
+    assert_eq!(derived.len(), 2);
+    let ids: Vec<String> = derived
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+
+    // explicit adds one more; deleting one by id leaves two.
+    let (s, ex) = {
+        let r = reqwest::Client::new()
+            .post(server.url("/v1_1/demo/image/explicit"))
+            .multipart(signed_form(
+                &[("public_id", "eg"), ("type", "upload"), ("eager", "w_20")],
+                b"",
+                "x",
+            ))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    assert_eq!(s, 200, "{ex}");
+    assert_eq!(ex["eager"][0]["width"], 20);
+    let gone = admin_json(
+        &server,
+        reqwest::Method::DELETE,
+        "derived_resources",
+        &[
+            ("derived_resource_ids[]", ids[0].as_str()),
+            ("derived_resource_ids[]", "nope"),
+        ],
+    )
+    .await;
+    assert_eq!(gone["deleted"][&ids[0]], "deleted");
+    assert_eq!(gone["deleted"]["nope"], "not_found");
+    let res = admin_json(
+        &server,
+        reqwest::Method::GET,
+        "resources/image/upload/eg",
+        &[],
+    )
+    .await;
+    assert_eq!(res["derived"].as_array().unwrap().len(), 2);
+
+    // keep_original removes only the derived versions.
+    let kept = admin_json(
+        &server,
+        reqwest::Method::DELETE,
+        "resources/image/upload",
+        &[("public_ids[]", "eg"), ("keep_original", "true")],
+    )
+    .await;
+    assert_eq!(
+        kept["deleted_counts"]["eg"],
+        serde_json::json!({"original": 0, "derived": 2})
+    );
+    let res = admin_json(
+        &server,
+        reqwest::Method::GET,
+        "resources/image/upload/eg",
+        &[],
+    )
+    .await;
+    assert_eq!(res["derived"], serde_json::json!([]));
+
+    // An overwrite forgets the previous original's derived versions.
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "eg"), ("eager", "w_10")],
+        &png,
+        "p.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = upload(&server, "image", &[("public_id", "eg")], &png, "p.png").await;
+    assert_eq!(s, 200);
+    let res = admin_json(
+        &server,
+        reqwest::Method::GET,
+        "resources/image/upload/eg",
+        &[],
+    )
+    .await;
+    assert_eq!(res["derived"], serde_json::json!([]));
+
+    // Refused before anything is stored.
+    let (s, body) = upload(
+        &server,
+        "image",
+        &[("public_id", "no"), ("eager", "e_sepia")],
+        &png,
+        "p.png",
+    )
+    .await;
+    assert_eq!(
+        (s, message(&body).as_str()),
+        (
+            400,
+            "Invalid eager transformation - Transformation e_sepia is not supported by this server"
+        )
+    );
+    let mp4 = samples::mp4(16, 16, 1.0, b"isom");
+    let (s, _) = upload(
+        &server,
+        "video",
+        &[("public_id", "no"), ("eager", "w_10")],
+        &mp4,
+        "c.mp4",
+    )
+    .await;
+    assert_eq!(s, 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn eager_transformations_on_sqlite() {
+    eager_story(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn eager_transformations_on_postgres() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    eager_story(Backend::Postgres(admin)).await;
+}

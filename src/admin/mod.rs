@@ -119,6 +119,44 @@ pub fn asset_json(
     Json::Object(m)
 }
 
+/// The single-resource object: the asset with its tags, context and derived versions.
+pub(crate) async fn resource_json(
+    state: &AppState,
+    account: &Account,
+    rec: &AssetRecord,
+) -> ApiResult<Json> {
+    let mut one = asset_json(state, account, rec, true, true);
+    let derived = state.meta.list_derived(&rec.asset_id).await?;
+    let signer = crate::upload::response::ResponseSigner {
+        secret: account.api_secret.clone(),
+        algorithm: account.algorithm,
+        api_key: Some(account.api_key.clone()),
+    };
+    one["derived"] = crate::upload::eager::derived_json(state, rec, &derived, &signer);
+    Ok(one)
+}
+
+/// `DELETE derived_resources` with `derived_resource_ids[]`.
+pub async fn delete_derived(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
+    let ids = params.items("derived_resource_ids");
+    if ids.is_empty() {
+        return Err(ApiError::missing("derived_resource_ids"));
+    }
+    let gone = state.meta.delete_derived(cloud, None, &ids).await?;
+    let deleted: Map<String, Json> = ids
+        .iter()
+        .map(|id| {
+            let status = if gone.contains(id) {
+                "deleted"
+            } else {
+                "not_found"
+            };
+            (id.clone(), json!(status))
+        })
+        .collect();
+    Ok(json!({ "deleted": deleted }))
+}
+
 fn wants(params: &Params, name: &str) -> bool {
     params
         .text(name)
@@ -267,10 +305,7 @@ pub async fn get_resources(
                 state.meta.find_asset(&key).await?.ok_or_else(|| {
                     ApiError::NotFound(format!("Resource not found - {public_id}"))
                 })?;
-            let mut one = asset_json(state, account, &rec, true, true);
-            // No derived versions exist (transformations are not generated yet).
-            one["derived"] = json!([]);
-            return Ok(one);
+            return resource_json(state, account, &rec).await;
         }
         Target::List { rt, ty } => {
             q.resource_type = Some(rt);
@@ -450,6 +485,30 @@ pub async fn delete_by_asset_ids(
     delete_keys(state, labelled, wants(params, "keep_original"), None).await
 }
 
+/// `keep_original`: only the derived versions go. (found, original removed, derived removed)
+async fn keep_original_only(state: &AppState, key: &AssetKey) -> ApiResult<(bool, bool, usize)> {
+    match state.meta.find_asset(key).await? {
+        Some(r) => {
+            let gone = state
+                .meta
+                .delete_derived(&r.key.cloud, Some(&r.asset_id), &[])
+                .await?;
+            Ok((true, false, gone.len()))
+        }
+        None => Ok((false, false, 0)),
+    }
+}
+
+/// The asset and its derived versions. (found, original removed, derived removed)
+async fn delete_with_derived(state: &AppState, key: &AssetKey) -> ApiResult<(bool, bool, usize)> {
+    let derived = match state.meta.find_asset(key).await? {
+        Some(r) => state.meta.list_derived(&r.asset_id).await?.len(),
+        None => 0,
+    };
+    let found = crate::upload::delete_asset(state, key).await?;
+    Ok((found, found, if found { derived } else { 0 }))
+}
+
 /// Deletes assets one by one, stopping at the first failure, and reports exactly what went.
 /// With `keep_original` only derived versions go, and nephos makes none: nothing is removed.
 async fn delete_keys(
@@ -463,28 +522,21 @@ async fn delete_keys(
     let mut failed = false;
     for (label, key) in &keys {
         let result = if key.public_id.is_empty() {
-            Ok((false, false))
+            Ok((false, false, 0))
         } else if keep_original {
-            state
-                .meta
-                .find_asset(key)
-                .await
-                .map(|r| (r.is_some(), false))
-                .map_err(ApiError::from)
+            keep_original_only(state, key).await
         } else {
-            crate::upload::delete_asset(state, key)
-                .await
-                .map(|found| (found, found))
+            delete_with_derived(state, key).await
         };
         match result {
-            Ok((found, removed)) => {
+            Ok((found, removed, derived)) => {
                 deleted.insert(
                     label.clone(),
                     json!(if found { "deleted" } else { "not_found" }),
                 );
                 counts.insert(
                     label.clone(),
-                    json!({"original": i64::from(removed), "derived": 0}),
+                    json!({"original": i64::from(removed), "derived": derived}),
                 );
             }
             Err(e) => {

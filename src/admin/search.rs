@@ -342,9 +342,7 @@ pub async fn by_asset_id(
         .into_iter()
         .find(|r| r.asset_id == asset_id)
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {asset_id}")))?;
-    let mut one = asset_json(state, account, &rec, true, true);
-    one["derived"] = json!([]);
-    Ok(one)
+    super::resource_json(state, account, &rec).await
 }
 
 /// The required `asset_ids[]` list.

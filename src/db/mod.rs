@@ -60,6 +60,21 @@ pub struct AssetRecord {
     pub api_key: Option<String>,
 }
 
+/// A derived version of an asset (an eager transformation's result).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DerivedRecord {
+    /// Stable for an (asset, transformation, format).
+    pub id: String,
+    pub cloud: String,
+    pub asset_id: String,
+    pub transformation: String,
+    pub format: String,
+    pub bytes: i64,
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub created_at: i64,
+}
+
 /// What [`MetaStore::save_asset`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SaveOutcome {
@@ -249,6 +264,18 @@ pub trait MetaStore: Send + Sync {
         external_id: &str,
         now: i64,
     ) -> Result<(), DbError>;
+    /// Records derived versions (replacing any with the same id).
+    async fn put_derived(&self, derived: &[DerivedRecord]) -> Result<(), DbError>;
+    /// The derived versions of an asset, oldest first.
+    async fn list_derived(&self, asset_id: &str) -> Result<Vec<DerivedRecord>, DbError>;
+    /// Forgets derived versions of a cloud: all of an asset's (`asset_id`), or these ids.
+    /// Returns the ids forgotten.
+    async fn delete_derived(
+        &self,
+        cloud: &str,
+        asset_id: Option<&str>,
+        ids: &[String],
+    ) -> Result<Vec<String>, DbError>;
     /// Forgets the created folder and those below it; returns their paths.
     async fn delete_folders(&self, cloud: &str, path: &str) -> Result<Vec<String>, DbError>;
     /// Stores a delete token for an asset.

@@ -15,7 +15,7 @@ use sqlx::{AnyPool, Row};
 
 use super::{
     AssetChange, AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules,
-    ChunkSession, DbError, ListQuery, MetaStore, Preset, RenameOutcome, SaveOutcome,
+    ChunkSession, DbError, DerivedRecord, ListQuery, MetaStore, Preset, RenameOutcome, SaveOutcome,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -648,6 +648,91 @@ impl MetaStore for SqlStore {
         Ok(())
     }
 
+    async fn put_derived(&self, derived: &[DerivedRecord]) -> Result<(), DbError> {
+        let mut tx = self.write.begin().await?;
+        for d in derived {
+            sqlx::query(
+                "INSERT INTO derived (id, asset_id, transformation, format, bytes, width, height, created_at, cloud) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO UPDATE SET \
+                 bytes = excluded.bytes, width = excluded.width, height = excluded.height, \
+                 created_at = excluded.created_at",
+            )
+            .bind(d.id.clone())
+            .bind(d.asset_id.clone())
+            .bind(d.transformation.clone())
+            .bind(d.format.clone())
+            .bind(d.bytes)
+            .bind(d.width)
+            .bind(d.height)
+            .bind(d.created_at)
+            .bind(d.cloud.clone())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_derived(&self, asset_id: &str) -> Result<Vec<DerivedRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, cloud, asset_id, transformation, format, bytes, width, height, created_at \
+             FROM derived WHERE asset_id = $1 ORDER BY created_at, id",
+        )
+        .bind(asset_id.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DerivedRecord {
+                    id: r.try_get("id")?,
+                    cloud: r.try_get("cloud")?,
+                    asset_id: r.try_get("asset_id")?,
+                    transformation: r.try_get("transformation")?,
+                    format: r.try_get("format")?,
+                    bytes: r.try_get("bytes")?,
+                    width: r.try_get("width")?,
+                    height: r.try_get("height")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_derived(
+        &self,
+        cloud: &str,
+        asset_id: Option<&str>,
+        ids: &[String],
+    ) -> Result<Vec<String>, DbError> {
+        let mut tx = self.write.begin().await?;
+        let mut gone = Vec::new();
+        let mut forget = |rows: Vec<AnyRow>| -> Result<(), DbError> {
+            for r in rows {
+                gone.push(r.try_get::<String, _>("id")?);
+            }
+            Ok(())
+        };
+        if let Some(a) = asset_id {
+            let rows =
+                sqlx::query("DELETE FROM derived WHERE cloud = $1 AND asset_id = $2 RETURNING id")
+                    .bind(cloud.to_string())
+                    .bind(a.to_string())
+                    .fetch_all(&mut *tx)
+                    .await?;
+            forget(rows)?;
+        }
+        for id in ids {
+            let rows = sqlx::query("DELETE FROM derived WHERE cloud = $1 AND id = $2 RETURNING id")
+                .bind(cloud.to_string())
+                .bind(id.clone())
+                .fetch_all(&mut *tx)
+                .await?;
+            forget(rows)?;
+        }
+        tx.commit().await?;
+        Ok(gone)
+    }
+
     async fn delete_folders(&self, cloud: &str, path: &str) -> Result<Vec<String>, DbError> {
         let n = path.chars().count() + 1;
         let cond = format!("cloud = $1 AND (path = $2 OR substr(path, 1, {n}) = $3)");
@@ -736,6 +821,10 @@ impl MetaStore for SqlStore {
         };
         let asset_id = record.asset_id.clone();
         sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
+            .bind(asset_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM derived WHERE asset_id = $1")
             .bind(asset_id.clone())
             .execute(&mut *tx)
             .await?;

@@ -4,7 +4,6 @@
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 
 use super::{delivery_error, etag_matches, mime_for};
 use crate::db::AssetRecord;
@@ -82,15 +81,9 @@ pub(super) async fn serve(
             format!("The image is too large to transform ({} bytes)", rec.bytes),
         ));
     }
-    let mut stream = state
-        .blobs
-        .read(&rec.blob_key, None)
+    let original = crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
         .await?
         .ok_or_else(not_found)?;
-    let mut original = Vec::with_capacity(rec.bytes.max(0) as usize);
-    while let Some(chunk) = stream.next().await {
-        original.extend_from_slice(&chunk?);
-    }
     let plan = plan.clone();
     let out_format = format.to_string();
     let bytes = tokio::task::spawn_blocking(move || {

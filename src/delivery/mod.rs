@@ -40,22 +40,36 @@ pub fn asset_url(
     secret: &str,
     algorithm: SignatureAlgorithm,
 ) -> String {
+    derived_url(base, rec, None, None, secret, algorithm)
+}
+
+/// The delivery URL of a transformation of an asset (in `format`, else the asset's), signed
+/// like the SDKs sign it for private and authenticated assets.
+pub fn derived_url(
+    base: &str,
+    rec: &AssetRecord,
+    transformation: Option<&str>,
+    format: Option<&str>,
+    secret: &str,
+    algorithm: SignatureAlgorithm,
+) -> String {
     let mut source = escape_public_id(&rec.key.public_id);
     if rec.key.resource_type != "raw" {
-        if let Some(f) = &rec.format {
+        if let Some(f) = format.or(rec.format.as_deref()) {
             source = format!("{source}.{f}");
         }
     }
+    let t = transformation.map(|t| format!("{t}/")).unwrap_or_default();
     let sig = if rec.key.delivery_type == "upload" {
         String::new()
     } else {
         format!(
             "s--{}--/",
-            delivery_signature(&source, secret, algorithm, false)
+            delivery_signature(&format!("{t}{source}"), secret, algorithm, false)
         )
     };
     format!(
-        "{base}/{}/{}/{}/{sig}v{}/{source}",
+        "{base}/{}/{}/{}/{sig}{t}v{}/{source}",
         rec.key.cloud, rec.key.resource_type, rec.key.delivery_type, rec.version
     )
 }

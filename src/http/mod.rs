@@ -79,6 +79,10 @@ fn api_routes(state: AppState) -> Router {
         .route("/v1_1/{cloud}/delete_by_token", post(delete_by_token))
         .route("/v1_1/{cloud}/usage", get(admin_usage))
         .route(
+            "/v1_1/{cloud}/derived_resources",
+            axum::routing::delete(admin_delete_derived),
+        )
+        .route(
             "/v1_1/{cloud}/resources",
             get(admin_resource_types).delete(admin_delete_by_asset_ids),
         )
@@ -349,6 +353,17 @@ async fn admin_tags(
 ) -> ApiResult<Response> {
     let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
     Ok(Json(crate::admin::list_tags(&state, &cloud, &rt, &params).await?).into_response())
+}
+
+async fn admin_delete_derived(
+    State(state): State<AppState>,
+    Path(cloud): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
+    Ok(Json(crate::admin::delete_derived(&state, &cloud, &params).await?).into_response())
 }
 
 async fn admin_delete_by_asset_ids(

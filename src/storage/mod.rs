@@ -26,6 +26,19 @@ pub struct ByteRange {
     pub end: u64,
 }
 
+/// The whole content of a blob, in memory (for images being transformed).
+pub async fn read_all(blobs: &dyn BlobStore, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+    use futures_util::StreamExt;
+    let Some(mut stream) = blobs.read(key, None).await? else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(Some(out))
+}
+
 #[async_trait]
 pub trait BlobStore: Send + Sync {
     /// Moves a finished temporary file into the store under `key`, atomically.

@@ -196,11 +196,20 @@ pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> 
     let caller = signed_caller(state, req, &params, false)?;
     super::refuse_unsupported(&params)?;
     if params.nonempty("notification_url").is_some() {
-        // explicit notifies about eager transformations, which come with transformations.
         return Err(ApiError::bad(
-            "Parameter notification_url is not supported by explicit on this server yet",
+            "Parameter notification_url is not supported by explicit on this server yet \
+             (eager_notification_url is)",
         ));
     }
+    let eager_specs = super::eager::parse(&params)?;
+    if !eager_specs.is_empty() && req.resource_type != "image" {
+        // Refused before anything changes.
+        super::eager::check_source(req.resource_type, None)?;
+    }
+    let eager_notify = params
+        .nonempty("eager_notification_url")
+        .map(crate::notify::check_url)
+        .transpose()?;
     let public_id = params
         .nonempty("public_id")
         .ok_or_else(|| ApiError::missing("public_id"))?;
@@ -212,7 +221,25 @@ pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> 
         .modify_asset(&key(req, ty, public_id), &change)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
-    answer(state, req, &caller, &rec)
+    let mut out = answer(state, req, &caller, &rec)?;
+    if !eager_specs.is_empty() {
+        super::eager::check_source(&rec.key.resource_type, rec.format.as_deref())?;
+        let signer = ResponseSigner::for_caller(state, req.cloud, &caller)?;
+        if params.truthy("eager_async") {
+            super::eager::in_background(
+                state.clone(),
+                rec,
+                eager_specs,
+                signer,
+                eager_notify,
+                crate::util::random_hex(32),
+            );
+        } else {
+            let derived = super::eager::generate(state, &rec, &eager_specs).await?;
+            out["eager"] = super::eager::eager_json(state, &rec, &derived, &signer);
+        }
+    }
+    Ok(out)
 }
 
 fn public_ids(params: &Params) -> ApiResult<Vec<String>> {

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod actions;
 pub mod chunked;
+pub mod eager;
 pub mod naming;
 pub mod preset;
 pub mod response;
@@ -51,14 +52,7 @@ const NOT_ENABLED: &[(&str, &str)] = &[
 ];
 
 /// Parameters that change what is stored or answered and that nephos does not implement yet.
-const NOT_YET: &[&str] = &[
-    "eager",
-    "async",
-    "eager_notification_url",
-    "callback",
-    "eval",
-    "on_success",
-];
+const NOT_YET: &[&str] = &["async", "callback", "eval", "on_success"];
 
 pub(crate) fn refuse_unsupported(params: &Params) -> ApiResult<()> {
     for (name, label) in NOT_ENABLED {
@@ -424,6 +418,15 @@ pub async fn store_upload(
         (src, info, format)
     };
 
+    let eager_specs = eager::parse(&params)?;
+    if !eager_specs.is_empty() {
+        eager::check_source(kind.as_str(), format.as_deref())?;
+    }
+    let eager_notify = params
+        .nonempty("eager_notification_url")
+        .map(crate::notify::check_url)
+        .transpose()?;
+
     let asset_folder_param = params
         .text("asset_folder")
         .map(|f| naming::clean_path("asset_folder", f))
@@ -553,8 +556,33 @@ pub async fn store_upload(
         api_key: caller.api_key().map(str::to_string),
     };
     let record = store(state, record, src.blob, overwrite).await?;
+    if record.1 == Outcome::Overwritten {
+        // The derived versions of the previous original no longer apply.
+        state
+            .meta
+            .delete_derived(&record.0.key.cloud, Some(&record.0.asset_id), &[])
+            .await?;
+    }
     let signer = ResponseSigner::for_caller(state, req.cloud, caller)?;
     let mut answer = upload_response(state, &record.0, &signer, record.1);
+    if !eager_specs.is_empty() && record.1 != Outcome::Existing {
+        if params.truthy("eager_async") {
+            eager::in_background(
+                state.clone(),
+                record.0.clone(),
+                eager_specs,
+                signer.clone(),
+                eager_notify,
+                random_hex(32),
+            );
+        } else {
+            let derived = eager::generate(state, &record.0, &eager_specs).await?;
+            answer.insert(
+                "eager".into(),
+                eager::eager_json(state, &record.0, &derived, &signer),
+            );
+        }
+    }
     if return_delete_token {
         // A token anyone holding it can use once, within ten minutes, to delete the asset.
         let token = random_hex(20);

@@ -12,6 +12,7 @@ use crate::state::AppState;
 use crate::util::iso_time;
 
 /// The secret and algorithm of the response `signature` and of signed delivery URLs.
+#[derive(Clone)]
 pub struct ResponseSigner {
     pub secret: String,
     pub algorithm: SignatureAlgorithm,
