@@ -282,3 +282,17 @@ test('SDK-built transformation URLs load', async () => {
   assert.equal(bad.status, 400);
   assert.match(bad.headers.get('x-cld-error'), /e_sepia/);
 });
+
+test('eager results match the SDK-built URLs', async () => {
+  const pid = `node_eager/${Date.now()}`;
+  const r = await cloudinary.uploader.upload(asset('logo.png'), {
+    public_id: pid, eager: [{ width: 16, height: 16, crop: 'fill' }, { width: 32, format: 'webp' }],
+  });
+  assert.equal(r.eager.length, 2);
+  const at = { cname: server.base.replace('http://', ''), secure: false, version: r.version, urlAnalytics: false };
+  assert.equal(r.eager[0].url, cloudinary.url(pid, { ...at, width: 16, height: 16, crop: 'fill', format: 'png' }));
+  assert.deepEqual([r.eager[1].width, r.eager[1].format], [32, 'webp']);
+  const res = await fetch(r.eager[1].secure_url);
+  assert.equal((await res.arrayBuffer()).byteLength, r.eager[1].bytes);
+  assert.equal((await cloudinary.api.resource(pid)).derived.length, 2);
+});

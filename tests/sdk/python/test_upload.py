@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 import cloudinary
+import cloudinary.api
 import cloudinary.uploader
 import cloudinary.utils
 import pytest
@@ -306,3 +307,48 @@ def test_sdk_built_transformation_urls_load(base, asset):
     with pytest.raises(urllib.error.HTTPError) as e:
         fetch(cloudinary.CloudinaryImage(pid).build_url(effect="sepia", cname=host))
     assert e.value.code == 400 and "e_sepia" in e.value.headers["X-Cld-Error"]
+
+
+def test_eager_transformations_and_async_notification(base, asset):
+    host = base.split("://", 1)[1]
+    pid = f"py_eager/{int(time.time() * 1000)}"
+    r = cloudinary.uploader.upload(asset("logo.png"), public_id=pid,
+                                   eager=[{"width": 16, "height": 16, "crop": "fill"}, {"width": 32, "format": "webp"}])
+    assert [(e["width"], e["height"], e["format"]) for e in r["eager"]] == [(16, 16, "png"), (32, 16, "webp")]
+    built, _ = cloudinary.utils.cloudinary_url(pid, width=16, height=16, crop="fill", format="png",
+                                               version=r["version"], cname=host)
+    assert r["eager"][0]["url"] == built
+    assert len(fetch(r["eager"][1]["secure_url"])) == r["eager"][1]["bytes"]
+    assert len(cloudinary.api.resource(pid)["derived"]) == 2
+
+    received = []
+    done = threading.Event()
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append((body, self.headers["X-Cld-Timestamp"], self.headers["X-Cld-Signature"]))
+            self.send_response(200)
+            self.end_headers()
+            done.set()
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{hook.server_address[1]}/eager"
+        ex = cloudinary.uploader.explicit(pid, type="upload", eager=[{"width": 8, "crop": "scale"}],
+                                          eager_async=True, eager_notification_url=url)
+        assert "eager" not in ex
+        assert done.wait(10), "no eager notification arrived"
+    finally:
+        hook.shutdown()
+    body, timestamp, signature = received[0]
+    assert cloudinary.utils.verify_notification_signature(body, timestamp, signature)
+    import json
+    note = json.loads(body)
+    assert note["notification_type"] == "eager" and note["public_id"] == pid and note["batch_id"]
+    assert [(e["transformation"], e["width"]) for e in note["eager"]] == [("c_scale,w_8", 8)]
+    assert len(cloudinary.api.resource(pid)["derived"]) == 3
