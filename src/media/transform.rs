@@ -311,7 +311,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
             _ => {}
         }
     }
-    let px = |v: f64| (v.round() as i64).max(1) as u32;
+    let px = |v: f64| v.round().clamp(1.0, f64::from(u32::MAX)) as u32;
     let too_big = |a: u32, b: u32| u64::from(a) * u64::from(b) > max_pixels;
     let fit_scale = |bw: Option<f64>, bh: Option<f64>| match (bw, bh) {
         (Some(bw), Some(bh)) => (bw / sw).min(bh / sh),
