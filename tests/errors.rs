@@ -277,10 +277,10 @@ async fn upload_error_matrix() {
     check(
         &server,
         "image",
-        &[("async", "true")],
+        &[("callback", "http://example.com/cb")],
         &png,
         400,
-        "Parameter async is not supported by this server yet",
+        "Parameter callback is not supported by this server yet",
     )
     .await;
     check(

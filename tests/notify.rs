@@ -91,3 +91,63 @@ async fn uploads_notify_signed_and_retry_a_refused_attempt() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn async_uploads_answer_pending_then_notify() {
+    let server = TestServer::start().await;
+    let (url, seen) = receiver().await;
+    let png = samples::png(3, 2);
+    // The receiver refuses its first call: the retry carries the same payload.
+    let (s, pending) = upload(
+        &server,
+        "image",
+        &[
+            ("public_id", "later"),
+            ("async", "true"),
+            ("notification_url", &url),
+        ],
+        &png,
+        "l.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{pending}");
+    assert_eq!(pending["status"], "pending");
+    assert_eq!(pending["public_id"], "later");
+    assert_eq!(pending["type"], "upload");
+    let batch = pending["batch_id"].as_str().unwrap().to_string();
+    for _ in 0..100 {
+        if seen.lock().unwrap().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    let payload: Value = serde_json::from_str(&calls[1].1).unwrap();
+    assert_eq!(payload["notification_type"], "upload");
+    assert_eq!(payload["batch_id"], batch.as_str());
+    assert_eq!(payload["public_id"], "later");
+    let (status, bytes) = get_bytes(payload["secure_url"].as_str().unwrap()).await;
+    assert_eq!((status, bytes), (200, png.clone()));
+
+    // Not for a part of a chunked upload.
+    let part = vec![7u8; 6 * 1024 * 1024];
+    let r = reqwest::Client::new()
+        .post(server.upload_url("raw"))
+        .header(
+            "content-range",
+            format!("bytes 0-{}/{}", part.len() - 1, part.len() * 2),
+        )
+        .header("x-unique-upload-id", "async-parts")
+        .multipart(signed_form(&[("async", "true")], &part, "big.bin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        message(&v),
+        "Parameter async is not supported for uploads in parts"
+    );
+    server.stop().await;
+}

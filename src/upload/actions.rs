@@ -201,6 +201,11 @@ pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> 
              (eager_notification_url is)",
         ));
     }
+    if params.truthy("async") {
+        return Err(ApiError::bad(
+            "Parameter async is not supported by explicit on this server yet (eager_async is)",
+        ));
+    }
     let eager_specs = super::eager::parse(&params)?;
     if !eager_specs.is_empty() && req.resource_type != "image" {
         // Refused before anything changes.

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value as Json};
 use crate::auth::Caller;
 use crate::db::{AssetKey, AssetRecord, SaveOutcome};
 use crate::error::{ApiError, ApiResult};
-use crate::form::{Form, Params};
+use crate::form::{Form, Params, Value};
 use crate::media::{self, MediaKind};
 use crate::state::AppState;
 use crate::storage::new_blob_key;
@@ -52,7 +52,7 @@ const NOT_ENABLED: &[(&str, &str)] = &[
 ];
 
 /// Parameters that change what is stored or answered and that nephos does not implement yet.
-const NOT_YET: &[&str] = &["async", "callback", "eval", "on_success"];
+const NOT_YET: &[&str] = &["callback", "eval", "on_success"];
 
 pub(crate) fn refuse_unsupported(params: &Params) -> ApiResult<()> {
     for (name, label) in NOT_ENABLED {
@@ -63,13 +63,7 @@ pub(crate) fn refuse_unsupported(params: &Params) -> ApiResult<()> {
         }
     }
     for name in NOT_YET {
-        let set = match *name {
-            "async" | "return_delete_token" => {
-                params.nonempty(name).is_some() && params.truthy(name)
-            }
-            _ => params.nonempty(name).is_some(),
-        };
-        if set {
+        if params.nonempty(name).is_some() {
             return Err(ApiError::bad(format!(
                 "Parameter {name} is not supported by this server yet"
             )));
@@ -265,6 +259,13 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
     if let Some(url) = params.nonempty("notification_url") {
         crate::notify::check_url(url)?;
     }
+    if params.truthy("async")
+        && range.is_some_and(|r| !chunked::is_whole(&r, file.as_ref().map(|f| f.blob.size)))
+    {
+        return Err(ApiError::bad(
+            "Parameter async is not supported for uploads in parts",
+        ));
+    }
     if let Some(range) = range {
         if !chunked::is_whole(&range, file.as_ref().map(|f| f.blob.size)) {
             return chunked::part(
@@ -280,9 +281,59 @@ pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> Api
             .await;
         }
     }
+    if params.truthy("async") {
+        let src = source::resolve(state, file, params.text("file")).await?;
+        return Ok(store_later(state, &req, caller, params, src));
+    }
     let src = source::resolve(state, file, params.text("file")).await?;
     store_upload(state, &req, &caller, params, src, None).await
 }
+
+/// `async=true`: answers `{"status": "pending", …, "batch_id"}` at once and stores the upload
+/// afterwards; `notification_url` then gets the upload notification (with the `batch_id`).
+fn store_later(
+    state: &AppState,
+    req: &UploadRequest<'_>,
+    caller: Caller,
+    mut params: Params,
+    src: Source,
+) -> Json {
+    let batch_id = random_hex(32);
+    let mut pending = Map::new();
+    pending.insert("status".into(), json!("pending"));
+    pending.insert("resource_type".into(), json!(req.resource_type));
+    pending.insert(
+        "type".into(),
+        json!(params.nonempty("type").unwrap_or("upload")),
+    );
+    if let Some(id) = params.nonempty("public_id") {
+        pending.insert("public_id".into(), json!(id));
+    }
+    pending.insert("batch_id".into(), json!(batch_id));
+    params.set(BATCH_ID, Value::Text(batch_id));
+    let (state, cloud, rt) = (
+        state.clone(),
+        req.cloud.to_string(),
+        req.resource_type.to_string(),
+    );
+    tokio::spawn(async move {
+        let req = UploadRequest {
+            cloud: &cloud,
+            resource_type: &rt,
+            authorization: None,
+            content_range: None,
+            upload_id: None,
+        };
+        if let Err(e) = store_upload(&state, &req, &caller, params, src, None).await {
+            tracing::error!(error = %e, "asynchronous upload failed");
+        }
+    });
+    Json::Object(pending)
+}
+
+/// Carries an async upload's batch ID to its notification (never a client parameter: the
+/// name cannot come from a request).
+const BATCH_ID: &str = "\u{0}batch_id";
 
 /// Deletes one asset: the row first, then its file (so no row is ever left without a file).
 pub async fn delete_asset(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
@@ -595,6 +646,9 @@ pub async fn store_upload(
     if let Some(url) = params.nonempty("notification_url") {
         let mut payload = answer.clone();
         payload.insert("notification_type".into(), json!("upload"));
+        if let Some(batch) = params.nonempty(BATCH_ID) {
+            payload.insert("batch_id".into(), json!(batch));
+        }
         crate::notify::send(
             state.http.clone(),
             crate::notify::check_url(url)?,

@@ -253,30 +253,42 @@ def test_upload_large_with_known_total(tmp_path, asset, resource_type):
     assert fetch(r["secure_url"]) == data
 
 
+class NotificationHook:
+    """A local endpoint that records the notifications POSTed to it."""
+
+    def __init__(self):
+        self.received = []
+        self.done = threading.Event()
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+                hook.received.append((body, self.headers["X-Cld-Timestamp"], self.headers["X-Cld-Signature"]))
+                self.send_response(200)
+                self.end_headers()
+                hook.done.set()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cld?x=1"
+
+    def first(self):
+        """The first notification (body, timestamp, signature), waiting for it."""
+        try:
+            assert self.done.wait(10), "no notification arrived"
+        finally:
+            self.server.shutdown()
+        return self.received[0]
+
+
 def test_notification_url_receives_the_signed_upload_result(asset):
-    received = []
-    done = threading.Event()
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-            received.append((body, self.headers["X-Cld-Timestamp"], self.headers["X-Cld-Signature"]))
-            self.send_response(200)
-            self.end_headers()
-            done.set()
-
-        def log_message(self, *args):
-            pass
-
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{hook.server_address[1]}/cld?x=1"
-        result = cloudinary.uploader.upload(asset("logo.png"), notification_url=url, tags=["hooked"])
-        assert done.wait(10), "no notification arrived"
-    finally:
-        hook.shutdown()
-    body, timestamp, signature = received[0]
+    hook = NotificationHook()
+    result = cloudinary.uploader.upload(asset("logo.png"), notification_url=hook.url, tags=["hooked"])
+    body, timestamp, signature = hook.first()
     assert cloudinary.utils.verify_notification_signature(body, timestamp, signature)
     assert not cloudinary.utils.verify_notification_signature(body + " ", timestamp, signature)
     import json
@@ -321,34 +333,28 @@ def test_eager_transformations_and_async_notification(base, asset):
     assert len(fetch(r["eager"][1]["secure_url"])) == r["eager"][1]["bytes"]
     assert len(cloudinary.api.resource(pid)["derived"]) == 2
 
-    received = []
-    done = threading.Event()
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-            received.append((body, self.headers["X-Cld-Timestamp"], self.headers["X-Cld-Signature"]))
-            self.send_response(200)
-            self.end_headers()
-            done.set()
-
-        def log_message(self, *args):
-            pass
-
-    hook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{hook.server_address[1]}/eager"
-        ex = cloudinary.uploader.explicit(pid, type="upload", eager=[{"width": 8, "crop": "scale"}],
-                                          eager_async=True, eager_notification_url=url)
-        assert "eager" not in ex
-        assert done.wait(10), "no eager notification arrived"
-    finally:
-        hook.shutdown()
-    body, timestamp, signature = received[0]
+    hook = NotificationHook()
+    ex = cloudinary.uploader.explicit(pid, type="upload", eager=[{"width": 8, "crop": "scale"}],
+                                      eager_async=True, eager_notification_url=hook.url)
+    assert "eager" not in ex
+    body, timestamp, signature = hook.first()
     assert cloudinary.utils.verify_notification_signature(body, timestamp, signature)
     import json
     note = json.loads(body)
     assert note["notification_type"] == "eager" and note["public_id"] == pid and note["batch_id"]
     assert [(e["transformation"], e["width"]) for e in note["eager"]] == [("c_scale,w_8", 8)]
     assert len(cloudinary.api.resource(pid)["derived"]) == 3
+
+
+def test_async_upload_answers_pending_then_notifies(asset):
+    hook = NotificationHook()
+    pid = f"py_async/{int(time.time() * 1000)}"
+    pending = cloudinary.uploader.upload(asset("logo.png"), public_id=pid, notification_url=hook.url,
+                                         **{"async": True})
+    assert (pending["status"], pending["public_id"], pending["type"]) == ("pending", pid, "upload")
+    body, timestamp, signature = hook.first()
+    assert cloudinary.utils.verify_notification_signature(body, timestamp, signature)
+    import json
+    done = json.loads(body)
+    assert (done["batch_id"], done["public_id"]) == (pending["batch_id"], pid)
+    assert fetch(done["secure_url"]) == read(asset("logo.png"))
