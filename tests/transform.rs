@@ -258,6 +258,11 @@ async fn admin_json(
     r.json().await.unwrap()
 }
 
+async fn derived_of(server: &TestServer, public_id: &str) -> serde_json::Value {
+    let path = format!("resources/image/upload/{public_id}");
+    admin_json(server, reqwest::Method::GET, &path, &[]).await["derived"].clone()
+}
+
 async fn eager_story(backend: Backend) {
     let server = TestServer::start_on(&backend).await;
     let png = samples::png(200, 100);
@@ -373,14 +378,7 @@ async fn eager_story(backend: Backend) {
         kept["deleted_counts"]["eg"],
         serde_json::json!({"original": 0, "derived": 2})
     );
-    let res = admin_json(
-        &server,
-        reqwest::Method::GET,
-        "resources/image/upload/eg",
-        &[],
-    )
-    .await;
-    assert_eq!(res["derived"], serde_json::json!([]));
+    assert_eq!(derived_of(&server, "eg").await, serde_json::json!([]));
 
     // An overwrite forgets the previous original's derived versions.
     let (s, _) = upload(
@@ -394,14 +392,7 @@ async fn eager_story(backend: Backend) {
     assert_eq!(s, 200);
     let (s, _) = upload(&server, "image", &[("public_id", "eg")], &png, "p.png").await;
     assert_eq!(s, 200);
-    let res = admin_json(
-        &server,
-        reqwest::Method::GET,
-        "resources/image/upload/eg",
-        &[],
-    )
-    .await;
-    assert_eq!(res["derived"], serde_json::json!([]));
+    assert_eq!(derived_of(&server, "eg").await, serde_json::json!([]));
 
     // Refused before anything is stored.
     let (s, body) = upload(

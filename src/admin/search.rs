@@ -366,17 +366,20 @@ pub async fn by_asset_ids(
         .await?
         .iter()
         .filter(|r| ids.contains(&r.asset_id))
-        .map(|r| {
-            asset_json(
-                state,
-                account,
-                r,
-                wants(params, "tags"),
-                wants(params, "context"),
-            )
-        })
+        .map(|r| listed(state, account, r, params))
         .collect();
     Ok(json!({ "resources": resources }))
+}
+
+/// An asset in a listing, with tags and context when the call asked for them.
+fn listed(state: &AppState, account: &Account, r: &AssetRecord, params: &Params) -> Json {
+    asset_json(
+        state,
+        account,
+        r,
+        wants(params, "tags"),
+        wants(params, "context"),
+    )
 }
 
 /// `GET resources/by_asset_folder?asset_folder=…`: the assets directly in that folder.
@@ -407,15 +410,7 @@ pub async fn by_asset_folder(
         .iter()
         .skip(offset)
         .take(max)
-        .map(|r| {
-            asset_json(
-                state,
-                account,
-                r,
-                wants(params, "tags"),
-                wants(params, "context"),
-            )
-        })
+        .map(|r| listed(state, account, r, params))
         .collect();
     let mut out = Map::new();
     out.insert("resources".into(), Json::Array(resources));
