@@ -118,11 +118,6 @@ fn expected_status(file: &str) -> (u16, &'static str) {
             "analysis add-ons are not provided",
         ),
         (
-            "__upload__transformation_incoming",
-            400,
-            "its e_sepia effect is not provided",
-        ),
-        (
             "__upload__remote_url",
             404,
             "example.com is not reachable from the test machine",

@@ -109,8 +109,8 @@ async fn transformations_and_conversions() {
     // Refusals name what is wrong, in X-Cld-Error.
     for (path, msg) in [
         (
-            "e_sepia/shop/pic.png",
-            "Transformation e_sepia is not supported by this server",
+            "e_cartoonify/shop/pic.png",
+            "Transformation e_cartoonify is not supported by this server",
         ),
         (
             "c_fill,w_abc/shop/pic.png",
@@ -215,7 +215,7 @@ async fn incoming_transformations_and_format_conversion() {
     assert_eq!(up["width"], 200);
 
     for (params, msg) in [
-        (vec![("transformation", "e_sepia")], "Transformation e_sepia is not supported by this server"),
+        (vec![("transformation", "e_cartoonify")], "Transformation e_cartoonify is not supported by this server"),
         (vec![("format", "svg")], "Parameter format (svg) is not a format this server converts to (jpg, png, webp, gif, bmp, tiff)"),
     ] {
         let mut params = params.clone();
@@ -398,7 +398,7 @@ async fn eager_story(backend: Backend) {
     let (s, body) = upload(
         &server,
         "image",
-        &[("public_id", "no"), ("eager", "e_sepia")],
+        &[("public_id", "no"), ("eager", "e_cartoonify")],
         &png,
         "p.png",
     )
@@ -407,7 +407,7 @@ async fn eager_story(backend: Backend) {
         (s, message(&body).as_str()),
         (
             400,
-            "Invalid eager transformation - Transformation e_sepia is not supported by this server"
+            "Invalid eager transformation - Transformation e_cartoonify is not supported by this server"
         )
     );
     let mp4 = samples::mp4(16, 16, 1.0, b"isom");

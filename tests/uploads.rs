@@ -357,7 +357,7 @@ async fn story(backend: Backend) {
     );
     let resp = client
         .get(format!(
-            "{}/demo/image/upload/c_fill,w_100/e_sepia/folder/sample.png",
+            "{}/demo/image/upload/c_fill,w_100/e_cartoonify/folder/sample.png",
             server.base
         ))
         .send()
@@ -366,7 +366,7 @@ async fn story(backend: Backend) {
     assert_eq!(resp.status(), 400);
     assert_eq!(
         resp.headers()["x-cld-error"],
-        "Transformation e_sepia is not supported by this server"
+        "Transformation e_cartoonify is not supported by this server"
     );
     let resp = client
         .get(format!(

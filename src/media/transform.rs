@@ -7,7 +7,9 @@
 //! `lpad`, `crop`), `g_` (compass directions; `auto`, `face`, `faces` and the rest center),
 //! `ar_` (`16:9` or `1.78`), `dpr_` (a factor, `auto` = 1), `x_`/`y_` (with `c_crop`),
 //! `b_` (`pad` background: a colour name or `rgb:RRGGBB[AA]`), `a_` (`90`, `180`, `270`,
-//! `-90`, `hflip`, `vflip`), `e_grayscale`, `q_` (1–100 or `auto[:…]`), `f_` (`auto`, `jpg`,
+//! `-90`, `hflip`, `vflip`), `e_` (`grayscale`, `sepia[:level]`, `negate`, `blur[:strength]`,
+//! `sharpen[:strength]`), `r_` (pixels or `max`), `o_` (0–100), `bo_<n>px_solid_<colour>`,
+//! `q_` (1–100 or `auto[:…]`), `f_` (`auto`, `jpg`,
 //! `png`, `webp`, `gif`, `bmp`, `tiff`) and `fl_attachment`. Anything else is refused with a
 //! message naming it, never ignored.
 
@@ -41,7 +43,23 @@ pub struct Step {
     x: Option<i64>,
     y: Option<i64>,
     angle: Option<String>,
-    grayscale: bool,
+    effects: Vec<Effect>,
+    /// `r_`: corner radius in pixels; `None` inside means `max` (an ellipse).
+    radius: Option<Option<u32>>,
+    /// `o_`: opacity in percent.
+    opacity: Option<u8>,
+    /// `bo_<n>px_solid_<colour>`.
+    border: Option<(u32, Rgba<u8>)>,
+}
+
+/// `e_…` effects.
+#[derive(Debug, Clone, PartialEq)]
+enum Effect {
+    Grayscale,
+    Sepia(f32),
+    Negate,
+    Blur(f32),
+    Sharpen(f32),
 }
 
 impl Default for Step {
@@ -57,7 +75,10 @@ impl Default for Step {
             x: None,
             y: None,
             angle: None,
-            grayscale: false,
+            effects: Vec::new(),
+            radius: None,
+            opacity: None,
+            border: None,
         }
     }
 }
@@ -163,7 +184,39 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     }
                     _ => return Err(invalid(item, "only quarter turns and flips are supported")),
                 },
-                "e" if value == "grayscale" => step.grayscale = true,
+                "e" => step.effects.push(effect(item, value)?),
+                "r" => {
+                    step.radius = Some(if value == "max" {
+                        None
+                    } else {
+                        Some(
+                            value
+                                .parse::<u32>()
+                                .map_err(|_| invalid(item, "expected pixels or max"))?,
+                        )
+                    })
+                }
+                "o" => {
+                    step.opacity = Some(
+                        value
+                            .parse::<u8>()
+                            .ok()
+                            .filter(|o| *o <= 100)
+                            .ok_or_else(|| invalid(item, "expected 0 to 100"))?,
+                    )
+                }
+                "bo" => {
+                    let (width, colour) = value
+                        .split_once("px_solid_")
+                        .ok_or_else(|| invalid(item, "expected <n>px_solid_<colour>"))?;
+                    let width = width
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|w| *w <= 1000)
+                        .ok_or_else(|| invalid(item, "expected a width up to 1000 pixels"))?;
+                    let colour = color(colour).ok_or_else(|| invalid(item, "unknown colour"))?;
+                    step.border = Some((width, colour));
+                }
                 "q" => {
                     plan.quality = Some(match value {
                         "auto" | "auto:good" => 80,
@@ -191,7 +244,10 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     ))
                 }
             }
-            geometric |= matches!(key, "w" | "h" | "c" | "ar" | "dpr" | "x" | "y" | "a" | "e");
+            geometric |= matches!(
+                key,
+                "w" | "h" | "c" | "ar" | "dpr" | "x" | "y" | "a" | "e" | "r" | "o" | "bo"
+            );
         }
         if geometric {
             plan.steps.push(step);
@@ -394,8 +450,32 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
             cut(&img, cw, ch, s.anchor, s.x, s.y)
         }
     };
-    if s.grayscale {
-        out = DynamicImage::ImageLumaA8(out.to_luma_alpha8());
+    for e in &s.effects {
+        out = apply_effect(out, e);
+    }
+    if let Some(radius) = s.radius {
+        out = round_corners(out, radius);
+    }
+    if let Some(o) = s.opacity {
+        let mut rgba = out.to_rgba8();
+        for p in rgba.pixels_mut() {
+            p[3] = (u16::from(p[3]) * u16::from(o) / 100) as u8;
+        }
+        out = DynamicImage::ImageRgba8(rgba);
+    }
+    if let Some((width, colour)) = s.border {
+        let (w, h) = (out.width() + 2 * width, out.height() + 2 * width);
+        if too_big(w, h) {
+            return Err(format!("The result would be too large ({w}x{h})"));
+        }
+        let mut canvas = RgbaImage::from_pixel(w, h, colour);
+        imageops::overlay(
+            &mut canvas,
+            &out.to_rgba8(),
+            i64::from(width),
+            i64::from(width),
+        );
+        out = DynamicImage::ImageRgba8(canvas);
     }
     out = match s.angle.as_deref() {
         Some("90") | Some("-270") => out.rotate90(),
@@ -406,6 +486,106 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         _ => out,
     };
     Ok(out)
+}
+
+fn effect(item: &str, value: &str) -> Result<Effect, String> {
+    let (name, level) = match value.split_once(':') {
+        Some((n, l)) => (
+            n,
+            Some(
+                l.parse::<f32>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| invalid(item, "expected a positive strength"))?,
+            ),
+        ),
+        None => (value, None),
+    };
+    Ok(match name {
+        "grayscale" => Effect::Grayscale,
+        "negate" => Effect::Negate,
+        "sepia" => Effect::Sepia(level.unwrap_or(80.0).min(100.0) / 100.0),
+        "blur" => Effect::Blur(level.unwrap_or(100.0).clamp(1.0, 2000.0)),
+        "sharpen" => Effect::Sharpen(level.unwrap_or(100.0).clamp(1.0, 2000.0)),
+        _ => {
+            return Err(format!(
+                "Transformation {item} is not supported by this server"
+            ))
+        }
+    })
+}
+
+fn apply_effect(img: DynamicImage, e: &Effect) -> DynamicImage {
+    match e {
+        Effect::Grayscale => DynamicImage::ImageLumaA8(img.to_luma_alpha8()),
+        Effect::Negate => {
+            let mut img = img.to_rgba8();
+            for p in img.pixels_mut() {
+                for c in 0..3 {
+                    p[c] = 255 - p[c];
+                }
+            }
+            DynamicImage::ImageRgba8(img)
+        }
+        Effect::Sepia(level) => {
+            let mut img = img.to_rgba8();
+            for p in img.pixels_mut() {
+                let (r, g, b) = (f32::from(p[0]), f32::from(p[1]), f32::from(p[2]));
+                let toned = [
+                    0.393 * r + 0.769 * g + 0.189 * b,
+                    0.349 * r + 0.686 * g + 0.168 * b,
+                    0.272 * r + 0.534 * g + 0.131 * b,
+                ];
+                for c in 0..3 {
+                    let v = f32::from(p[c]) * (1.0 - level) + toned[c] * level;
+                    p[c] = v.clamp(0.0, 255.0) as u8;
+                }
+            }
+            DynamicImage::ImageRgba8(img)
+        }
+        // Cloudinary's strengths run to 2000; as a Gaussian sigma, 100 reads as 5 pixels.
+        Effect::Blur(strength) => img.blur(strength / 20.0),
+        Effect::Sharpen(strength) => img.unsharpen(strength / 100.0, 0),
+    }
+}
+
+/// Makes the corners outside a radius (or the ellipse, for `max`) transparent.
+fn round_corners(img: DynamicImage, radius: Option<u32>) -> DynamicImage {
+    let mut img = img.to_rgba8();
+    let (w, h) = (img.width() as f32, img.height() as f32);
+    let (rx, ry) = match radius {
+        None => (w / 2.0, h / 2.0),
+        Some(r) => {
+            let r = (r as f32).min(w / 2.0).min(h / 2.0);
+            (r, r)
+        }
+    };
+    if rx <= 0.0 || ry <= 0.0 {
+        return DynamicImage::ImageRgba8(img);
+    }
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        // The pixel's centre, relative to the nearest corner circle's centre.
+        let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+        let cx = if px < rx {
+            rx
+        } else if px > w - rx {
+            w - rx
+        } else {
+            px
+        };
+        let cy = if py < ry {
+            ry
+        } else if py > h - ry {
+            h - ry
+        } else {
+            py
+        };
+        let (dx, dy) = ((px - cx) / rx, (py - cy) / ry);
+        if dx * dx + dy * dy > 1.0 {
+            p[3] = 0;
+        }
+    }
+    DynamicImage::ImageRgba8(img)
 }
 
 /// A `w`×`h` region (at most the image), at `x`/`y` when given, else placed by `anchor`.
@@ -511,6 +691,9 @@ mod tests {
             ("c_fill,h_100,w_100/c_scale,w_10", (10, 10)),
             ("a_90", (100, 200)),
             ("e_grayscale,q_auto,f_auto", (200, 100)),
+            ("e_sepia,e_blur:300,e_sharpen,e_negate", (200, 100)),
+            ("w_100/r_max,o_50", (100, 50)),
+            ("r_10,bo_4px_solid_rgb:00ff00", (208, 108)),
         ];
         for (t, want) in cases {
             assert_eq!(size_after(t, 200, 100), want, "{t}");
@@ -537,6 +720,27 @@ mod tests {
     }
 
     #[test]
+    fn corners_borders_opacity_and_effects() {
+        let run = |t: &str| {
+            let plan = parse(t).unwrap();
+            image::load_from_memory(&apply(&source(20, 10), &plan, "png", 1_000_000).unwrap())
+                .unwrap()
+                .to_rgba8()
+        };
+        let img = run("r_max");
+        assert_eq!(img.get_pixel(0, 0).0[3], 0, "corner cut away");
+        assert_eq!(img.get_pixel(10, 5).0[3], 255, "centre kept");
+        let img = run("bo_2px_solid_blue");
+        assert_eq!((img.width(), img.height()), (24, 14));
+        assert_eq!(img.get_pixel(0, 0).0, [0, 0, 255, 255]);
+        assert_eq!(img.get_pixel(2 + 7, 2 + 3).0, [7, 3, 90, 255]);
+        assert_eq!(run("o_50").get_pixel(1, 1).0[3], 127);
+        assert_eq!(run("e_negate").get_pixel(7, 3).0, [248, 252, 165, 255]);
+        let sepia = run("e_sepia:100").get_pixel(7, 3).0;
+        assert!(sepia[0] >= sepia[1] && sepia[1] >= sepia[2], "{sepia:?}");
+    }
+
+    #[test]
     fn formats_quality_and_refusals() {
         let plan = parse("w_10,q_50").unwrap();
         assert_eq!(plan.quality, Some(50));
@@ -560,7 +764,11 @@ mod tests {
         for bad in [
             "w_abc",
             "c_imagga_scale",
-            "e_sepia",
+            "e_cartoonify",
+            "e_blur:abc",
+            "r_x",
+            "o_101",
+            "bo_2px_dashed_red",
             "t_named",
             "l_logo",
             "q_0",

@@ -317,8 +317,8 @@ def test_sdk_built_transformation_urls_load(base, asset):
     signed, _ = cloudinary.utils.cloudinary_url(pid, width=8, crop="scale", format="png", sign_url=True, cname=host)
     assert "/s--" in signed and png_size(fetch(signed)) == (8, 4)
     with pytest.raises(urllib.error.HTTPError) as e:
-        fetch(cloudinary.CloudinaryImage(pid).build_url(effect="sepia", cname=host))
-    assert e.value.code == 400 and "e_sepia" in e.value.headers["X-Cld-Error"]
+        fetch(cloudinary.CloudinaryImage(pid).build_url(effect="cartoonify", cname=host))
+    assert e.value.code == 400 and "e_cartoonify" in e.value.headers["X-Cld-Error"]
 
 
 def test_eager_transformations_and_async_notification(base, asset):
