@@ -434,10 +434,48 @@ pub async fn serve(
         )
         .await;
     }
+    serve_original(state, method, headers, &rec).await
+}
+
+/// Serves an asset as stored, or converted to another image `format`.
+pub async fn serve_asset(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    rec: &AssetRecord,
+    format: Option<&str>,
+) -> ApiResult<Response> {
+    let source_format = rec.format.clone().unwrap_or_default();
+    match format.map(|f| f.to_ascii_lowercase()) {
+        Some(f) if rec.key.resource_type == "image" && !f.is_empty() => {
+            if !transform::OUTPUT_FORMATS.contains(&f.as_str()) {
+                return Err(delivery_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("Format conversion from {source_format} to {f} is not supported"),
+                ));
+            }
+            let plan = transform::Plan::default();
+            let out = transform::output_format(&plan, Some(&f), &source_format);
+            if out == source_format {
+                return serve_original(state, method, headers, rec).await;
+            }
+            derived::serve(state, method, headers, rec, None, &plan, &out).await
+        }
+        _ => serve_original(state, method, headers, rec).await,
+    }
+}
+
+/// Serves an asset's stored bytes, with validators, conditional GET, ranges and HEAD.
+pub(crate) async fn serve_original(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    rec: &AssetRecord,
+) -> ApiResult<Response> {
     let len = state.blobs.size(&rec.blob_key).await?.ok_or_else(|| {
         delivery_error(
             StatusCode::NOT_FOUND,
-            format!("Resource not found - {}", p.source),
+            format!("Resource not found - {}", rec.key.public_id),
         )
     })?;
     let etag = format!("\"{}\"", rec.etag);
@@ -449,7 +487,7 @@ pub async fn serve(
         .header(header::LAST_MODIFIED, &last_modified)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CACHE_CONTROL, "public, max-age=0, must-revalidate")
-        .header(header::CONTENT_TYPE, content_type(&rec));
+        .header(header::CONTENT_TYPE, content_type(rec));
     let h = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let not_modified = match h(header::IF_NONE_MATCH) {
         Some(list) => etag_matches(list, &etag),
@@ -505,7 +543,7 @@ pub async fn serve(
         .ok_or_else(|| {
             delivery_error(
                 StatusCode::NOT_FOUND,
-                format!("Resource not found - {}", p.source),
+                format!("Resource not found - {}", rec.key.public_id),
             )
         })?;
     let mut resp = base

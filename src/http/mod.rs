@@ -96,7 +96,10 @@ fn api_routes(state: AppState) -> Router {
                 .put(admin_update_preset)
                 .delete(admin_delete_preset),
         )
-        .route("/v1_1/{cloud}/{resource_type}/{action}", post(upload_api))
+        .route(
+            "/v1_1/{cloud}/{resource_type}/{action}",
+            post(upload_api).get(upload_api_get),
+        )
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -150,6 +153,36 @@ async fn upload_auto(
     body: Body,
 ) -> ApiResult<Response> {
     run_upload(&state, &cloud, "auto", &uri, &headers, body).await
+}
+
+/// GET on an Upload API route: only `download` (signed, in the query).
+async fn upload_api_get(
+    State(state): State<AppState>,
+    Path((cloud, resource_type, action)): Path<(String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if action != "download" {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "Method {method} is not allowed for {}",
+            uri.path()
+        )));
+    }
+    if !RESOURCE_TYPES.contains(&resource_type.as_str()) || resource_type == "auto" {
+        return Err(ApiError::NotFound(format!(
+            "Invalid resource type {resource_type}: must be one of image, video, raw"
+        )));
+    }
+    let params = crate::form::parse_query(uri.query());
+    let req = UploadRequest {
+        cloud: &cloud,
+        resource_type: &resource_type,
+        authorization: header_text(&headers, header::AUTHORIZATION.as_str()),
+        content_range: None,
+        upload_id: None,
+    };
+    upload::actions::download(&state, &req, &params, &method, &headers).await
 }
 
 async fn upload_api(

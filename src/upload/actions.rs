@@ -379,3 +379,53 @@ pub async fn delete_by_token(state: &AppState, cloud: &str, form: Form) -> ApiRe
     super::delete_asset(state, &key).await?;
     Ok(json!({"result": "ok"}))
 }
+
+/// `GET download` (the SDKs' `private_download_url`): a signed link to an asset of any
+/// delivery type, as stored or converted to `format`; `attachment=1` makes it a download;
+/// `expires_at` (Unix seconds) ends it early.
+pub async fn download(
+    state: &AppState,
+    req: &UploadRequest<'_>,
+    params: &Params,
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<axum::response::Response> {
+    signed_caller(state, req, params, false)?;
+    if let Some(exp) = params.nonempty("expires_at") {
+        let exp: i64 = exp
+            .parse()
+            .map_err(|_| ApiError::bad(format!("Invalid expires_at {exp}")))?;
+        if exp < state.now() {
+            return Err(ApiError::bad("The download link has expired (expires_at)"));
+        }
+    }
+    let public_id = params
+        .nonempty("public_id")
+        .ok_or_else(|| ApiError::missing("public_id"))?;
+    let ty = params.nonempty("type").unwrap_or("upload");
+    let rec = state
+        .meta
+        .find_asset(&key(req, ty, public_id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
+    let format = params.nonempty("format");
+    let mut resp = crate::delivery::serve_asset(state, method, headers, &rec, format).await?;
+    if params.truthy("attachment") {
+        let name = public_id
+            .rsplit('/')
+            .next()
+            .unwrap_or(public_id)
+            .replace(['"', '\\'], "_");
+        let file = match format.or(rec.format.as_deref()) {
+            Some(f) if rec.key.resource_type != "raw" => format!("{name}.{f}"),
+            _ => name,
+        };
+        if let Ok(v) =
+            axum::http::HeaderValue::from_str(&format!("attachment; filename=\"{file}\""))
+        {
+            resp.headers_mut()
+                .insert(axum::http::header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(resp)
+}

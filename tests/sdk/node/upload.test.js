@@ -296,3 +296,12 @@ test('eager results match the SDK-built URLs', async () => {
   assert.equal((await res.arrayBuffer()).byteLength, r.eager[1].bytes);
   assert.equal((await cloudinary.api.resource(pid)).derived.length, 2);
 });
+
+test('private_download_url serves the private asset', async () => {
+  const pid = `node_dl/${Date.now()}`;
+  await cloudinary.uploader.upload(asset('logo.png'), { public_id: pid, type: 'private' });
+  const res = await fetch(cloudinary.utils.private_download_url(pid, 'png', { type: 'private', attachment: true }));
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-disposition'), /^attachment; filename=".*\.png"$/);
+  assert.deepEqual(Buffer.from(await res.arrayBuffer()), fs.readFileSync(asset('logo.png')));
+});

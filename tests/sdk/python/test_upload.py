@@ -358,3 +358,23 @@ def test_async_upload_answers_pending_then_notifies(asset):
     done = json.loads(body)
     assert (done["batch_id"], done["public_id"]) == (pending["batch_id"], pid)
     assert fetch(done["secure_url"]) == read(asset("logo.png"))
+
+
+def test_private_download_url(asset):
+    pid = f"py_dl/{int(time.time() * 1000)}"
+    cloudinary.uploader.upload(asset("logo.png"), public_id=pid, type="private")
+    url = cloudinary.utils.private_download_url(pid, "png", type="private", attachment=True)
+    with urllib.request.urlopen(url) as r:
+        assert r.headers["Content-Disposition"] == f'attachment; filename="{pid.rsplit("/", 1)[1]}.png"'
+        assert r.read() == read(asset("logo.png"))
+    with urllib.request.urlopen(cloudinary.utils.private_download_url(pid, "webp", type="private")) as r:
+        assert r.headers["Content-Type"] == "image/webp"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        fetch(url.replace("attachment=1", "attachment=0"))
+    assert e.value.code == 401
+    with pytest.raises(urllib.error.HTTPError) as e:
+        fetch(cloudinary.utils.private_download_url(pid, "png", type="private", expires_at=int(time.time()) - 10))
+    assert e.value.code == 400
+    with pytest.raises(urllib.error.HTTPError) as e:
+        fetch(cloudinary.utils.private_download_url(pid + "x", "png", type="private"))
+    assert e.value.code == 404
