@@ -30,6 +30,17 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+tokio::task_local! {
+    /// The `X-Request-Id` of the request being answered (set by the HTTP layer).
+    pub static REQUEST_ID: String;
+}
+
+fn current_request_id() -> String {
+    REQUEST_ID
+        .try_with(|id| id.clone())
+        .unwrap_or_else(|_| "-".into())
+}
+
 impl ApiError {
     pub fn bad(msg: impl Into<String>) -> Self {
         ApiError::BadRequest(msg.into())
@@ -76,7 +87,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if let ApiError::Internal(msg) = &self {
-            tracing::error!(error = %msg, "internal error");
+            // The detail stays in the log; the client gets the id to quote.
+            let id = current_request_id();
+            tracing::error!(error = %msg, request_id = %id, "internal error");
+            let body = serde_json::json!({ "error": {
+                "message": format!("Internal server error (request id {id})")
+            }});
+            return (status, Json(body)).into_response();
         }
         if let ApiError::Delivery(_, reason) = &self {
             let mut resp = (status, reason.clone()).into_response();

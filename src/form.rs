@@ -149,6 +149,8 @@ pub struct FilePart {
 pub struct Form {
     pub params: Params,
     pub file: Option<FilePart>,
+    /// The body as sent when it was a JSON object (nested values intact).
+    pub json: Option<serde_json::Value>,
 }
 
 /// Where a file part is written in place: `len` bytes at `offset` of `file`, each chunk also

@@ -164,6 +164,24 @@ fn wants(params: &Params, name: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// With `metadata=true`, every listed asset carries its structured metadata (`{}` when none).
+async fn add_metadata(
+    state: &AppState,
+    cloud: &str,
+    params: &Params,
+    records: &[AssetRecord],
+    out: &mut [Json],
+) -> ApiResult<()> {
+    if !wants(params, "metadata") {
+        return Ok(());
+    }
+    let fields = crate::metadata::field_map(state, cloud).await?;
+    for (rec, item) in records.iter().zip(out.iter_mut()) {
+        item["metadata"] = Json::Object(crate::metadata::visible(&rec.metadata, &fields));
+    }
+    Ok(())
+}
+
 fn check_rt(rt: &str) -> ApiResult<()> {
     if RESOURCE_TYPES.contains(&rt) {
         Ok(())
@@ -330,10 +348,11 @@ pub async fn get_resources(
         other => other.into(),
     })?;
     let (with_tags, with_context) = (wants(params, "tags"), wants(params, "context"));
-    let resources: Vec<Json> = records
+    let mut resources: Vec<Json> = records
         .iter()
         .map(|r| asset_json(state, account, r, with_tags, with_context))
         .collect();
+    add_metadata(state, cloud, params, &records, &mut resources).await?;
     let mut m = Map::new();
     m.insert("resources".into(), Json::Array(resources));
     if let Some(c) = cursor {
@@ -381,17 +400,21 @@ async fn by_context(
         .nonempty("key")
         .ok_or_else(|| ApiError::missing("key"))?;
     let value = params.text("value").filter(|v| !v.is_empty());
-    let found: Vec<Json> = all_assets(state, cloud, Some(rt))
+    let records: Vec<AssetRecord> = all_assets(state, cloud, Some(rt))
         .await?
-        .iter()
+        .into_iter()
         .filter(|r| match (r.context.get(key), value) {
             (Some(v), Some(want)) => v.as_str() == Some(want),
             (Some(_), None) => true,
             (None, _) => false,
         })
         .take(max.max(0) as usize)
+        .collect();
+    let mut found: Vec<Json> = records
+        .iter()
         .map(|r| asset_json(state, account, r, wants(params, "tags"), true))
         .collect();
+    add_metadata(state, cloud, params, &records, &mut found).await?;
     Ok(json!({"resources": found}))
 }
 
@@ -594,7 +617,8 @@ pub async fn update_resource(
             )));
         }
     }
-    let update = crate::upload::actions::MetadataUpdate::from_params(params, true)?;
+    let update =
+        crate::upload::actions::MetadataUpdate::from_params(state, cloud, params, true).await?;
     let change = move |r: &mut AssetRecord| update.apply(r);
     let key = AssetKey {
         cloud: cloud.to_string(),

@@ -188,6 +188,25 @@ pub enum RenameOutcome {
     TargetExists,
 }
 
+/// A settings document of an account (a metadata field, a named transformation, …).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub name: String,
+    pub body: Value,
+    pub created_at: i64,
+}
+
+/// A change of one document under its lock: `Err` leaves it as it was.
+pub type DocChange<'a> = &'a (dyn Fn(&mut Value) -> Result<(), String> + Send + Sync);
+
+/// What [`MetaStore::modify_doc`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocOutcome {
+    Changed(Value),
+    NotFound,
+    Refused(String),
+}
+
 /// The rules applied inside the session lock.
 pub type ChunkRules<'a> = &'a (dyn Fn(&ChunkSession, &[ChunkPart]) -> ChunkDecision + Send + Sync);
 
@@ -295,6 +314,34 @@ pub trait MetaStore: Send + Sync {
     async fn get_preset(&self, cloud: &str, name: &str) -> Result<Option<Preset>, DbError>;
     /// Every blob key referenced by an asset (used to sweep orphaned blobs).
     async fn blob_keys(&self) -> Result<Vec<String>, DbError>;
+
+    /// The documents of a kind, in creation order.
+    async fn list_docs(&self, cloud: &str, kind: &str) -> Result<Vec<Document>, DbError>;
+    async fn get_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<Document>, DbError>;
+    /// Stores a new document; false (and nothing written) when the name is taken.
+    async fn create_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+        body: &Value,
+        now: i64,
+    ) -> Result<bool, DbError>;
+    /// Changes a document under its lock.
+    async fn modify_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+        change: DocChange<'_>,
+    ) -> Result<DocOutcome, DbError>;
+    /// Removes a document; false when it did not exist.
+    async fn delete_doc(&self, cloud: &str, kind: &str, name: &str) -> Result<bool, DbError>;
 
     /// Under the session's lock: creates the session from `init` when it does not exist (unless
     /// the cloud already has `max_open` sessions), lets `rules` decide about `part`, and applies

@@ -15,7 +15,8 @@ use sqlx::{AnyPool, Row};
 
 use super::{
     AssetChange, AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules,
-    ChunkSession, DbError, DerivedRecord, ListQuery, MetaStore, Preset, RenameOutcome, SaveOutcome,
+    ChunkSession, DbError, DerivedRecord, DocChange, DocOutcome, Document, ListQuery, MetaStore,
+    Preset, RenameOutcome, SaveOutcome,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +210,16 @@ fn row_to_preset(row: &AnyRow) -> Result<Preset, DbError> {
         disallow_public_id: row.try_get::<i64, _>("disallow_public_id")? != 0,
         settings: parse_map(&row.try_get::<String, _>("settings")?, "settings")?,
         external_id: row.try_get("external_id")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn row_to_doc(row: &AnyRow) -> Result<Document, DbError> {
+    let body: String = row.try_get("body")?;
+    Ok(Document {
+        name: row.try_get("name")?,
+        body: serde_json::from_str(&body)
+            .map_err(|e| DbError::Corrupt(format!("document body: {e}")))?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -865,6 +876,108 @@ impl MetaStore for SqlStore {
         .fetch_optional(&self.read)
         .await?;
         row.as_ref().map(row_to_preset).transpose()
+    }
+
+    async fn list_docs(&self, cloud: &str, kind: &str) -> Result<Vec<Document>, DbError> {
+        let rows = sqlx::query(
+            "SELECT name, body, created_at FROM documents WHERE cloud = $1 AND kind = $2 \
+             ORDER BY position, name",
+        )
+        .bind(cloud.to_string())
+        .bind(kind.to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(row_to_doc).collect()
+    }
+
+    async fn get_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<Document>, DbError> {
+        let row = sqlx::query(
+            "SELECT name, body, created_at FROM documents WHERE cloud = $1 AND kind = $2 \
+             AND name = $3",
+        )
+        .bind(cloud.to_string())
+        .bind(kind.to_string())
+        .bind(name.to_string())
+        .fetch_optional(&self.read)
+        .await?;
+        row.as_ref().map(row_to_doc).transpose()
+    }
+
+    async fn create_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+        body: &Value,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO documents (cloud, kind, name, body, position, created_at) \
+             SELECT $1, $2, $3, $4, COALESCE(MAX(position), 0) + 1, $5 FROM documents \
+             WHERE cloud = $1 AND kind = $2 ON CONFLICT (cloud, kind, name) DO NOTHING",
+        )
+        .bind(cloud.to_string())
+        .bind(kind.to_string())
+        .bind(name.to_string())
+        .bind(body.to_string())
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn modify_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+        change: DocChange<'_>,
+    ) -> Result<DocOutcome, DbError> {
+        let mut tx = self.write.begin().await?;
+        let sql = format!(
+            "SELECT name, body, created_at FROM documents WHERE cloud = $1 AND kind = $2 \
+             AND name = $3{}",
+            self.lock_suffix()
+        );
+        let row = sqlx::query(&sql)
+            .bind(cloud.to_string())
+            .bind(kind.to_string())
+            .bind(name.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(mut doc) = row.as_ref().map(row_to_doc).transpose()? else {
+            tx.commit().await?;
+            return Ok(DocOutcome::NotFound);
+        };
+        if let Err(why) = change(&mut doc.body) {
+            tx.commit().await?;
+            return Ok(DocOutcome::Refused(why));
+        }
+        sqlx::query("UPDATE documents SET body = $4 WHERE cloud = $1 AND kind = $2 AND name = $3")
+            .bind(cloud.to_string())
+            .bind(kind.to_string())
+            .bind(name.to_string())
+            .bind(doc.body.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DocOutcome::Changed(doc.body))
+    }
+
+    async fn delete_doc(&self, cloud: &str, kind: &str, name: &str) -> Result<bool, DbError> {
+        let done =
+            sqlx::query("DELETE FROM documents WHERE cloud = $1 AND kind = $2 AND name = $3")
+                .bind(cloud.to_string())
+                .bind(kind.to_string())
+                .bind(name.to_string())
+                .execute(&self.write)
+                .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn blob_keys(&self) -> Result<Vec<String>, DbError> {

@@ -44,17 +44,23 @@ pub async fn read_form(
         "application/json" => {
             let bytes = read_limited(body, limits.max_field_bytes).await?;
             let mut params = Params::default();
+            let mut raw = None;
             if !bytes.iter().all(|b| b.is_ascii_whitespace()) {
                 let json: Json = serde_json::from_slice(&bytes)
                     .map_err(|e| ApiError::bad(format!("Invalid JSON body: {e}")))?;
-                let Json::Object(map) = json else {
+                let Json::Object(map) = &json else {
                     return Err(ApiError::bad("Invalid JSON body: expected an object"));
                 };
                 for (k, v) in map {
-                    push_json(&mut params, &k, v);
+                    push_json(&mut params, k, v.clone());
                 }
+                raw = Some(json);
             }
-            Form { params, file: None }
+            Form {
+                params,
+                file: None,
+                json: raw,
+            }
         }
         _ => {
             // application/x-www-form-urlencoded, or no type at all (an empty body).
@@ -67,7 +73,11 @@ pub async fn read_form(
                     params.push(&k, &v);
                 }
             }
-            Form { params, file: None }
+            Form {
+                params,
+                file: None,
+                json: None,
+            }
         }
     };
     form.params.merge_missing(parse_query(query));

@@ -1,26 +1,26 @@
 //! The HTTP layer: router, request IDs, health, and the glue from routes to the upload and
 //! delivery modules.
 
+pub mod call;
 pub mod extract;
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use serde_json::{json, Value};
 use tower_http::cors::CorsLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::admin;
 use crate::error::{ApiError, ApiResult};
+use crate::kinds::ResourceType;
+use crate::metadata;
 use crate::state::AppState;
-use crate::upload::{self, UploadRequest};
-use extract::{read_form, BodyLimits};
-
-/// The resource types of the Upload API routes.
-const RESOURCE_TYPES: &[&str] = &["image", "video", "raw", "auto"];
+use crate::upload::{self, actions};
+use call::{Admin, Lenient, Open, Signed, UploadCall};
 
 pub fn router(state: AppState) -> Router {
     // Path decoding must happen before routing, so it wraps the routed service.
@@ -55,36 +55,60 @@ fn decode_slashes(mut req: Request) -> Request {
     req
 }
 
+/// Every API route and the rule it authenticates with (the extractor its handler takes:
+/// [`Admin`], [`Signed`], [`UploadCall`] or [`Open`]).
 fn api_routes(state: AppState) -> Router {
+    use axum::routing::{delete, put};
     Router::new()
         .route("/health", get(health))
-        .route("/v1_1/{cloud}/upload", post(upload_auto))
+        // Upload API (signed, Basic, or an unsigned preset for `upload`).
+        .route("/v1_1/{cloud}/upload", post(upload_action))
+        .route("/v1_1/{cloud}/{resource_type}/upload", post(upload_action))
+        .route("/v1_1/{cloud}/{resource_type}/destroy", post(destroy))
+        .route("/v1_1/{cloud}/{resource_type}/rename", post(rename))
+        .route("/v1_1/{cloud}/{resource_type}/explicit", post(explicit))
+        .route("/v1_1/{cloud}/{resource_type}/tags", post(tags))
+        .route("/v1_1/{cloud}/{resource_type}/context", post(context))
+        .route(
+            "/v1_1/{cloud}/{resource_type}/metadata",
+            post(metadata_action),
+        )
+        .route("/v1_1/{cloud}/{resource_type}/download", get(download))
+        .route("/v1_1/{cloud}/delete_by_token", post(delete_by_token))
+        .route(
+            "/v1_1/{cloud}/{resource_type}/delete_by_token",
+            post(delete_by_token),
+        )
+        // Admin API (Basic credentials).
         .route("/v1_1/{cloud}/ping", get(admin_ping))
         .route("/v1_1/{cloud}/config", get(admin_config))
+        .route("/v1_1/{cloud}/usage", get(admin_usage))
+        .route(
+            "/v1_1/{cloud}/resources",
+            get(admin_resource_types).delete(admin_delete_by_asset_ids),
+        )
         .route(
             "/v1_1/{cloud}/resources/{*rest}",
             get(admin_get_resources)
                 .delete(admin_delete_resources)
                 .post(admin_update_resource),
         )
+        .route(
+            "/v1_1/{cloud}/derived_resources",
+            delete(admin_delete_derived),
+        )
         .route("/v1_1/{cloud}/tags/{resource_type}", get(admin_tags))
         .route("/v1_1/{cloud}/folders", get(admin_root_folders))
+        .route(
+            "/v1_1/{cloud}/folders/search",
+            get(admin_search_folders).post(admin_search_folders),
+        )
         .route(
             "/v1_1/{cloud}/folders/{*path}",
             get(admin_sub_folders)
                 .post(admin_create_folder)
                 .put(admin_rename_folder)
                 .delete(admin_delete_folder),
-        )
-        .route("/v1_1/{cloud}/delete_by_token", post(delete_by_token))
-        .route("/v1_1/{cloud}/usage", get(admin_usage))
-        .route(
-            "/v1_1/{cloud}/derived_resources",
-            axum::routing::delete(admin_delete_derived),
-        )
-        .route(
-            "/v1_1/{cloud}/resources",
-            get(admin_resource_types).delete(admin_delete_by_asset_ids),
         )
         .route(
             "/v1_1/{cloud}/upload_presets",
@@ -97,18 +121,50 @@ fn api_routes(state: AppState) -> Router {
                 .delete(admin_delete_preset),
         )
         .route(
-            "/v1_1/{cloud}/{resource_type}/{action}",
-            post(upload_api).get(upload_api_get),
+            "/v1_1/{cloud}/metadata_fields",
+            get(metadata_fields).post(metadata_field_create),
+        )
+        .route(
+            "/v1_1/{cloud}/metadata_fields/order",
+            put(metadata_fields_order),
+        )
+        .route(
+            "/v1_1/{cloud}/metadata_fields/{id}",
+            get(metadata_field)
+                .put(metadata_field_update)
+                .delete(metadata_field_delete),
+        )
+        .route(
+            "/v1_1/{cloud}/metadata_fields/{id}/datasource",
+            put(datasource_update).delete(datasource_delete),
+        )
+        .route(
+            "/v1_1/{cloud}/metadata_fields/{id}/datasource_restore",
+            post(datasource_restore),
+        )
+        .route(
+            "/v1_1/{cloud}/metadata_fields/{id}/datasource/order",
+            post(datasource_order),
+        )
+        .route(
+            "/v1_1/{cloud}/metadata_rules",
+            get(metadata_rules).post(metadata_rule_create),
+        )
+        .route(
+            "/v1_1/{cloud}/metadata_rules/{id}",
+            put(metadata_rule_update).delete(metadata_rule_delete),
         )
         .fallback(fallback)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(fallback)
         .with_state(state)
 }
 
 /// Adds `X-Request-Id` to every response (the Python SDK copies it into upload results).
 async fn request_id(req: Request, next: Next) -> Response {
     let id = crate::util::random_hex(16);
-    let mut resp = next.run(req).await;
+    let mut resp = crate::error::REQUEST_ID
+        .scope(id.clone(), next.run(req))
+        .await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
@@ -137,448 +193,353 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-fn body_limits(state: &AppState) -> BodyLimits {
-    BodyLimits {
-        max_file_bytes: state.limits.max_upload_bytes,
-        max_field_bytes: state.limits.max_field_bytes,
-        placement: None,
-    }
-}
+type JsonResult = ApiResult<Json<Value>>;
 
-async fn upload_auto(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    run_upload(&state, &cloud, "auto", &uri, &headers, body).await
-}
-
-/// GET on an Upload API route: only `download` (signed, in the query).
-async fn upload_api_get(
-    State(state): State<AppState>,
-    Path((cloud, resource_type, action)): Path<(String, String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    if action != "download" {
-        return Err(ApiError::MethodNotAllowed(format!(
-            "Method {method} is not allowed for {}",
-            uri.path()
-        )));
-    }
-    if !RESOURCE_TYPES.contains(&resource_type.as_str()) || resource_type == "auto" {
-        return Err(ApiError::NotFound(format!(
-            "Invalid resource type {resource_type}: must be one of image, video, raw"
-        )));
-    }
-    let params = crate::form::parse_query(uri.query());
-    let req = UploadRequest {
-        cloud: &cloud,
-        resource_type: &resource_type,
-        authorization: header_text(&headers, header::AUTHORIZATION.as_str()),
-        content_range: None,
-        upload_id: None,
-    };
-    upload::actions::download(&state, &req, &params, &method, &headers).await
-}
-
-async fn upload_api(
-    State(state): State<AppState>,
-    Path((cloud, resource_type, action)): Path<(String, String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    if !RESOURCE_TYPES.contains(&resource_type.as_str()) {
-        return Err(ApiError::NotFound(format!(
-            "Invalid resource type {resource_type}: must be one of image, video, raw, auto"
-        )));
-    }
-    match action.as_str() {
-        "upload" => run_upload(&state, &cloud, &resource_type, &uri, &headers, body).await,
-        "delete_by_token" => {
-            let form = read_form(&headers, uri.query(), body, &state.tmp_dir, &body_limits(&state)).await?;
-            Ok(Json(upload::actions::delete_by_token(&state, &cloud, form).await?).into_response())
-        }
-        "destroy" | "rename" | "explicit" | "tags" | "context" => {
-            let form = read_form(&headers, uri.query(), body, &state.tmp_dir, &body_limits(&state)).await?;
-            let req = UploadRequest {
-                cloud: &cloud,
-                resource_type: &resource_type,
-                authorization: header_text(&headers, header::AUTHORIZATION.as_str()),
-                content_range: None,
-                upload_id: None,
-            };
-            use upload::actions;
-            let out = match action.as_str() {
-                "destroy" => actions::destroy(&state, &req, form).await?,
-                "rename" => actions::rename(&state, &req, form).await?,
-                "explicit" => actions::explicit(&state, &req, form).await?,
-                "tags" => actions::tags(&state, &req, form).await?,
-                _ => actions::context(&state, &req, form).await?,
-            };
-            Ok(Json(out).into_response())
-        }
-        other => Err(ApiError::NotFound(format!(
-            "Unknown Upload API action {other} (this server implements: upload, destroy, rename, explicit, tags, context, delete_by_token)"
-        ))),
-    }
-}
-
-fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-async fn run_upload(
-    state: &AppState,
-    cloud: &str,
-    resource_type: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let content_range = header_text(headers, "content-range");
-    let upload_id = header_text(headers, "x-unique-upload-id").filter(|v| !v.is_empty());
-    let mut limits = body_limits(state);
-    if let Some(range) = content_range.and_then(upload::parse_content_range) {
-        if !upload::chunked::is_whole(&range, None) {
-            limits.placement = Some(std::sync::Arc::new(upload::chunked::Placement {
-                state: state.clone(),
-                cloud: cloud.to_string(),
-                upload_id: upload_id.map(str::to_string),
-                authorization: header_text(headers, header::AUTHORIZATION.as_str())
-                    .map(str::to_string),
-                range,
-            }));
-        }
-    }
-    let form = read_form(headers, uri.query(), body, &state.tmp_dir, &limits).await?;
-    let req = UploadRequest {
-        cloud,
-        resource_type,
-        authorization: header_text(headers, header::AUTHORIZATION.as_str()),
+async fn upload_action(State(state): State<AppState>, up: UploadCall) -> JsonResult {
+    let UploadCall {
+        call,
+        file,
         content_range,
         upload_id,
-    };
-    let result = upload::upload(state, req, form).await?;
-    Ok(Json(result).into_response())
+    } = up;
+    let out = upload::upload(
+        &state,
+        call,
+        file,
+        content_range.as_deref(),
+        upload_id.as_deref(),
+    )
+    .await?;
+    Ok(Json(out))
 }
 
-async fn admin_ping(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    crate::admin::authenticate(
-        &state,
-        &cloud,
-        header_text(&headers, header::AUTHORIZATION.as_str()),
-    )?;
-    Ok(Json(crate::admin::ping()).into_response())
+async fn destroy(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
+    Ok(Json(actions::destroy(&state, call).await?))
 }
 
-async fn admin_config(
+async fn rename(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
+    Ok(Json(actions::rename(&state, call).await?))
+}
+
+async fn explicit(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
+    Ok(Json(actions::explicit(&state, call).await?))
+}
+
+async fn tags(State(state): State<AppState>, Signed(call, _): Signed<Lenient>) -> JsonResult {
+    Ok(Json(actions::tags(&state, call).await?))
+}
+
+async fn context(State(state): State<AppState>, Signed(call, _): Signed<Lenient>) -> JsonResult {
+    Ok(Json(actions::context(&state, call).await?))
+}
+
+async fn metadata_action(
     State(state): State<AppState>,
-    Path(cloud): Path<String>,
+    Signed(call, _): Signed<Lenient>,
+) -> JsonResult {
+    Ok(Json(actions::metadata(&state, call).await?))
+}
+
+/// `GET …/download` (the SDKs' `private_download_url`), signed in the query.
+async fn download(
+    State(state): State<AppState>,
+    method: Method,
     headers: HeaderMap,
+    Signed(call, _): Signed,
 ) -> ApiResult<Response> {
-    crate::admin::authenticate(
-        &state,
-        &cloud,
-        header_text(&headers, header::AUTHORIZATION.as_str()),
-    )?;
-    Ok(Json(crate::admin::config(&cloud)).into_response())
+    if call.resource_type == ResourceType::Auto {
+        return Err(ApiError::NotFound(
+            "Invalid resource type auto: must be one of image, video, raw".into(),
+        ));
+    }
+    actions::download(&state, call, &method, &headers).await
+}
+
+async fn delete_by_token(State(state): State<AppState>, open: Open) -> JsonResult {
+    Ok(Json(
+        actions::delete_by_token(&state, &open.cloud, &open.params).await?,
+    ))
+}
+
+async fn admin_ping(_: Admin) -> JsonResult {
+    Ok(Json(admin::ping()))
+}
+
+async fn admin_config(call: Admin) -> JsonResult {
+    Ok(Json(admin::config(&call.cloud)))
+}
+
+async fn admin_usage(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(admin::usage(&state, &call.cloud).await?))
+}
+
+async fn admin_resource_types(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(admin::resource_types(&state, &call.cloud).await?))
+}
+
+async fn admin_delete_by_asset_ids(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::delete_by_asset_ids(&state, &call.cloud, &call.params).await?,
+    ))
 }
 
 async fn admin_get_resources(
     State(state): State<AppState>,
-    Path((cloud, rest)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let account = crate::admin::authenticate(
-        &state,
-        &cloud,
-        header_text(&headers, header::AUTHORIZATION.as_str()),
-    )?;
-    let form = read_form(
-        &headers,
-        uri.query(),
-        body,
-        &state.tmp_dir,
-        &body_limits(&state),
-    )
-    .await?;
-    let out = crate::admin::get_resources(&state, &account, &cloud, &rest, &form.params).await?;
-    Ok(Json(out).into_response())
+    Path((_, rest)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    let out = admin::get_resources(&state, &call.account, &call.cloud, &rest, &call.params).await?;
+    Ok(Json(out))
 }
 
 async fn admin_delete_resources(
     State(state): State<AppState>,
-    Path((cloud, rest)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    crate::admin::authenticate(
-        &state,
-        &cloud,
-        header_text(&headers, header::AUTHORIZATION.as_str()),
-    )?;
-    let form = read_form(
-        &headers,
-        uri.query(),
-        body,
-        &state.tmp_dir,
-        &body_limits(&state),
-    )
-    .await?;
-    let out = crate::admin::delete_resources(&state, &cloud, &rest, &form.params).await?;
-    Ok(Json(out).into_response())
-}
-
-/// An authenticated Admin API call: the account and the request's parameters.
-async fn admin_call(
-    state: &AppState,
-    cloud: &str,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Body,
-) -> ApiResult<(crate::auth::Account, crate::form::Params)> {
-    let account = crate::admin::authenticate(
-        state,
-        cloud,
-        header_text(headers, header::AUTHORIZATION.as_str()),
-    )?;
-    let form = read_form(
-        headers,
-        uri.query(),
-        body,
-        &state.tmp_dir,
-        &body_limits(state),
-    )
-    .await?;
-    Ok((account, form.params))
+    Path((_, rest)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::delete_resources(&state, &call.cloud, &rest, &call.params).await?,
+    ))
 }
 
 async fn admin_update_resource(
     State(state): State<AppState>,
-    Path((cloud, rest)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (account, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    let out = crate::admin::update_resource(&state, &account, &cloud, &rest, &params).await?;
-    Ok(Json(out).into_response())
+    Path((_, rest)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    let out =
+        admin::update_resource(&state, &call.account, &call.cloud, &rest, &call.params).await?;
+    Ok(Json(out))
+}
+
+async fn admin_delete_derived(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::delete_derived(&state, &call.cloud, &call.params).await?,
+    ))
 }
 
 async fn admin_tags(
     State(state): State<AppState>,
-    Path((cloud, rt)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::list_tags(&state, &cloud, &rt, &params).await?).into_response())
+    Path((_, rt)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::list_tags(&state, &call.cloud, &rt, &call.params).await?,
+    ))
 }
 
-async fn admin_delete_derived(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::delete_derived(&state, &cloud, &params).await?).into_response())
+async fn admin_root_folders(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(admin::list_folders(&state, &call.cloud, None).await?))
 }
 
-async fn admin_delete_by_asset_ids(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::delete_by_asset_ids(&state, &cloud, &params).await?).into_response())
-}
-
-async fn admin_resource_types(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::resource_types(&state, &cloud).await?).into_response())
-}
-
-async fn admin_usage(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::usage(&state, &cloud).await?).into_response())
-}
-
-async fn admin_presets(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::list_presets(&state, &cloud).await?).into_response())
-}
-
-async fn admin_create_preset(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::create_preset(&state, &cloud, &params).await?).into_response())
-}
-
-async fn admin_preset(
-    State(state): State<AppState>,
-    Path((cloud, name)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::get_preset(&state, &cloud, &name).await?).into_response())
-}
-
-async fn admin_update_preset(
-    State(state): State<AppState>,
-    Path((cloud, name)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::update_preset(&state, &cloud, &name, &params).await?).into_response())
-}
-
-async fn admin_delete_preset(
-    State(state): State<AppState>,
-    Path((cloud, name)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::delete_preset(&state, &cloud, &name).await?).into_response())
-}
-
-async fn delete_by_token(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let form = read_form(
-        &headers,
-        uri.query(),
-        body,
-        &state.tmp_dir,
-        &body_limits(&state),
-    )
-    .await?;
-    Ok(Json(upload::actions::delete_by_token(&state, &cloud, form).await?).into_response())
-}
-
-async fn admin_root_folders(
-    State(state): State<AppState>,
-    Path(cloud): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::list_folders(&state, &cloud, None).await?).into_response())
+async fn admin_search_folders(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::search::search_folders(&state, &call.cloud, &call.params).await?,
+    ))
 }
 
 async fn admin_sub_folders(
     State(state): State<AppState>,
-    Path((cloud, path)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    if path == "search" {
-        let out = crate::admin::search::search_folders(&state, &cloud, &params).await?;
-        return Ok(Json(out).into_response());
-    }
-    Ok(Json(crate::admin::list_folders(&state, &cloud, Some(&path)).await?).into_response())
+    Path((_, path)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::list_folders(&state, &call.cloud, Some(&path)).await?,
+    ))
 }
 
 async fn admin_create_folder(
     State(state): State<AppState>,
-    Path((cloud, path)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    if path == "search" {
-        let out = crate::admin::search::search_folders(&state, &cloud, &params).await?;
-        return Ok(Json(out).into_response());
-    }
-    Ok(Json(crate::admin::create_folder(&state, &cloud, &path).await?).into_response())
+    Path((_, path)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::create_folder(&state, &call.cloud, &path).await?,
+    ))
 }
 
 async fn admin_rename_folder(
     State(state): State<AppState>,
-    Path((cloud, path)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    let (_, params) = admin_call(&state, &cloud, &uri, &headers, body).await?;
-    let to = params
+    Path((_, path)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    let to = call
+        .params
         .nonempty("to_folder")
         .ok_or_else(|| ApiError::missing("to_folder"))?;
-    Ok(Json(crate::admin::rename_folder(&state, &cloud, &path, to).await?).into_response())
+    Ok(Json(
+        admin::rename_folder(&state, &call.cloud, &path, to).await?,
+    ))
 }
 
 async fn admin_delete_folder(
     State(state): State<AppState>,
-    Path((cloud, path)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Response> {
-    admin_call(&state, &cloud, &uri, &headers, body).await?;
-    Ok(Json(crate::admin::delete_folder(&state, &cloud, &path).await?).into_response())
+    Path((_, path)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::delete_folder(&state, &call.cloud, &path).await?,
+    ))
 }
 
-/// A known route called with another method: the same JSON error shape as every API error.
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ApiError::MethodNotAllowed(format!("Method {method} is not allowed for {}", uri.path()))
-        .into_response()
+async fn admin_presets(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(admin::list_presets(&state, &call.cloud).await?))
 }
 
-/// GET/HEAD of anything else outside `/v1_1/` is a delivery URL; the rest are unknown routes
-/// (answered in the API's JSON error shape, which the SDKs can read).
+async fn admin_create_preset(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::create_preset(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn admin_preset(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(admin::get_preset(&state, &call.cloud, &name).await?))
+}
+
+async fn admin_update_preset(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::update_preset(&state, &call.cloud, &name, &call.params).await?,
+    ))
+}
+
+async fn admin_delete_preset(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::delete_preset(&state, &call.cloud, &name).await?,
+    ))
+}
+
+fn body(call: &Admin) -> serde_json::Map<String, Value> {
+    metadata::body_of(call.json.as_ref(), &call.params)
+}
+
+async fn metadata_fields(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        metadata::list_fields(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn metadata_field_create(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        metadata::create_field(&state, &call.cloud, body(&call)).await?,
+    ))
+}
+
+async fn metadata_fields_order(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        metadata::order_fields(&state, &call.cloud, body(&call)).await?,
+    ))
+}
+
+async fn metadata_field(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(metadata::get_field(&state, &call.cloud, &id).await?))
+}
+
+async fn metadata_field_update(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        metadata::update_field(&state, &call.cloud, &id, body(&call)).await?,
+    ))
+}
+
+async fn metadata_field_delete(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        metadata::delete_field(&state, &call.cloud, &id).await?,
+    ))
+}
+
+async fn datasource_update(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        metadata::update_datasource(&state, &call.cloud, &id, body(&call)).await?,
+    ))
+}
+
+async fn datasource_delete(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        metadata::set_entries_state(&state, &call.cloud, &id, body(&call), false).await?,
+    ))
+}
+
+async fn datasource_restore(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        metadata::set_entries_state(&state, &call.cloud, &id, body(&call), true).await?,
+    ))
+}
+
+async fn datasource_order(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        metadata::order_datasource(&state, &call.cloud, &id, body(&call)).await?,
+    ))
+}
+
+async fn metadata_rules(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(metadata::list_rules(&state, &call.cloud).await?))
+}
+
+async fn metadata_rule_create(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        metadata::create_rule(&state, &call.cloud, body(&call)).await?,
+    ))
+}
+
+async fn metadata_rule_update(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        metadata::update_rule(&state, &call.cloud, &id, body(&call)).await?,
+    ))
+}
+
+async fn metadata_rule_delete(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(metadata::delete_rule(&state, &call.cloud, &id).await?))
+}
+
+/// GET/HEAD of anything else outside `/v1_1/` is a delivery URL; the rest are unknown routes,
+/// whatever the method (answered 404 in the API's JSON error shape, which the SDKs can read).
 async fn fallback(
     State(state): State<AppState>,
     method: Method,

@@ -3,38 +3,53 @@
 
 use serde_json::{json, Value as Json};
 
-use super::access::AuthOptions;
-use super::{
-    naming, parse_pairs, parse_tags, upload_response, Outcome, ResponseSigner, UploadRequest,
-};
-use crate::auth::Caller;
+use super::{naming, parse_pairs, parse_tags, upload_response, Call, Outcome, ResponseSigner};
 use crate::db::{AssetKey, AssetRecord, ListQuery, RenameOutcome};
 use crate::error::{ApiError, ApiResult};
-use crate::form::{Form, Params};
+use crate::form::Params;
 use crate::state::AppState;
 
 /// The metadata an `explicit` or Admin `update` call sets (each only when given).
 pub struct MetadataUpdate {
     tags: Option<Vec<String>>,
     context: Option<serde_json::Map<String, Json>>,
+    /// Structured metadata values, checked against the fields (`null` clears one).
     metadata: Option<serde_json::Map<String, Json>>,
+    /// With `clear_invalid`: the fields, to drop stored values they no longer accept.
+    fields: Option<serde_json::Map<String, Json>>,
     display_name: Option<String>,
     asset_folder: Option<String>,
 }
 
 impl MetadataUpdate {
-    /// Reads `tags`, `context`, `metadata`, `display_name` and (when allowed) `asset_folder`.
-    pub fn from_params(params: &Params, with_asset_folder: bool) -> ApiResult<MetadataUpdate> {
+    /// Reads `tags`, `context`, `metadata` (+ `clear_invalid`), `display_name` and (when
+    /// allowed) `asset_folder`.
+    pub async fn from_params(
+        state: &AppState,
+        cloud: &str,
+        params: &Params,
+        with_asset_folder: bool,
+    ) -> ApiResult<MetadataUpdate> {
         let asset_folder = match params.text("asset_folder").filter(|_| with_asset_folder) {
             Some(f) => Some(naming::clean_path("asset_folder", f)?),
             None => None,
+        };
+        let metadata = match params.text("metadata") {
+            Some(m) => Some(crate::metadata::resolve(state, cloud, parse_pairs(m, true)).await?),
+            None => None,
+        };
+        let fields = if params.truthy("clear_invalid") {
+            Some(crate::metadata::field_map(state, cloud).await?)
+        } else {
+            None
         };
         Ok(MetadataUpdate {
             tags: params
                 .get("tags")
                 .map(|_| parse_tags(&params.items("tags"))),
             context: params.text("context").map(|c| parse_pairs(c, false)),
-            metadata: params.text("metadata").map(|m| parse_pairs(m, true)),
+            metadata,
+            fields,
             display_name: params.nonempty("display_name").map(str::to_string),
             asset_folder,
         })
@@ -47,8 +62,10 @@ impl MetadataUpdate {
         if let Some(c) = &self.context {
             r.context = c.clone();
         }
-        if let Some(m) = &self.metadata {
-            r.metadata = m.clone();
+        if self.metadata.is_some() || self.fields.is_some() {
+            let empty = serde_json::Map::new();
+            let values = self.metadata.as_ref().unwrap_or(&empty);
+            crate::metadata::merge(&mut r.metadata, values, self.fields.as_ref());
         }
         if let Some(d) = &self.display_name {
             r.display_name = d.clone();
@@ -62,7 +79,7 @@ impl MetadataUpdate {
 /// Applies a change to each of `ids` that exists; returns those.
 async fn change_each(
     state: &AppState,
-    req: &UploadRequest<'_>,
+    call: &Call,
     ty: &str,
     ids: &[String],
     change: &(dyn Fn(&mut AssetRecord) + Send + Sync),
@@ -71,7 +88,7 @@ async fn change_each(
     for id in ids {
         if state
             .meta
-            .modify_asset(&key(req, ty, id), change)
+            .modify_asset(&key(call, ty, id), change)
             .await?
             .is_some()
         {
@@ -84,49 +101,17 @@ async fn change_each(
 /// IDs a tags/context call processes at most.
 const MAX_IDS: usize = 1000;
 
-fn resource_type(req: &UploadRequest<'_>) -> String {
-    if req.resource_type == "auto" {
-        "image"
-    } else {
-        req.resource_type
-    }
-    .to_string()
-}
-
-fn key(req: &UploadRequest<'_>, delivery_type: &str, public_id: &str) -> AssetKey {
+fn key(call: &Call, delivery_type: &str, public_id: &str) -> AssetKey {
     AssetKey {
-        cloud: req.cloud.to_string(),
-        resource_type: resource_type(req),
+        cloud: call.cloud.clone(),
+        resource_type: call.resource_type.stored().to_string(),
         delivery_type: delivery_type.to_string(),
         public_id: public_id.to_string(),
     }
 }
 
-fn signed_caller(
-    state: &AppState,
-    req: &UploadRequest<'_>,
-    params: &Params,
-    lenient: bool,
-) -> ApiResult<Caller> {
-    super::access::authenticate(
-        state,
-        req.cloud,
-        req.authorization,
-        params,
-        AuthOptions {
-            unsigned_preset: false,
-            lenient_notification: lenient,
-        },
-    )
-}
-
-fn answer(
-    state: &AppState,
-    req: &UploadRequest<'_>,
-    caller: &Caller,
-    rec: &AssetRecord,
-) -> ApiResult<Json> {
-    let signer = ResponseSigner::for_caller(state, req.cloud, caller)?;
+fn answer(state: &AppState, call: &Call, rec: &AssetRecord) -> ApiResult<Json> {
+    let signer = ResponseSigner::for_caller(state, &call.cloud, &call.caller)?;
     Ok(Json::Object(upload_response(
         state,
         rec,
@@ -136,21 +121,23 @@ fn answer(
 }
 
 /// `destroy`: `{"result":"ok"}`, or HTTP 200 `{"result":"not found"}`.
-pub async fn destroy(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
-    let params = form.params;
-    signed_caller(state, req, &params, false)?;
+pub async fn destroy(state: &AppState, call: Call) -> ApiResult<Json> {
+    let params = &call.params;
     let public_id = params
         .nonempty("public_id")
         .ok_or_else(|| ApiError::missing("public_id"))?;
-    let k = key(req, params.nonempty("type").unwrap_or("upload"), public_id);
+    let k = key(
+        &call,
+        params.nonempty("type").unwrap_or("upload"),
+        public_id,
+    );
     let found = super::delete_asset(state, &k).await?;
     Ok(json!({"result": if found { "ok" } else { "not found" }}))
 }
 
 /// `rename`: moves an asset to another public ID and/or delivery type.
-pub async fn rename(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
-    let params = form.params;
-    let caller = signed_caller(state, req, &params, false)?;
+pub async fn rename(state: &AppState, call: Call) -> ApiResult<Json> {
+    let params = &call.params;
     let from = params
         .nonempty("from_public_id")
         .ok_or_else(|| ApiError::missing("from_public_id"))?;
@@ -171,7 +158,7 @@ pub async fn rename(state: &AppState, req: &UploadRequest<'_>, form: Form) -> Ap
     let overwrite = params.flag("overwrite")?.unwrap_or(false);
     let outcome = state
         .meta
-        .rename_asset(&key(req, ty, from), &key(req, to_type, &to), overwrite)
+        .rename_asset(&key(&call, ty, from), &key(&call, to_type, &to), overwrite)
         .await?;
     match outcome {
         RenameOutcome::NotFound => Err(ApiError::NotFound(format!("Resource not found - {from}"))),
@@ -185,16 +172,15 @@ pub async fn rename(state: &AppState, req: &UploadRequest<'_>, form: Form) -> Ap
             if let Some(blob) = replaced_blob {
                 let _ = state.blobs.delete(&blob).await;
             }
-            answer(state, req, &caller, &record)
+            answer(state, &call, &record)
         }
     }
 }
 
 /// `explicit`: metadata-only updates of an existing asset (tags, context, metadata, …).
-pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
-    let params = form.params;
-    let caller = signed_caller(state, req, &params, false)?;
-    super::refuse_unsupported(&params)?;
+pub async fn explicit(state: &AppState, call: Call) -> ApiResult<Json> {
+    let params = &call.params;
+    super::refuse_unsupported(params)?;
     if params.nonempty("notification_url").is_some() {
         return Err(ApiError::bad(
             "Parameter notification_url is not supported by explicit on this server yet \
@@ -206,10 +192,10 @@ pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> 
             "Parameter async is not supported by explicit on this server yet (eager_async is)",
         ));
     }
-    let eager_specs = super::eager::parse(&params)?;
-    if !eager_specs.is_empty() && req.resource_type != "image" {
+    let eager_specs = super::eager::parse(params)?;
+    if !eager_specs.is_empty() && call.resource_type.stored() != "image" {
         // Refused before anything changes.
-        super::eager::check_source(req.resource_type, None)?;
+        super::eager::check_source(call.resource_type.as_str(), None)?;
     }
     let eager_notify = params
         .nonempty("eager_notification_url")
@@ -219,17 +205,17 @@ pub async fn explicit(state: &AppState, req: &UploadRequest<'_>, form: Form) -> 
         .nonempty("public_id")
         .ok_or_else(|| ApiError::missing("public_id"))?;
     let ty = params.nonempty("type").unwrap_or("upload");
-    let update = MetadataUpdate::from_params(&params, false)?;
+    let update = MetadataUpdate::from_params(state, &call.cloud, params, false).await?;
     let change = move |r: &mut AssetRecord| update.apply(r);
     let rec = state
         .meta
-        .modify_asset(&key(req, ty, public_id), &change)
+        .modify_asset(&key(&call, ty, public_id), &change)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
-    let mut out = answer(state, req, &caller, &rec)?;
+    let mut out = answer(state, &call, &rec)?;
     if !eager_specs.is_empty() {
         super::eager::check_source(&rec.key.resource_type, rec.format.as_deref())?;
-        let signer = ResponseSigner::for_caller(state, req.cloud, &caller)?;
+        let signer = ResponseSigner::for_caller(state, &call.cloud, &call.caller)?;
         if params.truthy("eager_async") {
             super::eager::in_background(
                 state.clone(),
@@ -261,9 +247,8 @@ fn public_ids(params: &Params) -> ApiResult<Vec<String>> {
 }
 
 /// `tags`: add, remove, replace, remove_all, set_exclusive.
-pub async fn tags(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
-    let params = form.params;
-    signed_caller(state, req, &params, true)?;
+pub async fn tags(state: &AppState, call: Call) -> ApiResult<Json> {
+    let params = &call.params;
     let command = params
         .nonempty("command")
         .ok_or_else(|| ApiError::missing("command"))?
@@ -278,15 +263,15 @@ pub async fn tags(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiR
     if command != "remove_all" && given.is_empty() {
         return Err(ApiError::missing("tag"));
     }
-    let ids = public_ids(&params)?;
+    let ids = public_ids(params)?;
     let ty = params.nonempty("type").unwrap_or("upload").to_string();
     if command == "set_exclusive" {
         // The tag leaves every other asset of this resource type and delivery type.
         for tag in &given {
             loop {
                 let q = ListQuery {
-                    cloud: req.cloud.to_string(),
-                    resource_type: Some(resource_type(req)),
+                    cloud: call.cloud.clone(),
+                    resource_type: Some(call.resource_type.stored().to_string()),
                     delivery_type: Some(ty.clone()),
                     tag: Some(tag.clone()),
                     max_results: 1000,
@@ -314,14 +299,13 @@ pub async fn tags(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiR
         "replace" => r.tags = given.clone(),
         _ => r.tags.clear(),
     };
-    let changed = change_each(state, req, &ty, &ids, &change).await?;
+    let changed = change_each(state, &call, &ty, &ids, &change).await?;
     Ok(json!({"public_ids": changed}))
 }
 
 /// `context`: add (merge; an empty value removes the key) or remove_all.
-pub async fn context(state: &AppState, req: &UploadRequest<'_>, form: Form) -> ApiResult<Json> {
-    let params = form.params;
-    signed_caller(state, req, &params, true)?;
+pub async fn context(state: &AppState, call: Call) -> ApiResult<Json> {
+    let params = &call.params;
     let command = params
         .nonempty("command")
         .ok_or_else(|| ApiError::missing("command"))?
@@ -340,7 +324,7 @@ pub async fn context(state: &AppState, req: &UploadRequest<'_>, form: Form) -> A
         )),
         _ => None,
     };
-    let ids = public_ids(&params)?;
+    let ids = public_ids(params)?;
     let ty = params.nonempty("type").unwrap_or("upload").to_string();
     let change = move |r: &mut AssetRecord| match &pairs {
         Some(p) => {
@@ -354,20 +338,36 @@ pub async fn context(state: &AppState, req: &UploadRequest<'_>, form: Form) -> A
         }
         None => r.context.clear(),
     };
-    let changed = change_each(state, req, &ty, &ids, &change).await?;
+    let changed = change_each(state, &call, &ty, &ids, &change).await?;
+    Ok(json!({"public_ids": changed}))
+}
+
+/// `metadata` (`update_metadata`): sets structured metadata values on assets; with
+/// `clear_invalid`, stored values their fields no longer accept are dropped.
+pub async fn metadata(state: &AppState, call: Call) -> ApiResult<Json> {
+    let params = &call.params;
+    let raw = params
+        .nonempty("metadata")
+        .ok_or_else(|| ApiError::missing("metadata"))?;
+    let values = crate::metadata::resolve(state, &call.cloud, parse_pairs(raw, true)).await?;
+    let fields = if params.truthy("clear_invalid") {
+        Some(crate::metadata::field_map(state, &call.cloud).await?)
+    } else {
+        None
+    };
+    let ids = public_ids(params)?;
+    let ty = params.nonempty("type").unwrap_or("upload").to_string();
+    let change = move |r: &mut AssetRecord| {
+        crate::metadata::merge(&mut r.metadata, &values, fields.as_ref())
+    };
+    let changed = change_each(state, &call, &ty, &ids, &change).await?;
     Ok(json!({"public_ids": changed}))
 }
 
 /// `delete_by_token`: deletes the asset a `delete_token` names; the token is the only
 /// credential, usable once, for ten minutes after the upload.
-pub async fn delete_by_token(state: &AppState, cloud: &str, form: Form) -> ApiResult<Json> {
-    if !state.accounts.has_cloud(cloud) {
-        return Err(ApiError::Unauthorized(format!(
-            "Invalid cloud_name {cloud}"
-        )));
-    }
-    let token = form
-        .params
+pub async fn delete_by_token(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
+    let token = params
         .nonempty("token")
         .ok_or_else(|| ApiError::missing("token"))?
         .to_string();
@@ -385,12 +385,11 @@ pub async fn delete_by_token(state: &AppState, cloud: &str, form: Form) -> ApiRe
 /// `expires_at` (Unix seconds) ends it early.
 pub async fn download(
     state: &AppState,
-    req: &UploadRequest<'_>,
-    params: &Params,
+    call: Call,
     method: &axum::http::Method,
     headers: &axum::http::HeaderMap,
 ) -> ApiResult<axum::response::Response> {
-    signed_caller(state, req, params, false)?;
+    let params = &call.params;
     if let Some(exp) = params.nonempty("expires_at") {
         let exp: i64 = exp
             .parse()
@@ -405,7 +404,7 @@ pub async fn download(
     let ty = params.nonempty("type").unwrap_or("upload");
     let rec = state
         .meta
-        .find_asset(&key(req, ty, public_id))
+        .find_asset(&key(&call, ty, public_id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
     let format = params.nonempty("format");

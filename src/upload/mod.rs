@@ -15,12 +15,11 @@ use serde_json::{json, Map, Value as Json};
 use crate::auth::Caller;
 use crate::db::{AssetKey, AssetRecord, SaveOutcome};
 use crate::error::{ApiError, ApiResult};
-use crate::form::{Form, Params, Value};
+use crate::form::{Params, Value};
 use crate::media::{self, MediaKind};
 use crate::state::AppState;
 use crate::storage::new_blob_key;
 use crate::util::random_hex;
-use access::AuthOptions;
 
 pub use response::{upload_response, ResponseSigner};
 pub use source::Source;
@@ -223,29 +222,47 @@ pub fn parse_content_range(v: &str) -> Option<ContentRange> {
     Some(ContentRange { start, end, total })
 }
 
+/// An authenticated Upload API call: the cloud and resource type of its path, who called,
+/// and its parameters.
+pub struct Call {
+    pub cloud: String,
+    pub resource_type: crate::kinds::ResourceType,
+    pub caller: Caller,
+    pub params: Params,
+    /// The body as sent when it was JSON.
+    pub json: Option<Json>,
+}
+
 /// The request data the upload action needs besides the form.
 pub struct UploadRequest<'a> {
     pub cloud: &'a str,
     pub resource_type: &'a str,
-    pub authorization: Option<&'a str>,
     pub content_range: Option<&'a str>,
     /// `X-Unique-Upload-Id` of a chunked upload.
     pub upload_id: Option<&'a str>,
 }
 
-/// Handles `POST /v1_1/:cloud/:resource_type/upload`.
-pub async fn upload(state: &AppState, req: UploadRequest<'_>, form: Form) -> ApiResult<Json> {
-    let Form { params, file } = form;
-    let caller = access::authenticate(
-        state,
-        req.cloud,
-        req.authorization,
-        &params,
-        AuthOptions {
-            unsigned_preset: true,
-            lenient_notification: false,
-        },
-    )?;
+/// Handles `POST /v1_1/:cloud/:resource_type/upload` once the caller is known.
+pub async fn upload(
+    state: &AppState,
+    call: Call,
+    file: Option<crate::form::FilePart>,
+    content_range: Option<&str>,
+    upload_id: Option<&str>,
+) -> ApiResult<Json> {
+    let Call {
+        cloud,
+        resource_type,
+        caller,
+        params,
+        ..
+    } = call;
+    let req = UploadRequest {
+        cloud: &cloud,
+        resource_type: resource_type.as_str(),
+        content_range,
+        upload_id,
+    };
     let range = match req.content_range {
         Some(text) => Some(
             parse_content_range(text)
@@ -320,7 +337,6 @@ fn store_later(
         let req = UploadRequest {
             cloud: &cloud,
             resource_type: &rt,
-            authorization: None,
             content_range: None,
             upload_id: None,
         };
@@ -379,6 +395,11 @@ pub async fn store_upload(
     if src.blob.size == 0 {
         return Err(ApiError::bad("Empty file"));
     }
+    let given = params
+        .text("metadata")
+        .map(|m| parse_pairs(m, true))
+        .unwrap_or_default();
+    let metadata = crate::metadata::for_new_asset(state, req.cloud, given).await?;
     let info = match src.blob.bytes() {
         Some(bytes) => media::probe(std::io::Cursor::new(bytes.as_ref()))?,
         None => {
@@ -598,10 +619,7 @@ pub async fn store_upload(
             .text("context")
             .map(|c| parse_pairs(c, false))
             .unwrap_or_default(),
-        metadata: params
-            .text("metadata")
-            .map(|m| parse_pairs(m, true))
-            .unwrap_or_default(),
+        metadata,
         extra,
         blob_key: new_blob_key(req.cloud, &version_id),
         api_key: caller.api_key().map(str::to_string),

@@ -1,0 +1,46 @@
+//! The typed values of request paths and parameters that many modules share.
+
+/// The resource type of an Upload API path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceType {
+    Image,
+    Video,
+    Raw,
+    /// Decided from the file (uploads); `image` for the other methods.
+    Auto,
+}
+
+impl ResourceType {
+    pub fn parse(s: &str) -> Option<ResourceType> {
+        Some(match s {
+            "image" => ResourceType::Image,
+            "video" => ResourceType::Video,
+            "raw" => ResourceType::Raw,
+            "auto" => ResourceType::Auto,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Image => "image",
+            ResourceType::Video => "video",
+            ResourceType::Raw => "raw",
+            ResourceType::Auto => "auto",
+        }
+    }
+
+    /// The resource type of stored assets a method addresses (`auto` means `image`).
+    pub fn stored(self) -> &'static str {
+        match self {
+            ResourceType::Auto => "image",
+            other => other.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
