@@ -27,6 +27,14 @@ const PATH_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
 
 /// Delivery types an asset may have (and a delivery URL may name).
 pub const DELIVERY_TYPES: &[&str] = &["upload", "private", "authenticated"];
+/// Delivery types of the images nephos makes itself (the `text`, `sprite` and `multi`
+/// methods): public like `upload`, never given by an upload.
+pub const GENERATED_TYPES: &[&str] = &["text", "sprite", "multi"];
+
+/// Whether assets of a delivery type are delivered without a signature.
+pub fn is_public(delivery_type: &str) -> bool {
+    delivery_type == "upload" || GENERATED_TYPES.contains(&delivery_type)
+}
 
 pub fn escape_public_id(public_id: &str) -> String {
     utf8_percent_encode(public_id, PATH_ESCAPE).to_string()
@@ -60,7 +68,7 @@ pub fn derived_url(
         }
     }
     let t = transformation.map(|t| format!("{t}/")).unwrap_or_default();
-    let sig = if rec.key.delivery_type == "upload" {
+    let sig = if is_public(&rec.key.delivery_type) {
         String::new()
     } else {
         format!(
@@ -354,7 +362,8 @@ pub async fn serve(
             format!("Invalid resource type {}", p.resource_type),
         ));
     }
-    if !DELIVERY_TYPES.contains(&p.delivery_type.as_str()) {
+    let ty = p.delivery_type.as_str();
+    if !DELIVERY_TYPES.contains(&ty) && !GENERATED_TYPES.contains(&ty) {
         return Err(delivery_error(
             StatusCode::NOT_FOUND,
             format!("Delivery type {} is not supported", p.delivery_type),
@@ -395,7 +404,7 @@ pub async fn serve(
                 ));
             }
         }
-        None if p.delivery_type != "upload" => {
+        None if !is_public(&p.delivery_type) => {
             return Err(delivery_error(
                 StatusCode::UNAUTHORIZED,
                 format!("A signed URL is required for {} assets", p.delivery_type),

@@ -69,6 +69,7 @@ fn api_routes(state: AppState) -> Router {
         .route("/v1_1/{cloud}/{resource_type}/explicit", post(explicit))
         .route("/v1_1/{cloud}/{resource_type}/tags", post(tags))
         .route("/v1_1/{cloud}/{resource_type}/context", post(context))
+        .route("/v1_1/{cloud}/{resource_type}/text", post(text_action))
         .route(
             "/v1_1/{cloud}/{resource_type}/metadata",
             post(metadata_action),
@@ -238,6 +239,10 @@ async fn metadata_action(
     Signed(call, _): Signed<Lenient>,
 ) -> JsonResult {
     Ok(Json(actions::metadata(&state, call).await?))
+}
+
+async fn text_action(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
+    Ok(Json(upload::generate::text(&state, call).await?))
 }
 
 /// `GET …/download` (the SDKs' `private_download_url`), signed in the query.

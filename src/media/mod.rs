@@ -3,6 +3,7 @@
 
 mod image;
 mod mp4;
+pub mod text;
 pub mod transform;
 mod webm;
 

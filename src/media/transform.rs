@@ -32,8 +32,8 @@ pub struct Plan {
 /// One component's geometry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
-    width: Option<f64>,
-    height: Option<f64>,
+    width: Option<Dim>,
+    height: Option<Dim>,
     crop: Mode,
     /// Where to keep the image when cropping or padding: fractions of the free space.
     anchor: (f64, f64),
@@ -50,6 +50,28 @@ pub struct Step {
     opacity: Option<u8>,
     /// `bo_<n>px_solid_<colour>`.
     border: Option<(u32, Rgba<u8>)>,
+    /// `l_text:…`: the component's geometry applies to this layer, which is then placed on
+    /// the image (by `g_`, `x_`, `y_`).
+    overlay: Option<Layer>,
+    /// `co_`: the colour of text layers.
+    color: Option<Rgba<u8>>,
+}
+
+/// An overlay layer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Layer {
+    Text {
+        style: super::text::TextStyle,
+        text: String,
+    },
+}
+
+/// A `w_`/`h_` value: pixels, or a factor of the current size (written with a decimal point,
+/// like Cloudinary's `w_0.5` or `w_2.0`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dim {
+    Px(f64),
+    Of(f64),
 }
 
 /// `e_…` effects.
@@ -79,6 +101,8 @@ impl Default for Step {
             radius: None,
             opacity: None,
             border: None,
+            overlay: None,
+            color: None,
         }
     }
 }
@@ -129,8 +153,19 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     .ok_or_else(|| invalid(item, "expected a positive number"))
             };
             match key {
-                "w" => step.width = Some(number()?),
-                "h" => step.height = Some(number()?),
+                "w" | "h" => {
+                    let n = number()?;
+                    let d = if value.contains('.') || n < 1.0 {
+                        Dim::Of(n)
+                    } else {
+                        Dim::Px(n)
+                    };
+                    if key == "w" {
+                        step.width = Some(d)
+                    } else {
+                        step.height = Some(d)
+                    }
+                }
                 "c" => {
                     step.crop = match value {
                         "scale" => Mode::Scale,
@@ -238,6 +273,10 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     plan.format = Some(f);
                 }
                 "fl" if value == "attachment" => plan.attachment = true,
+                "l" => step.overlay = Some(layer(item, value)?),
+                "co" => {
+                    step.color = Some(color(value).ok_or_else(|| invalid(item, "unknown colour"))?)
+                }
                 _ => {
                     return Err(format!(
                         "Transformation {item} is not supported by this server"
@@ -246,7 +285,7 @@ pub fn parse(t: &str) -> Result<Plan, String> {
             }
             geometric |= matches!(
                 key,
-                "w" | "h" | "c" | "ar" | "dpr" | "x" | "y" | "a" | "e" | "r" | "o" | "bo"
+                "w" | "h" | "c" | "ar" | "dpr" | "x" | "y" | "a" | "e" | "r" | "o" | "bo" | "l"
             );
         }
         if geometric {
@@ -254,6 +293,66 @@ pub fn parse(t: &str) -> Result<Plan, String> {
         }
     }
     Ok(plan)
+}
+
+/// `l_text:<family>_<size>[_<style>…]:<text>` (the text percent-encoded).
+fn layer(item: &str, value: &str) -> Result<Layer, String> {
+    let Some(spec) = value.strip_prefix("text:") else {
+        return Err(format!(
+            "Transformation {item} is not supported by this server (only text overlays are)"
+        ));
+    };
+    let (style, text) = spec
+        .split_once(':')
+        .ok_or_else(|| invalid(item, "expected text:<font>_<size>:<text>"))?;
+    let style = super::text::parse_style(style).map_err(|why| invalid(item, &why))?;
+    let text = percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned();
+    if text.is_empty() {
+        return Err(invalid(item, "the text is empty"));
+    }
+    if text.chars().count() > super::text::MAX_CHARS {
+        return Err(invalid(item, "the text is too long"));
+    }
+    Ok(Layer::Text { style, text })
+}
+
+/// Renders a component's layer, gives it the component's geometry and places it on `base`.
+fn apply_overlay(
+    base: DynamicImage,
+    s: &Step,
+    layer: &Layer,
+    max_pixels: u64,
+) -> Result<DynamicImage, String> {
+    let Layer::Text { style, text } = layer;
+    let mut style = style.clone();
+    if let Some(c) = s.color {
+        style.color = c;
+    }
+    let rendered = super::text::render(text, &style, max_pixels)?;
+    let geometry = Step {
+        overlay: None,
+        x: None,
+        y: None,
+        anchor: (0.5, 0.5),
+        crop: if s.crop == Mode::Region {
+            Mode::Scale
+        } else {
+            s.crop
+        },
+        ..s.clone()
+    };
+    let layer = apply_step(DynamicImage::ImageRgba8(rendered), &geometry, max_pixels)?.to_rgba8();
+    let mut canvas = base.to_rgba8();
+    let free_x = i64::from(canvas.width()) - i64::from(layer.width());
+    let free_y = i64::from(canvas.height()) - i64::from(layer.height());
+    // Offsets move the layer away from the gravity's edge (towards the centre).
+    let toward = |anchor: f64, offset: i64| if anchor > 0.5 { -offset } else { offset };
+    let dx = (free_x as f64 * s.anchor.0).round() as i64 + toward(s.anchor.0, s.x.unwrap_or(0));
+    let dy = (free_y as f64 * s.anchor.1).round() as i64 + toward(s.anchor.1, s.y.unwrap_or(0));
+    imageops::overlay(&mut canvas, &layer, dx, dy);
+    Ok(DynamicImage::ImageRgba8(canvas))
 }
 
 fn anchor(gravity: &str) -> (f64, f64) {
@@ -270,7 +369,7 @@ fn anchor(gravity: &str) -> (f64, f64) {
     }
 }
 
-fn color(v: &str) -> Option<Rgba<u8>> {
+pub fn color(v: &str) -> Option<Rgba<u8>> {
     let hex = v.strip_prefix("rgb:").or_else(|| v.strip_prefix('#'));
     if let Some(h) = hex {
         let h: String = if h.len() == 3 {
@@ -347,9 +446,17 @@ pub fn apply(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result
 }
 
 fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicImage, String> {
+    if let Some(layer) = &s.overlay {
+        return apply_overlay(img, s, layer, max_pixels);
+    }
     let (sw, sh) = (img.width() as f64, img.height() as f64);
     // Fractions are of the current size; dpr multiplies what was asked.
-    let dim = |v: Option<f64>, of: f64| v.map(|v| if v < 1.0 { v * of } else { v } * s.dpr);
+    let dim = |v: Option<Dim>, of: f64| {
+        v.map(|v| match v {
+            Dim::Px(n) => n,
+            Dim::Of(k) => k * of,
+        } * s.dpr)
+    };
     let mut w = dim(s.width, sw);
     let mut h = dim(s.height, sh);
     if let Some(ar) = s.aspect {
@@ -609,7 +716,7 @@ fn cut(
     img.crop_imm(left, top, w, h)
 }
 
-fn encode(img: DynamicImage, format: &str, quality: u8) -> Result<Vec<u8>, String> {
+pub fn encode(img: DynamicImage, format: &str, quality: u8) -> Result<Vec<u8>, String> {
     let mut out = Cursor::new(Vec::new());
     let failed = |e: image::ImageError| format!("Cannot encode {format}: {e}");
     match format {

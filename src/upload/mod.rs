@@ -5,6 +5,7 @@ pub mod access;
 pub mod actions;
 pub mod chunked;
 pub mod eager;
+pub mod generate;
 pub mod naming;
 pub mod preset;
 pub mod response;
@@ -93,7 +94,9 @@ const FLAGS: &[&str] = &[
 /// upload fails on its first part rather than after the last.
 fn check_options(params: &Params) -> ApiResult<()> {
     let delivery_type = params.nonempty("type").unwrap_or("upload");
-    if !crate::delivery::DELIVERY_TYPES.contains(&delivery_type) {
+    let generated = params.get(GENERATED).is_some()
+        && crate::delivery::GENERATED_TYPES.contains(&delivery_type);
+    if !generated && !crate::delivery::DELIVERY_TYPES.contains(&delivery_type) {
         return Err(ApiError::bad(format!(
             "Invalid type {delivery_type}: must be one of upload, private, authenticated"
         )));
@@ -346,6 +349,10 @@ fn store_later(
     });
     Json::Object(pending)
 }
+
+/// Marks the parameters of an image nephos generated (`text`, `sprite`, `multi`), which may
+/// have those delivery types (never a client parameter: the name cannot come from a request).
+pub(crate) const GENERATED: &str = "\u{0}generated";
 
 /// Carries an async upload's batch ID to its notification (never a client parameter: the
 /// name cannot come from a request).
