@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// Largest image (width × height, source or result) a delivery transformation handles.
     #[arg(long, env = "NEPHOS_MAX_IMAGE_PIXELS")]
     pub max_image_pixels: Option<u64>,
+    /// Admin API calls allowed per cloud and hour (Cloudinary's free plan: 500); 0 turns the
+    /// limit and its `X-FeatureRateLimit-*` headers off.
+    #[arg(long, env = "NEPHOS_ADMIN_RATE_LIMIT")]
+    pub admin_rate_limit: Option<u64>,
     /// Seconds a signed request stays valid (Cloudinary: 3600).
     #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
     pub signature_ttl_secs: Option<i64>,
@@ -121,6 +125,7 @@ pub struct FileLimits {
     pub max_open_uploads: Option<i64>,
     pub upload_session_ttl_secs: Option<i64>,
     pub max_image_pixels: Option<u64>,
+    pub admin_rate_limit: Option<u64>,
 }
 
 /// An upload preset defined in the configuration file; written to the database at start.
@@ -151,6 +156,8 @@ pub struct Limits {
     pub max_open_uploads: i64,
     pub upload_session_ttl_secs: i64,
     pub max_image_pixels: u64,
+    /// Admin API calls per cloud and hour; 0 = unlimited.
+    pub admin_rate_limit: u64,
 }
 
 impl Default for Limits {
@@ -166,6 +173,7 @@ impl Default for Limits {
             max_open_uploads: 1000,
             upload_session_ttl_secs: 24 * 3600,
             max_image_pixels: 50_000_000,
+            admin_rate_limit: 500,
         }
     }
 }
@@ -249,6 +257,10 @@ impl Config {
                 .max_image_pixels
                 .or(fl.max_image_pixels)
                 .unwrap_or(d.max_image_pixels),
+            admin_rate_limit: args
+                .admin_rate_limit
+                .or(fl.admin_rate_limit)
+                .unwrap_or(d.admin_rate_limit),
             signature_ttl_secs: args
                 .signature_ttl_secs
                 .or(fl.signature_ttl_secs)

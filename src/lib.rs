@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod notify;
 pub mod state;
 pub mod storage;
+pub mod triggers;
 pub mod upload;
 pub mod util;
 

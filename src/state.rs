@@ -25,6 +25,8 @@ pub struct AppState {
     pub chunk_dir: PathBuf,
     /// In-process state of chunked uploads (ranges being written, background hashers).
     pub chunks: Arc<ChunkRuntime>,
+    /// Triggers cached per cloud and the poll notification channels.
+    pub hub: Arc<crate::triggers::Hub>,
     fixed_time: Option<i64>,
 }
 
@@ -51,6 +53,7 @@ impl AppState {
             http,
             chunk_dir,
             chunks: Arc::new(ChunkRuntime::default()),
+            hub: Arc::new(crate::triggers::Hub::default()),
             fixed_time,
         }
     }

@@ -3,7 +3,10 @@
 //! is not accepted here).
 
 pub mod expression;
+pub mod mappings;
 pub mod search;
+pub mod streaming;
+pub mod transformations;
 use serde_json::{json, Map, Value as Json};
 
 use crate::auth::{basic_auth, Account};
@@ -59,8 +62,14 @@ pub async fn resource_types(state: &AppState, cloud: &str) -> ApiResult<Json> {
     Ok(json!({"resource_types": types}))
 }
 
-pub fn config(cloud: &str) -> Json {
-    json!({"cloud_name": cloud, "settings": {"folder_mode": "dynamic"}})
+/// `GET config`: the cloud name; the settings with `settings=true`.
+pub fn config(cloud: &str, params: &Params) -> Json {
+    let mut m = Map::new();
+    m.insert("cloud_name".into(), json!(cloud));
+    if wants(params, "settings") {
+        m.insert("settings".into(), json!({"folder_mode": "dynamic"}));
+    }
+    Json::Object(m)
 }
 
 /// The asset object of the Admin API (`tags`/`context` only when present and wanted).
@@ -126,6 +135,16 @@ pub(crate) async fn resource_json(
     rec: &AssetRecord,
 ) -> ApiResult<Json> {
     let mut one = asset_json(state, account, rec, true, true);
+    if let Some(m) = rec.extra.get("moderation") {
+        one["moderation"] = m.clone();
+    }
+    if !rec.metadata.is_empty() {
+        let fields = crate::metadata::field_map(state, &rec.key.cloud).await?;
+        let visible = crate::metadata::visible(&rec.metadata, &fields);
+        if !visible.is_empty() {
+            one["metadata"] = Json::Object(visible);
+        }
+    }
     let derived = state.meta.list_derived(&rec.asset_id).await?;
     let signer = crate::upload::response::ResponseSigner {
         secret: account.api_secret.clone(),
@@ -198,6 +217,12 @@ enum Target {
     Tag { rt: String, tag: String },
     /// `resources/:rt/context` (with `key` and optional `value`)
     Context { rt: String },
+    /// `resources/:rt/moderations/:kind/:status`
+    Moderation {
+        rt: String,
+        kind: String,
+        status: String,
+    },
     /// `resources/:rt/:type/:public_id`
     One {
         key_rt: String,
@@ -228,6 +253,17 @@ fn parse_target(rest: &str) -> ApiResult<Target> {
             rt,
             tag: tag.to_string(),
         },
+        [_, "moderations", rest] => {
+            let (kind, status) = rest
+                .split_once('/')
+                .filter(|(k, s)| !k.is_empty() && !s.is_empty() && !s.contains('/'))
+                .ok_or_else(|| ApiError::NotFound(format!("No such resource path: {rest}")))?;
+            Target::Moderation {
+                rt,
+                kind: kind.to_string(),
+                status: status.to_string(),
+            }
+        }
         [_, ty, public_id] => Target::One {
             key_rt: rt,
             ty: ty.to_string(),
@@ -249,6 +285,11 @@ fn parse_time(v: &str) -> Option<i64> {
         if let Ok(d) = chrono::NaiveDate::parse_from_str(v, fmt) {
             return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp());
         }
+    }
+    // Node's SDK sends a `Date` as JavaScript prints it: `Sun Nov 29 2026 16:35:45 GMT+0000 (…)`.
+    let js = v.split(" (").next().unwrap_or(v);
+    if let Ok(t) = chrono::DateTime::parse_from_str(js, "%a %b %d %Y %H:%M:%S GMT%z") {
+        return Some(t.timestamp());
     }
     v.parse::<i64>().ok()
 }
@@ -319,10 +360,19 @@ pub async fn get_resources(
                 delivery_type: ty,
                 public_id: public_id.clone(),
             };
-            let rec =
-                state.meta.find_asset(&key).await?.ok_or_else(|| {
-                    ApiError::NotFound(format!("Resource not found - {public_id}"))
-                })?;
+            let Some(rec) = state.meta.find_asset(&key).await? else {
+                // A deleted asset with a backup is answered as a placeholder.
+                let rec = crate::upload::backup::find(state, &key)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!("Resource not found - {public_id}"))
+                    })?;
+                let mut one = asset_json(state, account, &rec, false, false);
+                one["bytes"] = json!(0);
+                one["placeholder"] = json!(true);
+                one["backup"] = json!(true);
+                return Ok(one);
+            };
             return resource_json(state, account, &rec).await;
         }
         Target::List { rt, ty } => {
@@ -342,17 +392,49 @@ pub async fn get_resources(
         Target::Context { rt } => {
             return by_context(state, account, cloud, &rt, params, q.max_results).await;
         }
+        Target::Moderation { rt, kind, status } => {
+            let records: Vec<AssetRecord> = all_assets(state, cloud, Some(&rt))
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    let m = r.extra.get("moderation").and_then(|m| m.get(0));
+                    m.is_some_and(|m| m["kind"] == json!(kind) && m["status"] == json!(status))
+                })
+                .take(q.max_results.max(0) as usize)
+                .collect();
+            return listing(state, account, cloud, params, &records, None).await;
+        }
     }
     let (records, cursor) = state.meta.list_assets(&q).await.map_err(|e| match e {
         crate::db::DbError::Corrupt(msg) if msg.starts_with("invalid cursor") => ApiError::bad(msg),
         other => other.into(),
     })?;
+    listing(state, account, cloud, params, &records, cursor).await
+}
+
+/// A page of listed assets as the Admin API answers it (`tags`, `context`, `metadata`,
+/// `moderations` when asked for).
+async fn listing(
+    state: &AppState,
+    account: &Account,
+    cloud: &str,
+    params: &Params,
+    records: &[AssetRecord],
+    cursor: Option<String>,
+) -> ApiResult<Json> {
     let (with_tags, with_context) = (wants(params, "tags"), wants(params, "context"));
     let mut resources: Vec<Json> = records
         .iter()
         .map(|r| asset_json(state, account, r, with_tags, with_context))
         .collect();
-    add_metadata(state, cloud, params, &records, &mut resources).await?;
+    add_metadata(state, cloud, params, records, &mut resources).await?;
+    if wants(params, "moderations") {
+        for (r, item) in records.iter().zip(resources.iter_mut()) {
+            if let Some(m) = r.extra.get("moderation") {
+                item["moderation"] = m.clone();
+            }
+        }
+    }
     let mut m = Map::new();
     m.insert("resources".into(), Json::Array(resources));
     if let Some(c) = cursor {
@@ -415,6 +497,13 @@ async fn by_context(
         .map(|r| asset_json(state, account, r, wants(params, "tags"), true))
         .collect();
     add_metadata(state, cloud, params, &records, &mut found).await?;
+    if wants(params, "moderations") {
+        for (r, item) in records.iter().zip(found.iter_mut()) {
+            if let Some(m) = r.extra.get("moderation") {
+                item["moderation"] = m.clone();
+            }
+        }
+    }
     Ok(json!({"resources": found}))
 }
 
@@ -468,7 +557,7 @@ pub async fn delete_resources(
             more = next;
             keys = recs.into_iter().map(|r| r.key).collect();
         }
-        Target::One { .. } | Target::Context { .. } => {
+        Target::One { .. } | Target::Context { .. } | Target::Moderation { .. } => {
             return Err(ApiError::NotFound(
                 "Use DELETE resources/:resource_type/:type".into(),
             ))
@@ -586,7 +675,6 @@ const UPDATE_ADDONS: &[&str] = &[
     "ocr",
     "raw_convert",
     "background_removal",
-    "moderation_status",
     "visual_search",
 ];
 
@@ -601,6 +689,12 @@ pub async fn update_resource(
 ) -> ApiResult<Json> {
     if rest.trim_matches('/') == "search" {
         return search::search(state, account, cloud, params).await;
+    }
+    if let Some(target) = rest.trim_matches('/').strip_suffix("/restore") {
+        if let Target::List { rt, ty } = parse_target(target)? {
+            let ty = ty.unwrap_or_else(|| "upload".into());
+            return restore(state, account, cloud, &rt, &ty, params).await;
+        }
     }
     let Target::One {
         key_rt,
@@ -619,7 +713,31 @@ pub async fn update_resource(
     }
     let update =
         crate::upload::actions::MetadataUpdate::from_params(state, cloud, params, true).await?;
-    let change = move |r: &mut AssetRecord| update.apply(r);
+    let moderation = match params.nonempty("moderation_status") {
+        Some(s @ ("approved" | "rejected" | "pending")) => Some(s.to_string()),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "Illegal value {other} for parameter moderation_status: must be approved, rejected or pending"
+            )))
+        }
+        None => None,
+    };
+    let now = iso_time(state.now());
+    let change = move |r: &mut AssetRecord| {
+        update.apply(r);
+        if let Some(status) = &moderation {
+            let kind = r
+                .extra
+                .get("moderation")
+                .and_then(|m| m[0]["kind"].as_str())
+                .unwrap_or("manual")
+                .to_string();
+            r.extra.insert(
+                "moderation".into(),
+                json!([{"kind": kind, "status": status, "updated_at": now}]),
+            );
+        }
+    };
     let key = AssetKey {
         cloud: cloud.to_string(),
         resource_type: key_rt,
@@ -631,7 +749,40 @@ pub async fn update_resource(
         .modify_asset(&key, &change)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
-    Ok(asset_json(state, account, &rec, true, true))
+    resource_json(state, account, &rec).await
+}
+
+/// `POST resources/:rt/:type/restore` with `public_ids`: each answered by its public ID with
+/// the restored asset, or `{"error": "no_backup"}`.
+async fn restore(
+    state: &AppState,
+    account: &Account,
+    cloud: &str,
+    rt: &str,
+    ty: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    let ids = params.items("public_ids");
+    if ids.is_empty() {
+        return Err(ApiError::missing("public_ids"));
+    }
+    let mut out = Map::new();
+    for id in ids.iter().take(DELETE_BATCH as usize) {
+        let key = AssetKey {
+            cloud: cloud.to_string(),
+            resource_type: rt.to_string(),
+            delivery_type: ty.to_string(),
+            public_id: id.clone(),
+        };
+        let answer = match crate::upload::backup::restore(state, &key).await? {
+            crate::upload::backup::Restored::Asset(rec) => {
+                resource_json(state, account, &rec).await?
+            }
+            crate::upload::backup::Restored::NoBackup => json!({"error": "no_backup"}),
+        };
+        out.insert(id.clone(), answer);
+    }
+    Ok(Json::Object(out))
 }
 
 /// `GET tags/:rt`.
@@ -663,7 +814,12 @@ pub async fn list_tags(
 
 /// `GET usage`: real counts and bytes; what nephos does not meter (bandwidth, requests,
 /// transformations) is reported as zero usage.
-pub async fn usage(state: &AppState, cloud: &str) -> ApiResult<Json> {
+pub async fn usage(state: &AppState, cloud: &str, date: Option<&str>) -> ApiResult<Json> {
+    // `usage/<dd-mm-yyyy>`: nephos keeps no history, so any day reports today's figures.
+    if let Some(d) = date {
+        chrono::NaiveDate::parse_from_str(d, "%d-%m-%Y")
+            .map_err(|_| ApiError::bad(format!("Invalid date {d}: expected dd-mm-yyyy")))?;
+    }
     let (objects, bytes) = state.meta.usage(cloud).await?;
     let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
     Ok(json!({

@@ -24,7 +24,7 @@ pub enum DbError {
 }
 
 /// Identifies one asset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AssetKey {
     pub cloud: String,
     pub resource_type: String,
@@ -33,7 +33,7 @@ pub struct AssetKey {
 }
 
 /// Everything stored about one asset.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AssetRecord {
     pub asset_id: String,
     pub key: AssetKey,
@@ -287,6 +287,12 @@ pub trait MetaStore: Send + Sync {
     async fn put_derived(&self, derived: &[DerivedRecord]) -> Result<(), DbError>;
     /// The derived versions of an asset, oldest first.
     async fn list_derived(&self, asset_id: &str) -> Result<Vec<DerivedRecord>, DbError>;
+    /// The derived versions of a cloud (of one transformation when given), oldest first.
+    async fn derived_of_cloud(
+        &self,
+        cloud: &str,
+        transformation: Option<&str>,
+    ) -> Result<Vec<DerivedRecord>, DbError>;
     /// Forgets derived versions of a cloud: all of an asset's (`asset_id`), or these ids.
     /// Returns the ids forgotten.
     async fn delete_derived(

@@ -214,6 +214,20 @@ fn row_to_preset(row: &AnyRow) -> Result<Preset, DbError> {
     })
 }
 
+fn row_to_derived(r: &AnyRow) -> Result<DerivedRecord, DbError> {
+    Ok(DerivedRecord {
+        id: r.try_get("id")?,
+        cloud: r.try_get("cloud")?,
+        asset_id: r.try_get("asset_id")?,
+        transformation: r.try_get("transformation")?,
+        format: r.try_get("format")?,
+        bytes: r.try_get("bytes")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
 fn row_to_doc(row: &AnyRow) -> Result<Document, DbError> {
     let body: String = row.try_get("body")?;
     Ok(Document {
@@ -692,21 +706,24 @@ impl MetaStore for SqlStore {
         .bind(asset_id.to_string())
         .fetch_all(&self.read)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DerivedRecord {
-                    id: r.try_get("id")?,
-                    cloud: r.try_get("cloud")?,
-                    asset_id: r.try_get("asset_id")?,
-                    transformation: r.try_get("transformation")?,
-                    format: r.try_get("format")?,
-                    bytes: r.try_get("bytes")?,
-                    width: r.try_get("width")?,
-                    height: r.try_get("height")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(row_to_derived).collect()
+    }
+
+    async fn derived_of_cloud(
+        &self,
+        cloud: &str,
+        transformation: Option<&str>,
+    ) -> Result<Vec<DerivedRecord>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, cloud, asset_id, transformation, format, bytes, width, height, created_at \
+             FROM derived WHERE cloud = $1 AND ($2 = '' OR transformation = $2) \
+             ORDER BY created_at, id",
+        )
+        .bind(cloud.to_string())
+        .bind(transformation.unwrap_or("").to_string())
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter().map(row_to_derived).collect()
     }
 
     async fn delete_derived(

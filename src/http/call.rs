@@ -23,13 +23,12 @@ pub fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The segments of a `/v1_1/<cloud>/…` path after `v1_1`.
+/// The segments of a `/v1_1/<cloud>/…` path after `v1_1` (of `/v2/<module>/<cloud>/…`,
+/// after the module).
 fn api_segments(uri: &Uri) -> Vec<&str> {
-    uri.path()
-        .trim_start_matches('/')
-        .split('/')
-        .skip(1)
-        .collect()
+    let path = uri.path().trim_start_matches('/');
+    let skip = if path.starts_with("v2/") { 2 } else { 1 };
+    path.split('/').skip(skip).collect()
 }
 
 fn cloud_of(uri: &Uri) -> ApiResult<String> {

@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod extract;
+pub mod ratelimit;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -24,9 +25,19 @@ use call::{Admin, Lenient, Open, Signed, UploadCall};
 
 pub fn router(state: AppState) -> Router {
     // Path decoding must happen before routing, so it wraps the routed service.
-    let routes = tower::util::MapRequest::new(api_routes(state), decode_slashes);
+    let calls = std::sync::Arc::new(ratelimit::AdminCalls::default());
+    let limited = api_routes(state.clone()).layer(middleware::from_fn_with_state(
+        (state, calls),
+        ratelimit::limit,
+    ));
+    let routes = tower::util::MapRequest::new(limited, decode_slashes);
     Router::new()
         .fallback_service(routes)
+        // A bug must never take a connection down without an answer: a panic becomes a 500
+        // in the API's error shape (and is logged).
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_answer,
+        ))
         .layer(CorsLayer::very_permissive())
         .layer(TraceLayer::new_for_http())
         .layer(middleware::from_fn(request_id))
@@ -84,6 +95,7 @@ fn api_routes(state: AppState) -> Router {
         .route("/v1_1/{cloud}/ping", get(admin_ping))
         .route("/v1_1/{cloud}/config", get(admin_config))
         .route("/v1_1/{cloud}/usage", get(admin_usage))
+        .route("/v1_1/{cloud}/usage/{date}", get(admin_usage_on))
         .route(
             "/v1_1/{cloud}/resources",
             get(admin_resource_types).delete(admin_delete_by_asset_ids),
@@ -122,6 +134,41 @@ fn api_routes(state: AppState) -> Router {
                 .delete(admin_delete_preset),
         )
         .route(
+            "/v1_1/{cloud}/transformations",
+            get(transformations_get)
+                .post(transformation_create)
+                .put(transformation_update)
+                .delete(transformation_delete),
+        )
+        .route(
+            "/v1_1/{cloud}/streaming_profiles",
+            get(streaming_profiles).post(streaming_profile_create),
+        )
+        .route(
+            "/v1_1/{cloud}/streaming_profiles/{name}",
+            get(streaming_profile)
+                .put(streaming_profile_update)
+                .delete(streaming_profile_delete),
+        )
+        .route(
+            "/v1_1/{cloud}/upload_mappings",
+            get(mappings_get)
+                .post(mapping_create)
+                .put(mapping_update)
+                .delete(mapping_delete),
+        )
+        .route(
+            "/v1_1/{cloud}/triggers",
+            get(triggers_list).post(trigger_create),
+        )
+        .route(
+            "/v1_1/{cloud}/triggers/{id}",
+            put(trigger_update).delete(trigger_delete),
+        )
+        .route("/v1_1/{cloud}/triggers/{id}/test", post(trigger_test))
+        .route("/v2/notifications/{cloud}/messages", get(poll_messages))
+        .route("/v2/notifications/{cloud}/messages/ack", post(poll_ack))
+        .route(
             "/v1_1/{cloud}/metadata_fields",
             get(metadata_fields).post(metadata_field_create),
         )
@@ -158,6 +205,15 @@ fn api_routes(state: AppState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(fallback)
         .with_state(state)
+}
+
+fn panic_answer(detail: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let text = detail
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| detail.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    ApiError::Internal(format!("panic: {text}")).into_response()
 }
 
 /// Adds `X-Request-Id` to every response (the Python SDK copies it into upload results).
@@ -271,11 +327,19 @@ async fn admin_ping(_: Admin) -> JsonResult {
 }
 
 async fn admin_config(call: Admin) -> JsonResult {
-    Ok(Json(admin::config(&call.cloud)))
+    Ok(Json(admin::config(&call.cloud, &call.params)))
 }
 
 async fn admin_usage(State(state): State<AppState>, call: Admin) -> JsonResult {
-    Ok(Json(admin::usage(&state, &call.cloud).await?))
+    Ok(Json(admin::usage(&state, &call.cloud, None).await?))
+}
+
+async fn admin_usage_on(
+    State(state): State<AppState>,
+    Path((_, date)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(admin::usage(&state, &call.cloud, Some(&date)).await?))
 }
 
 async fn admin_resource_types(State(state): State<AppState>, call: Admin) -> JsonResult {
@@ -543,6 +607,150 @@ async fn metadata_rule_delete(
     Ok(Json(metadata::delete_rule(&state, &call.cloud, &id).await?))
 }
 
+async fn transformations_get(State(state): State<AppState>, call: Admin) -> JsonResult {
+    use admin::transformations as t;
+    Ok(Json(if call.params.nonempty("transformation").is_some() {
+        t::get(&state, &call.cloud, &call.params).await?
+    } else {
+        t::list(&state, &call.cloud, &call.params).await?
+    }))
+}
+
+async fn transformation_create(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::transformations::create(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn transformation_update(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::transformations::update(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn transformation_delete(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::transformations::delete(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn streaming_profiles(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(admin::streaming::list(&state, &call.cloud).await?))
+}
+
+async fn streaming_profile_create(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::streaming::create(&state, &call.cloud, &call.params, call.json.as_ref()).await?,
+    ))
+}
+
+async fn streaming_profile(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::streaming::get(&state, &call.cloud, &name).await?,
+    ))
+}
+
+async fn streaming_profile_update(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::streaming::update(&state, &call.cloud, &name, &call.params, call.json.as_ref())
+            .await?,
+    ))
+}
+
+async fn streaming_profile_delete(
+    State(state): State<AppState>,
+    Path((_, name)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::streaming::delete(&state, &call.cloud, &name).await?,
+    ))
+}
+
+async fn mappings_get(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::mappings::get(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn mapping_create(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::mappings::create(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn mapping_update(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::mappings::update(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn mapping_delete(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        admin::mappings::delete(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn triggers_list(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        crate::triggers::list(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn trigger_create(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        crate::triggers::create(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn trigger_update(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        crate::triggers::update(&state, &call.cloud, &id, &call.params).await?,
+    ))
+}
+
+async fn trigger_delete(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        crate::triggers::delete(&state, &call.cloud, &id).await?,
+    ))
+}
+
+async fn trigger_test(
+    State(state): State<AppState>,
+    Path((_, id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(crate::triggers::test(&state, &call.cloud, &id).await?))
+}
+
+async fn poll_messages(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        crate::triggers::messages(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
+async fn poll_ack(State(state): State<AppState>, call: Admin) -> JsonResult {
+    Ok(Json(
+        crate::triggers::ack(&state, &call.cloud, &call.params).await?,
+    ))
+}
+
 /// GET/HEAD of anything else outside `/v1_1/` is a delivery URL; the rest are unknown routes,
 /// whatever the method (answered 404 in the API's JSON error shape, which the SDKs can read).
 async fn fallback(
@@ -551,7 +759,7 @@ async fn fallback(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let api = uri.path().starts_with("/v1_1/");
+    let api = uri.path().starts_with("/v1_1/") || uri.path().starts_with("/v2/");
     if !api && (method == Method::GET || method == Method::HEAD) {
         return match crate::delivery::serve(&state, &method, uri.path(), &headers).await {
             Ok(r) => r,

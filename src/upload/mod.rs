@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod actions;
+pub mod backup;
 pub mod chunked;
 pub mod eager;
 pub mod generate;
@@ -54,7 +55,106 @@ const NOT_ENABLED: &[(&str, &str)] = &[
 /// Parameters that change what is stored or answered and that nephos does not implement yet.
 const NOT_YET: &[&str] = &["callback", "eval", "on_success"];
 
+/// Values Cloudinary accepts for its add-on parameters; anything else is refused with
+/// Cloudinary's own message before the "not enabled" one.
+fn check_addon_values(params: &Params) -> ApiResult<()> {
+    const DETECTION: &[&str] = &[
+        "coco",
+        "lvis",
+        "openimages",
+        "cld-fashion",
+        "cld-text",
+        "human-anatomy",
+        "unidet",
+        "adv_face",
+        "aws_rek_face",
+        "cld-sports",
+        "iab",
+        "lvis_v1",
+        "cld-interior",
+    ];
+    const CATEGORIZATION: &[&str] = &[
+        "google_tagging",
+        "google_video_tagging",
+        "imagga_tagging",
+        "aws_rek_tagging",
+        "aws_rek_video_tagging",
+        "azure_video_tagging",
+        "google_automl",
+        "content_aware",
+    ];
+    let strip_version = |m: &str| -> String {
+        match m.rsplit_once("_v") {
+            Some((base, v)) if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()) => {
+                base.to_string()
+            }
+            _ => m.to_string(),
+        }
+    };
+    if let Some(v) = params.nonempty("raw_convert") {
+        let ok = v.split(',').all(|item| {
+            let name = item.split(':').next().unwrap_or("").trim();
+            matches!(
+                name,
+                "aspose"
+                    | "google_speech"
+                    | "extract_text"
+                    | "google_translate"
+                    | "azure_video_indexer"
+            )
+        });
+        if !ok {
+            return Err(ApiError::bad("Raw convert is invalid"));
+        }
+    }
+    if let Some(v) = params.nonempty("categorization") {
+        for item in v.split(',').map(str::trim) {
+            let name = item.split(':').next().unwrap_or("");
+            if !CATEGORIZATION.contains(&name) {
+                return Err(ApiError::bad(format!(
+                    "Categorization item {item} is not valid"
+                )));
+            }
+        }
+    }
+    if let Some(v) = params.nonempty("detection") {
+        for item in v.split(',').map(str::trim) {
+            let model = item.split(':').next().unwrap_or("");
+            if !DETECTION.contains(&strip_version(model).as_str()) {
+                return Err(ApiError::bad(format!("Detection invalid model '{item}'")));
+            }
+        }
+    }
+    if let Some(v) = params.nonempty("background_removal") {
+        let name = v.split(':').next().unwrap_or("");
+        if !matches!(name, "cloudinary_ai" | "pixelz" | "remove_the_background") {
+            return Err(ApiError::bad("Background removal is invalid"));
+        }
+    }
+    if let Some(v) = params.nonempty("ocr") {
+        if v.split(':').next() != Some("adv_ocr") {
+            return Err(ApiError::bad(format!(
+                "Illegal value {v} for parameter ocr"
+            )));
+        }
+    }
+    if let Some(v) = params.nonempty("auto_tagging") {
+        if !v.parse::<f64>().is_ok_and(|n| (0.0..=1.0).contains(&n)) {
+            return Err(ApiError::bad(format!(
+                "Illegal value {v} for parameter auto_tagging: must be a number from 0 to 1"
+            )));
+        }
+        if params.nonempty("categorization").is_none() && params.nonempty("detection").is_none() {
+            return Err(ApiError::bad(
+                "Must use categorization or detection when using auto_tagging",
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn refuse_unsupported(params: &Params) -> ApiResult<()> {
+    check_addon_values(params)?;
     for (name, label) in NOT_ENABLED {
         if params.nonempty(name).is_some() && params.truthy(name) {
             return Err(ApiError::bad(format!(
@@ -359,11 +459,23 @@ pub(crate) const GENERATED: &str = "\u{0}generated";
 const BATCH_ID: &str = "\u{0}batch_id";
 
 /// Deletes one asset: the row first, then its file (so no row is ever left without a file).
+/// An asset uploaded with `backup=true` keeps its file and record when deleted (a backup
+/// document), so that `restore` can bring it back.
 pub async fn delete_asset(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
+    let backed_up = match state.meta.find_asset(key).await? {
+        Some(rec) if rec.extra.get("backup") == Some(&json!(true)) => {
+            backup::keep(state, &rec).await?;
+            true
+        }
+        Some(_) => false,
+        None => return Ok(false),
+    };
     match state.meta.delete_asset(key).await? {
         Some(rec) => {
-            if let Err(e) = state.blobs.delete(&rec.blob_key).await {
-                tracing::warn!(key = %rec.blob_key, error = %e, "could not remove a deleted asset's file");
+            if !backed_up {
+                if let Err(e) = state.blobs.delete(&rec.blob_key).await {
+                    tracing::warn!(key = %rec.blob_key, error = %e, "could not remove a deleted asset's file");
+                }
             }
             Ok(true)
         }
@@ -445,8 +557,11 @@ pub async fn store_upload(
             .map(|s| s.trim().to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .collect();
-        let actual = format
-            .clone()
+        // With `format`, the upload is converted: the target format is what must be allowed.
+        let actual = params
+            .nonempty("format")
+            .map(|f| f.trim_start_matches('.').to_ascii_lowercase())
+            .or_else(|| format.clone())
             .or_else(|| split.as_ref().and_then(|(_, e)| e.clone()))
             .unwrap_or_default();
         let same = |a: &str| {
@@ -558,6 +673,9 @@ pub async fn store_upload(
     if let Some(m) = params.nonempty("access_mode") {
         extra.insert("access_mode".into(), json!(m));
     }
+    if params.truthy("backup") {
+        extra.insert("backup".into(), json!(true));
+    }
     if let Some(ac) = params.nonempty("access_control") {
         let v: Json = serde_json::from_str(ac).map_err(|_| {
             ApiError::bad(format!(
@@ -668,22 +786,25 @@ pub async fn store_upload(
             .await?;
         answer.insert("delete_token".into(), json!(token));
     }
+    let mut payload = answer.clone();
+    payload.insert("notification_type".into(), json!("upload"));
+    if let Some(batch) = params.nonempty(BATCH_ID) {
+        payload.insert("batch_id".into(), json!(batch));
+    }
+    let payload = Json::Object(payload);
+    let notify_signer = crate::notify::Signer {
+        secret: signer.secret.clone(),
+        algorithm: signer.algorithm,
+    };
     if let Some(url) = params.nonempty("notification_url") {
-        let mut payload = answer.clone();
-        payload.insert("notification_type".into(), json!("upload"));
-        if let Some(batch) = params.nonempty(BATCH_ID) {
-            payload.insert("batch_id".into(), json!(batch));
-        }
         crate::notify::send(
             state.http.clone(),
             crate::notify::check_url(url)?,
-            Json::Object(payload),
-            crate::notify::Signer {
-                secret: signer.secret.clone(),
-                algorithm: signer.algorithm,
-            },
+            payload.clone(),
+            notify_signer.clone(),
         );
     }
+    crate::triggers::fire(state, req.cloud, "upload", &payload, &notify_signer).await;
     Ok(Json::Object(answer))
 }
 

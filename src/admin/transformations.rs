@@ -1,0 +1,326 @@
+//! The Admin API `transformations` endpoints: named transformations (stored as documents) and
+//! the transformations derived versions were made with, each described as `info` (one object
+//! of long parameter names per component).
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::form::Params;
+use crate::media::transform;
+use crate::state::AppState;
+
+const KIND: &str = "transformation";
+
+/// Cloudinary's short transformation keys and their long names.
+const LONG_NAMES: &[(&str, &str)] = &[
+    ("w", "width"),
+    ("h", "height"),
+    ("c", "crop"),
+    ("g", "gravity"),
+    ("x", "x"),
+    ("y", "y"),
+    ("q", "quality"),
+    ("f", "fetch_format"),
+    ("e", "effect"),
+    ("a", "angle"),
+    ("r", "radius"),
+    ("o", "opacity"),
+    ("b", "background"),
+    ("bo", "border"),
+    ("l", "overlay"),
+    ("u", "underlay"),
+    ("br", "bit_rate"),
+    ("vc", "video_codec"),
+    ("ac", "audio_codec"),
+    ("af", "audio_frequency"),
+    ("fps", "fps"),
+    ("dpr", "dpr"),
+    ("ar", "aspect_ratio"),
+    ("fl", "flags"),
+    ("t", "transformation"),
+    ("co", "color"),
+    ("d", "default_image"),
+    ("z", "zoom"),
+    ("pg", "page"),
+    ("sp", "streaming_profile"),
+    ("so", "start_offset"),
+    ("eo", "end_offset"),
+    ("du", "duration"),
+    ("dl", "delay"),
+    ("cs", "color_space"),
+    ("dn", "density"),
+    ("ki", "keyframe_interval"),
+    ("$", "variables"),
+];
+
+/// `c_scale,w_100/e_sepia` → `[{"crop": "scale", "width": 100}, {"effect": "sepia"}]`; whole
+/// numbers become JSON numbers.
+pub fn info(transformation: &str) -> Json {
+    let components: Vec<Json> = transformation
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(|component| {
+            let mut m = Map::new();
+            for item in component.split(',') {
+                let (key, value) = item.split_once('_').unwrap_or((item, ""));
+                let name = LONG_NAMES
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(key);
+                let v = match value.parse::<i64>() {
+                    Ok(n) if !value.starts_with('+') && !value.starts_with("-0") => json!(n),
+                    _ => json!(value),
+                };
+                m.insert(name.to_string(), v);
+            }
+            Json::Object(m)
+        })
+        .collect();
+    Json::Array(components)
+}
+
+fn not_found(t: &str) -> ApiError {
+    ApiError::NotFound(format!("Transformation {t} not found"))
+}
+
+/// A name as the API takes it: `t_<name>` and `<name>` are the same transformation.
+fn bare(name: &str) -> &str {
+    name.strip_prefix("t_").unwrap_or(name)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Checks a transformation string nephos can apply (named transformations are applied to
+/// images on delivery and eagerly, so they must be understood).
+fn check_string(t: &str) -> ApiResult<()> {
+    let without_format = match t.rsplit_once('/') {
+        Some((rest, f)) if transform::OUTPUT_FORMATS.contains(&f) || f.is_empty() => rest,
+        _ => t,
+    };
+    if without_format.is_empty() {
+        return Err(ApiError::bad("Transformation is empty"));
+    }
+    transform::parse(without_format)
+        .map_err(|m| ApiError::bad(format!("Invalid transformation - {m}")))?;
+    Ok(())
+}
+
+/// `GET transformations`: named transformations and those derived versions were made with.
+pub async fn list(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
+    let named_only = params.text("named").and_then(crate::util::parse_bool);
+    let docs = state.meta.list_docs(cloud, KIND).await?;
+    let derived = state.meta.derived_of_cloud(cloud, None).await?;
+    let mut out: Vec<Json> = Vec::new();
+    if named_only != Some(false) {
+        for d in &docs {
+            let t = d.body["transformation"].as_str().unwrap_or("");
+            out.push(json!({
+                "name": if d.body["named"] == json!(true) { format!("t_{}", d.name) } else { d.name.clone() },
+                "allowed_for_strict": d.body["allowed_for_strict"],
+                "used": derived.iter().any(|r| r.transformation == t || r.transformation == d.name),
+                "named": d.body["named"],
+            }));
+        }
+    }
+    if named_only != Some(true) {
+        let mut seen: Vec<&str> = Vec::new();
+        for r in &derived {
+            let t = r.transformation.as_str();
+            if t.is_empty() || seen.contains(&t) || docs.iter().any(|d| d.name == t) {
+                continue;
+            }
+            seen.push(t);
+            out.push(json!({"name": t, "allowed_for_strict": false, "used": true, "named": false}));
+        }
+    }
+    let max = params
+        .nonempty("max_results")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(10)
+        .clamp(1, 500);
+    let start = params
+        .nonempty("next_cursor")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let page: Vec<Json> = out.iter().skip(start).take(max).cloned().collect();
+    let mut m = Map::new();
+    m.insert("transformations".into(), Json::Array(page));
+    if start + max < out.len() {
+        m.insert("next_cursor".into(), json!((start + max).to_string()));
+    }
+    Ok(Json::Object(m))
+}
+
+/// `GET transformations?transformation=<name or string>`.
+pub async fn get(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
+    let t = params
+        .nonempty("transformation")
+        .ok_or_else(|| ApiError::missing("transformation"))?;
+    let doc = state.meta.get_doc(cloud, KIND, bare(t)).await?;
+    let (name, string, allowed, named) = match &doc {
+        Some(d) => (
+            if d.body["named"] == json!(true) {
+                format!("t_{}", d.name)
+            } else {
+                d.name.clone()
+            },
+            d.body["transformation"].as_str().unwrap_or("").to_string(),
+            d.body["allowed_for_strict"].clone(),
+            d.body["named"].clone(),
+        ),
+        None => (t.to_string(), t.to_string(), json!(false), json!(false)),
+    };
+    let mut derived = state.meta.derived_of_cloud(cloud, Some(&string)).await?;
+    if doc.is_none() && derived.is_empty() {
+        return Err(not_found(t));
+    }
+    if let Some(d) = &doc {
+        if d.body["named"] == json!(true) {
+            derived.extend(state.meta.derived_of_cloud(cloud, Some(&d.name)).await?);
+        }
+    }
+    let mut list = Vec::new();
+    for d in derived.iter().take(500) {
+        list.push(json!({
+            "id": d.id,
+            "format": d.format,
+            "bytes": d.bytes,
+            "asset_id": d.asset_id,
+        }));
+    }
+    Ok(json!({
+        "name": name,
+        "allowed_for_strict": allowed,
+        "used": !derived.is_empty(),
+        "named": named,
+        "info": info(&string),
+        "derived": list,
+    }))
+}
+
+/// `POST transformations` (`name`, `transformation`): a named transformation; a name equal to
+/// its transformation string records an unnamed one.
+pub async fn create(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
+    let name = params
+        .nonempty("name")
+        .ok_or_else(|| ApiError::missing("name"))?;
+    let t = params
+        .nonempty("transformation")
+        .ok_or_else(|| ApiError::missing("transformation"))?;
+    check_string(t)?;
+    let named = name != t;
+    let key = if named { bare(name) } else { name };
+    if named && !valid_name(key) {
+        return Err(ApiError::bad(format!(
+            "Invalid name {name}: use letters, digits, '_', '-' and '.'"
+        )));
+    }
+    let allowed = params
+        .text("allowed_for_strict")
+        .and_then(crate::util::parse_bool)
+        .unwrap_or(false);
+    let body = json!({"transformation": t, "named": named, "allowed_for_strict": allowed});
+    if !state
+        .meta
+        .create_doc(cloud, KIND, key, &body, state.now())
+        .await?
+    {
+        return Err(ApiError::Conflict(format!(
+            "Transformation {name} already exists"
+        )));
+    }
+    Ok(json!({"message": "created"}))
+}
+
+/// `PUT transformations`: `allowed_for_strict`, and `unsafe_update` (a new definition of a
+/// named transformation).
+pub async fn update(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
+    let t = params
+        .nonempty("transformation")
+        .ok_or_else(|| ApiError::missing("transformation"))?;
+    let new_def = params.nonempty("unsafe_update").map(str::to_string);
+    if let Some(d) = &new_def {
+        check_string(d)?;
+    }
+    let allowed = params
+        .text("allowed_for_strict")
+        .and_then(crate::util::parse_bool);
+    let change = |doc: &mut Json| {
+        if let Some(d) = &new_def {
+            if doc["named"] != json!(true) {
+                return Err("unsafe_update applies to named transformations only".to_string());
+            }
+            doc["transformation"] = json!(d);
+        }
+        if let Some(a) = allowed {
+            doc["allowed_for_strict"] = json!(a);
+        }
+        Ok(())
+    };
+    match state.meta.modify_doc(cloud, KIND, bare(t), &change).await? {
+        crate::db::DocOutcome::Changed(_) => Ok(json!({"message": "updated"})),
+        crate::db::DocOutcome::Refused(why) => Err(ApiError::bad(why)),
+        crate::db::DocOutcome::NotFound => {
+            // An unnamed transformation in use: recorded so that its settings persist.
+            if new_def.is_some()
+                || state
+                    .meta
+                    .derived_of_cloud(cloud, Some(t))
+                    .await?
+                    .is_empty()
+            {
+                return Err(not_found(t));
+            }
+            let body = json!({"transformation": t, "named": false,
+                              "allowed_for_strict": allowed.unwrap_or(false)});
+            state
+                .meta
+                .create_doc(cloud, KIND, t, &body, state.now())
+                .await?;
+            Ok(json!({"message": "updated"}))
+        }
+    }
+}
+
+/// `DELETE transformations`: a named transformation, or the derived versions made with a
+/// transformation string.
+pub async fn delete(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
+    let t = params
+        .nonempty("transformation")
+        .ok_or_else(|| ApiError::missing("transformation"))?;
+    let removed_doc = state.meta.delete_doc(cloud, KIND, bare(t)).await?;
+    let derived = state.meta.derived_of_cloud(cloud, Some(t)).await?;
+    let ids: Vec<String> = derived.iter().map(|d| d.id.clone()).collect();
+    if !ids.is_empty() {
+        state.meta.delete_derived(cloud, None, &ids).await?;
+    }
+    if !removed_doc && ids.is_empty() {
+        return Err(not_found(t));
+    }
+    Ok(json!({"message": "deleted"}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_names_every_parameter() {
+        assert_eq!(
+            info("c_scale,l_text:arial_20:hi,w_100"),
+            json!([{"crop": "scale", "overlay": "text:arial_20:hi", "width": 100}])
+        );
+        assert_eq!(
+            info("br_5m,c_limit,h_1200,w_1200/e_sepia"),
+            json!([{"bit_rate": "5m", "crop": "limit", "height": 1200, "width": 1200},
+                   {"effect": "sepia"}])
+        );
+    }
+}
