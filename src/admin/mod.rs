@@ -373,7 +373,48 @@ pub async fn get_resources(
                 one["backup"] = json!(true);
                 return Ok(one);
             };
-            return resource_json(state, account, &rec).await;
+            let mut one = resource_json(state, account, &rec).await?;
+            let stored = |name: &str| rec.extra.get(name).cloned().unwrap_or_else(|| json!([]));
+            if wants(params, "faces") {
+                one["faces"] = stored("face_coordinates");
+            }
+            let wanted: Vec<&str> = [
+                ("colors", "colors"),
+                ("colors", "predominant"),
+                ("phash", "phash"),
+            ]
+            .iter()
+            .filter(|(flag, _)| wants(params, flag))
+            .map(|(_, key)| *key)
+            .collect();
+            if !wanted.is_empty() {
+                let computed = if wanted.iter().all(|k| rec.extra.contains_key(*k)) {
+                    Map::new()
+                } else {
+                    analysis_of(state, &rec).await?
+                };
+                for k in wanted {
+                    one[k] = rec
+                        .extra
+                        .get(k)
+                        .or(computed.get(k))
+                        .cloned()
+                        .unwrap_or(Json::Null);
+                }
+            }
+            if wants(params, "image_metadata")
+                || wants(params, "media_metadata")
+                || wants(params, "exif")
+            {
+                one["image_metadata"] = search::image_metadata_of(&rec);
+            }
+            if wants(params, "coordinates") {
+                one["coordinates"] = json!({
+                    "faces": stored("face_coordinates"),
+                    "custom": stored("custom_coordinates"),
+                });
+            }
+            return Ok(one);
         }
         Target::List { rt, ty } => {
             q.resource_type = Some(rt);
@@ -750,6 +791,35 @@ pub async fn update_resource(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
     resource_json(state, account, &rec).await
+}
+
+/// Colours and perceptual hash of an image asset, computed from its file.
+async fn analysis_of(state: &AppState, rec: &AssetRecord) -> ApiResult<Map<String, Json>> {
+    if rec.key.resource_type != "image"
+        || !crate::media::transform::can_decode(rec.format.as_deref().unwrap_or(""))
+    {
+        return Ok(Map::new());
+    }
+    let max_pixels = state.limits.max_image_pixels;
+    if rec.bytes.max(0) as u64 > max_pixels.saturating_mul(8) {
+        return Ok(Map::new());
+    }
+    let Some(bytes) = crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key).await? else {
+        return Ok(Map::new());
+    };
+    tokio::task::spawn_blocking(move || {
+        let mut out = Map::new();
+        if let Ok((colors, predominant)) = crate::media::analysis::colors(&bytes, max_pixels) {
+            out.insert("colors".into(), colors);
+            out.insert("predominant".into(), predominant);
+        }
+        if let Ok(h) = crate::media::analysis::phash(&bytes, max_pixels) {
+            out.insert("phash".into(), json!(h));
+        }
+        out
+    })
+    .await
+    .map_err(ApiError::internal)
 }
 
 /// `POST resources/:rt/:type/restore` with `public_ids`: each answered by its public ID with

@@ -126,6 +126,22 @@ fn hits(
 }
 
 /// One search hit: the Admin API asset object plus the fields search results carry; `tags`,
+/// The embedded metadata kept at upload, else what the record tells (format and size).
+pub(crate) fn image_metadata_of(rec: &AssetRecord) -> Json {
+    if let Some(m) = rec.extra.get("image_metadata") {
+        return m.clone();
+    }
+    if rec.key.resource_type != "image" {
+        return json!({});
+    }
+    Json::Object(crate::media::analysis::image_metadata(
+        &[],
+        rec.format.as_deref().unwrap_or(""),
+        rec.width.unwrap_or(0),
+        rec.height.unwrap_or(0),
+    ))
+}
+
 /// `context` and `metadata` when asked for with `with_field`; only `fields` when given.
 fn search_json(
     state: &AppState,
@@ -168,6 +184,9 @@ fn search_json(
     }
     if wanted("metadata") {
         m.insert("metadata".into(), Json::Object(rec.metadata.clone()));
+    }
+    if wanted("image_metadata") {
+        m.insert("image_metadata".into(), image_metadata_of(rec));
     }
     if !fields.is_empty() {
         // The identifying fields always come back.

@@ -12,6 +12,34 @@ use crate::media::transform::{self, Plan};
 use crate::state::AppState;
 use crate::storage::md5::Md5;
 
+/// `w_auto:breakpoints…:json`: the breakpoints of the image the rest of the transformation
+/// makes, smallest first.
+async fn breakpoints_json(
+    original: Vec<u8>,
+    plan: Plan,
+    format: String,
+    settings: crate::media::breakpoints::Settings,
+    max_pixels: u64,
+) -> ApiResult<Response> {
+    let (width, size) = tokio::task::spawn_blocking(move || {
+        let out = transform::apply(&original, &plan, &format, max_pixels)?;
+        let (w, _) = imagesize::blob_size(&out)
+            .map(|s| (s.width as u32, s.height as u32))
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((w, out.len() as u64))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|m| delivery_error(StatusCode::BAD_REQUEST, m))?;
+    let mut widths = crate::media::breakpoints::widths(width, size, &settings);
+    widths.reverse();
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "breakpoints": widths }).to_string(),
+    )
+        .into_response())
+}
+
 pub(super) async fn serve(
     state: &AppState,
     method: &Method,
@@ -84,8 +112,11 @@ pub(super) async fn serve(
     let original = crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
         .await?
         .ok_or_else(not_found)?;
-    let plan = plan.clone();
+    let mut plan = plan.clone();
     let out_format = format.to_string();
+    if let Some((settings, true)) = plan.auto_width.take() {
+        return breakpoints_json(original, plan, out_format, settings, max_pixels).await;
+    }
     let bytes = tokio::task::spawn_blocking(move || {
         transform::apply(&original, &plan, &out_format, max_pixels)
     })

@@ -1,6 +1,8 @@
 //! Probing stored files: what kind of media a file is and its dimensions, read from headers
 //! without decoding pixels or frames.
 
+pub mod analysis;
+pub mod breakpoints;
 mod image;
 mod mp4;
 pub mod text;

@@ -27,6 +27,9 @@ pub struct Plan {
     pub quality: Option<u8>,
     /// `fl_attachment`: download instead of display.
     pub attachment: bool,
+    /// `w_auto[:breakpoints…][:json]`: the width is chosen by responsive breakpoints (capped at
+    /// their largest); with `json`, the breakpoints themselves are the answer.
+    pub auto_width: Option<(super::breakpoints::Settings, bool)>,
 }
 
 /// One component's geometry.
@@ -153,6 +156,11 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     .ok_or_else(|| invalid(item, "expected a positive number"))
             };
             match key {
+                "w" if value.starts_with("auto") => {
+                    plan.auto_width = Some(
+                        super::breakpoints::parse_auto(value).map_err(|why| invalid(item, &why))?,
+                    );
+                }
                 "w" | "h" => {
                     let n = number()?;
                     let d = if value.contains('.') || n < 1.0 {
@@ -214,10 +222,15 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     step.background = color(value).ok_or_else(|| invalid(item, "unknown colour"))?
                 }
                 "a" => match value {
-                    "90" | "180" | "270" | "-90" | "-180" | "-270" | "0" | "hflip" | "vflip" => {
-                        step.angle = Some(value.to_string())
+                    "hflip" | "vflip" => step.angle = Some(value.to_string()),
+                    v => {
+                        let deg = v
+                            .parse::<i64>()
+                            .ok()
+                            .filter(|d| d.abs() <= 3600)
+                            .ok_or_else(|| invalid(item, "expected degrees, hflip or vflip"))?;
+                        step.angle = Some(deg.rem_euclid(360).to_string());
                     }
-                    _ => return Err(invalid(item, "only quarter turns and flips are supported")),
                 },
                 "e" => step.effects.push(effect(item, value)?),
                 "r" => {
@@ -442,6 +455,13 @@ pub fn apply(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result
     for step in &plan.steps {
         img = apply_step(img, step, max_pixels)?;
     }
+    if let Some((settings, _)) = &plan.auto_width {
+        if img.width() > settings.max_width {
+            let k = f64::from(settings.max_width) / f64::from(img.width());
+            let h = (f64::from(img.height()) * k).round().max(1.0) as u32;
+            img = img.resize_exact(settings.max_width, h, imageops::FilterType::CatmullRom);
+        }
+    }
     encode(img, format, plan.quality.unwrap_or(80))
 }
 
@@ -585,14 +605,80 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         out = DynamicImage::ImageRgba8(canvas);
     }
     out = match s.angle.as_deref() {
-        Some("90") | Some("-270") => out.rotate90(),
-        Some("180") | Some("-180") => out.rotate180(),
-        Some("270") | Some("-90") => out.rotate270(),
+        Some("90") => out.rotate90(),
+        Some("180") => out.rotate180(),
+        Some("270") => out.rotate270(),
         Some("hflip") => out.fliph(),
         Some("vflip") => out.flipv(),
-        _ => out,
+        Some(deg) => match deg.parse::<f64>() {
+            Ok(d) if d != 0.0 => rotate(&out, d, s.background, max_pixels)?,
+            _ => out,
+        },
+        None => out,
     };
     Ok(out)
+}
+
+/// The size of a `w`×`h` image turned by `degrees` (its bounding box).
+pub fn rotated_size(w: u32, h: u32, degrees: f64) -> (u32, u32) {
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let (w, h) = (f64::from(w), f64::from(h));
+    let nw = (w * cos.abs() + h * sin.abs()).round().max(1.0);
+    let nh = (w * sin.abs() + h * cos.abs()).round().max(1.0);
+    (nw as u32, nh as u32)
+}
+
+/// Turns an image clockwise by any angle into its bounding box (bilinear sampling; the corners
+/// are transparent).
+fn rotate(
+    img: &DynamicImage,
+    degrees: f64,
+    _background: Rgba<u8>,
+    max_pixels: u64,
+) -> Result<DynamicImage, String> {
+    let src = img.to_rgba8();
+    let (w, h) = (src.width(), src.height());
+    let (nw, nh) = rotated_size(w, h, degrees);
+    if u64::from(nw) * u64::from(nh) > max_pixels {
+        return Err(format!("The result would be too large ({nw}x{nh})"));
+    }
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let (cx, cy) = (f64::from(w) / 2.0, f64::from(h) / 2.0);
+    let (ncx, ncy) = (f64::from(nw) / 2.0, f64::from(nh) / 2.0);
+    let mut out = RgbaImage::from_pixel(nw, nh, Rgba([0, 0, 0, 0]));
+    let sample = |x: i64, y: i64| -> [f64; 4] {
+        if x < 0 || y < 0 || x >= i64::from(w) || y >= i64::from(h) {
+            return [0.0; 4];
+        }
+        let p = src.get_pixel(x as u32, y as u32);
+        [p[0], p[1], p[2], p[3]].map(f64::from)
+    };
+    for (ox, oy, px) in out.enumerate_pixels_mut() {
+        let dx = f64::from(ox) + 0.5 - ncx;
+        let dy = f64::from(oy) + 0.5 - ncy;
+        // The inverse (counter-clockwise) turn finds where the pixel comes from.
+        let sx = dx * cos + dy * sin + cx - 0.5;
+        let sy = -dx * sin + dy * cos + cy - 0.5;
+        if sx < -1.0 || sy < -1.0 || sx > f64::from(w) || sy > f64::from(h) {
+            continue;
+        }
+        let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
+        let (fx, fy) = (sx - sx.floor(), sy - sy.floor());
+        let (a, b, c, d) = (
+            sample(x0, y0),
+            sample(x0 + 1, y0),
+            sample(x0, y0 + 1),
+            sample(x0 + 1, y0 + 1),
+        );
+        let mut v = [0u8; 4];
+        for i in 0..4 {
+            let top = a[i] * (1.0 - fx) + b[i] * fx;
+            let bottom = c[i] * (1.0 - fx) + d[i] * fx;
+            v[i] = (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8;
+        }
+        *px = Rgba(v);
+    }
+    Ok(DynamicImage::ImageRgba8(out))
 }
 
 fn effect(item: &str, value: &str) -> Result<Effect, String> {
@@ -881,12 +967,17 @@ mod tests {
             "l_logo",
             "q_0",
             "f_svg",
-            "a_45",
+            "a_sideways",
             "w",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(parse("fl_attachment").unwrap().attachment);
+        // Any angle turns the image into its bounding box.
+        assert_eq!(rotated_size(241, 51, 45.0), (206, 206));
+        let turned = apply(&source(40, 20), &parse("a_30").unwrap(), "png", 1_000_000).unwrap();
+        let img = image::load_from_memory(&turned).unwrap();
+        assert_eq!((img.width(), img.height()), rotated_size(40, 20, 30.0));
         let err = apply(&source(100, 100), &parse("w_100").unwrap(), "png", 5_000).unwrap_err();
         assert!(err.contains("too large"), "{err}");
         let err = apply(

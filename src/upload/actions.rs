@@ -19,6 +19,8 @@ pub struct MetadataUpdate {
     fields: Option<serde_json::Map<String, Json>>,
     display_name: Option<String>,
     asset_folder: Option<String>,
+    /// `face_coordinates` / `custom_coordinates`: new rectangles, or `None` to clear.
+    coordinates: Vec<(&'static str, Option<Json>)>,
 }
 
 impl MetadataUpdate {
@@ -43,7 +45,16 @@ impl MetadataUpdate {
         } else {
             None
         };
+        let mut coordinates = Vec::new();
+        for name in ["face_coordinates", "custom_coordinates"] {
+            match params.text(name) {
+                Some("") => coordinates.push((name, None)),
+                Some(c) => coordinates.push((name, Some(super::parse_coordinates(name, c)?))),
+                None => {}
+            }
+        }
         Ok(MetadataUpdate {
+            coordinates,
             tags: params
                 .get("tags")
                 .map(|_| parse_tags(&params.items("tags"))),
@@ -72,6 +83,12 @@ impl MetadataUpdate {
         }
         if let Some(f) = &self.asset_folder {
             r.asset_folder = f.clone();
+        }
+        for (name, value) in &self.coordinates {
+            match value {
+                Some(v) => r.extra.insert(name.to_string(), v.clone()),
+                None => r.extra.remove(*name),
+            };
         }
     }
 }
@@ -193,6 +210,7 @@ pub async fn explicit(state: &AppState, call: Call) -> ApiResult<Json> {
         ));
     }
     let eager_specs = super::eager::parse(params)?;
+    let breakpoint_requests = super::breakpoints::parse(params.nonempty("responsive_breakpoints"))?;
     if !eager_specs.is_empty() && call.resource_type.stored() != "image" {
         // Refused before anything changes.
         super::eager::check_source(call.resource_type.as_str(), None)?;
@@ -213,6 +231,14 @@ pub async fn explicit(state: &AppState, call: Call) -> ApiResult<Json> {
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
     let mut out = answer(state, &call, &rec)?;
+    if params.truthy("faces") {
+        out["faces"] = super::faces_json(&rec);
+    }
+    if !breakpoint_requests.is_empty() {
+        let signer = ResponseSigner::for_caller(state, &call.cloud, &call.caller)?;
+        out["responsive_breakpoints"] =
+            super::breakpoints::compute(state, &rec, &breakpoint_requests, &signer).await?;
+    }
     if !eager_specs.is_empty() {
         super::eager::check_source(&rec.key.resource_type, rec.format.as_deref())?;
         let signer = ResponseSigner::for_caller(state, &call.cloud, &call.caller)?;

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod actions;
 pub mod backup;
+pub mod breakpoints;
 pub mod chunked;
 pub mod eager;
 pub mod generate;
@@ -43,13 +44,6 @@ const NOT_ENABLED: &[(&str, &str)] = &[
     ("cinemagraph_analysis", "Cinemagraph analysis"),
     ("accessibility_analysis", "Accessibility analysis"),
     ("quality_analysis", "Quality analysis"),
-    ("colors", "Color analysis"),
-    ("faces", "Face detection"),
-    ("phash", "Perceptual hash"),
-    ("image_metadata", "Image metadata extraction"),
-    ("media_metadata", "Media metadata extraction"),
-    ("exif", "EXIF extraction"),
-    ("responsive_breakpoints", "Responsive breakpoints"),
 ];
 
 /// Parameters that change what is stored or answered and that nephos does not implement yet.
@@ -273,6 +267,93 @@ pub fn parse_pairs(s: &str, json_lists: bool) -> Map<String, Json> {
     map
 }
 
+/// What `colors`, `phash` and `image_metadata` (or `media_metadata`, `exif`) ask to be
+/// computed from an uploaded image (kept with the asset and answered).
+async fn analyse(
+    state: &AppState,
+    src: &Source,
+    kind: MediaKind,
+    params: &Params,
+    format: Option<&str>,
+    info: &media::MediaInfo,
+) -> ApiResult<Map<String, Json>> {
+    let want_colors = params.truthy("colors");
+    let want_phash = params.truthy("phash");
+    let want_meta = ["image_metadata", "media_metadata", "exif"]
+        .iter()
+        .any(|f| params.truthy(f));
+    let mut out = Map::new();
+    if !(want_colors || want_phash || want_meta) {
+        return Ok(out);
+    }
+    if kind != MediaKind::Image {
+        if want_meta {
+            out.insert("image_metadata".into(), json!({}));
+        }
+        return Ok(out);
+    }
+    let max_pixels = state.limits.max_image_pixels;
+    if src.blob.size > max_pixels.saturating_mul(8) {
+        return Err(ApiError::bad(format!(
+            "The image is too large to analyse ({} bytes)",
+            src.blob.size
+        )));
+    }
+    let mut reader = src.blob.reader()?;
+    let format = format.unwrap_or_default().to_string();
+    let (w, h) = (info.width.unwrap_or(0), info.height.unwrap_or(0));
+    let computed = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut bytes).map_err(|e| e.to_string())?;
+        let mut out = Map::new();
+        if want_colors {
+            let (colors, predominant) = media::analysis::colors(&bytes, max_pixels)?;
+            out.insert("colors".into(), colors);
+            out.insert("predominant".into(), predominant);
+        }
+        if want_phash {
+            out.insert(
+                "phash".into(),
+                json!(media::analysis::phash(&bytes, max_pixels)?),
+            );
+        }
+        if want_meta {
+            let m = media::analysis::image_metadata(&bytes, &format, w, h);
+            out.insert("image_metadata".into(), Json::Object(m));
+        }
+        Ok::<_, String>(out)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|m| ApiError::bad(format!("Invalid image file - {m}")))?;
+    out.extend(computed);
+    Ok(out)
+}
+
+/// `faces` of an answer: the face rectangles given for the asset (nephos detects none), each
+/// width and height at most the image's.
+pub(crate) fn faces_json(rec: &AssetRecord) -> Json {
+    let (w, h) = (
+        rec.width.unwrap_or(i64::MAX),
+        rec.height.unwrap_or(i64::MAX),
+    );
+    let rects = rec
+        .extra
+        .get("face_coordinates")
+        .and_then(Json::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Json::Array(
+        rects
+            .iter()
+            .filter_map(|r| {
+                let n: Vec<i64> = r.as_array()?.iter().filter_map(Json::as_i64).collect();
+                (n.len() == 4).then(|| json!([n[0], n[1], n[2].min(w), n[3].min(h)]))
+            })
+            .collect(),
+    )
+}
+
 /// Splits a comma-separated tag list.
 pub fn parse_tags(items: &[String]) -> Vec<String> {
     items
@@ -285,7 +366,7 @@ pub fn parse_tags(items: &[String]) -> Vec<String> {
 }
 
 /// `x,y,w,h|x,y,w,h` into `[[x,y,w,h],…]`.
-fn parse_coordinates(name: &str, s: &str) -> ApiResult<Json> {
+pub(crate) fn parse_coordinates(name: &str, s: &str) -> ApiResult<Json> {
     let mut rects = Vec::new();
     for rect in s.split('|').map(str::trim).filter(|r| !r.is_empty()) {
         let nums: Result<Vec<i64>, _> = rect.split(',').map(|n| n.trim().parse::<i64>()).collect();
@@ -613,6 +694,10 @@ pub async fn store_upload(
     };
 
     let eager_specs = eager::parse(&params)?;
+    let breakpoint_requests = breakpoints::parse(params.nonempty("responsive_breakpoints"))?;
+    if !breakpoint_requests.is_empty() && kind != MediaKind::Image {
+        return Err(ApiError::bad("Responsive breakpoints apply to images only"));
+    }
     if !eager_specs.is_empty() {
         eager::check_source(kind.as_str(), format.as_deref())?;
     }
@@ -666,7 +751,7 @@ pub async fn store_upload(
             .to_string(),
     };
 
-    let mut extra = Map::new();
+    let mut extra = analyse(state, &src, kind, &params, format.as_deref(), &info).await?;
     if kind == MediaKind::Video {
         extra.extend(info.video_fields(src.blob.size as i64));
     }
@@ -759,6 +844,13 @@ pub async fn store_upload(
     }
     let signer = ResponseSigner::for_caller(state, req.cloud, caller)?;
     let mut answer = upload_response(state, &record.0, &signer, record.1);
+    if params.truthy("faces") {
+        answer.insert("faces".into(), faces_json(&record.0));
+    }
+    if !breakpoint_requests.is_empty() {
+        let list = breakpoints::compute(state, &record.0, &breakpoint_requests, &signer).await?;
+        answer.insert("responsive_breakpoints".into(), list);
+    }
     if !eager_specs.is_empty() && record.1 != Outcome::Existing {
         if params.truthy("eager_async") {
             eager::in_background(

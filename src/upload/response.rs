@@ -103,7 +103,8 @@ pub fn upload_response(
     }
     for (k, v) in &rec.extra {
         // Coordinates are reported by the Admin API (`coordinates`), not by uploads.
-        if k == "face_coordinates" || k == "custom_coordinates" {
+        // `backup` is a setting of the asset, not part of the answer.
+        if k == "face_coordinates" || k == "custom_coordinates" || k == "backup" {
             continue;
         }
         m.insert(k.clone(), v.clone());
