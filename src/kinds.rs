@@ -8,6 +8,8 @@ pub enum ResourceType {
     Raw,
     /// Decided from the file (uploads); `image` for the other methods.
     Auto,
+    /// Every resource type (`generate_archive` only, as `download_folder` sends it).
+    All,
 }
 
 impl ResourceType {
@@ -17,6 +19,7 @@ impl ResourceType {
             "video" => ResourceType::Video,
             "raw" => ResourceType::Raw,
             "auto" => ResourceType::Auto,
+            "all" => ResourceType::All,
             _ => return None,
         })
     }
@@ -27,13 +30,14 @@ impl ResourceType {
             ResourceType::Video => "video",
             ResourceType::Raw => "raw",
             ResourceType::Auto => "auto",
+            ResourceType::All => "all",
         }
     }
 
     /// The resource type of stored assets a method addresses (`auto` means `image`).
     pub fn stored(self) -> &'static str {
         match self {
-            ResourceType::Auto => "image",
+            ResourceType::Auto | ResourceType::All => "image",
             other => other.as_str(),
         }
     }

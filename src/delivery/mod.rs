@@ -189,6 +189,65 @@ fn signature_valid(state: &AppState, cloud: &str, sig: &str, to_sign: &[String])
 /// Finds the asset a delivery source names: `<public_id>.<ext>` (ext = its format, or another
 /// image format to convert to, returned beside the asset), or the public ID as written (raw
 /// assets, or a URL without extension).
+/// Documents holding the CSS and JSON of sprites (named `<public_id>.css|json`).
+pub const SPRITE_FILES: &str = "sprite_file";
+
+/// The CSS or JSON of a sprite (`image/sprite/…/<tag>.css|json`).
+async fn sprite_file(
+    state: &AppState,
+    method: &Method,
+    p: &DeliveryPath,
+) -> ApiResult<Option<Response>> {
+    let mime = match p.source.rsplit_once('.') {
+        Some((_, "css")) => "text/css; charset=utf-8",
+        Some((_, "json")) => "application/json",
+        _ => return Ok(None),
+    };
+    let doc = state
+        .meta
+        .get_doc(&p.cloud, SPRITE_FILES, &p.source)
+        .await?
+        .ok_or_else(|| {
+            delivery_error(
+                StatusCode::NOT_FOUND,
+                format!("Resource not found - {}", p.source),
+            )
+        })?;
+    let body = match doc.body {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    let len = body.len();
+    let body = if method == Method::HEAD {
+        String::new()
+    } else {
+        body
+    };
+    Ok(Some(
+        (
+            [
+                (header::CONTENT_TYPE, mime.to_string()),
+                (header::CONTENT_LENGTH, len.to_string()),
+            ],
+            body,
+        )
+            .into_response(),
+    ))
+}
+
+/// The asset a delivery URL of this server names (its original, whatever transformation
+/// the URL has), if any: for methods that take URLs of assets (`sprite`, `multi`).
+pub async fn asset_of_url(state: &AppState, url: &str) -> ApiResult<Option<AssetRecord>> {
+    let Some(path) = url.strip_prefix(&format!("{}/", state.public_url)) else {
+        return Ok(None);
+    };
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let Some(p) = parse_path(path) else {
+        return Ok(None);
+    };
+    Ok(lookup(state, &p).await.ok().flatten().map(|(rec, _)| rec))
+}
+
 async fn lookup(
     state: &AppState,
     p: &DeliveryPath,
@@ -348,7 +407,7 @@ pub async fn serve(
     } else {
         path
     };
-    let p = parse_path(path)
+    let mut p = parse_path(path)
         .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, "Resource not found"))?;
     if !state.accounts.has_cloud(&p.cloud) {
         return Err(delivery_error(
@@ -368,6 +427,15 @@ pub async fn serve(
             StatusCode::NOT_FOUND,
             format!("Delivery type {} is not supported", p.delivery_type),
         ));
+    }
+    if GENERATED_TYPES.contains(&ty) {
+        // Sprites and multis were made with their transformation: the URL only names it.
+        p.transformation = None;
+        if ty == "sprite" {
+            if let Some(r) = sprite_file(state, method, &p).await? {
+                return Ok(r);
+            }
+        }
     }
     let plan = match &p.transformation {
         Some(t) if p.resource_type != "image" => {

@@ -48,11 +48,15 @@ fn resource_type_of(uri: &Uri) -> ApiResult<ResourceType> {
         return Ok(ResourceType::Auto);
     }
     let text = segs.get(1).copied().unwrap_or("");
-    ResourceType::parse(text).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "Invalid resource type {text}: must be one of image, video, raw, auto"
-        ))
-    })
+    // `all` addresses every resource type: only archives take it.
+    let archive = segs.get(2) == Some(&"generate_archive");
+    ResourceType::parse(text)
+        .filter(|rt| *rt != ResourceType::All || archive)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "Invalid resource type {text}: must be one of image, video, raw, auto"
+            ))
+        })
 }
 
 pub fn body_limits(state: &AppState) -> BodyLimits {

@@ -81,6 +81,12 @@ fn api_routes(state: AppState) -> Router {
         .route("/v1_1/{cloud}/{resource_type}/tags", post(tags))
         .route("/v1_1/{cloud}/{resource_type}/context", post(context))
         .route("/v1_1/{cloud}/{resource_type}/text", post(text_action))
+        .route("/v1_1/{cloud}/{resource_type}/sprite", post(sprite_action))
+        .route("/v1_1/{cloud}/{resource_type}/multi", post(multi_action))
+        .route(
+            "/v1_1/{cloud}/{resource_type}/generate_archive",
+            post(generate_archive).get(generate_archive),
+        )
         .route(
             "/v1_1/{cloud}/{resource_type}/metadata",
             post(metadata_action),
@@ -297,8 +303,23 @@ async fn metadata_action(
     Ok(Json(actions::metadata(&state, call).await?))
 }
 
+async fn sprite_action(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
+    Ok(Json(upload::generate::sprite(&state, call).await?))
+}
+
+async fn multi_action(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
+    Ok(Json(upload::generate::multi(&state, call).await?))
+}
+
 async fn text_action(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
     Ok(Json(upload::generate::text(&state, call).await?))
+}
+
+async fn generate_archive(
+    State(state): State<AppState>,
+    Signed(call, _): Signed,
+) -> ApiResult<Response> {
+    upload::archive::generate(&state, call).await
 }
 
 /// `GET …/download` (the SDKs' `private_download_url`), signed in the query.

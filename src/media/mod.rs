@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod breakpoints;
+pub mod compose;
 mod image;
 mod mp4;
 pub mod text;
@@ -171,7 +172,50 @@ pub fn probe<R: Read + Seek>(mut file: R) -> std::io::Result<MediaInfo> {
     if let Some(info) = image::probe_svg(&mut file, &header)? {
         return Ok(info);
     }
+    if header.starts_with(b"%PDF-") {
+        return probe_pdf(&mut file);
+    }
     Ok(MediaInfo::raw())
+}
+
+/// PDFs are images with pages (as at Cloudinary): the first `/MediaBox` gives the size, the
+/// `/Type /Page` objects the page count (both read from the first 8 MiB).
+fn probe_pdf<R: Read + Seek>(file: &mut R) -> std::io::Result<MediaInfo> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut buf = Vec::new();
+    file.take(8 * 1024 * 1024).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    let size = text.find("/MediaBox").and_then(|i| {
+        let rest = &text[i + 9..];
+        let open = rest.find('[')?;
+        let close = rest.find(']')?;
+        let nums: Vec<f64> = rest
+            .get(open + 1..close)?
+            .split_whitespace()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        (nums.len() == 4).then(|| {
+            (
+                (nums[2] - nums[0]).abs().round() as i64,
+                (nums[3] - nums[1]).abs().round() as i64,
+            )
+        })
+    });
+    let pages = text
+        .match_indices("/Type")
+        .filter(|(i, _)| {
+            let after = text[i + 5..].trim_start();
+            after.starts_with("/Page") && !after.starts_with("/Pages")
+        })
+        .count() as i64;
+    Ok(MediaInfo {
+        kind: MediaKind::Image,
+        format: Some("pdf".into()),
+        width: size.map(|s| s.0),
+        height: size.map(|s| s.1),
+        pages: Some(pages.max(1)),
+        video: None,
+    })
 }
 
 fn probe_video<R: Read + Seek>(

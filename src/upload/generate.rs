@@ -124,3 +124,301 @@ pub async fn text(state: &AppState, call: Call) -> ApiResult<Json> {
     }
     store_generated(state, &call, "text", &public_id, bytes, &extra).await
 }
+
+/// Images `sprite` and `multi` combine at most.
+const MAX_IMAGES: usize = 100;
+
+/// The sources of `sprite`/`multi`: the image assets with `tag` (by public ID), or `urls`.
+/// Answers the name the result is stored under and the images' bytes with their public IDs.
+async fn sources(state: &AppState, call: &Call) -> ApiResult<(String, Vec<(String, Vec<u8>)>)> {
+    let p = &call.params;
+    let urls = p.items("urls");
+    let tag = p.nonempty("tag");
+    let mut out = Vec::new();
+    let name = match (tag, urls.is_empty()) {
+        (Some(tag), true) => {
+            let q = crate::db::ListQuery {
+                cloud: call.cloud.clone(),
+                resource_type: Some("image".into()),
+                delivery_type: Some("upload".into()),
+                tag: Some(tag.to_string()),
+                max_results: MAX_IMAGES as i64 + 1,
+                ..Default::default()
+            };
+            let (mut recs, _) = state.meta.list_assets(&q).await?;
+            if recs.len() > MAX_IMAGES {
+                return Err(ApiError::bad(format!(
+                    "Too many images with tag {tag} (at most {MAX_IMAGES})"
+                )));
+            }
+            recs.sort_by(|a, b| a.key.public_id.cmp(&b.key.public_id));
+            for rec in recs {
+                out.push((rec.key.public_id.clone(), read_image(state, &rec).await?));
+            }
+            tag.to_string()
+        }
+        (None, false) => {
+            if urls.len() > MAX_IMAGES {
+                return Err(ApiError::bad(format!(
+                    "Too many urls (at most {MAX_IMAGES})"
+                )));
+            }
+            for url in &urls {
+                match crate::delivery::asset_of_url(state, url).await? {
+                    Some(rec) if rec.key.cloud == call.cloud => {
+                        out.push((rec.key.public_id.clone(), read_image(state, &rec).await?));
+                    }
+                    _ => {
+                        let src = super::source::resolve(state, None, Some(url)).await?;
+                        let mut reader = src.blob.reader()?;
+                        let mut bytes = Vec::new();
+                        std::io::Read::read_to_end(&mut reader, &mut bytes)?;
+                        let stem = url
+                            .rsplit('/')
+                            .next()
+                            .and_then(|s| s.split('.').next())
+                            .unwrap_or("image");
+                        out.push((stem.to_string(), bytes));
+                    }
+                }
+            }
+            crate::util::random_hex(10)
+        }
+        _ => return Err(ApiError::bad("Either tag or urls must be given (not both)")),
+    };
+    if out.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "No images found for {}",
+            tag.unwrap_or("the urls")
+        )));
+    }
+    Ok((name, out))
+}
+
+async fn read_image(state: &AppState, rec: &crate::db::AssetRecord) -> ApiResult<Vec<u8>> {
+    if rec.bytes.max(0) as u64 > state.limits.max_image_pixels.saturating_mul(8) {
+        return Err(ApiError::bad(format!(
+            "Image {} is too large to combine",
+            rec.key.public_id
+        )));
+    }
+    crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {}", rec.key.public_id)))
+}
+
+/// The `transformation` of a sprite/multi call, applied to each image (its `f_` is the
+/// output format).
+fn plan_of(call: &Call) -> ApiResult<(String, transform::Plan)> {
+    let t = call
+        .params
+        .nonempty("transformation")
+        .unwrap_or("")
+        .to_string();
+    let plan = if t.is_empty() {
+        transform::Plan::default()
+    } else {
+        transform::parse(&t).map_err(|m| ApiError::bad(format!("Invalid transformation - {m}")))?
+    };
+    Ok((t, plan))
+}
+
+/// Decodes each image through the plan's steps (in parallel with nothing else: one blocking
+/// task), bounded by the pixel limit per image.
+async fn decode_all(
+    state: &AppState,
+    images: Vec<(String, Vec<u8>)>,
+    plan: &transform::Plan,
+) -> ApiResult<Vec<(String, DynamicImage)>> {
+    let max_pixels = state.limits.max_image_pixels;
+    let mut steps = plan.clone();
+    steps.format = None;
+    tokio::task::spawn_blocking(move || {
+        images
+            .into_iter()
+            .map(|(id, bytes)| {
+                let png = transform::apply(&bytes, &steps, "png", max_pixels)
+                    .map_err(|m| format!("{id}: {m}"))?;
+                let img = image::load_from_memory(&png).map_err(|e| format!("{id}: {e}"))?;
+                Ok((id, img))
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|m| ApiError::bad(format!("Cannot combine the images - {m}")))
+}
+
+fn with_transformation(url: &str, rt_type: &str, t: &str) -> String {
+    if t.is_empty() {
+        return url.to_string();
+    }
+    url.replacen(rt_type, &format!("{rt_type}{t}/"), 1)
+}
+
+/// `sprite`: the images of a tag (or `urls`) in one vertical strip, with CSS and JSON
+/// describing where each is (`image/sprite/<tag>.{png,css,json}`).
+pub async fn sprite(state: &AppState, call: Call) -> ApiResult<Json> {
+    let (t, plan) = plan_of(&call)?;
+    let format = transform::output_format(&plan, None, "png");
+    let (name, images) = sources(state, &call).await?;
+    let decoded = decode_all(state, images, &plan).await?;
+    let imgs: Vec<DynamicImage> = decoded.iter().map(|(_, i)| i.clone()).collect();
+    let max_pixels = state.limits.max_image_pixels;
+    let fmt = format.clone();
+    let (bytes, places) = tokio::task::spawn_blocking(move || {
+        let (strip, places) = crate::media::compose::sprite(&imgs, max_pixels)?;
+        let bytes = transform::encode(DynamicImage::ImageRgba8(strip), &fmt, 90)?;
+        Ok::<_, String>((bytes, places))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::bad)?;
+    let stored = store_generated(state, &call, "sprite", &name, bytes, &[]).await?;
+    let image_url = stored["url"].as_str().unwrap_or("").to_string();
+    let marker = format!("/{}/image/sprite/", call.cloud);
+    let image_url = with_transformation(&image_url, &marker, &t);
+    let base = image_url
+        .rsplit_once('.')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or_else(|| image_url.clone());
+    let mut infos = serde_json::Map::new();
+    let mut css = String::new();
+    for ((id, _), (x, y, w, h)) in decoded.iter().zip(&places) {
+        infos.insert(
+            id.clone(),
+            serde_json::json!({"x": x, "y": y, "width": w, "height": h}),
+        );
+        let class = id.replace(['/', '.', ' '], "_");
+        css.push_str(&format!(
+            ".{class} {{ background: url('{image_url}') no-repeat; background-position: -{x}px -{y}px; width: {w}px; height: {h}px; }}\n"
+        ));
+    }
+    let json_doc = serde_json::json!({ "images": infos });
+    put_doc(
+        state,
+        &call.cloud,
+        &format!("{name}.css"),
+        serde_json::json!(css),
+    )
+    .await?;
+    put_doc(state, &call.cloud, &format!("{name}.json"), json_doc).await?;
+    let css_url = format!("{base}.css");
+    let json_url = format!("{base}.json");
+    Ok(serde_json::json!({
+        "css_url": css_url,
+        "secure_css_url": css_url,
+        "image_url": image_url,
+        "secure_image_url": image_url,
+        "json_url": json_url,
+        "secure_json_url": json_url,
+        "public_id": stored["public_id"],
+        "version": stored["version"],
+        "image_infos": infos,
+    }))
+}
+
+/// Creates or replaces a sprite file document.
+async fn put_doc(state: &AppState, cloud: &str, name: &str, v: Json) -> ApiResult<()> {
+    let set = |doc: &mut Json| {
+        *doc = v.clone();
+        Ok(())
+    };
+    if !state
+        .meta
+        .create_doc(cloud, crate::delivery::SPRITE_FILES, name, &v, state.now())
+        .await?
+    {
+        state
+            .meta
+            .modify_doc(cloud, crate::delivery::SPRITE_FILES, name, &set)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `multi`: the images of a tag (or `urls`) as one animated GIF (or a PDF with `f_pdf`),
+/// stored as `image/multi/<tag>.<format>`.
+pub async fn multi(state: &AppState, call: Call) -> ApiResult<Json> {
+    let t = call
+        .params
+        .nonempty("transformation")
+        .unwrap_or("")
+        .to_string();
+    // `f_pdf` is the one output `multi` makes that single images do not.
+    let pdf = t.split([',', '/']).any(|i| i == "f_pdf");
+    let cleaned: String = t
+        .split('/')
+        .map(|c| {
+            c.split(',')
+                .filter(|i| *i != "f_pdf")
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|c| !c.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
+    let plan = if cleaned.is_empty() {
+        transform::Plan::default()
+    } else {
+        transform::parse(&cleaned)
+            .map_err(|m| ApiError::bad(format!("Invalid transformation - {m}")))?
+    };
+    let format = if pdf {
+        "pdf".to_string()
+    } else {
+        match plan.format.as_deref() {
+            None | Some("gif") | Some("auto") => "gif".to_string(),
+            Some(other) => {
+                return Err(ApiError::bad(format!(
+                    "multi makes gif or pdf files, not {other}"
+                )))
+            }
+        }
+    };
+    let delay = call
+        .params
+        .nonempty("delay")
+        .map(|d| {
+            d.parse::<u32>()
+                .ok()
+                .filter(|d| *d <= 60_000)
+                .ok_or_else(|| ApiError::bad(format!("Invalid delay {d}")))
+        })
+        .transpose()?
+        .unwrap_or(100);
+    let (name, images) = sources(state, &call).await?;
+    let decoded = decode_all(state, images, &plan).await?;
+    let total: u64 = decoded
+        .iter()
+        .map(|(_, i)| u64::from(i.width()) * u64::from(i.height()))
+        .sum();
+    if total > state.limits.max_image_pixels {
+        return Err(ApiError::bad(format!(
+            "The images are too large to combine ({total} pixels; at most {})",
+            state.limits.max_image_pixels
+        )));
+    }
+    let imgs: Vec<DynamicImage> = decoded.into_iter().map(|(_, i)| i).collect();
+    let fmt = format.clone();
+    let bytes = tokio::task::spawn_blocking(move || {
+        if fmt == "pdf" {
+            crate::media::compose::pdf(&imgs)
+        } else {
+            crate::media::compose::animated_gif(&imgs, delay)
+        }
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::bad)?;
+    let stored = store_generated(state, &call, "multi", &name, bytes, &[]).await?;
+    let marker = format!("/{}/image/multi/", call.cloud);
+    let url = with_transformation(stored["url"].as_str().unwrap_or(""), &marker, &t);
+    Ok(serde_json::json!({
+        "url": url,
+        "secure_url": url,
+        "public_id": stored["public_id"],
+        "version": stored["version"],
+        "asset_id": stored["asset_id"],
+    }))
+}

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod actions;
+pub mod archive;
 pub mod backup;
 pub mod breakpoints;
 pub mod chunked;
