@@ -119,6 +119,34 @@ pub fn phash(bytes: &[u8], max_pixels: u64) -> Result<String, String> {
     Ok(format!("{bits:016x}"))
 }
 
+/// `quality_analysis`: nephos's own measure of sharpness (`focus`, 0–1: the variance of the
+/// Laplacian of the grayscale image, at most 512 pixels a side, mapped through
+/// `1 - e^(-variance/500)`). Cloudinary's other quality scores come from its models and are
+/// not given.
+pub fn quality(bytes: &[u8], max_pixels: u64) -> Result<Json, String> {
+    let img = decode(bytes, max_pixels)?;
+    let gray = if img.width() > 512 || img.height() > 512 {
+        img.thumbnail(512, 512).to_luma8()
+    } else {
+        img.to_luma8()
+    };
+    let (w, h) = (gray.width() as i64, gray.height() as i64);
+    let at = |x: i64, y: i64| {
+        f64::from(gray.get_pixel(x.clamp(0, w - 1) as u32, y.clamp(0, h - 1) as u32)[0])
+    };
+    let mut values = Vec::with_capacity((w * h) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            values.push(at(x - 1, y) + at(x + 1, y) + at(x, y - 1) + at(x, y + 1) - 4.0 * at(x, y));
+        }
+    }
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    let focus = ((1.0 - (-variance / 500.0).exp()) * 100.0).round() / 100.0;
+    Ok(json!({ "focus": focus }))
+}
+
 /// `image_metadata`: the file's facts and its EXIF fields (tag name → displayed value).
 pub fn image_metadata(bytes: &[u8], format: &str, width: i64, height: i64) -> Map<String, Json> {
     let mut m = Map::new();

@@ -231,6 +231,47 @@ pub async fn explicit(state: &AppState, call: Call) -> ApiResult<Json> {
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
     let mut out = answer(state, &call, &rec)?;
+    let wanted = [
+        "colors",
+        "phash",
+        "quality_analysis",
+        "image_metadata",
+        "media_metadata",
+    ];
+    if wanted.iter().any(|f| params.truthy(f)) {
+        // Read only what `analyse` will look at (an image within the size limit).
+        let readable = rec.key.resource_type == "image"
+            && (rec.bytes.max(0) as u64) <= state.limits.max_image_pixels.saturating_mul(8);
+        let bytes = if readable {
+            crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?
+        } else {
+            Vec::new()
+        };
+        let kind = match rec.key.resource_type.as_str() {
+            "image" => crate::media::MediaKind::Image,
+            "video" => crate::media::MediaKind::Video,
+            _ => crate::media::MediaKind::Raw,
+        };
+        let size = rec.bytes.max(0) as u64;
+        let computed = super::analyse(
+            state,
+            Box::new(std::io::Cursor::new(bytes)),
+            size,
+            kind,
+            params,
+            rec.format.as_deref(),
+            (rec.width, rec.height),
+        )
+        .await?;
+        let keep = computed.clone();
+        let change = move |r: &mut AssetRecord| r.extra.extend(keep.clone());
+        state.meta.modify_asset(&rec.key, &change).await?;
+        for (k, v) in computed {
+            out[k.as_str()] = v;
+        }
+    }
     if params.truthy("faces") {
         out["faces"] = super::faces_json(&rec);
     }

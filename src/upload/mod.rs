@@ -8,6 +8,7 @@ pub mod backup;
 pub mod breakpoints;
 pub mod chunked;
 pub mod eager;
+pub mod eval;
 pub mod generate;
 pub mod naming;
 pub mod preset;
@@ -44,11 +45,10 @@ const NOT_ENABLED: &[(&str, &str)] = &[
     ("auto_chaptering", "Automatic chaptering"),
     ("cinemagraph_analysis", "Cinemagraph analysis"),
     ("accessibility_analysis", "Accessibility analysis"),
-    ("quality_analysis", "Quality analysis"),
 ];
 
 /// Parameters that change what is stored or answered and that nephos does not implement yet.
-const NOT_YET: &[&str] = &["callback", "eval", "on_success"];
+const NOT_YET: &[&str] = &["callback", "on_success"];
 
 /// Values Cloudinary accepts for its add-on parameters; anything else is refused with
 /// Cloudinary's own message before the "not enabled" one.
@@ -268,41 +268,48 @@ pub fn parse_pairs(s: &str, json_lists: bool) -> Map<String, Json> {
     map
 }
 
-/// What `colors`, `phash` and `image_metadata` (or `media_metadata`, `exif`) ask to be
-/// computed from an uploaded image (kept with the asset and answered).
-async fn analyse(
+/// What `colors`, `phash`, `quality_analysis` and `image_metadata` (or `media_metadata`,
+/// `exif`) ask to be computed from an image: kept with the asset and answered.
+pub(crate) async fn analyse(
     state: &AppState,
-    src: &Source,
+    content: Box<dyn std::io::Read + Send>,
+    size: u64,
     kind: MediaKind,
     params: &Params,
     format: Option<&str>,
-    info: &media::MediaInfo,
+    dims: (Option<i64>, Option<i64>),
 ) -> ApiResult<Map<String, Json>> {
     let want_colors = params.truthy("colors");
     let want_phash = params.truthy("phash");
     let want_meta = ["image_metadata", "media_metadata", "exif"]
         .iter()
         .any(|f| params.truthy(f));
+    let want_quality = params.truthy("quality_analysis");
     let mut out = Map::new();
-    if !(want_colors || want_phash || want_meta) {
+    if !(want_colors || want_phash || want_meta || want_quality) {
         return Ok(out);
     }
-    if kind != MediaKind::Image {
-        if want_meta {
-            out.insert("image_metadata".into(), json!({}));
+    if kind != MediaKind::Image || !media::transform::can_decode(format.unwrap_or_default()) {
+        // Only decodable images can be analysed: say so rather than answer nothing.
+        if want_colors || want_phash || want_quality {
+            return Err(ApiError::bad(format!(
+                "Analysis (colors, phash, quality_analysis) is available for JPEG, PNG, GIF, \
+                 WebP, BMP and TIFF images, not {}",
+                format.unwrap_or(kind.as_str())
+            )));
         }
+        out.insert("image_metadata".into(), json!({}));
         return Ok(out);
     }
     let max_pixels = state.limits.max_image_pixels;
-    if src.blob.size > max_pixels.saturating_mul(8) {
+    if size > max_pixels.saturating_mul(8) {
         return Err(ApiError::bad(format!(
-            "The image is too large to analyse ({} bytes)",
-            src.blob.size
+            "The image is too large to analyse ({size} bytes)"
         )));
     }
-    let mut reader = src.blob.reader()?;
+    let mut reader = content;
     let format = format.unwrap_or_default().to_string();
-    let (w, h) = (info.width.unwrap_or(0), info.height.unwrap_or(0));
+    let (w, h) = (dims.0.unwrap_or(0), dims.1.unwrap_or(0));
     let computed = tokio::task::spawn_blocking(move || {
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut reader, &mut bytes).map_err(|e| e.to_string())?;
@@ -321,6 +328,12 @@ async fn analyse(
         if want_meta {
             let m = media::analysis::image_metadata(&bytes, &format, w, h);
             out.insert("image_metadata".into(), Json::Object(m));
+        }
+        if want_quality {
+            out.insert(
+                "quality_analysis".into(),
+                media::analysis::quality(&bytes, max_pixels)?,
+            );
         }
         Ok::<_, String>(out)
     })
@@ -571,7 +584,7 @@ pub async fn store_upload(
     state: &AppState,
     req: &UploadRequest<'_>,
     caller: &Caller,
-    params: Params,
+    mut params: Params,
     src: Source,
     public_id: Option<String>,
 ) -> ApiResult<Json> {
@@ -596,11 +609,6 @@ pub async fn store_upload(
     if src.blob.size == 0 {
         return Err(ApiError::bad("Empty file"));
     }
-    let given = params
-        .text("metadata")
-        .map(|m| parse_pairs(m, true))
-        .unwrap_or_default();
-    let metadata = crate::metadata::for_new_asset(state, req.cloud, given).await?;
     let info = match src.blob.bytes() {
         Some(bytes) => media::probe(std::io::Cursor::new(bytes.as_ref()))?,
         None => {
@@ -623,6 +631,31 @@ pub async fn store_upload(
         "video" => MediaKind::Video,
         _ => MediaKind::Raw,
     };
+    if let Some(code) = params.nonempty("eval").map(str::to_string) {
+        let mut resource_info = Map::new();
+        resource_info.insert("resource_type".into(), json!(kind.as_str()));
+        resource_info.insert("bytes".into(), json!(src.blob.size));
+        for (k, v) in [
+            ("width", info.width),
+            ("height", info.height),
+            ("pages", info.pages),
+        ] {
+            if let Some(v) = v {
+                resource_info.insert(k.into(), json!(v));
+            }
+        }
+        if let Some(f) = &info.format {
+            resource_info.insert("format".into(), json!(f));
+        }
+        let options = eval::run(&code, &resource_info)?;
+        eval::apply(&mut params, options);
+        refuse_unsupported(&params)?;
+    }
+    let given = params
+        .text("metadata")
+        .map(|m| parse_pairs(m, true))
+        .unwrap_or_default();
+    let metadata = crate::metadata::for_new_asset(state, req.cloud, given).await?;
 
     let original_name = params
         .nonempty("filename_override")
@@ -752,7 +785,16 @@ pub async fn store_upload(
             .to_string(),
     };
 
-    let mut extra = analyse(state, &src, kind, &params, format.as_deref(), &info).await?;
+    let mut extra = analyse(
+        state,
+        Box::new(src.blob.reader()?),
+        src.blob.size,
+        kind,
+        &params,
+        format.as_deref(),
+        (info.width, info.height),
+    )
+    .await?;
     if kind == MediaKind::Video {
         extra.extend(info.video_fields(src.blob.size as i64));
     }
