@@ -268,10 +268,10 @@ async fn upload_error_matrix() {
     check(
         &server,
         "image",
-        &[("colors", "1")],
+        &[("auto_transcription", "1")],
         &png,
         400,
-        "Color analysis (colors) is not enabled for this product environment",
+        "Automatic transcription (auto_transcription) is not enabled for this product environment",
     )
     .await;
     check(
@@ -396,13 +396,24 @@ async fn upload_error_matrix() {
         message(&r.json().await.unwrap()),
         "Invalid resource type pictures: must be one of image, video, raw, auto"
     );
+    // A known method needs a signature; an unknown one is not a route.
     let r = reqwest::Client::new()
         .post(server.url("/v1_1/demo/image/sprite"))
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        message(&r.json().await.unwrap()),
+        "Missing required parameter - signature"
+    );
+    let r = reqwest::Client::new()
+        .post(server.url("/v1_1/demo/image/sprites"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
-    assert!(message(&r.json().await.unwrap()).starts_with("Unknown Upload API action sprite"));
+    assert!(message(&r.json().await.unwrap()).starts_with("No route for POST"));
 
     assert_eq!(server.health().await, 200);
     server.stop().await;
@@ -497,35 +508,43 @@ async fn size_limit_reports_the_size() {
 }
 
 /// Unknown actions, resource types and routes, and known routes called with another method,
-/// all answer Cloudinary's JSON error shape.
+/// all answer 404 in Cloudinary's JSON error shape.
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json_errors() {
     let server = TestServer::start().await;
     let client = reqwest::Client::new();
     let cases = [
+        // Every unknown route is a 404, whatever the method (the SDKs turn a 405 into a bare
+        // exception).
         (
             "GET",
             "/v1_1/demo/image/upload",
-            405,
-            "Method GET is not allowed",
+            404,
+            "No route for GET /v1_1/demo/image/upload",
         ),
         (
             "PUT",
             "/v1_1/demo/image/upload",
-            405,
-            "Method PUT is not allowed",
+            404,
+            "No route for PUT /v1_1/demo/image/upload",
         ),
         (
             "DELETE",
             "/v1_1/demo/upload_presets",
-            405,
-            "Method DELETE is not allowed",
+            404,
+            "No route for DELETE",
         ),
         (
             "POST",
             "/v1_1/demo/image/frobnicate",
             404,
-            "Unknown Upload API action frobnicate",
+            "No route for POST /v1_1/demo/image/frobnicate",
+        ),
+        (
+            "POST",
+            "/v1_1/demo/all/upload",
+            404,
+            "Invalid resource type all",
         ),
         (
             "POST",

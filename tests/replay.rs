@@ -111,18 +111,11 @@ fn expected_status(file: &str) -> (u16, &'static str) {
         };
         return (400, why);
     }
-    let table: &[(&str, u16, &'static str)] = &[
-        (
-            "__upload__colors_phash_image_metadata",
-            400,
-            "analysis add-ons are not provided",
-        ),
-        (
-            "__upload__remote_url",
-            404,
-            "example.com is not reachable from the test machine",
-        ),
-    ];
+    let table: &[(&str, u16, &'static str)] = &[(
+        "__upload__remote_url",
+        404,
+        "example.com is not reachable from the test machine",
+    )];
     table
         .iter()
         .find(|(needle, _, _)| file.contains(needle))
@@ -189,6 +182,15 @@ async fn every_upload_capture_is_accepted_and_its_tampered_copy_refused() {
         .max()
         .unwrap();
     let server = TestServer::start_with(Backend::Sqlite, DEFAULT_TOML, Some(latest + 60)).await;
+    // The recorded uploads set the structured metadata field `sku`: it must exist here too.
+    let r = reqwest::Client::new()
+        .post(server.url("/v1_1/demo/metadata_fields"))
+        .basic_auth(common::KEY, Some(common::SECRET))
+        .json(&serde_json::json!({"type": "string", "external_id": "sku", "label": "SKU"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let mut signed = 0;
     for c in &captures {
         let (want, why) = expected_status(&c.file);
@@ -208,6 +210,13 @@ async fn every_upload_capture_is_accepted_and_its_tampered_copy_refused() {
             assert_eq!(body["etag"], hex::encode(md5_ref::Md5::digest(&large)));
             let (s, got) = common::get_bytes(body["secure_url"].as_str().unwrap()).await;
             assert!(s == 200 && got == large, "{}: download differs", c.file);
+        }
+        if c.file.contains("__upload__colors_phash_image_metadata") {
+            // The analyses are computed from the (one red pixel) image.
+            assert_eq!(body["colors"][0][1], 100.0, "{}: {body}", c.file);
+            assert_eq!(body["predominant"]["google"][0][0], "red");
+            assert_eq!(body["phash"].as_str().map(str::len), Some(16));
+            assert_eq!(body["image_metadata"]["FileType"], "PNG");
         }
         if want == 200 {
             assert!(body["public_id"].is_string(), "{}: {body}", c.file);

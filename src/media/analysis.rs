@@ -24,7 +24,13 @@ fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, String> {
 /// `colors` (the most frequent colours, `[["#RRGGBB", percent], …]`) and `predominant`
 /// (the same by colour name), from a 64×64 thumbnail, colours rounded to 4 bits a channel.
 pub fn colors(bytes: &[u8], max_pixels: u64) -> Result<(Json, Json), String> {
-    let img = decode(bytes, max_pixels)?.thumbnail(64, 64).to_rgba8();
+    let img = decode(bytes, max_pixels)?;
+    let img = if img.width() > 64 || img.height() > 64 {
+        img.thumbnail(64, 64)
+    } else {
+        img
+    }
+    .to_rgba8();
     let mut counts: HashMap<[u8; 3], u32> = HashMap::new();
     let mut total = 0u32;
     for p in img.pixels() {
