@@ -7,20 +7,6 @@ use common::*;
 use nephos::media::samples;
 use serde_json::{json, Value};
 
-async fn admin(server: &TestServer, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(
-            method.parse().unwrap(),
-            server.url(&format!("/v1_1/{CLOUD}/{path}")),
-        )
-        .basic_auth(KEY, Some(SECRET));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let r = req.send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 fn ids(v: &Value, list: &str, key: &str) -> Vec<String> {
     v[list]
         .as_array()

@@ -244,7 +244,19 @@ pub fn signed(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let sig = api_sign(&string_to_sign(&pairs, 2), secret, algorithm);
+    // Lists (`name[]` repeated) are signed as `name=a,b`, as the SDKs sign them.
+    let mut to_sign: Vec<(String, String)> = Vec::new();
+    for (k, v) in &pairs {
+        let name = k.strip_suffix("[]").unwrap_or(k);
+        match to_sign.iter_mut().find(|(n, _)| n == name) {
+            Some((_, joined)) => {
+                joined.push(',');
+                joined.push_str(v);
+            }
+            None => to_sign.push((name.to_string(), v.clone())),
+        }
+    }
+    let sig = api_sign(&string_to_sign(&to_sign, 2), secret, algorithm);
     let mut out = pairs;
     out.push(("signature".into(), sig));
     out.push(("api_key".into(), key.into()));
@@ -299,4 +311,49 @@ pub async fn get_bytes(url: &str) -> (u16, Vec<u8>) {
     let r = reqwest::get(url).await.expect("get");
     let s = r.status().as_u16();
     (s, r.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+}
+
+/// An Admin API call of the demo account (`path` after `/v1_1/demo/`), with a JSON body.
+pub async fn admin(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(
+            method.parse().unwrap(),
+            server.url(&format!("/v1_1/{CLOUD}/{path}")),
+        )
+        .basic_auth(KEY, Some(SECRET));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    (
+        r.status().as_u16(),
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A signed Upload API call (`/v1_1/demo/<rt>/<action>`) with form fields.
+pub async fn signed_call(
+    server: &TestServer,
+    rt: &str,
+    action: &str,
+    params: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let ts = now().to_string();
+    let mut all: Vec<(&str, &str)> = params.to_vec();
+    all.push(("timestamp", &ts));
+    let r = reqwest::Client::new()
+        .post(server.url(&format!("/v1_1/{CLOUD}/{rt}/{action}")))
+        .form(&signed(&all, KEY, SECRET, SignatureAlgorithm::Sha1))
+        .send()
+        .await
+        .unwrap();
+    (
+        r.status().as_u16(),
+        r.json().await.unwrap_or(serde_json::Value::Null),
+    )
 }
