@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// (environment: comma-separated).
     #[arg(long = "account", env = "NEPHOS_ACCOUNTS", value_delimiter = ',')]
     pub accounts: Vec<String>,
+    /// An OAuth bearer token accepted for a cloud, `CLOUD:TOKEN`, repeatable (environment:
+    /// comma-separated); it acts as the cloud's first account.
+    #[arg(long = "oauth-token", env = "NEPHOS_OAUTH_TOKENS", value_delimiter = ',')]
+    pub oauth_tokens: Vec<String>,
     /// Configuration file; default `config/nephos.toml` when present.
     #[arg(long, env = "NEPHOS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -105,6 +109,9 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     #[serde(default)]
     pub accounts: Vec<String>,
+    /// `CLOUD:TOKEN` OAuth bearer tokens.
+    #[serde(default)]
+    pub oauth_tokens: Vec<String>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -188,6 +195,8 @@ pub struct Config {
     /// `None`: `http://<bound address>`.
     pub public_url: Option<String>,
     pub accounts: Vec<Account>,
+    /// OAuth bearer tokens: `(cloud, token)`.
+    pub oauth_tokens: Vec<(String, String)>,
     /// True when no account was configured and the development account is in use.
     pub dev_account: bool,
     pub limits: Limits,
@@ -203,6 +212,7 @@ impl Default for Config {
             database_url: None,
             public_url: None,
             accounts: Vec::new(),
+            oauth_tokens: Vec::new(),
             dev_account: false,
             limits: Limits::default(),
             presets: Vec::new(),
@@ -301,6 +311,22 @@ impl Config {
         if cfg.accounts.is_empty() {
             cfg.accounts.push(parse_account_url(DEV_ACCOUNT_URL)?);
             cfg.dev_account = true;
+        }
+        let tokens = if args.oauth_tokens.is_empty() {
+            file.oauth_tokens
+        } else {
+            args.oauth_tokens.clone()
+        };
+        for t in tokens.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+            let (cloud, token) = t
+                .split_once(':')
+                .filter(|(c, t)| !c.is_empty() && t.len() >= 8)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "invalid OAuth token {t:?}: expected CLOUD:TOKEN with a token of 8 or more characters"
+                    )
+                })?;
+            cfg.oauth_tokens.push((cloud.to_string(), token.to_string()));
         }
         cfg.presets = file.upload_presets;
         cfg.fixed_time = args.fixed_time.or(file.fixed_time);

@@ -167,7 +167,7 @@ pub async fn serve(
         .user_agent(concat!("nephos/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let state = AppState::new(
-        Accounts::new(config.accounts.clone()),
+        Accounts::new(config.accounts.clone()).with_tokens(config.oauth_tokens.clone()),
         meta,
         blobs,
         tmp_dir,

@@ -202,3 +202,42 @@ async fn bulk_deletes_go_by_thousands() {
     assert!(second.get("next_cursor").is_none());
     assert_eq!(server.blob_files().len(), 0);
 }
+
+#[tokio::test]
+async fn oauth_bearer_tokens_authenticate_admin_and_upload_calls() {
+    let toml_text = format!("oauth_tokens = [\"demo:token-0123456789\"]\n{DEFAULT_TOML}");
+    let server = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(server.url("/v1_1/demo/ping"))
+        .bearer_auth("token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for (cloud, token) in [("demo", "token-wrong"), ("other", "token-0123456789")] {
+        let r = client
+            .get(server.url(&format!("/v1_1/{cloud}/ping")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{cloud} {token}");
+        assert_eq!(message(&r.json().await.unwrap()), "Invalid token");
+    }
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(samples::png(2, 2)).file_name("x.png"),
+    );
+    let r = client
+        .post(server.upload_url("image"))
+        .bearer_auth("token-0123456789")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["api_key"], KEY);
+    server.stop().await;
+}

@@ -9,7 +9,7 @@ pub mod streaming;
 pub mod transformations;
 use serde_json::{json, Map, Value as Json};
 
-use crate::auth::{basic_auth, Account};
+use crate::auth::{basic_auth, bearer_auth, Account};
 use crate::db::{AssetKey, AssetRecord, ListQuery};
 use crate::delivery;
 use crate::error::{ApiError, ApiResult};
@@ -33,10 +33,14 @@ pub fn authenticate(
             "Invalid cloud_name {cloud}"
         )));
     }
-    match basic_auth(&state.accounts, cloud, authorization)? {
+    if let Some(account) = basic_auth(&state.accounts, cloud, authorization)? {
+        return Ok(account);
+    }
+    match bearer_auth(&state.accounts, cloud, authorization)? {
         Some(account) => Ok(account),
         None => Err(ApiError::Unauthorized(
-            "Must supply api_key (Admin API calls use HTTP Basic credentials)".into(),
+            "Must supply api_key (Admin API calls use HTTP Basic credentials or an OAuth token)"
+                .into(),
         )),
     }
 }

@@ -24,15 +24,26 @@ pub struct Account {
     pub algorithm: SignatureAlgorithm,
 }
 
-/// All configured accounts.
+/// All configured accounts, and the static OAuth bearer tokens of each cloud.
 #[derive(Debug, Clone, Default)]
 pub struct Accounts {
     accounts: Vec<Account>,
+    /// `(cloud, token)`.
+    tokens: Vec<(String, String)>,
 }
 
 impl Accounts {
     pub fn new(accounts: Vec<Account>) -> Self {
-        Accounts { accounts }
+        Accounts {
+            accounts,
+            tokens: Vec::new(),
+        }
+    }
+
+    /// Adds the OAuth bearer tokens accepted for each cloud.
+    pub fn with_tokens(mut self, tokens: Vec<(String, String)>) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     pub fn all(&self) -> &[Account] {
@@ -134,6 +145,34 @@ pub fn basic_auth(
         Ok(Some(account.clone()))
     } else {
         Err(ApiError::Unauthorized("api_secret mismatch".into()))
+    }
+}
+
+/// Checks an `Authorization: Bearer` header against the cloud's configured OAuth tokens; a
+/// valid token acts as the cloud's first account. `Ok(None)` when the header is not Bearer.
+pub fn bearer_auth(
+    accounts: &Accounts,
+    cloud: &str,
+    header: Option<&str>,
+) -> Result<Option<Account>, ApiError> {
+    let Some(value) = header else { return Ok(None) };
+    let Some(token) = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+    else {
+        return Ok(None);
+    };
+    let token = token.trim();
+    let valid = accounts
+        .tokens
+        .iter()
+        .filter(|(c, _)| c == cloud)
+        .fold(false, |ok, (_, t)| {
+            ok | bool::from(t.as_bytes().ct_eq(token.as_bytes()))
+        });
+    match (valid, accounts.primary(cloud)) {
+        (true, Some(account)) => Ok(Some(account.clone())),
+        _ => Err(ApiError::Unauthorized("Invalid token".into())),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Who may call an Upload API method: Basic credentials, a signature, or (for uploads) an
 //! unsigned upload preset. The checks themselves live in [`crate::auth`].
 
-use crate::auth::{basic_auth, verify_signed, Caller};
+use crate::auth::{basic_auth, bearer_auth, verify_signed, Caller};
 use crate::error::ApiError;
 use crate::form::Params;
 use crate::state::AppState;
@@ -34,10 +34,9 @@ pub fn authenticate(
         let algorithm = account.algorithm;
         return Ok(Caller::Key { account, algorithm });
     }
-    if authorization.is_some_and(|h| h.to_ascii_lowercase().starts_with("bearer ")) {
-        return Err(ApiError::Unauthorized(
-            "OAuth tokens are not accepted by this server: sign the request or use Basic credentials".into(),
-        ));
+    if let Some(account) = bearer_auth(accounts, cloud, authorization)? {
+        let algorithm = account.algorithm;
+        return Ok(Caller::Key { account, algorithm });
     }
     if params.nonempty("signature").is_some() {
         return verify_signed(
