@@ -55,7 +55,11 @@ pub struct ServeArgs {
     pub accounts: Vec<String>,
     /// An OAuth bearer token accepted for a cloud, `CLOUD:TOKEN`, repeatable (environment:
     /// comma-separated); it acts as the cloud's first account.
-    #[arg(long = "oauth-token", env = "NEPHOS_OAUTH_TOKENS", value_delimiter = ',')]
+    #[arg(
+        long = "oauth-token",
+        env = "NEPHOS_OAUTH_TOKENS",
+        value_delimiter = ','
+    )]
     pub oauth_tokens: Vec<String>,
     /// Configuration file; default `config/nephos.toml` when present.
     #[arg(long, env = "NEPHOS_CONFIG")]
@@ -326,7 +330,8 @@ impl Config {
                         "invalid OAuth token {t:?}: expected CLOUD:TOKEN with a token of 8 or more characters"
                     )
                 })?;
-            cfg.oauth_tokens.push((cloud.to_string(), token.to_string()));
+            cfg.oauth_tokens
+                .push((cloud.to_string(), token.to_string()));
         }
         cfg.presets = file.upload_presets;
         cfg.fixed_time = args.fixed_time.or(file.fixed_time);

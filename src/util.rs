@@ -35,3 +35,9 @@ pub fn iso_time(unix: i64) -> String {
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default()
 }
+
+/// The external ID of a folder (stable for its path).
+pub fn folder_external_id(path: &str) -> String {
+    use sha1::Digest;
+    hex::encode(&sha1::Sha1::digest(path.as_bytes())[..16])
+}

@@ -2,6 +2,7 @@
 //! resources, and deleting them. HTTP Basic `api_key:api_secret` only (an Upload API signature
 //! is not accepted here).
 
+pub mod assets;
 pub mod expression;
 pub mod mappings;
 pub mod search;
@@ -139,6 +140,25 @@ pub(crate) async fn resource_json(
     rec: &AssetRecord,
 ) -> ApiResult<Json> {
     let mut one = asset_json(state, account, rec, true, true);
+    // The details Cloudinary's single-resource answer carries beside the listing fields.
+    one["etag"] = json!(rec.etag);
+    one["uploaded_at"] = json!(iso_time(rec.created_at));
+    one["status"] = json!("active");
+    if let (Some(w), Some(h)) = (rec.width, rec.height) {
+        if rec.key.resource_type != "raw" {
+            one["pixels"] = json!(w * h);
+            if h > 0 {
+                one["aspect_ratio"] =
+                    json!(((w as f64 / h as f64) * 100_000.0).round() / 100_000.0);
+            }
+        }
+    }
+    if let Some(p) = rec.pages {
+        one["pages"] = json!(p);
+    }
+    let backed_up = rec.extra.get("backup") == Some(&json!(true));
+    one["backup_bytes"] = json!(if backed_up { rec.bytes } else { 0 });
+    one["usage"] = json!({});
     if let Some(m) = rec.extra.get("moderation") {
         one["moderation"] = m.clone();
     }
@@ -411,6 +431,9 @@ pub async fn get_resources(
                 || wants(params, "exif")
             {
                 one["image_metadata"] = search::image_metadata_of(&rec);
+            }
+            if wants(params, "related") {
+                one["related_assets"] = assets::related_json(state, &rec).await?;
             }
             if wants(params, "coordinates") {
                 one["coordinates"] = json!({
@@ -735,6 +758,9 @@ pub async fn update_resource(
     if rest.trim_matches('/') == "search" {
         return search::search(state, account, cloud, params).await;
     }
+    if let Some(answer) = assets::special_post(state, account, cloud, rest, params).await? {
+        return Ok(answer);
+    }
     if let Some(target) = rest.trim_matches('/').strip_suffix("/restore") {
         if let Target::List { rt, ty } = parse_target(target)? {
             let ty = ty.unwrap_or_else(|| "upload".into());
@@ -794,6 +820,7 @@ pub async fn update_resource(
         .modify_asset(&key, &change)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
+    crate::upload::remember_folders(state, cloud, &rec.asset_folder).await?;
     resource_json(state, account, &rec).await
 }
 
@@ -1087,11 +1114,9 @@ async fn all_folders(
 
 fn folder_json(path: &str) -> Json {
     let name = path.rsplit('/').next().unwrap_or(path);
-    let external_id = hex::encode(&sha1::Sha1::digest(path.as_bytes())[..16]);
+    let external_id = crate::util::folder_external_id(path);
     json!({"name": name, "path": path, "external_id": external_id})
 }
-
-use sha1::Digest as _;
 
 /// `GET folders` (root) and `GET folders/:path` (its subfolders).
 pub async fn list_folders(state: &AppState, cloud: &str, path: Option<&str>) -> ApiResult<Json> {

@@ -356,10 +356,8 @@ pub async fn by_asset_id(
     cloud: &str,
     asset_id: &str,
 ) -> ApiResult<Json> {
-    let rec = all_assets(state, cloud, None)
+    let rec = super::assets::find_by_asset_id(state, cloud, asset_id)
         .await?
-        .into_iter()
-        .find(|r| r.asset_id == asset_id)
         .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {asset_id}")))?;
     super::resource_json(state, account, &rec).await
 }

@@ -31,6 +31,11 @@ pub const DELIVERY_TYPES: &[&str] = &["upload", "private", "authenticated"];
 /// methods): public like `upload`, never given by an upload.
 pub const GENERATED_TYPES: &[&str] = &["text", "sprite", "multi"];
 
+/// Whether an asset's `access_mode` is `authenticated` (delivered with a signed URL only).
+pub fn restricted(rec: &AssetRecord) -> bool {
+    rec.extra.get("access_mode").and_then(|m| m.as_str()) == Some("authenticated")
+}
+
 /// Whether assets of a delivery type are delivered without a signature.
 pub fn is_public(delivery_type: &str) -> bool {
     delivery_type == "upload" || GENERATED_TYPES.contains(&delivery_type)
@@ -68,7 +73,7 @@ pub fn derived_url(
         }
     }
     let t = transformation.map(|t| format!("{t}/")).unwrap_or_default();
-    let sig = if is_public(&rec.key.delivery_type) {
+    let sig = if is_public(&rec.key.delivery_type) && !restricted(rec) {
         String::new()
     } else {
         format!(
@@ -486,6 +491,12 @@ pub async fn serve(
             format!("Resource not found - {}", p.source),
         )
     })?;
+    if p.signature.is_none() && restricted(&rec) {
+        return Err(delivery_error(
+            StatusCode::UNAUTHORIZED,
+            "A signed URL is required for assets with access_mode authenticated",
+        ));
+    }
     let source_format = rec.format.clone().unwrap_or_default();
     let converts = ext.as_deref().is_some_and(|e| {
         let e = if e == "jpeg" {

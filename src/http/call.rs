@@ -48,6 +48,10 @@ fn resource_type_of(uri: &Uri) -> ApiResult<ResourceType> {
         return Ok(ResourceType::Auto);
     }
     let text = segs.get(1).copied().unwrap_or("");
+    // `asset/<method>` addresses an asset by its asset ID, whatever its type.
+    if text == "asset" {
+        return Ok(ResourceType::Auto);
+    }
     // `all` addresses every resource type: only archives take it.
     let archive = segs.get(2) == Some(&"generate_archive");
     ResourceType::parse(text)

@@ -110,8 +110,14 @@ fn api_routes(state: AppState) -> Router {
             "/v1_1/{cloud}/resources/{*rest}",
             get(admin_get_resources)
                 .delete(admin_delete_resources)
-                .post(admin_update_resource),
+                .post(admin_update_resource)
+                .put(admin_update_by_asset_id),
         )
+        .route(
+            "/v1_1/{cloud}/resources/related_assets/{*rest}",
+            post(related_add).delete(related_delete),
+        )
+        .route("/v1_1/{cloud}/asset/destroy", post(destroy_by_asset_id))
         .route(
             "/v1_1/{cloud}/derived_resources",
             delete(admin_delete_derived),
@@ -400,6 +406,49 @@ async fn admin_update_resource(
     let out =
         admin::update_resource(&state, &call.account, &call.cloud, &rest, &call.params).await?;
     Ok(Json(out))
+}
+
+async fn admin_update_by_asset_id(
+    State(state): State<AppState>,
+    Path((_, asset_id)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::assets::update_by_asset_id(
+            &state,
+            &call.account,
+            &call.cloud,
+            &asset_id,
+            &call.params,
+        )
+        .await?,
+    ))
+}
+
+async fn related_add(
+    State(state): State<AppState>,
+    Path((_, rest)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::assets::relate(&state, &call.cloud, &rest, &call.params, true).await?,
+    ))
+}
+
+async fn related_delete(
+    State(state): State<AppState>,
+    Path((_, rest)): Path<(String, String)>,
+    call: Admin,
+) -> JsonResult {
+    Ok(Json(
+        admin::assets::relate(&state, &call.cloud, &rest, &call.params, false).await?,
+    ))
+}
+
+async fn destroy_by_asset_id(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
+    Ok(Json(
+        admin::assets::destroy_by_asset_id(&state, &call.cloud, &call.params).await?,
+    ))
 }
 
 async fn admin_delete_derived(State(state): State<AppState>, call: Admin) -> JsonResult {

@@ -344,6 +344,28 @@ pub(crate) async fn analyse(
     Ok(out)
 }
 
+/// Records an asset folder and its parents as folders, so that they stay until deleted
+/// (not only while an asset is in them).
+pub(crate) async fn remember_folders(state: &AppState, cloud: &str, folder: &str) -> ApiResult<()> {
+    let mut path = String::new();
+    for part in folder.split('/').filter(|p| !p.is_empty()) {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(part);
+        state
+            .meta
+            .create_folder(
+                cloud,
+                &path,
+                &crate::util::folder_external_id(&path),
+                state.now(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// `faces` of an answer: the face rectangles given for the asset (nephos detects none), each
 /// width and height at most the image's.
 pub(crate) fn faces_json(rec: &AssetRecord) -> Json {
@@ -878,6 +900,7 @@ pub async fn store_upload(
         api_key: caller.api_key().map(str::to_string),
     };
     let record = store(state, record, src.blob, overwrite).await?;
+    remember_folders(state, &record.0.key.cloud, &record.0.asset_folder).await?;
     if record.1 == Outcome::Overwritten {
         // The derived versions of the previous original no longer apply.
         state

@@ -350,7 +350,7 @@ describe('text, sprite and multi', () => {
 
   after(async () => {
     await cloudinary.api.delete_resources_by_tag(tag);
-    if (textId) await cloudinary.api.delete_resources([textId], { type: 'text' }).catch(() => {});
+    if (textId) assert.equal((await cloudinary.api.delete_resources([textId], { type: 'text' })).deleted[textId], 'deleted');
   });
 
   test('text creates an image of the text', async () => {
@@ -455,7 +455,9 @@ describe('rate limits, config and usage', () => {
     assert.ok(first.rate_limit_reset_at.getTime() > Date.now() - 1000);
     const second = await cloudinary.api.resources({ max_results: 1 });
     assert.equal(second.rate_limit_allowed, first.rate_limit_allowed);
-    assert.ok(second.rate_limit_remaining < first.rate_limit_remaining);
+    if (second.rate_limit_reset_at.getTime() === first.rate_limit_reset_at.getTime()) {
+      assert.ok(second.rate_limit_remaining < first.rate_limit_remaining, 'each call uses the budget');
+    }
   });
 
   test('config with and without settings', async () => {
