@@ -651,3 +651,162 @@ async fn admin_calls_are_rate_limited_per_hour() {
     assert_eq!(s, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn asset_management_calls() {
+    let server = TestServer::start().await;
+    let png = samples::png(30, 10);
+    let (_, a) = upload(
+        &server,
+        "image",
+        &[("public_id", "rel/a"), ("asset_folder", "deep/er")],
+        &png,
+        "a.png",
+    )
+    .await;
+    let (_, b) = upload(&server, "image", &[("public_id", "rel/b")], &png, "b.png").await;
+    let (aid, bid) = (
+        a["asset_id"].as_str().unwrap(),
+        b["asset_id"].as_str().unwrap(),
+    );
+    // Single-resource details.
+    let (_, r) = admin(&server, "GET", "resources/image/upload/rel/a", None).await;
+    assert_eq!(r["etag"], a["etag"]);
+    assert_eq!(r["pixels"], 300);
+    assert_eq!(r["aspect_ratio"], 3.0);
+    assert_eq!(r["status"], "active");
+    assert_eq!(r["backup_bytes"], 0);
+    // Related assets, both ways, by public ID and by asset ID.
+    let (s, rel) = admin(
+        &server,
+        "POST",
+        "resources/related_assets/image/upload/rel/a",
+        Some(json!({"assets_to_relate": ["image/upload/rel/b", "image/upload/none"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{rel}");
+    assert_eq!(rel["success"][0]["asset"], "image/upload/rel/b");
+    assert_eq!(rel["failed"][0]["asset"], "image/upload/none");
+    let (_, r) = admin(
+        &server,
+        "GET",
+        "resources/image/upload/rel/b?related=true",
+        None,
+    )
+    .await;
+    assert_eq!(r["related_assets"][0]["asset_id"], aid);
+    let (_, _) = admin(
+        &server,
+        "DELETE",
+        &format!("resources/related_assets/{bid}"),
+        Some(json!({"assets_to_unrelate": [aid]})),
+    )
+    .await;
+    let (_, r) = admin(
+        &server,
+        "GET",
+        "resources/image/upload/rel/a?related=true",
+        None,
+    )
+    .await;
+    assert_eq!(r["related_assets"], json!([]));
+    // Access mode: an authenticated asset needs a signed URL.
+    let (s, u) = admin(
+        &server,
+        "POST",
+        "resources/image/upload/update_access_mode",
+        Some(json!({"access_mode": "authenticated", "public_ids": ["rel/b"]})),
+    )
+    .await;
+    assert_eq!(
+        (s, &u["updated"][0]["access_mode"]),
+        (200, &json!("authenticated"))
+    );
+    let (s, _) = get_bytes(b["secure_url"].as_str().unwrap()).await;
+    assert_eq!(s, 401);
+    let (_, r) = admin(&server, "GET", "resources/image/upload/rel/b", None).await;
+    let signed_url = r["secure_url"].as_str().unwrap();
+    assert!(signed_url.contains("/s--"), "{signed_url}");
+    assert_eq!(get_bytes(signed_url).await.0, 200);
+    let (_, p) = admin(
+        &server,
+        "POST",
+        "resources/image/publish_resources",
+        Some(json!({"public_ids": ["rel/b"]})),
+    )
+    .await;
+    assert_eq!(p["published"][0]["access_mode"], "public");
+    assert_eq!(get_bytes(b["secure_url"].as_str().unwrap()).await.0, 200);
+    // By asset ID.
+    let (s, r) = admin(
+        &server,
+        "PUT",
+        &format!("resources/{aid}"),
+        Some(json!({"display_name": "Alpha"})),
+    )
+    .await;
+    assert_eq!((s, &r["display_name"]), (200, &json!("Alpha")));
+    let (s, d) = signed_call(&server, "asset", "destroy", &[("asset_id", aid)]).await;
+    assert_eq!((s, d), (200, json!({"result": "ok"})));
+    // Its folder stays until deleted.
+    let (_, f) = admin(&server, "GET", "folders/deep", None).await;
+    assert_eq!(f["folders"][0]["path"], "deep/er");
+    // Upload mappings fetch a missing asset on first delivery (here from this very server).
+    let template = format!("{}/demo/image/upload/", server.base);
+    admin(
+        &server,
+        "POST",
+        "upload_mappings",
+        Some(json!({"folder": "mirror", "template": template})),
+    )
+    .await;
+    let (s, got) = get_bytes(&server.url("/demo/image/upload/mirror/rel/b.png")).await;
+    assert_eq!((s, got), (200, png.clone()));
+    let (s, r) = admin(&server, "GET", "resources/image/upload/mirror/rel/b", None).await;
+    assert_eq!((s, &r["bytes"]), (200, &json!(png.len())));
+    let (s, _) = get_bytes(&server.url("/demo/image/upload/mirror/..%2Fx.png")).await;
+    assert!(s == 400 || s == 404, "{s}");
+    // Explode: one derived image per frame of an animated GIF.
+    let gif = samples::gif(4, 5, 3);
+    upload(&server, "image", &[("public_id", "anim")], &gif, "a.gif").await;
+    let (s, e) = signed_call(
+        &server,
+        "image",
+        "explode",
+        &[("public_id", "anim"), ("transformation", "pg_all")],
+    )
+    .await;
+    assert_eq!((s, &e["status"]), (200, &json!("processing")), "{e}");
+    let (_, r) = admin(&server, "GET", "resources/image/upload/anim", None).await;
+    assert_eq!(r["derived"].as_array().unwrap().len(), 3, "{r}");
+    let (s, frame) = get_bytes(&server.url("/demo/image/upload/pg_2/anim.png")).await;
+    assert_eq!(s, 200);
+    assert!(frame.starts_with(b"\x89PNG"));
+    let (s, _) = get_bytes(&server.url("/demo/image/upload/pg_9/anim.png")).await;
+    assert_eq!(s, 400);
+    // download_generated_sprite: the signed GET answers the image.
+    upload(
+        &server,
+        "image",
+        &[("public_id", "s1"), ("tags", "sp")],
+        &png,
+        "a.png",
+    )
+    .await;
+    let ts = now().to_string();
+    let q = signed(
+        &[("mode", "download"), ("tag", "sp"), ("timestamp", &ts)],
+        KEY,
+        SECRET,
+        nephos::auth::SignatureAlgorithm::Sha1,
+    );
+    let r = reqwest::Client::new()
+        .get(server.url("/v1_1/demo/image/sprite"))
+        .query(&q)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().starts_with(b"\x89PNG"));
+    server.stop().await;
+}

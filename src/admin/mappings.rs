@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::form::Params;
 use crate::state::AppState;
 
-pub(crate) const KIND: &str = "upload_mapping";
+use crate::upload::mapping::KIND;
 
 fn not_found(folder: &str) -> ApiError {
     ApiError::NotFound(format!("Upload mapping {folder} not found"))
@@ -40,24 +40,6 @@ fn template_of(params: &Params) -> ApiResult<String> {
 
 fn mapping_json(folder: &str, body: &Json) -> Json {
     json!({"folder": folder, "template": body["template"]})
-}
-
-/// The mapping whose folder starts `public_id` (the longest), with the rest of the ID.
-pub async fn mapping_for(
-    state: &AppState,
-    cloud: &str,
-    public_id: &str,
-) -> ApiResult<Option<(String, String)>> {
-    let docs = state.meta.list_docs(cloud, KIND).await?;
-    Ok(docs
-        .iter()
-        .filter_map(|d| {
-            let rest = public_id.strip_prefix(&d.name)?.strip_prefix('/')?;
-            let template = d.body["template"].as_str()?;
-            Some((d.name.len(), template.to_string(), rest.to_string()))
-        })
-        .max_by_key(|(len, _, _)| *len)
-        .map(|(_, t, rest)| (t, rest)))
 }
 
 /// `GET upload_mappings` (all, paged) or `?folder=` (one).

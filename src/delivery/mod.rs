@@ -240,6 +240,13 @@ async fn sprite_file(
     ))
 }
 
+/// The cloud, resource type, delivery type and source (public ID with its extension) a
+/// delivery path names.
+pub fn source_of(path: &str) -> Option<(String, String, String, String)> {
+    let p = parse_path(path)?;
+    Some((p.cloud, p.resource_type, p.delivery_type, p.source))
+}
+
 /// The asset a delivery URL of this server names (its original, whatever transformation
 /// the URL has), if any: for methods that take URLs of assets (`sprite`, `multi`).
 pub async fn asset_of_url(state: &AppState, url: &str) -> ApiResult<Option<AssetRecord>> {

@@ -81,8 +81,18 @@ fn api_routes(state: AppState) -> Router {
         .route("/v1_1/{cloud}/{resource_type}/tags", post(tags))
         .route("/v1_1/{cloud}/{resource_type}/context", post(context))
         .route("/v1_1/{cloud}/{resource_type}/text", post(text_action))
-        .route("/v1_1/{cloud}/{resource_type}/sprite", post(sprite_action))
-        .route("/v1_1/{cloud}/{resource_type}/multi", post(multi_action))
+        .route(
+            "/v1_1/{cloud}/{resource_type}/sprite",
+            post(sprite_action).get(sprite_download),
+        )
+        .route(
+            "/v1_1/{cloud}/{resource_type}/multi",
+            post(multi_action).get(multi_download),
+        )
+        .route(
+            "/v1_1/{cloud}/{resource_type}/explode",
+            post(explode_action),
+        )
         .route(
             "/v1_1/{cloud}/{resource_type}/generate_archive",
             post(generate_archive).get(generate_archive),
@@ -315,6 +325,28 @@ async fn sprite_action(State(state): State<AppState>, Signed(call, _): Signed) -
 
 async fn multi_action(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
     Ok(Json(upload::generate::multi(&state, call).await?))
+}
+
+/// `GET …/sprite?mode=download` (the SDKs' `download_generated_sprite`), signed in the query.
+async fn sprite_download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Signed(call, _): Signed,
+) -> ApiResult<Response> {
+    upload::generate::download(&state, call, &headers, "sprite").await
+}
+
+/// `GET …/multi?mode=download` (the SDKs' `download_multi`), signed in the query.
+async fn multi_download(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Signed(call, _): Signed,
+) -> ApiResult<Response> {
+    upload::generate::download(&state, call, &headers, "multi").await
+}
+
+async fn explode_action(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
+    Ok(Json(upload::generate::explode(&state, call).await?))
 }
 
 async fn text_action(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
@@ -831,9 +863,19 @@ async fn fallback(
 ) -> Response {
     let api = uri.path().starts_with("/v1_1/") || uri.path().starts_with("/v2/");
     if !api && (method == Method::GET || method == Method::HEAD) {
-        return match crate::delivery::serve(&state, &method, uri.path(), &headers).await {
-            Ok(r) => r,
-            Err(e) => e.into_response(),
+        let first = crate::delivery::serve(&state, &method, uri.path(), &headers).await;
+        let missing = matches!(&first, Err(e) if e.status() == StatusCode::NOT_FOUND);
+        if !missing {
+            return first.unwrap_or_else(|e| e.into_response());
+        }
+        // A missing asset under an upload mapping is fetched once, then served.
+        return match upload::mapping::auto_upload(&state, uri.path()).await {
+            Ok(true) => crate::delivery::serve(&state, &method, uri.path(), &headers)
+                .await
+                .unwrap_or_else(|e| e.into_response()),
+            Ok(false) => first.unwrap_or_else(|e| e.into_response()),
+            Err(e @ ApiError::Internal(_)) => e.into_response(),
+            Err(e) => ApiError::Delivery(e.status(), e.to_string()).into_response(),
         };
     }
     ApiError::NotFound(format!("No route for {method} {}", uri.path())).into_response()

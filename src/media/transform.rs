@@ -30,6 +30,8 @@ pub struct Plan {
     /// `w_auto[:breakpoints…][:json]`: the width is chosen by responsive breakpoints (capped at
     /// their largest); with `json`, the breakpoints themselves are the answer.
     pub auto_width: Option<(super::breakpoints::Settings, bool)>,
+    /// `pg_<n>`: the page (frame of an animated GIF) to start from, 1-based.
+    pub page: Option<u32>,
 }
 
 /// One component's geometry.
@@ -122,6 +124,9 @@ enum Mode {
     Lpad,
     Region,
 }
+
+/// Pages (GIF frames) a transformation may name.
+pub const MAX_PAGE: u32 = 1000;
 
 /// Output formats nephos can encode.
 pub const OUTPUT_FORMATS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff", "tif"];
@@ -286,6 +291,15 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     plan.format = Some(f);
                 }
                 "fl" if value == "attachment" => plan.attachment = true,
+                "pg" => {
+                    plan.page = Some(
+                        value
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|p| (1..=MAX_PAGE).contains(p))
+                            .ok_or_else(|| invalid(item, "expected a page number"))?,
+                    )
+                }
                 "l" => step.overlay = Some(layer(item, value)?),
                 "co" => {
                     step.color = Some(color(value).ok_or_else(|| invalid(item, "unknown colour"))?)
@@ -445,13 +459,18 @@ pub fn apply(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result
             "The image is too large to transform ({w}x{h}; at most {max_pixels} pixels)"
         ));
     }
-    let mut reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("Cannot read the image: {e}"))?;
-    reader.no_limits();
-    let mut img = reader
-        .decode()
-        .map_err(|e| format!("Cannot decode the image: {e}"))?;
+    let mut img = match plan.page {
+        Some(n) if n > 1 || bytes.starts_with(b"GIF8") => page_of(bytes, n)?,
+        _ => {
+            let mut reader = image::ImageReader::new(Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| format!("Cannot read the image: {e}"))?;
+            reader.no_limits();
+            reader
+                .decode()
+                .map_err(|e| format!("Cannot decode the image: {e}"))?
+        }
+    };
     for step in &plan.steps {
         img = apply_step(img, step, max_pixels)?;
     }
@@ -617,6 +636,35 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         None => out,
     };
     Ok(out)
+}
+
+/// Page `n` (1-based) of an image: a frame of an animated GIF; other images have one page.
+fn page_of(bytes: &[u8], n: u32) -> Result<DynamicImage, String> {
+    use image::AnimationDecoder;
+    if !bytes.starts_with(b"GIF8") {
+        return Err(format!(
+            "The image has no page {n} (only animated GIFs have pages)"
+        ));
+    }
+    let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(bytes))
+        .map_err(|e| format!("Cannot decode the image: {e}"))?;
+    let frame = decoder
+        .into_frames()
+        .nth((n - 1) as usize)
+        .ok_or_else(|| format!("The image has no page {n}"))?
+        .map_err(|e| format!("Cannot decode the image: {e}"))?;
+    Ok(DynamicImage::ImageRgba8(frame.into_buffer()))
+}
+
+/// How many pages (GIF frames) an image has, counting at most `MAX_PAGE`.
+pub fn page_count(bytes: &[u8]) -> Result<u32, String> {
+    use image::AnimationDecoder;
+    if !bytes.starts_with(b"GIF8") {
+        return Ok(1);
+    }
+    let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(bytes))
+        .map_err(|e| format!("Cannot decode the image: {e}"))?;
+    Ok(decoder.into_frames().take(MAX_PAGE as usize).count() as u32)
 }
 
 /// The size of a `w`×`h` image turned by `degrees` (its bounding box).

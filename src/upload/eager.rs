@@ -25,6 +25,19 @@ pub struct EagerSpec {
     plan: transform::Plan,
 }
 
+impl EagerSpec {
+    /// A spec for `transformation` (checked) in `format`.
+    pub fn new(transformation: &str, format: Option<String>) -> ApiResult<EagerSpec> {
+        let plan = transform::parse(transformation)
+            .map_err(|m| ApiError::bad(format!("Invalid transformation - {m}")))?;
+        Ok(EagerSpec {
+            transformation: transformation.to_string(),
+            format,
+            plan,
+        })
+    }
+}
+
 /// The `eager` parameter: transformations joined by `|`, each optionally ending in
 /// `/<format>`. Empty when absent; a transformation nephos cannot apply is a 400.
 pub fn parse(params: &Params) -> ApiResult<Vec<EagerSpec>> {

@@ -422,3 +422,106 @@ pub async fn multi(state: &AppState, call: Call) -> ApiResult<Json> {
         "asset_id": stored["asset_id"],
     }))
 }
+
+/// `explode`: one derived image per page of an animated GIF (`transformation` with `pg_all`,
+/// each page made with `pg_<n>` in its place). PDF pages cannot be rendered here: refused.
+pub async fn explode(state: &AppState, call: Call) -> ApiResult<Json> {
+    let p = &call.params;
+    let public_id = p
+        .nonempty("public_id")
+        .ok_or_else(|| ApiError::missing("public_id"))?;
+    let t = p
+        .nonempty("transformation")
+        .ok_or_else(|| ApiError::missing("transformation"))?;
+    if !t.split([',', '/']).any(|i| i == "pg_all") {
+        return Err(ApiError::bad(
+            "explode requires a transformation with pg_all",
+        ));
+    }
+    let format = p
+        .nonempty("format")
+        .map(|f| f.trim_start_matches('.').to_ascii_lowercase());
+    if let Some(f) = &format {
+        if !transform::OUTPUT_FORMATS.contains(&f.as_str()) {
+            return Err(ApiError::bad(format!("Invalid format {f}")));
+        }
+    }
+    let key = crate::db::AssetKey {
+        cloud: call.cloud.clone(),
+        resource_type: "image".into(),
+        delivery_type: p.nonempty("type").unwrap_or("upload").to_string(),
+        public_id: public_id.to_string(),
+    };
+    let rec = state
+        .meta
+        .find_asset(&key)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {public_id}")))?;
+    let source = rec.format.clone().unwrap_or_default();
+    if source == "pdf" {
+        return Err(ApiError::bad(
+            "Cannot explode pdf files: this server does not render PDF pages",
+        ));
+    }
+    super::eager::check_source(&rec.key.resource_type, rec.format.as_deref())?;
+    let bytes = read_image(state, &rec).await?;
+    let pages = tokio::task::spawn_blocking(move || transform::page_count(&bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::bad)?;
+    let mut specs = Vec::new();
+    for n in 1..=pages {
+        let each = t
+            .split('/')
+            .map(|c| {
+                c.split(',')
+                    .map(|i| {
+                        if i == "pg_all" {
+                            format!("pg_{n}")
+                        } else {
+                            i.to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        specs.push(super::eager::EagerSpec::new(&each, format.clone())?);
+    }
+    super::eager::generate(state, &rec, &specs).await?;
+    Ok(serde_json::json!({
+        "status": "processing",
+        "batch_id": crate::util::random_hex(32),
+    }))
+}
+
+/// The signed GET forms of `sprite` and `multi` (`mode=download`): made as by the POST, then
+/// the image itself is the answer.
+pub async fn download(
+    state: &AppState,
+    call: Call,
+    headers: &axum::http::HeaderMap,
+    kind: &str,
+) -> ApiResult<axum::response::Response> {
+    if call.params.nonempty("mode") != Some("download") {
+        return Err(ApiError::bad("A GET of this method needs mode=download"));
+    }
+    let cloud = call.cloud.clone();
+    let answer = match kind {
+        "sprite" => sprite(state, call).await?,
+        _ => multi(state, call).await?,
+    };
+    let key = crate::db::AssetKey {
+        cloud,
+        resource_type: "image".into(),
+        delivery_type: kind.to_string(),
+        public_id: answer["public_id"].as_str().unwrap_or("").to_string(),
+    };
+    let rec = state
+        .meta
+        .find_asset(&key)
+        .await?
+        .ok_or_else(|| ApiError::internal("the generated image vanished"))?;
+    crate::delivery::serve_asset(state, &axum::http::Method::GET, headers, &rec, None).await
+}

@@ -10,6 +10,7 @@ pub mod chunked;
 pub mod eager;
 pub mod eval;
 pub mod generate;
+pub mod mapping;
 pub mod naming;
 pub mod preset;
 pub mod response;
