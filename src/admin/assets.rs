@@ -266,6 +266,53 @@ pub async fn publish(
     Ok(json!({"published": published, "failed": []}))
 }
 
+/// `POST resources/restore` with `asset_ids`: each answered by its asset ID.
+pub async fn restore_by_asset_ids(
+    state: &AppState,
+    account: &Account,
+    cloud: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    let ids = params.items("asset_ids");
+    if ids.is_empty() {
+        return Err(ApiError::missing("asset_ids"));
+    }
+    let backups = crate::upload::backup::by_asset_ids(state, cloud, &ids).await?;
+    let mut out = serde_json::Map::new();
+    for id in ids.iter().take(MAX_ASSETS) {
+        let answer = match find_by_asset_id(state, cloud, id).await? {
+            Some(rec) => resource_json(state, account, &rec).await?,
+            None => match backups.iter().find(|b| b.asset_id == *id) {
+                Some(b) => match crate::upload::backup::restore(state, &b.key).await? {
+                    crate::upload::backup::Restored::Asset(rec) => {
+                        resource_json(state, account, &rec).await?
+                    }
+                    crate::upload::backup::Restored::NoBackup => json!({"error": "no_backup"}),
+                },
+                None => json!({"error": "no_backup"}),
+            },
+        };
+        out.insert(id.clone(), answer);
+    }
+    Ok(Json::Object(out))
+}
+
+/// `DELETE resources/backup/<asset_id>`: forgets the backup of a deleted asset.
+pub async fn delete_backup(state: &AppState, cloud: &str, asset_id: &str) -> ApiResult<Json> {
+    let backups =
+        crate::upload::backup::by_asset_ids(state, cloud, &[asset_id.to_string()]).await?;
+    let mut deleted = Vec::new();
+    for b in &backups {
+        if crate::upload::backup::forget(state, b).await? {
+            deleted.push(json!(b.version_id));
+        }
+    }
+    if deleted.is_empty() {
+        return Err(ApiError::NotFound(format!("No backup of asset {asset_id}")));
+    }
+    Ok(json!({"asset_id": asset_id, "deleted_version_ids": deleted}))
+}
+
 /// Routes the POST forms of `resources/…` that are not an update of one asset.
 pub async fn special_post(
     state: &AppState,
@@ -275,6 +322,19 @@ pub async fn special_post(
     params: &Params,
 ) -> ApiResult<Option<Json>> {
     let rest = rest.trim_matches('/');
+    match rest {
+        "restore" => {
+            return restore_by_asset_ids(state, account, cloud, params)
+                .await
+                .map(Some)
+        }
+        "visual_search" => {
+            return Err(ApiError::bad(
+                "Visual search (visual_search) is not enabled for this product environment",
+            ))
+        }
+        _ => {}
+    }
     if let Some(target) = rest.strip_suffix("/update_access_mode") {
         if let Target::List { rt, ty } = super::parse_target(target)? {
             let ty = ty.unwrap_or_else(|| "upload".into());

@@ -584,6 +584,9 @@ pub async fn delete_resources(
     rest: &str,
     params: &Params,
 ) -> ApiResult<Json> {
+    if let Some(asset_id) = rest.trim_matches('/').strip_prefix("backup/") {
+        return assets::delete_backup(state, cloud, asset_id).await;
+    }
     let key_of = |rt: &str, ty: &str, id: &str| AssetKey {
         cloud: cloud.to_string(),
         resource_type: rt.to_string(),

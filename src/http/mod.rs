@@ -94,6 +94,10 @@ fn api_routes(state: AppState) -> Router {
             post(explode_action),
         )
         .route(
+            "/v1_1/{cloud}/{resource_type}/create_slideshow",
+            post(create_slideshow),
+        )
+        .route(
             "/v1_1/{cloud}/{resource_type}/generate_archive",
             post(generate_archive).get(generate_archive),
         )
@@ -343,6 +347,13 @@ async fn multi_download(
     Signed(call, _): Signed,
 ) -> ApiResult<Response> {
     upload::generate::download(&state, call, &headers, "multi").await
+}
+
+/// Slideshows are rendered videos, which nephos does not make: refused after authentication.
+async fn create_slideshow(Signed(_, _): Signed) -> JsonResult {
+    Err(ApiError::bad(
+        "create_slideshow is not supported by this server (it does not render videos)",
+    ))
 }
 
 async fn explode_action(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {

@@ -9,12 +9,12 @@ use image::{Delay, DynamicImage, Frame, RgbaImage};
 /// Pixels between the images of a sprite.
 pub const SPRITE_GAP: u32 = 2;
 
+/// Where an image is in a sprite: `(x, y, width, height)`.
+pub type Place = (u32, u32, u32, u32);
+
 /// Stacks images top to bottom (left-aligned, `SPRITE_GAP` apart); answers the strip and
-/// each image's `(x, y, width, height)`.
-pub fn sprite(
-    images: &[DynamicImage],
-    max_pixels: u64,
-) -> Result<(RgbaImage, Vec<(u32, u32, u32, u32)>), String> {
+/// each image's place.
+pub fn sprite(images: &[DynamicImage], max_pixels: u64) -> Result<(RgbaImage, Vec<Place>), String> {
     let width = images.iter().map(|i| i.width()).max().unwrap_or(1).max(1);
     let mut height = 0u64;
     let mut places = Vec::new();
@@ -71,7 +71,7 @@ pub fn pdf(images: &[DynamicImage]) -> Result<Vec<u8>, String> {
         DynamicImage::ImageRgb8(img.to_rgb8())
             .write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
             .map_err(|e| e.to_string())?;
-        let (page, image, content) = (3 + i * 3, 4 + i * 3, 5 + i * 3);
+        let (image, content) = (4 + i * 3, 5 + i * 3);
         objects.push(
             format!(
                 "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] \
@@ -79,7 +79,6 @@ pub fn pdf(images: &[DynamicImage]) -> Result<Vec<u8>, String> {
             )
             .into_bytes(),
         );
-        let _ = page;
         let mut obj = format!(
             "<< /Type /XObject /Subtype /Image /Width {w} /Height {h} /ColorSpace /DeviceRGB \
              /BitsPerComponent 8 /Filter /DCTDecode /Length {} >>\nstream\n",

@@ -221,19 +221,19 @@ async fn blob_to_file(state: &AppState, rec: &AssetRecord, dir: &Path) -> ApiRes
 
 /// Writes entries to a ZIP or TGZ file.
 enum Writer {
-    Zip(zip::ZipWriter<std::fs::File>),
-    Tgz(tar::Builder<flate2::write::GzEncoder<std::fs::File>>),
+    Zip(Box<zip::ZipWriter<std::fs::File>>),
+    Tgz(Box<tar::Builder<flate2::write::GzEncoder<std::fs::File>>>),
 }
 
 impl Writer {
     fn create(path: &Path, format: Format) -> std::io::Result<Writer> {
         let file = std::fs::File::create(path)?;
         Ok(match format {
-            Format::Zip => Writer::Zip(zip::ZipWriter::new(file)),
-            Format::Tgz => Writer::Tgz(tar::Builder::new(flate2::write::GzEncoder::new(
+            Format::Zip => Writer::Zip(Box::new(zip::ZipWriter::new(file))),
+            Format::Tgz => Writer::Tgz(Box::new(tar::Builder::new(flate2::write::GzEncoder::new(
                 file,
                 flate2::Compression::default(),
-            ))),
+            )))),
         })
     }
 
@@ -245,7 +245,7 @@ impl Writer {
                     .compression_method(zip::CompressionMethod::Deflated)
                     .large_file(input.metadata()?.len() >= u32::MAX as u64);
                 z.start_file(name, options).map_err(std::io::Error::other)?;
-                std::io::copy(&mut input, z)?;
+                std::io::copy(&mut input, z.as_mut())?;
             }
             Writer::Tgz(t) => {
                 let mut h = tar::Header::new_gnu();

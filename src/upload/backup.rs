@@ -73,3 +73,33 @@ pub async fn restore(state: &AppState, key: &AssetKey) -> ApiResult<Restored> {
     }
     Ok(Restored::Asset(Box::new(stored)))
 }
+
+/// The backups of a cloud whose asset IDs are listed.
+pub async fn by_asset_ids(
+    state: &AppState,
+    cloud: &str,
+    asset_ids: &[String],
+) -> ApiResult<Vec<AssetRecord>> {
+    let mut out = Vec::new();
+    for doc in state.meta.list_docs(cloud, KIND).await? {
+        if let Ok(rec) = serde_json::from_value::<AssetRecord>(doc.body) {
+            if asset_ids.contains(&rec.asset_id) {
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Forgets the backup of a deleted asset (and its file); false when there was none.
+pub async fn forget(state: &AppState, rec: &AssetRecord) -> ApiResult<bool> {
+    let Some(kept) = take(state, &rec.key).await? else {
+        return Ok(false);
+    };
+    // The file stays while a live asset still uses it.
+    let live = state.meta.find_asset(&kept.key).await?;
+    if live.is_none_or(|l| l.blob_key != kept.blob_key) {
+        let _ = state.blobs.delete(&kept.blob_key).await;
+    }
+    Ok(true)
+}

@@ -250,8 +250,6 @@ impl Interp<'_> {
         if self.eat("{") {
             self.block(run)?;
             self.expect("}")
-        } else if self.peek() == Some(&Tok::Ident("if".into())) {
-            self.statement(run)
         } else {
             self.statement(run)
         }
