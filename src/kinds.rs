@@ -48,3 +48,41 @@ impl std::fmt::Display for ResourceType {
         f.write_str(self.as_str())
     }
 }
+
+/// The delivery type of an asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryType {
+    Upload,
+    Private,
+    Authenticated,
+    /// The images nephos makes itself (`text`, `sprite`, `multi`): never given by an upload.
+    Text,
+    Sprite,
+    Multi,
+}
+
+impl DeliveryType {
+    /// `generated`: whether the types of made images are allowed.
+    pub fn parse(s: &str, generated: bool) -> Option<DeliveryType> {
+        Some(match s {
+            "upload" => DeliveryType::Upload,
+            "private" => DeliveryType::Private,
+            "authenticated" => DeliveryType::Authenticated,
+            "text" if generated => DeliveryType::Text,
+            "sprite" if generated => DeliveryType::Sprite,
+            "multi" if generated => DeliveryType::Multi,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryType::Upload => "upload",
+            DeliveryType::Private => "private",
+            DeliveryType::Authenticated => "authenticated",
+            DeliveryType::Text => "text",
+            DeliveryType::Sprite => "sprite",
+            DeliveryType::Multi => "multi",
+        }
+    }
+}

@@ -653,8 +653,20 @@ async fn admin_calls_are_rate_limited_per_hour() {
 }
 
 #[tokio::test]
-async fn asset_management_calls() {
-    let server = TestServer::start().await;
+async fn asset_management_on_sqlite() {
+    asset_management(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn asset_management_on_postgres() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    asset_management(Backend::Postgres(admin)).await;
+}
+
+async fn asset_management(backend: Backend) {
+    let server = TestServer::start_on(&backend).await;
     let png = samples::png(30, 10);
     let (_, a) = upload(
         &server,

@@ -167,7 +167,7 @@ pub async fn rename(state: &AppState, call: Call) -> ApiResult<Json> {
     }
     let ty = params.nonempty("type").unwrap_or("upload");
     let to_type = params.nonempty("to_type").unwrap_or(ty);
-    if !crate::delivery::DELIVERY_TYPES.contains(&to_type) {
+    if crate::kinds::DeliveryType::parse(to_type, false).is_none() {
         return Err(ApiError::bad(format!(
             "Invalid to_type {to_type}: must be one of upload, private, authenticated"
         )));

@@ -22,6 +22,7 @@ use crate::auth::Caller;
 use crate::db::{AssetKey, AssetRecord, SaveOutcome};
 use crate::error::{ApiError, ApiResult};
 use crate::form::{Params, Value};
+use crate::kinds::DeliveryType;
 use crate::media::{self, MediaKind};
 use crate::state::AppState;
 use crate::storage::new_blob_key;
@@ -175,32 +176,48 @@ pub(crate) fn refuse_unsupported(params: &Params) -> ApiResult<()> {
     Ok(())
 }
 
-/// Boolean flags read by the upload pipeline.
-const FLAGS: &[&str] = &[
-    "overwrite",
-    "use_filename",
-    "unique_filename",
-    "discard_original_filename",
-    "use_filename_as_display_name",
-    "use_asset_folder_as_public_id_prefix",
-    "return_delete_token",
-];
+/// The options that decide how an upload is named and stored, parsed once (a bad value is a
+/// 400 before any byte is stored, so a chunked upload fails on its first part).
+#[derive(Debug, Clone)]
+pub struct UploadOptions {
+    pub delivery_type: DeliveryType,
+    pub overwrite: bool,
+    pub use_filename: bool,
+    pub unique_filename: bool,
+    pub discard_original_filename: bool,
+    pub use_filename_as_display_name: bool,
+    pub use_asset_folder_as_public_id_prefix: bool,
+    pub return_delete_token: bool,
+}
 
-/// Checks the delivery type and the boolean flags before any byte is stored, so that a chunked
-/// upload fails on its first part rather than after the last.
-fn check_options(params: &Params) -> ApiResult<()> {
-    let delivery_type = params.nonempty("type").unwrap_or("upload");
-    let generated = params.get(GENERATED).is_some()
-        && crate::delivery::GENERATED_TYPES.contains(&delivery_type);
-    if !generated && !crate::delivery::DELIVERY_TYPES.contains(&delivery_type) {
-        return Err(ApiError::bad(format!(
-            "Invalid type {delivery_type}: must be one of upload, private, authenticated"
-        )));
+impl UploadOptions {
+    /// `signed`: only signed (or Basic, OAuth) uploads may overwrite, and do by default.
+    pub fn parse(params: &Params, signed: bool) -> ApiResult<UploadOptions> {
+        let ty = params.nonempty("type").unwrap_or("upload");
+        let delivery_type =
+            DeliveryType::parse(ty, params.get(GENERATED).is_some()).ok_or_else(|| {
+                ApiError::bad(format!(
+                    "Invalid type {ty}: must be one of upload, private, authenticated"
+                ))
+            })?;
+        let flag = |name: &str, default: bool| -> ApiResult<bool> {
+            Ok(params.flag(name)?.unwrap_or(default))
+        };
+        let overwrite = flag("overwrite", true)?;
+        Ok(UploadOptions {
+            delivery_type,
+            overwrite: signed && overwrite,
+            use_filename: flag("use_filename", false)?,
+            unique_filename: flag("unique_filename", true)?,
+            discard_original_filename: flag("discard_original_filename", false)?,
+            use_filename_as_display_name: flag("use_filename_as_display_name", false)?,
+            use_asset_folder_as_public_id_prefix: flag(
+                "use_asset_folder_as_public_id_prefix",
+                false,
+            )?,
+            return_delete_token: flag("return_delete_token", false)?,
+        })
     }
-    for flag in FLAGS {
-        params.flag(flag)?;
-    }
-    Ok(())
 }
 
 /// Splits on separators not preceded by a backslash, then unescapes `\=`, `\|`, `\\`.
@@ -493,7 +510,7 @@ pub async fn upload(
     };
     let (params, _preset) = preset::apply(state.meta.as_ref(), req.cloud, &caller, params).await?;
     refuse_unsupported(&params)?;
-    check_options(&params)?;
+    UploadOptions::parse(&params, caller.is_signed())?;
     if let Some(url) = params.nonempty("notification_url") {
         crate::notify::check_url(url)?;
     }
@@ -611,23 +628,7 @@ pub async fn store_upload(
     src: Source,
     public_id: Option<String>,
 ) -> ApiResult<Json> {
-    check_options(&params)?;
-    let delivery_type = params.nonempty("type").unwrap_or("upload").to_string();
-    let overwrite = if caller.is_signed() {
-        params.flag("overwrite")?.unwrap_or(true)
-    } else {
-        false
-    };
-    let use_filename = params.flag("use_filename")?.unwrap_or(false);
-    let unique_filename = params.flag("unique_filename")?.unwrap_or(true);
-    let discard_original = params.flag("discard_original_filename")?.unwrap_or(false);
-    let use_filename_as_display_name = params
-        .flag("use_filename_as_display_name")?
-        .unwrap_or(false);
-    let return_delete_token = params.flag("return_delete_token")?.unwrap_or(false);
-    let use_asset_folder_prefix = params
-        .flag("use_asset_folder_as_public_id_prefix")?
-        .unwrap_or(false);
+    let opts = UploadOptions::parse(&params, caller.is_signed())?;
 
     if src.blob.size == 0 {
         return Err(ApiError::bad("Empty file"));
@@ -772,7 +773,7 @@ pub async fn store_upload(
         .nonempty("public_id_prefix")
         .map(str::to_string)
         .or_else(|| {
-            (use_asset_folder_prefix && folder_param.is_none())
+            (opts.use_asset_folder_as_public_id_prefix && folder_param.is_none())
                 .then(|| asset_folder_param.clone())
                 .flatten()
                 .filter(|f| !f.is_empty())
@@ -783,8 +784,8 @@ pub async fn store_upload(
             public_id: params.text("public_id"),
             folder: folder_param.as_deref(),
             public_id_prefix: prefix_param.as_deref(),
-            use_filename,
-            unique_filename,
+            use_filename: opts.use_filename,
+            unique_filename: opts.unique_filename,
             filename: split.clone(),
             raw: kind == MediaKind::Raw,
         })?,
@@ -798,7 +799,7 @@ pub async fn store_upload(
     };
     let display_name = match params.nonempty("display_name") {
         Some(d) => d.to_string(),
-        None if use_filename_as_display_name && split.is_some() => {
+        None if opts.use_filename_as_display_name && split.is_some() => {
             split.as_ref().map(|(s, _)| s.clone()).unwrap_or_default()
         }
         None => public_id
@@ -859,7 +860,7 @@ pub async fn store_upload(
         key: AssetKey {
             cloud: req.cloud.to_string(),
             resource_type: kind.as_str().to_string(),
-            delivery_type,
+            delivery_type: opts.delivery_type.as_str().to_string(),
             public_id,
         },
         version: now.max(1),
@@ -883,7 +884,7 @@ pub async fn store_upload(
         bytes: src.blob.size as i64,
         etag: src.blob.md5.clone(),
         created_at: now,
-        original_filename: if discard_original {
+        original_filename: if opts.discard_original_filename {
             None
         } else {
             split.as_ref().map(|(stem, _)| stem.clone())
@@ -900,7 +901,7 @@ pub async fn store_upload(
         blob_key: new_blob_key(req.cloud, &version_id),
         api_key: caller.api_key().map(str::to_string),
     };
-    let record = store(state, record, src.blob, overwrite).await?;
+    let record = store(state, record, src.blob, opts.overwrite).await?;
     remember_folders(state, &record.0.key.cloud, &record.0.asset_folder).await?;
     if record.1 == Outcome::Overwritten {
         // The derived versions of the previous original no longer apply.
@@ -936,7 +937,7 @@ pub async fn store_upload(
             );
         }
     }
-    if return_delete_token {
+    if opts.return_delete_token {
         // A token anyone holding it can use once, within ten minutes, to delete the asset.
         let token = random_hex(20);
         state
