@@ -26,8 +26,11 @@ nephos_pg_start() {
         chown postgres:postgres "$NEPHOS_PG_TMP"
         as=(runuser -u postgres --)
     fi
-    # Pick a free port near the preferred one.
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+    # Pick a free port near the preferred one (one that can be bound: an outgoing connection
+    # may hold the port without listening on it).
+    while ! python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$port" 2>/dev/null; do
+        port=$((port + 1))
+    done
     "${as[@]}" "$pgbin/initdb" -D "$NEPHOS_PG_TMP/data" -U postgres -A trust -E UTF8 --no-sync >/dev/null || return 1
     "${as[@]}" "$pgbin/pg_ctl" -D "$NEPHOS_PG_TMP/data" -l "$NEPHOS_PG_TMP/log" -w \
         -o "-p $port -k $NEPHOS_PG_TMP -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null || {
