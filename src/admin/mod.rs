@@ -432,6 +432,13 @@ pub async fn get_resources(
             {
                 one["image_metadata"] = search::image_metadata_of(&rec);
             }
+            if wants(params, "versions") {
+                let mut list = vec![version_json(&rec, false)];
+                for v in crate::upload::backup::versions(state, &rec.key).await? {
+                    list.push(version_json(&v, true));
+                }
+                one["versions"] = Json::Array(list);
+            }
             if wants(params, "related") {
                 one["related_assets"] = assets::related_json(state, &rec).await?;
             }
@@ -490,7 +497,21 @@ async fn listing(
     records: &[AssetRecord],
     cursor: Option<String>,
 ) -> ApiResult<Json> {
-    let (with_tags, with_context) = (wants(params, "tags"), wants(params, "context"));
+    let with_context = wants(params, "context");
+    listing_with(state, account, cloud, params, records, cursor, with_context).await
+}
+
+/// [`listing`], with the context included or not whatever the parameters say.
+async fn listing_with(
+    state: &AppState,
+    account: &Account,
+    cloud: &str,
+    params: &Params,
+    records: &[AssetRecord],
+    cursor: Option<String>,
+    with_context: bool,
+) -> ApiResult<Json> {
+    let with_tags = wants(params, "tags");
     let mut resources: Vec<Json> = records
         .iter()
         .map(|r| asset_json(state, account, r, with_tags, with_context))
@@ -500,6 +521,24 @@ async fn listing(
         for (r, item) in records.iter().zip(resources.iter_mut()) {
             if let Some(m) = r.extra.get("moderation") {
                 item["moderation"] = m.clone();
+            }
+        }
+    }
+    // `fields`: only those (and the identifying ones, which always come back).
+    let fields: Vec<String> = params
+        .items("fields")
+        .iter()
+        .flat_map(|f| f.split(','))
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if !fields.is_empty() {
+        for item in resources.iter_mut() {
+            if let Json::Object(m) = item {
+                m.retain(|k, _| {
+                    matches!(k.as_str(), "asset_id" | "public_id" | "resource_type" | "type")
+                        || fields.iter().any(|f| f == k)
+                });
             }
         }
     }
@@ -560,19 +599,7 @@ async fn by_context(
         })
         .take(max.max(0) as usize)
         .collect();
-    let mut found: Vec<Json> = records
-        .iter()
-        .map(|r| asset_json(state, account, r, wants(params, "tags"), true))
-        .collect();
-    add_metadata(state, cloud, params, &records, &mut found).await?;
-    if wants(params, "moderations") {
-        for (r, item) in records.iter().zip(found.iter_mut()) {
-            if let Some(m) = r.extra.get("moderation") {
-                item["moderation"] = m.clone();
-            }
-        }
-    }
-    Ok(json!({"resources": found}))
+    listing_with(state, account, cloud, params, &records, None, true).await
 }
 
 /// `DELETE resources/:rt/:type` (public_ids, prefix or all) and `DELETE resources/:rt/tags/:tag`.
@@ -856,8 +883,21 @@ async fn analysis_of(state: &AppState, rec: &AssetRecord) -> ApiResult<Map<Strin
     .map_err(ApiError::internal)
 }
 
-/// `POST resources/:rt/:type/restore` with `public_ids`: each answered by its public ID with
-/// the restored asset, or `{"error": "no_backup"}`.
+/// One entry of a resource's `versions`.
+fn version_json(rec: &AssetRecord, restorable: bool) -> Json {
+    json!({
+        "version_id": rec.version_id,
+        "version": rec.version.to_string(),
+        "format": rec.format,
+        "size": rec.bytes,
+        "time": iso_time(rec.created_at),
+        "restorable": restorable,
+    })
+}
+
+/// `POST resources/:rt/:type/restore` with `public_ids` (and optionally `versions`, one
+/// version ID each): each answered by its public ID with the restored asset, or
+/// `{"error": "no_backup"}`.
 async fn restore(
     state: &AppState,
     account: &Account,
@@ -870,14 +910,23 @@ async fn restore(
     if ids.is_empty() {
         return Err(ApiError::missing("public_ids"));
     }
+    let versions = params.items("versions");
     let mut out = Map::new();
-    for id in ids.iter().take(DELETE_BATCH as usize) {
+    for (i, id) in ids.iter().enumerate().take(DELETE_BATCH as usize) {
         let key = AssetKey {
             cloud: cloud.to_string(),
             resource_type: rt.to_string(),
             delivery_type: ty.to_string(),
             public_id: id.clone(),
         };
+        if let Some(version) = versions.get(i).filter(|v| !v.is_empty()) {
+            let answer = match crate::upload::backup::restore_version(state, &key, version).await? {
+                Some(rec) => resource_json(state, account, &rec).await?,
+                None => json!({"error": "no_backup"}),
+            };
+            out.insert(id.clone(), answer);
+            continue;
+        }
         let answer = match crate::upload::backup::restore(state, &key).await? {
             crate::upload::backup::Restored::Asset(rec) => {
                 resource_json(state, account, &rec).await?

@@ -148,8 +148,35 @@ pub async fn destroy(state: &AppState, call: Call) -> ApiResult<Json> {
         params.nonempty("type").unwrap_or("upload"),
         public_id,
     );
+    let existing = state.meta.find_asset(&k).await?;
     let found = super::delete_asset(state, &k).await?;
+    if let (true, Some(rec)) = (found, existing) {
+        let payload = json!({
+            "notification_type": "delete",
+            "resources": [{
+                "resource_type": rec.key.resource_type,
+                "type": rec.key.delivery_type,
+                "asset_id": rec.asset_id,
+                "public_id": rec.key.public_id,
+                "version": rec.version,
+                "asset_folder": rec.asset_folder,
+                "display_name": rec.display_name,
+            }],
+        });
+        notify_triggers(state, &call, "delete", &payload).await?;
+    }
     Ok(json!({"result": if found { "ok" } else { "not found" }}))
+}
+
+/// Sends a notification to the cloud's triggers for `event`.
+async fn notify_triggers(state: &AppState, call: &Call, event: &str, payload: &Json) -> ApiResult<()> {
+    let signer = ResponseSigner::for_caller(state, &call.cloud, &call.caller)?;
+    let signer = crate::notify::Signer {
+        secret: signer.secret,
+        algorithm: signer.algorithm,
+    };
+    crate::triggers::fire(state, &call.cloud, event, payload, &signer).await;
+    Ok(())
 }
 
 /// `rename`: moves an asset to another public ID and/or delivery type.
@@ -189,6 +216,16 @@ pub async fn rename(state: &AppState, call: Call) -> ApiResult<Json> {
             if let Some(blob) = replaced_blob {
                 let _ = state.blobs.delete(&blob).await;
             }
+            let payload = json!({
+                "notification_type": "rename",
+                "asset_id": record.asset_id,
+                "from_public_id": from,
+                "to_public_id": record.key.public_id,
+                "resource_type": record.key.resource_type,
+                "type": record.key.delivery_type,
+                "from_type": ty,
+            });
+            notify_triggers(state, &call, "rename", &payload).await?;
             answer(state, &call, &record)
         }
     }

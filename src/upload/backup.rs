@@ -103,3 +103,79 @@ pub async fn forget(state: &AppState, rec: &AssetRecord) -> ApiResult<bool> {
     }
     Ok(true)
 }
+
+/// Earlier versions of assets kept by `backup` when they were replaced (documents named
+/// `<rt>/<type>/<public_id>/<version_id>`).
+const VERSIONS: &str = "version";
+
+fn version_name(key: &AssetKey, version_id: &str) -> String {
+    format!("{}/{version_id}", name(key))
+}
+
+/// Keeps a replaced version of a backed-up asset (its file stays).
+pub async fn keep_version(state: &AppState, rec: &AssetRecord) -> ApiResult<()> {
+    let body = serde_json::to_value(rec).map_err(ApiError::internal)?;
+    state
+        .meta
+        .create_doc(
+            &rec.key.cloud,
+            VERSIONS,
+            &version_name(&rec.key, &rec.version_id),
+            &body,
+            state.now(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The kept earlier versions of an asset and the backup of its deleted copy, newest first.
+pub async fn versions(state: &AppState, key: &AssetKey) -> ApiResult<Vec<AssetRecord>> {
+    let prefix = format!("{}/", name(key));
+    let mut out: Vec<AssetRecord> = state
+        .meta
+        .list_docs(&key.cloud, VERSIONS)
+        .await?
+        .into_iter()
+        .filter(|d| d.name.starts_with(&prefix))
+        .filter_map(|d| serde_json::from_value(d.body).ok())
+        .collect();
+    if let Some(deleted) = find(state, key).await? {
+        out.push(deleted);
+    }
+    out.sort_by(|a, b| b.version.cmp(&a.version));
+    Ok(out)
+}
+
+/// Makes a kept version of `key` the current one again; the replaced current version is kept
+/// in its turn. `None` when there is no such version.
+pub async fn restore_version(
+    state: &AppState,
+    key: &AssetKey,
+    version_id: &str,
+) -> ApiResult<Option<AssetRecord>> {
+    let Some(mut rec) = versions(state, key)
+        .await?
+        .into_iter()
+        .find(|r| r.version_id == version_id)
+    else {
+        return Ok(None);
+    };
+    rec.extra.insert("backup".into(), serde_json::json!(true));
+    let stored = match state.meta.save_asset(&rec, true).await? {
+        SaveOutcome::Created(r) | SaveOutcome::Existing(r) => r,
+        SaveOutcome::Replaced { stored, previous } => {
+            if previous.blob_key != rec.blob_key {
+                keep_version(state, &previous).await?;
+            }
+            *stored
+        }
+    };
+    state
+        .meta
+        .delete_doc(&key.cloud, VERSIONS, &version_name(key, version_id))
+        .await?;
+    if find(state, key).await?.is_some_and(|d| d.version_id == version_id) {
+        state.meta.delete_doc(&key.cloud, KIND, &name(key)).await?;
+    }
+    Ok(Some(stored))
+}

@@ -1059,7 +1059,11 @@ async fn store(
     Ok(match saved {
         SaveOutcome::Created(r) => (r, Outcome::Created),
         SaveOutcome::Replaced { stored, previous } => {
-            if let Err(e) = state.blobs.delete(&previous.blob_key).await {
+            let backed_up = |r: &AssetRecord| r.extra.get("backup") == Some(&json!(true));
+            if backed_up(&previous) || backed_up(&stored) {
+                // With backups, the replaced version is kept (restorable, listed in `versions`).
+                backup::keep_version(state, &previous).await?;
+            } else if let Err(e) = state.blobs.delete(&previous.blob_key).await {
                 tracing::warn!(key = %previous.blob_key, error = %e, "could not remove a replaced blob");
             }
             (*stored, Outcome::Overwritten)
