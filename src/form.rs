@@ -31,6 +31,10 @@ pub(crate) fn base_name(raw: &str) -> (&str, bool) {
 impl Params {
     /// Adds a received `name=value` pair.
     pub fn push(&mut self, raw_name: &str, value: &str) {
+        // Control characters never belong in a name (internal markers start with NUL).
+        if raw_name.chars().any(|c| c.is_control()) {
+            return;
+        }
         let (name, is_list) = base_name(raw_name);
         if let Some((_, existing)) = self.entries.iter_mut().find(|(n, _)| n == name) {
             match existing {

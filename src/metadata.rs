@@ -666,21 +666,10 @@ pub async fn order_fields(
         }
     });
     let names: Vec<String> = docs.iter().map(|d| d.name.clone()).collect();
-    let order = json!(names);
-    if !state
+    state
         .meta
-        .create_doc(cloud, FIELD_ORDER, ORDER_NAME, &order, state.now())
-        .await?
-    {
-        let set = |doc: &mut Json| {
-            *doc = order.clone();
-            Ok(())
-        };
-        state
-            .meta
-            .modify_doc(cloud, FIELD_ORDER, ORDER_NAME, &set)
-            .await?;
-    }
+        .put_doc(cloud, FIELD_ORDER, ORDER_NAME, &json!(names), state.now())
+        .await?;
     let list: Vec<Json> = docs.into_iter().map(|d| d.body).collect();
     Ok(json!({ "metadata_fields": list }))
 }

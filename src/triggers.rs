@@ -59,10 +59,14 @@ struct Queued {
     visible_at: i64,
 }
 
+/// How long the triggers of a cloud are cached (another process sharing the database sees a
+/// change within this time).
+const CACHE_SECS: u64 = 5;
+
 /// Triggers cached per cloud and the poll channels' queues.
 #[derive(Default)]
 pub struct Hub {
-    cache: Mutex<HashMap<String, Vec<Json>>>,
+    cache: Mutex<HashMap<String, (std::time::Instant, Vec<Json>)>>,
     queues: Mutex<HashMap<(String, String), VecDeque<Queued>>>,
     arrived: Notify,
 }
@@ -80,8 +84,10 @@ fn not_found(id: &str) -> ApiError {
 
 /// The triggers of a cloud (cached).
 async fn of_cloud(state: &AppState, cloud: &str) -> ApiResult<Vec<Json>> {
-    if let Some(t) = lock(&state.hub.cache).get(cloud) {
-        return Ok(t.clone());
+    if let Some((at, t)) = lock(&state.hub.cache).get(cloud) {
+        if at.elapsed() < Duration::from_secs(CACHE_SECS) {
+            return Ok(t.clone());
+        }
     }
     let list: Vec<Json> = state
         .meta
@@ -90,7 +96,7 @@ async fn of_cloud(state: &AppState, cloud: &str) -> ApiResult<Vec<Json>> {
         .into_iter()
         .map(|d| d.body)
         .collect();
-    lock(&state.hub.cache).insert(cloud.to_string(), list.clone());
+    lock(&state.hub.cache).insert(cloud.to_string(), (std::time::Instant::now(), list.clone()));
     Ok(list)
 }
 
@@ -307,7 +313,11 @@ fn claim(state: &AppState, key: &(String, String), max: usize, hide: i64) -> Vec
 pub async fn messages(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
     let channel = match (params.nonempty("channel"), params.nonempty("batch_id")) {
         (Some(c), None) => c.to_string(),
-        (None, Some(b)) => format!("batch:{b}"),
+        (None, Some(_)) => {
+            return Err(ApiError::bad(
+                "Polling by batch_id is not supported by this server: poll a trigger's channel",
+            ))
+        }
         _ => {
             return Err(ApiError::bad(
                 "Exactly one of channel and batch_id is required",

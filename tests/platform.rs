@@ -374,11 +374,22 @@ async fn triggers_story(server: &TestServer) {
         Some(json!({"uri": "poll://ops", "event_type": "all", "uri_type": "poll"})),
     )
     .await;
-    let (s, _) = signed_call(server, "image", "rename", &[("from_public_id", "polled"), ("to_public_id", "moved")]).await;
+    let (s, _) = signed_call(
+        server,
+        "image",
+        "rename",
+        &[("from_public_id", "polled"), ("to_public_id", "moved")],
+    )
+    .await;
     assert_eq!(s, 200);
     let (s, _) = signed_call(server, "image", "destroy", &[("public_id", "moved")]).await;
     assert_eq!(s, 200);
-    let ops: Value = poll("channel=ops&wait_seconds=5&max_messages=10").await.unwrap().json().await.unwrap();
+    let ops: Value = poll("channel=ops&wait_seconds=5&max_messages=10")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let kinds: Vec<&str> = ops["messages"]
         .as_array()
         .unwrap()
@@ -386,9 +397,18 @@ async fn triggers_story(server: &TestServer) {
         .filter_map(|m| m["payload"]["notification_type"].as_str())
         .collect();
     assert_eq!(kinds, vec!["rename", "delete"], "{ops}");
-    assert_eq!(ops["messages"][1]["payload"]["resources"][0]["public_id"], "moved");
+    assert_eq!(
+        ops["messages"][1]["payload"]["resources"][0]["public_id"],
+        "moved"
+    );
     let all_id = all["id"].as_str().unwrap();
-    admin(server, "DELETE", &format!("triggers/{all_id}"), Some(json!({}))).await;
+    admin(
+        server,
+        "DELETE",
+        &format!("triggers/{all_id}"),
+        Some(json!({})),
+    )
+    .await;
     let (s, _) = admin(
         server,
         "PUT",
@@ -479,11 +499,31 @@ async fn assets_story(server: &TestServer) {
     let (s, got) = get_bytes(up["secure_url"].as_str().unwrap()).await;
     assert_eq!((s, got), (200, png.clone()));
     // With backups, an overwritten version is kept and can be restored.
-    let (_, v1) = upload(server, "image", &[("public_id", "ver"), ("backup", "true")], &png, "v.png").await;
+    let (_, v1) = upload(
+        server,
+        "image",
+        &[("public_id", "ver"), ("backup", "true")],
+        &png,
+        "v.png",
+    )
+    .await;
     let bigger = samples::png(60, 20);
-    let (_, v2) = upload(server, "image", &[("public_id", "ver"), ("backup", "true")], &bigger, "v.png").await;
+    let (_, v2) = upload(
+        server,
+        "image",
+        &[("public_id", "ver"), ("backup", "true")],
+        &bigger,
+        "v.png",
+    )
+    .await;
     assert_eq!(v2["overwritten"], true);
-    let (_, r) = admin(server, "GET", "resources/image/upload/ver?versions=true", None).await;
+    let (_, r) = admin(
+        server,
+        "GET",
+        "resources/image/upload/ver?versions=true",
+        None,
+    )
+    .await;
     let versions = r["versions"].as_array().unwrap();
     assert_eq!(versions.len(), 2, "{r}");
     assert_eq!(versions[1]["version_id"], v1["version_id"]);
@@ -498,7 +538,13 @@ async fn assets_story(server: &TestServer) {
     assert_eq!(r["ver"]["bytes"], v1["bytes"], "{r}");
     let (_, got) = get_bytes(&server.url("/demo/image/upload/ver.png")).await;
     assert_eq!(got, png);
-    let (_, r) = admin(server, "GET", "resources/image/upload/ver?versions=true", None).await;
+    let (_, r) = admin(
+        server,
+        "GET",
+        "resources/image/upload/ver?versions=true",
+        None,
+    )
+    .await;
     assert_eq!(r["versions"][1]["version_id"], v2["version_id"], "{r}");
     // Archives of a tag, as stored and through two transformations.
     for id in ["arch1", "arch2"] {

@@ -19,10 +19,7 @@ pub async fn find_by_asset_id(
     cloud: &str,
     asset_id: &str,
 ) -> ApiResult<Option<AssetRecord>> {
-    Ok(super::all_assets(state, cloud, None)
-        .await?
-        .into_iter()
-        .find(|r| r.asset_id == asset_id))
+    Ok(state.meta.find_asset_by_id(cloud, asset_id).await?)
 }
 
 fn not_found(what: &str) -> ApiError {
@@ -156,20 +153,18 @@ pub async fn related_json(state: &AppState, rec: &AssetRecord) -> ApiResult<Json
     if ids.is_empty() {
         return Ok(json!([]));
     }
-    let all = super::all_assets(state, &rec.key.cloud, None).await?;
-    Ok(Json::Array(
-        all.iter()
-            .filter(|r| ids.contains(&r.asset_id))
-            .map(|r| {
-                json!({
-                    "asset_id": r.asset_id,
-                    "public_id": r.key.public_id,
-                    "resource_type": r.key.resource_type,
-                    "type": r.key.delivery_type,
-                })
-            })
-            .collect(),
-    ))
+    let mut out = Vec::new();
+    for id in ids.iter().take(MAX_ASSETS) {
+        if let Some(r) = find_by_asset_id(state, &rec.key.cloud, id).await? {
+            out.push(json!({
+                "asset_id": r.asset_id,
+                "public_id": r.key.public_id,
+                "resource_type": r.key.resource_type,
+                "type": r.key.delivery_type,
+            }));
+        }
+    }
+    Ok(Json::Array(out))
 }
 
 /// The assets of `rt/type` chosen by `public_ids`, `prefix` or `tag`.
@@ -297,16 +292,15 @@ pub async fn restore_by_asset_ids(
     Ok(Json::Object(out))
 }
 
-/// `DELETE resources/backup/<asset_id>`: forgets the backup of a deleted asset.
-pub async fn delete_backup(state: &AppState, cloud: &str, asset_id: &str) -> ApiResult<Json> {
-    let backups =
-        crate::upload::backup::by_asset_ids(state, cloud, &[asset_id.to_string()]).await?;
-    let mut deleted = Vec::new();
-    for b in &backups {
-        if crate::upload::backup::forget(state, b).await? {
-            deleted.push(json!(b.version_id));
-        }
-    }
+/// `DELETE resources/backup/<asset_id>` (`version_ids`, else all): forgets kept copies.
+pub async fn delete_backup(
+    state: &AppState,
+    cloud: &str,
+    asset_id: &str,
+    params: &Params,
+) -> ApiResult<Json> {
+    let versions = params.items("version_ids");
+    let deleted = crate::upload::backup::forget(state, cloud, asset_id, &versions).await?;
     if deleted.is_empty() {
         return Err(ApiError::NotFound(format!("No backup of asset {asset_id}")));
     }

@@ -408,7 +408,10 @@ fn asset_field(rec: &AssetRecord, name: &str) -> Option<Field> {
         "bytes" => num(Some(rec.bytes as f64)),
         "width" => num(rec.width.map(|v| v as f64)),
         "height" => num(rec.height.map(|v| v as f64)),
-        "pixels" => num(rec.width.zip(rec.height).map(|(w, h)| (w * h) as f64)),
+        "pixels" => num(rec
+            .width
+            .zip(rec.height)
+            .map(|(w, h)| w.saturating_mul(h) as f64)),
         "aspect_ratio" => num(rec
             .width
             .zip(rec.height)

@@ -1,7 +1,7 @@
 //! Upload mappings (Admin API `upload_mappings`): a folder name and the URL prefix (template)
 //! its assets are fetched from on first delivery. Stored as documents named by folder.
 
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::form::Params;
@@ -54,27 +54,11 @@ pub async fn get(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Js
         return Ok(mapping_json(&folder, &doc.body));
     }
     let docs = state.meta.list_docs(cloud, KIND).await?;
-    let max = params
-        .nonempty("max_results")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(10)
-        .clamp(1, 500);
-    let start = params
-        .nonempty("next_cursor")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    let page: Vec<Json> = docs
+    let list: Vec<Json> = docs
         .iter()
-        .skip(start)
-        .take(max)
         .map(|d| mapping_json(&d.name, &d.body))
         .collect();
-    let mut m = Map::new();
-    m.insert("mappings".into(), Json::Array(page));
-    if start + max < docs.len() {
-        m.insert("next_cursor".into(), json!((start + max).to_string()));
-    }
-    Ok(Json::Object(m))
+    Ok(super::offset_page(list, "mappings", params))
 }
 
 pub async fn create(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {

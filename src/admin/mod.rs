@@ -146,7 +146,7 @@ pub(crate) async fn resource_json(
     one["status"] = json!("active");
     if let (Some(w), Some(h)) = (rec.width, rec.height) {
         if rec.key.resource_type != "raw" {
-            one["pixels"] = json!(w * h);
+            one["pixels"] = json!(w.saturating_mul(h));
             if h > 0 {
                 one["aspect_ratio"] =
                     json!(((w as f64 / h as f64) * 100_000.0).round() / 100_000.0);
@@ -205,6 +205,38 @@ fn wants(params: &Params, name: &str) -> bool {
         .text(name)
         .and_then(crate::util::parse_bool)
         .unwrap_or(false)
+}
+
+/// A page of an in-memory list: `max_results` (default 10, at most 500) items from the
+/// `next_cursor` offset, answered under `key` with the next cursor when more remain.
+pub(crate) fn offset_page(items: Vec<Json>, key: &str, params: &Params) -> Json {
+    let max = params
+        .nonempty("max_results")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(10)
+        .clamp(1, 500);
+    let start = params
+        .nonempty("next_cursor")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let total = items.len();
+    let page: Vec<Json> = items.into_iter().skip(start).take(max).collect();
+    let mut m = Map::new();
+    m.insert(key.into(), Json::Array(page));
+    if start.saturating_add(max) < total {
+        m.insert("next_cursor".into(), json!((start + max).to_string()));
+    }
+    Json::Object(m)
+}
+
+/// A name of an account setting (transformation, streaming profile): letters, digits and
+/// `extra`, at most 255 characters.
+pub(crate) fn valid_name(name: &str, extra: &[char]) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(&c))
 }
 
 /// With `metadata=true`, every listed asset carries its structured metadata (`{}` when none).
@@ -536,8 +568,10 @@ async fn listing_with(
         for item in resources.iter_mut() {
             if let Json::Object(m) = item {
                 m.retain(|k, _| {
-                    matches!(k.as_str(), "asset_id" | "public_id" | "resource_type" | "type")
-                        || fields.iter().any(|f| f == k)
+                    matches!(
+                        k.as_str(),
+                        "asset_id" | "public_id" | "resource_type" | "type"
+                    ) || fields.iter().any(|f| f == k)
                 });
             }
         }
@@ -612,7 +646,7 @@ pub async fn delete_resources(
     params: &Params,
 ) -> ApiResult<Json> {
     if let Some(asset_id) = rest.trim_matches('/').strip_prefix("backup/") {
-        return assets::delete_backup(state, cloud, asset_id).await;
+        return assets::delete_backup(state, cloud, asset_id, params).await;
     }
     let key_of = |rt: &str, ty: &str, id: &str| AssetKey {
         cloud: cloud.to_string(),
@@ -673,25 +707,20 @@ pub async fn delete_by_asset_ids(
     params: &Params,
 ) -> ApiResult<Json> {
     let ids = search::asset_ids(params)?;
-    let assets = all_assets(state, cloud, None).await?;
-    let labelled = ids
-        .iter()
-        .take(DELETE_BATCH as usize)
-        .map(|id| {
-            let key = assets
-                .iter()
-                .find(|r| &r.asset_id == id)
-                .map(|r| r.key.clone())
-                // An unknown asset ID names no asset: a key nothing can have.
-                .unwrap_or_else(|| AssetKey {
-                    cloud: cloud.to_string(),
-                    resource_type: String::new(),
-                    delivery_type: String::new(),
-                    public_id: String::new(),
-                });
-            (id.clone(), key)
-        })
-        .collect();
+    let mut labelled = Vec::new();
+    for id in ids.iter().take(DELETE_BATCH as usize) {
+        let key = assets::find_by_asset_id(state, cloud, id)
+            .await?
+            .map(|r| r.key)
+            // An unknown asset ID names no asset: a key nothing can have.
+            .unwrap_or_else(|| AssetKey {
+                cloud: cloud.to_string(),
+                resource_type: String::new(),
+                delivery_type: String::new(),
+                public_id: String::new(),
+            });
+        labelled.push((id.clone(), key));
+    }
     delete_keys(state, labelled, wants(params, "keep_original"), None).await
 }
 

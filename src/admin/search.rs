@@ -161,7 +161,7 @@ fn search_json(
     if let (Some(w), Some(h)) = (rec.width, rec.height) {
         if rec.key.resource_type != "raw" && h > 0 {
             m.insert("aspect_ratio".into(), json!(round3(w as f64 / h as f64)));
-            m.insert("pixels".into(), json!(w * h));
+            m.insert("pixels".into(), json!(w.saturating_mul(h)));
         }
     }
     if let Some(p) = rec.pages {
@@ -305,7 +305,7 @@ fn sort_value(r: &AssetRecord, field: &str) -> SortValue {
         "bytes" => num(Some(r.bytes)),
         "width" => num(r.width),
         "height" => num(r.height),
-        "pixels" => num(r.width.zip(r.height).map(|(w, h)| w * h)),
+        "pixels" => num(r.width.zip(r.height).map(|(w, h)| w.saturating_mul(h))),
         "aspect_ratio" => SortValue::Number(
             r.width
                 .zip(r.height)
@@ -379,12 +379,12 @@ pub async fn by_asset_ids(
     params: &Params,
 ) -> ApiResult<Json> {
     let ids = asset_ids(params)?;
-    let resources: Vec<Json> = all_assets(state, cloud, None)
-        .await?
-        .iter()
-        .filter(|r| ids.contains(&r.asset_id))
-        .map(|r| listed(state, account, r, params))
-        .collect();
+    let mut resources = Vec::new();
+    for id in ids.iter().take(500) {
+        if let Some(r) = super::assets::find_by_asset_id(state, cloud, id).await? {
+            resources.push(listed(state, account, &r, params));
+        }
+    }
     Ok(json!({ "resources": resources }))
 }
 

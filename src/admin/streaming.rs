@@ -122,14 +122,6 @@ pub async fn get(state: &AppState, cloud: &str, name: &str) -> ApiResult<Json> {
     Ok(json!({ "data": p }))
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-}
-
 pub async fn create(
     state: &AppState,
     cloud: &str,
@@ -139,7 +131,7 @@ pub async fn create(
     let name = params
         .nonempty("name")
         .ok_or_else(|| ApiError::missing("name"))?;
-    if !valid_name(name) {
+    if !super::valid_name(name, &['_', '-']) {
         return Err(ApiError::bad(format!(
             "Invalid name {name}: use letters, digits, '_' and '-'"
         )));
@@ -178,28 +170,28 @@ pub async fn update(
 ) -> ApiResult<Json> {
     let reps = representations(params, body)?;
     let display = params.nonempty("display_name").map(str::to_string);
-    let mut current = profile(state, cloud, name)
-        .await?
-        .ok_or_else(|| not_found(name))?;
-    if let Some(r) = reps {
-        current["representations"] = r;
-    }
-    if let Some(d) = display {
-        current["display_name"] = json!(d);
-    }
-    current["predefined"] = json!(false);
-    let stored = current.clone();
-    let set = move |doc: &mut Json| {
-        *doc = stored.clone();
+    let change = |p: &mut Json| {
+        if let Some(r) = &reps {
+            p["representations"] = r.clone();
+        }
+        if let Some(d) = &display {
+            p["display_name"] = json!(d);
+        }
+        p["predefined"] = json!(false);
         Ok(())
     };
-    if !state
-        .meta
-        .create_doc(cloud, KIND, name, &current, state.now())
-        .await?
+    if let crate::db::DocOutcome::Changed(p) =
+        state.meta.modify_doc(cloud, KIND, name, &change).await?
     {
-        state.meta.modify_doc(cloud, KIND, name, &set).await?;
+        return Ok(json!({"message": "updated", "data": p}));
     }
+    // A predefined profile is overridden by a custom one of its name.
+    let mut current = predefined(name).ok_or_else(|| not_found(name))?;
+    change(&mut current).map_err(ApiError::bad)?;
+    state
+        .meta
+        .put_doc(cloud, KIND, name, &current, state.now())
+        .await?;
     Ok(json!({"message": "updated", "data": current}))
 }
 

@@ -89,16 +89,8 @@ fn bare(name: &str) -> &str {
     name.strip_prefix("t_").unwrap_or(name)
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-/// Checks a transformation string nephos can apply (named transformations are applied to
-/// images on delivery and eagerly, so they must be understood).
+/// Checks a transformation string nephos can apply (so that a named transformation means
+/// something nephos can make).
 fn check_string(t: &str) -> ApiResult<()> {
     let without_format = match t.rsplit_once('/') {
         Some((rest, f)) if transform::OUTPUT_FORMATS.contains(&f) || f.is_empty() => rest,
@@ -124,7 +116,7 @@ pub async fn list(state: &AppState, cloud: &str, params: &Params) -> ApiResult<J
             out.push(json!({
                 "name": if d.body["named"] == json!(true) { format!("t_{}", d.name) } else { d.name.clone() },
                 "allowed_for_strict": d.body["allowed_for_strict"],
-                "used": derived.iter().any(|r| r.transformation == t || r.transformation == d.name),
+                "used": derived.iter().any(|r| r.transformation == t),
                 "named": d.body["named"],
             }));
         }
@@ -140,22 +132,7 @@ pub async fn list(state: &AppState, cloud: &str, params: &Params) -> ApiResult<J
             out.push(json!({"name": t, "allowed_for_strict": false, "used": true, "named": false}));
         }
     }
-    let max = params
-        .nonempty("max_results")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(10)
-        .clamp(1, 500);
-    let start = params
-        .nonempty("next_cursor")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0);
-    let page: Vec<Json> = out.iter().skip(start).take(max).cloned().collect();
-    let mut m = Map::new();
-    m.insert("transformations".into(), Json::Array(page));
-    if start + max < out.len() {
-        m.insert("next_cursor".into(), json!((start + max).to_string()));
-    }
-    Ok(Json::Object(m))
+    Ok(super::offset_page(out, "transformations", params))
 }
 
 /// `GET transformations?transformation=<name or string>`.
@@ -217,7 +194,7 @@ pub async fn create(state: &AppState, cloud: &str, params: &Params) -> ApiResult
     check_string(t)?;
     let named = name != t;
     let key = if named { bare(name) } else { name };
-    if named && !valid_name(key) {
+    if named && !super::valid_name(key, &['_', '-', '.']) {
         return Err(ApiError::bad(format!(
             "Invalid name {name}: use letters, digits, '_', '-' and '.'"
         )));

@@ -215,6 +215,12 @@ pub trait MetaStore: Send + Sync {
     /// A round trip to the database.
     async fn ping(&self) -> Result<(), DbError>;
     async fn find_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
+    /// The asset of a cloud with this asset ID.
+    async fn find_asset_by_id(
+        &self,
+        cloud: &str,
+        asset_id: &str,
+    ) -> Result<Option<AssetRecord>, DbError>;
     /// Inserts `record`, or replaces the asset with the same key when `overwrite` is true
     /// (keeping its `asset_id` and giving it a version newer than the old one), atomically.
     async fn save_asset(
@@ -338,6 +344,15 @@ pub trait MetaStore: Send + Sync {
         body: &Value,
         now: i64,
     ) -> Result<bool, DbError>;
+    /// Stores a document, replacing one of the same name (atomically).
+    async fn put_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+        body: &Value,
+        now: i64,
+    ) -> Result<(), DbError>;
     /// Changes a document under its lock.
     async fn modify_doc(
         &self,

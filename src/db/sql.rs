@@ -314,6 +314,24 @@ impl MetaStore for SqlStore {
         self.fetch_asset(&mut conn, key, false).await
     }
 
+    async fn find_asset_by_id(
+        &self,
+        cloud: &str,
+        asset_id: &str,
+    ) -> Result<Option<AssetRecord>, DbError> {
+        let sql = format!("SELECT {ASSET_COLUMNS} FROM assets WHERE asset_id = $1 AND cloud = $2");
+        let Some(row) = sqlx::query(&sql)
+            .bind(asset_id.to_string())
+            .bind(cloud.to_string())
+            .fetch_optional(&self.read)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let tags = load_tags(&self.read, asset_id).await?;
+        Ok(Some(row_to_asset(&row, tags)?))
+    }
+
     async fn save_asset(
         &self,
         record: &AssetRecord,
@@ -946,6 +964,30 @@ impl MetaStore for SqlStore {
         .execute(&self.write)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn put_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+        body: &Value,
+        now: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO documents (cloud, kind, name, body, position, created_at) \
+             SELECT $1, $2, $3, $4, COALESCE(MAX(position), 0) + 1, $5 FROM documents \
+             WHERE cloud = $1 AND kind = $2 \
+             ON CONFLICT (cloud, kind, name) DO UPDATE SET body = excluded.body",
+        )
+        .bind(cloud.to_string())
+        .bind(kind.to_string())
+        .bind(name.to_string())
+        .bind(body.to_string())
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
     }
 
     async fn modify_doc(

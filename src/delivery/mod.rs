@@ -440,16 +440,11 @@ pub async fn serve(
             format!("Delivery type {} is not supported", p.delivery_type),
         ));
     }
-    if GENERATED_TYPES.contains(&ty) {
-        // Sprites and multis were made with their transformation: the URL only names it.
-        p.transformation = None;
-        if ty == "sprite" {
-            if let Some(r) = sprite_file(state, method, &p).await? {
-                return Ok(r);
-            }
-        }
-    }
+    // Sprites and multis were made with their transformation: the URL only names it (the
+    // signature, when there is one, still covers it).
+    let generated = GENERATED_TYPES.contains(&ty);
     let plan = match &p.transformation {
+        _ if generated => None,
         Some(t) if p.resource_type != "image" => {
             return Err(delivery_error(
                 StatusCode::BAD_REQUEST,
@@ -491,6 +486,14 @@ pub async fn serve(
             ));
         }
         None => {}
+    }
+    if generated {
+        p.transformation = None;
+        if p.delivery_type == "sprite" {
+            if let Some(r) = sprite_file(state, method, &p).await? {
+                return Ok(r);
+            }
+        }
     }
     let (rec, ext) = lookup(state, &p).await?.ok_or_else(|| {
         delivery_error(

@@ -71,17 +71,26 @@ pub fn body_limits(state: &AppState) -> BodyLimits {
     }
 }
 
+/// Bodies of calls that carry no file (everything but `upload`) are at most this large.
+const MAX_CALL_BODY: u64 = 4 * 1024 * 1024;
+
+/// The form of a call that takes no file: a file part is refused, the body is small.
 async fn plain_form(
     state: &AppState,
     parts: &axum::http::request::Parts,
     body: axum::body::Body,
 ) -> ApiResult<Form> {
+    let limits = BodyLimits {
+        max_file_bytes: 0,
+        max_field_bytes: state.limits.max_field_bytes.min(MAX_CALL_BODY),
+        placement: None,
+    };
     read_form(
         &parts.headers,
         parts.uri.query(),
         body,
         &state.tmp_dir,
-        &body_limits(state),
+        &limits,
     )
     .await
 }

@@ -21,7 +21,16 @@ pub struct AdminCalls {
 
 /// The first segments of Upload API paths (`/v1_1/<cloud>/<segment>/…`): everything else under
 /// `/v1_1/<cloud>/` (and `/v2/`) is the Admin API.
-const UPLOAD_SEGMENTS: &[&str] = &["image", "video", "raw", "auto", "upload", "delete_by_token"];
+const UPLOAD_SEGMENTS: &[&str] = &[
+    "image",
+    "video",
+    "raw",
+    "auto",
+    "all",
+    "asset",
+    "upload",
+    "delete_by_token",
+];
 
 /// The cloud of an Admin API path.
 fn admin_cloud(path: &str) -> Option<&str> {
@@ -52,22 +61,38 @@ pub async fn limit(
     };
     let now = state.now();
     let hour = now.div_euclid(3600);
-    let used = {
-        let mut map = match calls.by_cloud.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let entry = map.entry(cloud).or_insert((hour, 0));
+    let lock = || match calls.by_cloud.lock() {
+        Ok(m) => m,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let spent = {
+        let mut map = lock();
+        let entry = map.entry(cloud.clone()).or_insert((hour, 0));
         if entry.0 != hour {
             *entry = (hour, 0);
         }
-        entry.1 = entry.1.saturating_add(1);
         entry.1
     };
-    let mut resp = if used > max {
-        ApiError::RateLimited("Rate Limit Exceeded".into()).into_response()
+    let (mut resp, used) = if spent >= max {
+        (
+            ApiError::RateLimited("Rate Limit Exceeded".into()).into_response(),
+            spent,
+        )
     } else {
-        next.run(req).await
+        let resp = next.run(req).await;
+        // Only calls with valid credentials count: nobody else can spend a cloud's quota.
+        let used = if resp.status() == axum::http::StatusCode::UNAUTHORIZED {
+            spent
+        } else {
+            let mut map = lock();
+            let entry = map.entry(cloud).or_insert((hour, 0));
+            if entry.0 != hour {
+                *entry = (hour, 0);
+            }
+            entry.1 = entry.1.saturating_add(1);
+            entry.1
+        };
+        (resp, used)
     };
     let reset = std::time::UNIX_EPOCH + std::time::Duration::from_secs(((hour + 1) * 3600) as u64);
     let headers = resp.headers_mut();

@@ -194,12 +194,13 @@ fn probe_pdf<R: Read + Seek>(file: &mut R) -> std::io::Result<MediaInfo> {
             .split_whitespace()
             .filter_map(|n| n.parse().ok())
             .collect();
-        (nums.len() == 4).then(|| {
-            (
-                (nums[2] - nums[0]).abs().round() as i64,
-                (nums[3] - nums[1]).abs().round() as i64,
-            )
-        })
+        let (w, h) = (
+            (nums.get(2)? - nums.first()?).abs(),
+            (nums.get(3)? - nums.get(1)?).abs(),
+        );
+        // Sizes beyond any real page are not believed.
+        (nums.len() == 4 && w.is_finite() && h.is_finite() && w <= 1e6 && h <= 1e6)
+            .then(|| (w.round() as i64, h.round() as i64))
     });
     let pages = text
         .match_indices("/Type")

@@ -125,6 +125,9 @@ enum Mode {
     Region,
 }
 
+/// Overlays one transformation may have.
+pub const MAX_OVERLAYS: usize = 10;
+
 /// Pages (GIF frames) a transformation may name.
 pub const MAX_PAGE: u32 = 1000;
 
@@ -319,6 +322,11 @@ pub fn parse(t: &str) -> Result<Plan, String> {
             plan.steps.push(step);
         }
     }
+    if plan.steps.iter().filter(|s| s.overlay.is_some()).count() > MAX_OVERLAYS {
+        return Err(format!(
+            "Too many overlays in one transformation (at most {MAX_OVERLAYS})"
+        ));
+    }
     Ok(plan)
 }
 
@@ -460,7 +468,16 @@ pub fn apply(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result
         ));
     }
     let mut img = match plan.page {
-        Some(n) if n > 1 || bytes.starts_with(b"GIF8") => page_of(bytes, n)?,
+        Some(n) if n > 1 || bytes.starts_with(b"GIF8") => {
+            // Reaching frame n decodes the n frames before it.
+            if u64::from(n) * u64::from(w) * u64::from(h) > max_pixels.saturating_mul(4) {
+                return Err(format!(
+                    "Page {n} of a {w}x{h} animation is too much to decode (at most {} pixels)",
+                    max_pixels.saturating_mul(4)
+                ));
+            }
+            page_of(bytes, n)?
+        }
         _ => {
             let mut reader = image::ImageReader::new(Cursor::new(bytes))
                 .with_guessed_format()

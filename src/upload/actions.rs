@@ -169,7 +169,12 @@ pub async fn destroy(state: &AppState, call: Call) -> ApiResult<Json> {
 }
 
 /// Sends a notification to the cloud's triggers for `event`.
-async fn notify_triggers(state: &AppState, call: &Call, event: &str, payload: &Json) -> ApiResult<()> {
+async fn notify_triggers(
+    state: &AppState,
+    call: &Call,
+    event: &str,
+    payload: &Json,
+) -> ApiResult<()> {
     let signer = ResponseSigner::for_caller(state, &call.cloud, &call.caller)?;
     let signer = crate::notify::Signer {
         secret: signer.secret,

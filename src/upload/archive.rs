@@ -74,8 +74,10 @@ async fn select(state: &AppState, call: &Call) -> ApiResult<Vec<AssetRecord>> {
     let rts = resource_types(call.resource_type);
     let allow_missing = p.truthy("allow_missing");
     let mut out: Vec<AssetRecord> = Vec::new();
-    let push = |rec: AssetRecord, out: &mut Vec<AssetRecord>| {
-        if !out.iter().any(|r| r.asset_id == rec.asset_id) {
+    let mut seen = std::collections::HashSet::new();
+    let mut push = |rec: AssetRecord, out: &mut Vec<AssetRecord>| {
+        // One past the limit is enough to refuse the archive.
+        if out.len() <= MAX_FILES && seen.insert(rec.asset_id.clone()) {
             out.push(rec);
         }
     };
@@ -92,6 +94,11 @@ async fn select(state: &AppState, call: &Call) -> ApiResult<Vec<AssetRecord>> {
     let prefixes = p.items("prefixes");
     let ids = p.items("public_ids");
     let qualified = p.items("fully_qualified_public_ids");
+    if tags.len() + prefixes.len() > 100 || ids.len() + qualified.len() > MAX_FILES {
+        return Err(ApiError::bad(
+            "Too many tags, prefixes or public IDs for one archive",
+        ));
+    }
     if tags.is_empty() && prefixes.is_empty() && ids.is_empty() && qualified.is_empty() {
         return Err(ApiError::bad(
             "Must supply one of tags, public_ids, prefixes or fully_qualified_public_ids",
@@ -320,7 +327,17 @@ async fn build(state: &AppState, call: &Call, format: Format) -> ApiResult<Built
     };
     let mut used = Vec::new();
     let mut count = 0usize;
+    let mut written = 0u64;
     for rec in &assets {
+        if rec.key.resource_type == "image"
+            && !plans.is_empty()
+            && rec.bytes.max(0) as u64 > state.limits.max_image_pixels.saturating_mul(8)
+        {
+            return Err(ApiError::bad(format!(
+                "{} is too large to transform",
+                rec.key.public_id
+            )));
+        }
         let original = blob_to_file(state, rec, &state.tmp_dir).await?;
         // Entry names and files; `made` holds the transformed files until they are added.
         let mut entries: Vec<(String, PathBuf)> = Vec::new();
@@ -343,6 +360,10 @@ async fn build(state: &AppState, call: &Call, format: Format) -> ApiResult<Built
                 .await
                 .map_err(ApiError::internal)?
                 .map_err(|m| ApiError::bad(format!("Transformation {t} failed: {m}")))?;
+                written += bytes.len() as u64;
+                if written > state.limits.max_file_bytes {
+                    return Err(ApiError::bad("The archive would be too large"));
+                }
                 let file = TempFile(temp_path(&state.tmp_dir));
                 tokio::fs::write(&file.0, &bytes).await?;
                 let name = entry_name(rec, Some(&out_format), p);

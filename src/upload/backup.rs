@@ -19,9 +19,10 @@ fn name(key: &AssetKey) -> String {
 pub async fn keep(state: &AppState, rec: &AssetRecord) -> ApiResult<()> {
     let body = serde_json::to_value(rec).map_err(ApiError::internal)?;
     let n = name(&rec.key);
+    // An older deleted copy stays restorable as a version.
     if let Some(old) = take(state, &rec.key).await? {
         if old.blob_key != rec.blob_key {
-            let _ = state.blobs.delete(&old.blob_key).await;
+            keep_version(state, &old).await?;
         }
     }
     state
@@ -91,17 +92,48 @@ pub async fn by_asset_ids(
     Ok(out)
 }
 
-/// Forgets the backup of a deleted asset (and its file); false when there was none.
-pub async fn forget(state: &AppState, rec: &AssetRecord) -> ApiResult<bool> {
-    let Some(kept) = take(state, &rec.key).await? else {
-        return Ok(false);
+/// Forgets kept copies of an asset (its deleted copy and earlier versions) whose version IDs
+/// are listed, or all of them; their files go unless the live asset uses them. Answers the
+/// version IDs forgotten.
+pub async fn forget(
+    state: &AppState,
+    cloud: &str,
+    asset_id: &str,
+    version_ids: &[String],
+) -> ApiResult<Vec<String>> {
+    let wanted = |r: &AssetRecord| {
+        r.asset_id == asset_id && (version_ids.is_empty() || version_ids.contains(&r.version_id))
     };
-    // The file stays while a live asset still uses it.
-    let live = state.meta.find_asset(&kept.key).await?;
-    if live.is_none_or(|l| l.blob_key != kept.blob_key) {
-        let _ = state.blobs.delete(&kept.blob_key).await;
+    let mut gone = Vec::new();
+    for (kind, doc) in state
+        .meta
+        .list_docs(cloud, KIND)
+        .await?
+        .into_iter()
+        .map(|d| (KIND, d))
+        .chain(
+            state
+                .meta
+                .list_docs(cloud, VERSIONS)
+                .await?
+                .into_iter()
+                .map(|d| (VERSIONS, d)),
+        )
+    {
+        let Ok(rec) = serde_json::from_value::<AssetRecord>(doc.body) else {
+            continue;
+        };
+        if !wanted(&rec) {
+            continue;
+        }
+        state.meta.delete_doc(cloud, kind, &doc.name).await?;
+        let live = state.meta.find_asset(&rec.key).await?;
+        if live.is_none_or(|l| l.blob_key != rec.blob_key) {
+            let _ = state.blobs.delete(&rec.blob_key).await;
+        }
+        gone.push(rec.version_id);
     }
-    Ok(true)
+    Ok(gone)
 }
 
 /// Earlier versions of assets kept by `backup` when they were replaced (documents named
@@ -142,7 +174,7 @@ pub async fn versions(state: &AppState, key: &AssetKey) -> ApiResult<Vec<AssetRe
     if let Some(deleted) = find(state, key).await? {
         out.push(deleted);
     }
-    out.sort_by(|a, b| b.version.cmp(&a.version));
+    out.sort_by_key(|r| std::cmp::Reverse(r.version));
     Ok(out)
 }
 
@@ -174,7 +206,10 @@ pub async fn restore_version(
         .meta
         .delete_doc(&key.cloud, VERSIONS, &version_name(key, version_id))
         .await?;
-    if find(state, key).await?.is_some_and(|d| d.version_id == version_id) {
+    if find(state, key)
+        .await?
+        .is_some_and(|d| d.version_id == version_id)
+    {
         state.meta.delete_doc(&key.cloud, KIND, &name(key)).await?;
     }
     Ok(Some(stored))

@@ -16,6 +16,9 @@ use crate::form::{Params, Value};
 const MAX_LEN: usize = 4096;
 /// Nesting of expressions and blocks accepted.
 const MAX_DEPTH: usize = 32;
+/// Values (array elements, counted through nesting) one value may hold.
+const MAX_NODES: usize = 1000;
+
 /// What `upload_options` may set.
 const SETTABLE: &[&str] = &[
     "tags",
@@ -117,6 +120,13 @@ struct Interp<'a> {
     depth: usize,
 }
 
+fn nodes(v: &Json) -> usize {
+    match v {
+        Json::Array(a) => 1 + a.iter().map(nodes).sum::<usize>(),
+        _ => 1,
+    }
+}
+
 fn truthy(v: &Json) -> bool {
     match v {
         Json::Null => false,
@@ -203,6 +213,13 @@ impl Interp<'_> {
     }
 
     fn statement(&mut self, run: bool) -> ApiResult<()> {
+        self.deeper()?;
+        let done = self.statement_inner(run);
+        self.depth -= 1;
+        done
+    }
+
+    fn statement_inner(&mut self, run: bool) -> ApiResult<()> {
         if self.peek() == Some(&Tok::Ident("if".into())) {
             self.pos += 1;
             self.expect("(")?;
@@ -400,17 +417,16 @@ impl Interp<'_> {
                         self.expect(",")?;
                     }
                 }
-                Ok(Json::Array(items))
+                let v = Json::Array(items);
+                if nodes(&v) > MAX_NODES {
+                    return Err(bad("a value is too large"));
+                }
+                Ok(v)
             }
             Tok::Ident(n) if n == "true" => Ok(json!(true)),
             Tok::Ident(n) if n == "false" => Ok(json!(false)),
             Tok::Ident(n) if n == "null" || n == "undefined" => Ok(Json::Null),
             Tok::Ident(n) if n == "resource_info" || n == "upload_options" => {
-                let source = if n == "resource_info" {
-                    self.info.clone()
-                } else {
-                    self.options.clone()
-                };
                 let key = if self.eat(".") {
                     match self.peek().cloned() {
                         Some(Tok::Ident(k)) => {
@@ -424,6 +440,11 @@ impl Interp<'_> {
                     let k = text(&self.expr()?);
                     self.expect("]")?;
                     k
+                };
+                let source = if n == "resource_info" {
+                    self.info
+                } else {
+                    &self.options
                 };
                 Ok(source.get(&key).cloned().unwrap_or(Json::Null))
             }
@@ -507,5 +528,9 @@ mod tests {
             assert!(run(src, &info()).is_err(), "{src}");
         }
         assert!(run(&"x".repeat(MAX_LEN + 1), &info()).is_err());
+        let doubling = "upload_options.tags = [1];".to_string()
+            + &"upload_options.tags = [upload_options.tags, upload_options.tags];".repeat(30);
+        assert!(run(&doubling, &info()).is_err());
+        assert!(run(&"if (1) ".repeat(100), &info()).is_err());
     }
 }

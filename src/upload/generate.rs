@@ -233,6 +233,19 @@ async fn decode_all(
     let max_pixels = state.limits.max_image_pixels;
     let mut steps = plan.clone();
     steps.format = None;
+    // All the sources together decode to at most twice the pixel limit.
+    let mut total = 0u64;
+    for (id, bytes) in &images {
+        let size = imagesize::blob_size(bytes)
+            .map_err(|e| ApiError::bad(format!("Cannot combine the images - {id}: {e}")))?;
+        total = total.saturating_add((size.width as u64).saturating_mul(size.height as u64));
+    }
+    if total > max_pixels.saturating_mul(2) {
+        return Err(ApiError::bad(format!(
+            "The images are too large to combine ({total} pixels; at most {})",
+            max_pixels.saturating_mul(2)
+        )));
+    }
     tokio::task::spawn_blocking(move || {
         images
             .into_iter()
@@ -295,14 +308,21 @@ pub async fn sprite(state: &AppState, call: Call) -> ApiResult<Json> {
         ));
     }
     let json_doc = serde_json::json!({ "images": infos });
-    put_doc(
-        state,
-        &call.cloud,
-        &format!("{name}.css"),
-        serde_json::json!(css),
-    )
-    .await?;
-    put_doc(state, &call.cloud, &format!("{name}.json"), json_doc).await?;
+    for (file, body) in [
+        (format!("{name}.css"), serde_json::json!(css)),
+        (format!("{name}.json"), json_doc),
+    ] {
+        state
+            .meta
+            .put_doc(
+                &call.cloud,
+                crate::delivery::SPRITE_FILES,
+                &file,
+                &body,
+                state.now(),
+            )
+            .await?;
+    }
     let css_url = format!("{base}.css");
     let json_url = format!("{base}.json");
     Ok(serde_json::json!({
@@ -316,25 +336,6 @@ pub async fn sprite(state: &AppState, call: Call) -> ApiResult<Json> {
         "version": stored["version"],
         "image_infos": infos,
     }))
-}
-
-/// Creates or replaces a sprite file document.
-async fn put_doc(state: &AppState, cloud: &str, name: &str, v: Json) -> ApiResult<()> {
-    let set = |doc: &mut Json| {
-        *doc = v.clone();
-        Ok(())
-    };
-    if !state
-        .meta
-        .create_doc(cloud, crate::delivery::SPRITE_FILES, name, &v, state.now())
-        .await?
-    {
-        state
-            .meta
-            .modify_doc(cloud, crate::delivery::SPRITE_FILES, name, &set)
-            .await?;
-    }
-    Ok(())
 }
 
 /// `multi`: the images of a tag (or `urls`) as one animated GIF (or a PDF with `f_pdf`),
@@ -389,10 +390,20 @@ pub async fn multi(state: &AppState, call: Call) -> ApiResult<Json> {
         .unwrap_or(100);
     let (name, images) = sources(state, &call).await?;
     let decoded = decode_all(state, images, &plan).await?;
-    let total: u64 = decoded
+    // Every frame of a GIF is the size of the largest image.
+    let max_w = decoded
         .iter()
-        .map(|(_, i)| u64::from(i.width()) * u64::from(i.height()))
-        .sum();
+        .map(|(_, i)| u64::from(i.width()))
+        .max()
+        .unwrap_or(0);
+    let max_h = decoded
+        .iter()
+        .map(|(_, i)| u64::from(i.height()))
+        .max()
+        .unwrap_or(0);
+    let total = max_w
+        .saturating_mul(max_h)
+        .saturating_mul(decoded.len() as u64);
     if total > state.limits.max_image_pixels {
         return Err(ApiError::bad(format!(
             "The images are too large to combine ({total} pixels; at most {})",
@@ -422,6 +433,9 @@ pub async fn multi(state: &AppState, call: Call) -> ApiResult<Json> {
         "asset_id": stored["asset_id"],
     }))
 }
+
+/// Pages `explode` makes at most.
+const MAX_EXPLODE_PAGES: u32 = 100;
 
 /// `explode`: one derived image per page of an animated GIF (`transformation` with `pg_all`,
 /// each page made with `pg_<n>` in its place). PDF pages cannot be rendered here: refused.
@@ -469,6 +483,21 @@ pub async fn explode(state: &AppState, call: Call) -> ApiResult<Json> {
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::bad)?;
+    // Each page is made on its own, decoding the frames before it.
+    let frame = u64::try_from(
+        rec.width
+            .unwrap_or(0)
+            .saturating_mul(rec.height.unwrap_or(0)),
+    )
+    .unwrap_or(u64::MAX);
+    let work = frame.saturating_mul(u64::from(pages) * u64::from(pages + 1) / 2);
+    if pages > MAX_EXPLODE_PAGES || work > state.limits.max_image_pixels.saturating_mul(20) {
+        return Err(ApiError::bad(format!(
+            "Too many pages to explode ({pages} of {}x{})",
+            rec.width.unwrap_or(0),
+            rec.height.unwrap_or(0)
+        )));
+    }
     let mut specs = Vec::new();
     for n in 1..=pages {
         let each = t

@@ -43,22 +43,36 @@ pub async fn auto_upload(state: &AppState, path: &str) -> ApiResult<bool> {
     let Some((template, rest)) = mapping_for(state, &cloud, &source).await? else {
         return Ok(false);
     };
-    // The rest names a file under the template: nothing that leaves it.
-    if rest.is_empty()
-        || rest.contains("..")
-        || rest.contains(['?', '#', '@', '\\'])
-        || rest.starts_with('/')
-    {
-        return Err(ApiError::Delivery(
+    // The rest names a file under the template: nothing that could leave it (no dot
+    // segments, no escapes that would become them, no query, no other host or port).
+    let refused = || {
+        ApiError::Delivery(
             axum::http::StatusCode::BAD_REQUEST,
             format!("Invalid mapped path {rest}"),
-        ));
+        )
+    };
+    if rest.is_empty()
+        || rest.contains(['?', '#', '@', '\\', '%', ':'])
+        || rest.starts_with('/')
+        || rest
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(refused());
     }
     let Some(account) = state.accounts.primary(&cloud).cloned() else {
         return Ok(false);
     };
-    let url = format!("{template}{rest}");
-    let src = source::resolve(state, None, Some(&url)).await?;
+    let base = reqwest::Url::parse(&template).map_err(|_| refused())?;
+    let url = reqwest::Url::parse(&format!("{template}{rest}")).map_err(|_| refused())?;
+    if url.scheme() != base.scheme()
+        || url.host_str() != base.host_str()
+        || url.port_or_known_default() != base.port_or_known_default()
+        || !url.path().starts_with(base.path())
+    {
+        return Err(refused());
+    }
+    let src = source::resolve(state, None, Some(url.as_str())).await?;
     // Images and videos are named without their extension, raw files with it.
     let public_id = match (rt.as_str(), source.rsplit_once('.')) {
         ("raw", _) | (_, None) => source.clone(),

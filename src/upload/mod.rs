@@ -823,6 +823,11 @@ pub async fn store_upload(
         extra.extend(info.video_fields(src.blob.size as i64));
     }
     if let Some(m) = params.nonempty("access_mode") {
+        if m != "public" && m != "authenticated" {
+            return Err(ApiError::bad(format!(
+                "Invalid access_mode {m}: must be public or authenticated"
+            )));
+        }
         extra.insert("access_mode".into(), json!(m));
     }
     if params.truthy("backup") {
