@@ -458,6 +458,7 @@ pub async fn create_field(
     {
         return Err(ApiError::bad(format!("external id {id} already exists")));
     }
+    state.fields.forget(cloud);
     Ok(field)
 }
 
@@ -469,7 +470,9 @@ async fn change_field(
     change: &(dyn Fn(&mut Json) -> ApiResult<()> + Send + Sync),
 ) -> ApiResult<Json> {
     let wrapped = |doc: &mut Json| change(doc).map_err(|e| e.to_string());
-    match state.meta.modify_doc(cloud, FIELD, id, &wrapped).await? {
+    let outcome = state.meta.modify_doc(cloud, FIELD, id, &wrapped).await?;
+    state.fields.forget(cloud);
+    match outcome {
         DocOutcome::Changed(v) => Ok(v),
         DocOutcome::NotFound => Err(not_found(id)),
         DocOutcome::Refused(why) => Err(ApiError::bad(why)),
@@ -490,7 +493,9 @@ pub async fn update_field(
 }
 
 pub async fn delete_field(state: &AppState, cloud: &str, id: &str) -> ApiResult<Json> {
-    if !state.meta.delete_doc(cloud, FIELD, id).await? {
+    let deleted = state.meta.delete_doc(cloud, FIELD, id).await?;
+    state.fields.forget(cloud);
+    if !deleted {
         return Err(not_found(id));
     }
     Ok(json!({"message": "ok"}))
@@ -678,13 +683,62 @@ pub async fn order_fields(
 
 /// The live fields of a cloud by external ID.
 pub async fn field_map(state: &AppState, cloud: &str) -> ApiResult<Map<String, Json>> {
-    Ok(state
+    if let Some(fields) = state.fields.get(cloud) {
+        return Ok(fields);
+    }
+    let fields: Map<String, Json> = state
         .meta
         .list_docs(cloud, FIELD)
         .await?
         .into_iter()
         .map(|d| (d.name, d.body))
-        .collect())
+        .collect();
+    state.fields.put(cloud, &fields);
+    Ok(fields)
+}
+
+/// The fields of each cloud, cached for a few seconds (every upload reads them for the
+/// defaults); this process forgets a cloud's entry when it changes one of its fields.
+#[derive(Default)]
+pub struct FieldCache {
+    by_cloud: std::sync::Mutex<
+        std::collections::HashMap<String, (std::time::Instant, Map<String, Json>)>,
+    >,
+}
+
+/// How long cached fields are trusted (another process sees a change within this time).
+const FIELD_CACHE_SECS: u64 = 5;
+
+impl FieldCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, (std::time::Instant, Map<String, Json>)>,
+    > {
+        match self.by_cloud.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn get(&self, cloud: &str) -> Option<Map<String, Json>> {
+        self.lock()
+            .get(cloud)
+            .filter(|(at, _)| at.elapsed().as_secs() < FIELD_CACHE_SECS)
+            .map(|(_, f)| f.clone())
+    }
+
+    fn put(&self, cloud: &str, fields: &Map<String, Json>) {
+        self.lock().insert(
+            cloud.to_string(),
+            (std::time::Instant::now(), fields.clone()),
+        );
+    }
+
+    fn forget(&self, cloud: &str) {
+        self.lock().remove(cloud);
+    }
 }
 
 /// Checks `metadata` values (`{external_id: raw value}`, as parsed from the wire) against the
@@ -737,8 +791,12 @@ pub async fn for_new_asset(
     cloud: &str,
     given: Map<String, Json>,
 ) -> ApiResult<Map<String, Json>> {
+    let fields = field_map(state, cloud).await?;
+    if fields.is_empty() && given.is_empty() {
+        return Ok(given);
+    }
     let mut values = resolve(state, cloud, given).await?;
-    for (id, field) in field_map(state, cloud).await? {
+    for (id, field) in fields {
         if values.contains_key(&id)
             || field["default_value"].is_null()
             || field["default_disabled"] == json!(true)

@@ -27,6 +27,8 @@ pub struct AppState {
     pub chunks: Arc<ChunkRuntime>,
     /// Triggers cached per cloud and the poll notification channels.
     pub hub: Arc<crate::triggers::Hub>,
+    /// Structured metadata fields cached per cloud.
+    pub fields: Arc<crate::metadata::FieldCache>,
     fixed_time: Option<i64>,
 }
 
@@ -54,6 +56,7 @@ impl AppState {
             chunk_dir,
             chunks: Arc::new(ChunkRuntime::default()),
             hub: Arc::new(crate::triggers::Hub::default()),
+            fields: Arc::new(crate::metadata::FieldCache::default()),
             fixed_time,
         }
     }
