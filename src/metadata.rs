@@ -697,25 +697,21 @@ pub async fn field_map(state: &AppState, cloud: &str) -> ApiResult<Map<String, J
     Ok(fields)
 }
 
+/// When each cloud's fields were read, and what they were.
+type CachedFields = std::collections::HashMap<String, (std::time::Instant, Map<String, Json>)>;
+
 /// The fields of each cloud, cached for a few seconds (every upload reads them for the
 /// defaults); this process forgets a cloud's entry when it changes one of its fields.
 #[derive(Default)]
 pub struct FieldCache {
-    by_cloud: std::sync::Mutex<
-        std::collections::HashMap<String, (std::time::Instant, Map<String, Json>)>,
-    >,
+    by_cloud: std::sync::Mutex<CachedFields>,
 }
 
 /// How long cached fields are trusted (another process sees a change within this time).
 const FIELD_CACHE_SECS: u64 = 5;
 
 impl FieldCache {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, (std::time::Instant, Map<String, Json>)>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedFields> {
         match self.by_cloud.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
