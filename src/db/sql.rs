@@ -176,6 +176,33 @@ impl SqlStore {
         Ok(Some(row_to_asset(&row, tags)?))
     }
 
+    /// Inserts a document after the kind's last one; `on_conflict` says what a taken name
+    /// does. Answers the rows written.
+    async fn insert_doc(
+        &self,
+        cloud: &str,
+        kind: &str,
+        name: &str,
+        body: &Value,
+        now: i64,
+        on_conflict: &str,
+    ) -> Result<u64, DbError> {
+        let sql = format!(
+            "INSERT INTO documents (cloud, kind, name, body, position, created_at) \
+             SELECT $1, $2, $3, $4, COALESCE(MAX(position), 0) + 1, $5 FROM documents \
+             WHERE cloud = $1 AND kind = $2 ON CONFLICT (cloud, kind, name) {on_conflict}"
+        );
+        let done = sqlx::query(&sql)
+            .bind(cloud.to_string())
+            .bind(kind.to_string())
+            .bind(name.to_string())
+            .bind(body.to_string())
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     fn lock_suffix(&self) -> &'static str {
         match self.dialect {
             Dialect::Postgres => " FOR UPDATE",
@@ -951,19 +978,9 @@ impl MetaStore for SqlStore {
         body: &Value,
         now: i64,
     ) -> Result<bool, DbError> {
-        let done = sqlx::query(
-            "INSERT INTO documents (cloud, kind, name, body, position, created_at) \
-             SELECT $1, $2, $3, $4, COALESCE(MAX(position), 0) + 1, $5 FROM documents \
-             WHERE cloud = $1 AND kind = $2 ON CONFLICT (cloud, kind, name) DO NOTHING",
-        )
-        .bind(cloud.to_string())
-        .bind(kind.to_string())
-        .bind(name.to_string())
-        .bind(body.to_string())
-        .bind(now)
-        .execute(&self.write)
-        .await?;
-        Ok(done.rows_affected() > 0)
+        self.insert_doc(cloud, kind, name, body, now, "DO NOTHING")
+            .await
+            .map(|n| n > 0)
     }
 
     async fn put_doc(
@@ -974,20 +991,16 @@ impl MetaStore for SqlStore {
         body: &Value,
         now: i64,
     ) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO documents (cloud, kind, name, body, position, created_at) \
-             SELECT $1, $2, $3, $4, COALESCE(MAX(position), 0) + 1, $5 FROM documents \
-             WHERE cloud = $1 AND kind = $2 \
-             ON CONFLICT (cloud, kind, name) DO UPDATE SET body = excluded.body",
+        self.insert_doc(
+            cloud,
+            kind,
+            name,
+            body,
+            now,
+            "DO UPDATE SET body = excluded.body",
         )
-        .bind(cloud.to_string())
-        .bind(kind.to_string())
-        .bind(name.to_string())
-        .bind(body.to_string())
-        .bind(now)
-        .execute(&self.write)
-        .await?;
-        Ok(())
+        .await
+        .map(|_| ())
     }
 
     async fn modify_doc(
