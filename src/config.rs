@@ -352,7 +352,7 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid {}: {e}", path.display()))
 }
 
-/// Parses `cloudinary://KEY:SECRET@CLOUD[?signature_algorithm=sha256]`.
+/// Parses `cloudinary://KEY:SECRET@CLOUD[?signature_algorithm=sha256][&signature_version=1]`.
 pub fn parse_account_url(url: &str) -> anyhow::Result<Account> {
     let rest = url
         .strip_prefix("cloudinary://")
@@ -389,9 +389,15 @@ pub fn parse_account_url(url: &str) -> anyhow::Result<Account> {
         anyhow::bail!("account {url:?}: cloud name must be 2-128 characters of [A-Za-z0-9_-]");
     }
     let mut algorithm = SignatureAlgorithm::Sha1;
+    let mut signature_v1 = false;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match (k, v.to_ascii_lowercase().as_str()) {
+            ("signature_version", "1") => signature_v1 = true,
+            ("signature_version", "2") => signature_v1 = false,
+            ("signature_version", other) => {
+                anyhow::bail!("account {url:?}: unknown signature_version {other:?}")
+            }
             ("signature_algorithm", "sha256") => algorithm = SignatureAlgorithm::Sha256,
             ("signature_algorithm", "sha1") => algorithm = SignatureAlgorithm::Sha1,
             ("signature_algorithm", other) => {
@@ -406,6 +412,7 @@ pub fn parse_account_url(url: &str) -> anyhow::Result<Account> {
         api_key: key,
         api_secret: secret,
         algorithm,
+        signature_v1,
     })
 }
 

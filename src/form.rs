@@ -130,6 +130,18 @@ impl Params {
             .collect()
     }
 
+    /// Forgets empty values (and empty list items): an empty value is never signed, so it must
+    /// mean "absent" (Upload API calls).
+    pub fn drop_empty(&mut self) {
+        self.entries.retain_mut(|(_, v)| match v {
+            Value::Text(t) => !t.is_empty(),
+            Value::List(items) => {
+                items.retain(|i| !i.is_empty());
+                !items.is_empty()
+            }
+        });
+    }
+
     /// Adds every parameter of `other` that this set does not have.
     pub fn merge_missing(&mut self, other: Params) {
         for (name, value) in other.entries {

@@ -14,7 +14,7 @@ use crate::form::Params;
 pub use sign::{api_sign, delivery_signature, string_to_sign, SignatureAlgorithm};
 
 /// One API key of a cloud.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Account {
     pub cloud: String,
     pub api_key: String,
@@ -22,6 +22,22 @@ pub struct Account {
     /// The algorithm the account prefers for signatures the server makes when the request
     /// did not show one (Basic auth, unsigned uploads).
     pub algorithm: SignatureAlgorithm,
+    /// Whether signature version 1 is accepted (`?signature_version=1`): it does not escape
+    /// `&` in values, so two parameters can be forged from one; off by default.
+    pub signature_v1: bool,
+}
+
+/// Never prints the secret.
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("cloud", &self.cloud)
+            .field("api_key", &self.api_key)
+            .field("api_secret", &"***")
+            .field("algorithm", &self.algorithm)
+            .field("signature_v1", &self.signature_v1)
+            .finish()
+    }
 }
 
 /// All configured accounts, and the static OAuth bearer tokens of each cloud.
@@ -224,8 +240,10 @@ pub fn verify_signed(
     }
     let wanted = signature.to_ascii_lowercase();
     let mut matched = false;
+    // Version 1 only for accounts that allow it; without `&` in a value the two agree.
+    let versions: &[u8] = if account.signature_v1 { &[2, 1] } else { &[2] };
     for candidate in &candidates {
-        for version in [2u8, 1u8] {
+        for &version in versions {
             let sts = string_to_sign(candidate, version);
             let expected = api_sign(&sts, &account.api_secret, algorithm);
             if bool::from(expected.as_bytes().ct_eq(wanted.as_bytes())) {
@@ -274,7 +292,45 @@ mod tests {
             api_key: "1234567890".into(),
             api_secret: "abcd".into(),
             algorithm: SignatureAlgorithm::Sha1,
+            signature_v1: true,
         }])
+    }
+
+    fn v2_only() -> Accounts {
+        let mut a = accounts();
+        a.accounts[0].signature_v1 = false;
+        a
+    }
+
+    #[test]
+    fn version_1_merges_are_refused_unless_the_account_allows_version_1() {
+        // Signed over folder=fold, public_id=mergeme, timestamp (three parameters), resent as
+        // one parameter whose value carries the rest: the same string to sign under v1.
+        let sts = "folder=fold&public_id=mergeme&timestamp=1700000000";
+        let sig = api_sign(sts, "abcd", SignatureAlgorithm::Sha1);
+        let forged = params(&[
+            ("folder", "fold&public_id=mergeme"),
+            ("timestamp", "1700000000"),
+            ("api_key", "1234567890"),
+            ("signature", &sig),
+        ]);
+        assert!(verify_signed(&v2_only(), "demo", &forged, 1700000010, 3600, false).is_err());
+        assert!(verify_signed(&accounts(), "demo", &forged, 1700000010, 3600, false).is_ok());
+        // The genuine request verifies either way (no `&` in a value: v1 and v2 agree).
+        let genuine = params(&[
+            ("folder", "fold"),
+            ("public_id", "mergeme"),
+            ("timestamp", "1700000000"),
+            ("api_key", "1234567890"),
+            ("signature", &sig),
+        ]);
+        assert!(verify_signed(&v2_only(), "demo", &genuine, 1700000010, 3600, false).is_ok());
+    }
+
+    #[test]
+    fn debug_never_prints_the_secret() {
+        let text = format!("{:?}", accounts().all()[0]);
+        assert!(!text.contains("abcd"), "{text}");
     }
 
     fn params(pairs: &[(&str, &str)]) -> Params {

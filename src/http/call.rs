@@ -156,7 +156,9 @@ impl<R: AuthRule> FromRequest<AppState> for Signed<R> {
         let (parts, body) = req.into_parts();
         let cloud = cloud_of(&parts.uri)?;
         let resource_type = resource_type_of(&parts.uri)?;
-        let form = plain_form(state, &parts, body).await?;
+        let mut form = plain_form(state, &parts, body).await?;
+        // Empty values are not signed: they mean "absent".
+        form.params.drop_empty();
         let auth = header_text(&parts.headers, header::AUTHORIZATION.as_str());
         let caller = access::authenticate(state, &cloud, auth, &form.params, R::OPTIONS)?;
         Ok(Signed(
@@ -209,7 +211,9 @@ impl FromRequest<AppState> for UploadCall {
                 }));
             }
         }
-        let form = read_form(headers, parts.uri.query(), body, &state.tmp_dir, &limits).await?;
+        let mut form = read_form(headers, parts.uri.query(), body, &state.tmp_dir, &limits).await?;
+        // Empty values are not signed: they mean "absent".
+        form.params.drop_empty();
         let options = AuthOptions {
             unsigned_preset: true,
             lenient_notification: false,

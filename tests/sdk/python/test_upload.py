@@ -180,8 +180,16 @@ def test_sha256_signatures(asset):
 
 
 def test_signature_version_1_with_ampersand(asset):
-    r = cloudinary.uploader.upload(asset("logo.png"), public_id=unique("a&b"), signature_version=1)
+    # Version 1 does not escape `&`: a key must allow it (`?signature_version=1`) ...
+    r = cloudinary.uploader.upload(asset("logo.png"), public_id=unique("a&b"), signature_version=1,
+                                   api_key="7777", api_secret="v1secret")
     assert "&" in r["public_id"]
+    assert fetch(r["secure_url"]) == read(asset("logo.png"))
+    # ... other keys take version 2 only (a `&` in a value would let v1 merge parameters).
+    with pytest.raises(exceptions.AuthorizationRequired, match="Invalid Signature"):
+        cloudinary.uploader.upload(asset("logo.png"), public_id=unique("a&b"), signature_version=1)
+    # Without `&` in a value, both versions sign the same string.
+    r = cloudinary.uploader.upload(asset("logo.png"), public_id=unique("plain"), signature_version=1)
     assert fetch(r["secure_url"]) == read(asset("logo.png"))
 
 
