@@ -61,6 +61,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub oauth_tokens: Vec<String>,
+    /// Networks (CIDRs) and host names the server may fetch from although they are loopback,
+    /// private, link-local or otherwise special, e.g. `127.0.0.0/8,::1/128` (comma-separated).
+    #[arg(
+        long = "allow-fetch-from",
+        env = "NEPHOS_ALLOW_FETCH_FROM",
+        value_delimiter = ','
+    )]
+    pub allow_fetch_from: Vec<String>,
     /// Configuration file; default `config/nephos.toml` when present.
     #[arg(long, env = "NEPHOS_CONFIG")]
     pub config: Option<PathBuf>,
@@ -116,6 +124,9 @@ pub struct FileConfig {
     /// `CLOUD:TOKEN` OAuth bearer tokens.
     #[serde(default)]
     pub oauth_tokens: Vec<String>,
+    /// Networks and host names fetches may reach although special (loopback, private, …).
+    #[serde(default)]
+    pub allow_fetch_from: Vec<String>,
     #[serde(default)]
     pub limits: FileLimits,
     #[serde(default)]
@@ -201,6 +212,8 @@ pub struct Config {
     pub accounts: Vec<Account>,
     /// OAuth bearer tokens: `(cloud, token)`.
     pub oauth_tokens: Vec<(String, String)>,
+    /// What the fetch policy opens.
+    pub allow_fetch_from: crate::netpolicy::AllowList,
     /// True when no account was configured and the development account is in use.
     pub dev_account: bool,
     pub limits: Limits,
@@ -217,6 +230,7 @@ impl Default for Config {
             public_url: None,
             accounts: Vec::new(),
             oauth_tokens: Vec::new(),
+            allow_fetch_from: crate::netpolicy::AllowList::default(),
             dev_account: false,
             limits: Limits::default(),
             presets: Vec::new(),
@@ -333,6 +347,13 @@ impl Config {
             cfg.oauth_tokens
                 .push((cloud.to_string(), token.to_string()));
         }
+        let allow = if args.allow_fetch_from.is_empty() {
+            file.allow_fetch_from
+        } else {
+            args.allow_fetch_from.clone()
+        };
+        cfg.allow_fetch_from = crate::netpolicy::AllowList::parse(&allow)
+            .map_err(|e| anyhow::anyhow!("allow_fetch_from: {e}"))?;
         cfg.presets = file.upload_presets;
         cfg.fixed_time = args.fixed_time.or(file.fixed_time);
         Ok(cfg)

@@ -14,6 +14,7 @@ pub mod http;
 pub mod kinds;
 pub mod media;
 pub mod metadata;
+pub mod netpolicy;
 pub mod notify;
 pub mod state;
 pub mod storage;
@@ -159,14 +160,12 @@ pub async fn serve(
     let meta: Arc<dyn MetaStore> = db::connect(&db_url).await?;
     seed_presets(&config, meta.as_ref()).await?;
     let blobs = Arc::new(FsBlobStore::new(data_dir.join("blobs"))?);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::limited(
-            config.limits.remote_max_redirects,
-        ))
-        .timeout(Duration::from_secs(config.limits.remote_timeout_secs))
-        .user_agent(concat!("nephos/", env!("CARGO_PKG_VERSION")))
-        .build()?;
-    let state = AppState::new(
+    let allow = Arc::new(config.allow_fetch_from.clone());
+    let timeout = Duration::from_secs(config.limits.remote_timeout_secs);
+    let redirects = config.limits.remote_max_redirects;
+    let http = netpolicy::client(netpolicy::Purpose::Fetch, allow.clone(), timeout, redirects)?;
+    let webhooks = netpolicy::client(netpolicy::Purpose::Webhook, allow.clone(), timeout, 0)?;
+    let mut state = AppState::new(
         Accounts::new(config.accounts.clone()).with_tokens(config.oauth_tokens.clone()),
         meta,
         blobs,
@@ -177,6 +176,8 @@ pub async fn serve(
         data_dir.join("chunks"),
         config.fixed_time,
     );
+    state.webhooks = webhooks;
+    state.fetch_allow = allow;
     let sweeper = tokio::spawn(sweep_forever(state.clone()));
     tracing::info!(%addr, data_dir = %data_dir.display(), database = %redact(&db_url), "nephos listening");
     axum::serve(listener, http::router(state))

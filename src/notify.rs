@@ -19,7 +19,14 @@ const RETRIES: u32 = 3;
 /// Checks a `notification_url` parameter before the operation runs.
 pub fn check_url(url: &str) -> ApiResult<reqwest::Url> {
     match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(u),
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+            // Webhooks may reach loopback and private receivers, never link-local or metadata
+            // addresses (names are checked again when they resolve).
+            use crate::netpolicy::{check_url as policy, AllowList, Purpose};
+            policy(&u, Purpose::Webhook, &AllowList::default())
+                .map_err(|why| ApiError::bad(format!("Invalid notification_url {url}: {why}")))?;
+            Ok(u)
+        }
         _ => Err(ApiError::bad(format!(
             "Invalid notification_url {url}: expected an http(s) URL"
         ))),

@@ -19,8 +19,12 @@ pub struct AppState {
     /// Base of the `url`/`secure_url` fields, without a trailing slash.
     pub public_url: String,
     pub limits: Limits,
-    /// Fetches remote `file` URLs.
+    /// Fetches remote `file` URLs (the fetch policy: public addresses unless allowed).
     pub http: reqwest::Client,
+    /// Sends webhooks (the webhook policy: loopback and private networks too).
+    pub webhooks: reqwest::Client,
+    /// What the fetch policy opens (for checks before connecting).
+    pub fetch_allow: Arc<crate::netpolicy::AllowList>,
     /// Where the parts of chunked uploads are kept until assembly.
     pub chunk_dir: PathBuf,
     /// In-process state of chunked uploads (ranges being written, background hashers).
@@ -52,7 +56,9 @@ impl AppState {
             tmp_dir,
             public_url,
             limits,
+            webhooks: http.clone(),
             http,
+            fetch_allow: Arc::new(crate::netpolicy::AllowList::default()),
             chunk_dir,
             chunks: Arc::new(ChunkRuntime::default()),
             hub: Arc::new(crate::triggers::Hub::default()),

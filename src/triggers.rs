@@ -228,7 +228,12 @@ pub async fn fire(state: &AppState, cloud: &str, event: &str, payload: &Json, si
             }
             _ => {
                 if let Ok(url) = crate::notify::check_url(uri) {
-                    crate::notify::send(state.http.clone(), url, payload.clone(), signer.clone());
+                    crate::notify::send(
+                        state.webhooks.clone(),
+                        url,
+                        payload.clone(),
+                        signer.clone(),
+                    );
                 }
             }
         }

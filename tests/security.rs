@@ -100,3 +100,130 @@ async fn empty_values_added_to_a_signed_upload_mean_absent() {
     assert_eq!(body["asset_folder"], "");
     server.stop().await;
 }
+
+/// A loopback HTTP server answering every request with `body` (or a redirect to `location`).
+async fn tiny_server(body: &'static [u8], location: Option<String>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let location = location.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let head = match &location {
+                    Some(l) => {
+                        format!("HTTP/1.1 302 Found\r\nLocation: {l}\r\nContent-Length: 0\r\n\r\n")
+                    }
+                    None => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    ),
+                };
+                let _ = sock.write_all(head.as_bytes()).await;
+                if location.is_none() {
+                    let _ = sock.write_all(body).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A server without the tests' loopback allowance: the default policy.
+async fn default_policy_server() -> TestServer {
+    let toml_text = DEFAULT_TOML.replace(r#"allow_fetch_from = ["127.0.0.0/8", "::1/128"]"#, "");
+    TestServer::start_with(Backend::Sqlite, &toml_text, None).await
+}
+
+#[tokio::test]
+async fn fetches_refuse_special_addresses_unless_allowed() {
+    static PNG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let png: &'static [u8] = PNG.get_or_init(|| samples::png(3, 3));
+    let local = tiny_server(png, None).await;
+    let port = local.rsplit(':').next().unwrap().to_string();
+    let server = default_policy_server().await;
+    let refused = [
+        format!("{local}/a.png"),
+        format!("http://localhost:{port}/a.png"),
+        format!("http://2130706433:{port}/a.png"),
+        format!("http://0x7f.1:{port}/a.png"),
+        format!("http://[::ffff:127.0.0.1]:{port}/a.png"),
+        format!("http://user@127.0.0.1:{port}/a.png"),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[fd00:ec2::254]/".to_string(),
+        "http://10.0.0.1/a.png".to_string(),
+        "http://192.168.1.1/a.png".to_string(),
+        "file:///etc/passwd".to_string(),
+        "gopher://127.0.0.1:70/".to_string(),
+    ];
+    for url in &refused {
+        let (s, body) = upload_url(&server, url).await;
+        assert_eq!(s, 400, "{url}: {body}");
+        let msg = message(&body);
+        assert!(
+            msg.contains("NEPHOS_ALLOW_FETCH_FROM")
+                || msg.contains("not enabled")
+                || msg.contains("credentials")
+                || msg.contains("expected a file, a data URI or an http(s) URL"),
+            "{url}: {msg}"
+        );
+    }
+    server.stop().await;
+    // With the loopback allowance (the tests' default configuration) the same fetch works.
+    let allowed = TestServer::start().await;
+    let (s, body) = upload_url(&allowed, &format!("{local}/a.png")).await;
+    assert_eq!(s, 200, "{body}");
+    allowed.stop().await;
+}
+
+#[tokio::test]
+async fn redirects_are_checked_on_every_hop() {
+    static PNG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let png: &'static [u8] = PNG.get_or_init(|| samples::png(3, 3));
+    let target = tiny_server(png, None).await;
+    // Allowed: only the redirecting host's name (it resolves to loopback); its redirect to a
+    // loopback literal is not.
+    let hop = tiny_server(b"", Some(format!("{target}/a.png"))).await;
+    let hop_port = hop.rsplit(':').next().unwrap();
+    let toml_text = DEFAULT_TOML.replace(
+        r#"allow_fetch_from = ["127.0.0.0/8", "::1/128"]"#,
+        r#"allow_fetch_from = ["localhost"]"#,
+    );
+    let server = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
+    let (s, body) = upload_url(&server, &format!("http://localhost:{hop_port}/start")).await;
+    assert_eq!(s, 400, "{body}");
+    assert!(message(&body).contains("NEPHOS_ALLOW_FETCH_FROM"), "{body}");
+    // The allowed name itself is fetched.
+    let target_port = target.rsplit(':').next().unwrap();
+    let (s, body) = upload_url(&server, &format!("http://localhost:{target_port}/a.png")).await;
+    assert_eq!(s, 200, "{body}");
+    // Webhooks may not aim at metadata or link-local addresses.
+    let (s, body) = upload(
+        &server,
+        "image",
+        &[("notification_url", "http://169.254.169.254/hook")],
+        &samples::png(2, 2),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    server.stop().await;
+}
+
+async fn upload_url(server: &TestServer, url: &str) -> (u16, Value) {
+    let ts = now().to_string();
+    // `file` is never signed: sign without it, then add it.
+    let mut fields: Vec<(String, String)> =
+        signed(&[("timestamp", &ts)], KEY, SECRET, SignatureAlgorithm::Sha1);
+    fields.push(("file".into(), url.to_string()));
+    let r = reqwest::Client::new()
+        .post(server.upload_url("image"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}

@@ -213,7 +213,7 @@ pub fn in_background(
                         "batch_id": batch_id,
                     });
                     crate::notify::send(
-                        state.http.clone(),
+                        state.webhooks.clone(),
                         url,
                         payload,
                         crate::notify::Signer {

@@ -107,7 +107,14 @@ fn url_filename(url: &reqwest::Url) -> Option<String> {
 async fn fetch(state: &AppState, url_text: &str) -> ApiResult<Source> {
     let not_found = || ApiError::NotFound(format!("Resource not found - {url_text}"));
     let url = reqwest::Url::parse(url_text).map_err(|_| not_found())?;
+    use crate::netpolicy::{check_url, refusal, Purpose};
+    check_url(&url, Purpose::Fetch, &state.fetch_allow).map_err(ApiError::bad)?;
     let response = state.http.get(url.clone()).send().await.map_err(|e| {
+        // A refusal of the policy (a name resolving to a refused address, a redirect to one)
+        // is a clear 400; other failures are the remote's.
+        if let Some(why) = refusal(&e) {
+            return ApiError::bad(why);
+        }
         tracing::info!(url = %url_text, error = %e, "remote file fetch failed");
         not_found()
     })?;

@@ -96,6 +96,8 @@ pub struct TestServer {
 /// cloud, and presets.
 pub const DEFAULT_TOML: &str = r#"
 accounts = ["cloudinary://1234567890:abcd@demo", "cloudinary://5555:sha256secret@other?signature_algorithm=sha256"]
+# The tests fetch from servers they start on loopback.
+allow_fetch_from = ["127.0.0.0/8", "::1/128"]
 
 [[upload_presets]]
 cloud = "demo"
