@@ -94,6 +94,9 @@ pub struct ServeArgs {
     /// limit and its `X-FeatureRateLimit-*` headers off.
     #[arg(long, env = "NEPHOS_ADMIN_RATE_LIMIT")]
     pub admin_rate_limit: Option<u64>,
+    /// Parameters one request may carry.
+    #[arg(long, env = "NEPHOS_MAX_FIELDS")]
+    pub max_fields: Option<usize>,
     /// Seconds a signed request stays valid (Cloudinary: 3600).
     #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
     pub signature_ttl_secs: Option<i64>,
@@ -148,6 +151,7 @@ pub struct FileLimits {
     pub upload_session_ttl_secs: Option<i64>,
     pub max_image_pixels: Option<u64>,
     pub admin_rate_limit: Option<u64>,
+    pub max_fields: Option<usize>,
 }
 
 /// An upload preset defined in the configuration file; written to the database at start.
@@ -180,6 +184,8 @@ pub struct Limits {
     pub max_image_pixels: u64,
     /// Admin API calls per cloud and hour; 0 = unlimited.
     pub admin_rate_limit: u64,
+    /// Parameters one request may carry.
+    pub max_fields: usize,
 }
 
 impl Default for Limits {
@@ -196,6 +202,7 @@ impl Default for Limits {
             upload_session_ttl_secs: 24 * 3600,
             max_image_pixels: 50_000_000,
             admin_rate_limit: 500,
+            max_fields: 1000,
         }
     }
 }
@@ -289,6 +296,11 @@ impl Config {
                 .admin_rate_limit
                 .or(fl.admin_rate_limit)
                 .unwrap_or(d.admin_rate_limit),
+            max_fields: args
+                .max_fields
+                .or(fl.max_fields)
+                .unwrap_or(d.max_fields)
+                .max(1),
             signature_ttl_secs: args
                 .signature_ttl_secs
                 .or(fl.signature_ttl_secs)

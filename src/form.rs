@@ -13,6 +13,8 @@ pub enum Value {
 #[derive(Debug, Clone, Default)]
 pub struct Params {
     entries: Vec<(String, Value)>,
+    /// Where each name is in `entries` (lookups stay O(1) however many fields come).
+    index: std::collections::HashMap<String, usize>,
 }
 
 /// Splits `name[]` / `name[3]` into (`name`, true).
@@ -36,7 +38,8 @@ impl Params {
             return;
         }
         let (name, is_list) = base_name(raw_name);
-        if let Some((_, existing)) = self.entries.iter_mut().find(|(n, _)| n == name) {
+        if let Some(&i) = self.index.get(name) {
+            let existing = &mut self.entries[i].1;
             match existing {
                 Value::List(items) => items.push(value.to_string()),
                 Value::Text(t) => {
@@ -51,22 +54,47 @@ impl Params {
         } else {
             Value::Text(value.to_string())
         };
-        self.entries.push((name.to_string(), v));
+        self.append(name.to_string(), v);
+    }
+
+    fn append(&mut self, name: String, value: Value) {
+        self.index.insert(name.clone(), self.entries.len());
+        self.entries.push((name, value));
+    }
+
+    fn reindex(&mut self) {
+        self.index = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+    }
+
+    /// How many distinct parameters there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
     }
 
     /// Sets a parameter, replacing any received value.
     pub fn set(&mut self, name: &str, value: Value) {
         self.remove(name);
-        self.entries.push((name.to_string(), value));
+        self.append(name.to_string(), value);
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Value> {
-        let pos = self.entries.iter().position(|(n, _)| n == name)?;
-        Some(self.entries.remove(pos).1)
+        let pos = self.index.remove(name)?;
+        let removed = self.entries.remove(pos).1;
+        self.reindex();
+        Some(removed)
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.index.get(name).map(|&i| &self.entries[i].1)
     }
 
     /// The text of a scalar parameter (a list gives its items joined with `,`).
@@ -140,13 +168,14 @@ impl Params {
                 !items.is_empty()
             }
         });
+        self.reindex();
     }
 
     /// Adds every parameter of `other` that this set does not have.
     pub fn merge_missing(&mut self, other: Params) {
         for (name, value) in other.entries {
             if self.get(&name).is_none() {
-                self.entries.push((name, value));
+                self.append(name, value);
             }
         }
     }

@@ -227,3 +227,68 @@ async fn upload_url(server: &TestServer, url: &str) -> (u16, Value) {
     let s = r.status().as_u16();
     (s, r.json().await.unwrap_or(Value::Null))
 }
+
+#[tokio::test]
+async fn hostile_bodies_and_headers_are_refused_quickly() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    // A Content-Range that would wrap u64 is a 400, not a 500.
+    let ts = now().to_string();
+    let fields = signed(&[("timestamp", &ts)], KEY, SECRET, SignatureAlgorithm::Sha1);
+    let mut form = Form::new();
+    for (k, v) in fields {
+        form = form.text(k, v);
+    }
+    form = form.part("file", Part::bytes(vec![0u8; 10]).file_name("f.bin"));
+    let r = client
+        .post(server.upload_url("raw"))
+        .header(
+            "content-range",
+            "bytes 18446744073709551614-18446744073709551615/-1",
+        )
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // 100k fields: refused at the field limit, unauthenticated, without work per field.
+    let many: String = (0..100_000).map(|i| format!("f{i}=x&")).collect();
+    let started = std::time::Instant::now();
+    let r = client
+        .post(server.upload_url("image"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(many)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(message(&r.json().await.unwrap()).starts_with("Too many parameters"));
+    let json: String = format!(
+        "{{{}\"x\":1}}",
+        (0..5000)
+            .map(|i| format!("\"k{i}\":1,"))
+            .collect::<String>()
+    );
+    let r = client
+        .post(server.upload_url("image"))
+        .header("content-type", "application/json")
+        .body(json)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // (No timing assertion: the limit is what is tested; the elapsed time is only reported.)
+    eprintln!("field floods refused in {:?}", started.elapsed());
+    // A search expression nested 2,000 deep is a 400, not a crash.
+    let deep = format!("{}a{}", "(".repeat(2000), ")".repeat(2000));
+    let (s, body) = admin(
+        &server,
+        "POST",
+        "resources/search",
+        Some(serde_json::json!({"expression": deep})),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(server.health().await, 200);
+    server.stop().await;
+}

@@ -46,9 +46,15 @@ pub enum Op {
 
 /// Parses an expression; the message of an error says where it went wrong.
 pub fn parse(input: &str) -> Result<Expr, String> {
+    if input.chars().count() > MAX_LEN {
+        return Err(format!(
+            "the expression is too long (at most {MAX_LEN} characters)"
+        ));
+    }
     let mut p = Parser {
         chars: input.chars().collect(),
         pos: 0,
+        depth: 0,
     };
     let e = p.or_expr()?;
     p.skip_ws();
@@ -65,7 +71,14 @@ pub fn parse(input: &str) -> Result<Expr, String> {
 struct Parser {
     chars: Vec<char>,
     pos: usize,
+    /// Nesting of parentheses and negations so far (bounded: the parser recurses).
+    depth: usize,
 }
+
+/// Characters of an expression at most.
+const MAX_LEN: usize = 10_000;
+/// Nesting (parentheses, `NOT`, `-`) at most.
+const MAX_DEPTH: usize = 64;
 
 const SPECIAL: &[char] = &['(', ')', '[', ']', '{', '}', ':', '=', '<', '>', '"'];
 
@@ -142,6 +155,18 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(format!(
+                "the expression is nested too deeply (at most {MAX_DEPTH})"
+            ));
+        }
+        let e = self.unary_inner();
+        self.depth -= 1;
+        e
+    }
+
+    fn unary_inner(&mut self) -> Result<Expr, String> {
         self.skip_ws();
         if self.keyword(&["NOT"]) {
             return Ok(Expr::Not(Box::new(self.unary()?)));
@@ -775,5 +800,10 @@ mod tests {
         }
         let e = parse("nosuchfield:1").unwrap();
         assert!(matches(&e, &asset("a", "", &[], 1, 0), 0).is_err());
+        // Deep nesting is refused, not a stack overflow.
+        assert!(parse(&"-".repeat(4000)).is_err());
+        assert!(parse(&format!("{}a{}", "(".repeat(2000), ")".repeat(2000))).is_err());
+        assert!(parse(&format!("{}a{}", "(".repeat(10), ")".repeat(10))).is_ok());
+        assert!(parse(&"a ".repeat(6000)).is_err());
     }
 }

@@ -67,6 +67,7 @@ pub fn body_limits(state: &AppState) -> BodyLimits {
     BodyLimits {
         max_file_bytes: state.limits.max_upload_bytes,
         max_field_bytes: state.limits.max_field_bytes,
+        max_fields: state.limits.max_fields,
         placement: None,
     }
 }
@@ -83,6 +84,7 @@ async fn plain_form(
     let limits = BodyLimits {
         max_file_bytes: 0,
         max_field_bytes: state.limits.max_field_bytes.min(MAX_CALL_BODY),
+        max_fields: state.limits.max_fields,
         placement: None,
     };
     read_form(

@@ -14,7 +14,10 @@ use crate::storage::{BlobWriter, WriteError};
 #[derive(Clone)]
 pub struct BodyLimits {
     pub max_file_bytes: u64,
+    /// Bytes of the fields other than the file, all together (kept in memory).
     pub max_field_bytes: u64,
+    /// Parameters one request may carry.
+    pub max_fields: usize,
     /// Where a file part may be written in place (chunked uploads).
     pub placement: Option<std::sync::Arc<dyn FilePlacement>>,
 }
@@ -51,6 +54,9 @@ pub async fn read_form(
                 let Json::Object(map) = &json else {
                     return Err(ApiError::bad("Invalid JSON body: expected an object"));
                 };
+                if map.len() > limits.max_fields {
+                    return Err(too_many(limits.max_fields));
+                }
                 for (k, v) in map {
                     push_json(&mut params, k, v.clone());
                 }
@@ -67,6 +73,10 @@ pub async fn read_form(
             let bytes = read_limited(body, limits.max_field_bytes).await?;
             let mut params = Params::default();
             if !bytes.is_empty() {
+                // Counted before parsing: a field is a `&`-separated item.
+                if bytes.split(|b| *b == b'&').count() > limits.max_fields {
+                    return Err(too_many(limits.max_fields));
+                }
                 let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes)
                     .map_err(|e| ApiError::bad(format!("Invalid form body: {e}")))?;
                 for (k, v) in pairs {
@@ -125,6 +135,10 @@ async fn read_limited(body: Body, limit: u64) -> ApiResult<Vec<u8>> {
     Ok(out)
 }
 
+fn too_many(max: usize) -> ApiError {
+    ApiError::bad(format!("Too many parameters. Maximum is {max}."))
+}
+
 fn too_large(got: u64, max: u64) -> ApiError {
     ApiError::bad(format!("File size too large. Got {got}. Maximum is {max}."))
 }
@@ -165,7 +179,12 @@ async fn parse_multipart(
 ) -> ApiResult<Form> {
     let mut form = Form::default();
     let bad = |e: multer::Error| ApiError::bad(format!("Invalid multipart body: {e}"));
+    let (mut fields, mut text_bytes) = (0usize, 0u64);
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        fields += 1;
+        if fields > limits.max_fields {
+            return Err(too_many(limits.max_fields));
+        }
         let name = field.name().unwrap_or("").to_string();
         let filename = field.file_name().map(str::to_string);
         match filename {
@@ -207,9 +226,11 @@ async fn parse_multipart(
             _ => {
                 let mut buf: Vec<u8> = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    if buf.len() as u64 + chunk.len() as u64 > limits.max_field_bytes {
+                    // All text fields together stay within the limit (they are in memory).
+                    text_bytes += chunk.len() as u64;
+                    if text_bytes > limits.max_field_bytes {
                         return Err(ApiError::bad(format!(
-                            "Parameter {name} is too large. Maximum is {} bytes.",
+                            "Parameter {name} is too large. Maximum is {} bytes for all parameters.",
                             limits.max_field_bytes
                         )));
                     }
@@ -240,6 +261,7 @@ mod tests {
         let limits = BodyLimits {
             max_file_bytes: 100,
             max_field_bytes: 1000,
+            max_fields: 10,
             placement: None,
         };
         let mut h = HeaderMap::new();

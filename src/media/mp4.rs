@@ -41,7 +41,7 @@ fn boxes(data: &[u8]) -> Vec<([u8; 4], &[u8])> {
             },
             s => (s, 8),
         };
-        if size < header as u64 || i as u64 + size > data.len() as u64 {
+        if size < header as u64 || (i as u64).saturating_add(size) > data.len() as u64 {
             break;
         }
         out.push((typ, &data[i + header..i + size as usize]));
@@ -61,7 +61,7 @@ fn child<'a>(data: &'a [u8], name: &[u8; 4]) -> Option<&'a [u8]> {
 fn read_moov<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
     let end = r.seek(SeekFrom::End(0))?;
     let mut pos = 0u64;
-    while pos + 8 <= end {
+    while pos.saturating_add(8) <= end {
         r.seek(SeekFrom::Start(pos))?;
         let mut h = [0u8; 16];
         r.read_exact(&mut h[..8])?;
@@ -85,7 +85,11 @@ fn read_moov<R: Read + Seek>(r: &mut R) -> std::io::Result<Option<Vec<u8>>> {
             r.take(len).read_to_end(&mut body)?;
             return Ok(Some(body));
         }
-        pos += size;
+        // A size beyond the file ends the walk (no wrap-around).
+        pos = match pos.checked_add(size) {
+            Some(p) => p,
+            None => return Ok(None),
+        };
     }
     Ok(None)
 }

@@ -454,7 +454,9 @@ pub fn parse_content_range(v: &str) -> Option<ContentRange> {
         "-1" | "*" => None,
         t => Some(t.parse().ok()?),
     };
-    if end < start {
+    // Sizes stay far from u64's end, so that `end + 1` and offsets never wrap.
+    const MAX: u64 = 1 << 60;
+    if end < start || end >= MAX || total.is_some_and(|t| t > MAX) {
         return None;
     }
     Some(ContentRange { start, end, total })
@@ -1117,6 +1119,12 @@ mod tests {
         );
         assert_eq!(parse_content_range("bytes 5-4/20"), None);
         assert_eq!(parse_content_range("items 0-1/2"), None);
+        // Ranges near u64's end would wrap `end + 1`.
+        assert_eq!(
+            parse_content_range("bytes 18446744073709551614-18446744073709551615/-1"),
+            None
+        );
+        assert_eq!(parse_content_range("bytes 0-1/18446744073709551615"), None);
     }
 
     #[test]
