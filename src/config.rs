@@ -97,6 +97,15 @@ pub struct ServeArgs {
     /// Parameters one request may carry.
     #[arg(long, env = "NEPHOS_MAX_FIELDS")]
     pub max_fields: Option<usize>,
+    /// Seconds a client has to send a request's headers (and an idle connection stays open).
+    #[arg(long, env = "NEPHOS_HEADER_TIMEOUT_SECS")]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a request body may pause between two pieces before it is abandoned.
+    #[arg(long, env = "NEPHOS_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: Option<u64>,
+    /// Connections open at once at most (more are closed when they arrive).
+    #[arg(long, env = "NEPHOS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Seconds a signed request stays valid (Cloudinary: 3600).
     #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
     pub signature_ttl_secs: Option<i64>,
@@ -152,6 +161,9 @@ pub struct FileLimits {
     pub max_image_pixels: Option<u64>,
     pub admin_rate_limit: Option<u64>,
     pub max_fields: Option<usize>,
+    pub header_timeout_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
 }
 
 /// An upload preset defined in the configuration file; written to the database at start.
@@ -186,6 +198,12 @@ pub struct Limits {
     pub admin_rate_limit: u64,
     /// Parameters one request may carry.
     pub max_fields: usize,
+    /// Seconds to send request headers (and to stay idle between requests).
+    pub header_timeout_secs: u64,
+    /// Seconds a body may pause between pieces.
+    pub body_timeout_secs: u64,
+    /// Open connections at most.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -203,6 +221,9 @@ impl Default for Limits {
             max_image_pixels: 50_000_000,
             admin_rate_limit: 500,
             max_fields: 1000,
+            header_timeout_secs: 15,
+            body_timeout_secs: 30,
+            max_connections: 4096,
         }
     }
 }
@@ -301,6 +322,18 @@ impl Config {
                 .or(fl.max_fields)
                 .unwrap_or(d.max_fields)
                 .max(1),
+            header_timeout_secs: args
+                .header_timeout_secs
+                .or(fl.header_timeout_secs)
+                .unwrap_or(d.header_timeout_secs),
+            body_timeout_secs: args
+                .body_timeout_secs
+                .or(fl.body_timeout_secs)
+                .unwrap_or(d.body_timeout_secs),
+            max_connections: args
+                .max_connections
+                .or(fl.max_connections)
+                .unwrap_or(d.max_connections),
             signature_ttl_secs: args
                 .signature_ttl_secs
                 .or(fl.signature_ttl_secs)

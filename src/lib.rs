@@ -180,9 +180,8 @@ pub async fn serve(
     state.fetch_allow = allow;
     let sweeper = tokio::spawn(sweep_forever(state.clone()));
     tracing::info!(%addr, data_dir = %data_dir.display(), database = %redact(&db_url), "nephos listening");
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = state.limits.clone();
+    http::server::run(listener, http::router(state), &limits, shutdown).await;
     sweeper.abort();
     Ok(())
 }

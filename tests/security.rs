@@ -292,3 +292,62 @@ async fn hostile_bodies_and_headers_are_refused_quickly() {
     assert_eq!(server.health().await, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn slow_clients_are_cut_off_and_connections_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with_limits(
+        "header_timeout_secs = 1\nbody_timeout_secs = 1\nmax_connections = 4",
+    )
+    .await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    // Headers that never finish: the connection is closed after the header deadline.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the slow connection is still open after 5 s");
+    // A body that stops arriving is abandoned with an answer.
+    let mut stalled = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /v1_1/demo/image/upload HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nab",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stalled.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the stalled body is still waited for after 5 s"
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    // Past the connection cap, new connections are closed at once; held ones time out.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let over = reqwest::Client::new()
+        .get(format!("http://{addr}/health"))
+        .timeout(std::time::Duration::from_secs(3))
+        .send()
+        .await;
+    assert!(over.is_err(), "a fifth connection was served: {over:?}");
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(server.health().await, 200);
+    server.stop().await;
+}

@@ -68,6 +68,7 @@ pub fn body_limits(state: &AppState) -> BodyLimits {
         max_file_bytes: state.limits.max_upload_bytes,
         max_field_bytes: state.limits.max_field_bytes,
         max_fields: state.limits.max_fields,
+        idle: std::time::Duration::from_secs(state.limits.body_timeout_secs.max(1)),
         placement: None,
     }
 }
@@ -85,6 +86,7 @@ async fn plain_form(
         max_file_bytes: 0,
         max_field_bytes: state.limits.max_field_bytes.min(MAX_CALL_BODY),
         max_fields: state.limits.max_fields,
+        idle: std::time::Duration::from_secs(state.limits.body_timeout_secs.max(1)),
         placement: None,
     };
     read_form(

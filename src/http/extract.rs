@@ -18,12 +18,39 @@ pub struct BodyLimits {
     pub max_field_bytes: u64,
     /// Parameters one request may carry.
     pub max_fields: usize,
+    /// How long the body may pause between two pieces.
+    pub idle: std::time::Duration,
     /// Where a file part may be written in place (chunked uploads).
     pub placement: Option<std::sync::Arc<dyn FilePlacement>>,
 }
 
 /// Reads the request body (any of the three encodings) and merges the query string under it
 /// (the body wins).
+/// Bytes of an over-large file part still read (to answer cleanly) before giving up on it.
+const OVERFLOW_DRAIN: u64 = 16 * 1024 * 1024;
+
+/// A body whose every piece must arrive within `idle` of the previous one.
+fn with_idle_deadline(body: Body, idle: std::time::Duration) -> Body {
+    let stream =
+        futures_util::stream::unfold(Some(body.into_data_stream()), move |state| async move {
+            let mut s = state?;
+            match tokio::time::timeout(idle, s.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(s))),
+                Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no data for {} seconds", idle.as_secs()),
+                    )),
+                    None,
+                )),
+            }
+        });
+    // Readers may poll again after the end (multer, the trailing drain): fused.
+    Body::from_stream(stream.fuse())
+}
+
 pub async fn read_form(
     headers: &HeaderMap,
     query: Option<&str>,
@@ -31,6 +58,7 @@ pub async fn read_form(
     tmp_dir: &std::path::Path,
     limits: &BodyLimits,
 ) -> ApiResult<Form> {
+    let body = with_idle_deadline(body, limits.idle);
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -201,8 +229,12 @@ async fn parse_multipart(
                 let mut overflow: Option<u64> = None;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
                     if let Some(total) = overflow.as_mut() {
-                        // Keep reading to report the real size and leave the connection usable.
+                        // Keep reading to report the size and leave the connection usable, but
+                        // not forever: past a margin the part is given up on.
                         *total += chunk.len() as u64;
+                        if *total > limits.max_file_bytes.saturating_add(OVERFLOW_DRAIN) {
+                            break;
+                        }
                         continue;
                     }
                     let len = chunk.len() as u64;
@@ -262,6 +294,7 @@ mod tests {
             max_file_bytes: 100,
             max_field_bytes: 1000,
             max_fields: 10,
+            idle: std::time::Duration::from_secs(5),
             placement: None,
         };
         let mut h = HeaderMap::new();

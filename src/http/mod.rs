@@ -4,6 +4,7 @@
 pub mod call;
 pub mod extract;
 pub mod ratelimit;
+pub mod server;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
