@@ -351,3 +351,33 @@ async fn slow_clients_are_cut_off_and_connections_capped() {
     assert_eq!(server.health().await, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn cross_origin_pages_cannot_use_credentials() {
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let preflight = |method: &str, headers: &str| {
+        client
+            .request(reqwest::Method::OPTIONS, server.url("/v1_1/demo/ping"))
+            .header("origin", "https://evil.example")
+            .header("access-control-request-method", method)
+            .header("access-control-request-headers", headers)
+            .send()
+    };
+    // The Admin API needs an Authorization header: a page may not send one.
+    let r = preflight("GET", "authorization").await.unwrap();
+    let allowed = r
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    assert!(!allowed.contains("authorization"), "{allowed}");
+    assert!(r.headers().get("access-control-allow-credentials").is_none());
+    // Uploads from a page (multipart, chunked headers) are allowed.
+    let r = preflight("POST", "content-type,x-unique-upload-id,content-range")
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    server.stop().await;
+}

@@ -39,7 +39,7 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_answer,
         ))
-        .layer(CorsLayer::very_permissive())
+        .layer(cors())
         .layer(TraceLayer::new_for_http())
         .layer(middleware::from_fn(request_id))
 }
@@ -232,6 +232,25 @@ fn api_routes(state: AppState) -> Router {
         .fallback(fallback)
         .method_not_allowed_fallback(fallback)
         .with_state(state)
+}
+
+/// Cross-origin requests: browsers may upload (unsigned presets, signatures made by the
+/// page's own server) and read delivery URLs from any origin, as with Cloudinary, but never
+/// with credentials: no cookies, no `Authorization` header — a web page the developer visits
+/// cannot drive the Admin API of a local nephos.
+fn cors() -> CorsLayer {
+    use axum::http::header::{HeaderName, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+    CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            CONTENT_TYPE,
+            CONTENT_RANGE,
+            RANGE,
+            HeaderName::from_static("x-unique-upload-id"),
+            HeaderName::from_static("x-requested-with"),
+        ])
+        .expose_headers(tower_http::cors::Any)
 }
 
 fn panic_answer(detail: Box<dyn std::any::Any + Send + 'static>) -> Response {
