@@ -373,11 +373,51 @@ async fn cross_origin_pages_cannot_use_credentials() {
         .unwrap_or("")
         .to_ascii_lowercase();
     assert!(!allowed.contains("authorization"), "{allowed}");
-    assert!(r.headers().get("access-control-allow-credentials").is_none());
+    assert!(r
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
     // Uploads from a page (multipart, chunked headers) are allowed.
     let r = preflight("POST", "content-type,x-unique-upload-id,content-range")
         .await
         .unwrap();
     assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_credentials_are_refused_before_the_file_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let addr = server.base.trim_start_matches("http://").to_string();
+    let ts = now().to_string();
+    for (key, ts) in [("nokey", ts.as_str()), (KEY, "1000")] {
+        let boundary = "XyZ";
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"api_key\"\r\n\r\n{key}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"timestamp\"\r\n\r\n{ts}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"signature\"\r\n\r\nabc\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.bin\"\r\n\r\n"
+        );
+        let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request = format!(
+            "POST /v1_1/demo/raw/upload HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: multipart/form-data; boundary={boundary}\r\n\
+             Content-Length: 1000000000\r\n\r\n{head}"
+        );
+        sock.write_all(request.as_bytes()).await.unwrap();
+        sock.write_all(&[0u8; 4096]).await.unwrap();
+        // The rest of the gigabyte never comes: the answer must not wait for it.
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(3), sock.read(&mut buf))
+            .await
+            .expect("no answer before the file was read")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            text.starts_with("HTTP/1.1 401") || text.starts_with("HTTP/1.1 400"),
+            "{key}: {text}"
+        );
+    }
     server.stop().await;
 }

@@ -192,6 +192,27 @@ pub fn bearer_auth(
     }
 }
 
+/// Refuses a signed request's timestamp more than `ttl_secs` away from `now`, with
+/// Cloudinary's messages.
+pub fn check_timestamp(timestamp: i64, now: i64, ttl_secs: i64) -> Result<(), ApiError> {
+    if now - timestamp > ttl_secs {
+        let when = Utc
+            .timestamp_opt(timestamp, 0)
+            .single()
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000").to_string())
+            .unwrap_or_else(|| timestamp.to_string());
+        return Err(ApiError::bad(format!(
+            "Stale request - reported time is {when} which is more than 1 hour ago"
+        )));
+    }
+    if timestamp - now > ttl_secs {
+        return Err(ApiError::bad(format!(
+            "Invalid timestamp - {timestamp} is more than 1 hour in the future"
+        )));
+    }
+    Ok(())
+}
+
 /// Verifies a signed request (the `signature`, `api_key` and `timestamp` parameters).
 /// `lenient_notification` enables the second attempt without `notification_url`/`batch_id`
 /// used by the Python SDK on the tags, context and metadata endpoints.
@@ -261,21 +282,7 @@ pub fn verify_signed(
         .trim()
         .parse()
         .map_err(|_| ApiError::bad(format!("Invalid timestamp - {timestamp_text}")))?;
-    if now - timestamp > ttl_secs {
-        let when = Utc
-            .timestamp_opt(timestamp, 0)
-            .single()
-            .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000").to_string())
-            .unwrap_or_else(|| timestamp.to_string());
-        return Err(ApiError::bad(format!(
-            "Stale request - reported time is {when} which is more than 1 hour ago"
-        )));
-    }
-    if timestamp - now > ttl_secs {
-        return Err(ApiError::bad(format!(
-            "Invalid timestamp - {timestamp} is more than 1 hour in the future"
-        )));
-    }
+    check_timestamp(timestamp, now, ttl_secs)?;
     Ok(Caller::Key {
         account: account.clone(),
         algorithm,

@@ -70,6 +70,7 @@ pub fn body_limits(state: &AppState) -> BodyLimits {
         max_fields: state.limits.max_fields,
         idle: std::time::Duration::from_secs(state.limits.body_timeout_secs.max(1)),
         placement: None,
+        early_check: None,
     }
 }
 
@@ -88,6 +89,7 @@ async fn plain_form(
         max_fields: state.limits.max_fields,
         idle: std::time::Duration::from_secs(state.limits.body_timeout_secs.max(1)),
         placement: None,
+        early_check: None,
     };
     read_form(
         &parts.headers,
@@ -200,7 +202,18 @@ impl FromRequest<AppState> for UploadCall {
         let upload_id = header_text(headers, "x-unique-upload-id")
             .filter(|v| !v.is_empty())
             .map(str::to_string);
+        // What can be refused before the body is read is refused then: an unknown cloud, bad
+        // credentials in the header; and, when the file part starts, an unknown key or a stale
+        // timestamp among the fields before it.
+        if !state.accounts.has_cloud(&cloud) {
+            return Err(ApiError::Unauthorized(format!(
+                "Invalid cloud_name {cloud}"
+            )));
+        }
+        crate::auth::basic_auth(&state.accounts, &cloud, auth)?;
+        crate::auth::bearer_auth(&state.accounts, &cloud, auth)?;
         let mut limits = body_limits(state);
+        limits.early_check = Some(early_check(state, &cloud, auth.is_some()));
         if let Some(range) = content_range
             .as_deref()
             .and_then(upload::parse_content_range)
@@ -236,6 +249,29 @@ impl FromRequest<AppState> for UploadCall {
             upload_id,
         })
     }
+}
+
+/// The definite refusals among the fields before a file part (a key of another cloud, a
+/// stale timestamp): the rest waits for the whole form.
+fn early_check(state: &AppState, cloud: &str, has_header: bool) -> super::extract::EarlyCheck {
+    let (state, cloud) = (state.clone(), cloud.to_string());
+    std::sync::Arc::new(move |params: &Params| {
+        if has_header || params.nonempty("signature").is_none() {
+            return Ok(());
+        }
+        if let Some(key) = params.nonempty("api_key") {
+            if state.accounts.find(&cloud, key).is_none() {
+                return Err(ApiError::Unauthorized(format!("Unknown API key {key}")));
+            }
+        }
+        if let Some(ts) = params
+            .nonempty("timestamp")
+            .and_then(|t| t.trim().parse::<i64>().ok())
+        {
+            crate::auth::check_timestamp(ts, state.now(), state.limits.signature_ttl_secs)?;
+        }
+        Ok(())
+    })
 }
 
 /// A call without credentials (`delete_by_token`: the token is the credential); the cloud

@@ -10,6 +10,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::form::{base_name, parse_query, FilePart, FilePlacement, Form, Params, Value};
 use crate::storage::{BlobWriter, WriteError};
 
+/// A check of the fields that came before the file part.
+pub type EarlyCheck = std::sync::Arc<dyn Fn(&Params) -> ApiResult<()> + Send + Sync>;
+
 /// Limits applied while reading a body.
 #[derive(Clone)]
 pub struct BodyLimits {
@@ -22,6 +25,9 @@ pub struct BodyLimits {
     pub idle: std::time::Duration,
     /// Where a file part may be written in place (chunked uploads).
     pub placement: Option<std::sync::Arc<dyn FilePlacement>>,
+    /// Checked when the file part starts, on the fields before it: a definite refusal stops
+    /// the request before the file is read.
+    pub early_check: Option<EarlyCheck>,
 }
 
 /// Reads the request body (any of the three encodings) and merges the query string under it
@@ -217,6 +223,9 @@ async fn parse_multipart(
         let filename = field.file_name().map(str::to_string);
         match filename {
             Some(filename) if name == "file" => {
+                if let Some(check) = &limits.early_check {
+                    check(&form.params)?;
+                }
                 let placed = match &limits.placement {
                     Some(p) => p.place(&form.params).await,
                     None => None,
@@ -296,6 +305,7 @@ mod tests {
             max_fields: 10,
             idle: std::time::Duration::from_secs(5),
             placement: None,
+            early_check: None,
         };
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());

@@ -1003,9 +1003,16 @@ async fn convert_incoming(
         None => transform::Plan::default(),
     };
     let out_format = transform::output_format(&plan, wanted, &current);
+    let max_pixels = state.limits.max_image_pixels;
+    // The image is decoded in memory: its file may not be larger than its pixels allow.
+    if src.blob.size > max_pixels.saturating_mul(8) {
+        return Err(ApiError::bad(format!(
+            "The image is too large to transform ({} bytes)",
+            src.blob.size
+        )));
+    }
     let mut original = Vec::with_capacity(src.blob.size as usize);
     src.blob.reader()?.read_to_end(&mut original)?;
-    let max_pixels = state.limits.max_image_pixels;
     let bytes = tokio::task::spawn_blocking(move || {
         transform::apply(&original, &plan, &out_format, max_pixels)
     })
