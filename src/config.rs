@@ -106,6 +106,9 @@ pub struct ServeArgs {
     /// Connections open at once at most (more are closed when they arrive).
     #[arg(long, env = "NEPHOS_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Seconds after which a stored file no record refers to is removed.
+    #[arg(long, env = "NEPHOS_ORPHAN_AGE_SECS")]
+    pub orphan_age_secs: Option<u64>,
     /// Seconds a signed request stays valid (Cloudinary: 3600).
     #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
     pub signature_ttl_secs: Option<i64>,
@@ -164,6 +167,7 @@ pub struct FileLimits {
     pub header_timeout_secs: Option<u64>,
     pub body_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
+    pub orphan_age_secs: Option<u64>,
 }
 
 /// An upload preset defined in the configuration file; written to the database at start.
@@ -204,6 +208,8 @@ pub struct Limits {
     pub body_timeout_secs: u64,
     /// Open connections at most.
     pub max_connections: usize,
+    /// Age after which an unreferenced stored file is removed.
+    pub orphan_age_secs: u64,
 }
 
 impl Default for Limits {
@@ -224,6 +230,7 @@ impl Default for Limits {
             header_timeout_secs: 15,
             body_timeout_secs: 30,
             max_connections: 4096,
+            orphan_age_secs: 3600,
         }
     }
 }
@@ -334,6 +341,10 @@ impl Config {
                 .max_connections
                 .or(fl.max_connections)
                 .unwrap_or(d.max_connections),
+            orphan_age_secs: args
+                .orphan_age_secs
+                .or(fl.orphan_age_secs)
+                .unwrap_or(d.orphan_age_secs),
             signature_ttl_secs: args
                 .signature_ttl_secs
                 .or(fl.signature_ttl_secs)

@@ -196,6 +196,11 @@ async fn sweep_forever(state: AppState) {
             Ok(n) => tracing::info!(removed = n, "swept abandoned uploads and temporary files"),
             Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
         }
+        match upload::orphans::sweep(&state).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed stored files no record refers to"),
+            Err(e) => tracing::warn!(error = %e, "sweeping orphaned files failed"),
+        }
         tokio::time::sleep(Duration::from_secs(every)).await;
     }
 }

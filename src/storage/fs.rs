@@ -117,6 +117,14 @@ impl BlobStore for FsBlobStore {
         }
     }
 
+    async fn modified(&self, key: &str) -> std::io::Result<Option<std::time::SystemTime>> {
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(m) => Ok(Some(m.modified()?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn keys(&self) -> std::io::Result<Vec<String>> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {

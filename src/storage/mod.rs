@@ -55,6 +55,8 @@ pub trait BlobStore: Send + Sync {
     async fn delete(&self, key: &str) -> std::io::Result<()>;
     /// Every key in the store.
     async fn keys(&self) -> std::io::Result<Vec<String>>;
+    /// When a blob was last written, `None` when missing.
+    async fn modified(&self, key: &str) -> std::io::Result<Option<std::time::SystemTime>>;
     /// Checks that the store can be written.
     async fn health(&self) -> std::io::Result<()>;
 }

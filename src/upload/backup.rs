@@ -214,3 +214,16 @@ pub async fn restore_version(
     }
     Ok(Some(stored))
 }
+
+/// The blob keys kept by backups and versions of a cloud.
+pub async fn kept_blobs(state: &AppState, cloud: &str) -> ApiResult<Vec<String>> {
+    let mut out = Vec::new();
+    for kind in [KIND, VERSIONS] {
+        for doc in state.meta.list_docs(cloud, kind).await? {
+            if let Some(k) = doc.body.get("blob_key").and_then(|v| v.as_str()) {
+                out.push(k.to_string());
+            }
+        }
+    }
+    Ok(out)
+}

@@ -12,6 +12,7 @@ pub mod eval;
 pub mod generate;
 pub mod mapping;
 pub mod naming;
+pub mod orphans;
 pub mod preset;
 pub mod response;
 pub mod source;
