@@ -188,10 +188,12 @@ async fn acknowledged_writes_survive_kill_9_and_no_orphan_stays() {
                 );
             }
             // Whatever is there now is what the next cycle builds on.
-            let mut all = known.lock().unwrap();
-            let e = all.get_mut(pid).unwrap();
-            e.acked = Some(now.clone());
-            e.pending = None;
+            {
+                let mut all = known.lock().unwrap();
+                let e = all.get_mut(pid).unwrap();
+                e.acked = Some(now.clone());
+                e.pending = None;
+            }
             if let Some(etag) = now {
                 let url = format!("{base}/demo/raw/upload/{pid}");
                 let bytes = client
