@@ -83,18 +83,11 @@ pub async fn read_form(
             let mut params = Params::default();
             let mut raw = None;
             if !bytes.iter().all(|b| b.is_ascii_whitespace()) {
-                let json: Json = serde_json::from_slice(&bytes)
-                    .map_err(|e| ApiError::bad(format!("Invalid JSON body: {e}")))?;
-                let Json::Object(map) = &json else {
-                    return Err(ApiError::bad("Invalid JSON body: expected an object"));
-                };
-                if map.len() > limits.max_fields {
-                    return Err(too_many(limits.max_fields));
-                }
-                for (k, v) in map {
+                let object = parse_object(&bytes, limits.max_fields)?;
+                for (k, v) in &object {
                     push_json(&mut params, k, v.clone());
                 }
-                raw = Some(json);
+                raw = Some(Json::Object(object));
             }
             Form {
                 params,
@@ -126,6 +119,40 @@ pub async fn read_form(
     };
     form.params.merge_missing(parse_query(query));
     Ok(form)
+}
+
+/// A JSON object of at most `max` keys, refused as soon as the key after the last allowed one
+/// is read (a body of half a million keys costs no more than one of `max`).
+fn parse_object(bytes: &[u8], max: usize) -> ApiResult<serde_json::Map<String, Json>> {
+    use serde::de::{Deserializer, Error, MapAccess, Visitor};
+    struct Limited(usize);
+    impl<'de> Visitor<'de> for Limited {
+        type Value = serde_json::Map<String, Json>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Self::Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some((k, v)) = access.next_entry::<String, Json>()? {
+                if out.len() >= self.0 {
+                    return Err(A::Error::custom(TOO_MANY));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    const TOO_MANY: &str = "\u{0}too many keys";
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match de
+        .deserialize_map(Limited(max))
+        .and_then(|m| de.end().map(|()| m))
+    {
+        Ok(m) => Ok(m),
+        Err(e) if e.to_string().starts_with(TOO_MANY) => Err(too_many(max)),
+        Err(e) if e.is_data() => Err(ApiError::bad("Invalid JSON body: expected an object")),
+        Err(e) => Err(ApiError::bad(format!("Invalid JSON body: {e}"))),
+    }
 }
 
 fn json_text(v: &Json) -> Option<String> {
