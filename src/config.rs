@@ -109,6 +109,10 @@ pub struct ServeArgs {
     /// Seconds after which a stored file no record refers to is removed.
     #[arg(long, env = "NEPHOS_ORPHAN_AGE_SECS")]
     pub orphan_age_secs: Option<u64>,
+    /// Bytes of request text (parameters, JSON and form bodies) all requests together may hold
+    /// in memory; more is refused with 420 until some is released.
+    #[arg(long, env = "NEPHOS_MAX_BUFFERED_BYTES")]
+    pub max_buffered_bytes: Option<u64>,
     /// Seconds a signed request stays valid (Cloudinary: 3600).
     #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
     pub signature_ttl_secs: Option<i64>,
@@ -168,6 +172,7 @@ pub struct FileLimits {
     pub body_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
     pub orphan_age_secs: Option<u64>,
+    pub max_buffered_bytes: Option<u64>,
 }
 
 /// An upload preset defined in the configuration file; written to the database at start.
@@ -210,6 +215,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Age after which an unreferenced stored file is removed.
     pub orphan_age_secs: u64,
+    /// Request text all requests together may hold in memory.
+    pub max_buffered_bytes: u64,
 }
 
 impl Default for Limits {
@@ -231,6 +238,7 @@ impl Default for Limits {
             body_timeout_secs: 30,
             max_connections: 4096,
             orphan_age_secs: 3600,
+            max_buffered_bytes: 128 * 1024 * 1024,
         }
     }
 }
@@ -345,6 +353,10 @@ impl Config {
                 .orphan_age_secs
                 .or(fl.orphan_age_secs)
                 .unwrap_or(d.orphan_age_secs),
+            max_buffered_bytes: args
+                .max_buffered_bytes
+                .or(fl.max_buffered_bytes)
+                .unwrap_or(d.max_buffered_bytes),
             signature_ttl_secs: args
                 .signature_ttl_secs
                 .or(fl.signature_ttl_secs)

@@ -214,6 +214,37 @@ pub trait FilePlacement: Send + Sync {
     async fn place(&self, fields_so_far: &Params) -> Option<Placed>;
 }
 
+/// Bytes of request text held in memory by all requests together (a 1 KiB permit each).
+#[derive(Clone)]
+pub struct MemoryBudget(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> MemoryBudget {
+        let permits = (bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u64);
+        MemoryBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            permits as usize,
+        )))
+    }
+
+    /// Takes room for `bytes` more, or refuses at once (the server is holding too much).
+    pub(crate) fn take(
+        &self,
+        bytes: usize,
+        held: &mut Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> ApiResult<()> {
+        let n = bytes.div_ceil(1024).max(1) as u32;
+        match self.0.clone().try_acquire_many_owned(n) {
+            Ok(p) => {
+                held.push(p);
+                Ok(())
+            }
+            Err(_) => Err(ApiError::RateLimited(
+                "The server is holding too much request data: retry later".into(),
+            )),
+        }
+    }
+}
+
 /// Parses the query string into parameters.
 pub fn parse_query(query: Option<&str>) -> Params {
     let mut params = Params::default();

@@ -31,6 +31,8 @@ pub struct AppState {
     pub chunks: Arc<ChunkRuntime>,
     /// Triggers cached per cloud and the poll notification channels.
     pub hub: Arc<crate::triggers::Hub>,
+    /// Room for request text in memory, shared by all requests.
+    pub memory: crate::form::MemoryBudget,
     /// Structured metadata fields cached per cloud.
     pub fields: Arc<crate::metadata::FieldCache>,
     fixed_time: Option<i64>,
@@ -49,6 +51,7 @@ impl AppState {
         chunk_dir: PathBuf,
         fixed_time: Option<i64>,
     ) -> AppState {
+        let buffered = limits.max_buffered_bytes;
         AppState {
             accounts: Arc::new(accounts),
             meta,
@@ -63,6 +66,7 @@ impl AppState {
             chunks: Arc::new(ChunkRuntime::default()),
             hub: Arc::new(crate::triggers::Hub::default()),
             fields: Arc::new(crate::metadata::FieldCache::default()),
+            memory: crate::form::MemoryBudget::new(buffered),
             fixed_time,
         }
     }

@@ -115,6 +115,7 @@ proptest! {
             max_field_bytes: 512,
             max_fields: 16,
             idle: std::time::Duration::from_secs(5),
+            budget: None,
             placement: None,
             early_check: None,
         };

@@ -69,6 +69,7 @@ pub fn body_limits(state: &AppState) -> BodyLimits {
         max_field_bytes: state.limits.max_field_bytes,
         max_fields: state.limits.max_fields,
         idle: std::time::Duration::from_secs(state.limits.body_timeout_secs.max(1)),
+        budget: Some(state.memory.clone()),
         placement: None,
         early_check: None,
     }
@@ -88,6 +89,7 @@ async fn plain_form(
         max_field_bytes: state.limits.max_field_bytes.min(MAX_CALL_BODY),
         max_fields: state.limits.max_fields,
         idle: std::time::Duration::from_secs(state.limits.body_timeout_secs.max(1)),
+        budget: Some(state.memory.clone()),
         placement: None,
         early_check: None,
     };

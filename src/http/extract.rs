@@ -7,7 +7,9 @@ use futures_util::StreamExt;
 use serde_json::Value as Json;
 
 use crate::error::{ApiError, ApiResult};
-use crate::form::{base_name, parse_query, FilePart, FilePlacement, Form, Params, Value};
+use crate::form::{
+    base_name, parse_query, FilePart, FilePlacement, Form, MemoryBudget, Params, Value,
+};
 use crate::storage::{BlobWriter, WriteError};
 
 /// A check of the fields that came before the file part.
@@ -23,6 +25,8 @@ pub struct BodyLimits {
     pub max_fields: usize,
     /// How long the body may pause between two pieces.
     pub idle: std::time::Duration,
+    /// Room for request text in memory, shared by all requests.
+    pub budget: Option<MemoryBudget>,
     /// Where a file part may be written in place (chunked uploads).
     pub placement: Option<std::sync::Arc<dyn FilePlacement>>,
     /// Checked when the file part starts, on the fields before it: a definite refusal stops
@@ -79,7 +83,7 @@ pub async fn read_form(
     let mut form = match mime.as_str() {
         "multipart/form-data" => read_multipart(&content_type, body, tmp_dir, limits).await?,
         "application/json" => {
-            let bytes = read_limited(body, limits.max_field_bytes).await?;
+            let bytes = read_limited(body, limits).await?;
             let mut params = Params::default();
             let mut raw = None;
             if !bytes.iter().all(|b| b.is_ascii_whitespace()) {
@@ -97,7 +101,7 @@ pub async fn read_form(
         }
         _ => {
             // application/x-www-form-urlencoded, or no type at all (an empty body).
-            let bytes = read_limited(body, limits.max_field_bytes).await?;
+            let bytes = read_limited(body, limits).await?;
             let mut params = Params::default();
             if !bytes.is_empty() {
                 // Counted before parsing: a field is a `&`-separated item.
@@ -181,15 +185,20 @@ fn push_json(params: &mut Params, key: &str, v: Json) {
     }
 }
 
-async fn read_limited(body: Body, limit: u64) -> ApiResult<Vec<u8>> {
+async fn read_limited(body: Body, limits: &BodyLimits) -> ApiResult<Vec<u8>> {
+    let limit = limits.max_field_bytes;
     let mut stream = body.into_data_stream();
     let mut out = Vec::new();
+    let mut held = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad(format!("Error reading request body: {e}")))?;
         if out.len() as u64 + chunk.len() as u64 > limit {
             return Err(ApiError::bad(format!(
                 "Request body too large. Maximum is {limit} bytes."
             )));
+        }
+        if let Some(b) = &limits.budget {
+            b.take(chunk.len(), &mut held)?;
         }
         out.extend_from_slice(&chunk);
     }
@@ -241,6 +250,7 @@ async fn parse_multipart(
     let mut form = Form::default();
     let bad = |e: multer::Error| ApiError::bad(format!("Invalid multipart body: {e}"));
     let (mut fields, mut text_bytes) = (0usize, 0u64);
+    let mut held = Vec::new();
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         fields += 1;
         if fields > limits.max_fields {
@@ -302,6 +312,9 @@ async fn parse_multipart(
                             limits.max_field_bytes
                         )));
                     }
+                    if let Some(b) = &limits.budget {
+                        b.take(chunk.len(), &mut held)?;
+                    }
                     buf.extend_from_slice(&chunk);
                 }
                 if !name.is_empty() {
@@ -331,6 +344,7 @@ mod tests {
             max_field_bytes: 1000,
             max_fields: 10,
             idle: std::time::Duration::from_secs(5),
+            budget: None,
             placement: None,
             early_check: None,
         };
