@@ -509,32 +509,30 @@ pub async fn get_resources(
                 })
                 .take(q.max_results.max(0) as usize)
                 .collect();
-            return listing(state, account, cloud, params, &records, None).await;
+            let with_context = wants(params, "context");
+            return listing(state, account, cloud, params, &records, None, with_context).await;
         }
     }
     let (records, cursor) = state.meta.list_assets(&q).await.map_err(|e| match e {
         crate::db::DbError::Corrupt(msg) if msg.starts_with("invalid cursor") => ApiError::bad(msg),
         other => other.into(),
     })?;
-    listing(state, account, cloud, params, &records, cursor).await
-}
-
-/// A page of listed assets as the Admin API answers it (`tags`, `context`, `metadata`,
-/// `moderations` when asked for).
-async fn listing(
-    state: &AppState,
-    account: &Account,
-    cloud: &str,
-    params: &Params,
-    records: &[AssetRecord],
-    cursor: Option<String>,
-) -> ApiResult<Json> {
     let with_context = wants(params, "context");
-    listing_with(state, account, cloud, params, records, cursor, with_context).await
+    listing(
+        state,
+        account,
+        cloud,
+        params,
+        &records,
+        cursor,
+        with_context,
+    )
+    .await
 }
 
-/// [`listing`], with the context included or not whatever the parameters say.
-async fn listing_with(
+/// A page of listed assets as the Admin API answers it (`tags`, `metadata`, `moderations`
+/// when asked for; `context` when `with_context`).
+async fn listing(
     state: &AppState,
     account: &Account,
     cloud: &str,
@@ -633,7 +631,7 @@ async fn by_context(
         })
         .take(max.max(0) as usize)
         .collect();
-    listing_with(state, account, cloud, params, &records, None, true).await
+    listing(state, account, cloud, params, &records, None, true).await
 }
 
 /// `DELETE resources/:rt/:type` (public_ids, prefix or all) and `DELETE resources/:rt/tags/:tag`.
