@@ -33,8 +33,12 @@ pub(crate) fn base_name(raw: &str) -> (&str, bool) {
 impl Params {
     /// Adds a received `name=value` pair.
     pub fn push(&mut self, raw_name: &str, value: &str) {
-        // Control characters never belong in a name (internal markers start with NUL).
-        if raw_name.chars().any(|c| c.is_control()) {
+        // Control characters never belong in a name (internal markers start with NUL), nor
+        // `=` or `&` (a name with them would sign like another parameter).
+        if raw_name
+            .chars()
+            .any(|c| c.is_control() || c == '=' || c == '&')
+        {
             return;
         }
         let (name, is_list) = base_name(raw_name);
@@ -196,6 +200,8 @@ pub struct Form {
     pub file: Option<FilePart>,
     /// The body as sent when it was a JSON object (nested values intact).
     pub json: Option<serde_json::Value>,
+    /// The room the form's text takes in the shared memory budget, released with it.
+    pub budget: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Where a file part is written in place: `len` bytes at `offset` of `file`, each chunk also
@@ -214,13 +220,15 @@ pub trait FilePlacement: Send + Sync {
     async fn place(&self, fields_so_far: &Params) -> Option<Placed>;
 }
 
-/// Bytes of request text held in memory by all requests together (a 1 KiB permit each).
+/// Bytes of request text held in memory by all requests together (a permit a byte, at most
+/// 4 GiB).
 #[derive(Clone)]
 pub struct MemoryBudget(std::sync::Arc<tokio::sync::Semaphore>);
 
 impl MemoryBudget {
     pub fn new(bytes: u64) -> MemoryBudget {
-        let permits = (bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS as u64);
+        let max = (tokio::sync::Semaphore::MAX_PERMITS as u64).min(u64::from(u32::MAX));
+        let permits = bytes.clamp(1, max);
         MemoryBudget(std::sync::Arc::new(tokio::sync::Semaphore::new(
             permits as usize,
         )))
@@ -232,7 +240,7 @@ impl MemoryBudget {
         bytes: usize,
         held: &mut Vec<tokio::sync::OwnedSemaphorePermit>,
     ) -> ApiResult<()> {
-        let n = bytes.div_ceil(1024).max(1) as u32;
+        let n = u32::try_from(bytes).unwrap_or(u32::MAX);
         match self.0.clone().try_acquire_many_owned(n) {
             Ok(p) => {
                 held.push(p);

@@ -85,7 +85,10 @@ fn valid_host(h: &str) -> bool {
 }
 
 fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
-    match (canonical(ip), canonical(net)) {
+    // An IPv6 network is compared with the address as written; an IPv4 one with the IPv4
+    // address an IPv6 form stands for.
+    let ip = if net.is_ipv4() { canonical(ip) } else { ip };
+    match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(b)) => {
             let mask = if len == 0 {
                 0
@@ -122,8 +125,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
                     lo as u8,
                 ))
             };
-            // NAT64 (64:ff9b::/96) and IPv4-compatible (::a.b.c.d, not :: or ::1).
-            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+            // NAT64 (64:ff9b::/96, and the local 64:ff9b:1::/48 with the address last), SIIT
+            // (::ffff:0:a.b.c.d) and IPv4-compatible (::a.b.c.d, not :: or ::1).
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || s[..3] == [0x64, 0xff9b, 1]
+                || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+            {
                 return embedded(s[6], s[7]);
             }
             if s[..6] == [0; 6] && u32::from(s[6]) << 16 | u32::from(s[7]) > 1 {
@@ -146,7 +153,10 @@ pub fn special(ip: IpAddr) -> Option<&'static str> {
             let o = v4.octets();
             if v4.is_loopback() {
                 Some("loopback")
-            } else if o == [169, 254, 169, 254] || o == [100, 100, 100, 200] {
+            } else if o == [169, 254, 169, 254]
+                || o == [100, 100, 100, 200]
+                || o == [168, 63, 129, 16]
+            {
                 Some("cloud metadata")
             } else if v4.is_link_local() {
                 Some("link-local")
@@ -173,11 +183,13 @@ pub fn special(ip: IpAddr) -> Option<&'static str> {
                 Some("cloud metadata")
             } else if (s[0] & 0xffc0) == 0xfe80 {
                 Some("link-local")
-            } else if (s[0] & 0xfe00) == 0xfc00 {
+            } else if (s[0] & 0xfe00) == 0xfc00 || (s[0] & 0xffc0) == 0xfec0 {
                 Some("private")
             } else if v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] == 0x2001 && s[1] == 0xdb8)
+                // Teredo and the other IETF protocol assignments (2001::/23).
+                || (s[0] == 0x2001 && s[1] < 0x200)
                 || (s[0] == 0x100 && s[1..4] == [0, 0, 0])
             {
                 Some("reserved")
@@ -324,6 +336,11 @@ mod tests {
             ("::", "reserved"),
             ("224.0.0.1", "reserved"),
             ("2002:7f00:1::", "loopback"),
+            ("::ffff:0:7f00:1", "loopback"),
+            ("64:ff9b:1::a9fe:a9fe", "cloud metadata"),
+            ("fec0::1", "private"),
+            ("2001::1", "reserved"),
+            ("168.63.129.16", "cloud metadata"),
         ] {
             assert_eq!(special(ip(addr)), Some(kind), "{addr}");
         }
@@ -345,6 +362,10 @@ mod tests {
         assert!(check_ip(ip("10.0.0.1"), "devbox", Purpose::Fetch, &allow).is_ok());
         assert!(check_ip(ip("10.0.0.1"), "other", Purpose::Fetch, &allow).is_err());
         assert!(AllowList::parse(&["10.0.0.0/33".into()]).is_err());
+        // An IPv6 network is not read as an IPv4 one (64:ff9b::/96 is not 0.0.0.0/32).
+        let nat64 = AllowList::parse(&["64:ff9b::/96".into()]).unwrap();
+        assert!(check_ip(ip("0.0.0.0"), "h", Purpose::Fetch, &nat64).is_err());
+        assert!(check_ip(ip("64:ff9b::808:808"), "h", Purpose::Fetch, &nat64).is_ok());
         assert!(AllowList::parse(&["not a host!".into()]).is_err());
     }
 

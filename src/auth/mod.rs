@@ -195,7 +195,7 @@ pub fn bearer_auth(
 /// Refuses a signed request's timestamp more than `ttl_secs` away from `now`, with
 /// Cloudinary's messages.
 pub fn check_timestamp(timestamp: i64, now: i64, ttl_secs: i64) -> Result<(), ApiError> {
-    if now - timestamp > ttl_secs {
+    if now.saturating_sub(timestamp) > ttl_secs {
         let when = Utc
             .timestamp_opt(timestamp, 0)
             .single()
@@ -205,7 +205,7 @@ pub fn check_timestamp(timestamp: i64, now: i64, ttl_secs: i64) -> Result<(), Ap
             "Stale request - reported time is {when} which is more than 1 hour ago"
         )));
     }
-    if timestamp - now > ttl_secs {
+    if timestamp.saturating_sub(now) > ttl_secs {
         return Err(ApiError::bad(format!(
             "Invalid timestamp - {timestamp} is more than 1 hour in the future"
         )));

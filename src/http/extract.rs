@@ -36,6 +36,9 @@ pub struct BodyLimits {
 
 /// Reads the request body (any of the three encodings) and merges the query string under it
 /// (the body wins).
+/// Values (nested ones included) a JSON body may hold.
+const MAX_JSON_VALUES: usize = 100_000;
+
 /// Bytes of an over-large file part still read (to answer cleanly) before giving up on it.
 const OVERFLOW_DRAIN: u64 = 16 * 1024 * 1024;
 
@@ -83,10 +86,22 @@ pub async fn read_form(
     let mut form = match mime.as_str() {
         "multipart/form-data" => read_multipart(&content_type, body, tmp_dir, limits).await?,
         "application/json" => {
-            let bytes = read_limited(body, limits).await?;
+            let mut budget = Vec::new();
+            let bytes = read_limited(body, limits, &mut budget).await?;
             let mut params = Params::default();
             let mut raw = None;
             if !bytes.iter().all(|b| b.is_ascii_whitespace()) {
+                // Every value takes memory once parsed (several times its text): their number is
+                // bounded before parsing (a separator or an opening bracket each, at most).
+                let values = bytes
+                    .iter()
+                    .filter(|b| matches!(b, b',' | b'[' | b'{'))
+                    .count();
+                if values > MAX_JSON_VALUES {
+                    return Err(ApiError::bad(format!(
+                        "Invalid JSON body: too many values (at most {MAX_JSON_VALUES})"
+                    )));
+                }
                 let object = parse_object(&bytes, limits.max_fields)?;
                 for (k, v) in &object {
                     push_json(&mut params, k, v.clone());
@@ -97,11 +112,13 @@ pub async fn read_form(
                 params,
                 file: None,
                 json: raw,
+                budget,
             }
         }
         _ => {
             // application/x-www-form-urlencoded, or no type at all (an empty body).
-            let bytes = read_limited(body, limits).await?;
+            let mut budget = Vec::new();
+            let bytes = read_limited(body, limits, &mut budget).await?;
             let mut params = Params::default();
             if !bytes.is_empty() {
                 // Counted before parsing: a field is a `&`-separated item.
@@ -118,6 +135,7 @@ pub async fn read_form(
                 params,
                 file: None,
                 json: None,
+                budget,
             }
         }
     };
@@ -185,11 +203,14 @@ fn push_json(params: &mut Params, key: &str, v: Json) {
     }
 }
 
-async fn read_limited(body: Body, limits: &BodyLimits) -> ApiResult<Vec<u8>> {
+async fn read_limited(
+    body: Body,
+    limits: &BodyLimits,
+    held: &mut Vec<tokio::sync::OwnedSemaphorePermit>,
+) -> ApiResult<Vec<u8>> {
     let limit = limits.max_field_bytes;
     let mut stream = body.into_data_stream();
     let mut out = Vec::new();
-    let mut held = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad(format!("Error reading request body: {e}")))?;
         if out.len() as u64 + chunk.len() as u64 > limit {
@@ -198,7 +219,7 @@ async fn read_limited(body: Body, limits: &BodyLimits) -> ApiResult<Vec<u8>> {
             )));
         }
         if let Some(b) = &limits.budget {
-            b.take(chunk.len(), &mut held)?;
+            b.take(chunk.len(), held)?;
         }
         out.extend_from_slice(&chunk);
     }
@@ -250,7 +271,6 @@ async fn parse_multipart(
     let mut form = Form::default();
     let bad = |e: multer::Error| ApiError::bad(format!("Invalid multipart body: {e}"));
     let (mut fields, mut text_bytes) = (0usize, 0u64);
-    let mut held = Vec::new();
     while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
         fields += 1;
         if fields > limits.max_fields {
@@ -260,11 +280,14 @@ async fn parse_multipart(
         let filename = field.file_name().map(str::to_string);
         match filename {
             Some(filename) if name == "file" => {
+                // The fields so far, as the whole form will be judged: empty values are absent.
+                let mut so_far = form.params.clone();
+                so_far.drop_empty();
                 if let Some(check) = &limits.early_check {
-                    check(&form.params)?;
+                    check(&so_far)?;
                 }
                 let placed = match &limits.placement {
-                    Some(p) => p.place(&form.params).await,
+                    Some(p) => p.place(&so_far).await,
                     None => None,
                 };
                 let in_place = placed.is_some();
@@ -313,7 +336,7 @@ async fn parse_multipart(
                         )));
                     }
                     if let Some(b) = &limits.budget {
-                        b.take(chunk.len(), &mut held)?;
+                        b.take(chunk.len(), &mut form.budget)?;
                     }
                     buf.extend_from_slice(&chunk);
                 }

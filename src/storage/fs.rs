@@ -30,7 +30,9 @@ impl FsBlobStore {
                     && seg != ".."
                     && seg
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                        // `.` for the temporary files of `put` (`.<name>.<hex>`), which a
+                        // killed process can leave for the orphan sweep.
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
             });
         if !ok {
             return Err(std::io::Error::new(

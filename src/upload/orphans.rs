@@ -7,26 +7,58 @@ use std::time::Duration;
 
 use crate::state::AppState;
 
-/// Removes the orphaned blobs; answers how many.
+/// Every blob key a record refers to: assets, and the backups and versions of the
+/// configured clouds.
+async fn referenced(state: &AppState) -> anyhow::Result<HashSet<String>> {
+    let mut keys: HashSet<String> = state.meta.blob_keys().await?.into_iter().collect();
+    for cloud in state.accounts.clouds() {
+        keys.extend(super::backup::kept_blobs(state, cloud).await?);
+    }
+    Ok(keys)
+}
+
+/// Removes the orphaned blobs; answers how many. Only blobs of configured clouds are
+/// considered (blob keys start with the cloud): another cloud's backups are not known here.
 pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     let age = Duration::from_secs(state.limits.orphan_age_secs);
-    let mut referenced: HashSet<String> = state.meta.blob_keys().await?.into_iter().collect();
-    for cloud in state.accounts.clouds() {
-        referenced.extend(super::backup::kept_blobs(state, cloud).await?);
+    let clouds: Vec<String> = state
+        .accounts
+        .clouds()
+        .iter()
+        .map(|c| format!("{c}/"))
+        .collect();
+    let keys = state.blobs.keys().await?;
+    let known = referenced(state).await?;
+    if known.is_empty() && !keys.is_empty() {
+        // Files but no record at all: more likely another database than a store of orphans.
+        tracing::warn!(
+            files = keys.len(),
+            "no record refers to any stored file: not sweeping"
+        );
+        return Ok(0);
     }
-    let mut removed = 0;
-    for key in state.blobs.keys().await? {
-        if referenced.contains(&key) {
+    let mut candidates = Vec::new();
+    for key in keys {
+        if known.contains(&key) || !clouds.iter().any(|c| key.starts_with(c.as_str())) {
             continue;
         }
-        let old = match state.blobs.modified(&key).await? {
-            Some(t) => t.elapsed().unwrap_or_default() >= age,
-            None => false,
-        };
-        // Checked again just before removal: it may have been recorded meanwhile.
-        if old && !state.meta.blob_keys().await?.contains(&key) {
-            state.blobs.delete(&key).await?;
-            removed += 1;
+        // A file that cannot be looked at is left alone (and does not stop the sweep).
+        if let Ok(Some(t)) = state.blobs.modified(&key).await {
+            if t.elapsed().unwrap_or_default() >= age {
+                candidates.push(key);
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    // Read again, after the candidates: a file recorded (or moved to a backup) meanwhile stays.
+    let known = referenced(state).await?;
+    let mut removed = 0;
+    for key in candidates.into_iter().filter(|k| !known.contains(k)) {
+        match state.blobs.delete(&key).await {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(%key, error = %e, "could not remove an orphaned file"),
         }
     }
     Ok(removed)
