@@ -110,6 +110,8 @@ pub struct Admin {
     pub params: Params,
     /// The body as sent when it was JSON (nested objects intact).
     pub json: Option<Json>,
+    /// The request text's room in the shared memory budget, held while the call runs.
+    pub budget: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl FromRequest<AppState> for Admin {
@@ -126,6 +128,7 @@ impl FromRequest<AppState> for Admin {
             cloud,
             params: form.params,
             json: form.json,
+            budget: form.budget,
         })
     }
 }
@@ -176,6 +179,7 @@ impl<R: AuthRule> FromRequest<AppState> for Signed<R> {
                 caller,
                 params: form.params,
                 json: form.json,
+                budget: form.budget,
             },
             PhantomData,
         ))
@@ -245,6 +249,7 @@ impl FromRequest<AppState> for UploadCall {
                 caller,
                 params: form.params,
                 json: form.json,
+                budget: form.budget,
             },
             file: form.file,
             content_range,

@@ -472,6 +472,8 @@ pub struct Call {
     pub params: Params,
     /// The body as sent when it was JSON.
     pub json: Option<Json>,
+    /// The request text's room in the shared memory budget, held while the call runs.
+    pub budget: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// The request data the upload action needs besides the form.
