@@ -114,6 +114,11 @@ impl Params {
         self.text(name).map(str::trim).filter(|s| !s.is_empty())
     }
 
+    /// A non-empty scalar value, trimmed; without one, the "Missing required parameter" error.
+    pub fn required(&self, name: &str) -> ApiResult<&str> {
+        self.nonempty(name).ok_or_else(|| ApiError::missing(name))
+    }
+
     /// The received items of a list parameter (a scalar gives one item).
     pub fn items(&self, name: &str) -> Vec<String> {
         match self.get(name) {

@@ -132,12 +132,8 @@ pub async fn list(state: &AppState, cloud: &str, params: &Params) -> ApiResult<J
 }
 
 pub async fn create(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
-    let uri = params
-        .nonempty("uri")
-        .ok_or_else(|| ApiError::missing("uri"))?;
-    let event = params
-        .nonempty("event_type")
-        .ok_or_else(|| ApiError::missing("event_type"))?;
+    let uri = params.required("uri")?;
+    let event = params.required("event_type")?;
     if !EVENT_TYPES.contains(&event) {
         return Err(ApiError::bad(format!("Invalid event_type {event}")));
     }
@@ -168,10 +164,7 @@ pub async fn create(state: &AppState, cloud: &str, params: &Params) -> ApiResult
 }
 
 pub async fn update(state: &AppState, cloud: &str, id: &str, params: &Params) -> ApiResult<Json> {
-    let new_uri = params
-        .nonempty("new_uri")
-        .ok_or_else(|| ApiError::missing("new_uri"))?
-        .to_string();
+    let new_uri = params.required("new_uri")?.to_string();
     let now = crate::util::iso_time(state.now());
     let change = |t: &mut Json| {
         let uri_type = t["uri_type"].as_str().unwrap_or("webhook").to_string();

@@ -50,9 +50,7 @@ pub async fn destroy_by_asset_id(
     cloud: &str,
     params: &Params,
 ) -> ApiResult<Json> {
-    let id = params
-        .nonempty("asset_id")
-        .ok_or_else(|| ApiError::missing("asset_id"))?;
+    let id = params.required("asset_id")?;
     let found = match find_by_asset_id(state, cloud, id).await? {
         Some(rec) => crate::upload::delete_asset(state, &rec.key).await?,
         None => false,
@@ -225,9 +223,7 @@ pub async fn update_access_mode(
     ty: &str,
     params: &Params,
 ) -> ApiResult<Json> {
-    let mode = params
-        .nonempty("access_mode")
-        .ok_or_else(|| ApiError::missing("access_mode"))?;
+    let mode = params.required("access_mode")?;
     if mode != "public" && mode != "authenticated" {
         return Err(ApiError::bad(format!(
             "Invalid access_mode {mode}: must be public or authenticated"

@@ -14,11 +14,7 @@ fn not_found(folder: &str) -> ApiError {
 }
 
 fn folder_of(params: &Params) -> ApiResult<String> {
-    let f = params
-        .nonempty("folder")
-        .ok_or_else(|| ApiError::missing("folder"))?
-        .trim_matches('/')
-        .to_string();
+    let f = params.required("folder")?.trim_matches('/').to_string();
     if f.is_empty() || f.len() > 255 || f.contains("..") || f.contains('\\') {
         return Err(ApiError::bad(format!("Invalid folder {f}")));
     }
@@ -26,9 +22,7 @@ fn folder_of(params: &Params) -> ApiResult<String> {
 }
 
 fn template_of(params: &Params) -> ApiResult<String> {
-    let t = params
-        .nonempty("template")
-        .ok_or_else(|| ApiError::missing("template"))?;
+    let t = params.required("template")?;
     let lower = t.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) || t.len() > 2048 {
         return Err(ApiError::bad(format!(

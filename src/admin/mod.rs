@@ -617,9 +617,7 @@ async fn by_context(
     params: &Params,
     max: i64,
 ) -> ApiResult<Json> {
-    let key = params
-        .nonempty("key")
-        .ok_or_else(|| ApiError::missing("key"))?;
+    let key = params.required("key")?;
     let value = params.text("value").filter(|v| !v.is_empty());
     let records: Vec<AssetRecord> = all_assets(state, cloud, Some(rt))
         .await?

@@ -128,9 +128,7 @@ pub async fn create(
     params: &Params,
     body: Option<&Json>,
 ) -> ApiResult<Json> {
-    let name = params
-        .nonempty("name")
-        .ok_or_else(|| ApiError::missing("name"))?;
+    let name = params.required("name")?;
     if !super::valid_name(name, &['_', '-']) {
         return Err(ApiError::bad(format!(
             "Invalid name {name}: use letters, digits, '_' and '-'"

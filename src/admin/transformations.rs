@@ -137,9 +137,7 @@ pub async fn list(state: &AppState, cloud: &str, params: &Params) -> ApiResult<J
 
 /// `GET transformations?transformation=<name or string>`.
 pub async fn get(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
-    let t = params
-        .nonempty("transformation")
-        .ok_or_else(|| ApiError::missing("transformation"))?;
+    let t = params.required("transformation")?;
     let doc = state.meta.get_doc(cloud, KIND, bare(t)).await?;
     let (name, string, allowed, named) = match &doc {
         Some(d) => (
@@ -185,12 +183,8 @@ pub async fn get(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Js
 /// `POST transformations` (`name`, `transformation`): a named transformation; a name equal to
 /// its transformation string records an unnamed one.
 pub async fn create(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
-    let name = params
-        .nonempty("name")
-        .ok_or_else(|| ApiError::missing("name"))?;
-    let t = params
-        .nonempty("transformation")
-        .ok_or_else(|| ApiError::missing("transformation"))?;
+    let name = params.required("name")?;
+    let t = params.required("transformation")?;
     check_string(t)?;
     let named = name != t;
     let key = if named { bare(name) } else { name };
@@ -219,9 +213,7 @@ pub async fn create(state: &AppState, cloud: &str, params: &Params) -> ApiResult
 /// `PUT transformations`: `allowed_for_strict`, and `unsafe_update` (a new definition of a
 /// named transformation).
 pub async fn update(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
-    let t = params
-        .nonempty("transformation")
-        .ok_or_else(|| ApiError::missing("transformation"))?;
+    let t = params.required("transformation")?;
     let new_def = params.nonempty("unsafe_update").map(str::to_string);
     if let Some(d) = &new_def {
         check_string(d)?;
@@ -269,9 +261,7 @@ pub async fn update(state: &AppState, cloud: &str, params: &Params) -> ApiResult
 /// `DELETE transformations`: a named transformation, or the derived versions made with a
 /// transformation string.
 pub async fn delete(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
-    let t = params
-        .nonempty("transformation")
-        .ok_or_else(|| ApiError::missing("transformation"))?;
+    let t = params.required("transformation")?;
     let removed_doc = state.meta.delete_doc(cloud, KIND, bare(t)).await?;
     let derived = state.meta.derived_of_cloud(cloud, Some(t)).await?;
     let ids: Vec<String> = derived.iter().map(|d| d.id.clone()).collect();

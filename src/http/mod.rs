@@ -565,10 +565,7 @@ async fn admin_rename_folder(
     Path((_, path)): Path<(String, String)>,
     call: Admin,
 ) -> JsonResult {
-    let to = call
-        .params
-        .nonempty("to_folder")
-        .ok_or_else(|| ApiError::missing("to_folder"))?;
+    let to = call.params.required("to_folder")?;
     Ok(Json(
         admin::rename_folder(&state, &call.cloud, &path, to).await?,
     ))

@@ -140,9 +140,7 @@ fn answer(state: &AppState, call: &Call, rec: &AssetRecord) -> ApiResult<Json> {
 /// `destroy`: `{"result":"ok"}`, or HTTP 200 `{"result":"not found"}`.
 pub async fn destroy(state: &AppState, call: Call) -> ApiResult<Json> {
     let params = &call.params;
-    let public_id = params
-        .nonempty("public_id")
-        .ok_or_else(|| ApiError::missing("public_id"))?;
+    let public_id = params.required("public_id")?;
     let k = key(
         &call,
         params.nonempty("type").unwrap_or("upload"),
@@ -187,12 +185,8 @@ async fn notify_triggers(
 /// `rename`: moves an asset to another public ID and/or delivery type.
 pub async fn rename(state: &AppState, call: Call) -> ApiResult<Json> {
     let params = &call.params;
-    let from = params
-        .nonempty("from_public_id")
-        .ok_or_else(|| ApiError::missing("from_public_id"))?;
-    let to_raw = params
-        .nonempty("to_public_id")
-        .ok_or_else(|| ApiError::missing("to_public_id"))?;
+    let from = params.required("from_public_id")?;
+    let to_raw = params.required("to_public_id")?;
     let to = naming::clean_path("public_id", to_raw)?;
     if to.is_empty() {
         return Err(ApiError::missing("to_public_id"));
@@ -261,9 +255,7 @@ pub async fn explicit(state: &AppState, call: Call) -> ApiResult<Json> {
         .nonempty("eager_notification_url")
         .map(crate::notify::check_url)
         .transpose()?;
-    let public_id = params
-        .nonempty("public_id")
-        .ok_or_else(|| ApiError::missing("public_id"))?;
+    let public_id = params.required("public_id")?;
     let ty = params.nonempty("type").unwrap_or("upload");
     let update = MetadataUpdate::from_params(state, &call.cloud, params, false).await?;
     let change = move |r: &mut AssetRecord| update.apply(r);
@@ -358,10 +350,7 @@ fn public_ids(params: &Params) -> ApiResult<Vec<String>> {
 /// `tags`: add, remove, replace, remove_all, set_exclusive.
 pub async fn tags(state: &AppState, call: Call) -> ApiResult<Json> {
     let params = &call.params;
-    let command = params
-        .nonempty("command")
-        .ok_or_else(|| ApiError::missing("command"))?
-        .to_string();
+    let command = params.required("command")?.to_string();
     if !["add", "remove", "replace", "remove_all", "set_exclusive"].contains(&command.as_str()) {
         return Err(ApiError::bad(format!(
             "Invalid command - {command}. Must be one of: add, remove, replace, remove_all, set_exclusive"
@@ -415,22 +404,14 @@ pub async fn tags(state: &AppState, call: Call) -> ApiResult<Json> {
 /// `context`: add (merge; an empty value removes the key) or remove_all.
 pub async fn context(state: &AppState, call: Call) -> ApiResult<Json> {
     let params = &call.params;
-    let command = params
-        .nonempty("command")
-        .ok_or_else(|| ApiError::missing("command"))?
-        .to_string();
+    let command = params.required("command")?.to_string();
     if command != "add" && command != "remove_all" {
         return Err(ApiError::bad(format!(
             "Invalid command - {command}. Must be one of: add, remove_all"
         )));
     }
     let pairs = match command.as_str() {
-        "add" => Some(parse_pairs(
-            params
-                .nonempty("context")
-                .ok_or_else(|| ApiError::missing("context"))?,
-            false,
-        )),
+        "add" => Some(parse_pairs(params.required("context")?, false)),
         _ => None,
     };
     let ids = public_ids(params)?;
@@ -455,9 +436,7 @@ pub async fn context(state: &AppState, call: Call) -> ApiResult<Json> {
 /// `clear_invalid`, stored values their fields no longer accept are dropped.
 pub async fn metadata(state: &AppState, call: Call) -> ApiResult<Json> {
     let params = &call.params;
-    let raw = params
-        .nonempty("metadata")
-        .ok_or_else(|| ApiError::missing("metadata"))?;
+    let raw = params.required("metadata")?;
     let values = crate::metadata::resolve(state, &call.cloud, parse_pairs(raw, true)).await?;
     let fields = if params.truthy("clear_invalid") {
         Some(crate::metadata::field_map(state, &call.cloud).await?)
@@ -476,10 +455,7 @@ pub async fn metadata(state: &AppState, call: Call) -> ApiResult<Json> {
 /// `delete_by_token`: deletes the asset a `delete_token` names; the token is the only
 /// credential, usable once, for ten minutes after the upload.
 pub async fn delete_by_token(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
-    let token = params
-        .nonempty("token")
-        .ok_or_else(|| ApiError::missing("token"))?
-        .to_string();
+    let token = params.required("token")?.to_string();
     let key = state
         .meta
         .take_delete_token(cloud, &token, state.now())
@@ -507,9 +483,7 @@ pub async fn download(
             return Err(ApiError::bad("The download link has expired (expires_at)"));
         }
     }
-    let public_id = params
-        .nonempty("public_id")
-        .ok_or_else(|| ApiError::missing("public_id"))?;
+    let public_id = params.required("public_id")?;
     let ty = params.nonempty("type").unwrap_or("upload");
     let rec = state
         .meta

@@ -81,9 +81,7 @@ fn colour(params: &Params, name: &str) -> ApiResult<Option<image::Rgba<u8>>> {
 /// font), stored as `image/text/<public_id>.png`.
 pub async fn text(state: &AppState, call: Call) -> ApiResult<Json> {
     let p = &call.params;
-    let content = p
-        .nonempty("text")
-        .ok_or_else(|| ApiError::missing("text"))?;
+    let content = p.required("text")?;
     let mut style = TextStyle {
         size: number(p, "font_size")?.unwrap_or(12.0),
         bold: p.nonempty("font_weight") == Some("bold"),
@@ -441,12 +439,8 @@ const MAX_EXPLODE_PAGES: u32 = 100;
 /// each page made with `pg_<n>` in its place). PDF pages cannot be rendered here: refused.
 pub async fn explode(state: &AppState, call: Call) -> ApiResult<Json> {
     let p = &call.params;
-    let public_id = p
-        .nonempty("public_id")
-        .ok_or_else(|| ApiError::missing("public_id"))?;
-    let t = p
-        .nonempty("transformation")
-        .ok_or_else(|| ApiError::missing("transformation"))?;
+    let public_id = p.required("public_id")?;
+    let t = p.required("transformation")?;
     if !t.split([',', '/']).any(|i| i == "pg_all") {
         return Err(ApiError::bad(
             "explode requires a transformation with pg_all",
