@@ -19,7 +19,10 @@ pub const DEV_ACCOUNT_URL: &str = "cloudinary://123456789012345:nephos-dev-secre
 #[command(
     name = "nephos",
     version,
-    about = "A self-hosted server that speaks Cloudinary's Upload API"
+    about = "A self-hosted server that speaks Cloudinary's Upload API",
+    after_help = "Logging: NEPHOS_LOG sets what is logged, as a tracing filter \
+                  (default `info,sqlx=warn`; e.g. `debug`, `nephos=debug`, `warn`). \
+                  Every option above can also be set by its NEPHOS_* environment variable."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,6 +35,27 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (the default).
     Serve(ServeArgs),
+    /// Check that a running nephos answers `GET /health` with 200 (exit status 0), e.g. as a
+    /// container's health check; it reads the same `--listen`/`NEPHOS_LISTEN`.
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// The address nephos listens on (0.0.0.0 and :: are checked on loopback).
+    #[arg(long, env = "NEPHOS_LISTEN", default_value = "127.0.0.1:8777")]
+    pub listen: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 5)]
+    pub timeout_secs: u64,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Every option of `nephos serve`; each one is reachable through its environment variable.
@@ -128,6 +152,38 @@ pub struct ServeArgs {
     /// Testing aid: freeze the server clock at this Unix time (used to replay recorded requests).
     #[arg(long, env = "NEPHOS_FIXED_TIME")]
     pub fixed_time: Option<i64>,
+    /// Keep everything in memory and a temporary folder removed at exit (the database is an
+    /// in-memory SQLite unless --database-url says otherwise).
+    #[arg(long, env = "NEPHOS_EPHEMERAL")]
+    pub ephemeral: bool,
+    /// A folder whose files are uploaded into every configured cloud at start and after a
+    /// reset (public IDs from the relative paths).
+    #[arg(long, env = "NEPHOS_SEED")]
+    pub seed: Option<PathBuf>,
+    /// Bearer token of the control API (`/_nephos/`); with it, the control API is on whatever
+    /// the listen address; without it, only when listening on loopback.
+    #[arg(long, env = "NEPHOS_CONTROL_TOKEN")]
+    pub control_token: Option<String>,
+    /// Turn the control API off.
+    #[arg(long, env = "NEPHOS_NO_CONTROL")]
+    pub no_control: bool,
+    /// Serve TLS and plain HTTP on the same port; without --tls-cert/--tls-key, a local CA and
+    /// a server certificate are made in `<data dir>/tls` on first start.
+    #[arg(long, env = "NEPHOS_TLS")]
+    pub tls: bool,
+    /// PEM certificate chain to serve with --tls.
+    #[arg(long, env = "NEPHOS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "NEPHOS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Origins browsers may call from (comma-separated), or `*` for any (the default; never
+    /// with credentials).
+    #[arg(long, env = "NEPHOS_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Log lines as text (no colours unless on a terminal) or JSON.
+    #[arg(long, env = "NEPHOS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// The file format (`config/nephos.toml`). Every key is optional.
@@ -151,6 +207,13 @@ pub struct FileConfig {
     #[serde(default)]
     pub upload_presets: Vec<PresetSeed>,
     pub fixed_time: Option<i64>,
+    pub seed: Option<PathBuf>,
+    pub control_token: Option<String>,
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    pub tls: Option<bool>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +325,23 @@ pub struct Config {
     pub limits: Limits,
     pub presets: Vec<PresetSeed>,
     pub fixed_time: Option<i64>,
+    /// In memory and a temporary folder removed at exit.
+    pub ephemeral: bool,
+    pub seed: Option<PathBuf>,
+    pub control_token: Option<String>,
+    pub no_control: bool,
+    pub tls: Option<Tls>,
+    /// Allowed browser origins; empty: any.
+    pub cors_origins: Vec<String>,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone)]
+pub enum Tls {
+    /// A local CA and server certificate made in the data dir.
+    Generated,
+    /// PEM files given.
+    Files { cert: PathBuf, key: PathBuf },
 }
 
 impl Default for Config {
@@ -278,6 +358,12 @@ impl Default for Config {
             limits: Limits::default(),
             presets: Vec::new(),
             fixed_time: None,
+            ephemeral: false,
+            seed: None,
+            control_token: None,
+            no_control: false,
+            tls: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -424,6 +510,42 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("allow_fetch_from: {e}"))?;
         cfg.presets = file.upload_presets;
         cfg.fixed_time = args.fixed_time.or(file.fixed_time);
+        cfg.ephemeral = args.ephemeral;
+        cfg.seed = args.seed.clone().or(file.seed);
+        cfg.control_token = args
+            .control_token
+            .clone()
+            .or(file.control_token)
+            .filter(|t| !t.is_empty());
+        if cfg.control_token.as_ref().is_some_and(|t| t.len() < 8) {
+            anyhow::bail!("the control token must have 8 or more characters");
+        }
+        cfg.no_control = args.no_control;
+        let cert = args.tls_cert.clone().or(file.tls_cert);
+        let key = args.tls_key.clone().or(file.tls_key);
+        cfg.tls = match (args.tls || file.tls.unwrap_or(false), cert, key) {
+            (false, None, None) => None,
+            (_, Some(cert), Some(key)) => Some(Tls::Files { cert, key }),
+            (true, None, None) => Some(Tls::Generated),
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        };
+        let origins = if args.cors_origins.is_empty() {
+            file.cors_origins
+        } else {
+            args.cors_origins.clone()
+        };
+        cfg.cors_origins = origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty() && o != "*")
+            .collect();
+        for o in &cfg.cors_origins {
+            let ok = url::Url::parse(o)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                anyhow::bail!("invalid CORS origin {o:?}: expected scheme://host[:port] or *");
+            }
+        }
         Ok(cfg)
     }
 

@@ -26,6 +26,13 @@ pub enum ApiError {
     Delivery(StatusCode, String),
     #[error("{0}")]
     Internal(String),
+    /// An answer the control API's fault rules asked for: status, message, extra headers.
+    #[error("{1}")]
+    Injected(
+        StatusCode,
+        String,
+        Vec<(axum::http::HeaderName, HeaderValue)>,
+    ),
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -67,6 +74,7 @@ impl ApiError {
             }
             ApiError::Delivery(status, _) => *status,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Injected(status, _, _) => *status,
         }
     }
 }
@@ -90,20 +98,30 @@ impl IntoResponse for ApiError {
             // The detail stays in the log; the client gets the id to quote.
             let id = current_request_id();
             tracing::error!(error = %msg, request_id = %id, "internal error");
+            crate::control::log::capture_error(msg);
             let body = serde_json::json!({ "error": {
                 "message": format!("Internal server error (request id {id})")
             }});
             return (status, Json(body)).into_response();
         }
         if let ApiError::Delivery(_, reason) = &self {
+            crate::control::log::capture_error(reason);
             let mut resp = (status, reason.clone()).into_response();
             if let Ok(v) = HeaderValue::from_str(&sanitize_header(reason)) {
                 resp.headers_mut().insert("x-cld-error", v);
             }
             return resp;
         }
-        let body = serde_json::json!({ "error": { "message": self.to_string() } });
-        (status, Json(body)).into_response()
+        let message = self.to_string();
+        crate::control::log::capture_error(&message);
+        let body = serde_json::json!({ "error": { "message": message } });
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::Injected(_, _, headers) = self {
+            for (k, v) in headers {
+                resp.headers_mut().insert(k, v);
+            }
+        }
+        resp
     }
 }
 

@@ -1,21 +1,37 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
-use nephos::config::{Cli, Command, Config};
+use nephos::config::{Cli, Command, Config, HealthcheckArgs, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Healthcheck(args)) => return healthcheck(&args),
         None => cli.serve,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("NEPHOS_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_env("NEPHOS_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format.unwrap_or_default() {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("nephos: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: nephos::config::ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args)?;
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -23,15 +39,23 @@ async fn main() -> anyhow::Result<()> {
             "cannot listen on {addr}: {e} (choose another with --listen or NEPHOS_LISTEN)"
         )
     })?;
-    let addr = listener.local_addr()?;
-    println!("nephos listening on http://{addr}");
-    if config.dev_account {
-        println!("no account configured: using the development account");
-    }
-    for line in nephos::cloudinary_urls(&config, addr) {
+    // Everything that can fail at start happens before the ready lines.
+    let server = nephos::Server::open(config, listener).await?;
+    for line in server.ready_lines() {
         println!("{line}");
     }
-    nephos::serve(config, listener, shutdown_signal()).await
+    server.run(shutdown_signal()).await
+}
+
+/// `nephos healthcheck`: GET /health over plain HTTP on loopback; 0 when it answers 200.
+fn healthcheck(args: &HealthcheckArgs) -> std::process::ExitCode {
+    match nephos::healthcheck(&args.listen, std::time::Duration::from_secs(args.timeout_secs)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nephos healthcheck: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -732,7 +732,7 @@ impl FieldCache {
         );
     }
 
-    fn forget(&self, cloud: &str) {
+    pub fn forget(&self, cloud: &str) {
         self.lock().remove(cloud);
     }
 }

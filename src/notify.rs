@@ -51,7 +51,11 @@ pub struct Signer {
 }
 
 /// Sends `payload` to `url` in the background, retrying failed attempts.
-pub fn send(client: reqwest::Client, url: reqwest::Url, payload: Json, signer: Signer) {
+/// Every notification and its attempts are recorded for the control API.
+pub fn send(state: &crate::state::AppState, url: reqwest::Url, payload: Json, signer: Signer) {
+    let client = state.webhooks.clone();
+    let control = state.control.clone();
+    let id = control.notifications.start(url.as_str(), &payload);
     tokio::spawn(async move {
         let body = payload.to_string();
         let mut wait = Duration::from_secs(1);
@@ -69,12 +73,26 @@ pub fn send(client: reqwest::Client, url: reqwest::Url, payload: Json, signer: S
                 .body(body.clone())
                 .send()
                 .await;
+            let last = attempt == RETRIES;
             match result {
-                Ok(r) if r.status().is_success() => return,
+                Ok(r) if r.status().is_success() => {
+                    let outcome = r.status().as_u16().to_string();
+                    control.notifications.attempt(id, outcome, Some(true));
+                    return;
+                }
                 Ok(r) => {
+                    let outcome = r.status().as_u16().to_string();
+                    control
+                        .notifications
+                        .attempt(id, outcome, last.then_some(false));
                     tracing::warn!(%url, status = %r.status(), attempt, "notification refused")
                 }
-                Err(e) => tracing::warn!(%url, error = %e, attempt, "notification not delivered"),
+                Err(e) => {
+                    control
+                        .notifications
+                        .attempt(id, e.to_string(), last.then_some(false));
+                    tracing::warn!(%url, error = %e, attempt, "notification not delivered")
+                }
             }
             if attempt < RETRIES {
                 tokio::time::sleep(wait).await;

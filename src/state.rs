@@ -11,7 +11,8 @@ use crate::storage::BlobStore;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub accounts: Arc<Accounts>,
+    /// The accounts: those configured, and the clouds the control API adds at run time.
+    accounts: Arc<std::sync::RwLock<Arc<Accounts>>>,
     pub meta: Arc<dyn MetaStore>,
     pub blobs: Arc<dyn BlobStore>,
     /// Where request bodies are streamed before they are stored.
@@ -33,6 +34,12 @@ pub struct AppState {
     pub hub: Arc<crate::triggers::Hub>,
     /// Room for request text in memory, shared by all requests.
     pub memory: crate::form::MemoryBudget,
+    /// The `https://` base of `secure_url` fields when nephos serves TLS itself.
+    pub secure_base: Option<String>,
+    /// The base SDKs send API calls to (`upload_prefix`), without a trailing slash.
+    pub api_base: String,
+    /// The control API's state (records, faults, hold).
+    pub control: Arc<crate::control::Control>,
     /// Structured metadata fields cached per cloud.
     pub fields: Arc<crate::metadata::FieldCache>,
     fixed_time: Option<i64>,
@@ -53,11 +60,11 @@ impl AppState {
     ) -> AppState {
         let buffered = limits.max_buffered_bytes;
         AppState {
-            accounts: Arc::new(accounts),
+            accounts: Arc::new(std::sync::RwLock::new(Arc::new(accounts))),
             meta,
             blobs,
             tmp_dir,
-            public_url,
+            public_url: public_url.clone(),
             limits,
             webhooks: http.clone(),
             http,
@@ -66,8 +73,39 @@ impl AppState {
             chunks: Arc::new(ChunkRuntime::default()),
             hub: Arc::new(crate::triggers::Hub::default()),
             fields: Arc::new(crate::metadata::FieldCache::default()),
+            secure_base: None,
+            api_base: public_url.clone(),
+            control: Arc::new(crate::control::Control::default()),
             memory: crate::form::MemoryBudget::new(buffered),
             fixed_time,
+        }
+    }
+
+    /// The accounts as they are now (a snapshot: the control API may change them).
+    pub fn accounts(&self) -> Arc<Accounts> {
+        match self.accounts.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the accounts with what `change` makes of them.
+    pub fn update_accounts<T>(&self, change: impl FnOnce(&mut Accounts) -> T) -> T {
+        let mut guard = match self.accounts.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut next = Accounts::clone(&guard);
+        let out = change(&mut next);
+        *guard = Arc::new(next);
+        out
+    }
+
+    /// The `secure_url` of a delivery URL: on the `https://` base when nephos serves TLS.
+    pub fn secure_url(&self, url: &str) -> String {
+        match (&self.secure_base, url.strip_prefix(self.public_url.as_str())) {
+            (Some(base), Some(rest)) => format!("{base}{rest}"),
+            _ => url.to_string(),
         }
     }
 

@@ -71,6 +71,14 @@ pub struct Hub {
     arrived: Notify,
 }
 
+impl Hub {
+    /// Forgets a cloud's cached triggers and queued poll messages (the cloud was reset).
+    pub fn forget_cloud(&self, cloud: &str) {
+        lock(&self.cache).remove(cloud);
+        lock(&self.queues).retain(|(c, _), _| c != cloud);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
@@ -222,7 +230,7 @@ pub async fn fire(state: &AppState, cloud: &str, event: &str, payload: &Json, si
             _ => {
                 if let Ok(url) = crate::notify::check_url(uri) {
                     crate::notify::send(
-                        state.webhooks.clone(),
+                        &state,
                         url,
                         payload.clone(),
                         signer.clone(),

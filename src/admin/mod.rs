@@ -29,15 +29,15 @@ pub fn authenticate(
     cloud: &str,
     authorization: Option<&str>,
 ) -> ApiResult<Account> {
-    if !state.accounts.has_cloud(cloud) {
+    if !state.accounts().has_cloud(cloud) {
         return Err(ApiError::Unauthorized(format!(
             "Invalid cloud_name {cloud}"
         )));
     }
-    if let Some(account) = basic_auth(&state.accounts, cloud, authorization)? {
+    if let Some(account) = basic_auth(&state.accounts(), cloud, authorization)? {
         return Ok(account);
     }
-    match bearer_auth(&state.accounts, cloud, authorization)? {
+    match bearer_auth(&state.accounts(), cloud, authorization)? {
         Some(account) => Ok(account),
         None => Err(ApiError::Unauthorized(
             "Must supply api_key (Admin API calls use HTTP Basic credentials or an OAuth token)"
@@ -113,7 +113,7 @@ pub fn asset_json(
         account.algorithm,
     );
     m.insert("url".into(), json!(url));
-    m.insert("secure_url".into(), json!(url));
+    m.insert("secure_url".into(), json!(state.secure_url(&url)));
     m.insert(
         "access_mode".into(),
         rec.extra

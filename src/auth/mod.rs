@@ -86,6 +86,19 @@ impl Accounts {
             .find(|a| a.cloud == cloud && a.api_key == api_key)
     }
 
+    /// Adds accounts (a cloud created at run time).
+    pub fn add(&mut self, accounts: impl IntoIterator<Item = Account>) {
+        self.accounts.extend(accounts);
+    }
+
+    /// Removes every account and token of a cloud; answers whether it had any.
+    pub fn remove_cloud(&mut self, cloud: &str) -> bool {
+        let before = self.accounts.len();
+        self.accounts.retain(|a| a.cloud != cloud);
+        self.tokens.retain(|(c, _)| c != cloud);
+        before != self.accounts.len()
+    }
+
     /// The configured clouds, each once.
     pub fn clouds(&self) -> Vec<&str> {
         let mut v: Vec<&str> = self.accounts.iter().map(|a| a.cloud.as_str()).collect();

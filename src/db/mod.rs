@@ -21,6 +21,8 @@ pub enum DbError {
     Corrupt(String),
     #[error("unsupported database URL {0:?} (expected sqlite: or postgres:)")]
     UnsupportedUrl(String),
+    #[error("the server cannot be reached: {0}")]
+    Unreachable(String),
 }
 
 /// Identifies one asset.
@@ -385,6 +387,11 @@ pub trait MetaStore: Send + Sync {
     async fn delete_chunk_session(&self, session_id: &str) -> Result<Vec<ChunkPart>, DbError>;
     /// Sessions not touched since `before`.
     async fn stale_chunk_sessions(&self, before: i64) -> Result<Vec<String>, DbError>;
+
+    /// Removes every record of a cloud (assets, tags, derived, presets, folders, upload
+    /// sessions and their parts, delete tokens, documents) in one transaction; answers the
+    /// upload sessions removed (whose folders the caller removes).
+    async fn reset_cloud(&self, cloud: &str) -> Result<Vec<String>, DbError>;
 }
 
 /// Opens the store for `url` (running migrations).

@@ -93,6 +93,14 @@ const ASSET_COLUMNS: &str = "asset_id, cloud, resource_type, delivery_type, publ
     version_id, format, width, height, pages, bytes, etag, created_at, original_filename, \
     display_name, asset_folder, context, metadata, extra, blob_key, api_key";
 
+/// Whether a SQLite URL names an in-memory database.
+fn is_memory_url(url: &str) -> bool {
+    let rest = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//");
+    rest.starts_with(":memory:") || rest.contains("mode=memory")
+}
+
 impl SqlStore {
     pub async fn connect(url: &str) -> Result<SqlStore, DbError> {
         sqlx::any::install_default_drivers();
@@ -103,16 +111,30 @@ impl SqlStore {
         } else {
             return Err(DbError::UnsupportedUrl(url.to_string()));
         };
-        let options = AnyConnectOptions::from_str(url)?;
+        // An in-memory SQLite database is one per connection unless it is named and shared:
+        // every connection of both pools opens the same one, which lives while the writer's
+        // connection (never closed) does.
+        let memory = dialect == Dialect::Sqlite && is_memory_url(url);
+        let url = if memory {
+            format!(
+                "sqlite:file:nephos-memory-{}?mode=memory&cache=shared",
+                crate::util::random_hex(8)
+            )
+        } else {
+            url.to_string()
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
         let store = match dialect {
             Dialect::Sqlite => {
                 let setup = sqlite_setup;
-                let write = AnyPoolOptions::new()
+                let mut write = AnyPoolOptions::new()
                     .max_connections(1)
                     .acquire_timeout(Duration::from_secs(60))
-                    .after_connect(setup)
-                    .connect_with(options.clone())
-                    .await?;
+                    .after_connect(setup);
+                if memory {
+                    write = write.min_connections(1).idle_timeout(None).max_lifetime(None);
+                }
+                let write = write.connect_with(options.clone()).await?;
                 sqlx::raw_sql("PRAGMA journal_mode = WAL;")
                     .execute(&write)
                     .await?;
@@ -131,6 +153,20 @@ impl SqlStore {
                 }
             }
             Dialect::Postgres => {
+                // One connection first, bounded in time, so that an unreachable server is
+                // reported with its cause within seconds rather than after the pool's wait.
+                let first = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options),
+                )
+                .await;
+                match first {
+                    Ok(Ok(conn)) => {
+                        let _ = sqlx::Connection::close(conn).await;
+                    }
+                    Ok(Err(e)) => return Err(DbError::Unreachable(e.to_string())),
+                    Err(_) => return Err(DbError::Unreachable("no answer within 5 s".into())),
+                }
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(30))
@@ -1128,6 +1164,37 @@ impl MetaStore for SqlStore {
         rows.iter()
             .map(|r| r.try_get::<String, _>("session_id").map_err(DbError::from))
             .collect()
+    }
+
+    async fn reset_cloud(&self, cloud: &str) -> Result<Vec<String>, DbError> {
+        let mut tx = self.write.begin().await?;
+        let sessions: Vec<String> =
+            sqlx::query("SELECT session_id FROM upload_sessions WHERE cloud = $1")
+                .bind(cloud.to_string())
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>("session_id"))
+                .collect::<Result<_, _>>()?;
+        for statement in [
+            "DELETE FROM asset_tags WHERE asset_id IN (SELECT asset_id FROM assets WHERE cloud = $1)",
+            "DELETE FROM upload_parts WHERE session_id IN \
+             (SELECT session_id FROM upload_sessions WHERE cloud = $1)",
+            "DELETE FROM upload_sessions WHERE cloud = $1",
+            "DELETE FROM derived WHERE cloud = $1",
+            "DELETE FROM assets WHERE cloud = $1",
+            "DELETE FROM upload_presets WHERE cloud = $1",
+            "DELETE FROM folders WHERE cloud = $1",
+            "DELETE FROM delete_tokens WHERE cloud = $1",
+            "DELETE FROM documents WHERE cloud = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(cloud.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(sessions)
     }
 }
 

@@ -173,7 +173,7 @@ fn parse_path(path: &str) -> Option<DeliveryPath> {
 /// Whether `sig` signs `to_sign` with one of the cloud's secrets (SHA-1 or SHA-256, short or
 /// long form).
 fn signature_valid(state: &AppState, cloud: &str, sig: &str, to_sign: &[String]) -> bool {
-    for account in state.accounts.for_cloud(cloud) {
+    for account in state.accounts().for_cloud(cloud) {
         for text in to_sign {
             let candidates = [
                 delivery_signature(text, &account.api_secret, SignatureAlgorithm::Sha1, false),
@@ -407,12 +407,13 @@ pub async fn serve(
 ) -> ApiResult<Response> {
     // The private-CDN form has no cloud segment (`/<rt>/<type>/…`): with a single cloud
     // configured, it is that cloud's.
-    let clouds = state.accounts.clouds();
+    let accounts = state.accounts();
+    let clouds = accounts.clouds();
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let rooted;
     let path = if clouds.len() == 1
         && ["image", "video", "raw"].contains(&first)
-        && !state.accounts.has_cloud(first)
+        && !state.accounts().has_cloud(first)
     {
         rooted = format!("/{}{path}", clouds[0]);
         rooted.as_str()
@@ -421,7 +422,7 @@ pub async fn serve(
     };
     let mut p = parse_path(path)
         .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, "Resource not found"))?;
-    if !state.accounts.has_cloud(&p.cloud) {
+    if !state.accounts().has_cloud(&p.cloud) {
         return Err(delivery_error(
             StatusCode::NOT_FOUND,
             format!("Unknown cloud {}", p.cloud),

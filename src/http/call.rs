@@ -93,14 +93,16 @@ async fn plain_form(
         placement: None,
         early_check: None,
     };
-    read_form(
+    let form = read_form(
         &parts.headers,
         parts.uri.query(),
         body,
         &state.tmp_dir,
         &limits,
     )
-    .await
+    .await?;
+    crate::control::observe_params(state, &form.params).await?;
+    Ok(form)
 }
 
 /// An Admin API call: Basic credentials checked before the body is read, then the form.
@@ -211,13 +213,13 @@ impl FromRequest<AppState> for UploadCall {
         // What can be refused before the body is read is refused then: an unknown cloud, bad
         // credentials in the header; and, when the file part starts, an unknown key or a stale
         // timestamp among the fields before it.
-        if !state.accounts.has_cloud(&cloud) {
+        if !state.accounts().has_cloud(&cloud) {
             return Err(ApiError::Unauthorized(format!(
                 "Invalid cloud_name {cloud}"
             )));
         }
-        crate::auth::basic_auth(&state.accounts, &cloud, auth)?;
-        crate::auth::bearer_auth(&state.accounts, &cloud, auth)?;
+        crate::auth::basic_auth(&state.accounts(), &cloud, auth)?;
+        crate::auth::bearer_auth(&state.accounts(), &cloud, auth)?;
         let mut limits = body_limits(state);
         limits.early_check = Some(early_check(state, &cloud, auth.is_some()));
         if let Some(range) = content_range
@@ -235,6 +237,7 @@ impl FromRequest<AppState> for UploadCall {
             }
         }
         let mut form = read_form(headers, parts.uri.query(), body, &state.tmp_dir, &limits).await?;
+        crate::control::observe_params(state, &form.params).await?;
         // Empty values are not signed: they mean "absent".
         form.params.drop_empty();
         let options = AuthOptions {
@@ -267,7 +270,7 @@ fn early_check(state: &AppState, cloud: &str, has_header: bool) -> super::extrac
             return Ok(());
         }
         if let Some(key) = params.nonempty("api_key") {
-            if state.accounts.find(&cloud, key).is_none() {
+            if state.accounts().find(&cloud, key).is_none() {
                 return Err(ApiError::Unauthorized(format!("Unknown API key {key}")));
             }
         }
@@ -294,7 +297,7 @@ impl FromRequest<AppState> for Open {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (parts, body) = req.into_parts();
         let cloud = cloud_of(&parts.uri)?;
-        if !state.accounts.has_cloud(&cloud) {
+        if !state.accounts().has_cloud(&cloud) {
             return Err(ApiError::Unauthorized(format!(
                 "Invalid cloud_name {cloud}"
             )));

@@ -5,6 +5,7 @@ pub mod call;
 pub mod extract;
 pub mod ratelimit;
 pub mod server;
+pub mod tls;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
@@ -14,7 +15,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tower_http::cors::CorsLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::admin;
 use crate::error::{ApiError, ApiResult};
@@ -24,24 +24,96 @@ use crate::state::AppState;
 use crate::upload::{self, actions};
 use call::{Admin, Lenient, Open, Signed, UploadCall};
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     // Path decoding must happen before routing, so it wraps the routed service.
     let calls = std::sync::Arc::new(ratelimit::AdminCalls::default());
     let limited = api_routes(state.clone()).layer(middleware::from_fn_with_state(
-        (state, calls),
+        (state.clone(), calls),
         ratelimit::limit,
     ));
     let routes = tower::util::MapRequest::new(limited, decode_slashes);
-    Router::new()
+    let api = Router::new()
         .fallback_service(routes)
+        .layer(cors(cors_origins))
+        .layer(middleware::from_fn_with_state(state.clone(), observe));
+    Router::new()
+        // The control API: no CORS layer (browsers cannot call it cross-origin) and not
+        // recorded among the requests it reports.
+        .nest("/_nephos", crate::control::api::router(state))
+        .fallback_service(api)
         // A bug must never take a connection down without an answer: a panic becomes a 500
         // in the API's error shape (and is logged).
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             panic_answer,
         ))
-        .layer(cors())
-        .layer(TraceLayer::new_for_http())
         .layer(middleware::from_fn(request_id))
+}
+
+/// Logs one line per request (method, path, status, duration, request id, cloud), records it
+/// for the control API, and applies the injected faults that do not look at parameters.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    use crate::control::log::{cloud_of, Capture, RequestEntry, CAPTURE};
+    let started = std::time::Instant::now();
+    let at_ms = chrono::Utc::now().timestamp_millis();
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let cloud = cloud_of(&path);
+    let capture = std::sync::Arc::new(std::sync::Mutex::new(Capture {
+        method: method.clone(),
+        path: path.clone(),
+        cloud: cloud.clone(),
+        ..Default::default()
+    }));
+    let control = state.control.clone();
+    let resp = CAPTURE
+        .scope(capture.clone(), async {
+            if !control.faults.is_empty() {
+                if let Some(effect) = control.faults.check(&method, &path, cloud.as_deref(), None)
+                {
+                    if let Some(d) = effect.delay {
+                        tokio::time::sleep(d).await;
+                    }
+                    if let Some(answer) = effect.answer {
+                        return answer.into_response();
+                    }
+                }
+            }
+            next.run(req).await
+        })
+        .await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = resp.status().as_u16();
+    let request_id = crate::error::REQUEST_ID
+        .try_with(|id| id.clone())
+        .unwrap_or_default();
+    let cloud_shown = cloud.as_deref().unwrap_or("-");
+    if path == "/health" {
+        tracing::debug!(target: "nephos::request", %method, %path, status, ms = format!("{ms:.1}"), %request_id, "request");
+    } else {
+        tracing::info!(target: "nephos::request", %method, %path, status, ms = format!("{ms:.1}"), %request_id, cloud = %cloud_shown, "request");
+    }
+    if control.enabled {
+        let (params, error) = match capture.lock() {
+            Ok(mut c) => (c.params.take(), c.error.take()),
+            Err(p) => {
+                let mut c = p.into_inner();
+                (c.params.take(), c.error.take())
+            }
+        };
+        control.requests.push(RequestEntry {
+            seq: 0,
+            at_ms,
+            request_id,
+            method,
+            path,
+            cloud,
+            params,
+            status,
+            error,
+            duration_ms: ms,
+        });
+    }
+    resp
 }
 
 /// Node's SDK encodes a path given as one string as one segment (`resources%2Fsearch`,
@@ -238,10 +310,21 @@ fn api_routes(state: AppState) -> Router {
 /// page's own server) and read delivery URLs from any origin, as with Cloudinary, but never
 /// with credentials: no cookies, no `Authorization` header — a web page the developer visits
 /// cannot drive the Admin API of a local nephos.
-fn cors() -> CorsLayer {
-    use axum::http::header::{HeaderName, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+fn cors(origins: &[String]) -> CorsLayer {
+    use axum::http::header::{HeaderName, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+    use tower_http::cors::AllowOrigin;
+    let allow = if origins.is_empty() {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
     CorsLayer::new()
-        .allow_origin(tower_http::cors::Any)
+        .allow_origin(allow)
         .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::OPTIONS])
         .allow_headers([
             CONTENT_TYPE,
@@ -250,7 +333,16 @@ fn cors() -> CorsLayer {
             HeaderName::from_static("x-unique-upload-id"),
             HeaderName::from_static("x-requested-with"),
         ])
-        .expose_headers(tower_http::cors::Any)
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("x-cld-error"),
+            HeaderName::from_static("x-featureratelimit-limit"),
+            HeaderName::from_static("x-featureratelimit-remaining"),
+            HeaderName::from_static("x-featureratelimit-reset"),
+            CONTENT_LENGTH,
+            CONTENT_RANGE,
+            HeaderName::from_static("etag"),
+        ])
 }
 
 fn panic_answer(detail: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -275,9 +367,22 @@ async fn request_id(req: Request, next: Next) -> Response {
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let db = state.meta.ping().await;
-    let blobs = state.blobs.health().await;
-    let tmp = tokio::fs::metadata(&state.tmp_dir).await.map(|_| ());
+    // Each check answers within two seconds: a database that does not answer is reported,
+    // never waited for.
+    let limit = std::time::Duration::from_secs(2);
+    let timed_out = || "no answer within 2 s".to_string();
+    let db = tokio::time::timeout(limit, state.meta.ping())
+        .await
+        .map_err(|_| timed_out())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let blobs = tokio::time::timeout(limit, state.blobs.health())
+        .await
+        .map_err(|_| timed_out())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let tmp = tokio::time::timeout(limit, tokio::fs::metadata(&state.tmp_dir))
+        .await
+        .map_err(|_| timed_out())
+        .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
     match (&db, &blobs, &tmp) {
         (Ok(()), Ok(()), Ok(())) => Json(json!({"status": "ok"})).into_response(),
         _ => {
@@ -286,9 +391,9 @@ async fn health(State(state): State<AppState>) -> Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 Json(json!({
                     "status": "unavailable",
-                    "database": reason(db.map_err(|e| e.to_string())),
-                    "storage": reason(blobs.map_err(|e| e.to_string())),
-                    "temp_dir": reason(tmp.map_err(|e| e.to_string())),
+                    "database": reason(db),
+                    "storage": reason(blobs),
+                    "temp_dir": reason(tmp),
                 })),
             )
                 .into_response()

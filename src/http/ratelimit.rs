@@ -56,7 +56,7 @@ pub async fn limit(
 ) -> Response {
     let max = state.limits.admin_rate_limit;
     let cloud = match admin_cloud(req.uri().path()) {
-        Some(c) if max > 0 && state.accounts.has_cloud(c) => c.to_string(),
+        Some(c) if max > 0 && state.accounts().has_cloud(c) => c.to_string(),
         _ => return next.run(req).await,
     };
     let now = state.now();

@@ -1,6 +1,7 @@
 //! The accept loop: HTTP/1.1 connections with a deadline for request headers (which also
 //! ends idle keep-alive connections), a cap on open connections, and graceful shutdown.
-//! (Bodies have their own idle deadline, applied where they are read.)
+//! (Bodies have their own idle deadline, applied where they are read.) With TLS, each
+//! connection's first byte tells a TLS handshake (0x16) from plain HTTP: both on one port.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -22,6 +23,7 @@ pub async fn run(
     listener: TcpListener,
     app: Router,
     limits: &Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -48,15 +50,34 @@ pub async fn run(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            match tls {
+                None => serve_conn(stream, app, header_timeout, watcher).await,
+                Some(acceptor) => {
+                    // The first byte, within the header deadline: a handshake or HTTP.
+                    let mut first = [0u8; 1];
+                    let peeked =
+                        tokio::time::timeout(header_timeout, stream.peek(&mut first)).await;
+                    match peeked {
+                        Ok(Ok(1)) if first[0] == 0x16 => {
+                            let shake =
+                                tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                            match shake.await {
+                                Ok(Ok(tls_stream)) => {
+                                    serve_conn(tls_stream, app, header_timeout, watcher).await
+                                }
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        }
+                        Ok(Ok(1)) => serve_conn(stream, app, header_timeout, watcher).await,
+                        _ => {}
+                    }
+                }
+            }
             drop(permit);
         });
     }
@@ -67,4 +88,18 @@ pub async fn run(
     {
         tracing::warn!("shutdown: requests still in flight after {DRAIN:?}");
     }
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends.
+async fn serve_conn<I>(io: I, app: Router, header_timeout: Duration, watcher: Watcher)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = watcher.watch(conn).await;
 }

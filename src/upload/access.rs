@@ -24,7 +24,7 @@ pub fn authenticate(
     params: &Params,
     opts: AuthOptions,
 ) -> Result<Caller, ApiError> {
-    let accounts = &state.accounts;
+    let accounts = &state.accounts();
     if !accounts.has_cloud(cloud) {
         return Err(ApiError::Unauthorized(format!(
             "Invalid cloud_name {cloud}"

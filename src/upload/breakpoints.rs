@@ -190,7 +190,7 @@ pub async fn compute(
                 "height": ih,
                 "bytes": ib,
                 "url": url,
-                "secure_url": url,
+                "secure_url": state.secure_url(&url),
             }));
             if r.create_derived {
                 derived.push(DerivedRecord {

@@ -166,7 +166,7 @@ pub fn eager_json(
                 m.insert("bytes".into(), json!(d.bytes));
                 m.insert("format".into(), json!(d.format));
                 m.insert("url".into(), json!(u));
-                m.insert("secure_url".into(), json!(u));
+                m.insert("secure_url".into(), json!(state.secure_url(&u)));
                 Json::Object(m)
             })
             .collect(),
@@ -186,7 +186,7 @@ pub fn derived_json(
             .map(|d| {
                 let u = url(state, rec, d, signer);
                 json!({"transformation": d.transformation, "format": d.format, "bytes": d.bytes,
-                       "id": d.id, "url": u, "secure_url": u})
+                       "id": d.id, "secure_url": state.secure_url(&u), "url": u})
             })
             .collect(),
     )
@@ -203,6 +203,8 @@ pub fn in_background(
     batch_id: String,
 ) {
     tokio::spawn(async move {
+        // The control API may hold background work to let apps test their pending states.
+        state.control.hold.wait().await;
         match generate(&state, &rec, &specs).await {
             Ok(derived) => {
                 if let Some(url) = notify_to {
@@ -213,7 +215,7 @@ pub fn in_background(
                         "batch_id": batch_id,
                     });
                     crate::notify::send(
-                        state.webhooks.clone(),
+                        &state,
                         url,
                         payload,
                         crate::notify::Signer {

@@ -424,8 +424,8 @@ pub async fn multi(state: &AppState, call: Call) -> ApiResult<Json> {
     let marker = format!("/{}/image/multi/", call.cloud);
     let url = with_transformation(stored["url"].as_str().unwrap_or(""), &marker, &t);
     Ok(serde_json::json!({
+        "secure_url": state.secure_url(&url),
         "url": url,
-        "secure_url": url,
         "public_id": stored["public_id"],
         "version": stored["version"],
         "asset_id": stored["asset_id"],

@@ -60,7 +60,7 @@ pub async fn auto_upload(state: &AppState, path: &str) -> ApiResult<bool> {
     {
         return Err(refused());
     }
-    let Some(account) = state.accounts.primary(&cloud).cloned() else {
+    let Some(account) = state.accounts().primary(&cloud).cloned() else {
         return Ok(false);
     };
     let base = reqwest::Url::parse(&template).map_err(|_| refused())?;

@@ -577,6 +577,8 @@ fn store_later(
         req.resource_type.to_string(),
     );
     tokio::spawn(async move {
+        // The control API may hold background work to let apps test their pending states.
+        state.control.hold.wait().await;
         let req = UploadRequest {
             cloud: &cloud,
             resource_type: &rt,
@@ -968,7 +970,7 @@ pub async fn store_upload(
     };
     if let Some(url) = params.nonempty("notification_url") {
         crate::notify::send(
-            state.webhooks.clone(),
+            &state,
             crate::notify::check_url(url)?,
             payload.clone(),
             notify_signer.clone(),

@@ -11,7 +11,7 @@ use crate::state::AppState;
 /// configured clouds.
 async fn referenced(state: &AppState) -> anyhow::Result<HashSet<String>> {
     let mut keys: HashSet<String> = state.meta.blob_keys().await?.into_iter().collect();
-    for cloud in state.accounts.clouds() {
+    for cloud in state.accounts().clouds() {
         keys.extend(super::backup::kept_blobs(state, cloud).await?);
     }
     Ok(keys)
@@ -22,7 +22,7 @@ async fn referenced(state: &AppState) -> anyhow::Result<HashSet<String>> {
 pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
     let age = Duration::from_secs(state.limits.orphan_age_secs);
     let clouds: Vec<String> = state
-        .accounts
+        .accounts()
         .clouds()
         .iter()
         .map(|c| format!("{c}/"))

@@ -31,8 +31,9 @@ impl ResponseSigner {
             }),
             Caller::Unsigned { .. } => {
                 let account = state
-                    .accounts
+                    .accounts()
                     .primary(cloud)
+                    .cloned()
                     .ok_or_else(|| ApiError::Unauthorized(format!("Invalid cloud_name {cloud}")))?;
                 Ok(ResponseSigner {
                     secret: account.api_secret.clone(),
@@ -91,8 +92,8 @@ pub fn upload_response(
     m.insert("placeholder".into(), json!(false));
     let url = delivery::asset_url(&state.public_url, rec, &signer.secret, signer.algorithm);
     m.insert("url".into(), json!(url));
-    // nephos serves one scheme: both fields point at it so that both load.
-    m.insert("secure_url".into(), json!(url));
+    // `https://` when nephos serves TLS (on the same port), else the same as `url`.
+    m.insert("secure_url".into(), json!(state.secure_url(&url)));
     m.insert("asset_folder".into(), json!(rec.asset_folder));
     m.insert("display_name".into(), json!(rec.display_name));
     if !rec.context.is_empty() {
