@@ -399,7 +399,17 @@ pub async fn get_resources(
         "search" => return search::search(state, account, cloud, params).await,
         "by_asset_ids" => return search::by_asset_ids(state, account, cloud, params).await,
         "by_asset_folder" => return search::by_asset_folder(state, account, cloud, params).await,
-        id if is_asset_id(id) => return search::by_asset_id(state, account, cloud, id).await,
+        id if is_asset_id(id) => {
+            // By asset ID: the same answer (and options) as by public ID.
+            let rec = assets::find_by_asset_id(state, cloud, id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {id}")))?;
+            let by_id = format!(
+                "{}/{}/{}",
+                rec.key.resource_type, rec.key.delivery_type, rec.key.public_id
+            );
+            return Box::pin(get_resources(state, account, cloud, &by_id, params)).await;
+        }
         _ => {}
     }
     let target = parse_target(rest)?;
@@ -486,7 +496,16 @@ pub async fn get_resources(
             q.resource_type = Some(rt);
             q.delivery_type = ty;
             q.prefix = params.nonempty("prefix").map(str::to_string);
-            let ids = params.items("public_ids");
+            let mut ids = params.items("public_ids");
+            // One value with commas: the comma-joined form (clients generated from
+            // Cloudinary's OpenAPI description send the list so).
+            if ids.len() == 1 && ids[0].contains(',') {
+                ids = ids[0]
+                    .split(',')
+                    .map(|i| i.trim().to_string())
+                    .filter(|i| !i.is_empty())
+                    .collect();
+            }
             if !ids.is_empty() {
                 q.public_ids = Some(ids);
                 q.max_results = 1000;
@@ -541,7 +560,18 @@ async fn listing(
     cursor: Option<String>,
     with_context: bool,
 ) -> ApiResult<Json> {
-    let with_tags = wants(params, "tags");
+    // `fields`: only those (and the identifying ones, which always come back); naming `tags`
+    // or `context` brings them as `tags=true`/`context=true` would.
+    let fields: Vec<String> = params
+        .items("fields")
+        .iter()
+        .flat_map(|f| f.split(','))
+        .map(|f| f.trim().to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    let named = |f: &str| fields.iter().any(|x| x == f);
+    let with_tags = wants(params, "tags") || named("tags");
+    let with_context = with_context || named("context");
     let mut resources: Vec<Json> = records
         .iter()
         .map(|r| asset_json(state, account, r, with_tags, with_context))
@@ -554,14 +584,6 @@ async fn listing(
             }
         }
     }
-    // `fields`: only those (and the identifying ones, which always come back).
-    let fields: Vec<String> = params
-        .items("fields")
-        .iter()
-        .flat_map(|f| f.split(','))
-        .map(|f| f.trim().to_string())
-        .filter(|f| !f.is_empty())
-        .collect();
     if !fields.is_empty() {
         for item in resources.iter_mut() {
             if let Json::Object(m) = item {

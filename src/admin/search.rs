@@ -55,7 +55,11 @@ pub async fn search(
 ) -> ApiResult<Json> {
     let started = std::time::Instant::now();
     let expr = parse_expression(params)?;
-    let max = max_results(params, 50)?;
+    // 0 asks only for the count (and aggregations).
+    let max = match params.nonempty("max_results") {
+        Some("0") => 0,
+        _ => max_results(params, 50)?,
+    };
     let offset = read_cursor(params)?;
     let sort = sort_keys(params)?;
     let now = state.now();
@@ -92,7 +96,7 @@ pub async fn search(
         .take(max)
         .map(|r| search_json(state, account, r, &with, &fields))
         .collect();
-    if offset + max < found.len() {
+    if max > 0 && offset + max < found.len() {
         out.insert("next_cursor".into(), json!(write_cursor(offset + max)));
     }
     out.insert("time".into(), json!(started.elapsed().as_millis() as u64));

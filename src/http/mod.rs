@@ -180,6 +180,7 @@ fn api_routes(state: AppState) -> Router {
         )
         .route("/v1_1/{cloud}/{resource_type}/download", get(download))
         .route("/v1_1/{cloud}/delete_by_token", post(delete_by_token))
+        .route("/v1_1/{cloud}/download_backup", get(download_backup))
         .route(
             "/v1_1/{cloud}/{resource_type}/delete_by_token",
             post(delete_by_token),
@@ -497,6 +498,15 @@ async fn generate_archive(
 }
 
 /// `GET …/download` (the SDKs' `private_download_url`), signed in the query.
+async fn download_backup(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Signed(call, _): Signed,
+) -> ApiResult<Response> {
+    actions::download_backup(&state, call, &method, &headers).await
+}
+
 async fn download(
     State(state): State<AppState>,
     method: Method,

@@ -511,3 +511,28 @@ pub async fn download(
     }
     Ok(resp)
 }
+
+/// `GET download_backup?asset_id=…&version_id=…` (the SDKs' `download_backedup_asset`): the
+/// file of one kept version of an asset.
+pub async fn download_backup(
+    state: &AppState,
+    call: Call,
+    method: &axum::http::Method,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<axum::response::Response> {
+    let asset_id = call.params.required("asset_id")?;
+    let version_id = call.params.required("version_id")?;
+    let rec = crate::admin::assets::find_by_asset_id(state, &call.cloud, asset_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {asset_id}")))?;
+    let kept = super::backup::versions(state, &rec.key).await?;
+    let version = std::iter::once(rec)
+        .chain(kept)
+        .find(|v| v.version_id == version_id)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "Version {version_id} of asset {asset_id} not found"
+            ))
+        })?;
+    crate::delivery::serve_asset(state, method, headers, &version, None).await
+}

@@ -258,7 +258,25 @@ fn unescape(s: &str) -> String {
 
 /// Parses `k=v|k2=v2` (Cloudinary's context/metadata encoding). `json_lists` turns values
 /// that are JSON arrays into arrays (structured metadata).
+/// A JSON object (`{"k": "v"}`, as JSON bodies may send it) is taken as the map itself;
+/// its scalar values become strings.
 pub fn parse_pairs(s: &str, json_lists: bool) -> Map<String, Json> {
+    if s.trim_start().starts_with('{') {
+        if let Ok(Json::Object(obj)) = serde_json::from_str::<Json>(s) {
+            return obj
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Json::String(_) => v,
+                        Json::Array(_) if json_lists => v,
+                        Json::Null => Json::String(String::new()),
+                        other => Json::String(other.to_string()),
+                    };
+                    (k, v)
+                })
+                .collect();
+        }
+    }
     let mut map = Map::new();
     for item in split_escaped(s, '|', None) {
         if item.trim().is_empty() {
@@ -1107,6 +1125,10 @@ mod tests {
         assert_eq!(m["n"], "");
         let m = parse_pairs("caption=some caption|alt=alternative\\|alt\\=a", false);
         assert_eq!(m["alt"], "alternative|alt=a");
+        let o = parse_pairs(r#"{"color":"red","n":3,"tags":["a","b"]}"#, true);
+        assert_eq!(o["color"], "red");
+        assert_eq!(o["n"], "3");
+        assert_eq!(o["tags"], serde_json::json!(["a", "b"]));
         let m = parse_pairs("f1=v1|f2=[\"x\",\"y\\=z\"]", true);
         assert_eq!(m["f2"], json!(["x", "y=z"]));
     }

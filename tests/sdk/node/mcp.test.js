@@ -5,9 +5,7 @@
 // HTTP Basic credentials, uploads included: a `file://` path is read by the MCP server and sent
 // as a base64 data URI. What the tools did is checked both in their answers and by asking nephos
 // directly.
-//
-// The tests under "known gaps" state what Cloudinary answers where nephos does not yet; they
-// are marked `todo`, so they report without failing the run. Drop the mark once a gap is fixed.
+
 'use strict';
 const { describe, test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -340,9 +338,8 @@ describe('known gaps (Cloudinary behaviour nephos does not match yet)', () => {
   });
 
   // POST /v1_1/<cloud>/image/metadata {"metadata":{"<field>":"red"},"public_ids":[…]}: Cloudinary
-  // takes metadata as a JSON object (or a `key=value|…` string); nephos reads the object as
-  // one field name and answers 400 `Metadata field {"…":"red"} does not exist`.
-  test('manage-asset-metadata with a JSON object', { todo: 'metadata as a JSON object is not understood' }, async () => {
+  // takes metadata as a JSON object as well as a `key=value|…` string.
+  test('manage-asset-metadata with a JSON object', async () => {
     const r = await ok('manage-asset-metadata', {
       resource_type: 'image',
       metadata_update_request: { metadata: { [field]: 'red' }, public_ids: [`${P}/data`] },
@@ -353,7 +350,7 @@ describe('known gaps (Cloudinary behaviour nephos does not match yet)', () => {
   });
 
   // Same for PUT /v1_1/<cloud>/resources/<asset_id> and POST /v1_1/<cloud>/<rt>/upload.
-  test('asset-update and upload-asset with metadata as a JSON object', { todo: 'metadata as a JSON object is not understood' }, async () => {
+  test('asset-update and upload-asset with metadata as a JSON object', async () => {
     const u = await ok('asset-update', { asset_id: uploaded.data.asset_id, ResourceUpdateRequest: { metadata: { [field]: 'green' } } });
     assert.equal(u.metadata[field], 'green');
     const up = await ok('upload-asset', {
@@ -363,18 +360,16 @@ describe('known gaps (Cloudinary behaviour nephos does not match yet)', () => {
     assert.equal(d.json.metadata[field], 'blue');
   });
 
-  // POST resources/search {"max_results":0}: Cloudinary answers total_count (and aggregations)
-  // with no resources; nephos answers 400 `Invalid max_results 0: must be 1 to 500`.
-  test('search-assets with max_results 0 counts only', { todo: 'max_results 0 is refused' }, async () => {
+  // POST resources/search {"max_results":0}: total_count (and aggregations), no resources.
+  test('search-assets with max_results 0 counts only', async () => {
     const r = await ok('search-assets', { request: { expression: `public_id:${P}/*`, max_results: 0 } });
     assert.equal(r.total_count, 2);
     assert.deepEqual(r.resources || [], []);
   });
 
   // GET resources/image?fields=public_id,tags,context&tags=false (the tool always sends
-  // tags=false): Cloudinary includes the listed fields; nephos drops tags and context unless
-  // tags=true / context=true.
-  test('list-images returns the tags and context named in fields', { todo: 'fields does not bring tags/context' }, async () => {
+  // tags=false): the fields named come back.
+  test('list-images returns the tags and context named in fields', async () => {
     const r = await ok('list-images', { prefix: `${P}/`, fields: ['public_id', 'tags', 'context'] });
     const data = r.resources.find((x) => x.public_id === `${P}/data`);
     assert.deepEqual(data.tags, [TAG, `${TAG}_upd`]);
@@ -382,16 +377,15 @@ describe('known gaps (Cloudinary behaviour nephos does not match yet)', () => {
   });
 
   // GET resources/image?public_ids=a%2Cb (comma-joined: the OpenAPI form the tool uses,
-  // explode=false): nephos reads it as the single public ID "a,b" and answers no resources.
-  // One ID works; `public_ids[]=a&public_ids[]=b` (the Node SDK's form) works too.
-  test('list-images by public_ids', { todo: 'comma-joined public_ids are not split' }, async () => {
+  // explode=false), as well as `public_ids[]=a&public_ids[]=b` (the Node SDK's form).
+  test('list-images by public_ids', async () => {
     const r = await ok('list-images', { public_ids: [`${P}/data`, `${P}/renamed`] });
     assert.deepEqual(ids(r.resources).sort(), [`${P}/data`, `${P}/renamed`]);
   });
 
   // GET resources/<asset_id>?versions=true answers no `versions` list, and
   // GET download_backup?asset_id=…&version_id=… is 404 `No route`.
-  test('backed-up versions and download-asset-backup', { todo: 'no versions list, no download_backup endpoint' }, async () => {
+  test('backed-up versions and download-asset-backup', async () => {
     const up = await ok('upload-asset', {
       upload_request: { file: fileUrl(asset('logo.png')), public_id: `${P}_gap/backed`, backup: true },
     });
