@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check that a running nephos answers `GET /health` with 200 (exit status 0), e.g. as a
     /// container's health check; it reads the same `--listen`/`NEPHOS_LISTEN`.
     Healthcheck(HealthcheckArgs),
@@ -154,7 +154,7 @@ pub struct ServeArgs {
     pub fixed_time: Option<i64>,
     /// Keep everything in memory and a temporary folder removed at exit (the database is an
     /// in-memory SQLite unless --database-url says otherwise).
-    #[arg(long, env = "NEPHOS_EPHEMERAL")]
+    #[arg(long, env = "NEPHOS_EPHEMERAL", value_parser = clap::builder::BoolishValueParser::new())]
     pub ephemeral: bool,
     /// A folder whose files are uploaded into every configured cloud at start and after a
     /// reset (public IDs from the relative paths).
@@ -165,11 +165,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NEPHOS_CONTROL_TOKEN")]
     pub control_token: Option<String>,
     /// Turn the control API off.
-    #[arg(long, env = "NEPHOS_NO_CONTROL")]
+    #[arg(long, env = "NEPHOS_NO_CONTROL", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_control: bool,
     /// Serve TLS and plain HTTP on the same port; without --tls-cert/--tls-key, a local CA and
     /// a server certificate are made in `<data dir>/tls` on first start.
-    #[arg(long, env = "NEPHOS_TLS")]
+    #[arg(long, env = "NEPHOS_TLS", value_parser = clap::builder::BoolishValueParser::new())]
     pub tls: bool,
     /// PEM certificate chain to serve with --tls.
     #[arg(long, env = "NEPHOS_TLS_CERT", requires = "tls_key")]

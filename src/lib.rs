@@ -231,7 +231,11 @@ impl Server {
             netpolicy::client(netpolicy::Purpose::Fetch, allow.clone(), timeout, redirects)?;
         let webhooks = netpolicy::client(netpolicy::Purpose::Webhook, allow.clone(), timeout, 0)?;
         let tls = match &config.tls {
-            Some(t) => Some(http::tls::setup(t, &data_dir, config.public_url.as_deref())?),
+            Some(t) => Some(http::tls::setup(
+                t,
+                &data_dir,
+                config.public_url.as_deref(),
+            )?),
             None => None,
         };
         let base = public_base(&config, addr);
@@ -252,8 +256,8 @@ impl Server {
         if tls.is_some() && config.public_url.is_none() {
             state.secure_base = Some(api_base(addr, "https"));
         }
-        let enabled = !config.no_control
-            && (config.control_token.is_some() || addr.ip().is_loopback());
+        let enabled =
+            !config.no_control && (config.control_token.is_some() || addr.ip().is_loopback());
         state.control = Arc::new(control::Control {
             enabled,
             token: config.control_token.clone(),
@@ -321,7 +325,9 @@ impl Server {
     pub fn ready_lines(&self) -> Vec<String> {
         let mut lines = vec![format!("nephos listening on {}", self.base_url())];
         if let Some(https) = self.secure_base_url() {
-            lines.push(format!("nephos listening on {https} (TLS on the same port)"));
+            lines.push(format!(
+                "nephos listening on {https} (TLS on the same port)"
+            ));
         }
         if self.config.dev_account {
             lines.push("no account configured: using the development account".into());
@@ -354,7 +360,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Server {
             state,
             listener,
@@ -366,14 +375,7 @@ impl Server {
         let sweeper = tokio::spawn(sweep_forever(state.clone()));
         let limits = state.limits.clone();
         let app = http::router(state, &cors_origins);
-        http::server::run(
-            listener,
-            app,
-            &limits,
-            tls.map(|t| t.acceptor),
-            shutdown,
-        )
-        .await;
+        http::server::run(listener, app, &limits, tls.map(|t| t.acceptor), shutdown).await;
         sweeper.abort();
         drop(_ephemeral);
         Ok(())

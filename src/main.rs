@@ -8,12 +8,12 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Serve(args)) => args,
+        Some(Command::Serve(args)) => *args,
         Some(Command::Healthcheck(args)) => return healthcheck(&args),
         None => cli.serve,
     };
-    let filter = EnvFilter::try_from_env("NEPHOS_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_env("NEPHOS_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -49,7 +49,10 @@ async fn run(args: nephos::config::ServeArgs) -> anyhow::Result<()> {
 
 /// `nephos healthcheck`: GET /health over plain HTTP on loopback; 0 when it answers 200.
 fn healthcheck(args: &HealthcheckArgs) -> std::process::ExitCode {
-    match nephos::healthcheck(&args.listen, std::time::Duration::from_secs(args.timeout_secs)) {
+    match nephos::healthcheck(
+        &args.listen,
+        std::time::Duration::from_secs(args.timeout_secs),
+    ) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nephos healthcheck: {e}");

@@ -103,7 +103,10 @@ impl AppState {
 
     /// The `secure_url` of a delivery URL: on the `https://` base when nephos serves TLS.
     pub fn secure_url(&self, url: &str) -> String {
-        match (&self.secure_base, url.strip_prefix(self.public_url.as_str())) {
+        match (
+            &self.secure_base,
+            url.strip_prefix(self.public_url.as_str()),
+        ) {
             (Some(base), Some(rest)) => format!("{base}{rest}"),
             _ => url.to_string(),
         }

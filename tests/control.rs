@@ -13,7 +13,10 @@ const PNG: &[u8] = include_bytes!("../tests/sdk/assets/logo.png");
 
 fn control(server: &TestServer, method: &str, path: &str) -> reqwest::RequestBuilder {
     reqwest::Client::new()
-        .request(method.parse().unwrap(), server.url(&format!("/_nephos{path}")))
+        .request(
+            method.parse().unwrap(),
+            server.url(&format!("/_nephos{path}")),
+        )
         .header("x-nephos-control", "1")
 }
 
@@ -173,9 +176,13 @@ async fn clouds_are_created_isolated_reset_and_deleted() {
     assert_eq!(s, 201, "{b}");
     assert_eq!(
         b["cloudinary_url"],
-        format!("cloudinary://4242:bsecret@team-b?upload_prefix={}", server.base)
+        format!(
+            "cloudinary://4242:bsecret@team-b?upload_prefix={}",
+            server.base
+        )
     );
-    let (s, _) = json_of(control(&server, "POST", "/clouds").json(&json!({"name": "team-b"}))).await;
+    let (s, _) =
+        json_of(control(&server, "POST", "/clouds").json(&json!({"name": "team-b"}))).await;
     assert_eq!(s, 409);
     let (s, _) = json_of(control(&server, "POST", "/clouds").json(&json!({"name": "a/b"}))).await;
     assert_eq!(s, 400);
@@ -187,13 +194,23 @@ async fn clouds_are_created_isolated_reset_and_deleted() {
     );
     let (s, up) = upload_as(&server, ca, ka, sa, &[("public_id", "only-in-a")]).await;
     assert_eq!(s, 200, "{up}");
-    let (s, _) = upload_as(&server, "team-b", "4242", "bsecret", &[("public_id", "only-in-b")]).await;
+    let (s, _) = upload_as(
+        &server,
+        "team-b",
+        "4242",
+        "bsecret",
+        &[("public_id", "only-in-b")],
+    )
+    .await;
     assert_eq!(s, 200);
     // A's key does not open B.
     let (s, _) = upload_as(&server, "team-b", ka, sa, &[("public_id", "x")]).await;
     assert_eq!(s, 401);
     assert_eq!(list_images(&server, ca, ka, sa).await, vec!["only-in-a"]);
-    assert_eq!(list_images(&server, "team-b", "4242", "bsecret").await, vec!["only-in-b"]);
+    assert_eq!(
+        list_images(&server, "team-b", "4242", "bsecret").await,
+        vec!["only-in-b"]
+    );
     let (s, _) = get_bytes(up["secure_url"].as_str().unwrap()).await;
     assert_eq!(s, 200);
 
@@ -203,11 +220,36 @@ async fn clouds_are_created_isolated_reset_and_deleted() {
     assert!(list_images(&server, ca, ka, sa).await.is_empty());
     let (s, _) = get_bytes(up["secure_url"].as_str().unwrap()).await;
     assert_eq!(s, 404);
-    assert_eq!(list_images(&server, "team-b", "4242", "bsecret").await, vec!["only-in-b"]);
+    assert_eq!(
+        list_images(&server, "team-b", "4242", "bsecret").await,
+        vec!["only-in-b"]
+    );
 
-    // Deleting B: its keys stop working.
+    // Deleting B: its keys stop working, and the fault rules about it go with it.
+    let (s, _) = json_of(
+        control(&server, "POST", "/faults").json(&json!({"cloud": "team-b", "status": 503})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    // A rule without a path leaves /health alone.
+    let (s, _) = json_of(
+        control(&server, "POST", "/faults")
+            .json(&json!({"status": 500, "times": 1, "method": "GET", "path": null})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(server.health().await, 200);
+    let (s, _) = json_of(control(&server, "DELETE", "/faults")).await;
+    assert_eq!(s, 200);
+    let (s, _) = json_of(
+        control(&server, "POST", "/faults").json(&json!({"cloud": "team-b", "status": 503})),
+    )
+    .await;
+    assert_eq!(s, 201);
     let (s, _) = json_of(control(&server, "DELETE", "/clouds/team-b")).await;
     assert_eq!(s, 200);
+    let (_, j) = json_of(control(&server, "GET", "/faults")).await;
+    assert_eq!(j["faults"], json!([]), "{j}");
     let (s, _) = upload_as(&server, "team-b", "4242", "bsecret", &[]).await;
     assert_ne!(s, 200);
     let (s, _) = json_of(control(&server, "DELETE", "/clouds/team-b")).await;
@@ -231,8 +273,16 @@ async fn clouds_are_created_isolated_reset_and_deleted() {
     // The configured presets are back after the reset.
     let form = reqwest::multipart::Form::new()
         .text("upload_preset", "my_unsigned_preset")
-        .part("file", reqwest::multipart::Part::bytes(PNG.to_vec()).file_name("p.png"));
-    let (s, j) = json_of(reqwest::Client::new().post(server.upload_url("image")).multipart(form)).await;
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(PNG.to_vec()).file_name("p.png"),
+        );
+    let (s, j) = json_of(
+        reqwest::Client::new()
+            .post(server.upload_url("image"))
+            .multipart(form),
+    )
+    .await;
     assert_eq!(s, 200, "{j}");
     server.stop().await;
 }
@@ -254,10 +304,18 @@ async fn a_reset_removes_folders_fields_and_upload_sessions() {
     let part = vec![7u8; 6_000_000];
     let mut form = reqwest::multipart::Form::new();
     let ts = now().to_string();
-    for (k, v) in signed(&[("timestamp", &ts)], KEY, SECRET, nephos::auth::SignatureAlgorithm::Sha1) {
+    for (k, v) in signed(
+        &[("timestamp", &ts)],
+        KEY,
+        SECRET,
+        nephos::auth::SignatureAlgorithm::Sha1,
+    ) {
         form = form.text(k, v);
     }
-    form = form.part("file", reqwest::multipart::Part::bytes(part).file_name("big.bin"));
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(part).file_name("big.bin"),
+    );
     let r = reqwest::Client::new()
         .post(server.upload_url("raw"))
         .header("content-range", "bytes 0-5999999/20000000")
@@ -294,14 +352,18 @@ async fn seeding_uploads_a_folder_with_ids_from_relative_paths() {
         },
     )
     .await;
-    assert_eq!(list_images(&server, CLOUD, KEY, SECRET).await, vec!["brand/icons/logo"]);
+    assert_eq!(
+        list_images(&server, CLOUD, KEY, SECRET).await,
+        vec!["brand/icons/logo"]
+    );
     let (s, j) = admin(&server, "GET", "resources/raw", None).await;
     assert_eq!(s, 200);
     assert_eq!(j["resources"][0]["public_id"], "terms.txt");
     let (s, _) = get_bytes(&server.url("/demo/raw/upload/terms.txt")).await;
     assert_eq!(s, 200);
     // Seeding a cloud created at run time from a given folder.
-    let (_, c) = json_of(control(&server, "POST", "/clouds").json(&json!({"name": "seeded"}))).await;
+    let (_, c) =
+        json_of(control(&server, "POST", "/clouds").json(&json!({"name": "seeded"}))).await;
     let (s, j) = json_of(
         control(&server, "POST", "/clouds/seeded/seed")
             .json(&json!({"path": seed.path().to_string_lossy()})),
@@ -311,13 +373,19 @@ async fn seeding_uploads_a_folder_with_ids_from_relative_paths() {
     assert_eq!(j["uploaded"].as_array().unwrap().len(), 2);
     let key = c["api_key"].as_str().unwrap();
     let secret = c["api_secret"].as_str().unwrap();
-    assert_eq!(list_images(&server, "seeded", key, secret).await, vec!["brand/icons/logo"]);
+    assert_eq!(
+        list_images(&server, "seeded", key, secret).await,
+        vec!["brand/icons/logo"]
+    );
     // A reset of a configured cloud seeds it again.
     let (s, _) = upload(&server, "image", &[("public_id", "extra")], PNG, "x.png").await;
     assert_eq!(s, 200);
     let (s, _) = json_of(control(&server, "POST", "/clouds/demo/reset")).await;
     assert_eq!(s, 200);
-    assert_eq!(list_images(&server, CLOUD, KEY, SECRET).await, vec!["brand/icons/logo"]);
+    assert_eq!(
+        list_images(&server, CLOUD, KEY, SECRET).await,
+        vec!["brand/icons/logo"]
+    );
     let (s, j) = json_of(
         control(&server, "POST", "/clouds/demo/seed").json(&json!({"path": "/no/such/folder"})),
     )
@@ -333,7 +401,14 @@ async fn requests_are_recorded_without_secrets_and_filtered() {
     let since = chrono::Utc::now().timestamp_millis();
     let (s, _) = upload(&server, "image", &[("public_id", "rec/one")], PNG, "a.png").await;
     assert_eq!(s, 200);
-    let (s, _) = upload(&server, "image", &[("public_id", "bad id?")], b"not an image", "a.png").await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "bad id?")],
+        b"not an image",
+        "a.png",
+    )
+    .await;
     assert_eq!(s, 400);
     let (s, _) = admin(&server, "GET", "resources/image", None).await;
     assert_eq!(s, 200);
@@ -350,10 +425,19 @@ async fn requests_are_recorded_without_secrets_and_filtered() {
     assert!(first["request_id"].as_str().unwrap().len() >= 16);
     assert!(first["duration_ms"].as_f64().is_some());
     assert_eq!(list[1]["status"], 400);
-    assert!(!list[1]["error"].as_str().unwrap().is_empty(), "{}", list[1]);
+    assert!(
+        !list[1]["error"].as_str().unwrap().is_empty(),
+        "{}",
+        list[1]
+    );
     let (_, j) = json_of(control(&server, "GET", "/requests?status=400")).await;
     assert_eq!(j["requests"].as_array().unwrap().len(), 1);
-    let (_, j) = json_of(control(&server, "GET", "/requests?method=GET&path_prefix=/v1_1/demo/resources")).await;
+    let (_, j) = json_of(control(
+        &server,
+        "GET",
+        "/requests?method=GET&path_prefix=/v1_1/demo/resources",
+    ))
+    .await;
     assert_eq!(j["requests"].as_array().unwrap().len(), 1);
     let (_, j) = json_of(control(&server, "GET", "/requests?cloud=other")).await;
     assert_eq!(j["requests"].as_array().unwrap().len(), 0);
@@ -361,6 +445,9 @@ async fn requests_are_recorded_without_secrets_and_filtered() {
     assert_eq!(j["requests"][0]["method"], "GET");
     let (s, _) = json_of(control(&server, "GET", "/requests?since=yesterday")).await;
     assert_eq!(s, 400);
+    let (s, j) = json_of(control(&server, "GET", "/requests?status=abc")).await;
+    assert_eq!(s, 400);
+    assert!(message(&j).starts_with("Invalid query"), "{j}");
     let (s, _) = json_of(control(&server, "DELETE", "/requests")).await;
     assert_eq!(s, 200);
     let (_, j) = json_of(control(&server, "GET", "/requests")).await;
@@ -590,20 +677,24 @@ async fn ephemeral_and_memory_databases_work_and_leave_nothing() {
 #[tokio::test]
 async fn the_testing_api_hands_out_clouds_and_resets() {
     let nephos = nephos::testing::Nephos::start().await.unwrap();
-    assert!(nephos
-        .cloudinary_url()
-        .starts_with("cloudinary://123456789012345:nephos-dev-secret@demo?upload_prefix=http://127.0.0.1:"));
+    assert!(nephos.cloudinary_url().starts_with(
+        "cloudinary://123456789012345:nephos-dev-secret@demo?upload_prefix=http://127.0.0.1:"
+    ));
     let cloud = nephos.create_cloud().await.unwrap();
     assert!(cloud
         .cloudinary_url
         .ends_with(&format!("upload_prefix={}", nephos.base_url())));
     let r = reqwest::Client::new()
-        .post(format!("{}/v1_1/{}/image/upload", nephos.base_url(), cloud.cloud_name))
+        .post(format!(
+            "{}/v1_1/{}/image/upload",
+            nephos.base_url(),
+            cloud.cloud_name
+        ))
         .basic_auth(&cloud.api_key, Some(&cloud.api_secret))
-        .multipart(
-            reqwest::multipart::Form::new()
-                .part("file", reqwest::multipart::Part::bytes(PNG.to_vec()).file_name("a.png")),
-        )
+        .multipart(reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(PNG.to_vec()).file_name("a.png"),
+        ))
         .send()
         .await
         .unwrap();
@@ -611,7 +702,10 @@ async fn the_testing_api_hands_out_clouds_and_resets() {
     assert_eq!(nephos.requests().await.unwrap().len(), 1);
     nephos.reset().await.unwrap();
     assert!(nephos.requests().await.unwrap().is_empty());
-    assert!(nephos.delete_cloud(&cloud.cloud_name).await.is_err(), "reset removed it");
+    assert!(
+        nephos.delete_cloud(&cloud.cloud_name).await.is_err(),
+        "reset removed it"
+    );
     nephos.stop().await;
 }
 
@@ -639,7 +733,10 @@ async fn tls_and_plain_http_share_the_port() {
     let (s, j) = upload(&server, "image", &[("public_id", "tls/one")], PNG, "a.png").await;
     assert_eq!(s, 200, "{j}");
     let secure = j["secure_url"].as_str().unwrap();
-    assert!(secure.starts_with(&format!("{https}/demo/image/upload/")), "{secure}");
+    assert!(
+        secure.starts_with(&format!("{https}/demo/image/upload/")),
+        "{secure}"
+    );
     assert!(j["url"].as_str().unwrap().starts_with("http://"));
     let r = client.get(secure).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -712,11 +809,10 @@ async fn startup_errors_name_what_failed() {
 async fn healthcheck_reads_the_health_endpoint() {
     let server = TestServer::start().await;
     let listen = server.base.trim_start_matches("http://").to_string();
-    let checked = tokio::task::spawn_blocking(move || {
-        nephos::healthcheck(&listen, Duration::from_secs(3))
-    })
-    .await
-    .unwrap();
+    let checked =
+        tokio::task::spawn_blocking(move || nephos::healthcheck(&listen, Duration::from_secs(3)))
+            .await
+            .unwrap();
     assert!(checked.is_ok(), "{checked:?}");
     server.stop().await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1,7 +1,7 @@
 //! The routes of the control API (`/_nephos/…`) and the guard in front of them.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -34,7 +34,10 @@ pub fn router(state: AppState) -> Router {
             "/notifications",
             get(list_notifications).delete(clear_notifications),
         )
-        .route("/faults", get(list_faults).post(add_fault).delete(clear_faults))
+        .route(
+            "/faults",
+            get(list_faults).post(add_fault).delete(clear_faults),
+        )
         .route("/faults/{id}", delete(remove_fault))
         .route("/async", get(async_state))
         .route("/async/hold", post(hold))
@@ -230,10 +233,17 @@ fn parse_since(s: &str) -> ApiResult<i64> {
         .map_err(|_| ApiError::bad(format!("Invalid since {s:?}: Unix time or RFC 3339")))
 }
 
+/// A query string as `T`; a bad one is a 400 in the API's error shape.
+fn query<T: serde::de::DeserializeOwned>(raw: Option<String>) -> ApiResult<T> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad(format!("Invalid query: {e}")))
+}
+
 async fn list_requests(
     State(state): State<AppState>,
-    Query(q): Query<RequestQuery>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<Json_>> {
+    let q: RequestQuery = query(raw)?;
     let filter = RequestFilter {
         cloud: q.cloud,
         method: q.method,
@@ -265,12 +275,13 @@ struct NotificationQuery {
 
 async fn list_notifications(
     State(state): State<AppState>,
-    Query(q): Query<NotificationQuery>,
-) -> Json<Json_> {
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<Json_>> {
+    let q: NotificationQuery = query(raw)?;
     let limit = q.limit.unwrap_or(100).min(super::log::CAPACITY);
-    Json(json!({
+    Ok(Json(json!({
         "notifications": state.control.notifications.list(q.cloud.as_deref(), limit)
-    }))
+    })))
 }
 
 async fn clear_notifications(State(state): State<AppState>) -> Json<Json_> {
@@ -329,10 +340,21 @@ mod tests {
 
     #[test]
     fn only_loopback_hosts() {
-        for ok in ["127.0.0.1:8777", "localhost:1", "[::1]:80", "app.localhost", "127.1.2.3"] {
+        for ok in [
+            "127.0.0.1:8777",
+            "localhost:1",
+            "[::1]:80",
+            "app.localhost",
+            "127.1.2.3",
+        ] {
             assert!(loopback_host(&host(ok)), "{ok}");
         }
-        for bad in ["evil.example:8777", "10.0.0.1", "[::2]:8", "localhost.evil.com"] {
+        for bad in [
+            "evil.example:8777",
+            "10.0.0.1",
+            "[::2]:8",
+            "localhost.evil.com",
+        ] {
             assert!(!loopback_host(&host(bad)), "{bad}");
         }
     }

@@ -126,6 +126,7 @@ pub async fn delete(state: &AppState, cloud: &str) -> ApiResult<()> {
         return Err(ApiError::NotFound(format!("Cloud {cloud} not found")));
     }
     state.update_accounts(|a| a.remove_cloud(cloud));
+    state.control.faults.remove_cloud(cloud);
     wipe(state, cloud).await
 }
 
@@ -150,9 +151,13 @@ async fn wipe(state: &AppState, cloud: &str) -> ApiResult<()> {
 
 /// Writes the configuration's presets of a cloud again.
 async fn restore_presets(state: &AppState, cloud: &str) -> ApiResult<()> {
-    crate::seed_presets(&state.control.presets, &[cloud.to_string()], state.meta.as_ref())
-        .await
-        .map_err(ApiError::internal)
+    crate::seed_presets(
+        &state.control.presets,
+        &[cloud.to_string()],
+        state.meta.as_ref(),
+    )
+    .await
+    .map_err(ApiError::internal)
 }
 
 /// Resets one cloud: no assets, derived files, upload sessions, folders, metadata fields,

@@ -155,7 +155,10 @@ impl RuleSpec {
         if self.cloud.as_deref().is_some_and(|c| Some(c) != cloud) {
             return false;
         }
-        match (self.param.as_deref().and_then(|p| p.split_once('=')), params) {
+        match (
+            self.param.as_deref().and_then(|p| p.split_once('=')),
+            params,
+        ) {
             (None, _) => true,
             (Some(_), None) => false,
             (Some((name, want)), Some(params)) => match params.text(name) {
@@ -247,6 +250,13 @@ impl Faults {
         lock(&self.rules).1.clear();
     }
 
+    /// Removes the rules limited to a cloud (the cloud is gone).
+    pub fn remove_cloud(&self, cloud: &str) {
+        lock(&self.rules)
+            .1
+            .retain(|r| r.spec.cloud.as_deref() != Some(cloud));
+    }
+
     /// Whether any rule looks at parameters (only then do calls check again once read).
     pub fn any_with_param(&self) -> bool {
         lock(&self.rules).1.iter().any(|r| r.spec.param.is_some())
@@ -266,8 +276,10 @@ impl Faults {
         params: Option<&Params>,
     ) -> Option<Effect> {
         let mut rules = lock(&self.rules);
+        // `/health` is faulted only by a rule that names its path.
         let idx = rules.1.iter().position(|r| {
             r.spec.param.is_some() == params.is_some()
+                && (path != "/health" || r.spec.path.is_some())
                 && r.spec.matches(method, path, cloud, params)
         })?;
         let rule = &mut rules.1[idx];
@@ -289,10 +301,16 @@ mod tests {
 
     #[test]
     fn wildcards() {
-        assert!(matches_pattern("/v1_1/*/image/upload", "/v1_1/demo/image/upload"));
+        assert!(matches_pattern(
+            "/v1_1/*/image/upload",
+            "/v1_1/demo/image/upload"
+        ));
         assert!(matches_pattern("*", "/anything/at/all"));
         assert!(matches_pattern("/v1_1/*/upload", "/v1_1/demo/image/upload"));
-        assert!(!matches_pattern("/v1_1/*/video/upload", "/v1_1/demo/image/upload"));
+        assert!(!matches_pattern(
+            "/v1_1/*/video/upload",
+            "/v1_1/demo/image/upload"
+        ));
         assert!(matches_pattern("/a*b*c", "/aXXbYYc"));
         assert!(!matches_pattern("/a*b*c", "/aXXbYY"));
     }

@@ -91,7 +91,8 @@ pub fn cloud_of(path: &str) -> Option<String> {
     let cloud = match first {
         "v1_1" => segs.next()?,
         "v2" => segs.nth(1)?,
-        "_nephos" | "health" | "" => return None,
+        // The private-CDN form names no cloud.
+        "_nephos" | "health" | "image" | "video" | "raw" | "" => return None,
         other => other,
     };
     (!cloud.is_empty()).then(|| cloud.to_string())
@@ -165,13 +166,21 @@ impl RequestLog {
             .1
             .iter()
             .rev()
-            .filter(|e| f.cloud.as_deref().is_none_or(|c| e.cloud.as_deref() == Some(c)))
+            .filter(|e| {
+                f.cloud
+                    .as_deref()
+                    .is_none_or(|c| e.cloud.as_deref() == Some(c))
+            })
             .filter(|e| {
                 f.method
                     .as_deref()
                     .is_none_or(|m| e.method.eq_ignore_ascii_case(m))
             })
-            .filter(|e| f.path_prefix.as_deref().is_none_or(|p| e.path.starts_with(p)))
+            .filter(|e| {
+                f.path_prefix
+                    .as_deref()
+                    .is_none_or(|p| e.path.starts_with(p))
+            })
             .filter(|e| f.status.is_none_or(|s| e.status == s))
             .filter(|e| f.since_ms.is_none_or(|s| e.at_ms >= s))
             .take(f.limit)
@@ -286,7 +295,10 @@ mod tests {
             cloud_of("/v2/notifications/demo/messages").as_deref(),
             Some("demo")
         );
-        assert_eq!(cloud_of("/demo/image/upload/x.png").as_deref(), Some("demo"));
+        assert_eq!(
+            cloud_of("/demo/image/upload/x.png").as_deref(),
+            Some("demo")
+        );
         assert_eq!(cloud_of("/_nephos/requests"), None);
         assert_eq!(cloud_of("/health"), None);
     }

@@ -95,9 +95,7 @@ const ASSET_COLUMNS: &str = "asset_id, cloud, resource_type, delivery_type, publ
 
 /// Whether a SQLite URL names an in-memory database.
 fn is_memory_url(url: &str) -> bool {
-    let rest = url
-        .trim_start_matches("sqlite:")
-        .trim_start_matches("//");
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
     rest.starts_with(":memory:") || rest.contains("mode=memory")
 }
 
@@ -132,7 +130,10 @@ impl SqlStore {
                     .acquire_timeout(Duration::from_secs(60))
                     .after_connect(setup);
                 if memory {
-                    write = write.min_connections(1).idle_timeout(None).max_lifetime(None);
+                    write = write
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None);
                 }
                 let write = write.connect_with(options.clone()).await?;
                 sqlx::raw_sql("PRAGMA journal_mode = WAL;")

@@ -423,9 +423,15 @@ pub async fn serve(
     let mut p = parse_path(path)
         .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, "Resource not found"))?;
     if !state.accounts().has_cloud(&p.cloud) {
+        let hint = if ["image", "video", "raw"].contains(&p.cloud.as_str()) {
+            " (URLs without a cloud name, as private_cdn builds them, work only when one cloud \
+             is configured)"
+        } else {
+            ""
+        };
         return Err(delivery_error(
             StatusCode::NOT_FOUND,
-            format!("Unknown cloud {}", p.cloud),
+            format!("Unknown cloud {}{hint}", p.cloud),
         ));
     }
     if !["image", "video", "raw"].contains(&p.resource_type.as_str()) {

@@ -68,8 +68,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let resp = CAPTURE
         .scope(capture.clone(), async {
             if !control.faults.is_empty() {
-                if let Some(effect) = control.faults.check(&method, &path, cloud.as_deref(), None)
-                {
+                if let Some(effect) = control.faults.check(&method, &path, cloud.as_deref(), None) {
                     if let Some(d) = effect.delay {
                         tokio::time::sleep(d).await;
                     }

@@ -988,7 +988,7 @@ pub async fn store_upload(
     };
     if let Some(url) = params.nonempty("notification_url") {
         crate::notify::send(
-            &state,
+            state,
             crate::notify::check_url(url)?,
             payload.clone(),
             notify_signer.clone(),

@@ -30,11 +30,10 @@ impl ResponseSigner {
                 api_key: Some(account.api_key.clone()),
             }),
             Caller::Unsigned { .. } => {
-                let account = state
-                    .accounts()
-                    .primary(cloud)
-                    .cloned()
-                    .ok_or_else(|| ApiError::Unauthorized(format!("Invalid cloud_name {cloud}")))?;
+                let account =
+                    state.accounts().primary(cloud).cloned().ok_or_else(|| {
+                        ApiError::Unauthorized(format!("Invalid cloud_name {cloud}"))
+                    })?;
                 Ok(ResponseSigner {
                     secret: account.api_secret.clone(),
                     algorithm: account.algorithm,

@@ -91,7 +91,24 @@ function connectNephos(options = {}) {
     async createCloud(spec = {}) {
       return withCname(await control('POST', 'clouds', spec));
     },
-    deleteCloud: (cloud) => control('DELETE', `clouds/${seg(cloudName(cloud))}`),
+    // Removes a cloud and everything in it, and the fault rules limited to that cloud (nephos
+    // keeps those, and they would apply to a later cloud of the same name). A cloud that is
+    // already gone is not an error.
+    async deleteCloud(cloud) {
+      const name = cloudName(cloud);
+      let result = { deleted: null };
+      try {
+        result = await control('DELETE', `clouds/${seg(name)}`);
+      } catch (e) {
+        if (e.status !== 404) throw e;
+      }
+      for (const rule of (await control('GET', 'faults')).faults) {
+        if (rule.cloud === name) {
+          await control('DELETE', `faults/${seg(rule.id)}`).catch((e) => { if (e.status !== 404) throw e; });
+        }
+      }
+      return result;
+    },
     clouds: async () => (await control('GET', 'clouds')).clouds.map(withCname),
     // Back to the start: clouds made at run time removed, data wiped, request records,
     // notifications and faults cleared.
@@ -115,8 +132,10 @@ function connectNephos(options = {}) {
     faults: async () => (await control('GET', 'faults')).faults,
     deleteFault: (id) => control('DELETE', `faults/${seg(typeof id === 'object' ? id.id : id)}`),
     clearFaults: () => control('DELETE', 'faults'),
+    // Holds asynchronous uploads and eager jobs until releaseAsync().
     holdAsync: () => control('POST', 'async/hold'),
     releaseAsync: () => control('POST', 'async/release'),
+    asyncHeld: async () => (await control('GET', 'async')).held,
   };
 }
 

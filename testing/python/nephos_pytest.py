@@ -23,7 +23,10 @@ Fixtures
     A fresh cloud for one test, made through the control API. The ``cloudinary`` SDK is
     configured for it (``cloud_name``, ``api_key``, ``api_secret``, ``upload_prefix``, plus
     ``cname`` so URLs the SDK builds point at nephos) and ``CLOUDINARY_URL`` is set; both are
-    restored after the test, and the cloud and the faults added through it are removed.
+    restored after the test, and the cloud is removed with the fault rules limited to it.
+
+When a test fails, what nephos logged meanwhile is added to its report ("Captured nephos
+log"); ``NEPHOS_TEST_LOG=1`` also copies the server's log to stderr as it comes.
 
 The module needs only the standard library; ``cloudinary`` is imported by ``nephos_cloud``.
 :class:`Nephos` also works without pytest (``with Nephos.start() as nephos: ...``).
@@ -49,7 +52,8 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import pytest
 
-__all__ = ["Nephos", "NephosCloud", "NephosError", "nephos", "nephos_args", "nephos_cloud"]
+__all__ = ["Nephos", "NephosCloud", "NephosError", "nephos", "nephos_args", "nephos_cloud",
+           "pytest_runtest_setup", "pytest_runtest_makereport"]
 
 CONTROL_HEADER = "X-Nephos-Control"
 _READY_TIMEOUT = 30.0
@@ -70,12 +74,11 @@ class NephosCloud:
 
     cloud_name: str
     api_key: str
-    api_secret: str
-    upload_prefix: str
-    cloudinary_url: str
+    api_secret: str = field(repr=False)
+    upload_prefix: str = ""
+    cloudinary_url: str = field(default="", repr=False)
     signature_algorithm: str = "sha1"
     server: Optional["Nephos"] = field(default=None, repr=False, compare=False)
-    _fault_ids: List[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def cname(self) -> str:
@@ -108,20 +111,10 @@ class NephosCloud:
         return self._server().requests(**filters)
 
     def add_fault(self, **rule: Any) -> Dict[str, Any]:
-        """A fault rule limited to this cloud; removed with the cloud by ``nephos_cloud``."""
+        """A fault rule limited to this cloud (see :meth:`Nephos.add_fault`); it goes with the
+        cloud when :meth:`delete` (or the ``nephos_cloud`` fixture) removes it."""
         rule.setdefault("cloud", self.cloud_name)
-        created = self._server().add_fault(**rule)
-        self._fault_ids.append(str(created["id"]))
-        return created
-
-    def remove_faults(self) -> None:
-        """Removes the fault rules added through :meth:`add_fault` (gone ones are skipped)."""
-        while self._fault_ids:
-            try:
-                self._server().delete_fault(self._fault_ids.pop())
-            except NephosError as e:
-                if e.status != 404:
-                    raise
+        return self._server().add_fault(**rule)
 
     def reset(self) -> Dict[str, Any]:
         """Empties this cloud (``POST /_nephos/clouds/<cloud>/reset``)."""
@@ -132,19 +125,16 @@ class NephosCloud:
         return self._server().seed(self.cloud_name, path)
 
     def delete(self) -> None:
-        """Removes this cloud and everything in it; a cloud already gone is not an error."""
-        try:
-            self._server().delete_cloud(self.cloud_name)
-        except NephosError as e:
-            if e.status != 404:
-                raise
+        """Removes this cloud, everything in it and its fault rules (see
+        :meth:`Nephos.delete_cloud`)."""
+        self._server().delete_cloud(self.cloud_name)
 
 
 class Nephos:
     """A nephos process started for tests, and a client of its control API (``/_nephos/``)."""
 
     def __init__(self, process: subprocess.Popen, ready: Dict[str, Any], control_token: Optional[str],
-                 log_tail: "collections.deque[str]"):
+                 log: "_Log"):
         self.process = process
         self.base_url: str = ready["base_url"]
         self.cloudinary_url: str = ready["cloudinary_url"]
@@ -152,22 +142,25 @@ class Nephos:
         self.ca_cert: Optional[str] = ready.get("ca_cert")
         self.ready_lines: List[str] = ready["lines"]
         self.control_token = control_token
-        self._log_tail = log_tail
+        self.log = log
 
     # ---------------------------------------------------------------- process
 
     @classmethod
     def start(cls, binary: Optional[str] = None, args: Iterable[str] = (),
               env: Optional[Dict[str, str]] = None, timeout: float = _READY_TIMEOUT,
-              forward_log: bool = True) -> "Nephos":
+              forward_log: Optional[bool] = None) -> "Nephos":
         """Starts ``nephos serve --ephemeral --listen 127.0.0.1:0 [args]`` and waits until it is
         ready. ``binary`` defaults to ``$NEPHOS_BIN``, then ``nephos`` on ``PATH``. The server's
-        log (stderr) is copied to this process's stderr (pytest shows it for failing tests)
-        unless ``forward_log`` is false; its last lines are kept for error messages."""
+        log (stderr) is kept in :attr:`log` (the plugin adds a test's part of it to the report
+        of a failing test) and, with ``forward_log`` (default: ``NEPHOS_TEST_LOG=1``), also
+        copied to this process's stderr as it comes."""
         binary = binary or os.environ.get("NEPHOS_BIN") or shutil.which("nephos")
         if not binary:
             raise NephosError("nephos not found: set NEPHOS_BIN or put nephos on PATH")
         full_env = dict(os.environ if env is None else env)
+        if forward_log is None:
+            forward_log = full_env.get("NEPHOS_TEST_LOG") == "1"
         args = list(args)
         cmd = [binary, "serve", "--ephemeral", "--listen", "127.0.0.1:0", *args]
         try:
@@ -176,8 +169,8 @@ class Nephos:
         except OSError as e:
             raise NephosError(f"could not run {binary}: {e}") from e
 
-        log_tail: collections.deque = collections.deque(maxlen=200)
-        threading.Thread(target=_pump_stderr, args=(proc.stderr, log_tail, forward_log),
+        log = _Log()
+        threading.Thread(target=_pump_stderr, args=(proc.stderr, log, forward_log),
                          name="nephos-stderr", daemon=True).start()
         lines: "queue.Queue[Optional[str]]" = queue.Queue()
         threading.Thread(target=_pump_stdout, args=(proc.stdout, lines),
@@ -194,19 +187,19 @@ class Nephos:
                 line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 _terminate(proc)
-                raise NephosError(f"nephos was not ready within {timeout:g}s\n" + _tail(log_tail))
+                raise NephosError(f"nephos was not ready within {timeout:g}s\n" + log.tail_text())
             if line is None:  # stdout closed: the process ended
                 code = proc.wait()
                 time.sleep(0.05)  # let the stderr pump catch the last message
                 raise NephosError(f"nephos exited with status {code} before it was ready\n"
-                                  + _tail(log_tail))
+                                  + log.tail_text())
             ready["lines"].append(line)
             _parse_ready_line(line, ready)
 
         token = full_env.get("NEPHOS_CONTROL_TOKEN")
         if "--control-token" in args:
             token = args[args.index("--control-token") + 1]
-        nephos = cls(proc, ready, token or None, log_tail)
+        nephos = cls(proc, ready, token or None, log)
         atexit.register(nephos.stop)
         return nephos
 
@@ -219,9 +212,9 @@ class Nephos:
     def running(self) -> bool:
         return self.process.poll() is None
 
-    def log_tail(self) -> str:
+    def log_tail(self, lines: int = 200) -> str:
         """The last lines nephos logged (stderr)."""
-        return "".join(self._log_tail)
+        return "".join(self.log.tail(lines))
 
     def __enter__(self) -> "Nephos":
         return self
@@ -262,7 +255,7 @@ class Nephos:
         except urllib.error.URLError as e:
             state = "running" if self.running else f"exited with status {self.process.returncode}"
             raise NephosError(f"{method.upper()} /_nephos/{path.lstrip('/')}: {e.reason} "
-                              f"(nephos {state})\n{_tail(self._log_tail)}") from None
+                              f"(nephos {state})\n{self.log.tail_text()}") from None
 
     def create_cloud(self, name: Optional[str] = None, api_key: Optional[str] = None,
                      api_secret: Optional[str] = None) -> NephosCloud:
@@ -272,7 +265,24 @@ class Nephos:
         return self._cloud(self.control("POST", "clouds", body))
 
     def delete_cloud(self, cloud: "str | NephosCloud") -> Dict[str, Any]:
-        return self.control("DELETE", "clouds/" + urllib.parse.quote(_cloud_name(cloud), safe=""))
+        """Removes a cloud and everything in it, and the fault rules limited to that cloud (nephos
+        keeps those, and they would apply to a later cloud of the same name). A cloud that is
+        already gone is not an error."""
+        name = _cloud_name(cloud)
+        result: Dict[str, Any] = {"deleted": None}
+        try:
+            result = self.control("DELETE", "clouds/" + urllib.parse.quote(name, safe=""))
+        except NephosError as e:
+            if e.status != 404:
+                raise
+        for rule in self.faults():
+            if rule.get("cloud") == name:
+                try:
+                    self.delete_fault(rule["id"])
+                except NephosError as e:
+                    if e.status != 404:
+                        raise
+        return result
 
     def clouds(self) -> List[NephosCloud]:
         """Every cloud, configured (``--account``) and made at run time."""
@@ -324,8 +334,9 @@ class Nephos:
     def add_fault(self, **rule: Any) -> Dict[str, Any]:
         """Adds a fault rule and returns it (with its ``id``). Keys: ``method``, ``path`` (glob with
         ``*``), ``cloud``, ``param`` (``"name=value"``), ``status``, ``message``, ``headers``,
-        ``delay_ms``, ``times``, ``preset`` (``"rate_limit"``). Rules are global: remove them with
-        :meth:`clear_faults` or :meth:`delete_fault` (or use ``nephos_cloud.add_fault``)."""
+        ``delay_ms``, ``times``, ``preset`` (``"rate_limit"``). A rule stays until it is deleted
+        (:meth:`delete_fault`, :meth:`clear_faults`, :meth:`reset`); one limited to a cloud also
+        goes with :meth:`delete_cloud`, hence ``nephos_cloud.add_fault``."""
         if rule.get("cloud") is not None:
             rule["cloud"] = _cloud_name(rule["cloud"])
         return self.control("POST", "faults", rule)
@@ -342,11 +353,14 @@ class Nephos:
         self.control("DELETE", "faults")
 
     def hold_async(self) -> None:
-        """Holds asynchronous work (e.g. ``async=true`` uploads, notifications) until released."""
+        """Holds asynchronous uploads and eager jobs until :meth:`release_async`."""
         self.control("POST", "async/hold")
 
     def release_async(self) -> None:
         self.control("POST", "async/release")
+
+    def async_held(self) -> bool:
+        return bool(self.control("GET", "async")["held"])
 
     def _cloud(self, data: Dict[str, Any]) -> NephosCloud:
         return NephosCloud(
@@ -356,7 +370,33 @@ class Nephos:
             signature_algorithm=data.get("signature_algorithm") or "sha1", server=self)
 
 
-# --------------------------------------------------------------------- fixtures
+# ------------------------------------------------------------ fixtures and hooks
+
+_RUNNING: List[Nephos] = []  # started by the `nephos` fixture, for the report hooks
+_LOG_MARKS = pytest.StashKey[Dict[int, int]]()  # per test: where each server's log stood
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_LOG_MARKS] = {id(n): n.log.count for n in _RUNNING}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any):
+    """Adds what nephos logged during a failing test to its report ("Captured nephos log")."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or not _RUNNING:
+        return
+    title = f"Captured nephos log {report.when}"
+    if any(name == title for name, _ in report.sections):
+        return  # the hooks are registered twice (-p and a conftest import)
+    time.sleep(0.05)  # the log line of the last request can trail its answer
+    marks = item.stash.get(_LOG_MARKS, {})
+    text = "".join(line for n in _RUNNING for line in n.log.since(marks.get(id(n), 0)))
+    if text:
+        report.sections.append((title, text))
+
 
 @pytest.fixture(scope="session")
 def nephos_args() -> List[str]:
@@ -372,9 +412,11 @@ def nephos(nephos_args: List[str]) -> Iterable[Nephos]:
         server = Nephos.start(args=nephos_args)
     except NephosError as e:
         pytest.fail(str(e), pytrace=False)
+    _RUNNING.append(server)
     try:
         yield server
     finally:
+        _RUNNING.remove(server)
         server.stop()
 
 
@@ -387,7 +429,8 @@ def nephos_cloud(nephos: Nephos) -> Iterable[NephosCloud]:
     config = cloudinary.config()
     saved_config = dict(config.__dict__)
     saved_env = os.environ.get("CLOUDINARY_URL")
-    os.environ["CLOUDINARY_URL"] = f"{cloud.cloudinary_url}&cname={cloud.cname}"
+    sep = "&" if "?" in cloud.cloudinary_url else "?"
+    os.environ["CLOUDINARY_URL"] = f"{cloud.cloudinary_url}{sep}cname={cloud.cname}"
     cloudinary.config(**cloud.sdk_config())
     try:
         yield cloud
@@ -400,7 +443,6 @@ def nephos_cloud(nephos: Nephos) -> Iterable[NephosCloud]:
         else:
             os.environ["CLOUDINARY_URL"] = saved_env
         if nephos.running:
-            cloud.remove_faults()
             cloud.delete()
 
 
@@ -437,12 +479,38 @@ def _pump_stdout(stream, lines: "queue.Queue[Optional[str]]") -> None:
     lines.put(None)
 
 
-def _pump_stderr(stream, tail: "collections.deque[str]", forward: bool) -> None:
+class _Log:
+    """The lines nephos wrote on stderr, numbered, the latest 10000 kept."""
+
+    def __init__(self, keep: int = 10000):
+        self._lines: "collections.deque[tuple[int, str]]" = collections.deque(maxlen=keep)
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def append(self, line: str) -> None:
+        with self._lock:
+            self._lines.append((self.count, line))
+            self.count += 1
+
+    def since(self, mark: int) -> List[str]:
+        with self._lock:
+            return [line for n, line in self._lines if n >= mark]
+
+    def tail(self, lines: int = 200) -> List[str]:
+        with self._lock:
+            return [line for _, line in list(self._lines)[-lines:]]
+
+    def tail_text(self) -> str:
+        text = "".join(self.tail()).strip()
+        return ("nephos said:\n" + text) if text else "(nephos wrote nothing on stderr)"
+
+
+def _pump_stderr(stream, log: _Log, forward: bool) -> None:
     for raw in iter(stream.readline, b""):
-        tail.append(raw.decode(errors="replace"))
+        log.append(raw.decode(errors="replace"))
         if forward:
             try:
-                os.write(2, raw)  # fd 2, so pytest's capture of this test shows it
+                os.write(2, raw)
             except OSError:
                 pass
 
@@ -457,7 +525,3 @@ def _terminate(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
 
-
-def _tail(log: "collections.deque[str]") -> str:
-    text = "".join(log).strip()
-    return ("nephos said:\n" + text) if text else "(nephos wrote nothing on stderr)"

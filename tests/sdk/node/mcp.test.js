@@ -330,7 +330,7 @@ test('credentials as flags, response headers collected; a wrong secret is refuse
   assert.match(r.json.error.message, /api_secret mismatch/);
 });
 
-describe('known gaps (Cloudinary behaviour nephos does not match yet)', () => {
+describe('JSON-object metadata, counting searches, fields, public_ids lists, backups', () => {
   const field = `mcpcolor_${RUN}`;
   before(async () => {
     const f = await admin('POST', 'metadata_fields', { external_id: field, type: 'string', label: `Color ${RUN}` });
@@ -383,8 +383,8 @@ describe('known gaps (Cloudinary behaviour nephos does not match yet)', () => {
     assert.deepEqual(ids(r.resources).sort(), [`${P}/data`, `${P}/renamed`]);
   });
 
-  // GET resources/<asset_id>?versions=true answers no `versions` list, and
-  // GET download_backup?asset_id=…&version_id=… is 404 `No route`.
+  // GET resources/<asset_id>?versions=true lists the kept versions, and
+  // GET download_backup?asset_id=…&version_id=… answers one's file.
   test('backed-up versions and download-asset-backup', async () => {
     const up = await ok('upload-asset', {
       upload_request: { file: fileUrl(asset('logo.png')), public_id: `${P}_gap/backed`, backup: true },
