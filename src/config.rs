@@ -137,6 +137,19 @@ pub struct ServeArgs {
     /// in memory; more is refused with 420 until some is released.
     #[arg(long, env = "NEPHOS_MAX_BUFFERED_BYTES")]
     pub max_buffered_bytes: Option<u64>,
+    /// Derived images rendered at once at most (0: the number of CPU cores).
+    #[arg(long, env = "NEPHOS_RENDER_CONCURRENCY")]
+    pub render_concurrency: Option<usize>,
+    /// Seconds a derived image may take to render (waiting for a turn included).
+    #[arg(long, env = "NEPHOS_RENDER_TIMEOUT_SECS")]
+    pub render_timeout_secs: Option<u64>,
+    /// Bytes a decoded source image may take in memory (a 16-bit or huge image is refused).
+    #[arg(long, env = "NEPHOS_MAX_DECODE_BYTES")]
+    pub max_decode_bytes: Option<u64>,
+    /// Cloudinary's "strict transformations": unsigned delivery URLs may only use named
+    /// transformations allowed for strict mode, or derived images that already exist.
+    #[arg(long, env = "NEPHOS_STRICT_TRANSFORMATIONS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub strict_transformations: bool,
     /// Seconds a signed request stays valid (Cloudinary: 3600).
     #[arg(long, env = "NEPHOS_SIGNATURE_TTL_SECS")]
     pub signature_ttl_secs: Option<i64>,
@@ -236,6 +249,10 @@ pub struct FileLimits {
     pub max_connections: Option<usize>,
     pub orphan_age_secs: Option<u64>,
     pub max_buffered_bytes: Option<u64>,
+    pub render_concurrency: Option<usize>,
+    pub render_timeout_secs: Option<u64>,
+    pub max_decode_bytes: Option<u64>,
+    pub strict_transformations: Option<bool>,
 }
 
 /// An upload preset defined in the configuration file; written to the database at start.
@@ -280,6 +297,14 @@ pub struct Limits {
     pub orphan_age_secs: u64,
     /// Request text all requests together may hold in memory.
     pub max_buffered_bytes: u64,
+    /// Derived images rendered at once (0: the number of cores).
+    pub render_concurrency: usize,
+    /// Seconds a render may take, its wait for a turn included.
+    pub render_timeout_secs: u64,
+    /// Memory a decoded source image may take.
+    pub max_decode_bytes: u64,
+    /// Unsigned URLs render only allowed named transformations or existing derived images.
+    pub strict_transformations: bool,
 }
 
 impl Default for Limits {
@@ -302,6 +327,10 @@ impl Default for Limits {
             max_connections: 4096,
             orphan_age_secs: 3600,
             max_buffered_bytes: 128 * 1024 * 1024,
+            render_concurrency: 0,
+            render_timeout_secs: 30,
+            max_decode_bytes: 256 * 1024 * 1024,
+            strict_transformations: false,
         }
     }
 }
@@ -443,6 +472,23 @@ impl Config {
                 .max_buffered_bytes
                 .or(fl.max_buffered_bytes)
                 .unwrap_or(d.max_buffered_bytes),
+            render_concurrency: args
+                .render_concurrency
+                .or(fl.render_concurrency)
+                .unwrap_or(d.render_concurrency),
+            render_timeout_secs: args
+                .render_timeout_secs
+                .or(fl.render_timeout_secs)
+                .unwrap_or(d.render_timeout_secs)
+                .max(1),
+            max_decode_bytes: args
+                .max_decode_bytes
+                .or(fl.max_decode_bytes)
+                .unwrap_or(d.max_decode_bytes),
+            strict_transformations: args.strict_transformations
+                || fl
+                    .strict_transformations
+                    .unwrap_or(d.strict_transformations),
             signature_ttl_secs: args
                 .signature_ttl_secs
                 .or(fl.signature_ttl_secs)

@@ -38,6 +38,8 @@ pub struct AppState {
     pub secure_base: Option<String>,
     /// The base SDKs send API calls to (`upload_prefix`), without a trailing slash.
     pub api_base: String,
+    /// Derived images being rendered, and the turns renders take.
+    pub renders: Arc<crate::delivery::render::Renders>,
     /// The control API's state (records, faults, hold).
     pub control: Arc<crate::control::Control>,
     /// Structured metadata fields cached per cloud.
@@ -59,6 +61,7 @@ impl AppState {
         fixed_time: Option<i64>,
     ) -> AppState {
         let buffered = limits.max_buffered_bytes;
+        let render_concurrency = limits.render_concurrency;
         AppState {
             accounts: Arc::new(std::sync::RwLock::new(Arc::new(accounts))),
             meta,
@@ -76,6 +79,7 @@ impl AppState {
             secure_base: None,
             api_base: public_url.clone(),
             control: Arc::new(crate::control::Control::default()),
+            renders: Arc::new(crate::delivery::render::Renders::new(render_concurrency)),
             memory: crate::form::MemoryBudget::new(buffered),
             fixed_time,
         }

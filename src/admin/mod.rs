@@ -179,6 +179,16 @@ pub(crate) async fn resource_json(
     Ok(one)
 }
 
+/// Removes the stored bytes of derived images whose records are gone.
+pub(crate) async fn forget_derived_blobs(state: &AppState, cloud: &str, ids: &[String]) {
+    for id in ids {
+        let key = crate::delivery::render::derived_key(cloud, id);
+        if let Err(e) = state.blobs.delete(&key).await {
+            tracing::warn!(error = %e, %key, "could not remove a derived image");
+        }
+    }
+}
+
 /// `DELETE derived_resources` with `derived_resource_ids[]`.
 pub async fn delete_derived(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
     let ids = params.items("derived_resource_ids");
@@ -186,6 +196,7 @@ pub async fn delete_derived(state: &AppState, cloud: &str, params: &Params) -> A
         return Err(ApiError::missing("derived_resource_ids"));
     }
     let gone = state.meta.delete_derived(cloud, None, &ids).await?;
+    forget_derived_blobs(state, cloud, &gone).await;
     let deleted: Map<String, Json> = ids
         .iter()
         .map(|id| {
@@ -750,6 +761,7 @@ async fn keep_original_only(state: &AppState, key: &AssetKey) -> ApiResult<(bool
                 .meta
                 .delete_derived(&r.key.cloud, Some(&r.asset_id), &[])
                 .await?;
+            forget_derived_blobs(state, &r.key.cloud, &gone).await;
             Ok((true, false, gone.len()))
         }
         None => Ok((false, false, 0)),

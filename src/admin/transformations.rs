@@ -185,7 +185,7 @@ pub async fn get(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Js
 pub async fn create(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Json> {
     let name = params.required("name")?;
     let t = params.required("transformation")?;
-    check_string(t)?;
+    check_string(&expand_named(state, cloud, t).await?.0)?;
     let named = name != t;
     let key = if named { bare(name) } else { name };
     if named && !super::valid_name(key, &['_', '-', '.']) {
@@ -216,7 +216,7 @@ pub async fn update(state: &AppState, cloud: &str, params: &Params) -> ApiResult
     let t = params.required("transformation")?;
     let new_def = params.nonempty("unsafe_update").map(str::to_string);
     if let Some(d) = &new_def {
-        check_string(d)?;
+        check_string(&expand_named(state, cloud, d).await?.0)?;
     }
     let allowed = params
         .text("allowed_for_strict")
@@ -266,12 +266,105 @@ pub async fn delete(state: &AppState, cloud: &str, params: &Params) -> ApiResult
     let derived = state.meta.derived_of_cloud(cloud, Some(t)).await?;
     let ids: Vec<String> = derived.iter().map(|d| d.id.clone()).collect();
     if !ids.is_empty() {
-        state.meta.delete_derived(cloud, None, &ids).await?;
+        let gone = state.meta.delete_derived(cloud, None, &ids).await?;
+        super::forget_derived_blobs(state, cloud, &gone).await;
     }
     if !removed_doc && ids.is_empty() {
         return Err(not_found(t));
     }
     Ok(json!({"message": "deleted"}))
+}
+
+/// Named transformations nest at most this deep.
+const MAX_NESTING: usize = 5;
+
+/// Replaces every `t_<name>` (and `t_<a>.<b>`, applied in turn) with the named
+/// transformation's string; answers the expanded transformation and whether it used only
+/// named transformations allowed for strict mode.
+pub async fn expand_named(state: &AppState, cloud: &str, t: &str) -> ApiResult<(String, bool)> {
+    expand_at(state, cloud, t, 0).await
+}
+
+fn expand_at<'a>(
+    state: &'a AppState,
+    cloud: &'a str,
+    t: &'a str,
+    depth: usize,
+) -> futures_util::future::BoxFuture<'a, ApiResult<(String, bool)>> {
+    use futures_util::FutureExt;
+    async move {
+        if !t.contains("t_") {
+            return Ok((t.to_string(), false));
+        }
+        if depth >= MAX_NESTING {
+            return Err(ApiError::bad(format!(
+                "Named transformations nest at most {MAX_NESTING} deep"
+            )));
+        }
+        let mut components: Vec<String> = Vec::new();
+        let mut strict_ok = true;
+        for component in t.split('/') {
+            let mut plain: Vec<&str> = Vec::new();
+            let mut named: Vec<String> = Vec::new();
+            for item in component.split(',') {
+                let Some(names) = item.strip_prefix("t_") else {
+                    plain.push(item);
+                    continue;
+                };
+                // `t_a.b` applies a, then b (unless a name with the dot exists).
+                let whole = state
+                    .meta
+                    .get_doc(cloud, KIND, names)
+                    .await?
+                    .is_some_and(|d| d.body["named"] == json!(true));
+                let parts: Vec<&str> = if whole {
+                    vec![names]
+                } else {
+                    names.split('.').collect()
+                };
+                for name in parts {
+                    let doc = state
+                        .meta
+                        .get_doc(cloud, KIND, name)
+                        .await?
+                        .filter(|d| d.body["named"] == json!(true))
+                        .ok_or_else(|| {
+                            ApiError::bad(format!("Transformation t_{name} not found"))
+                        })?;
+                    strict_ok &= doc.body["allowed_for_strict"] == json!(true);
+                    let string = doc.body["transformation"].as_str().unwrap_or("");
+                    // A trailing bare format (`…/jpg`) is the format step `f_jpg`.
+                    let string = match string.rsplit_once('/') {
+                        Some((rest, f)) if transform::OUTPUT_FORMATS.contains(&f) => {
+                            format!("{rest}/f_{f}")
+                        }
+                        _ => string.to_string(),
+                    };
+                    let (inner, _) = expand_at(state, cloud, &string, depth + 1).await?;
+                    named.push(inner);
+                }
+            }
+            if !plain.is_empty() {
+                strict_ok = false;
+            }
+            match (named.len(), plain.is_empty()) {
+                (0, _) => components.push(component.to_string()),
+                // Alone in its component: the named steps replace it.
+                (_, true) => components.extend(named),
+                // Beside other parameters: one step merged with them when it is one step,
+                // else the named steps come first.
+                (1, false) if !named[0].contains('/') => {
+                    components.push(format!("{},{}", named[0], plain.join(",")))
+                }
+                _ => {
+                    components.extend(named);
+                    components.push(plain.join(","));
+                }
+            }
+        }
+        Ok((components.join("/"), strict_ok))
+    }
+    .boxed()
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
             get(list_faults).post(add_fault).delete(clear_faults),
         )
         .route("/faults/{id}", delete(remove_fault))
+        .route("/stats", get(stats))
         .route("/async", get(async_state))
         .route("/async/hold", post(hold))
         .route("/async/release", post(release))
@@ -139,7 +140,7 @@ async fn index() -> Json<Json_> {
             "POST /_nephos/clouds/<cloud>/reset", "POST /_nephos/clouds/<cloud>/seed",
             "POST /_nephos/reset", "GET|DELETE /_nephos/requests",
             "GET|DELETE /_nephos/notifications", "GET|POST|DELETE /_nephos/faults",
-            "DELETE /_nephos/faults/<id>", "GET /_nephos/async",
+            "DELETE /_nephos/faults/<id>", "GET /_nephos/stats", "GET /_nephos/async",
             "POST /_nephos/async/hold", "POST /_nephos/async/release"
         ]
     }))
@@ -312,6 +313,10 @@ async fn remove_fault(
         return Err(ApiError::NotFound(format!("Fault {id} not found")));
     }
     Ok(Json(json!({"deleted": id})))
+}
+
+async fn stats(State(state): State<AppState>) -> Json<Json_> {
+    Json(json!({ "derived": state.renders.stats() }))
 }
 
 async fn async_state(State(state): State<AppState>) -> Json<Json_> {

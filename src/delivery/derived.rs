@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::{delivery_error, etag_matches, mime_for};
+use super::{delivery_error, etag_matches, mime_for, render};
 use crate::db::AssetRecord;
 use crate::error::{ApiError, ApiResult};
 use crate::media::transform::{self, Plan};
@@ -40,15 +40,31 @@ async fn breakpoints_json(
         .into_response())
 }
 
+/// A derivative a request asks for.
+pub(super) struct Wanted<'a> {
+    pub rec: &'a AssetRecord,
+    /// As written in the URL (`None`: a format conversion only).
+    pub transformation: Option<&'a str>,
+    pub plan: &'a Plan,
+    pub format: &'a str,
+    /// Whether it may be rendered anew under strict transformations (a signed URL, or named
+    /// transformations allowed for strict mode).
+    pub allowed: bool,
+}
+
 pub(super) async fn serve(
     state: &AppState,
     method: &Method,
     headers: &HeaderMap,
-    rec: &AssetRecord,
-    transformation: Option<&str>,
-    plan: &Plan,
-    format: &str,
+    wanted: Wanted<'_>,
 ) -> ApiResult<Response> {
+    let Wanted {
+        rec,
+        transformation,
+        plan,
+        format,
+        allowed,
+    } = wanted;
     let source_format = rec.format.clone().unwrap_or_default();
     if !transform::can_decode(&source_format) {
         return Err(delivery_error(
@@ -96,12 +112,6 @@ pub(super) async fn serve(
             .map_err(ApiError::internal);
     }
 
-    let not_found = || {
-        delivery_error(
-            StatusCode::NOT_FOUND,
-            format!("Resource not found - {}", rec.key.public_id),
-        )
-    };
     let max_pixels = state.limits.max_image_pixels;
     if rec.bytes.max(0) as u64 > max_pixels.saturating_mul(8) {
         return Err(delivery_error(
@@ -109,20 +119,38 @@ pub(super) async fn serve(
             format!("The image is too large to transform ({} bytes)", rec.bytes),
         ));
     }
-    let original = crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
-        .await?
-        .ok_or_else(not_found)?;
     let mut plan = plan.clone();
-    let out_format = format.to_string();
     if let Some((settings, true)) = plan.auto_width.take() {
-        return breakpoints_json(original, plan, out_format, settings, max_pixels).await;
+        let original = crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
+            .await?
+            .ok_or_else(|| {
+                delivery_error(
+                    StatusCode::NOT_FOUND,
+                    format!("Resource not found - {}", rec.key.public_id),
+                )
+            })?;
+        return breakpoints_json(original, plan, format.to_string(), settings, max_pixels).await;
     }
-    let bytes = tokio::task::spawn_blocking(move || {
-        transform::apply(&original, &plan, &out_format, max_pixels)
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|m| delivery_error(StatusCode::BAD_REQUEST, m))?;
+    // Rendered before: served as stored.
+    let t = transformation.unwrap_or("");
+    let key = render::derived_key(&rec.key.cloud, &render::derived_id(rec, t, format));
+    let bytes = match render::stored(state, &key).await? {
+        Some(b) => bytes::Bytes::from(b),
+        None => {
+            if state.limits.strict_transformations && !allowed {
+                return Err(delivery_error(
+                    StatusCode::UNAUTHORIZED,
+                    format!(
+                        "Transformation {t} is not allowed: strict transformations are on \
+                         (sign the URL, or use an eager or named transformation allowed for strict mode)"
+                    ),
+                ));
+            }
+            render::render(state, rec, t, &plan, format)
+                .await
+                .map_err(|render::RenderError(status, why)| delivery_error(status, why))?
+        }
+    };
     base = base
         .status(StatusCode::OK)
         .header(header::CONTENT_LENGTH, bytes.len());

@@ -9,6 +9,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_AL
 use subtle::ConstantTimeEq;
 
 mod derived;
+pub mod render;
 
 use crate::auth::{delivery_signature, SignatureAlgorithm};
 use crate::db::{AssetKey, AssetRecord};
@@ -450,6 +451,8 @@ pub async fn serve(
     // Sprites and multis were made with their transformation: the URL only names it (the
     // signature, when there is one, still covers it).
     let generated = GENERATED_TYPES.contains(&ty);
+    // Strict transformations: only named ones allowed for it (or signed URLs) render anew.
+    let mut strict_allowed = false;
     let plan = match &p.transformation {
         _ if generated => None,
         Some(t) if p.resource_type != "image" => {
@@ -462,7 +465,18 @@ pub async fn serve(
             ))
         }
         Some(t) => {
-            Some(transform::parse(t).map_err(|m| delivery_error(StatusCode::BAD_REQUEST, m))?)
+            let (expanded, named_ok) =
+                crate::admin::transformations::expand_named(state, &p.cloud, t)
+                    .await
+                    .map_err(|e| match e {
+                        ApiError::Internal(_) => e,
+                        e => delivery_error(StatusCode::BAD_REQUEST, e.to_string()),
+                    })?;
+            strict_allowed = named_ok;
+            Some(
+                transform::parse(&expanded)
+                    .map_err(|m| delivery_error(StatusCode::BAD_REQUEST, m))?,
+            )
         }
         None => None,
     };
@@ -528,16 +542,14 @@ pub async fn serve(
     if plan.is_some() || converts {
         let plan = plan.unwrap_or_default();
         let format = transform::output_format(&plan, ext.as_deref(), &source_format);
-        return derived::serve(
-            state,
-            method,
-            headers,
-            &rec,
-            p.transformation.as_deref(),
-            &plan,
-            &format,
-        )
-        .await;
+        let wanted = derived::Wanted {
+            rec: &rec,
+            transformation: p.transformation.as_deref(),
+            plan: &plan,
+            format: &format,
+            allowed: p.signature.is_some() || strict_allowed,
+        };
+        return derived::serve(state, method, headers, wanted).await;
     }
     serve_original(state, method, headers, &rec).await
 }
@@ -564,7 +576,14 @@ pub async fn serve_asset(
             if out == source_format {
                 return serve_original(state, method, headers, rec).await;
             }
-            derived::serve(state, method, headers, rec, None, &plan, &out).await
+            let wanted = derived::Wanted {
+                rec,
+                transformation: None,
+                plan: &plan,
+                format: &out,
+                allowed: true,
+            };
+            derived::serve(state, method, headers, wanted).await
         }
         _ => serve_original(state, method, headers, rec).await,
     }

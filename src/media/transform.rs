@@ -58,8 +58,14 @@ pub struct Step {
     /// `l_text:…`: the component's geometry applies to this layer, which is then placed on
     /// the image (by `g_`, `x_`, `y_`).
     overlay: Option<Layer>,
-    /// `co_`: the colour of text layers.
+    /// `co_`: the colour of text layers (and of `e_colorize`).
     color: Option<Rgba<u8>>,
+    /// `u_…`: the layer goes under the image.
+    underlay: bool,
+    /// The components between a layer and its `fl_layer_apply`: applied to the layer.
+    layer_steps: Vec<Step>,
+    /// `fl_layer_apply`: this component places the open layer.
+    apply_layer: bool,
 }
 
 /// An overlay layer.
@@ -69,6 +75,32 @@ pub enum Layer {
         style: super::text::TextStyle,
         text: String,
     },
+    /// `l_<public_id>` (folders written with `:`): another image of the cloud, whose bytes
+    /// the caller loads before the plan is applied.
+    Image {
+        public_id: String,
+        data: Option<std::sync::Arc<Vec<u8>>>,
+    },
+}
+
+impl Plan {
+    /// The image layers of the plan (their bytes to load), in order.
+    pub fn image_layers_mut(&mut self) -> Vec<(&str, &mut Option<std::sync::Arc<Vec<u8>>>)> {
+        fn walk<'a>(
+            steps: &'a mut [Step],
+            out: &mut Vec<(&'a str, &'a mut Option<std::sync::Arc<Vec<u8>>>)>,
+        ) {
+            for s in steps {
+                if let Some(Layer::Image { public_id, data }) = &mut s.overlay {
+                    out.push((public_id.as_str(), data));
+                }
+                walk(&mut s.layer_steps, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&mut self.steps, &mut out);
+        out
+    }
 }
 
 /// A `w_`/`h_` value: pixels, or a factor of the current size (written with a decimal point,
@@ -87,6 +119,27 @@ enum Effect {
     Negate,
     Blur(f32),
     Sharpen(f32),
+    /// Threshold, 0–100.
+    BlackWhite(f32),
+    /// -99–100.
+    Brightness(f32),
+    /// -100–100.
+    Contrast(f32),
+    /// -100–100.
+    Saturation(f32),
+    /// -50–150.
+    Gamma(f32),
+    /// Block size in pixels.
+    Pixelate(u32),
+    /// 0–100, towards the component's `co_` colour.
+    Colorize(f32),
+    /// 0–100.
+    Vignette(f32),
+    /// Each channel stretched to the full range (`auto_contrast`, and `improve` as its
+    /// approximation).
+    AutoContrast,
+    /// Borders of the top-left corner's colour cut away, within a tolerance of 0–100.
+    Trim(f32),
 }
 
 impl Default for Step {
@@ -108,6 +161,9 @@ impl Default for Step {
             border: None,
             overlay: None,
             color: None,
+            underlay: false,
+            layer_steps: Vec::new(),
+            apply_layer: false,
         }
     }
 }
@@ -147,9 +203,21 @@ fn invalid(item: &str, why: &str) -> String {
 }
 
 /// Parses a transformation string such as `c_fill,h_100,w_100/q_auto,f_auto`.
+/// Components one transformation may chain.
+pub const MAX_COMPONENTS: usize = 32;
+
 pub fn parse(t: &str) -> Result<Plan, String> {
     let mut plan = Plan::default();
-    for component in t.split('/') {
+    if t.split('/').count() > MAX_COMPONENTS {
+        return Err(format!(
+            "Too many chained transformations (at most {MAX_COMPONENTS})"
+        ));
+    }
+    let components: Vec<&str> = t.split('/').collect();
+    // The step whose layer the next components transform, until `fl_layer_apply`.
+    let mut open_layer: Option<usize> = None;
+    for (index, component) in components.iter().enumerate() {
+        let component = *component;
         let mut step = Step::default();
         let mut geometric = false;
         for item in component.split(',') {
@@ -294,6 +362,10 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     plan.format = Some(f);
                 }
                 "fl" if value == "attachment" => plan.attachment = true,
+                "fl" if value == "layer_apply" => step.apply_layer = true,
+                // Encoding hints with no effect on the pixels: JPEG is written baseline, and
+                // GIF and PNG stay lossless.
+                "fl" if value == "progressive" || value == "lossy" => {}
                 "pg" => {
                     plan.page = Some(
                         value
@@ -304,6 +376,10 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     )
                 }
                 "l" => step.overlay = Some(layer(item, value)?),
+                "u" => {
+                    step.overlay = Some(layer(item, value)?);
+                    step.underlay = true;
+                }
                 "co" => {
                     step.color = Some(color(value).ok_or_else(|| invalid(item, "unknown colour"))?)
                 }
@@ -315,14 +391,59 @@ pub fn parse(t: &str) -> Result<Plan, String> {
             }
             geometric |= matches!(
                 key,
-                "w" | "h" | "c" | "ar" | "dpr" | "x" | "y" | "a" | "e" | "r" | "o" | "bo" | "l"
+                "w" | "h"
+                    | "c"
+                    | "ar"
+                    | "dpr"
+                    | "x"
+                    | "y"
+                    | "a"
+                    | "e"
+                    | "r"
+                    | "o"
+                    | "bo"
+                    | "l"
+                    | "u"
+                    | "g"
             );
+        }
+        if let Some(host) = open_layer {
+            if step.apply_layer {
+                // Where the layer goes: this component's gravity and offsets.
+                let placed = &mut plan.steps[host];
+                placed.anchor = step.anchor;
+                placed.x = step.x;
+                placed.y = step.y;
+                open_layer = None;
+            } else if geometric {
+                plan.steps[host].layer_steps.push(step);
+            }
+            continue;
+        }
+        if step.apply_layer {
+            return Err(format!(
+                "fl_layer_apply in {component} closes no layer (l_ or u_ before it)"
+            ));
+        }
+        if step.overlay.is_some() {
+            let applied_later = components[index + 1..]
+                .iter()
+                .any(|c| c.split(',').any(|i| i == "fl_layer_apply"));
+            if applied_later {
+                open_layer = Some(plan.steps.len());
+            }
         }
         if geometric {
             plan.steps.push(step);
         }
     }
-    if plan.steps.iter().filter(|s| s.overlay.is_some()).count() > MAX_OVERLAYS {
+    fn layers(steps: &[Step]) -> usize {
+        steps
+            .iter()
+            .map(|s| usize::from(s.overlay.is_some()) + layers(&s.layer_steps))
+            .sum()
+    }
+    if layers(&plan.steps) > MAX_OVERLAYS {
         return Err(format!(
             "Too many overlays in one transformation (at most {MAX_OVERLAYS})"
         ));
@@ -330,12 +451,33 @@ pub fn parse(t: &str) -> Result<Plan, String> {
     Ok(plan)
 }
 
-/// `l_text:<family>_<size>[_<style>…]:<text>` (the text percent-encoded).
+/// `l_text:<family>_<size>[_<style>…]:<text>` (the text percent-encoded), or
+/// `l_<public_id>` of an image of the cloud (folders written with `:`).
 fn layer(item: &str, value: &str) -> Result<Layer, String> {
     let Some(spec) = value.strip_prefix("text:") else {
-        return Err(format!(
-            "Transformation {item} is not supported by this server (only text overlays are)"
-        ));
+        if value.starts_with("fetch:")
+            || value.starts_with("video:")
+            || value.starts_with("subtitles:")
+        {
+            return Err(format!(
+                "Transformation {item} is not supported by this server (text and image layers are)"
+            ));
+        }
+        let public_id = value.replace(':', "/");
+        if public_id.is_empty()
+            || public_id
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(invalid(
+                item,
+                "expected a public ID (folders separated by :)",
+            ));
+        }
+        return Ok(Layer::Image {
+            public_id,
+            data: None,
+        });
     };
     let (style, text) = spec
         .split_once(':')
@@ -360,14 +502,26 @@ fn apply_overlay(
     layer: &Layer,
     max_pixels: u64,
 ) -> Result<DynamicImage, String> {
-    let Layer::Text { style, text } = layer;
-    let mut style = style.clone();
-    if let Some(c) = s.color {
-        style.color = c;
-    }
-    let rendered = super::text::render(text, &style, max_pixels)?;
+    let source = match layer {
+        Layer::Text { style, text } => {
+            let mut style = style.clone();
+            if let Some(c) = s.color {
+                style.color = c;
+            }
+            DynamicImage::ImageRgba8(super::text::render(text, &style, max_pixels)?)
+        }
+        Layer::Image {
+            public_id,
+            data: Some(bytes),
+        } => decode_layer(bytes, public_id, max_pixels)?,
+        Layer::Image { public_id, .. } => {
+            return Err(format!("Overlay image {public_id} is not available here"))
+        }
+    };
     let geometry = Step {
         overlay: None,
+        layer_steps: Vec::new(),
+        underlay: false,
         x: None,
         y: None,
         anchor: (0.5, 0.5),
@@ -376,18 +530,56 @@ fn apply_overlay(
         } else {
             s.crop
         },
+        // `co_` colours a text layer; on an image layer it is for `e_colorize`.
+        color: if matches!(layer, Layer::Text { .. }) {
+            None
+        } else {
+            s.color
+        },
         ..s.clone()
     };
-    let layer = apply_step(DynamicImage::ImageRgba8(rendered), &geometry, max_pixels)?.to_rgba8();
-    let mut canvas = base.to_rgba8();
-    let free_x = i64::from(canvas.width()) - i64::from(layer.width());
-    let free_y = i64::from(canvas.height()) - i64::from(layer.height());
+    let mut layer_img = apply_step(source, &geometry, max_pixels)?;
+    for step in &s.layer_steps {
+        layer_img = apply_step(layer_img, step, max_pixels)?;
+    }
+    let layer = layer_img.to_rgba8();
+    let base = base.to_rgba8();
+    let free_x = i64::from(base.width()) - i64::from(layer.width());
+    let free_y = i64::from(base.height()) - i64::from(layer.height());
     // Offsets move the layer away from the gravity's edge (towards the centre).
     let toward = |anchor: f64, offset: i64| if anchor > 0.5 { -offset } else { offset };
     let dx = (free_x as f64 * s.anchor.0).round() as i64 + toward(s.anchor.0, s.x.unwrap_or(0));
     let dy = (free_y as f64 * s.anchor.1).round() as i64 + toward(s.anchor.1, s.y.unwrap_or(0));
+    if s.underlay {
+        // The image goes over the layer; the canvas keeps the image's size.
+        let mut canvas = RgbaImage::new(base.width(), base.height());
+        imageops::overlay(&mut canvas, &layer, dx, dy);
+        imageops::overlay(&mut canvas, &base, 0, 0);
+        return Ok(DynamicImage::ImageRgba8(canvas));
+    }
+    let mut canvas = base;
     imageops::overlay(&mut canvas, &layer, dx, dy);
     Ok(DynamicImage::ImageRgba8(canvas))
+}
+
+/// Decodes an overlay image within the pixel bound.
+fn decode_layer(bytes: &[u8], public_id: &str, max_pixels: u64) -> Result<DynamicImage, String> {
+    let mut reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| format!("Cannot read overlay {public_id}: {e}"))?;
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(max_pixels.saturating_mul(8));
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| format!("Cannot decode overlay {public_id}: {e}"))?;
+    if u64::from(img.width()) * u64::from(img.height()) > max_pixels {
+        return Err(format!("Overlay {public_id} is too large"));
+    }
+    Ok(img)
 }
 
 fn anchor(gravity: &str) -> (f64, f64) {
@@ -450,6 +642,24 @@ pub fn output_format(plan: &Plan, extension: Option<&str>, source: &str) -> Stri
 /// Decodes `bytes`, applies the plan and encodes as `format`; `max_pixels` bounds the source
 /// and every intermediate result.
 pub fn apply(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result<Vec<u8>, String> {
+    apply_bounded(
+        bytes,
+        plan,
+        format,
+        max_pixels,
+        max_pixels.saturating_mul(8),
+    )
+}
+
+/// [`apply`], with the memory the decoded source may take bounded by `max_decode` bytes (a
+/// 16-bit or many-channel image of allowed dimensions can still be too much).
+pub fn apply_bounded(
+    bytes: &[u8],
+    plan: &Plan,
+    format: &str,
+    max_pixels: u64,
+    max_decode: u64,
+) -> Result<Vec<u8>, String> {
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("Cannot read the image: {e}"))?;
@@ -482,10 +692,17 @@ pub fn apply(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result
             let mut reader = image::ImageReader::new(Cursor::new(bytes))
                 .with_guessed_format()
                 .map_err(|e| format!("Cannot read the image: {e}"))?;
-            reader.no_limits();
-            reader
-                .decode()
-                .map_err(|e| format!("Cannot decode the image: {e}"))?
+            let mut limits = image::Limits::default();
+            limits.max_image_width = Some(side);
+            limits.max_image_height = Some(side);
+            limits.max_alloc = Some(max_decode);
+            reader.limits(limits);
+            reader.decode().map_err(|e| match e {
+                image::ImageError::Limits(_) => format!(
+                    "The image is too large to transform: decoding {w}x{h} needs more than {max_decode} bytes"
+                ),
+                e => format!("Cannot decode the image: {e}"),
+            })?
         }
     };
     for step in &plan.steps {
@@ -614,7 +831,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         }
     };
     for e in &s.effects {
-        out = apply_effect(out, e);
+        out = apply_effect(out, e, s.color);
     }
     if let Some(radius) = s.radius {
         out = round_corners(out, radius);
@@ -753,18 +970,40 @@ fn effect(item: &str, value: &str) -> Result<Effect, String> {
             Some(
                 l.parse::<f32>()
                     .ok()
-                    .filter(|v| v.is_finite() && *v >= 0.0)
-                    .ok_or_else(|| invalid(item, "expected a positive strength"))?,
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| invalid(item, "expected a number"))?,
             ),
         ),
         None => (value, None),
     };
+    // A level within Cloudinary's range for the effect (else a 400 naming it).
+    let within = |default: f32, lo: f32, hi: f32| -> Result<f32, String> {
+        let v = level.unwrap_or(default);
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(invalid(
+                item,
+                &format!("the level must be between {lo} and {hi}"),
+            ))
+        }
+    };
     Ok(match name {
         "grayscale" => Effect::Grayscale,
         "negate" => Effect::Negate,
-        "sepia" => Effect::Sepia(level.unwrap_or(80.0).min(100.0) / 100.0),
-        "blur" => Effect::Blur(level.unwrap_or(100.0).clamp(1.0, 2000.0)),
-        "sharpen" => Effect::Sharpen(level.unwrap_or(100.0).clamp(1.0, 2000.0)),
+        "sepia" => Effect::Sepia(within(80.0, 0.0, 100.0)? / 100.0),
+        "blur" => Effect::Blur(within(100.0, 1.0, 2000.0)?),
+        "sharpen" => Effect::Sharpen(within(100.0, 1.0, 2000.0)?),
+        "blackwhite" => Effect::BlackWhite(within(50.0, 0.0, 100.0)?),
+        "brightness" => Effect::Brightness(within(80.0, -99.0, 100.0)?),
+        "contrast" => Effect::Contrast(within(0.0, -100.0, 100.0)?),
+        "saturation" => Effect::Saturation(within(80.0, -100.0, 100.0)?),
+        "gamma" => Effect::Gamma(within(0.0, -50.0, 150.0)?),
+        "pixelate" => Effect::Pixelate(within(5.0, 1.0, 200.0)? as u32),
+        "colorize" => Effect::Colorize(within(100.0, 0.0, 100.0)?),
+        "vignette" => Effect::Vignette(within(20.0, 0.0, 100.0)?),
+        "auto_contrast" | "improve" => Effect::AutoContrast,
+        "trim" => Effect::Trim(within(10.0, 0.0, 100.0)?),
         _ => {
             return Err(format!(
                 "Transformation {item} is not supported by this server"
@@ -773,8 +1012,100 @@ fn effect(item: &str, value: &str) -> Result<Effect, String> {
     })
 }
 
-fn apply_effect(img: DynamicImage, e: &Effect) -> DynamicImage {
+/// Applies `f` to the colour channels of every pixel (alpha kept).
+fn map_rgb(img: DynamicImage, f: impl Fn([f32; 3]) -> [f32; 3]) -> DynamicImage {
+    let mut img = img.to_rgba8();
+    for p in img.pixels_mut() {
+        let out = f([f32::from(p[0]), f32::from(p[1]), f32::from(p[2])]);
+        for c in 0..3 {
+            p[c] = out[c].round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    DynamicImage::ImageRgba8(img)
+}
+
+fn luma(c: [f32; 3]) -> f32 {
+    0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+}
+
+fn apply_effect(img: DynamicImage, e: &Effect, color: Option<Rgba<u8>>) -> DynamicImage {
     match e {
+        Effect::BlackWhite(t) => {
+            let cut = t * 255.0 / 100.0;
+            map_rgb(img, |c| {
+                let v = if luma(c) >= cut { 255.0 } else { 0.0 };
+                [v, v, v]
+            })
+        }
+        Effect::Brightness(l) => {
+            let add = l * 255.0 / 100.0;
+            map_rgb(img, |c| c.map(|v| v + add))
+        }
+        Effect::Contrast(l) => {
+            let k = (100.0 + l) / 100.0;
+            map_rgb(img, |c| c.map(|v| (v - 128.0) * k + 128.0))
+        }
+        Effect::Saturation(l) => {
+            let k = 1.0 + l / 100.0;
+            map_rgb(img, |c| {
+                let y = luma(c);
+                c.map(|v| y + (v - y) * k)
+            })
+        }
+        Effect::Gamma(l) => {
+            let exponent = 1.0 / (1.0 + l / 100.0).max(0.01);
+            map_rgb(img, |c| c.map(|v| 255.0 * (v / 255.0).powf(exponent)))
+        }
+        Effect::Pixelate(size) => {
+            let (w, h) = (img.width(), img.height());
+            let (sw, sh) = ((w / size).max(1), (h / size).max(1));
+            img.resize_exact(sw, sh, imageops::FilterType::Triangle)
+                .resize_exact(w, h, imageops::FilterType::Nearest)
+        }
+        Effect::Colorize(l) => {
+            let k = l / 100.0;
+            let to = color.unwrap_or(Rgba([0, 0, 0, 255]));
+            map_rgb(img, |c| {
+                [0, 1, 2].map(|i| c[i] * (1.0 - k) + f32::from(to[i]) * k)
+            })
+        }
+        Effect::Vignette(l) => {
+            let k = l / 100.0;
+            let mut img = img.to_rgba8();
+            let (w, h) = (img.width() as f32, img.height() as f32);
+            for (x, y, p) in img.enumerate_pixels_mut() {
+                let dx = (x as f32 + 0.5) / w - 0.5;
+                let dy = (y as f32 + 0.5) / h - 0.5;
+                // 0 at the centre, 1 in the corners.
+                let d = ((dx * dx + dy * dy) * 2.0).sqrt();
+                let shade = 1.0 - k * d.powi(2);
+                for c in 0..3 {
+                    p[c] = (f32::from(p[c]) * shade).clamp(0.0, 255.0) as u8;
+                }
+            }
+            DynamicImage::ImageRgba8(img)
+        }
+        Effect::AutoContrast => {
+            let rgba = img.to_rgba8();
+            let (mut lo, mut hi) = ([255u8; 3], [0u8; 3]);
+            for p in rgba.pixels() {
+                for c in 0..3 {
+                    lo[c] = lo[c].min(p[c]);
+                    hi[c] = hi[c].max(p[c]);
+                }
+            }
+            map_rgb(DynamicImage::ImageRgba8(rgba), |c| {
+                [0, 1, 2].map(|i| {
+                    let span = f32::from(hi[i]) - f32::from(lo[i]);
+                    if span < 1.0 {
+                        c[i]
+                    } else {
+                        (c[i] - f32::from(lo[i])) * 255.0 / span
+                    }
+                })
+            })
+        }
+        Effect::Trim(tolerance) => trim(img, *tolerance),
         Effect::Grayscale => DynamicImage::ImageLumaA8(img.to_luma_alpha8()),
         Effect::Negate => {
             let mut img = img.to_rgba8();
@@ -804,8 +1135,46 @@ fn apply_effect(img: DynamicImage, e: &Effect) -> DynamicImage {
         // Cloudinary's strengths run to 2000; as a Gaussian sigma, 100 reads as 5 pixels.
         // A box-blur approximation keeps the cost independent of the strength.
         Effect::Blur(strength) => img.fast_blur(strength / 20.0),
-        Effect::Sharpen(strength) => img.unsharpen(strength / 100.0, 0),
+        // The radius grows with the strength up to a bound: the cost stays bounded too.
+        Effect::Sharpen(strength) => img.unsharpen((strength / 100.0).min(3.0), 0),
     }
+}
+
+/// Cuts away the borders whose pixels are within `tolerance` (0–100) of the top-left pixel.
+fn trim(img: DynamicImage, tolerance: f32) -> DynamicImage {
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    if w == 0 || h == 0 {
+        return img;
+    }
+    let corner = *rgba.get_pixel(0, 0);
+    let limit = tolerance / 100.0 * 255.0;
+    let same = |x: u32, y: u32| {
+        let p = rgba.get_pixel(x, y);
+        (0..4).all(|c| (f32::from(p[c]) - f32::from(corner[c])).abs() <= limit)
+    };
+    let row_same = |y: u32| (0..w).all(|x| same(x, y));
+    let col_same = |x: u32, top: u32, bottom: u32| (top..bottom).all(|y| same(x, y));
+    let mut top = 0;
+    while top < h && row_same(top) {
+        top += 1;
+    }
+    if top == h {
+        return img;
+    }
+    let mut bottom = h;
+    while bottom > top && row_same(bottom - 1) {
+        bottom -= 1;
+    }
+    let mut left = 0;
+    while left < w && col_same(left, top, bottom) {
+        left += 1;
+    }
+    let mut right = w;
+    while right > left && col_same(right - 1, top, bottom) {
+        right -= 1;
+    }
+    img.crop_imm(left, top, right - left, bottom - top)
 }
 
 /// Makes the corners outside a radius (or the ellipse, for `max`) transparent.
@@ -978,6 +1347,104 @@ mod tests {
         assert_eq!(img.get_pixel(0, 10).0[2], 90);
     }
 
+    fn grey(level: u8) -> Vec<u8> {
+        let img = RgbaImage::from_pixel(8, 8, Rgba([level, level, level, 255]));
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgba8(img)
+            .write_to(&mut out, ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    fn first_pixel(bytes: &[u8], t: &str) -> [u8; 4] {
+        let out = apply(bytes, &parse(t).unwrap(), "png", 1_000_000).unwrap();
+        image::load_from_memory(&out)
+            .unwrap()
+            .to_rgba8()
+            .get_pixel(0, 0)
+            .0
+    }
+
+    #[test]
+    fn colour_effects_move_levels_as_documented() {
+        let mid = grey(100);
+        assert_eq!(first_pixel(&mid, "e_blackwhite"), [0, 0, 0, 255]);
+        assert_eq!(first_pixel(&mid, "e_blackwhite:30"), [255, 255, 255, 255]);
+        assert_eq!(first_pixel(&mid, "e_brightness:20"), [151, 151, 151, 255]);
+        assert_eq!(first_pixel(&mid, "e_brightness:-20"), [49, 49, 49, 255]);
+        assert_eq!(first_pixel(&mid, "e_contrast:100"), [72, 72, 72, 255]);
+        assert_eq!(first_pixel(&mid, "e_contrast:-100"), [128, 128, 128, 255]);
+        assert!(first_pixel(&mid, "e_gamma:100")[0] > 100);
+        assert!(first_pixel(&mid, "e_gamma:-40")[0] < 100);
+        assert_eq!(first_pixel(&mid, "e_colorize:100,co_red"), [255, 0, 0, 255]);
+        assert_eq!(
+            first_pixel(&mid, "e_colorize:50,co_rgb:0000ff"),
+            [50, 50, 178, 255]
+        );
+        // Grey has no saturation to change.
+        assert_eq!(first_pixel(&mid, "e_saturation:100"), [100, 100, 100, 255]);
+        for bad in [
+            "e_brightness:200",
+            "e_gamma:-60",
+            "e_pixelate:0",
+            "e_contrast:x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn trim_pixelate_and_vignette() {
+        // A 20×10 white image with a 4×2 red block at (6, 3).
+        let img = RgbaImage::from_fn(20, 10, |x, y| {
+            if (6..10).contains(&x) && (3..5).contains(&y) {
+                Rgba([255, 0, 0, 255])
+            } else {
+                Rgba([255, 255, 255, 255])
+            }
+        });
+        let mut bytes = Cursor::new(Vec::new());
+        DynamicImage::ImageRgba8(img)
+            .write_to(&mut bytes, ImageFormat::Png)
+            .unwrap();
+        let bytes = bytes.into_inner();
+        assert_eq!(size_of(&bytes, "e_trim"), (4, 2));
+        assert_eq!(size_of(&bytes, "e_pixelate:5"), (20, 10));
+        let v = apply(
+            &grey(200),
+            &parse("e_vignette:100").unwrap(),
+            "png",
+            1_000_000,
+        )
+        .unwrap();
+        let v = image::load_from_memory(&v).unwrap().to_rgba8();
+        assert!(
+            v.get_pixel(0, 0).0[0] < v.get_pixel(4, 4).0[0],
+            "corners darker"
+        );
+    }
+
+    fn size_of(bytes: &[u8], t: &str) -> (u32, u32) {
+        let out = apply(bytes, &parse(t).unwrap(), "png", 1_000_000).unwrap();
+        let img = image::load_from_memory(&out).unwrap();
+        (img.width(), img.height())
+    }
+
+    #[test]
+    fn layers_group_until_layer_apply() {
+        let p = parse("l_a:b/c_scale,w_4/e_negate/fl_layer_apply,g_south_east,x_1/w_50").unwrap();
+        assert_eq!(p.steps.len(), 2, "{p:?}");
+        assert_eq!(p.steps[0].layer_steps.len(), 2);
+        assert_eq!(p.steps[0].anchor, (1.0, 1.0));
+        assert_eq!(p.steps[0].x, Some(1));
+        assert!(
+            matches!(&p.steps[0].overlay, Some(Layer::Image { public_id, .. }) if public_id == "a/b")
+        );
+        assert!(parse("fl_layer_apply").is_err());
+        assert!(parse("l_a:..:b").is_err());
+        assert!(parse(&vec!["w_10"; MAX_COMPONENTS + 1].join("/")).is_err());
+    }
+
     #[test]
     fn corners_borders_opacity_and_effects() {
         let run = |t: &str| {
@@ -1029,7 +1496,7 @@ mod tests {
             "o_101",
             "bo_2px_dashed_red",
             "t_named",
-            "l_logo",
+            "l_fetch:aHR0cDovL3g=",
             "q_0",
             "f_svg",
             "a_sideways",

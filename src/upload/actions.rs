@@ -245,7 +245,7 @@ pub async fn explicit(state: &AppState, call: Call) -> ApiResult<Json> {
             "Parameter async is not supported by explicit on this server yet (eager_async is)",
         ));
     }
-    let eager_specs = super::eager::parse(params)?;
+    let eager_specs = super::eager::parse(state, &call.cloud, params).await?;
     let breakpoint_requests = super::breakpoints::parse(params.nonempty("responsive_breakpoints"))?;
     if !eager_specs.is_empty() && call.resource_type.stored() != "image" {
         // Refused before anything changes.

@@ -11,9 +11,8 @@ use crate::db::{AssetRecord, DerivedRecord};
 use crate::delivery;
 use crate::error::{ApiError, ApiResult};
 use crate::form::Params;
-use crate::media::{self, transform};
+use crate::media::transform;
 use crate::state::AppState;
-use crate::storage::md5::Md5;
 
 /// One requested derived version.
 #[derive(Debug, Clone)]
@@ -40,7 +39,7 @@ impl EagerSpec {
 
 /// The `eager` parameter: transformations joined by `|`, each optionally ending in
 /// `/<format>`. Empty when absent; a transformation nephos cannot apply is a 400.
-pub fn parse(params: &Params) -> ApiResult<Vec<EagerSpec>> {
+pub async fn parse(state: &AppState, cloud: &str, params: &Params) -> ApiResult<Vec<EagerSpec>> {
     let Some(text) = params.nonempty("eager") else {
         return Ok(Vec::new());
     };
@@ -58,7 +57,11 @@ pub fn parse(params: &Params) -> ApiResult<Vec<EagerSpec>> {
         let plan = if transformation.is_empty() {
             transform::Plan::default()
         } else {
-            transform::parse(&transformation)
+            // Named transformations (`t_<name>`) are expanded; the derived version keeps the
+            // name, as Cloudinary lists it.
+            let (expanded, _) =
+                crate::admin::transformations::expand_named(state, cloud, &transformation).await?;
+            transform::parse(&expanded)
                 .map_err(|m| ApiError::bad(format!("Invalid eager transformation - {m}")))?
         };
         specs.push(EagerSpec {
@@ -86,49 +89,44 @@ pub fn check_source(kind: &str, format: Option<&str>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Computes and records the derived versions of `rec`.
+/// Computes, stores and records the derived versions of `rec` (the same renders delivery URLs
+/// make: a later GET of one is served as stored).
 pub async fn generate(
     state: &AppState,
     rec: &AssetRecord,
     specs: &[EagerSpec],
 ) -> ApiResult<Vec<DerivedRecord>> {
-    let original = crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("Resource not found - {}", rec.key.public_id)))?;
     let source_format = rec.format.clone().unwrap_or_default();
     let mut out = Vec::new();
     for spec in specs {
         let format = transform::output_format(&spec.plan, spec.format.as_deref(), &source_format);
-        let (bytes, plan, fmt) = (original.clone(), spec.plan.clone(), format.clone());
-        let max_pixels = state.limits.max_image_pixels;
-        let result = tokio::task::spawn_blocking(move || {
-            let out = transform::apply(&bytes, &plan, &fmt, max_pixels)?;
-            let info = media::probe(std::io::Cursor::new(&out)).map_err(|e| e.to_string())?;
-            Ok::<_, String>((out.len(), info))
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|m| {
-            ApiError::bad(format!(
-                "Eager transformation {} failed: {m}",
-                spec.transformation
-            ))
-        })?;
-        let id = hex::encode(Md5::digest(
-            format!("{}/{}/{format}", rec.asset_id, spec.transformation).as_bytes(),
-        ));
+        let bytes =
+            crate::delivery::render::render(state, rec, &spec.transformation, &spec.plan, &format)
+                .await
+                .map_err(|crate::delivery::render::RenderError(status, m)| {
+                    if status == axum::http::StatusCode::INTERNAL_SERVER_ERROR {
+                        ApiError::internal(m)
+                    } else {
+                        ApiError::bad(format!(
+                            "Eager transformation {} failed: {m}",
+                            spec.transformation
+                        ))
+                    }
+                })?;
+        let dims = imagesize::blob_size(&bytes).ok();
         out.push(DerivedRecord {
-            id,
+            id: crate::delivery::render::derived_id(rec, &spec.transformation, &format),
             cloud: rec.key.cloud.clone(),
             asset_id: rec.asset_id.clone(),
             transformation: spec.transformation.clone(),
             format,
-            bytes: result.0 as i64,
-            width: result.1.width,
-            height: result.1.height,
+            bytes: bytes.len() as i64,
+            width: dims.as_ref().map(|d| d.width as i64),
+            height: dims.as_ref().map(|d| d.height as i64),
             created_at: state.now(),
         });
     }
+    // Recorded again (the render records it too; a render already kept is not redone).
     state.meta.put_derived(&out).await?;
     Ok(out)
 }

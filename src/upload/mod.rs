@@ -754,7 +754,16 @@ pub async fn store_upload(
             || (f == "tif" && format.as_deref() == Some("tiff"))
     };
     let converts = wanted_format.as_deref().is_some_and(|f| !same_format(f));
-    let incoming = params.nonempty("transformation");
+    // Named transformations (`t_<name>`) in it are expanded first.
+    let incoming = match params.nonempty("transformation") {
+        Some(t) => Some(
+            crate::admin::transformations::expand_named(state, req.cloud, t)
+                .await?
+                .0,
+        ),
+        None => None,
+    };
+    let incoming = incoming.as_deref();
     let (src, info, format) = if incoming.is_some() || converts {
         if kind != MediaKind::Image {
             return Err(ApiError::bad(format!(
@@ -776,7 +785,7 @@ pub async fn store_upload(
         (src, info, format)
     };
 
-    let eager_specs = eager::parse(&params)?;
+    let eager_specs = eager::parse(state, req.cloud, &params).await?;
     let breakpoint_requests = breakpoints::parse(params.nonempty("responsive_breakpoints"))?;
     if !breakpoint_requests.is_empty() && kind != MediaKind::Image {
         return Err(ApiError::bad("Responsive breakpoints apply to images only"));

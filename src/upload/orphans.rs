@@ -13,6 +13,10 @@ async fn referenced(state: &AppState) -> anyhow::Result<HashSet<String>> {
     let mut keys: HashSet<String> = state.meta.blob_keys().await?.into_iter().collect();
     for cloud in state.accounts().clouds() {
         keys.extend(super::backup::kept_blobs(state, cloud).await?);
+        // Rendered derived images are kept while their record is.
+        for d in state.meta.derived_of_cloud(cloud, None).await? {
+            keys.insert(crate::delivery::render::derived_key(cloud, &d.id));
+        }
     }
     Ok(keys)
 }

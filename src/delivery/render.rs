@@ -1,0 +1,277 @@
+//! Derived images are rendered at most once: stored through the blob store under a key made
+//! of the asset's version, the transformation and the format, recorded in the `derived`
+//! table, and served from there afterwards. Requests for a derivative being rendered wait for
+//! that render instead of starting their own; renders take turns (a semaphore, as many as
+//! cores by default) and have a deadline.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::Semaphore;
+
+use crate::db::{AssetRecord, DerivedRecord};
+use crate::media::transform::{self, Plan};
+use crate::state::AppState;
+use crate::storage::md5::Md5;
+
+/// Why a render did not give an image: the status and the `X-Cld-Error` reason.
+#[derive(Debug, Clone)]
+pub struct RenderError(pub StatusCode, pub String);
+
+type Pending = Shared<BoxFuture<'static, Result<Bytes, RenderError>>>;
+
+/// Renders in progress, and the turns they take.
+pub struct Renders {
+    inflight: Mutex<HashMap<String, Pending>>,
+    turns: Arc<Semaphore>,
+    /// Renders started (one per derivative made, however many asked for it).
+    pub started: std::sync::atomic::AtomicU64,
+    /// Derivatives served as stored.
+    pub served_stored: std::sync::atomic::AtomicU64,
+}
+
+impl Renders {
+    /// `concurrency` 0 means the number of CPU cores.
+    pub fn new(concurrency: usize) -> Renders {
+        let n = if concurrency == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            concurrency
+        };
+        Renders {
+            inflight: Mutex::new(HashMap::new()),
+            turns: Arc::new(Semaphore::new(n.max(1))),
+            started: Default::default(),
+            served_stored: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        match self.inflight.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
+/// The identity of a derivative: the asset's version, the transformation and the format.
+pub fn derived_id(rec: &AssetRecord, transformation: &str, format: &str) -> String {
+    hex::encode(Md5::digest(
+        format!(
+            "{}|{}|{transformation}|{format}",
+            rec.asset_id, rec.version_id
+        )
+        .as_bytes(),
+    ))
+}
+
+/// Where a derivative's bytes are kept.
+pub fn derived_key(cloud: &str, id: &str) -> String {
+    format!("{cloud}/derived/{id}")
+}
+
+/// The stored bytes of a derivative, when it was rendered before.
+pub async fn stored(state: &AppState, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+    let found = crate::storage::read_all(state.blobs.as_ref(), key).await?;
+    if found.is_some() {
+        state
+            .renders
+            .served_stored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(found)
+}
+
+impl Renders {
+    /// Counters for the control API: renders started, derivatives served as stored, renders
+    /// in progress.
+    pub fn stats(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        serde_json::json!({
+            "renders_started": self.started.load(Relaxed),
+            "served_stored": self.served_stored.load(Relaxed),
+            "renders_in_progress": self.lock().len(),
+        })
+    }
+}
+
+/// The derivative's bytes: rendered now (once, whoever else asks meanwhile), stored and
+/// recorded.
+pub async fn render(
+    state: &AppState,
+    rec: &AssetRecord,
+    transformation: &str,
+    plan: &Plan,
+    format: &str,
+) -> Result<Bytes, RenderError> {
+    let id = derived_id(rec, transformation, format);
+    let pending = {
+        let mut inflight = state.renders.lock();
+        match inflight.get(&id) {
+            Some(p) => p.clone(),
+            None => {
+                let job = run(
+                    state.clone(),
+                    rec.clone(),
+                    id.clone(),
+                    transformation.to_string(),
+                    plan.clone(),
+                    format.to_string(),
+                )
+                .boxed()
+                .shared();
+                inflight.insert(id.clone(), job.clone());
+                job
+            }
+        }
+    };
+    let out = pending.await;
+    state.renders.lock().remove(&id);
+    out
+}
+
+/// Loads the images that `l_<public_id>` / `u_<public_id>` layers name (images of the same
+/// cloud, delivery type upload).
+async fn load_layers(state: &AppState, cloud: &str, plan: &mut Plan) -> Result<(), RenderError> {
+    let max_bytes = state.limits.max_image_pixels.saturating_mul(8);
+    for (public_id, data) in plan.image_layers_mut() {
+        let missing = || {
+            RenderError(
+                StatusCode::BAD_REQUEST,
+                format!("Overlay image {public_id} not found"),
+            )
+        };
+        let key = crate::db::AssetKey {
+            cloud: cloud.to_string(),
+            resource_type: "image".into(),
+            delivery_type: "upload".into(),
+            public_id: public_id.to_string(),
+        };
+        let found = state.meta.find_asset(&key).await.map_err(|e| {
+            tracing::error!(error = %e, "reading an overlay's record failed");
+            RenderError(StatusCode::INTERNAL_SERVER_ERROR, "Internal error".into())
+        })?;
+        let layer = found.ok_or_else(missing)?;
+        if layer.bytes.max(0) as u64 > max_bytes {
+            return Err(RenderError(
+                StatusCode::BAD_REQUEST,
+                format!("Overlay image {public_id} is too large"),
+            ));
+        }
+        let bytes = crate::storage::read_all(state.blobs.as_ref(), &layer.blob_key)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading an overlay failed");
+                RenderError(StatusCode::INTERNAL_SERVER_ERROR, "Internal error".into())
+            })?
+            .ok_or_else(missing)?;
+        *data = Some(Arc::new(bytes));
+    }
+    Ok(())
+}
+
+async fn run(
+    state: AppState,
+    rec: AssetRecord,
+    id: String,
+    transformation: String,
+    plan: Plan,
+    format: String,
+) -> Result<Bytes, RenderError> {
+    state
+        .renders
+        .started
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Duration::from_secs(state.limits.render_timeout_secs.max(1));
+    let started = tokio::time::Instant::now();
+    let busy = || {
+        RenderError(
+            StatusCode::from_u16(420).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+            format!(
+                "Too many transformations in progress: none finished within {} s",
+                deadline.as_secs()
+            ),
+        )
+    };
+    let turn = tokio::time::timeout(deadline, state.renders.turns.clone().acquire_owned())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
+    let internal = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, "rendering a derived image failed");
+        RenderError(StatusCode::INTERNAL_SERVER_ERROR, "Internal error".into())
+    };
+    let original = crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
+        .await
+        .map_err(|e| internal(&e))?
+        .ok_or_else(|| {
+            RenderError(
+                StatusCode::NOT_FOUND,
+                format!("Resource not found - {}", rec.key.public_id),
+            )
+        })?;
+    let max_pixels = state.limits.max_image_pixels;
+    let max_decode = state.limits.max_decode_bytes;
+    let mut plan = plan;
+    load_layers(&state, &rec.key.cloud, &mut plan).await?;
+    let fmt = format.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        // The turn is held until the work ends, even when the answer has gone.
+        let _turn = turn;
+        let out = transform::apply_bounded(&original, &plan, &fmt, max_pixels, max_decode)?;
+        let dims = imagesize::blob_size(&out)
+            .map(|s| (s.width as i64, s.height as i64))
+            .ok();
+        Ok::<_, String>((out, dims))
+    });
+    let left = deadline.saturating_sub(started.elapsed());
+    let (bytes, dims) = tokio::time::timeout(left, job)
+        .await
+        .map_err(|_| {
+            RenderError(
+                StatusCode::from_u16(420).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                format!(
+                    "The transformation took longer than {} s",
+                    deadline.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| internal(&e))?
+        .map_err(|m| RenderError(StatusCode::BAD_REQUEST, m))?;
+    let bytes = Bytes::from(bytes);
+    // Kept for the next request; a failure to keep it only costs a render later.
+    let key = derived_key(&rec.key.cloud, &id);
+    let kept = async {
+        let blob = crate::storage::temp::blob_from_bytes(&state.tmp_dir, bytes.to_vec(), u64::MAX)
+            .await
+            .map_err(|e| e.to_string())?;
+        state
+            .blobs
+            .put(&key, blob)
+            .await
+            .map_err(|e| e.to_string())?;
+        state
+            .meta
+            .put_derived(&[DerivedRecord {
+                id: id.clone(),
+                cloud: rec.key.cloud.clone(),
+                asset_id: rec.asset_id.clone(),
+                transformation: transformation.clone(),
+                format: format.clone(),
+                bytes: bytes.len() as i64,
+                width: dims.map(|d| d.0),
+                height: dims.map(|d| d.1),
+                created_at: state.now(),
+            }])
+            .await
+            .map_err(|e| e.to_string())
+    };
+    if let Err(e) = kept.await {
+        tracing::warn!(error = %e, %key, "a derived image could not be kept");
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,320 @@
+//! Derived images rendered once (stored, shared by concurrent requests, removed with their
+//! records), strict transformations, named transformations in URLs, eager and incoming
+//! transformations, image overlays and underlays, and the decoding bound.
+
+mod common;
+
+use common::*;
+use image::{Rgba, RgbaImage};
+use nephos::auth::{delivery_signature, SignatureAlgorithm};
+use serde_json::{json, Value};
+
+fn solid(w: u32, h: u32, rgba: [u8; 4]) -> Vec<u8> {
+    let img = RgbaImage::from_pixel(w, h, Rgba(rgba));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+async fn stats(server: &TestServer) -> Value {
+    let r = reqwest::Client::new()
+        .get(server.url("/_nephos/stats"))
+        .header("x-nephos-control", "1")
+        .send()
+        .await
+        .unwrap();
+    r.json::<Value>().await.unwrap()["derived"].clone()
+}
+
+async fn get(url: &str) -> (u16, Vec<u8>, Option<String>) {
+    let r = reqwest::get(url).await.unwrap();
+    let s = r.status().as_u16();
+    let why = r
+        .headers()
+        .get("x-cld-error")
+        .map(|v| v.to_str().unwrap().to_string());
+    (s, r.bytes().await.unwrap().to_vec(), why)
+}
+
+fn pixel(bytes: &[u8], x: u32, y: u32) -> [u8; 4] {
+    image::load_from_memory(bytes)
+        .unwrap()
+        .to_rgba8()
+        .get_pixel(x, y)
+        .0
+}
+
+#[tokio::test]
+async fn a_derivative_is_rendered_once_and_served_as_stored() {
+    let server = TestServer::start().await;
+    let (s, up) = upload(
+        &server,
+        "image",
+        &[("public_id", "once")],
+        &solid(80, 40, [200, 10, 10, 255]),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    let url = server.url("/demo/image/upload/c_fill,h_30,w_30/once.png");
+    // Concurrent requests for one uncached derivative share one render.
+    let gets: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(get_owned(url.clone())))
+        .collect();
+    let mut bodies = Vec::new();
+    for g in gets {
+        let (s, body, why) = g.await.unwrap();
+        assert_eq!(s, 200, "{why:?}");
+        bodies.push(body);
+    }
+    assert!(bodies.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(stats(&server).await["renders_started"], 1);
+    let (s, again, _) = get(&url).await;
+    assert_eq!(s, 200);
+    assert_eq!(again, bodies[0]);
+    let st = stats(&server).await;
+    assert_eq!(st["renders_started"], 1, "{st}");
+    assert!(st["served_stored"].as_u64().unwrap() >= 1);
+    // Listed among the asset's derived versions, and removable.
+    let (s, detail) = admin(&server, "GET", "resources/image/upload/once", None).await;
+    assert_eq!(s, 200);
+    let derived = detail["derived"].as_array().unwrap();
+    assert_eq!(derived.len(), 1, "{detail}");
+    assert_eq!(derived[0]["transformation"], "c_fill,h_30,w_30");
+    let id = derived[0]["id"].as_str().unwrap().to_string();
+    let stored_before = server.blob_files().len();
+    let r = reqwest::Client::new()
+        .delete(server.url("/v1_1/demo/derived_resources"))
+        .basic_auth(KEY, Some(SECRET))
+        .form(&[("derived_resource_ids[]", id.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        server.blob_files().len(),
+        stored_before - 1,
+        "the stored bytes go too"
+    );
+    let (s, _, _) = get(&url).await;
+    assert_eq!(s, 200);
+    assert_eq!(stats(&server).await["renders_started"], 2);
+
+    // A new version is a new derivative.
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "once"), ("overwrite", "true")],
+        &solid(80, 40, [10, 10, 200, 255]),
+        "b.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, body, _) = get(&url).await;
+    assert_eq!(s, 200);
+    assert_eq!(pixel(&body, 15, 15), [10, 10, 200, 255]);
+    server.stop().await;
+}
+
+async fn get_owned(url: String) -> (u16, Vec<u8>, Option<String>) {
+    get(&url).await
+}
+
+#[tokio::test]
+async fn named_transformations_in_urls_eager_and_incoming() {
+    let server = TestServer::start().await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "named/src")],
+        &solid(100, 50, [0, 120, 0, 255]),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, j) = admin(
+        &server,
+        "POST",
+        "transformations",
+        Some(json!({"name": "thumb", "transformation": "c_fill,h_20,w_20"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let (s, j) = admin(
+        &server,
+        "POST",
+        "transformations",
+        Some(json!({"name": "wide", "transformation": "t_thumb/c_pad,w_40,h_20/png"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let (s, body, why) = get(&server.url("/demo/image/upload/t_thumb/named/src.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    let img = image::load_from_memory(&body).unwrap();
+    assert_eq!((img.width(), img.height()), (20, 20));
+    // Nested, and beside other parameters.
+    let (s, body, why) = get(&server.url("/demo/image/upload/t_wide/named/src.jpg")).await;
+    assert_eq!(s, 200, "{why:?}");
+    let img = image::load_from_memory(&body).unwrap();
+    assert_eq!((img.width(), img.height()), (40, 20));
+    let (s, body, _) = get(&server.url("/demo/image/upload/t_thumb,e_negate/named/src.png")).await;
+    assert_eq!(s, 200);
+    assert_eq!(pixel(&body, 10, 10), [255, 135, 255, 255]);
+    let (s, _, why) = get(&server.url("/demo/image/upload/t_nothing/named/src.png")).await;
+    assert_eq!(s, 400);
+    assert!(why.unwrap().contains("t_nothing"));
+    // Eager with a named transformation keeps the name.
+    let (s, up) = upload(
+        &server,
+        "image",
+        &[("public_id", "named/eager"), ("eager", "t_thumb")],
+        &solid(60, 30, [9, 9, 9, 255]),
+        "e.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    assert_eq!(up["eager"][0]["transformation"], "t_thumb");
+    assert_eq!(up["eager"][0]["width"], 20);
+    // An incoming transformation by name.
+    let (s, up) = upload(
+        &server,
+        "image",
+        &[
+            ("public_id", "named/incoming"),
+            ("transformation", "t_thumb"),
+        ],
+        &solid(60, 30, [9, 9, 9, 255]),
+        "i.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{up}");
+    assert_eq!(
+        (up["width"].as_i64(), up["height"].as_i64()),
+        (Some(20), Some(20))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn strict_transformations_render_only_what_is_allowed() {
+    let toml_text = format!("{DEFAULT_TOML}\n[limits]\nstrict_transformations = true\n");
+    let server = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "strict/src"), ("eager", "w_10")],
+        &solid(40, 20, [1, 2, 3, 255]),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    // A new transformation by an unsigned URL: refused.
+    let (s, _, why) = get(&server.url("/demo/image/upload/w_12/strict/src.png")).await;
+    assert_eq!(s, 401);
+    assert!(why.unwrap().contains("strict"));
+    // The eager one exists: served.
+    let (s, _, why) = get(&server.url("/demo/image/upload/w_10/strict/src.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    // Signed: rendered.
+    let sig = delivery_signature(
+        "w_12/strict/src.png",
+        SECRET,
+        SignatureAlgorithm::Sha1,
+        false,
+    );
+    let (s, _, why) = get(&server.url(&format!(
+        "/demo/image/upload/s--{sig}--/w_12/strict/src.png"
+    )))
+    .await;
+    assert_eq!(s, 200, "{why:?}");
+    // A named transformation allowed for strict mode.
+    let (s, j) = admin(
+        &server,
+        "POST",
+        "transformations",
+        Some(json!({"name": "ok_strict", "transformation": "w_14", "allowed_for_strict": true})),
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let (s, _, why) = get(&server.url("/demo/image/upload/t_ok_strict/strict/src.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn image_overlays_and_underlays() {
+    let server = TestServer::start().await;
+    for (id, img) in [
+        ("ov/base", solid(40, 20, [255, 0, 0, 255])),
+        ("ov/mark", solid(10, 10, [0, 0, 255, 255])),
+        ("ov/clear", solid(20, 20, [0, 0, 0, 0])),
+    ] {
+        let (s, j) = upload(&server, "image", &[("public_id", id)], &img, "x.png").await;
+        assert_eq!(s, 200, "{j}");
+    }
+    let base = server.url("/demo/image/upload");
+    // In one component: the layer's size and place.
+    let (s, body, why) = get(&format!("{base}/l_ov:mark,g_north_west/ov/base.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    assert_eq!(pixel(&body, 2, 2), [0, 0, 255, 255]);
+    assert_eq!(pixel(&body, 30, 15), [255, 0, 0, 255]);
+    // Layer transformations between l_ and fl_layer_apply, placed by the latter.
+    let (s, body, why) = get(&format!(
+        "{base}/l_ov:mark/c_scale,w_4/e_negate/fl_layer_apply,g_south_east,x_1,y_1/ov/base.png"
+    ))
+    .await;
+    assert_eq!(s, 200, "{why:?}");
+    let img = image::load_from_memory(&body).unwrap().to_rgba8();
+    assert_eq!((img.width(), img.height()), (40, 20));
+    assert_eq!(
+        img.get_pixel(36, 16).0,
+        [255, 255, 0, 255],
+        "negated blue, 4 px, 1 px in"
+    );
+    assert_eq!(img.get_pixel(39, 19).0, [255, 0, 0, 255]);
+    // An underlay shows where the image is transparent.
+    let (s, body, why) = get(&format!("{base}/u_ov:mark,w_20,h_20,c_scale/ov/clear.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    assert_eq!(pixel(&body, 10, 10), [0, 0, 255, 255]);
+    // Refusals.
+    let (s, _, why) = get(&format!("{base}/l_ov:missing/ov/base.png")).await;
+    assert_eq!(s, 400);
+    assert!(why.unwrap().contains("ov/missing"));
+    let (s, _, _) = get(&format!("{base}/fl_layer_apply/ov/base.png")).await;
+    assert_eq!(s, 400);
+    let (s, _, _) = get(&format!("{base}/l_fetch:aHR0cDovL3g=/ov/base.png")).await;
+    assert_eq!(s, 400);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn decoding_is_bounded_in_memory() {
+    let toml_text = format!("{DEFAULT_TOML}\n[limits]\nmax_decode_bytes = 4000000\n");
+    let server = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
+    // 1200 × 1200 at 16 bits a channel: 11.5 MB decoded, a small file.
+    let img = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_pixel(
+        1200,
+        1200,
+        image::Rgba([1000, 2000, 3000, 65535]),
+    );
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let (s, j) = upload(
+        &server,
+        "image",
+        &[("public_id", "deep")],
+        png.get_ref(),
+        "d.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let (s, _, why) = get(&server.url("/demo/image/upload/w_10/deep.png")).await;
+    assert_eq!(s, 400);
+    assert!(why.unwrap().contains("too large"));
+    assert_eq!(server.health().await, 200);
+    // Too many chained components.
+    let chain = vec!["w_10"; 40].join("/");
+    let (s, _, why) = get(&server.url(&format!("/demo/image/upload/{chain}/deep.png"))).await;
+    assert_eq!(s, 400, "{why:?}");
+    server.stop().await;
+}
