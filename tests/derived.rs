@@ -318,3 +318,61 @@ async fn decoding_is_bounded_in_memory() {
     assert_eq!(s, 400, "{why:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn f_auto_follows_accept_and_faces_guide_crops() {
+    let server = TestServer::start().await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "auto/png")],
+        &solid(30, 20, [5, 6, 7, 255]),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let url = server.url("/demo/image/upload/f_auto,w_15/auto/png");
+    let webp = reqwest::Client::new()
+        .get(&url)
+        .header("accept", "image/avif,image/webp,image/*,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(webp.status(), 200);
+    assert_eq!(webp.headers()["content-type"], "image/webp");
+    assert!(webp
+        .headers()
+        .get_all("vary")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("Accept")));
+    let plain = reqwest::get(&url).await.unwrap();
+    assert_eq!(plain.headers()["content-type"], "image/png");
+    let etag_plain = plain.headers()["etag"].clone();
+    assert_ne!(
+        webp.headers()["etag"],
+        etag_plain,
+        "each format has its own ETag"
+    );
+
+    // Faces stored at upload guide g_face crops.
+    let img = RgbaImage::from_fn(100, 20, |x, _| Rgba([x as u8, 0, 0, 255]));
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let (s, j) = upload(
+        &server,
+        "image",
+        &[
+            ("public_id", "auto/face"),
+            ("face_coordinates", "80,5,10,10"),
+        ],
+        png.get_ref(),
+        "f.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let (s, body, why) =
+        get(&server.url("/demo/image/upload/c_thumb,g_face,w_20,h_20/auto/face.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    assert_eq!(pixel(&body, 0, 0)[0], 75);
+    server.stop().await;
+}

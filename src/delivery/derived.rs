@@ -50,6 +50,8 @@ pub(super) struct Wanted<'a> {
     /// Whether it may be rendered anew under strict transformations (a signed URL, or named
     /// transformations allowed for strict mode).
     pub allowed: bool,
+    /// `f_auto`: the format depends on the request's `Accept`.
+    pub vary_accept: bool,
 }
 
 pub(super) async fn serve(
@@ -64,6 +66,7 @@ pub(super) async fn serve(
         plan,
         format,
         allowed,
+        vary_accept,
     } = wanted;
     let source_format = rec.format.clone().unwrap_or_default();
     if !transform::can_decode(&source_format) {
@@ -90,6 +93,9 @@ pub(super) async fn serve(
         .header(header::CACHE_CONTROL, "public, max-age=0, must-revalidate")
         .header(header::CONTENT_TYPE, mime_for(format))
         .header("x-content-type-options", "nosniff");
+    if vary_accept {
+        base = base.header(header::VARY, "Accept");
+    }
     if plan.attachment {
         let name = rec
             .key

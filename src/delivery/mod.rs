@@ -541,13 +541,26 @@ pub async fn serve(
     });
     if plan.is_some() || converts {
         let plan = plan.unwrap_or_default();
-        let format = transform::output_format(&plan, ext.as_deref(), &source_format);
+        let mut format = transform::output_format(&plan, ext.as_deref(), &source_format);
+        // `f_auto`: WebP for browsers that take it, except for photographs (nephos writes
+        // WebP lossless: a JPEG stays smaller as a JPEG); the answer varies with `Accept`.
+        let auto = plan.format.as_deref() == Some("auto");
+        if auto && format != "jpg" {
+            let takes_webp = headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("image/webp"));
+            if takes_webp {
+                format = "webp".into();
+            }
+        }
         let wanted = derived::Wanted {
             rec: &rec,
             transformation: p.transformation.as_deref(),
             plan: &plan,
             format: &format,
             allowed: p.signature.is_some() || strict_allowed,
+            vary_accept: auto,
         };
         return derived::serve(state, method, headers, wanted).await;
     }
@@ -582,6 +595,7 @@ pub async fn serve_asset(
                 plan: &plan,
                 format: &out,
                 allowed: true,
+                vary_accept: false,
             };
             derived::serve(state, method, headers, wanted).await
         }

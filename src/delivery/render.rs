@@ -59,11 +59,21 @@ impl Renders {
 }
 
 /// The identity of a derivative: the asset's version, the transformation and the format.
+/// (The stored face and custom coordinates count too: gravities follow them.)
 pub fn derived_id(rec: &AssetRecord, transformation: &str, format: &str) -> String {
+    let coordinates = |name: &str| {
+        rec.extra
+            .get(name)
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
     hex::encode(Md5::digest(
         format!(
-            "{}|{}|{transformation}|{format}",
-            rec.asset_id, rec.version_id
+            "{}|{}|{transformation}|{format}|{}|{}",
+            rec.asset_id,
+            rec.version_id,
+            coordinates("face_coordinates"),
+            coordinates("custom_coordinates"),
         )
         .as_bytes(),
     ))
@@ -218,6 +228,27 @@ async fn run(
     let max_decode = state.limits.max_decode_bytes;
     let mut plan = plan;
     load_layers(&state, &rec.key.cloud, &mut plan).await?;
+    let rects = |name: &str| -> Vec<[f64; 4]> {
+        rec.extra
+            .get(name)
+            .and_then(|v| v.as_array())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|r| {
+                        let r = r.as_array()?;
+                        let n = |i: usize| r.get(i).and_then(|v| v.as_f64());
+                        Some([n(0)?, n(1)?, n(2)?, n(3)?])
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    plan.set_focus(
+        &rects("face_coordinates"),
+        &rects("custom_coordinates"),
+        rec.width.unwrap_or(0) as f64,
+        rec.height.unwrap_or(0) as f64,
+    );
     let fmt = format.clone();
     let job = tokio::task::spawn_blocking(move || {
         // The turn is held until the work ends, even when the answer has gone.

@@ -66,6 +66,24 @@ pub struct Step {
     layer_steps: Vec<Step>,
     /// `fl_layer_apply`: this component places the open layer.
     apply_layer: bool,
+    /// `g_face`, `g_faces`, `g_custom`, `g_auto`: the crop follows the asset's stored
+    /// coordinates (centre when there are none).
+    focus_gravity: Option<Focus>,
+    /// The centre of the rectangles the gravity follows, as fractions of the image.
+    focus: Option<(f64, f64)>,
+}
+
+/// What a crop's gravity follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Focus {
+    /// The first face.
+    Face,
+    /// All faces.
+    Faces,
+    /// The custom coordinates (else the faces).
+    Custom,
+    /// Custom coordinates, else faces, else the centre.
+    Auto,
 }
 
 /// An overlay layer.
@@ -84,6 +102,37 @@ pub enum Layer {
 }
 
 impl Plan {
+    /// Points the gravities that follow faces or custom coordinates at them: rectangles
+    /// `[x, y, w, h]` in pixels of the `width`×`height` source.
+    pub fn set_focus(&mut self, faces: &[[f64; 4]], custom: &[[f64; 4]], width: f64, height: f64) {
+        if width <= 0.0 || height <= 0.0 {
+            return;
+        }
+        let centre = |rects: &[[f64; 4]]| -> Option<(f64, f64)> {
+            let first = rects.first()?;
+            let (mut x0, mut y0) = (first[0], first[1]);
+            let (mut x1, mut y1) = (first[0] + first[2], first[1] + first[3]);
+            for r in rects {
+                x0 = x0.min(r[0]);
+                y0 = y0.min(r[1]);
+                x1 = x1.max(r[0] + r[2]);
+                y1 = y1.max(r[1] + r[3]);
+            }
+            Some((
+                ((x0 + x1) / 2.0 / width).clamp(0.0, 1.0),
+                ((y0 + y1) / 2.0 / height).clamp(0.0, 1.0),
+            ))
+        };
+        for step in &mut self.steps {
+            step.focus = match step.focus_gravity {
+                None => None,
+                Some(Focus::Face) => centre(&faces[..faces.len().min(1)]),
+                Some(Focus::Faces) => centre(faces),
+                Some(Focus::Custom) | Some(Focus::Auto) => centre(custom).or_else(|| centre(faces)),
+            };
+        }
+    }
+
     /// The image layers of the plan (their bytes to load), in order.
     pub fn image_layers_mut(&mut self) -> Vec<(&str, &mut Option<std::sync::Arc<Vec<u8>>>)> {
         fn walk<'a>(
@@ -164,6 +213,8 @@ impl Default for Step {
             underlay: false,
             layer_steps: Vec::new(),
             apply_layer: false,
+            focus_gravity: None,
+            focus: None,
         }
     }
 }
@@ -264,7 +315,16 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                         _ => return Err(invalid(item, "unsupported crop mode")),
                     }
                 }
-                "g" => step.anchor = anchor(value),
+                "g" => {
+                    step.anchor = anchor(value);
+                    step.focus_gravity = match value {
+                        "face" | "auto:face" => Some(Focus::Face),
+                        "faces" | "auto:faces" => Some(Focus::Faces),
+                        "custom" | "custom:face" | "custom:faces" => Some(Focus::Custom),
+                        "auto" => Some(Focus::Auto),
+                        _ => None,
+                    };
+                }
                 "ar" => {
                     let ratio = match value.split_once(':') {
                         Some((a, b)) => a
@@ -298,7 +358,9 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     step.background = color(value).ok_or_else(|| invalid(item, "unknown colour"))?
                 }
                 "a" => match value {
-                    "hflip" | "vflip" => step.angle = Some(value.to_string()),
+                    "hflip" | "vflip" | "auto_right" | "auto_left" => {
+                        step.angle = Some(value.to_string())
+                    }
                     v => {
                         let deg = v
                             .parse::<i64>()
@@ -525,6 +587,8 @@ fn apply_overlay(
         x: None,
         y: None,
         anchor: (0.5, 0.5),
+        focus: None,
+        focus_gravity: None,
         crop: if s.crop == Mode::Region {
             Mode::Scale
         } else {
@@ -722,6 +786,21 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
     if let Some(layer) = &s.overlay {
         return apply_overlay(img, s, layer, max_pixels);
     }
+    // `a_auto_right`/`a_auto_left`: turned a quarter first when the asked width and height
+    // are not oriented as the image is.
+    let mut img = img;
+    if let (Some(turn @ ("auto_right" | "auto_left")), Some(Dim::Px(w)), Some(Dim::Px(h))) =
+        (s.angle.as_deref(), s.width, s.height)
+    {
+        let (iw, ih) = (img.width(), img.height());
+        if w != h && iw != ih && (w > h) != (iw > ih) {
+            img = if turn == "auto_right" {
+                img.rotate90()
+            } else {
+                img.rotate270()
+            };
+        }
+    }
     let (sw, sh) = (img.width() as f64, img.height() as f64);
     // Fractions are of the current size; dpr multiplies what was asked.
     let dim = |v: Option<Dim>, of: f64| {
@@ -795,7 +874,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
                     (bw, bh) = (bw.min(sw), bh.min(sh));
                 }
                 let scaled = resize(&img, px(sw * k), px(sh * k))?;
-                cut(&scaled, px(bw), px(bh), s.anchor, None, None)
+                cut(&scaled, px(bw), px(bh), placement(s), None, None)
             }
             _ => {
                 let k = fit_scale(w, h);
@@ -827,7 +906,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         Mode::Region => {
             let cw = w.map(px).unwrap_or(img.width());
             let ch = h.map(px).unwrap_or(img.height());
-            cut(&img, cw, ch, s.anchor, s.x, s.y)
+            cut(&img, cw, ch, placement(s), s.x, s.y)
         }
     };
     for e in &s.effects {
@@ -863,6 +942,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         Some("270") => out.rotate270(),
         Some("hflip") => out.fliph(),
         Some("vflip") => out.flipv(),
+        Some("auto_right") | Some("auto_left") => out,
         Some(deg) => match deg.parse::<f64>() {
             Ok(d) if d != 0.0 => rotate(&out, d, s.background, max_pixels)?,
             _ => out,
@@ -1216,23 +1296,48 @@ fn round_corners(img: DynamicImage, radius: Option<u32>) -> DynamicImage {
     DynamicImage::ImageRgba8(img)
 }
 
-/// A `w`×`h` region (at most the image), at `x`/`y` when given, else placed by `anchor`.
+/// Where a crop goes: by the gravity's edge, or centred on what the gravity follows.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    Anchor((f64, f64)),
+    Centre((f64, f64)),
+}
+
+fn placement(s: &Step) -> Placement {
+    match s.focus {
+        Some(c) => Placement::Centre(c),
+        None => Placement::Anchor(s.anchor),
+    }
+}
+
+/// A `w`×`h` region (at most the image), at `x`/`y` when given, else placed as `at` says.
 fn cut(
     img: &DynamicImage,
     w: u32,
     h: u32,
-    anchor: (f64, f64),
+    at: Placement,
     x: Option<i64>,
     y: Option<i64>,
 ) -> DynamicImage {
     let (iw, ih) = (img.width(), img.height());
     let (w, h) = (w.min(iw), h.min(ih));
-    let place = |given: Option<i64>, free: u32, a: f64| match given {
+    let place = |given: Option<i64>, free: u32, size: u32, whole: u32, axis: usize| match given {
         Some(v) => v.clamp(0, i64::from(free)) as u32,
-        None => (f64::from(free) * a).round() as u32,
+        None => match at {
+            Placement::Anchor(a) => {
+                let a = if axis == 0 { a.0 } else { a.1 };
+                (f64::from(free) * a).round() as u32
+            }
+            Placement::Centre(c) => {
+                let c = if axis == 0 { c.0 } else { c.1 };
+                (c * f64::from(whole) - f64::from(size) / 2.0)
+                    .round()
+                    .clamp(0.0, f64::from(free)) as u32
+            }
+        },
     };
-    let left = place(x, iw - w, anchor.0);
-    let top = place(y, ih - h, anchor.1);
+    let left = place(x, iw - w, w, iw, 0);
+    let top = place(y, ih - h, h, ih, 1);
     img.crop_imm(left, top, w, h)
 }
 
@@ -1428,6 +1533,39 @@ mod tests {
         let out = apply(bytes, &parse(t).unwrap(), "png", 1_000_000).unwrap();
         let img = image::load_from_memory(&out).unwrap();
         (img.width(), img.height())
+    }
+
+    #[test]
+    fn gravity_follows_stored_faces_and_auto_turns() {
+        // 100×20: a face at x 80..90.
+        let mut p = parse("c_fill,g_face,w_20,h_20").unwrap();
+        p.set_focus(&[[80.0, 5.0, 10.0, 10.0]], &[], 100.0, 20.0);
+        let img = RgbaImage::from_fn(100, 20, |x, _| Rgba([x as u8, 0, 0, 255]));
+        let mut bytes = Cursor::new(Vec::new());
+        DynamicImage::ImageRgba8(img)
+            .write_to(&mut bytes, ImageFormat::Png)
+            .unwrap();
+        let bytes = bytes.into_inner();
+        let out = apply(&bytes, &p, "png", 1_000_000).unwrap();
+        let out = image::load_from_memory(&out).unwrap().to_rgba8();
+        // Centred on x = 85: the crop starts at 75.
+        assert_eq!(out.get_pixel(0, 0).0[0], 75);
+        // Without faces: the centre.
+        let mut p = parse("c_fill,g_faces,w_20,h_20").unwrap();
+        p.set_focus(&[], &[], 100.0, 20.0);
+        let out = apply(&bytes, &p, "png", 1_000_000).unwrap();
+        assert_eq!(
+            image::load_from_memory(&out)
+                .unwrap()
+                .to_rgba8()
+                .get_pixel(0, 0)
+                .0[0],
+            40
+        );
+        // a_auto_right turns a landscape image asked as portrait.
+        assert_eq!(size_of(&bytes, "a_auto_right,c_fit,w_10,h_50"), (10, 50));
+        assert_eq!(size_of(&bytes, "c_fit,w_10,h_50"), (10, 2));
+        assert_eq!(size_of(&bytes, "a_auto_right,c_fit,w_50,h_10"), (50, 10));
     }
 
     #[test]
