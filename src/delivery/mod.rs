@@ -248,6 +248,44 @@ pub fn source_of(path: &str) -> Option<(String, String, String, String)> {
     Some((p.cloud, p.resource_type, p.delivery_type, p.source))
 }
 
+/// The first segments of the SDKs' other URL forms: `shorten` and the SEO suffixes.
+const SHORT_FORMS: &[&str] = &[
+    "iu",
+    "images",
+    "private_images",
+    "authenticated_images",
+    "videos",
+    "files",
+];
+
+/// The SDKs' other URL forms as the canonical `/<cloud>/<resource_type>/<type>/…`: `iu`
+/// (`shorten`), SEO suffixes (`images/<public_id>/<suffix>.<ext>` and the like: the suffix
+/// only names the file, the signature covers `<public_id>.<ext>`) and the root path
+/// (`use_root_path`: `/<cloud>/<public_id>`, an image upload). `None`: already canonical.
+fn canonical_form(path: &str) -> Option<String> {
+    let trimmed = path.trim_start_matches('/');
+    let (cloud, rest) = trimmed.split_once('/')?;
+    let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    // The suffix segment goes; images and videos keep its extension as their format.
+    let suffixed = |rt_type: &str, keep_ext: bool| -> Option<String> {
+        let (before, suffix) = tail.rsplit_once('/')?;
+        match suffix.rsplit_once('.').map(|(_, e)| e) {
+            Some(ext) if keep_ext => Some(format!("/{cloud}/{rt_type}/{before}.{ext}")),
+            _ => Some(format!("/{cloud}/{rt_type}/{before}")),
+        }
+    };
+    match head {
+        "image" | "video" | "raw" | "" => None,
+        "iu" => Some(format!("/{cloud}/image/upload/{tail}")),
+        "images" => suffixed("image/upload", true),
+        "private_images" => suffixed("image/private", true),
+        "authenticated_images" => suffixed("image/authenticated", true),
+        "videos" => suffixed("video/upload", true),
+        "files" => suffixed("raw/upload", false),
+        _ => Some(format!("/{cloud}/image/upload/{rest}")),
+    }
+}
+
 /// The asset a delivery URL of this server names (its original, whatever transformation
 /// the URL has), if any: for methods that take URLs of assets (`sprite`, `multi`).
 pub async fn asset_of_url(state: &AppState, url: &str) -> ApiResult<Option<AssetRecord>> {
@@ -413,13 +451,21 @@ pub async fn serve(
     let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let rooted;
     let path = if clouds.len() == 1
-        && ["image", "video", "raw"].contains(&first)
+        && (["image", "video", "raw"].contains(&first) || SHORT_FORMS.contains(&first))
         && !state.accounts().has_cloud(first)
     {
         rooted = format!("/{}{path}", clouds[0]);
         rooted.as_str()
     } else {
         path
+    };
+    let canonical;
+    let path = match canonical_form(path) {
+        Some(c) => {
+            canonical = c;
+            canonical.as_str()
+        }
+        None => path,
     };
     let mut p = parse_path(path)
         .ok_or_else(|| delivery_error(StatusCode::NOT_FOUND, "Resource not found"))?;
@@ -697,6 +743,32 @@ pub(crate) async fn serve_original(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_url_forms_become_canonical() {
+        let c = |p: &str| canonical_form(p);
+        assert_eq!(c("/demo/image/upload/x.png"), None);
+        assert_eq!(
+            c("/demo/iu/w_10/v1/x.png").as_deref(),
+            Some("/demo/image/upload/w_10/v1/x.png")
+        );
+        assert_eq!(
+            c("/demo/v1/a/x.png").as_deref(),
+            Some("/demo/image/upload/v1/a/x.png")
+        );
+        assert_eq!(
+            c("/demo/images/s--abc--/w_10/v1/a/x/nice.png").as_deref(),
+            Some("/demo/image/upload/s--abc--/w_10/v1/a/x.png")
+        );
+        assert_eq!(
+            c("/demo/authenticated_images/a/x/nice.jpg").as_deref(),
+            Some("/demo/image/authenticated/a/x.jpg")
+        );
+        assert_eq!(
+            c("/demo/files/v1/doc.pdf/terms").as_deref(),
+            Some("/demo/raw/upload/v1/doc.pdf")
+        );
+    }
 
     #[test]
     fn parses_delivery_paths() {

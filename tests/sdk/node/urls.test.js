@@ -130,12 +130,18 @@ describe('Node SDK: cloudinary.v2.url', () => {
     });
   }
 
-  // URL forms the SDK builds that nephos does not serve yet (Cloudinary serves all three).
+  // The SDK's other URL forms, plain, signed and transformed.
   for (const [name, option] of [['shorten (iu)', { shorten: true }], ['use_root_path', { use_root_path: true }],
     ['url_suffix (SEO)', { url_suffix: 'friendly-name' }]]) {
-    test(`${name} URLs load`, { todo: 'nephos does not serve this URL form yet' }, async () => {
+    test(`${name} URLs load`, async () => {
       const u = url(option);
-      assert.equal((await get(u)).status, 200, u);
+      const r = await get(u);
+      assert.equal(r.status, 200, u);
+      assert.ok(r.body.equals(LOGO), u);
+      for (const extra of [{ sign_url: true }, { width: 20, crop: 'scale' }, { sign_url: true, width: 20, crop: 'scale' }]) {
+        const v = url({ ...option, ...extra });
+        assert.equal((await get(v)).status, 200, v);
+      }
     });
   }
 });
@@ -191,10 +197,60 @@ describe('@cloudinary/url-gen', () => {
   });
 
   for (const [name, config] of [['shorten (iu)', { shorten: true }], ['useRootPath', { useRootPath: true }]]) {
-    test(`${name} URLs load`, { todo: 'nephos does not serve this URL form yet' }, async () => {
+    test(`${name} URLs load`, async () => {
       const u = new urlGen.Cloudinary({ cloud: { cloudName: 'demo' }, url: { secure: false, cname: host, ...config } })
         .image(`${pid}.png`).toURL();
       assert.equal((await get(u)).status, 200, u);
     });
   }
+});
+
+describe('Node SDK and url-gen: layers, effects and named transformations', () => {
+  test('the URLs they build for overlays, effects and t_<name> render', async () => {
+    const base = uid('urls/lbase');
+    const mark = uid('urls/lmark');
+    await cloudinary.uploader.upload(asset('logo.png'), { public_id: base });
+    await cloudinary.uploader.upload(asset('logo.png'), { public_id: mark });
+    const name = uid('nthumb');
+    await cloudinary.api.create_transformation(name, { width: 20, height: 20, crop: 'fill' });
+    const layer = mark.replace(/\//g, ':');
+    const cases = [
+      [{ overlay: layer, width: 16, crop: 'scale', gravity: 'north_east' }, [64, 32]],
+      [{ transformation: [{ overlay: layer }, { width: 10, crop: 'scale' }, { effect: 'negate' },
+        { flags: 'layer_apply', gravity: 'south_west', x: 2, y: 2 }] }, [64, 32]],
+      [{ underlay: layer, width: 64, height: 32, crop: 'pad' }, [64, 32]],
+      [{ overlay: { font_family: 'Arial', font_size: 12, text: 'Hi, there' }, gravity: 'south' }, [64, 32]],
+      [{ effect: 'contrast:-30', width: 32, crop: 'scale' }, [32, 16]],
+      [{ angle: 'auto_left', width: 10, height: 40, crop: 'fit' }, [10, 20]],
+      [{ transformation: [name, { effect: 'sepia' }] }, [20, 20]],
+    ];
+    for (const [options, size] of cases) {
+      for (const sign_url of [false, true]) {
+        const url = cloudinary.url(base, { secure: false, format: 'png', sign_url, ...options });
+        const r = await get(url);
+        assert.equal(r.status, 200, `${url}: ${r.error}`);
+        assert.deepEqual(pngSize(r.body), size, url);
+      }
+    }
+    // url-gen: a named transformation and an image layer with its position.
+    const { Cloudinary } = urlGen;
+    const { source } = await import('@cloudinary/url-gen/actions/overlay');
+    const { image } = await import('@cloudinary/url-gen/qualifiers/source');
+    const { Position } = await import('@cloudinary/url-gen/qualifiers/position');
+    const { compass } = await import('@cloudinary/url-gen/qualifiers/gravity');
+    const cld = new Cloudinary({ cloud: { cloudName: 'demo' }, url: { secure: false, cname: host } });
+    const named = cld.image(base).namedTransformation(
+      (await import('@cloudinary/url-gen/actions/namedTransformation')).name(name)).format('png').toURL();
+    let r = await get(named);
+    assert.equal(r.status, 200, `${named}: ${r.error}`);
+    assert.deepEqual(pngSize(r.body), [20, 20]);
+    const overlaid = cld.image(base)
+      .overlay(source(image(mark).transformation(new (await import('@cloudinary/url-gen')).Transformation()
+        .resize(resize.scale().width(12))))
+        .position(new Position().gravity(compass('south_east'))))
+      .format('png').toURL();
+    r = await get(overlaid);
+    assert.equal(r.status, 200, `${overlaid}: ${r.error}`);
+    assert.deepEqual(pngSize(r.body), [64, 32]);
+  });
 });

@@ -134,14 +134,29 @@ def test_signed_urls_of_restricted_assets(base, nephos_urls, asset, delivery_typ
     assert fetch(w50.replace(sig(w50), sig(w40)))[0] == 401
 
 
-# URL forms the SDK builds that nephos does not serve yet (Cloudinary serves all three).
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="nephos does not serve this URL form yet")
+# The SDK's other URL forms: shortened (`iu`), root path and SEO suffixes, plain, signed and
+# transformed; a suffixed private image too.
 @pytest.mark.parametrize("option", [{"shorten": True}, {"use_root_path": True}, {"url_suffix": "friendly-name"}],
                          ids=["shorten_iu", "use_root_path", "url_suffix_seo"])
-def test_url_forms_nephos_does_not_serve(nephos_urls, asset, option):
+def test_other_url_forms(nephos_urls, asset, option):
+    original = open(asset("logo.png"), "rb").read()
     pid = cloudinary.uploader.upload(asset("logo.png"), public_id=unique("urls/forms"))["public_id"]
     url = cloudinary.utils.cloudinary_url(pid, format="png", **option)[0]
-    assert fetch(url)[0] == 200, url
+    assert fetch(url) == (200, "image/png", original), url
+    for extra in ({"sign_url": True}, {"width": 20, "crop": "scale"}, {"sign_url": True, "width": 20, "crop": "scale"}):
+        url = cloudinary.utils.cloudinary_url(pid, format="png", **option, **extra)[0]
+        status, ctype, body = fetch(url)
+        assert status == 200, (url, ctype)
+
+
+def test_suffixed_urls_keep_their_signature_checked(nephos_urls, asset):
+    pid = cloudinary.uploader.upload(asset("logo.png"), public_id=unique("urls/pform"))["public_id"]
+    url = lambda **o: cloudinary.utils.cloudinary_url(pid, format="png", url_suffix="nice", sign_url=True, **o)[0]
+    w20, w30 = url(width=20, crop="scale"), url(width=30, crop="scale")
+    assert "/images/s--" in w20 and w20.endswith("/nice.png")
+    assert fetch(w20)[0] == 200
+    sig = lambda u: re.search(r"/(s--[^/]+--)/", u).group(1)
+    assert fetch(w20.replace(sig(w20), sig(w30)))[0] == 401
 
 
 # django-cloudinary-storage 0.3: its app settings call cloudinary.config(secure=SECURE) when
@@ -206,3 +221,43 @@ def test_django_storage_with_django_settings(base, host, django_settings, monkey
         from cloudinary_storage import app_settings
         importlib.reload(app_settings)
         storage_round_trip(base, asset)
+
+
+def test_layers_effects_and_named_transformations_the_sdk_builds(base, nephos_urls, asset):
+    """What apps write with the SDK's options (overlay/underlay dicts, chained transformations
+    with `flags="layer_apply"`, effects, angles, named transformations, `fetch_format="auto"`)
+    renders: each URL the SDK builds loads, signed ones too."""
+    import cloudinary.api
+    base_id = unique("urls/base")
+    mark = unique("urls/mark")
+    cloudinary.uploader.upload(asset("logo.png"), public_id=base_id)
+    cloudinary.uploader.upload(asset("logo.png"), public_id=mark)
+    name = unique("thumb")
+    cloudinary.api.create_transformation(name, {"width": 20, "height": 20, "crop": "fill"})
+    layer = mark.replace("/", ":")
+    cases = [
+        (dict(overlay=layer, width=16, crop="scale", gravity="north_east"), (64, 32)),
+        (dict(transformation=[{"overlay": layer}, {"width": 10, "crop": "scale"}, {"effect": "negate"},
+                              {"flags": "layer_apply", "gravity": "south_west", "x": 2, "y": 2}]), (64, 32)),
+        (dict(underlay=layer, width=64, height=32, crop="pad"), (64, 32)),
+        (dict(overlay={"font_family": "Arial", "font_size": 12, "text": "Hi, there"}, gravity="south"), (64, 32)),
+        (dict(effect="brightness:30", width=32, crop="scale"), (32, 16)),
+        (dict(transformation=[{"effect": "blackwhite"}, {"effect": "vignette:40"}, {"effect": "pixelate:4"}]), (64, 32)),
+        (dict(angle="auto_right", width=10, height=40, crop="fit"), (10, 20)),
+        (dict(transformation=name), (20, 20)),
+        (dict(transformation=[name, {"effect": "sepia"}]), (20, 20)),
+        (dict(gravity="faces", width=20, height=20, crop="thumb"), (20, 20)),
+    ]
+    for options, size in cases:
+        for sign in (False, True):
+            url = cloudinary.utils.cloudinary_url(base_id, format="png", sign_url=sign, **options)[0]
+            status, ctype, body = fetch(url)
+            assert status == 200, (url, ctype)
+            assert png_size(body) == size, url
+    # fetch_format="auto": WebP for a browser that takes it.
+    url = cloudinary.utils.cloudinary_url(base_id, fetch_format="auto", width=32, crop="scale")[0]
+    assert "f_auto" in url
+    req = urllib.request.Request(url, headers={"Accept": "image/webp,*/*"})
+    with urllib.request.urlopen(req) as r:
+        assert r.headers["Content-Type"] == "image/webp"
+        assert "Accept" in r.headers.get("Vary", "")
