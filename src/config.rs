@@ -146,6 +146,9 @@ pub struct ServeArgs {
     /// Bytes a decoded source image may take in memory (a 16-bit or huge image is refused).
     #[arg(long, env = "NEPHOS_MAX_DECODE_BYTES")]
     pub max_decode_bytes: Option<u64>,
+    /// Derived images kept per asset; more are rendered for each request but not stored.
+    #[arg(long, env = "NEPHOS_MAX_DERIVED_PER_ASSET")]
+    pub max_derived_per_asset: Option<usize>,
     /// Cloudinary's "strict transformations": unsigned delivery URLs may only use named
     /// transformations allowed for strict mode, or derived images that already exist.
     #[arg(long, env = "NEPHOS_STRICT_TRANSFORMATIONS", value_parser = clap::builder::BoolishValueParser::new())]
@@ -252,6 +255,7 @@ pub struct FileLimits {
     pub render_concurrency: Option<usize>,
     pub render_timeout_secs: Option<u64>,
     pub max_decode_bytes: Option<u64>,
+    pub max_derived_per_asset: Option<usize>,
     pub strict_transformations: Option<bool>,
 }
 
@@ -303,6 +307,8 @@ pub struct Limits {
     pub render_timeout_secs: u64,
     /// Memory a decoded source image may take.
     pub max_decode_bytes: u64,
+    /// Derived images stored per asset.
+    pub max_derived_per_asset: usize,
     /// Unsigned URLs render only allowed named transformations or existing derived images.
     pub strict_transformations: bool,
 }
@@ -330,6 +336,7 @@ impl Default for Limits {
             render_concurrency: 0,
             render_timeout_secs: 30,
             max_decode_bytes: 256 * 1024 * 1024,
+            max_derived_per_asset: 500,
             strict_transformations: false,
         }
     }
@@ -485,6 +492,10 @@ impl Config {
                 .max_decode_bytes
                 .or(fl.max_decode_bytes)
                 .unwrap_or(d.max_decode_bytes),
+            max_derived_per_asset: args
+                .max_derived_per_asset
+                .or(fl.max_derived_per_asset)
+                .unwrap_or(d.max_derived_per_asset),
             strict_transformations: args.strict_transformations
                 || fl
                     .strict_transformations

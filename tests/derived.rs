@@ -376,3 +376,31 @@ async fn f_auto_follows_accept_and_faces_guide_crops() {
     assert_eq!(pixel(&body, 0, 0)[0], 75);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn derived_images_kept_per_asset_are_bounded() {
+    let toml_text = format!("{DEFAULT_TOML}\n[limits]\nmax_derived_per_asset = 3\n");
+    let server = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "many")],
+        &solid(50, 50, [1, 1, 1, 255]),
+        "m.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let blobs_before = server.blob_files().len();
+    for w in 1..=8 {
+        let (s, _, why) = get(&server.url(&format!("/demo/image/upload/w_{w}/many.png"))).await;
+        assert_eq!(s, 200, "{why:?}");
+    }
+    assert_eq!(server.blob_files().len(), blobs_before + 3);
+    let (_, detail) = admin(&server, "GET", "resources/image/upload/many", None).await;
+    assert_eq!(detail["derived"].as_array().unwrap().len(), 3);
+    // Those beyond are rendered each time, and still right.
+    let (s, body, _) = get(&server.url("/demo/image/upload/w_7/many.png")).await;
+    assert_eq!(s, 200);
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 7);
+    server.stop().await;
+}

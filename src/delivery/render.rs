@@ -274,8 +274,19 @@ async fn run(
         .map_err(|e| internal(&e))?
         .map_err(|m| RenderError(StatusCode::BAD_REQUEST, m))?;
     let bytes = Bytes::from(bytes);
-    // Kept for the next request; a failure to keep it only costs a render later.
+    // Kept for the next request (up to a number per asset, so that endless variants cannot
+    // fill the disk); a failure to keep it only costs a render later.
     let key = derived_key(&rec.key.cloud, &id);
+    let kept_already = state
+        .meta
+        .list_derived(&rec.asset_id)
+        .await
+        .map(|d| d.len())
+        .unwrap_or(usize::MAX);
+    if kept_already >= state.limits.max_derived_per_asset {
+        tracing::debug!(asset_id = %rec.asset_id, "derived image served, not kept: the asset has its maximum");
+        return Ok(bytes);
+    }
     let kept = async {
         let blob = crate::storage::temp::blob_from_bytes(&state.tmp_dir, bytes.to_vec(), u64::MAX)
             .await
