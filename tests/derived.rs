@@ -404,3 +404,37 @@ async fn derived_images_kept_per_asset_are_bounded() {
     assert_eq!(image::load_from_memory(&body).unwrap().width(), 7);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn animated_gifs_stay_animated_through_transformations() {
+    use image::AnimationDecoder;
+    let server = TestServer::start().await;
+    let gif = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sdk/assets/anim.gif"
+    ))
+    .unwrap();
+    let frames_of = |bytes: &[u8]| {
+        image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes.to_vec()))
+            .unwrap()
+            .into_frames()
+            .collect_frames()
+            .unwrap()
+    };
+    let source_frames = frames_of(&gif);
+    assert!(source_frames.len() > 1);
+    let (s, j) = upload(&server, "image", &[("public_id", "anim")], &gif, "anim.gif").await;
+    assert_eq!(s, 200, "{j}");
+    let (s, body, why) =
+        get(&server.url("/demo/image/upload/c_scale,w_20/e_negate/anim.gif")).await;
+    assert_eq!(s, 200, "{why:?}");
+    let frames = frames_of(&body);
+    assert_eq!(frames.len(), source_frames.len());
+    assert!(frames.iter().all(|f| f.buffer().width() == 20));
+    assert_eq!(frames[0].delay(), source_frames[0].delay());
+    // As PNG (or with pg_), one frame.
+    let (s, body, _) = get(&server.url("/demo/image/upload/c_scale,w_20/anim.png")).await;
+    assert_eq!(s, 200);
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 20);
+    server.stop().await;
+}

@@ -71,10 +71,19 @@ const CASES: &[(&str, &str)] = &[
     ("vignette_60", "e_vignette:60"),
     ("auto_contrast", "e_auto_contrast"),
     ("trim_after_pad", "b_white,c_pad,h_140,w_200/e_trim"),
-    ("text_layer", "l_text:Arial_18_bold:Hello%2C%20nephos,co_white,g_south,y_6"),
-    ("image_layer", "l_mark/c_scale,w_30/fl_layer_apply,g_north_west,x_5,y_5"),
+    (
+        "text_layer",
+        "l_text:Arial_18_bold:Hello%2C%20nephos,co_white,g_south,y_6",
+    ),
+    (
+        "image_layer",
+        "l_mark/c_scale,w_30/fl_layer_apply,g_north_west,x_5,y_5",
+    ),
     ("image_underlay", "u_mark,c_scale,w_160,h_100"),
-    ("chained", "c_fill,h_80,w_80/e_grayscale/r_20/bo_2px_solid_rgb:ff8800"),
+    (
+        "chained",
+        "c_fill,h_80,w_80/e_grayscale/r_20/bo_2px_solid_rgb:ff8800",
+    ),
 ];
 
 fn reference(name: &str) -> PathBuf {
@@ -89,7 +98,8 @@ fn render(t: &str) -> DynamicImage {
     for (_, data) in plan.image_layers_mut() {
         *data = Some(mark.clone());
     }
-    let out = transform::apply(&source(), &plan, "png", 10_000_000).unwrap_or_else(|e| panic!("{t}: {e}"));
+    let out = transform::apply(&source(), &plan, "png", 10_000_000)
+        .unwrap_or_else(|e| panic!("{t}: {e}"));
     image::load_from_memory(&out).unwrap()
 }
 
@@ -121,7 +131,10 @@ fn transformations_match_their_golden_images() {
         let want = match image::open(&path) {
             Ok(i) => i.to_rgba8(),
             Err(e) => {
-                failures.push(format!("{name} ({t}): no reference {}: {e}", path.display()));
+                failures.push(format!(
+                    "{name} ({t}): no reference {}: {e}",
+                    path.display()
+                ));
                 continue;
             }
         };
@@ -137,7 +150,9 @@ fn transformations_match_their_golden_images() {
         // Same code, same pixels; the tolerance absorbs floating-point differences between
         // machines (filters, rotation), not different renderings.
         if mean > 0.5 || max > 24 {
-            failures.push(format!("{name} ({t}): mean difference {mean:.3}, max {max}"));
+            failures.push(format!(
+                "{name} ({t}): mean difference {mean:.3}, max {max}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -151,7 +166,9 @@ fn golden_references_show_what_they_name() {
     assert_eq!(open("scale_w80").dimensions(), (80, 50));
     assert_eq!(open("pad_120x120_red").get_pixel(2, 2).0, [255, 0, 0, 255]);
     let bw = open("blackwhite");
-    assert!(bw.pixels().all(|p| p[0] == p[1] && p[1] == p[2] && (p[0] == 0 || p[0] == 255)));
+    assert!(bw
+        .pixels()
+        .all(|p| p[0] == p[1] && p[1] == p[2] && (p[0] == 0 || p[0] == 255)));
     assert_eq!(open("radius_max").get_pixel(0, 0).0[3], 0);
     let layer = open("image_layer");
     assert_eq!(layer.get_pixel(6, 6).0, [230, 30, 30, 255]);

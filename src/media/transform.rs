@@ -741,6 +741,12 @@ pub fn apply_bounded(
             "The image is too large to transform ({w}x{h}; at most {max_pixels} pixels)"
         ));
     }
+    // An animated GIF delivered as GIF stays animated: every frame is transformed.
+    if format == "gif" && plan.page.is_none() && bytes.starts_with(b"GIF8") {
+        if let Some(out) = animated_gif(bytes, plan, max_pixels, (w, h))? {
+            return Ok(out);
+        }
+    }
     let mut img = match plan.page {
         Some(n) if n > 1 || bytes.starts_with(b"GIF8") => {
             // Reaching frame n decodes the n frames before it.
@@ -968,6 +974,70 @@ fn page_of(bytes: &[u8], n: u32) -> Result<DynamicImage, String> {
         .ok_or_else(|| format!("The image has no page {n}"))?
         .map_err(|e| format!("Cannot decode the image: {e}"))?;
     Ok(DynamicImage::ImageRgba8(frame.into_buffer()))
+}
+
+/// Every frame of an animated GIF transformed and encoded as an animated GIF (delays kept,
+/// looping); `None` for a GIF of one frame. The frames decoded and made together are bounded
+/// by four times `max_pixels`.
+fn animated_gif(
+    bytes: &[u8],
+    plan: &Plan,
+    max_pixels: u64,
+    (w, h): (u32, u32),
+) -> Result<Option<Vec<u8>>, String> {
+    use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
+    use image::{AnimationDecoder, Frame};
+    let budget = max_pixels.saturating_mul(4);
+    let per_frame = (u64::from(w) * u64::from(h)).max(1);
+    let most = (budget / per_frame).clamp(1, u64::from(MAX_PAGE)) as usize;
+    let decoder =
+        GifDecoder::new(Cursor::new(bytes)).map_err(|e| format!("Cannot decode the image: {e}"))?;
+    let mut frames = Vec::new();
+    for frame in decoder.into_frames() {
+        if frames.len() == most {
+            return Err(format!(
+                "The animation has too many frames to transform (at most {most} of {w}x{h})"
+            ));
+        }
+        frames.push(frame.map_err(|e| format!("Cannot decode the image: {e}"))?);
+    }
+    if frames.len() < 2 {
+        return Ok(None);
+    }
+    let mut made: Vec<Frame> = Vec::with_capacity(frames.len());
+    let mut made_pixels = 0u64;
+    for frame in frames {
+        let delay = frame.delay();
+        let mut img = DynamicImage::ImageRgba8(frame.into_buffer());
+        for step in &plan.steps {
+            img = apply_step(img, step, max_pixels)?;
+        }
+        if let Some((settings, _)) = &plan.auto_width {
+            if img.width() > settings.max_width {
+                let k = f64::from(settings.max_width) / f64::from(img.width());
+                let nh = (f64::from(img.height()) * k).round().max(1.0) as u32;
+                img = img.resize_exact(settings.max_width, nh, imageops::FilterType::CatmullRom);
+            }
+        }
+        made_pixels += u64::from(img.width()) * u64::from(img.height());
+        if made_pixels > budget {
+            return Err(format!(
+                "The transformed animation would be too large (at most {budget} pixels in all)"
+            ));
+        }
+        made.push(Frame::from_parts(img.to_rgba8(), 0, 0, delay));
+    }
+    let mut out = Vec::new();
+    {
+        let mut encoder = GifEncoder::new_with_speed(&mut out, 10);
+        encoder
+            .set_repeat(Repeat::Infinite)
+            .map_err(|e| format!("Cannot encode gif: {e}"))?;
+        encoder
+            .encode_frames(made)
+            .map_err(|e| format!("Cannot encode gif: {e}"))?;
+    }
+    Ok(Some(out))
 }
 
 /// How many pages (GIF frames) an image has, counting at most `MAX_PAGE`.
