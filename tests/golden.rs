@@ -103,13 +103,21 @@ fn render(t: &str) -> DynamicImage {
     image::load_from_memory(&out).unwrap()
 }
 
-/// (mean, max) absolute difference per channel.
+/// (mean, max) absolute difference per channel of what shows: colours weighted by their
+/// alpha (the colour of a transparent pixel does not count), and alpha.
 fn difference(a: &RgbaImage, b: &RgbaImage) -> (f64, u8) {
+    let shown = |p: &Rgba<u8>, c: usize| -> u8 {
+        if c == 3 {
+            p[3]
+        } else {
+            ((u16::from(p[c]) * u16::from(p[3]) + 127) / 255) as u8
+        }
+    };
     let mut sum = 0u64;
     let mut max = 0u8;
     for (p, q) in a.pixels().zip(b.pixels()) {
         for c in 0..4 {
-            let d = p[c].abs_diff(q[c]);
+            let d = shown(p, c).abs_diff(shown(q, c));
             sum += u64::from(d);
             max = max.max(d);
         }

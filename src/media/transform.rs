@@ -747,7 +747,13 @@ pub fn apply_bounded(
             return Ok(out);
         }
     }
+    let reduced = if plan.page.is_none() && bytes.starts_with(&[0xFF, 0xD8]) {
+        shrink_on_load(bytes, plan)
+    } else {
+        None
+    };
     let mut img = match plan.page {
+        _ if reduced.is_some() => reduced.unwrap_or_default(),
         Some(n) if n > 1 || bytes.starts_with(b"GIF8") => {
             // Reaching frame n decodes the n frames before it.
             if u64::from(n) * u64::from(w) * u64::from(h) > max_pixels.saturating_mul(4) {
@@ -847,7 +853,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         if (nw, nh) == (img.width(), img.height()) {
             return Ok(img.clone());
         }
-        Ok(img.resize_exact(nw, nh, imageops::FilterType::CatmullRom))
+        Ok(fast_resize(img, nw, nh))
     };
     let mut out = match s.crop {
         Mode::Scale => match (w, h) {
@@ -974,6 +980,77 @@ fn page_of(bytes: &[u8], n: u32) -> Result<DynamicImage, String> {
         .ok_or_else(|| format!("The image has no page {n}"))?
         .map_err(|e| format!("Cannot decode the image: {e}"))?;
     Ok(DynamicImage::ImageRgba8(frame.into_buffer()))
+}
+
+/// A resize with a Catmull-Rom filter, by SIMD code (`fast_image_resize`) for the pixel
+/// layouts it takes (alpha premultiplied on the way), else by the image crate's.
+fn fast_resize(img: &DynamicImage, nw: u32, nh: u32) -> DynamicImage {
+    use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+    let mut dst = DynamicImage::new(nw, nh, img.color());
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    match Resizer::new().resize(img, &mut dst, &options) {
+        Ok(()) => dst,
+        Err(_) => img.resize_exact(nw, nh, imageops::FilterType::CatmullRom),
+    }
+}
+
+/// A JPEG decoded already reduced (by 2, 4 or 8, in its DCT) when the plan's first step
+/// shrinks it at least that much, as libvips does: the rest of the work is on few pixels.
+/// `None` when that does not apply (or the JPEG is not RGB or grey), to decode in full.
+fn shrink_on_load(bytes: &[u8], plan: &Plan) -> Option<DynamicImage> {
+    let first = plan.steps.first()?;
+    if first.overlay.is_some()
+        || first.x.is_some()
+        || first.y.is_some()
+        || first.aspect.is_some()
+        || first.angle.is_some()
+        || plan.auto_width.is_some()
+        // Fractions are of the size decoded: they must see the full one.
+        || matches!(first.width, Some(Dim::Of(_)))
+        || matches!(first.height, Some(Dim::Of(_)))
+        || !matches!(
+            first.crop,
+            Mode::Scale | Mode::Fit | Mode::Limit | Mode::Fill | Mode::Lfill | Mode::Pad | Mode::Lpad
+        )
+    {
+        return None;
+    }
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    let (sw, sh) = (f64::from(info.width), f64::from(info.height));
+    let px = |d: Option<Dim>, of: f64| {
+        d.map(|d| match d {
+            Dim::Px(n) => n,
+            Dim::Of(k) => k * of,
+        } * first.dpr)
+    };
+    let (w, h) = (px(first.width, sw), px(first.height, sh));
+    // The factor the first step scales the image by.
+    let k = match (first.crop, w, h) {
+        (_, None, None) => return None,
+        (Mode::Fill | Mode::Lfill, Some(w), Some(h)) => (w / sw).max(h / sh),
+        (Mode::Scale, Some(w), Some(h)) => (w / sw).max(h / sh),
+        (_, Some(w), Some(h)) => (w / sw).min(h / sh),
+        (_, Some(w), None) => w / sw,
+        (_, None, Some(h)) => h / sh,
+    };
+    if !(k > 0.0 && k <= 0.5) {
+        return None;
+    }
+    let want = |v: f64| (v * k).ceil().clamp(1.0, 65535.0) as u16;
+    let (dw, dh) = decoder.scale(want(sw), want(sh)).ok()?;
+    let pixels = decoder.decode().ok()?;
+    let (dw, dh) = (u32::from(dw), u32::from(dh));
+    match decoder.info()?.pixel_format {
+        jpeg_decoder::PixelFormat::RGB24 => {
+            image::RgbImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageRgb8)
+        }
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(dw, dh, pixels).map(DynamicImage::ImageLuma8)
+        }
+        _ => None,
+    }
 }
 
 /// Every frame of an animated GIF transformed and encoded as an animated GIF (delays kept,
@@ -1636,6 +1713,37 @@ mod tests {
         assert_eq!(size_of(&bytes, "a_auto_right,c_fit,w_10,h_50"), (10, 50));
         assert_eq!(size_of(&bytes, "c_fit,w_10,h_50"), (10, 2));
         assert_eq!(size_of(&bytes, "a_auto_right,c_fit,w_50,h_10"), (50, 10));
+    }
+
+    #[test]
+    fn jpegs_shrink_on_load_to_the_same_sizes() {
+        let img = image::RgbImage::from_fn(800, 600, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 77])
+        });
+        let mut jpeg = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut jpeg, ImageFormat::Jpeg)
+            .unwrap();
+        let jpeg = jpeg.into_inner();
+        for (t, size) in [
+            ("c_scale,w_100", (100, 75)),
+            ("c_fill,h_90,w_90", (90, 90)),
+            ("c_fit,h_100,w_100", (100, 75)),
+            ("c_pad,h_100,w_100", (100, 100)),
+            ("c_scale,w_0.1", (80, 60)),
+            ("c_scale,h_150,w_390", (390, 150)),
+        ] {
+            let plan = parse(t).unwrap();
+            if !t.contains("0.1") {
+                assert!(shrink_on_load(&jpeg, &plan).is_some(), "{t}");
+            } else {
+                assert!(shrink_on_load(&jpeg, &plan).is_none(), "{t}");
+            }
+            assert_eq!(size_of(&jpeg, t), size, "{t}");
+        }
+        // Not for crops at coordinates or small reductions.
+        assert!(shrink_on_load(&jpeg, &parse("c_crop,w_100,h_100,x_10,y_10").unwrap()).is_none());
+        assert!(shrink_on_load(&jpeg, &parse("c_scale,w_500").unwrap()).is_none());
     }
 
     #[test]
