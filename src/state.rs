@@ -62,6 +62,7 @@ impl AppState {
     ) -> AppState {
         let buffered = limits.max_buffered_bytes;
         let render_concurrency = limits.render_concurrency;
+        let render_memory = limits.max_decode_bytes;
         AppState {
             accounts: Arc::new(std::sync::RwLock::new(Arc::new(accounts))),
             meta,
@@ -79,7 +80,10 @@ impl AppState {
             secure_base: None,
             api_base: public_url.clone(),
             control: Arc::new(crate::control::Control::default()),
-            renders: Arc::new(crate::delivery::render::Renders::new(render_concurrency)),
+            renders: Arc::new(crate::delivery::render::Renders::new(
+                render_concurrency,
+                render_memory,
+            )),
             memory: crate::form::MemoryBudget::new(buffered),
             fixed_time,
         }

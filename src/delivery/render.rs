@@ -28,6 +28,9 @@ type Pending = Shared<BoxFuture<'static, Result<Bytes, RenderError>>>;
 pub struct Renders {
     inflight: Mutex<HashMap<String, Pending>>,
     turns: Arc<Semaphore>,
+    /// The memory renders may use together, in MiB (each takes an estimate of its own).
+    memory: Arc<Semaphore>,
+    memory_mib: u32,
     /// Renders started (one per derivative made, however many asked for it).
     pub started: std::sync::atomic::AtomicU64,
     /// Derivatives served as stored.
@@ -35,8 +38,10 @@ pub struct Renders {
 }
 
 impl Renders {
-    /// `concurrency` 0 means the number of CPU cores.
-    pub fn new(concurrency: usize) -> Renders {
+    /// `concurrency` 0 means the number of CPU cores; `memory` bytes are shared by the
+    /// renders in progress.
+    pub fn new(concurrency: usize, memory: u64) -> Renders {
+        let memory_mib = u32::try_from((memory >> 20).max(16)).unwrap_or(u32::MAX >> 4);
         let n = if concurrency == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -45,6 +50,8 @@ impl Renders {
         Renders {
             inflight: Mutex::new(HashMap::new()),
             turns: Arc::new(Semaphore::new(n.max(1))),
+            memory: Arc::new(Semaphore::new(memory_mib as usize)),
+            memory_mib,
             started: Default::default(),
             served_stored: Default::default(),
         }
@@ -211,6 +218,15 @@ async fn run(
         .await
         .map_err(|_| busy())?
         .map_err(|_| busy())?;
+    // Working memory: about 16 bytes a source pixel at the peak (a decoded copy and the
+    // floating-point buffers of filters); big sources wait for room instead of adding up.
+    let pixels = rec.width.unwrap_or(0).max(0) as u64 * rec.height.unwrap_or(0).max(0) as u64;
+    let need = ((pixels.saturating_mul(16) >> 20) as u32).clamp(1, state.renders.memory_mib);
+    let left = deadline.saturating_sub(started.elapsed());
+    let room = tokio::time::timeout(left, state.renders.memory.clone().acquire_many_owned(need))
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| busy())?;
     let internal = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "rendering a derived image failed");
         RenderError(StatusCode::INTERNAL_SERVER_ERROR, "Internal error".into())
@@ -251,8 +267,9 @@ async fn run(
     );
     let fmt = format.clone();
     let job = tokio::task::spawn_blocking(move || {
-        // The turn is held until the work ends, even when the answer has gone.
+        // The turn and the room are held until the work ends, even when the answer has gone.
         let _turn = turn;
+        let _room = room;
         let out = transform::apply_bounded(&original, &plan, &fmt, max_pixels, max_decode)?;
         let dims = imagesize::blob_size(&out)
             .map(|s| (s.width as i64, s.height as i64))
