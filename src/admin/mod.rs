@@ -183,6 +183,7 @@ pub(crate) async fn resource_json(
 pub(crate) async fn forget_derived_blobs(state: &AppState, cloud: &str, ids: &[String]) {
     for id in ids {
         let key = crate::delivery::render::derived_key(cloud, id);
+        state.renders.forget(&key);
         if let Err(e) = state.blobs.delete(&key).await {
             tracing::warn!(error = %e, %key, "could not remove a derived image");
         }

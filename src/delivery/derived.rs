@@ -141,7 +141,7 @@ pub(super) async fn serve(
     let t = transformation.unwrap_or("");
     let key = render::derived_key(&rec.key.cloud, &render::derived_id(rec, t, format));
     let bytes = match render::stored(state, &key).await? {
-        Some(b) => bytes::Bytes::from(b),
+        Some(b) => b,
         None => {
             if state.limits.strict_transformations && !allowed {
                 return Err(delivery_error(

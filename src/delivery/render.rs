@@ -27,6 +27,9 @@ type Pending = Shared<BoxFuture<'static, Result<Bytes, RenderError>>>;
 /// Renders in progress, and the turns they take.
 pub struct Renders {
     inflight: Mutex<HashMap<String, Pending>>,
+    /// Recently served derivatives' bytes (their keys name immutable content: an asset
+    /// version, a transformation, a format), bounded in bytes.
+    hot: Mutex<HotCache>,
     turns: Arc<Semaphore>,
     /// The memory renders may use together, in MiB (each takes an estimate of its own).
     memory: Arc<Semaphore>,
@@ -49,6 +52,7 @@ impl Renders {
         };
         Renders {
             inflight: Mutex::new(HashMap::new()),
+            hot: Mutex::new(HotCache::default()),
             turns: Arc::new(Semaphore::new(n.max(1))),
             memory: Arc::new(Semaphore::new(memory_mib as usize)),
             memory_mib,
@@ -91,16 +95,82 @@ pub fn derived_key(cloud: &str, id: &str) -> String {
     format!("{cloud}/derived/{id}")
 }
 
+/// Bytes of derivatives kept in memory at most.
+const HOT_BYTES: usize = 64 * 1024 * 1024;
+/// A derivative larger than this is not kept in memory.
+const HOT_ITEM_BYTES: usize = 4 * 1024 * 1024;
+
+/// A small least-recently-inserted cache of derivative bytes.
+#[derive(Default)]
+struct HotCache {
+    items: HashMap<String, Bytes>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+impl HotCache {
+    fn get(&self, key: &str) -> Option<Bytes> {
+        self.items.get(key).cloned()
+    }
+
+    fn put(&mut self, key: &str, value: Bytes) {
+        if value.len() > HOT_ITEM_BYTES || self.items.contains_key(key) {
+            return;
+        }
+        self.bytes += value.len();
+        self.items.insert(key.to_string(), value);
+        self.order.push_back(key.to_string());
+        while self.bytes > HOT_BYTES {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(v) = self.items.remove(&old) {
+                self.bytes -= v.len();
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        if let Some(v) = self.items.remove(key) {
+            self.bytes -= v.len();
+            self.order.retain(|k| k != key);
+        }
+    }
+}
+
+impl Renders {
+    fn hot(&self) -> std::sync::MutexGuard<'_, HotCache> {
+        match self.hot.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Drops a derivative from memory (its record and stored bytes were removed).
+    pub fn forget(&self, key: &str) {
+        self.hot().forget(key);
+    }
+}
+
 /// The stored bytes of a derivative, when it was rendered before.
-pub async fn stored(state: &AppState, key: &str) -> std::io::Result<Option<Vec<u8>>> {
-    let found = crate::storage::read_all(state.blobs.as_ref(), key).await?;
-    if found.is_some() {
+pub async fn stored(state: &AppState, key: &str) -> std::io::Result<Option<Bytes>> {
+    let count = || {
         state
             .renders
             .served_stored
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    };
+    if let Some(b) = state.renders.hot().get(key) {
+        count();
+        return Ok(Some(b));
     }
-    Ok(found)
+    let Some(found) = crate::storage::read_all(state.blobs.as_ref(), key).await? else {
+        return Ok(None);
+    };
+    count();
+    let found = Bytes::from(found);
+    state.renders.hot().put(key, found.clone());
+    Ok(Some(found))
 }
 
 impl Renders {
