@@ -269,6 +269,12 @@ async fn run(
     plan: Plan,
     format: String,
 ) -> Result<Bytes, RenderError> {
+    // A render that finished between this request's look at the store and its look at the
+    // renders in progress has already stored it.
+    let key = derived_key(&rec.key.cloud, &id);
+    if let Ok(Some(done)) = stored(&state, &key).await {
+        return Ok(done);
+    }
     state
         .renders
         .started
@@ -363,7 +369,6 @@ async fn run(
     let bytes = Bytes::from(bytes);
     // Kept for the next request (up to a number per asset, so that endless variants cannot
     // fill the disk); a failure to keep it only costs a render later.
-    let key = derived_key(&rec.key.cloud, &id);
     let kept_already = state
         .meta
         .list_derived(&rec.asset_id)
