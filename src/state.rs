@@ -38,6 +38,8 @@ pub struct AppState {
     pub secure_base: Option<String>,
     /// The base SDKs send API calls to (`upload_prefix`), without a trailing slash.
     pub api_base: String,
+    /// Asset records delivery read lately (see `delivery::cache`).
+    pub records: Arc<crate::delivery::cache::RecordCache>,
     /// Derived images being rendered, and the turns renders take.
     pub renders: Arc<crate::delivery::render::Renders>,
     /// The control API's state (records, faults, hold).
@@ -80,6 +82,7 @@ impl AppState {
             secure_base: None,
             api_base: public_url.clone(),
             control: Arc::new(crate::control::Control::default()),
+            records: Arc::new(crate::delivery::cache::RecordCache::default()),
             renders: Arc::new(crate::delivery::render::Renders::new(
                 render_concurrency,
                 render_memory,

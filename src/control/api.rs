@@ -110,7 +110,12 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
             .into_response();
         }
     }
-    next.run(req).await
+    let writes = req.method() != axum::http::Method::GET;
+    let resp = next.run(req).await;
+    if writes {
+        state.records.invalidate();
+    }
+    resp
 }
 
 fn body_json<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> ApiResult<T> {

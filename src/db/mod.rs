@@ -217,6 +217,10 @@ pub trait MetaStore: Send + Sync {
     /// A round trip to the database.
     async fn ping(&self) -> Result<(), DbError>;
     async fn find_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
+    /// The asset without its tags (one query: what delivery needs).
+    async fn find_asset_untagged(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {
+        self.find_asset(key).await
+    }
     /// The asset of a cloud with this asset ID.
     async fn find_asset_by_id(
         &self,

@@ -378,6 +378,21 @@ impl MetaStore for SqlStore {
         self.fetch_asset(&mut conn, key, false).await
     }
 
+    async fn find_asset_untagged(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {
+        let sql = format!(
+            "SELECT {ASSET_COLUMNS} FROM assets WHERE cloud = $1 AND resource_type = $2 \
+             AND delivery_type = $3 AND public_id = $4"
+        );
+        let row = sqlx::query(&sql)
+            .bind(key.cloud.clone())
+            .bind(key.resource_type.clone())
+            .bind(key.delivery_type.clone())
+            .bind(key.public_id.clone())
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| row_to_asset(&r, Vec::new())).transpose()
+    }
+
     async fn find_asset_by_id(
         &self,
         cloud: &str,

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use subtle::ConstantTimeEq;
 
+pub mod cache;
 mod derived;
 pub mod render;
 
@@ -299,6 +300,19 @@ pub async fn asset_of_url(state: &AppState, url: &str) -> ApiResult<Option<Asset
     Ok(lookup(state, &p).await.ok().flatten().map(|(rec, _)| rec))
 }
 
+/// An asset record for delivery, from the short-lived cache when it is there.
+async fn find_cached(state: &AppState, key: &AssetKey) -> ApiResult<Option<AssetRecord>> {
+    if let Some(rec) = state.records.get(key) {
+        return Ok(Some(rec));
+    }
+    let generation = state.records.generation();
+    let found = state.meta.find_asset_untagged(key).await?;
+    if let Some(rec) = &found {
+        state.records.put(key, generation, rec);
+    }
+    Ok(found)
+}
+
 async fn lookup(
     state: &AppState,
     p: &DeliveryPath,
@@ -311,7 +325,7 @@ async fn lookup(
     };
     if p.resource_type != "raw" {
         if let Some((stem, ext)) = p.source.rsplit_once('.') {
-            if let Some(rec) = state.meta.find_asset(&key(stem)).await? {
+            if let Some(rec) = find_cached(state, &key(stem)).await? {
                 let ext = ext.to_ascii_lowercase();
                 let fmt = rec.format.clone().unwrap_or_default();
                 let same = ext == fmt
@@ -320,7 +334,7 @@ async fn lookup(
                 if same {
                     return Ok(Some((rec, Some(ext))));
                 }
-                if state.meta.find_asset(&key(&p.source)).await?.is_none() {
+                if find_cached(state, &key(&p.source)).await?.is_none() {
                     if p.resource_type == "image"
                         && transform::OUTPUT_FORMATS.contains(&ext.as_str())
                     {
@@ -334,9 +348,7 @@ async fn lookup(
             }
         }
     }
-    Ok(state
-        .meta
-        .find_asset(&key(&p.source))
+    Ok(find_cached(state, &key(&p.source))
         .await?
         .map(|r| (r, None)))
 }

@@ -80,6 +80,10 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             next.run(req).await
         })
         .await;
+    // A call that may have written: delivery reads records afresh.
+    if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
+        state.records.invalidate();
+    }
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = resp.status().as_u16();
     let request_id = crate::error::REQUEST_ID

@@ -606,6 +606,7 @@ fn store_later(
         if let Err(e) = store_upload(&state, &req, &caller, params, src, None).await {
             tracing::error!(error = %e, "asynchronous upload failed");
         }
+        state.records.invalidate();
     });
     Json::Object(pending)
 }
