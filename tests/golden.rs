@@ -84,6 +84,9 @@ const CASES: &[(&str, &str)] = &[
         "chained",
         "c_fill,h_80,w_80/e_grayscale/r_20/bo_2px_solid_rgb:ff8800",
     ),
+    ("shadow", "c_scale,w_80/co_rgb:202060,e_shadow:60,x_8,y_6"),
+    ("outline", "r_max/co_black,e_outline:4"),
+    ("replace_color", "e_replace_color:orange:30:fafafa"),
 ];
 
 fn reference(name: &str) -> PathBuf {

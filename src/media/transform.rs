@@ -189,6 +189,18 @@ enum Effect {
     AutoContrast,
     /// Borders of the top-left corner's colour cut away, within a tolerance of 0–100.
     Trim(f32),
+    /// A shadow of the image's shape, 0–100 strong, in `co_` (grey by default), moved by
+    /// `x_`/`y_` (15 px right and down by default).
+    Shadow(f32),
+    /// An outline `width` pixels wide around the image's shape, in `co_` (black by default).
+    Outline(u32),
+    /// Colours within `tolerance` (0–100) of `from` (the most common colour when absent)
+    /// become `to`.
+    ReplaceColor {
+        to: Rgba<u8>,
+        tolerance: f32,
+        from: Option<Rgba<u8>>,
+    },
 }
 
 impl Default for Step {
@@ -684,6 +696,21 @@ pub fn color(v: &str) -> Option<Rgba<u8>> {
         "yellow" => [255, 255, 0, 255],
         "gray" | "grey" => [128, 128, 128, 255],
         "transparent" => [0, 0, 0, 0],
+        "orange" => [255, 165, 0, 255],
+        "purple" => [128, 0, 128, 255],
+        "pink" => [255, 192, 203, 255],
+        "brown" => [165, 42, 42, 255],
+        "cyan" | "aqua" => [0, 255, 255, 255],
+        "magenta" | "fuchsia" => [255, 0, 255, 255],
+        "lime" => [0, 255, 0, 255],
+        "navy" => [0, 0, 128, 255],
+        "maroon" => [128, 0, 0, 255],
+        "olive" => [128, 128, 0, 255],
+        "teal" => [0, 128, 128, 255],
+        "silver" => [192, 192, 192, 255],
+        "gold" => [255, 215, 0, 255],
+        "lightgray" | "lightgrey" => [211, 211, 211, 255],
+        "darkgray" | "darkgrey" => [169, 169, 169, 255],
         _ => return None,
     }))
 }
@@ -922,7 +949,7 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         }
     };
     for e in &s.effects {
-        out = apply_effect(out, e, s.color);
+        out = apply_effect(out, e, s.color, (s.x, s.y));
     }
     if let Some(radius) = s.radius {
         out = round_corners(out, radius);
@@ -1191,6 +1218,45 @@ fn rotate(
 }
 
 fn effect(item: &str, value: &str) -> Result<Effect, String> {
+    // Effects whose arguments are not one level.
+    if let Some(args) = value.strip_prefix("replace_color:") {
+        let mut parts = args.split(':');
+        let to = parts.next().and_then(color_name).ok_or_else(|| {
+            invalid(
+                item,
+                "expected replace_color:<to colour>[:tolerance][:from colour]",
+            )
+        })?;
+        let tolerance = match parts.next() {
+            None => 50.0,
+            Some(t) => t
+                .parse::<f32>()
+                .ok()
+                .filter(|t| (0.0..=100.0).contains(t))
+                .ok_or_else(|| invalid(item, "the tolerance must be between 0 and 100"))?,
+        };
+        let from = match parts.next() {
+            None => None,
+            Some(f) => Some(color_name(f).ok_or_else(|| invalid(item, "unknown colour"))?),
+        };
+        return Ok(Effect::ReplaceColor {
+            to,
+            tolerance,
+            from,
+        });
+    }
+    if value == "outline" || value.starts_with("outline:") {
+        // `outline[:outer|inner|fill][:width][:blur]`: the width is what nephos draws.
+        let width = value
+            .split(':')
+            .skip(1)
+            .find_map(|p| p.parse::<u32>().ok())
+            .unwrap_or(5);
+        if !(1..=100).contains(&width) {
+            return Err(invalid(item, "the width must be between 1 and 100"));
+        }
+        return Ok(Effect::Outline(width));
+    }
     let (name, level) = match value.split_once(':') {
         Some((n, l)) => (
             n,
@@ -1231,6 +1297,7 @@ fn effect(item: &str, value: &str) -> Result<Effect, String> {
         "vignette" => Effect::Vignette(within(20.0, 0.0, 100.0)?),
         "auto_contrast" | "improve" => Effect::AutoContrast,
         "trim" => Effect::Trim(within(10.0, 0.0, 100.0)?),
+        "shadow" => Effect::Shadow(within(40.0, 0.0, 100.0)?),
         _ => {
             return Err(format!(
                 "Transformation {item} is not supported by this server"
@@ -1255,8 +1322,37 @@ fn luma(c: [f32; 3]) -> f32 {
     0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
 }
 
-fn apply_effect(img: DynamicImage, e: &Effect, color: Option<Rgba<u8>>) -> DynamicImage {
+/// A colour written as a name or hex (`red`, `rgb:ff0000`, `ff0000`).
+fn color_name(v: &str) -> Option<Rgba<u8>> {
+    color(v).or_else(|| {
+        (v.len() == 6 || v.len() == 3)
+            .then(|| color(&format!("rgb:{v}")))
+            .flatten()
+    })
+}
+
+fn apply_effect(
+    img: DynamicImage,
+    e: &Effect,
+    color: Option<Rgba<u8>>,
+    offset: (Option<i64>, Option<i64>),
+) -> DynamicImage {
     match e {
+        Effect::Shadow(strength) => {
+            let c = color.unwrap_or(Rgba([80, 80, 80, 255]));
+            shadow(
+                img,
+                *strength,
+                c,
+                (offset.0.unwrap_or(15), offset.1.unwrap_or(15)),
+            )
+        }
+        Effect::Outline(width) => outline(img, *width, color.unwrap_or(Rgba([0, 0, 0, 255]))),
+        Effect::ReplaceColor {
+            to,
+            tolerance,
+            from,
+        } => replace_color(img, *to, *tolerance, *from),
         Effect::BlackWhite(t) => {
             let cut = t * 255.0 / 100.0;
             map_rgb(img, |c| {
@@ -1365,6 +1461,121 @@ fn apply_effect(img: DynamicImage, e: &Effect, color: Option<Rgba<u8>>) -> Dynam
         // The radius grows with the strength up to a bound: the cost stays bounded too.
         Effect::Sharpen(strength) => img.unsharpen((strength / 100.0).min(3.0), 0),
     }
+}
+
+/// The image over a blurred copy of its shape in `colour`, moved by `offset`; the canvas
+/// grows to hold both.
+fn shadow(img: DynamicImage, strength: f32, colour: Rgba<u8>, offset: (i64, i64)) -> DynamicImage {
+    let base = img.to_rgba8();
+    let (w, h) = base.dimensions();
+    let (dx, dy) = (offset.0.clamp(-500, 500), offset.1.clamp(-500, 500));
+    let pad = 8u32;
+    let cw = w + dx.unsigned_abs() as u32 + 2 * pad;
+    let ch = h + dy.unsigned_abs() as u32 + 2 * pad;
+    let mut shape = RgbaImage::new(cw, ch);
+    let (sx, sy) = (pad as i64 + dx.max(0), pad as i64 + dy.max(0));
+    let k = strength / 100.0;
+    for (x, y, p) in base.enumerate_pixels() {
+        let a = (f32::from(p[3]) * k) as u8;
+        if a > 0 {
+            shape.put_pixel(
+                (sx + i64::from(x)) as u32,
+                (sy + i64::from(y)) as u32,
+                Rgba([colour[0], colour[1], colour[2], a]),
+            );
+        }
+    }
+    let mut canvas = DynamicImage::ImageRgba8(shape).fast_blur(3.0).to_rgba8();
+    imageops::overlay(
+        &mut canvas,
+        &base,
+        pad as i64 + (-dx).max(0),
+        pad as i64 + (-dy).max(0),
+    );
+    DynamicImage::ImageRgba8(canvas)
+}
+
+/// The image on its shape grown by `width` pixels in `colour` (the canvas grows by as much).
+fn outline(img: DynamicImage, width: u32, colour: Rgba<u8>) -> DynamicImage {
+    let base = img.to_rgba8();
+    let (w, h) = base.dimensions();
+    let (cw, ch) = (w + 2 * width, h + 2 * width);
+    // The shape's alpha on the larger canvas, grown by a separable maximum.
+    let mut alpha = vec![0u8; (cw * ch) as usize];
+    for (x, y, p) in base.enumerate_pixels() {
+        alpha[((y + width) * cw + x + width) as usize] = p[3];
+    }
+    let r = width as usize;
+    let grow_rows = |src: &[u8]| -> Vec<u8> {
+        let mut out = vec![0u8; src.len()];
+        for y in 0..ch as usize {
+            let row = &src[y * cw as usize..(y + 1) * cw as usize];
+            for x in 0..cw as usize {
+                let lo = x.saturating_sub(r);
+                let hi = (x + r + 1).min(cw as usize);
+                out[y * cw as usize + x] = row[lo..hi].iter().copied().max().unwrap_or(0);
+            }
+        }
+        out
+    };
+    let rows = grow_rows(&alpha);
+    let mut grown = vec![0u8; rows.len()];
+    for x in 0..cw as usize {
+        for y in 0..ch as usize {
+            let lo = y.saturating_sub(r);
+            let hi = (y + r + 1).min(ch as usize);
+            grown[y * cw as usize + x] = (lo..hi)
+                .map(|yy| rows[yy * cw as usize + x])
+                .max()
+                .unwrap_or(0);
+        }
+    }
+    let mut canvas = RgbaImage::from_fn(cw, ch, |x, y| {
+        let a = grown[(y * cw + x) as usize];
+        Rgba([
+            colour[0],
+            colour[1],
+            colour[2],
+            ((u16::from(a) * u16::from(colour[3])) / 255) as u8,
+        ])
+    });
+    imageops::overlay(&mut canvas, &base, i64::from(width), i64::from(width));
+    DynamicImage::ImageRgba8(canvas)
+}
+
+/// Pixels within `tolerance` (0–100 of the RGB distance) of `from` (else the most common
+/// colour, counted at 5 bits a channel) take `to`, keeping their alpha.
+fn replace_color(
+    img: DynamicImage,
+    to: Rgba<u8>,
+    tolerance: f32,
+    from: Option<Rgba<u8>>,
+) -> DynamicImage {
+    let mut img = img.to_rgba8();
+    let from = from.unwrap_or_else(|| {
+        let mut counts = std::collections::HashMap::<(u8, u8, u8), u32>::new();
+        for p in img.pixels().filter(|p| p[3] > 0) {
+            *counts.entry((p[0] >> 3, p[1] >> 3, p[2] >> 3)).or_default() += 1;
+        }
+        let ((r, g, b), _) = counts
+            .into_iter()
+            .max_by_key(|(k, n)| (*n, *k))
+            .unwrap_or(((0, 0, 0), 0));
+        Rgba([(r << 3) | 4, (g << 3) | 4, (b << 3) | 4, 255])
+    });
+    let limit = tolerance / 100.0 * 441.7;
+    for p in img.pixels_mut() {
+        let d = (0..3)
+            .map(|c| (f32::from(p[c]) - f32::from(from[c])).powi(2))
+            .sum::<f32>()
+            .sqrt();
+        if d <= limit {
+            p[0] = to[0];
+            p[1] = to[1];
+            p[2] = to[2];
+        }
+    }
+    DynamicImage::ImageRgba8(img)
 }
 
 /// Cuts away the borders whose pixels are within `tolerance` (0–100) of the top-left pixel.
@@ -1640,6 +1851,50 @@ mod tests {
             "e_gamma:-60",
             "e_pixelate:0",
             "e_contrast:x",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shadow_outline_and_replace_color() {
+        // Shadow: the canvas grows by the offset (and a blur margin); the image keeps its place.
+        assert_eq!(size_of(&grey(100), "e_shadow"), (8 + 15 + 16, 8 + 15 + 16));
+        assert_eq!(
+            size_of(&grey(100), "e_shadow:50,x_-4,y_6"),
+            (8 + 4 + 16, 8 + 6 + 16)
+        );
+        // Outline: grown by its width on every side, in co_.
+        let out = apply(
+            &grey(100),
+            &parse("co_red,e_outline:3").unwrap(),
+            "png",
+            1_000_000,
+        )
+        .unwrap();
+        let img = image::load_from_memory(&out).unwrap().to_rgba8();
+        assert_eq!(img.dimensions(), (14, 14));
+        assert_eq!(img.get_pixel(0, 0).0, [255, 0, 0, 255]);
+        assert_eq!(img.get_pixel(7, 7).0, [100, 100, 100, 255]);
+        assert_eq!(size_of(&grey(100), "e_outline:outer:2:200"), (12, 12));
+        // Replace colour: the most common one by default, or the one named.
+        assert_eq!(
+            first_pixel(&grey(100), "e_replace_color:red"),
+            [255, 0, 0, 255]
+        );
+        assert_eq!(
+            first_pixel(&grey(100), "e_replace_color:00ff00:10:646464"),
+            [0, 255, 0, 255]
+        );
+        assert_eq!(
+            first_pixel(&grey(100), "e_replace_color:00ff00:1:ffffff"),
+            [100, 100, 100, 255]
+        );
+        for bad in [
+            "e_replace_color:nocolour",
+            "e_replace_color:red:200",
+            "e_outline:0",
+            "e_shadow:300",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
