@@ -87,6 +87,10 @@ const CASES: &[(&str, &str)] = &[
     ("shadow", "c_scale,w_80/co_rgb:202060,e_shadow:60,x_8,y_6"),
     ("outline", "r_max/co_black,e_outline:4"),
     ("replace_color", "e_replace_color:orange:30:fafafa"),
+    (
+        "text_on_background",
+        "l_text:Arial_16:Sale,co_white,b_rgb:aa0000,g_north_west,x_4,y_4",
+    ),
 ];
 
 fn reference(name: &str) -> PathBuf {
@@ -185,6 +189,12 @@ fn golden_references_show_what_they_name() {
     assert_eq!(layer.get_pixel(6, 6).0, [230, 30, 30, 255]);
     // Padded to 200×140 (the image scaled to 200×125), the white rows trimmed away.
     assert_eq!(open("trim_after_pad").dimensions(), (200, 125));
+    let boxed = open("text_on_background");
+    assert_eq!(
+        boxed.get_pixel(5, 5).0,
+        [170, 0, 0, 255],
+        "the text layer's background"
+    );
     let negate = open("negate");
     assert_eq!(negate.get_pixel(60, 45).0, [5, 5, 5, 255]);
 }

@@ -68,6 +68,10 @@ pub fn render(text: &str, style: &TextStyle, max_pixels: u64) -> Result<RgbaImag
             let mut prev = None;
             for c in line.chars() {
                 let id = scaled.glyph_id(c);
+                // Characters the font lacks (emoji, …) are left out, not drawn as boxes.
+                if id.0 == 0 {
+                    continue;
+                }
                 if let Some(p) = prev {
                     w += scaled.kern(p, id);
                 }
@@ -104,6 +108,9 @@ pub fn render(text: &str, style: &TextStyle, max_pixels: u64) -> Result<RgbaImag
         let mut prev = None;
         for c in line.chars() {
             let id = scaled.glyph_id(c);
+            if id.0 == 0 {
+                continue;
+            }
             if let Some(p) = prev {
                 x += scaled.kern(p, id);
             }
@@ -211,6 +218,14 @@ mod tests {
         assert!(inked > 50, "only {inked} inked pixels");
         let two = render("a\nb", &TextStyle::default(), 1_000_000).unwrap();
         assert!(two.height() > img.height());
+    }
+
+    #[test]
+    fn characters_the_font_lacks_are_left_out() {
+        let plain = render("hi there", &TextStyle::default(), 1_000_000).unwrap();
+        let with_emoji = render("hi \u{1F600}there", &TextStyle::default(), 1_000_000).unwrap();
+        assert_eq!(plain.dimensions(), with_emoji.dimensions());
+        assert_eq!(plain.as_raw(), with_emoji.as_raw());
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct Step {
     focus_gravity: Option<Focus>,
     /// The centre of the rectangles the gravity follows, as fractions of the image.
     focus: Option<(f64, f64)>,
+    /// Whether `b_` was given (a text layer then has that background).
+    background_given: bool,
 }
 
 /// What a crop's gravity follows.
@@ -227,6 +229,7 @@ impl Default for Step {
             apply_layer: false,
             focus_gravity: None,
             focus: None,
+            background_given: false,
         }
     }
 }
@@ -367,7 +370,9 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                     }
                 }
                 "b" => {
-                    step.background = color(value).ok_or_else(|| invalid(item, "unknown colour"))?
+                    step.background =
+                        color(value).ok_or_else(|| invalid(item, "unknown colour"))?;
+                    step.background_given = true;
                 }
                 "a" => match value {
                     "hflip" | "vflip" | "auto_right" | "auto_left" => {
@@ -582,7 +587,16 @@ fn apply_overlay(
             if let Some(c) = s.color {
                 style.color = c;
             }
-            DynamicImage::ImageRgba8(super::text::render(text, &style, max_pixels)?)
+            let rendered = super::text::render(text, &style, max_pixels)?;
+            if s.background_given {
+                // `b_` on a text layer: the text on that colour.
+                let mut boxed =
+                    RgbaImage::from_pixel(rendered.width(), rendered.height(), s.background);
+                imageops::overlay(&mut boxed, &rendered, 0, 0);
+                DynamicImage::ImageRgba8(boxed)
+            } else {
+                DynamicImage::ImageRgba8(rendered)
+            }
         }
         Layer::Image {
             public_id,
