@@ -438,3 +438,65 @@ async fn animated_gifs_stay_animated_through_transformations() {
     assert_eq!(image::load_from_memory(&body).unwrap().width(), 20);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn videos_give_posters_and_animated_previews() {
+    use image::AnimationDecoder;
+    let server = TestServer::start().await;
+    // 160×90, 2 s at 10 frames a second, H.264 High profile with B-frames.
+    let mp4 = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sdk/assets/tiny_h264.mp4"
+    ))
+    .unwrap();
+    let (s, j) = upload(
+        &server,
+        "video",
+        &[("public_id", "movies/clip")],
+        &mp4,
+        "clip.mp4",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let base = server.url("/demo/video/upload");
+    let size = |b: &[u8]| {
+        let i = image::load_from_memory(b).unwrap();
+        (i.width(), i.height())
+    };
+    let (s, body, why) = get(&format!("{base}/movies/clip.jpg")).await;
+    assert_eq!(s, 200, "{why:?}");
+    assert_eq!(size(&body), (160, 90));
+    let (s, body, why) = get(&format!("{base}/c_fill,h_40,w_40,so_0.5/movies/clip.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    assert_eq!(size(&body), (40, 40));
+    // Other offsets give other pictures.
+    let (_, first, _) = get(&format!("{base}/so_0/movies/clip.png")).await;
+    let (_, last, _) = get(&format!("{base}/so_90p/movies/clip.png")).await;
+    assert_ne!(first, last);
+    // An animated preview: vs_ frames, dl_ apart.
+    let (s, body, why) = get(&format!("{base}/c_scale,w_64/vs_5,dl_150/movies/clip.gif")).await;
+    assert_eq!(s, 200, "{why:?}");
+    let frames = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(body))
+        .unwrap()
+        .into_frames()
+        .collect_frames()
+        .unwrap();
+    assert_eq!(frames.len(), 5);
+    assert_eq!(frames[0].buffer().width(), 64);
+    assert_eq!(frames[0].delay().numer_denom_ms(), (150, 1));
+    // What is not a picture is refused, as are video options on images and junk videos.
+    let (s, _, why) = get(&format!("{base}/w_80/movies/clip.mp4")).await;
+    assert_eq!(s, 400, "{why:?}");
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "still")],
+        &solid(10, 10, [1, 2, 3, 255]),
+        "s.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, why) = get(&server.url("/demo/image/upload/so_1/still.png")).await;
+    assert_eq!(s, 400, "{why:?}");
+    server.stop().await;
+}

@@ -69,7 +69,8 @@ pub(super) async fn serve(
         vary_accept,
     } = wanted;
     let source_format = rec.format.clone().unwrap_or_default();
-    if !transform::can_decode(&source_format) {
+    let video = rec.key.resource_type == "video";
+    if !video && !transform::can_decode(&source_format) {
         return Err(delivery_error(
             StatusCode::BAD_REQUEST,
             format!(
@@ -119,10 +120,20 @@ pub(super) async fn serve(
     }
 
     let max_pixels = state.limits.max_image_pixels;
-    if rec.bytes.max(0) as u64 > max_pixels.saturating_mul(8) {
+    if !video && rec.bytes.max(0) as u64 > max_pixels.saturating_mul(8) {
         return Err(delivery_error(
             StatusCode::BAD_REQUEST,
             format!("The image is too large to transform ({} bytes)", rec.bytes),
+        ));
+    }
+    // A video is read whole to make its pictures: as large as a decoded image may be.
+    if video && rec.bytes.max(0) as u64 > state.limits.max_decode_bytes {
+        return Err(delivery_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "The video is too large to make pictures of ({} bytes; at most {})",
+                rec.bytes, state.limits.max_decode_bytes
+            ),
         ));
     }
     let mut plan = plan.clone();

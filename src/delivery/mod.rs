@@ -249,6 +249,16 @@ pub fn source_of(path: &str) -> Option<(String, String, String, String)> {
     Some((p.cloud, p.resource_type, p.delivery_type, p.source))
 }
 
+/// Whether a video's delivery name asks for a picture (poster or animated preview).
+fn video_picture(source: &str) -> bool {
+    source.rsplit_once('.').is_some_and(|(_, e)| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "jpg" | "jpeg" | "png" | "webp" | "gif"
+        )
+    })
+}
+
 /// The first segments of the SDKs' other URL forms: `shorten` and the SEO suffixes.
 const SHORT_FORMS: &[&str] = &[
     "iu",
@@ -335,7 +345,7 @@ async fn lookup(
                     return Ok(Some((rec, Some(ext))));
                 }
                 if find_cached(state, &key(&p.source)).await?.is_none() {
-                    if p.resource_type == "image"
+                    if (p.resource_type == "image" || p.resource_type == "video")
                         && transform::OUTPUT_FORMATS.contains(&ext.as_str())
                     {
                         return Ok(Some((rec, Some(ext))));
@@ -513,7 +523,17 @@ pub async fn serve(
     let mut strict_allowed = false;
     let plan = match &p.transformation {
         _ if generated => None,
-        Some(t) if p.resource_type != "image" => {
+        // A video's transformations make its poster or preview (an image extension).
+        Some(t) if p.resource_type == "video" && !video_picture(&p.source) => {
+            return Err(delivery_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Transformations of videos are supported for their pictures only \
+                     (.jpg, .png, .webp, .gif): {t}"
+                ),
+            ))
+        }
+        Some(t) if p.resource_type != "image" && p.resource_type != "video" => {
             return Err(delivery_error(
                 StatusCode::BAD_REQUEST,
                 format!(

@@ -342,11 +342,16 @@ async fn run(
         rec.height.unwrap_or(0) as f64,
     );
     let fmt = format.clone();
+    let video = rec.key.resource_type == "video";
     let job = tokio::task::spawn_blocking(move || {
         // The turn and the room are held until the work ends, even when the answer has gone.
         let _turn = turn;
         let _room = room;
-        let out = transform::apply_bounded(&original, &plan, &fmt, max_pixels, max_decode)?;
+        let out = if video {
+            crate::media::video::render(&original, &plan, &fmt, max_pixels)?
+        } else {
+            transform::apply_bounded(&original, &plan, &fmt, max_pixels, max_decode)?
+        };
         let dims = imagesize::blob_size(&out)
             .map(|s| (s.width as i64, s.height as i64))
             .ok();

@@ -8,6 +8,7 @@ mod image;
 mod mp4;
 pub mod text;
 pub mod transform;
+pub mod video;
 mod webm;
 
 use std::io::{BufReader, Read, Seek, SeekFrom};

@@ -32,6 +32,8 @@ pub struct Plan {
     pub auto_width: Option<(super::breakpoints::Settings, bool)>,
     /// `pg_<n>`: the page (frame of an animated GIF) to start from, 1-based.
     pub page: Option<u32>,
+    /// `so_`, `eo_`, `du_`, `vs_`, `dl_`: the part of a video a picture or preview is made of.
+    pub video: Option<super::video::VideoOptions>,
 }
 
 /// One component's geometry.
@@ -454,6 +456,37 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                             .ok_or_else(|| invalid(item, "expected a page number"))?,
                     )
                 }
+                "so" | "eo" | "du" => {
+                    let o = super::video::Offset::parse(value)
+                        .ok_or_else(|| invalid(item, "expected seconds or a percentage (50p)"))?;
+                    let v = plan.video.get_or_insert_with(Default::default);
+                    match key {
+                        "so" => v.start = Some(o),
+                        "eo" => v.end = Some(o),
+                        _ => v.duration = Some(o),
+                    }
+                }
+                "vs" => {
+                    let n = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| (1..=super::video::MAX_FRAMES).contains(n))
+                        .ok_or_else(|| {
+                            invalid(
+                                item,
+                                &format!("expected 1 to {} frames", super::video::MAX_FRAMES),
+                            )
+                        })?;
+                    plan.video.get_or_insert_with(Default::default).frames = Some(n);
+                }
+                "dl" => {
+                    let ms = value
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|ms| (10..=10_000).contains(ms))
+                        .ok_or_else(|| invalid(item, "expected 10 to 10000 milliseconds"))?;
+                    plan.video.get_or_insert_with(Default::default).delay_ms = Some(ms);
+                }
                 "l" => step.overlay = Some(layer(item, value)?),
                 "u" => {
                     step.overlay = Some(layer(item, value)?);
@@ -756,6 +789,26 @@ pub fn apply(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result
     )
 }
 
+/// The plan's steps applied to a decoded picture (a video frame, say).
+pub fn apply_image(
+    img: DynamicImage,
+    plan: &Plan,
+    max_pixels: u64,
+) -> Result<DynamicImage, String> {
+    let mut img = img;
+    for step in &plan.steps {
+        img = apply_step(img, step, max_pixels)?;
+    }
+    if let Some((settings, _)) = &plan.auto_width {
+        if img.width() > settings.max_width {
+            let k = f64::from(settings.max_width) / f64::from(img.width());
+            let h = (f64::from(img.height()) * k).round().max(1.0) as u32;
+            img = fast_resize(&img, settings.max_width, h);
+        }
+    }
+    Ok(img)
+}
+
 /// [`apply`], with the memory the decoded source may take bounded by `max_decode` bytes (a
 /// 16-bit or many-channel image of allowed dimensions can still be too much).
 pub fn apply_bounded(
@@ -765,6 +818,9 @@ pub fn apply_bounded(
     max_pixels: u64,
     max_decode: u64,
 ) -> Result<Vec<u8>, String> {
+    if plan.video.is_some() {
+        return Err("so_, eo_, du_, vs_ and dl_ apply to videos".into());
+    }
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| format!("Cannot read the image: {e}"))?;

@@ -254,3 +254,19 @@ describe('Node SDK and url-gen: layers, effects and named transformations', () =
     assert.deepEqual(pngSize(r.body), [64, 32]);
   });
 });
+
+describe('Node SDK: video posters and previews', () => {
+  test('start_offset, video_sampling and delay build pictures of a video that load', async () => {
+    const pid = (await cloudinary.uploader.upload(asset('tiny_h264.mp4'), { resource_type: 'video', public_id: uid('urls/nclip') })).public_id;
+    const poster = cloudinary.url(pid, { secure: false, resource_type: 'video', format: 'png', start_offset: '50p', width: 80, crop: 'scale' });
+    assert.ok(poster.includes('so_50p'), poster);
+    let r = await get(poster);
+    assert.equal(r.status, 200, `${poster}: ${r.error}`);
+    assert.deepEqual(pngSize(r.body), [80, 45]);
+    const gif = cloudinary.url(pid, { secure: false, resource_type: 'video', format: 'gif', video_sampling: 3, delay: 120, width: 40, crop: 'scale' });
+    r = await get(gif);
+    assert.equal(r.status, 200, `${gif}: ${r.error}`);
+    assert.equal(r.type, 'image/gif');
+    assert.equal(r.body.toString('latin1').split('\x21\xf9\x04').length - 1, 3);
+  });
+});

@@ -261,3 +261,23 @@ def test_layers_effects_and_named_transformations_the_sdk_builds(base, nephos_ur
     with urllib.request.urlopen(req) as r:
         assert r.headers["Content-Type"] == "image/webp"
         assert "Accept" in r.headers.get("Vary", "")
+
+
+def test_video_posters_and_previews_the_sdk_builds(nephos_urls, asset):
+    """`start_offset`, `video_sampling`, `delay` and the SDK's `video_thumbnail`."""
+    pid = cloudinary.uploader.upload(asset("tiny_h264.mp4"), resource_type="video",
+                                     public_id=unique("urls/clip"))["public_id"]
+    url = cloudinary.utils.cloudinary_url(pid, resource_type="video", format="jpg", start_offset=1,
+                                          width=80, crop="scale")[0]
+    assert "so_1" in url
+    status, ctype, body = fetch(url)
+    assert (status, ctype, jpeg_size(body)) == (200, "image/jpeg", (80, 45)), url
+    thumb = cloudinary.CloudinaryVideo(pid).video_thumbnail(width=64, crop="scale")
+    status, ctype, body = fetch(thumb)
+    assert (status, ctype, jpeg_size(body)) == (200, "image/jpeg", (64, 36)), thumb
+    gif = cloudinary.utils.cloudinary_url(pid, resource_type="video", format="gif", video_sampling=4,
+                                          delay=100, width=50, crop="scale", sign_url=True)[0]
+    assert "vs_4" in gif and "dl_100" in gif
+    status, ctype, body = fetch(gif)
+    assert (status, ctype) == (200, "image/gif"), gif
+    assert body.count(b"\x21\xf9\x04") == 4
