@@ -500,3 +500,66 @@ async fn videos_give_posters_and_animated_previews() {
     assert_eq!(s, 400, "{why:?}");
     server.stop().await;
 }
+
+/// Serves `bytes` at `/mark.png` on loopback; answers the URL.
+async fn image_server(bytes: Vec<u8>) -> String {
+    use axum::routing::get as route_get;
+    let app = axum::Router::new().route(
+        "/mark.png",
+        route_get(move || {
+            let bytes = bytes.clone();
+            async move { ([("content-type", "image/png")], bytes) }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mark.png", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    url
+}
+
+#[tokio::test]
+async fn fetched_layers_follow_the_fetch_policy() {
+    use base64::Engine;
+    let url = image_server(solid(8, 8, [0, 200, 0, 255])).await;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&url);
+    // The test configuration allows loopback fetches.
+    let server = TestServer::start().await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "fbase")],
+        &solid(20, 20, [200, 0, 0, 255]),
+        "b.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, body, why) = get(&server.url(&format!(
+        "/demo/image/upload/l_fetch:{encoded},g_north_west/fbase.png"
+    )))
+    .await;
+    assert_eq!(s, 200, "{why:?}");
+    assert_eq!(pixel(&body, 1, 1), [0, 200, 0, 255]);
+    assert_eq!(pixel(&body, 15, 15), [200, 0, 0, 255]);
+    server.stop().await;
+    // Without that, loopback is refused, with the reason.
+    let server = TestServer::start_with(
+        Backend::Sqlite,
+        r#"accounts = ["cloudinary://1234567890:abcd@demo"]"#,
+        None,
+    )
+    .await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "fbase")],
+        &solid(20, 20, [200, 0, 0, 255]),
+        "b.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, why) =
+        get(&server.url(&format!("/demo/image/upload/l_fetch:{encoded}/fbase.png"))).await;
+    assert_eq!(s, 400);
+    assert!(why.unwrap().contains("could not be fetched"));
+    server.stop().await;
+}

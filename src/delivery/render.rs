@@ -226,6 +226,10 @@ pub async fn render(
 async fn load_layers(state: &AppState, cloud: &str, plan: &mut Plan) -> Result<(), RenderError> {
     let max_bytes = state.limits.max_image_pixels.saturating_mul(8);
     for (public_id, data) in plan.image_layers_mut() {
+        if let Some(url) = public_id.strip_prefix(transform::FETCH_PREFIX) {
+            *data = Some(Arc::new(fetch_layer(state, url).await?));
+            continue;
+        }
         let missing = || {
             RenderError(
                 StatusCode::BAD_REQUEST,
@@ -259,6 +263,38 @@ async fn load_layers(state: &AppState, cloud: &str, plan: &mut Plan) -> Result<(
         *data = Some(Arc::new(bytes));
     }
     Ok(())
+}
+
+/// Remote layers are at most this large.
+const MAX_FETCHED_LAYER: u64 = 32 * 1024 * 1024;
+
+/// A remote image for `l_fetch:`, fetched under the fetch policy (loopback, private and
+/// metadata addresses refused unless allowed), bounded in time and size.
+async fn fetch_layer(state: &AppState, url: &str) -> Result<Vec<u8>, RenderError> {
+    let failed = |why: String| {
+        RenderError(
+            StatusCode::BAD_REQUEST,
+            format!("Overlay fetch:{url} could not be fetched: {why}"),
+        )
+    };
+    let source = crate::upload::source::resolve(state, None, Some(url))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if source.blob.size > MAX_FETCHED_LAYER {
+        return Err(failed(format!("larger than {MAX_FETCHED_LAYER} bytes")));
+    }
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        source
+            .blob
+            .reader()
+            .and_then(|r| r.take(MAX_FETCHED_LAYER).read_to_end(&mut out))
+            .map(|_| out)
+    })
+    .await
+    .map_err(|e| failed(e.to_string()))?
+    .map_err(|e| failed(e.to_string()))
 }
 
 async fn run(

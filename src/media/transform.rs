@@ -97,13 +97,17 @@ pub enum Layer {
         style: super::text::TextStyle,
         text: String,
     },
-    /// `l_<public_id>` (folders written with `:`): another image of the cloud, whose bytes
-    /// the caller loads before the plan is applied.
+    /// `l_<public_id>` (folders written with `:`): another image of the cloud, or
+    /// `l_fetch:<base64 URL>`: a remote image; the caller loads the bytes before the plan is
+    /// applied.
     Image {
         public_id: String,
         data: Option<std::sync::Arc<Vec<u8>>>,
     },
 }
+
+/// The prefix of a fetched layer's name (`Layer::Image` with a remote URL).
+pub const FETCH_PREFIX: &str = "fetch:";
 
 impl Plan {
     /// Points the gravities that follow faces or custom coordinates at them: rectangles
@@ -567,10 +571,24 @@ pub fn parse(t: &str) -> Result<Plan, String> {
 /// `l_<public_id>` of an image of the cloud (folders written with `:`).
 fn layer(item: &str, value: &str) -> Result<Layer, String> {
     let Some(spec) = value.strip_prefix("text:") else {
-        if value.starts_with("fetch:")
-            || value.starts_with("video:")
-            || value.starts_with("subtitles:")
-        {
+        if let Some(encoded) = value.strip_prefix("fetch:") {
+            use base64::Engine;
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(encoded.trim_end_matches('='))
+                .or_else(|_| base64::engine::general_purpose::STANDARD.decode(encoded))
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|u| {
+                    let l = u.to_ascii_lowercase();
+                    (l.starts_with("http://") || l.starts_with("https://")) && u.len() <= 2048
+                })
+                .ok_or_else(|| invalid(item, "expected fetch:<base64 of an http(s) URL>"))?;
+            return Ok(Layer::Image {
+                public_id: format!("{FETCH_PREFIX}{decoded}"),
+                data: None,
+            });
+        }
+        if value.starts_with("video:") || value.starts_with("subtitles:") {
             return Err(format!(
                 "Transformation {item} is not supported by this server (text and image layers are)"
             ));
@@ -2137,7 +2155,7 @@ mod tests {
             "o_101",
             "bo_2px_dashed_red",
             "t_named",
-            "l_fetch:aHR0cDovL3g=",
+            "l_fetch:Zm9vYmFy",
             "q_0",
             "f_svg",
             "a_sideways",
