@@ -1,17 +1,13 @@
-//! Delivery transformations of images: the common subset of Cloudinary's URL syntax, applied
-//! on the fly.
+//! Delivery transformations of images: the common part of Cloudinary's URL syntax, parsed
+//! into a [`Plan`] and applied to decoded pictures.
 //!
 //! A transformation is `/`-separated components of `,`-separated `key_value` items, applied
-//! in order. Supported: `w_`/`h_` (pixels, or a fraction of the current size when below 1),
-//! `c_` (`scale`, `fit`, `limit`, `mfit`, `fill`, `lfill`, `fill_pad`, `thumb`, `auto`, `pad`,
-//! `lpad`, `crop`), `g_` (compass directions; `auto`, `face`, `faces` and the rest center),
-//! `ar_` (`16:9` or `1.78`), `dpr_` (a factor, `auto` = 1), `x_`/`y_` (with `c_crop`),
-//! `b_` (`pad` background: a colour name or `rgb:RRGGBB[AA]`), `a_` (`90`, `180`, `270`,
-//! `-90`, `hflip`, `vflip`), `e_` (`grayscale`, `sepia[:level]`, `negate`, `blur[:strength]`,
-//! `sharpen[:strength]`), `r_` (pixels or `max`), `o_` (0–100), `bo_<n>px_solid_<colour>`,
-//! `q_` (1–100 or `auto[:…]`), `f_` (`auto`, `jpg`,
-//! `png`, `webp`, `gif`, `bmp`, `tiff`) and `fl_attachment`. Anything else is refused with a
-//! message naming it, never ignored.
+//! in order: geometry (`w_`, `h_`, `c_`, `g_`, `ar_`, `dpr_`, `x_`, `y_`, `a_`), effects
+//! (`e_…`), corners, opacity, borders, text and image layers (`l_`, `u_`, up to
+//! `fl_layer_apply`), quality and format (`q_`, `f_`), pages (`pg_`) and the video options
+//! (`so_`, `eo_`, `du_`, `vs_`, `dl_`, used by `video.rs`). The README's table lists every
+//! value. Anything else is refused with a message naming it, never ignored; every step is
+//! bounded by the pixel limit.
 
 use std::io::Cursor;
 
