@@ -484,6 +484,30 @@ async fn videos_give_posters_and_animated_previews() {
     assert_eq!(frames.len(), 5);
     assert_eq!(frames[0].buffer().width(), 64);
     assert_eq!(frames[0].delay().numer_denom_ms(), (150, 1));
+    // WebM: VP9 (any frame) and VP8 (keyframes).
+    for name in ["tiny_vp9", "tiny_vp8"] {
+        let webm = std::fs::read(format!(
+            "{}/tests/sdk/assets/{name}.webm",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let (s, j) = upload(&server, "video", &[("public_id", name)], &webm, "v.webm").await;
+        assert_eq!(s, 200, "{j}");
+        let (s, body, why) = get(&format!("{base}/w_80/{name}.jpg")).await;
+        assert_eq!(s, 200, "{name}: {why:?}");
+        assert_eq!(size(&body), (80, 45));
+        let (s, body, why) = get(&format!("{base}/vs_3,w_32/{name}.gif")).await;
+        assert_eq!(s, 200, "{name}: {why:?}");
+        let frames = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(body))
+            .unwrap()
+            .into_frames()
+            .collect_frames()
+            .unwrap();
+        assert_eq!(frames.len(), 3, "{name}");
+    }
+    let (_, first, _) = get(&format!("{base}/so_0/tiny_vp9.png")).await;
+    let (_, later, _) = get(&format!("{base}/so_1.3/tiny_vp9.png")).await;
+    assert_ne!(first, later, "VP9 frames between keyframes are decoded");
     // What is not a picture is refused, as are video options on images and junk videos.
     let (s, _, why) = get(&format!("{base}/w_80/movies/clip.mp4")).await;
     assert_eq!(s, 400, "{why:?}");

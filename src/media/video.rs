@@ -1,8 +1,10 @@
 //! Pictures from videos: the poster image (`.jpg`/`.png`/`.webp` of a video public ID — the
 //! middle frame, or `so_`) and the animated preview (`.gif`, `vs_` frames spread over `so_`…`eo_`
-//! or `du_`, `dl_` milliseconds apart). MP4/MOV files with H.264 video: demuxed by `re_mp4`,
-//! decoded by `rust_h264` (both pure Rust). Bounded: the picture size by the pixel limit, the
-//! frames made by four times it, the samples decoded per picture.
+//! or `du_`, `dl_` milliseconds apart). MP4/MOV files with H.264 video (demuxed by `re_mp4`,
+//! decoded by `rust_h264`) and WebM files with VP9 video (`matroska-demuxer`, `rusty_vp9`) or
+//! VP8 video (keyframes only, through the WebP decoder: a VP8 keyframe is a lossy WebP's
+//! payload); all pure Rust. Bounded: the picture size by the pixel limit, the frames made by
+//! four times it, the samples decoded per picture.
 
 use std::io::Cursor;
 
@@ -59,6 +61,16 @@ impl Offset {
             Offset::Percent(p) => duration * p / 100.0,
         }
     }
+}
+
+/// What pictures are made from: a decodable video track.
+trait Source {
+    /// Seconds.
+    fn duration(&self) -> f64;
+    /// The display times of the frames, seconds, ascending.
+    fn times(&self) -> Vec<f64>;
+    /// The pictures at the wanted times (each one of `times()`, ascending).
+    fn pictures(&self, wanted: &[f64], max_pixels: u64) -> Result<Vec<RgbImage>, String>;
 }
 
 /// The H.264 track of an MP4/MOV file.
@@ -202,6 +214,264 @@ impl<'a> Track<'a> {
     }
 }
 
+impl Source for Track<'_> {
+    fn duration(&self) -> f64 {
+        Track::duration(self)
+    }
+
+    fn times(&self) -> Vec<f64> {
+        let mut t: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|s| s.composition_timestamp as f64 / self.timescale)
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t
+    }
+
+    fn pictures(&self, wanted: &[f64], max_pixels: u64) -> Result<Vec<RgbImage>, String> {
+        let ticks: Vec<i64> = wanted
+            .iter()
+            .map(|t| (t * self.timescale).round() as i64)
+            .collect();
+        Track::pictures(self, &ticks, max_pixels)
+    }
+}
+
+/// A WebM file's video track, its frames read into memory.
+struct WebmTrack {
+    vp9: bool,
+    /// (seconds, keyframe, data), in file order.
+    frames: Vec<(f64, bool, Vec<u8>)>,
+    duration: f64,
+}
+
+/// Frames of a WebM video read at most.
+const MAX_WEBM_FRAMES: usize = 20_000;
+
+impl WebmTrack {
+    fn open(bytes: &[u8], max_pixels: u64) -> Result<WebmTrack, String> {
+        use matroska_demuxer::{Frame as MkvFrame, MatroskaFile, TrackType};
+        let mut mkv = MatroskaFile::open(Cursor::new(bytes))
+            .map_err(|e| format!("Cannot read the video: {e}"))?;
+        let scale = mkv.info().timestamp_scale().get() as f64;
+        let (number, codec) = mkv
+            .tracks()
+            .iter()
+            .find(|t| t.track_type() == TrackType::Video)
+            .map(|t| {
+                let v = t.video();
+                let px = v.map_or(0, |v| v.pixel_width().get() * v.pixel_height().get());
+                (t.track_number().get(), t.codec_id().to_string(), px)
+            })
+            .map(|(n, c, px)| {
+                if px > max_pixels {
+                    Err(format!(
+                        "The video is too large to make pictures of ({px} pixels)"
+                    ))
+                } else {
+                    Ok((n, c))
+                }
+            })
+            .ok_or_else(|| "The video has no video track".to_string())??;
+        let vp9 = match codec.as_str() {
+            "V_VP9" => true,
+            "V_VP8" => false,
+            other => {
+                return Err(format!(
+                    "Pictures of {other} videos are not made (VP8, VP9 and H.264 are)"
+                ))
+            }
+        };
+        let mut frames = Vec::new();
+        let mut f = MkvFrame::default();
+        while mkv
+            .next_frame(&mut f)
+            .map_err(|e| format!("Cannot read the video: {e}"))?
+        {
+            if f.track == number {
+                if frames.len() == MAX_WEBM_FRAMES {
+                    break;
+                }
+                frames.push((
+                    f.timestamp as f64 * scale / 1e9,
+                    f.is_keyframe.unwrap_or(false),
+                    std::mem::take(&mut f.data),
+                ));
+            }
+        }
+        if frames.is_empty() {
+            return Err("The video has no frames".into());
+        }
+        let duration = mkv
+            .info()
+            .duration()
+            .map(|d| d * scale / 1e9)
+            .unwrap_or_else(|| frames.iter().map(|f| f.0).fold(0.0, f64::max));
+        Ok(WebmTrack {
+            vp9,
+            frames,
+            duration,
+        })
+    }
+
+    fn keyframe_before(&self, index: usize) -> Option<usize> {
+        (0..=index).rev().find(|&i| self.frames[i].1)
+    }
+
+    /// The frame shown at a time: the last one at or before it.
+    fn index_at(&self, t: f64) -> usize {
+        self.frames
+            .iter()
+            .rposition(|f| f.0 <= t + 1e-9)
+            .unwrap_or(0)
+    }
+}
+
+impl Source for WebmTrack {
+    fn duration(&self) -> f64 {
+        self.duration
+    }
+
+    fn times(&self) -> Vec<f64> {
+        let mut t: Vec<f64> = self.frames.iter().map(|f| f.0).collect();
+        t.sort_by(f64::total_cmp);
+        t
+    }
+
+    fn pictures(&self, wanted: &[f64], max_pixels: u64) -> Result<Vec<RgbImage>, String> {
+        let mut out = Vec::with_capacity(wanted.len());
+        if !self.vp9 {
+            // VP8: the keyframe at or before each time, decoded as a lossy WebP.
+            for t in wanted {
+                let k = self
+                    .keyframe_before(self.index_at(*t))
+                    .ok_or_else(|| "The video has no keyframe".to_string())?;
+                let frame = &self.frames[k].2;
+                let pad = frame.len() & 1;
+                let mut webp = Vec::with_capacity(frame.len() + 21);
+                webp.extend_from_slice(b"RIFF");
+                webp.extend_from_slice(&((12 + frame.len() + pad) as u32).to_le_bytes());
+                webp.extend_from_slice(b"WEBPVP8 ");
+                webp.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+                webp.extend_from_slice(frame);
+                if pad == 1 {
+                    webp.push(0);
+                }
+                let mut reader =
+                    image::ImageReader::with_format(Cursor::new(webp), image::ImageFormat::WebP);
+                let mut limits = image::Limits::default();
+                limits.max_alloc = Some(max_pixels.saturating_mul(4));
+                reader.limits(limits);
+                let img = reader
+                    .decode()
+                    .map_err(|e| format!("Cannot decode the video frame: {e}"))?;
+                out.push(img.to_rgb8());
+            }
+            return Ok(out);
+        }
+        // VP9: decoded from the keyframe before each wanted frame up to it (frames that share
+        // a keyframe in one run).
+        let targets: Vec<usize> = wanted.iter().map(|t| self.index_at(*t)).collect();
+        let mut i = 0;
+        while i < targets.len() {
+            let key = self.keyframe_before(targets[i]).unwrap_or(0);
+            let mut j = i;
+            while j < targets.len() && self.keyframe_before(targets[j]).unwrap_or(0) == key {
+                j += 1;
+            }
+            let group = &targets[i..j];
+            let last = group[group.len() - 1];
+            let mut dec = rusty_vp9::Vp9Decoder::new();
+            let mut shown: std::collections::HashMap<usize, RgbImage> = Default::default();
+            for (n, index) in (key..=last).enumerate() {
+                if n >= MAX_DECODED {
+                    break;
+                }
+                if dec.push(&self.frames[index].2, Some(index as i64)).is_err() {
+                    continue;
+                }
+                while let Ok(frame) = dec.next_frame() {
+                    let pts = frame.pts.unwrap_or(index as i64) as usize;
+                    if group.contains(&pts) {
+                        let (w, h) = (frame.width as usize, frame.height as usize);
+                        if (w as u64) * (h as u64) > max_pixels {
+                            return Err(format!(
+                                "The video is too large to make pictures of ({w}x{h})"
+                            ));
+                        }
+                        if frame.bit_depth != 8
+                            || frame.subsampling_x != 1
+                            || frame.subsampling_y != 1
+                        {
+                            return Err("Only 8-bit 4:2:0 videos can be made into pictures".into());
+                        }
+                        shown.insert(
+                            pts,
+                            yuv_to_rgb(
+                                w,
+                                h,
+                                (&frame.planes[0], frame.strides[0]),
+                                (&frame.planes[1], frame.strides[1]),
+                                (&frame.planes[2], frame.strides[2]),
+                            )?,
+                        );
+                    }
+                }
+            }
+            for t in group {
+                match shown.get(t) {
+                    Some(p) => out.push(p.clone()),
+                    None => {
+                        if let Some(p) = out.last().cloned() {
+                            out.push(p);
+                        }
+                    }
+                }
+            }
+            i = j;
+        }
+        if out.is_empty() {
+            return Err("No picture could be decoded from the video".into());
+        }
+        Ok(out)
+    }
+}
+
+/// BT.601 limited-range 4:2:0 planes (with strides) to RGB.
+fn yuv_to_rgb(
+    w: usize,
+    h: usize,
+    (y, ys): (&[u8], usize),
+    (u, us): (&[u8], usize),
+    (v, vs): (&[u8], usize),
+) -> Result<RgbImage, String> {
+    let ch = h.div_ceil(2);
+    let cw = w.div_ceil(2);
+    if ys < w
+        || us < cw
+        || vs < cw
+        || y.len() < ys * (h - 1) + w
+        || u.len() < us * (ch - 1) + cw
+        || v.len() < vs * (ch - 1) + cw
+    {
+        return Err("Corrupt video frame".into());
+    }
+    let mut out = vec![0u8; w * h * 3];
+    for row in 0..h {
+        for col in 0..w {
+            let c = (i32::from(y[row * ys + col]) - 16) * 298;
+            let d = i32::from(u[(row / 2) * us + col / 2]) - 128;
+            let e = i32::from(v[(row / 2) * vs + col / 2]) - 128;
+            let o = (row * w + col) * 3;
+            out[o] = ((c + 409 * e + 128) >> 8).clamp(0, 255) as u8;
+            out[o + 1] = ((c - 100 * d - 208 * e + 128) >> 8).clamp(0, 255) as u8;
+            out[o + 2] = ((c + 516 * d + 128) >> 8).clamp(0, 255) as u8;
+        }
+    }
+    RgbImage::from_raw(w as u32, h as u32, out).ok_or_else(|| "Corrupt video frame".into())
+}
+
 /// BT.601 limited-range 4:2:0 to RGB.
 fn to_rgb(frame: &rust_h264::decoder::Frame) -> Result<RgbImage, String> {
     if frame.bit_depth != 8 {
@@ -243,8 +513,16 @@ fn render_inner(
     format: &str,
     max_pixels: u64,
 ) -> Result<Vec<u8>, String> {
-    let track = Track::open(bytes)?;
-    let duration = track.duration();
+    let webm;
+    let mp4;
+    let source: &dyn Source = if bytes.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]) {
+        webm = WebmTrack::open(bytes, max_pixels)?;
+        &webm
+    } else {
+        mp4 = Track::open(bytes)?;
+        &mp4
+    };
+    let duration = source.duration();
     let options = plan.video.clone().unwrap_or_default();
     let start = options
         .start
@@ -257,21 +535,14 @@ fn render_inner(
         (None, None) => duration,
     }
     .clamp(start, duration);
-    let ticks = |s: f64| (s * track.timescale) as i64;
-    let mut shown: Vec<i64> = track
-        .samples
-        .iter()
-        .map(|s| s.composition_timestamp)
-        .collect();
-    shown.sort_unstable();
+    let shown = source.times();
     // The last frame shown at or before a time.
-    let at = |t: i64| {
+    let at = |t: f64| {
         shown
             .iter()
             .copied()
-            .filter(|c| *c <= t)
-            .max()
-            .unwrap_or(shown[0])
+            .filter(|c| *c <= t + 1e-9)
+            .fold(shown[0], f64::max)
     };
     if format != "gif" {
         // The poster: `so_` when given, else the middle.
@@ -279,8 +550,8 @@ fn render_inner(
             Some(_) => start,
             None => duration / 2.0,
         };
-        let picture = track
-            .pictures(&[at(ticks(t))], max_pixels)?
+        let picture = source
+            .pictures(&[at(t)], max_pixels)?
             .pop()
             .ok_or_else(|| "No picture could be decoded from the video".to_string())?;
         let img = transform::apply_image(DynamicImage::ImageRgb8(picture), plan, max_pixels)?;
@@ -291,8 +562,8 @@ fn render_inner(
         .unwrap_or(DEFAULT_FRAMES)
         .clamp(1, MAX_FRAMES);
     let span = (end - start).max(0.0);
-    let mut wanted: Vec<i64> = (0..count)
-        .map(|k| at(ticks(start + span * f64::from(k) / f64::from(count))))
+    let mut wanted: Vec<f64> = (0..count)
+        .map(|k| at(start + span * f64::from(k) / f64::from(count)))
         .collect();
     wanted.dedup();
     let delay = options.delay_ms.unwrap_or_else(|| {
@@ -303,7 +574,7 @@ fn render_inner(
     let budget = max_pixels.saturating_mul(4);
     let mut made_pixels = 0u64;
     let mut frames = Vec::with_capacity(wanted.len());
-    for picture in track.pictures(&wanted, max_pixels)? {
+    for picture in source.pictures(&wanted, max_pixels)? {
         let img = transform::apply_image(DynamicImage::ImageRgb8(picture), plan, max_pixels)?;
         made_pixels += u64::from(img.width()) * u64::from(img.height());
         if made_pixels > budget {
