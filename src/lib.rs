@@ -262,6 +262,7 @@ impl Server {
             enabled,
             token: config.control_token.clone(),
             configured: config.accounts.clone(),
+            configured_tokens: config.oauth_tokens.clone(),
             presets: config.presets.clone(),
             seed_dir: config.seed.clone(),
             ..Default::default()

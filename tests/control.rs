@@ -76,6 +76,10 @@ async fn calls_need_the_header_or_the_token_and_get_no_cors() {
     let (s, j) = json_of(reqwest::Client::new().get(server.url("/_nephos/clouds"))).await;
     assert_eq!(s, 403);
     assert!(message(&j).contains("X-Nephos-Control"), "{j}");
+    // Through a reverse proxy, the peer is not local whatever the Host says.
+    let (s, _) =
+        json_of(control(&server, "GET", "/clouds").header("x-forwarded-for", "203.0.113.9")).await;
+    assert_eq!(s, 403);
     // A DNS-rebinding page addresses another host name.
     let (s, _) = json_of(control(&server, "GET", "/clouds").header("host", "evil.example")).await;
     assert_eq!(s, 403);

@@ -587,3 +587,50 @@ async fn fetched_layers_follow_the_fetch_policy() {
     assert!(why.unwrap().contains("could not be fetched"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn growing_effects_and_restricted_layers_are_refused() {
+    let server = TestServer::start().await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "g/base")],
+        &solid(10, 10, [1, 2, 3, 255]),
+        "b.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    // Canvas-growing effects piled up in one component.
+    let pile = vec!["e_shadow,x_500,y_500"; 40].join(",");
+    let (s, _, why) = get(&server.url(&format!("/demo/image/upload/{pile}/g/base.png"))).await;
+    assert_eq!(s, 400, "{why:?}");
+    let toml_text = format!("{DEFAULT_TOML}\n[limits]\nmax_image_pixels = 40000\n");
+    let small = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
+    let (s, _) = upload(
+        &small,
+        "image",
+        &[("public_id", "g/base")],
+        &solid(150, 150, [1, 2, 3, 255]),
+        "b.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, why) = get(&small.url("/demo/image/upload/e_outline:100/g/base.png")).await;
+    assert_eq!(s, 400, "{why:?}");
+    assert!(why.unwrap().contains("too large"));
+    small.stop().await;
+    // A layer of an asset that needs a signed URL is not shown through another URL.
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "g/secret"), ("access_mode", "authenticated")],
+        &solid(10, 10, [9, 9, 9, 255]),
+        "s.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, why) = get(&server.url("/demo/image/upload/l_g:secret/g/base.png")).await;
+    assert_eq!(s, 400, "{why:?}");
+    assert!(why.unwrap().contains("restricted"));
+    server.stop().await;
+}

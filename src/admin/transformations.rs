@@ -275,6 +275,9 @@ pub async fn delete(state: &AppState, cloud: &str, params: &Params) -> ApiResult
     Ok(json!({"message": "deleted"}))
 }
 
+/// Named transformations one transformation may name at most (each is a lookup).
+const MAX_NAMES: usize = 32;
+
 /// Named transformations nest at most this deep.
 const MAX_NESTING: usize = 5;
 
@@ -303,6 +306,7 @@ fn expand_at<'a>(
         }
         let mut components: Vec<String> = Vec::new();
         let mut strict_ok = true;
+        let mut looked_up = 0usize;
         for component in t.split('/') {
             let mut plain: Vec<&str> = Vec::new();
             let mut named: Vec<String> = Vec::new();
@@ -322,6 +326,12 @@ fn expand_at<'a>(
                 } else {
                     names.split('.').collect()
                 };
+                looked_up += parts.len();
+                if looked_up > MAX_NAMES {
+                    return Err(ApiError::bad(format!(
+                        "Too many named transformations (at most {MAX_NAMES})"
+                    )));
+                }
                 for name in parts {
                     let doc = state
                         .meta

@@ -91,6 +91,15 @@ impl Accounts {
         self.accounts.extend(accounts);
     }
 
+    /// Adds OAuth bearer tokens `(cloud, token)` not there yet.
+    pub fn add_tokens(&mut self, tokens: &[(String, String)]) {
+        for t in tokens {
+            if !self.tokens.contains(t) {
+                self.tokens.push(t.clone());
+            }
+        }
+    }
+
     /// Removes every account and token of a cloud; answers whether it had any.
     pub fn remove_cloud(&mut self, cloud: &str) -> bool {
         let before = self.accounts.len();

@@ -101,6 +101,21 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
             )
             .into_response();
         }
+        // Through a reverse proxy the peer is not who it seems: a token is needed then.
+        if [
+            "forwarded",
+            "x-forwarded-for",
+            "x-real-ip",
+            "x-forwarded-host",
+        ]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+        {
+            return ApiError::Forbidden(
+                "The control API does not answer proxied requests without --control-token".into(),
+            )
+            .into_response();
+        }
         if !loopback_host(headers) {
             return ApiError::Forbidden(
                 "The control API answers only requests addressed to localhost or a loopback \

@@ -187,11 +187,13 @@ pub async fn reset_all(state: &AppState) -> ApiResult<Json> {
         .map(str::to_string)
         .collect();
     let configured = state.control.configured.clone();
+    let tokens = state.control.configured_tokens.clone();
     state.update_accounts(|a| {
         for c in &clouds {
             a.remove_cloud(c);
         }
         a.add(configured);
+        a.add_tokens(&tokens);
     });
     let mut all = clouds.clone();
     for c in state.accounts().clouds() {

@@ -61,6 +61,8 @@ pub struct Control {
     pub hold: Hold,
     /// The configured accounts (what a full reset returns to).
     pub configured: Vec<Account>,
+    /// The configured OAuth tokens `(cloud, token)` (restored with the accounts).
+    pub configured_tokens: Vec<(String, String)>,
     /// The configured upload presets (what a reset restores).
     pub presets: Vec<PresetSeed>,
     /// The folder uploaded into each configured cloud at start and after a reset.

@@ -10,7 +10,6 @@ use crate::db::AssetRecord;
 use crate::error::{ApiError, ApiResult};
 use crate::media::transform::{self, Plan};
 use crate::state::AppState;
-use crate::storage::md5::Md5;
 
 /// `w_auto:breakpoints…:json`: the breakpoints of the image the rest of the transformation
 /// makes, smallest first.
@@ -78,12 +77,10 @@ pub(super) async fn serve(
             ),
         ));
     }
-    // The same original, transformation and format always give the same bytes.
+    // The same original, transformation, format and coordinates always give the same bytes.
     let etag = format!(
         "\"{}\"",
-        hex::encode(Md5::digest(
-            format!("{}|{}|{format}", rec.etag, transformation.unwrap_or("")).as_bytes()
-        ))
+        render::derived_id(rec, transformation.unwrap_or(""), format)
     );
     let last_modified = httpdate::fmt_http_date(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(rec.version.max(0) as u64),

@@ -201,14 +201,29 @@ pub async fn render(
         match inflight.get(&id) {
             Some(p) => p.clone(),
             None => {
-                let job = run(
-                    state.clone(),
-                    rec.clone(),
-                    id.clone(),
-                    transformation.to_string(),
-                    plan.clone(),
-                    format.to_string(),
-                )
+                // The render runs on its own task: a request that goes away (a closed page)
+                // neither stops it nor leaves its turn waiting unpolled. The task removes its
+                // entry when it ends.
+                let task = tokio::spawn({
+                    let (state, rec, id) = (state.clone(), rec.clone(), id.clone());
+                    let (transformation, plan, format) =
+                        (transformation.to_string(), plan.clone(), format.to_string());
+                    async move {
+                        let out =
+                            run(state.clone(), rec, id.clone(), transformation, plan, format).await;
+                        state.renders.lock().remove(&id);
+                        out
+                    }
+                });
+                let job = async move {
+                    task.await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "a render task failed");
+                        Err(RenderError(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "Internal error".into(),
+                        ))
+                    })
+                }
                 .boxed()
                 .shared();
                 inflight.insert(id.clone(), job.clone());
@@ -216,9 +231,7 @@ pub async fn render(
             }
         }
     };
-    let out = pending.await;
-    state.renders.lock().remove(&id);
-    out
+    pending.await
 }
 
 /// Loads the images that `l_<public_id>` / `u_<public_id>` layers name (images of the same
@@ -247,6 +260,13 @@ async fn load_layers(state: &AppState, cloud: &str, plan: &mut Plan) -> Result<(
             RenderError(StatusCode::INTERNAL_SERVER_ERROR, "Internal error".into())
         })?;
         let layer = found.ok_or_else(missing)?;
+        // A layer never shows what its own URL would need a signature for.
+        if super::restricted(&layer) {
+            return Err(RenderError(
+                StatusCode::BAD_REQUEST,
+                format!("Overlay image {public_id} is restricted (access_mode authenticated)"),
+            ));
+        }
         if layer.bytes.max(0) as u64 > max_bytes {
             return Err(RenderError(
                 StatusCode::BAD_REQUEST,
@@ -379,12 +399,16 @@ async fn run(
     );
     let fmt = format.clone();
     let video = rec.key.resource_type == "video";
+    let dims = (
+        rec.width.unwrap_or(0).max(0) as u64,
+        rec.height.unwrap_or(0).max(0) as u64,
+    );
     let job = tokio::task::spawn_blocking(move || {
         // The turn and the room are held until the work ends, even when the answer has gone.
         let _turn = turn;
         let _room = room;
         let out = if video {
-            crate::media::video::render(&original, &plan, &fmt, max_pixels)?
+            crate::media::video::render(&original, &plan, &fmt, max_pixels, dims, max_decode)?
         } else {
             transform::apply_bounded(&original, &plan, &fmt, max_pixels, max_decode)?
         };

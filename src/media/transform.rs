@@ -271,6 +271,9 @@ fn invalid(item: &str, why: &str) -> String {
 }
 
 /// Parses a transformation string such as `c_fill,h_100,w_100/q_auto,f_auto`.
+/// Effects one component may carry.
+const MAX_EFFECTS: usize = 8;
+
 /// Components one transformation may chain.
 pub const MAX_COMPONENTS: usize = 32;
 
@@ -389,7 +392,14 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                         step.angle = Some(deg.rem_euclid(360).to_string());
                     }
                 },
-                "e" => step.effects.push(effect(item, value)?),
+                "e" => {
+                    if step.effects.len() >= MAX_EFFECTS {
+                        return Err(format!(
+                            "Too many effects in one component (at most {MAX_EFFECTS})"
+                        ));
+                    }
+                    step.effects.push(effect(item, value)?)
+                }
                 "r" => {
                     step.radius = Some(if value == "max" {
                         None
@@ -854,7 +864,7 @@ pub fn apply_bounded(
     }
     // An animated GIF delivered as GIF stays animated: every frame is transformed.
     if format == "gif" && plan.page.is_none() && bytes.starts_with(b"GIF8") {
-        if let Some(out) = animated_gif(bytes, plan, max_pixels, (w, h))? {
+        if let Some(out) = animated_gif(bytes, plan, max_pixels, (w, h), max_decode)? {
             return Ok(out);
         }
     }
@@ -1033,6 +1043,27 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
         }
     };
     for e in &s.effects {
+        // Effects that grow the canvas are checked before they allocate.
+        let grows = match e {
+            Effect::Shadow(_) => {
+                let (dx, dy) = (
+                    s.x.unwrap_or(15).clamp(-500, 500),
+                    s.y.unwrap_or(15).clamp(-500, 500),
+                );
+                Some((dx.unsigned_abs() as u32 + 16, dy.unsigned_abs() as u32 + 16))
+            }
+            Effect::Outline(w) => Some((2 * w, 2 * w)),
+            _ => None,
+        };
+        if let Some((gx, gy)) = grows {
+            let (nw, nh) = (
+                out.width().saturating_add(gx),
+                out.height().saturating_add(gy),
+            );
+            if too_big(nw, nh) {
+                return Err(format!("The result would be too large ({nw}x{nh})"));
+            }
+        }
         out = apply_effect(out, e, s.color, (s.x, s.y));
     }
     if let Some(radius) = s.radius {
@@ -1172,10 +1203,12 @@ fn animated_gif(
     plan: &Plan,
     max_pixels: u64,
     (w, h): (u32, u32),
+    max_decode: u64,
 ) -> Result<Option<Vec<u8>>, String> {
     use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
     use image::{AnimationDecoder, Frame};
-    let budget = max_pixels.saturating_mul(4);
+    // Frames decoded and made are held together (RGBA, in and out): within the decode memory.
+    let budget = max_pixels.saturating_mul(4).min(max_decode / 8);
     let per_frame = (u64::from(w) * u64::from(h)).max(1);
     let most = (budget / per_frame).clamp(1, u64::from(MAX_PAGE)) as usize;
     let decoder =
@@ -1585,9 +1618,10 @@ fn outline(img: DynamicImage, width: u32, colour: Rgba<u8>) -> DynamicImage {
     let (w, h) = base.dimensions();
     let (cw, ch) = (w + 2 * width, h + 2 * width);
     // The shape's alpha on the larger canvas, grown by a separable maximum.
-    let mut alpha = vec![0u8; (cw * ch) as usize];
+    let (cwu, chu) = (cw as usize, ch as usize);
+    let mut alpha = vec![0u8; cwu * chu];
     for (x, y, p) in base.enumerate_pixels() {
-        alpha[((y + width) * cw + x + width) as usize] = p[3];
+        alpha[(y + width) as usize * cwu + (x + width) as usize] = p[3];
     }
     let r = width as usize;
     let grow_rows = |src: &[u8]| -> Vec<u8> {
@@ -1615,7 +1649,7 @@ fn outline(img: DynamicImage, width: u32, colour: Rgba<u8>) -> DynamicImage {
         }
     }
     let mut canvas = RgbaImage::from_fn(cw, ch, |x, y| {
-        let a = grown[(y * cw + x) as usize];
+        let a = grown[y as usize * cwu + x as usize];
         Rgba([
             colour[0],
             colour[1],

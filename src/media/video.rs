@@ -18,8 +18,8 @@ use super::transform::{self, Plan};
 pub const MAX_FRAMES: u32 = 100;
 /// Frames of a preview when `vs_` does not say.
 const DEFAULT_FRAMES: u32 = 10;
-/// Samples decoded to reach one picture at most (a group of pictures longer than this is cut).
-const MAX_DECODED: usize = 600;
+/// Samples decoded for one picture or preview at most, all pictures together.
+const MAX_DECODED: usize = 1200;
 
 /// `so_`, `eo_`, `du_`, `vs_`, `dl_`: which part of a video, how many frames, how fast.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -85,8 +85,44 @@ fn unsupported() -> String {
     "Video pictures are made from MP4/MOV files with H.264 video only".to_string()
 }
 
+/// Refuses sample tables that claim more samples than the file could hold: the demuxer would
+/// build a list that large before anything else is checked.
+fn check_sample_counts(bytes: &[u8]) -> Result<(), String> {
+    let most = (bytes.len() as u64).min(2_000_000);
+    let mut from = 0;
+    while let Some(pos) = bytes[from..]
+        .windows(4)
+        .position(|w| w == b"stsz" || w == b"stts")
+    {
+        let at = from + pos;
+        let field = |offset: usize| -> Option<u64> {
+            bytes
+                .get(at + offset..at + offset + 4)
+                .map(|b| u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+        };
+        // stsz: version/flags, sample size, sample count; stts: version/flags, entry count,
+        // then (count, delta) pairs.
+        let claimed = if &bytes[at..at + 4] == b"stsz" {
+            field(12).unwrap_or(0)
+        } else {
+            let entries = field(8).unwrap_or(0).min(1_000_000);
+            (0..entries)
+                .map_while(|i| field(12 + 8 * i as usize))
+                .fold(0u64, u64::saturating_add)
+        };
+        if claimed > most {
+            return Err(format!(
+                "The video claims {claimed} frames, more than it can hold"
+            ));
+        }
+        from = at + 4;
+    }
+    Ok(())
+}
+
 impl<'a> Track<'a> {
     fn open(bytes: &'a [u8]) -> Result<Track<'a>, String> {
+        check_sample_counts(bytes)?;
         let mp4 = Mp4::read(Cursor::new(bytes), bytes.len() as u64)
             .map_err(|e| format!("Cannot read the video: {e}"))?;
         let track = mp4
@@ -146,6 +182,7 @@ impl<'a> Track<'a> {
         use rust_h264::nal::{parse_avcc, parse_avcc_config};
         let cfg = parse_avcc_config(&self.avcc).map_err(|e| format!("Corrupt video: {e:?}"))?;
         let mut found: std::collections::HashMap<i64, RgbImage> = Default::default();
+        let mut decoded_total = 0usize;
         let mut i = 0;
         while i < wanted.len() {
             // The wanted pictures that share a keyframe are made by one decoding run.
@@ -174,8 +211,9 @@ impl<'a> Track<'a> {
                 Ok(cts >= last)
             };
             let mut done = false;
-            for (n, s) in (key..self.samples.len()).enumerate() {
-                if done || n >= MAX_DECODED {
+            for s in key..self.samples.len() {
+                decoded_total += 1;
+                if done || decoded_total > MAX_DECODED {
                     break;
                 }
                 let cts = self.samples[s].composition_timestamp;
@@ -199,7 +237,7 @@ impl<'a> Track<'a> {
         let mut out = Vec::with_capacity(wanted.len());
         let mut previous: Option<RgbImage> = None;
         for t in wanted {
-            match found.get(t).cloned().or_else(|| previous.clone()) {
+            match found.remove(t).or_else(|| previous.clone()) {
                 Some(p) => {
                     previous = Some(p.clone());
                     out.push(p);
@@ -373,6 +411,7 @@ impl Source for WebmTrack {
         // VP9: decoded from the keyframe before each wanted frame up to it (frames that share
         // a keyframe in one run).
         let targets: Vec<usize> = wanted.iter().map(|t| self.index_at(*t)).collect();
+        let mut decoded_total = 0usize;
         let mut i = 0;
         while i < targets.len() {
             let key = self.keyframe_before(targets[i]).unwrap_or(0);
@@ -384,8 +423,9 @@ impl Source for WebmTrack {
             let last = group[group.len() - 1];
             let mut dec = rusty_vp9::Vp9Decoder::new();
             let mut shown: std::collections::HashMap<usize, RgbImage> = Default::default();
-            for (n, index) in (key..=last).enumerate() {
-                if n >= MAX_DECODED {
+            for index in key..=last {
+                decoded_total += 1;
+                if decoded_total > MAX_DECODED {
                     break;
                 }
                 if dec.push(&self.frames[index].2, Some(index as i64)).is_err() {
@@ -499,7 +539,28 @@ fn to_rgb(frame: &rust_h264::decoder::Frame) -> Result<RgbImage, String> {
 }
 
 /// The picture (or, for `gif`, the animation) a delivery URL of a video asks for.
-pub fn render(bytes: &[u8], plan: &Plan, format: &str, max_pixels: u64) -> Result<Vec<u8>, String> {
+/// `dims` are the video's (as probed at upload) and `max_decode` the memory its decoded
+/// pictures may take together.
+pub fn render(
+    bytes: &[u8],
+    plan: &Plan,
+    format: &str,
+    max_pixels: u64,
+    dims: (u64, u64),
+    max_decode: u64,
+) -> Result<Vec<u8>, String> {
+    let per_picture = (dims.0.max(1) * dims.1.max(1)).saturating_mul(3);
+    let frames = plan
+        .video
+        .as_ref()
+        .and_then(|v| v.frames)
+        .unwrap_or(DEFAULT_FRAMES);
+    if format == "gif" && u64::from(frames).saturating_mul(per_picture) > max_decode {
+        return Err(format!(
+            "A preview of {frames} frames of a {}x{} video is too large to make (fewer frames)",
+            dims.0, dims.1
+        ));
+    }
     // The decoder is third-party code on hostile input: a panic is a refusal, not a crash.
     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         render_inner(bytes, plan, format, max_pixels)
@@ -615,10 +676,21 @@ mod tests {
     }
 
     #[test]
+    fn sample_tables_claiming_too_much_are_refused() {
+        let mut forged = b"\x00\x00\x00\x14stsz\x00\x00\x00\x00\x00\x00\x00\x01".to_vec();
+        forged.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(check_sample_counts(&forged).is_err());
+        let mut fine = b"\x00\x00\x00\x14stsz\x00\x00\x00\x00\x00\x00\x00\x00".to_vec();
+        fine.extend_from_slice(&3u32.to_be_bytes());
+        fine.extend_from_slice(&[0u8; 12]);
+        assert!(check_sample_counts(&fine).is_ok());
+    }
+
+    #[test]
     fn junk_is_refused_not_a_panic() {
         let plan = Plan::default();
         for junk in [&b""[..], b"\x00\x00\x00\x18ftypmp42", &[0xffu8; 4096][..]] {
-            assert!(render(junk, &plan, "jpg", 1_000_000).is_err());
+            assert!(render(junk, &plan, "jpg", 1_000_000, (10, 10), 1 << 28).is_err());
         }
     }
 }
