@@ -98,6 +98,12 @@ pub fn cloud_of(path: &str) -> Option<String> {
     (!cloud.is_empty()).then(|| cloud.to_string())
 }
 
+/// Unix milliseconds as an RFC 3339 time.
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
 /// One answered request.
 #[derive(Debug, Clone)]
 pub struct RequestEntry {
@@ -117,8 +123,7 @@ impl RequestEntry {
     pub fn to_json(&self) -> Json {
         json!({
             "seq": self.seq,
-            "time": chrono::DateTime::from_timestamp_millis(self.at_ms)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            "time": rfc3339_ms(self.at_ms),
             "request_id": self.request_id,
             "method": self.method,
             "path": self.path,
@@ -261,14 +266,12 @@ impl NotificationLog {
             .map(|e| {
                 json!({
                     "id": e.id,
-                    "time": chrono::DateTime::from_timestamp_millis(e.at_ms)
-                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                    "time": rfc3339_ms(e.at_ms),
                     "url": e.url,
                     "cloud": e.cloud,
                     "body": e.body,
                     "attempts": e.attempts.iter().map(|(at, outcome)| json!({
-                        "time": chrono::DateTime::from_timestamp_millis(*at)
-                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                        "time": rfc3339_ms(*at),
                         "outcome": outcome,
                     })).collect::<Vec<_>>(),
                     "outcome": e.outcome,

@@ -827,7 +827,7 @@ pub fn apply_image(
         if img.width() > settings.max_width {
             let k = f64::from(settings.max_width) / f64::from(img.width());
             let h = (f64::from(img.height()) * k).round().max(1.0) as u32;
-            img = fast_resize(&img, settings.max_width, h);
+            img = img.resize_exact(settings.max_width, h, imageops::FilterType::CatmullRom);
         }
     }
     Ok(img)
@@ -873,7 +873,7 @@ pub fn apply_bounded(
     } else {
         None
     };
-    let mut img = match plan.page {
+    let img = match plan.page {
         _ if reduced.is_some() => reduced.unwrap_or_default(),
         Some(n) if n > 1 || bytes.starts_with(b"GIF8") => {
             // Reaching frame n decodes the n frames before it.
@@ -902,16 +902,7 @@ pub fn apply_bounded(
             })?
         }
     };
-    for step in &plan.steps {
-        img = apply_step(img, step, max_pixels)?;
-    }
-    if let Some((settings, _)) = &plan.auto_width {
-        if img.width() > settings.max_width {
-            let k = f64::from(settings.max_width) / f64::from(img.width());
-            let h = (f64::from(img.height()) * k).round().max(1.0) as u32;
-            img = img.resize_exact(settings.max_width, h, imageops::FilterType::CatmullRom);
-        }
-    }
+    let img = apply_image(img, plan, max_pixels)?;
     encode(img, format, plan.quality.unwrap_or(80))
 }
 
@@ -1205,7 +1196,7 @@ fn animated_gif(
     (w, h): (u32, u32),
     max_decode: u64,
 ) -> Result<Option<Vec<u8>>, String> {
-    use image::codecs::gif::{GifDecoder, GifEncoder, Repeat};
+    use image::codecs::gif::GifDecoder;
     use image::{AnimationDecoder, Frame};
     // Frames decoded and made are held together (RGBA, in and out): within the decode memory.
     let budget = max_pixels.saturating_mul(4).min(max_decode / 8);
@@ -1229,17 +1220,11 @@ fn animated_gif(
     let mut made_pixels = 0u64;
     for frame in frames {
         let delay = frame.delay();
-        let mut img = DynamicImage::ImageRgba8(frame.into_buffer());
-        for step in &plan.steps {
-            img = apply_step(img, step, max_pixels)?;
-        }
-        if let Some((settings, _)) = &plan.auto_width {
-            if img.width() > settings.max_width {
-                let k = f64::from(settings.max_width) / f64::from(img.width());
-                let nh = (f64::from(img.height()) * k).round().max(1.0) as u32;
-                img = img.resize_exact(settings.max_width, nh, imageops::FilterType::CatmullRom);
-            }
-        }
+        let img = apply_image(
+            DynamicImage::ImageRgba8(frame.into_buffer()),
+            plan,
+            max_pixels,
+        )?;
         made_pixels += u64::from(img.width()) * u64::from(img.height());
         if made_pixels > budget {
             return Err(format!(
@@ -1248,6 +1233,12 @@ fn animated_gif(
         }
         made.push(Frame::from_parts(img.to_rgba8(), 0, 0, delay));
     }
+    encode_animation(made).map(Some)
+}
+
+/// Frames encoded as a looping animated GIF.
+pub fn encode_animation(frames: Vec<image::Frame>) -> Result<Vec<u8>, String> {
+    use image::codecs::gif::{GifEncoder, Repeat};
     let mut out = Vec::new();
     {
         let mut encoder = GifEncoder::new_with_speed(&mut out, 10);
@@ -1255,10 +1246,10 @@ fn animated_gif(
             .set_repeat(Repeat::Infinite)
             .map_err(|e| format!("Cannot encode gif: {e}"))?;
         encoder
-            .encode_frames(made)
+            .encode_frames(frames)
             .map_err(|e| format!("Cannot encode gif: {e}"))?;
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// How many pages (GIF frames) an image has, counting at most `MAX_PAGE`.

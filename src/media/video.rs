@@ -8,7 +8,6 @@
 
 use std::io::Cursor;
 
-use image::codecs::gif::{GifEncoder, Repeat};
 use image::{Delay, DynamicImage, Frame, RgbImage};
 use re_mp4::{Mp4, StsdBoxContent};
 
@@ -523,19 +522,8 @@ fn to_rgb(frame: &rust_h264::decoder::Frame) -> Result<RgbImage, String> {
     if y.len() < w * h || u.len() < cw * h.div_ceil(2) || v.len() < cw * h.div_ceil(2) {
         return Err("Only 4:2:0 videos can be made into pictures".into());
     }
-    let mut out = vec![0u8; w * h * 3];
-    for row in 0..h {
-        for col in 0..w {
-            let c = (i32::from(y[row * w + col]) - 16) * 298;
-            let d = i32::from(u[(row / 2) * cw + col / 2]) - 128;
-            let e = i32::from(v[(row / 2) * cw + col / 2]) - 128;
-            let o = (row * w + col) * 3;
-            out[o] = ((c + 409 * e + 128) >> 8).clamp(0, 255) as u8;
-            out[o + 1] = ((c - 100 * d - 208 * e + 128) >> 8).clamp(0, 255) as u8;
-            out[o + 2] = ((c + 516 * d + 128) >> 8).clamp(0, 255) as u8;
-        }
-    }
-    RgbImage::from_raw(w as u32, h as u32, out).ok_or_else(|| "Corrupt video frame".into())
+    // Tightly packed planes: each row's stride is its width.
+    yuv_to_rgb(w, h, (y, w), (u, cw), (v, cw))
 }
 
 /// The picture (or, for `gif`, the animation) a delivery URL of a video asks for.
@@ -650,17 +638,7 @@ fn render_inner(
             Delay::from_numer_denom_ms(delay, 1),
         ));
     }
-    let mut out = Vec::new();
-    {
-        let mut encoder = GifEncoder::new_with_speed(&mut out, 10);
-        encoder
-            .set_repeat(Repeat::Infinite)
-            .map_err(|e| format!("Cannot encode gif: {e}"))?;
-        encoder
-            .encode_frames(frames)
-            .map_err(|e| format!("Cannot encode gif: {e}"))?;
-    }
-    Ok(out)
+    transform::encode_animation(frames)
 }
 
 #[cfg(test)]
