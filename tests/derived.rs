@@ -436,6 +436,112 @@ async fn animated_gifs_stay_animated_through_transformations() {
     let (s, body, _) = get(&server.url("/demo/image/upload/c_scale,w_20/anim.png")).await;
     assert_eq!(s, 200);
     assert_eq!(image::load_from_memory(&body).unwrap().width(), 20);
+
+    // As WebP, an animated WebP; uploaded as such, it stays animated as WebP and as GIF.
+    let webp_frames = |bytes: &[u8]| {
+        image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(bytes.to_vec()))
+            .unwrap()
+            .into_frames()
+            .collect_frames()
+            .unwrap()
+    };
+    let (s, awebp, why) = get(&server.url("/demo/image/upload/c_scale,w_30/anim.webp")).await;
+    assert_eq!(s, 200, "{why:?}");
+    let frames = webp_frames(&awebp);
+    assert_eq!(frames.len(), source_frames.len());
+    assert!(frames.iter().all(|f| f.buffer().width() == 30));
+    assert_eq!(frames[1].delay(), source_frames[1].delay());
+    let (s, j) = upload(
+        &server,
+        "image",
+        &[("public_id", "awebp")],
+        &awebp,
+        "a.webp",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["pages"], json!(source_frames.len()));
+    let (s, body, why) = get(&server.url("/demo/image/upload/c_scale,w_10/awebp.webp")).await;
+    assert_eq!(s, 200, "{why:?}");
+    let frames = webp_frames(&body);
+    assert_eq!(frames.len(), source_frames.len());
+    assert!(frames.iter().all(|f| f.buffer().width() == 10));
+    let (s, body, why) = get(&server.url("/demo/image/upload/c_scale,w_10/awebp.gif")).await;
+    assert_eq!(s, 200, "{why:?}");
+    assert_eq!(frames_of(&body).len(), source_frames.len());
+    // pg_ takes one frame of an animated WebP: a red frame then a blue one.
+    let mut two = Vec::new();
+    {
+        let mut encoder = image::codecs::gif::GifEncoder::new(&mut two);
+        for c in [[250, 0, 0, 255], [0, 0, 250, 255]] {
+            let frame = image::Frame::from_parts(
+                RgbaImage::from_pixel(12, 12, Rgba(c)),
+                0,
+                0,
+                image::Delay::from_numer_denom_ms(100, 1),
+            );
+            encoder.encode_frame(frame).unwrap();
+        }
+    }
+    let (s, j) = upload(&server, "image", &[("public_id", "two")], &two, "two.gif").await;
+    assert_eq!(s, 200, "{j}");
+    let (s, two_webp, _) = get(&server.url("/demo/image/upload/two.webp")).await;
+    assert_eq!(s, 200);
+    let (s, j) = upload(
+        &server,
+        "image",
+        &[("public_id", "two_w")],
+        &two_webp,
+        "t.webp",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let (_, first, _) = get(&server.url("/demo/image/upload/pg_1/two_w.png")).await;
+    let (s, second, why) = get(&server.url("/demo/image/upload/pg_2/two_w.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    assert!(pixel(&first, 5, 5)[0] > 200);
+    assert!(pixel(&second, 5, 5)[2] > 200);
+    let (s, _, why) = get(&server.url("/demo/image/upload/pg_99/awebp.png")).await;
+    assert_eq!(s, 400);
+    assert!(why.unwrap_or_default().contains("no page 99"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tiff_pages_are_delivered_one_by_one() {
+    use tiff::encoder::{colortype, TiffEncoder};
+    let server = TestServer::start().await;
+    let mut tif = std::io::Cursor::new(Vec::new());
+    {
+        let mut encoder = TiffEncoder::new(&mut tif).unwrap();
+        encoder
+            .write_image::<colortype::RGB8>(40, 20, &[0u8; 40 * 20 * 3])
+            .unwrap();
+        let page2: Vec<u8> = [250u8, 10, 10].repeat(30 * 30);
+        encoder
+            .write_image::<colortype::RGB8>(30, 30, &page2)
+            .unwrap();
+    }
+    let (s, j) = upload(
+        &server,
+        "image",
+        &[("public_id", "scan")],
+        &tif.into_inner(),
+        "scan.tif",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["pages"], json!(2));
+    let (s, body, why) = get(&server.url("/demo/image/upload/pg_2,w_15/scan.png")).await;
+    assert_eq!(s, 200, "{why:?}");
+    let img = image::load_from_memory(&body).unwrap();
+    assert_eq!((img.width(), img.height()), (15, 15));
+    assert_eq!(pixel(&body, 7, 7)[0], 250);
+    let (s, body, _) = get(&server.url("/demo/image/upload/pg_1/scan.png")).await;
+    assert_eq!(s, 200);
+    assert_eq!(pixel(&body, 7, 7), [0, 0, 0, 255]);
+    let (s, _, why) = get(&server.url("/demo/image/upload/pg_3/scan.png")).await;
+    assert_eq!(s, 400, "{why:?}");
     server.stop().await;
 }
 

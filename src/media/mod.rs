@@ -6,6 +6,7 @@ pub mod breakpoints;
 pub mod compose;
 mod image;
 mod mp4;
+pub mod pages;
 pub mod text;
 pub mod transform;
 pub mod video;

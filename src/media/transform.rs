@@ -13,6 +13,8 @@ use std::io::Cursor;
 
 use image::{imageops, DynamicImage, ImageFormat, Rgba, RgbaImage};
 
+use super::pages;
+
 /// A parsed transformation.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
@@ -26,8 +28,10 @@ pub struct Plan {
     /// `w_auto[:breakpoints…][:json]`: the width is chosen by responsive breakpoints (capped at
     /// their largest); with `json`, the breakpoints themselves are the answer.
     pub auto_width: Option<(super::breakpoints::Settings, bool)>,
-    /// `pg_<n>`: the page (frame of an animated GIF) to start from, 1-based.
+    /// `pg_<n>`: the page (frame of an animated GIF or WebP, page of a TIFF), 1-based.
     pub page: Option<u32>,
+    /// `fl_animated`/`fl_awebp`: a video delivered as WebP is an animated preview, not a poster.
+    pub animated: bool,
     /// `so_`, `eo_`, `du_`, `vs_`, `dl_`: the part of a video a picture or preview is made of.
     pub video: Option<super::video::VideoOptions>,
 }
@@ -457,6 +461,7 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                 // Encoding hints with no effect on the pixels: JPEG is written baseline, and
                 // GIF and PNG stay lossless.
                 "fl" if value == "progressive" || value == "lossy" => {}
+                "fl" if value == "animated" || value == "awebp" => plan.animated = true,
                 "pg" => {
                     plan.page = Some(
                         value
@@ -862,9 +867,10 @@ pub fn apply_bounded(
             "The image is too large to transform ({w}x{h}; at most {max_pixels} pixels)"
         ));
     }
-    // An animated GIF delivered as GIF stays animated: every frame is transformed.
-    if format == "gif" && plan.page.is_none() && bytes.starts_with(b"GIF8") {
-        if let Some(out) = animated_gif(bytes, plan, max_pixels, (w, h), max_decode)? {
+    // An animated GIF or WebP delivered as GIF or WebP stays animated: every frame is
+    // transformed.
+    if matches!(format, "gif" | "webp") && plan.page.is_none() && pages::is_animated(bytes) {
+        if let Some(out) = animated(bytes, plan, format, max_pixels, (w, h), max_decode)? {
             return Ok(out);
         }
     }
@@ -875,15 +881,17 @@ pub fn apply_bounded(
     };
     let img = match plan.page {
         _ if reduced.is_some() => reduced.unwrap_or_default(),
-        Some(n) if n > 1 || bytes.starts_with(b"GIF8") => {
-            // Reaching frame n decodes the n frames before it.
-            if u64::from(n) * u64::from(w) * u64::from(h) > max_pixels.saturating_mul(4) {
+        Some(n) if n > 1 || pages::is_animated(bytes) => {
+            // Reaching frame n of an animation decodes the n frames before it.
+            if pages::is_animated(bytes)
+                && u64::from(n) * u64::from(w) * u64::from(h) > max_pixels.saturating_mul(4)
+            {
                 return Err(format!(
                     "Page {n} of a {w}x{h} animation is too much to decode (at most {} pixels)",
                     max_pixels.saturating_mul(4)
                 ));
             }
-            page_of(bytes, n)?
+            pages::page(bytes, n, max_pixels, max_decode)?
         }
         _ => {
             let mut reader = image::ImageReader::new(Cursor::new(bytes))
@@ -1097,24 +1105,6 @@ fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicIma
     Ok(out)
 }
 
-/// Page `n` (1-based) of an image: a frame of an animated GIF; other images have one page.
-fn page_of(bytes: &[u8], n: u32) -> Result<DynamicImage, String> {
-    use image::AnimationDecoder;
-    if !bytes.starts_with(b"GIF8") {
-        return Err(format!(
-            "The image has no page {n} (only animated GIFs have pages)"
-        ));
-    }
-    let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(bytes))
-        .map_err(|e| format!("Cannot decode the image: {e}"))?;
-    let frame = decoder
-        .into_frames()
-        .nth((n - 1) as usize)
-        .ok_or_else(|| format!("The image has no page {n}"))?
-        .map_err(|e| format!("Cannot decode the image: {e}"))?;
-    Ok(DynamicImage::ImageRgba8(frame.into_buffer()))
-}
-
 /// A resize with a Catmull-Rom filter, by SIMD code (`fast_image_resize`) for the pixel
 /// layouts it takes (alpha premultiplied on the way), else by the image crate's.
 fn fast_resize(img: &DynamicImage, nw: u32, nh: u32) -> DynamicImage {
@@ -1186,26 +1176,27 @@ fn shrink_on_load(bytes: &[u8], plan: &Plan) -> Option<DynamicImage> {
     }
 }
 
-/// Every frame of an animated GIF transformed and encoded as an animated GIF (delays kept,
-/// looping); `None` for a GIF of one frame. The frames decoded and made together are bounded
-/// by four times `max_pixels`.
-fn animated_gif(
+/// Every frame of an animated GIF or WebP transformed and encoded as an animation in `format`
+/// (GIF or WebP; delays kept, looping); `None` for an animation of one frame. The frames
+/// decoded and made together are bounded by four times `max_pixels`.
+fn animated(
     bytes: &[u8],
     plan: &Plan,
+    format: &str,
     max_pixels: u64,
     (w, h): (u32, u32),
     max_decode: u64,
 ) -> Result<Option<Vec<u8>>, String> {
-    use image::codecs::gif::GifDecoder;
-    use image::{AnimationDecoder, Frame};
+    use image::Frame;
     // Frames decoded and made are held together (RGBA, in and out): within the decode memory.
     let budget = max_pixels.saturating_mul(4).min(max_decode / 8);
     let per_frame = (u64::from(w) * u64::from(h)).max(1);
     let most = (budget / per_frame).clamp(1, u64::from(MAX_PAGE)) as usize;
-    let decoder =
-        GifDecoder::new(Cursor::new(bytes)).map_err(|e| format!("Cannot decode the image: {e}"))?;
+    let Some(decoded) = pages::frames(bytes)? else {
+        return Ok(None);
+    };
     let mut frames = Vec::new();
-    for frame in decoder.into_frames() {
+    for frame in decoded {
         if frames.len() == most {
             return Err(format!(
                 "The animation has too many frames to transform (at most {most} of {w}x{h})"
@@ -1233,34 +1224,13 @@ fn animated_gif(
         }
         made.push(Frame::from_parts(img.to_rgba8(), 0, 0, delay));
     }
-    encode_animation(made).map(Some)
+    pages::encode_animation(made, format).map(Some)
 }
 
-/// Frames encoded as a looping animated GIF.
-pub fn encode_animation(frames: Vec<image::Frame>) -> Result<Vec<u8>, String> {
-    use image::codecs::gif::{GifEncoder, Repeat};
-    let mut out = Vec::new();
-    {
-        let mut encoder = GifEncoder::new_with_speed(&mut out, 10);
-        encoder
-            .set_repeat(Repeat::Infinite)
-            .map_err(|e| format!("Cannot encode gif: {e}"))?;
-        encoder
-            .encode_frames(frames)
-            .map_err(|e| format!("Cannot encode gif: {e}"))?;
-    }
-    Ok(out)
-}
-
-/// How many pages (GIF frames) an image has, counting at most `MAX_PAGE`.
+/// How many pages an image has (frames of an animated GIF or WebP, pages of a TIFF),
+/// counting at most `MAX_PAGE`.
 pub fn page_count(bytes: &[u8]) -> Result<u32, String> {
-    use image::AnimationDecoder;
-    if !bytes.starts_with(b"GIF8") {
-        return Ok(1);
-    }
-    let decoder = image::codecs::gif::GifDecoder::new(Cursor::new(bytes))
-        .map_err(|e| format!("Cannot decode the image: {e}"))?;
-    Ok(decoder.into_frames().take(MAX_PAGE as usize).count() as u32)
+    pages::count(bytes, MAX_PAGE)
 }
 
 /// The size of a `w`×`h` image turned by `degrees` (its bounding box).

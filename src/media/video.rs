@@ -593,7 +593,7 @@ fn render_inner(
             .filter(|c| *c <= t + 1e-9)
             .fold(shown[0], f64::max)
     };
-    if format != "gif" {
+    if format != "gif" && !(format == "webp" && plan.animated) {
         // The poster: `so_` when given, else the middle.
         let t = match options.start {
             Some(_) => start,
@@ -638,7 +638,7 @@ fn render_inner(
             Delay::from_numer_denom_ms(delay, 1),
         ));
     }
-    transform::encode_animation(frames)
+    super::pages::encode_animation(frames, format)
 }
 
 #[cfg(test)]

@@ -281,3 +281,43 @@ def test_video_posters_and_previews_the_sdk_builds(nephos_urls, asset):
     status, ctype, body = fetch(gif)
     assert (status, ctype) == (200, "image/gif"), gif
     assert body.count(b"\x21\xf9\x04") == 4
+
+
+def webp_frames(body):
+    """The number of ANMF chunks of an animated WebP (0 for a still one)."""
+    assert body[:4] == b"RIFF" and body[8:12] == b"WEBP"
+    count, at = 0, 12
+    while at + 8 <= len(body):
+        name, size = body[at:at + 4], struct.unpack("<I", body[at + 4:at + 8])[0]
+        count += name == b"ANMF"
+        at += 8 + size + (size & 1)
+    return count
+
+
+def test_animations_and_pages_the_sdk_builds(nephos_urls, asset):
+    """An animated GIF as animated WebP (`fetch_format`, `flags="awebp"`), its frames by `page`,
+    and a video's animated WebP preview."""
+    pid = cloudinary.uploader.upload(asset("anim.gif"), public_id=unique("urls/anim"))["public_id"]
+    gif_frames = fetch(cloudinary.utils.cloudinary_url(pid, format="gif")[0])[2].count(b"\x21\xf9\x04")
+    assert gif_frames > 1
+    url = cloudinary.utils.cloudinary_url(pid, width=6, crop="scale", fetch_format="webp",
+                                          flags="awebp", sign_url=True)[0]
+    assert "f_webp" in url and "fl_awebp" in url
+    status, ctype, body = fetch(url)
+    assert (status, ctype) == (200, "image/webp"), url
+    assert webp_frames(body) == gif_frames
+    page = cloudinary.utils.cloudinary_url(pid, page=2, format="png")[0]
+    assert "pg_2" in page
+    status, ctype, body = fetch(page)
+    assert (status, ctype, png_size(body)) == (200, "image/png", (8, 8)), page
+    clip = cloudinary.uploader.upload(asset("tiny_h264.mp4"), resource_type="video",
+                                      public_id=unique("urls/clip"))["public_id"]
+    preview = cloudinary.utils.cloudinary_url(clip, resource_type="video", format="webp",
+                                              flags="animated", video_sampling=3, width=40,
+                                              crop="scale")[0]
+    status, ctype, body = fetch(preview)
+    assert (status, ctype, webp_frames(body)) == (200, "image/webp", 3), preview
+    poster = cloudinary.utils.cloudinary_url(clip, resource_type="video", format="webp", width=40,
+                                             crop="scale")[0]
+    status, ctype, body = fetch(poster)
+    assert (status, ctype, webp_frames(body)) == (200, "image/webp", 0), poster
