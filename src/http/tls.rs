@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, KeyPair, KeyUsagePurpose, NameConstraints,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,15 +25,67 @@ pub struct TlsSetup {
 
 const CA_NAME: &str = "nephos local development CA";
 
-/// The CA's parameters: the same each time, so that a CA key read back signs certificates
-/// that chain to the CA certificate written the first time.
-fn ca_params() -> anyhow::Result<CertificateParams> {
+/// The DNS names a local CA may vouch for besides the public URL's host: loopback and the
+/// names reserved for local networks (each covers its subdomains).
+const LOCAL_DNS: &[&str] = &["localhost", "local", "test", "internal", "home.arpa"];
+
+/// The address blocks a local CA may vouch for: loopback and the private ranges.
+fn local_ip_blocks() -> Vec<CidrSubnet> {
+    vec![
+        CidrSubnet::V4([127, 0, 0, 0], [255, 0, 0, 0]),
+        CidrSubnet::V4([10, 0, 0, 0], [255, 0, 0, 0]),
+        CidrSubnet::V4([172, 16, 0, 0], [255, 240, 0, 0]),
+        CidrSubnet::V4([192, 168, 0, 0], [255, 255, 0, 0]),
+        CidrSubnet::from_v6_prefix(std::net::Ipv6Addr::LOCALHOST.octets(), 128),
+        CidrSubnet::from_v6_prefix([0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 7),
+    ]
+}
+
+/// Whether a host is one of the names or addresses every local CA covers.
+fn covered_locally(host: &str) -> bool {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return match ip {
+            std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+            std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        };
+    }
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    LOCAL_DNS
+        .iter()
+        .any(|d| host == *d || host.ends_with(&format!(".{d}")))
+}
+
+/// The CA's parameters. A CA made here is name-constrained to local names and `extra_host`, so
+/// that trusting it cannot vouch for anyone else's site. The issuer rebuilt at each start only
+/// needs the same name and key.
+fn ca_params(extra_host: Option<&str>) -> anyhow::Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_NAME);
     dn.push(DnType::OrganizationName, "nephos");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let mut permitted: Vec<GeneralSubtree> = LOCAL_DNS
+        .iter()
+        .map(|d| GeneralSubtree::DnsName(d.to_string()))
+        .collect();
+    permitted.extend(local_ip_blocks().into_iter().map(GeneralSubtree::IpAddress));
+    match extra_host.map(|h| (h, h.parse::<std::net::IpAddr>())) {
+        Some((_, Ok(ip))) if !covered_locally(&ip.to_string()) => {
+            let whole = if ip.is_ipv4() { 32 } else { 128 };
+            permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
+                ip, whole,
+            )));
+        }
+        Some((h, Err(_))) if !covered_locally(h) => {
+            permitted.push(GeneralSubtree::DnsName(h.to_string()));
+        }
+        _ => {}
+    }
+    params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: permitted,
+        excluded_subtrees: Vec::new(),
+    });
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
@@ -62,6 +114,22 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     f.write_all(text.as_bytes())
 }
 
+/// A key file readable by others (left so by an older version or a copy) is made private.
+#[cfg(unix)]
+fn keep_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+                tracing::warn!("cannot make {} private: {e}", path.display());
+            }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn keep_private(_path: &Path) {}
+
 #[cfg(not(unix))]
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::write(path, text)
@@ -73,7 +141,20 @@ fn generate(dir: &Path, extra_host: Option<&str>) -> anyhow::Result<(String, Str
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let ca_cert_path = dir.join("ca.pem");
     let ca_key_path = dir.join("ca-key.pem");
+    // The host a CA made here was also constrained to (empty: local names only); a CA made
+    // before constraints has no such file and vouches for any name.
+    let ca_host_path = dir.join("ca-host");
     let (ca_key, ca_pem) = if ca_cert_path.exists() && ca_key_path.exists() {
+        keep_private(&ca_key_path);
+        if let (Some(h), Ok(made_for)) = (extra_host, std::fs::read_to_string(&ca_host_path)) {
+            if !covered_locally(h) && made_for.trim() != h {
+                tracing::warn!(
+                    "the local CA in {} was made for {:?} and local names: certificates for {h} will not be trusted; remove that folder to make a new CA, or pass --tls-cert/--tls-key",
+                    dir.display(),
+                    made_for.trim()
+                );
+            }
+        }
         let key_pem = std::fs::read_to_string(&ca_key_path)
             .with_context(|| format!("cannot read {}", ca_key_path.display()))?;
         let key = KeyPair::from_pem(&key_pem)
@@ -83,7 +164,9 @@ fn generate(dir: &Path, extra_host: Option<&str>) -> anyhow::Result<(String, Str
         (key, pem)
     } else {
         let key = KeyPair::generate()?;
-        let cert = ca_params()?.self_signed(&key)?;
+        let cert = ca_params(extra_host)?.self_signed(&key)?;
+        std::fs::write(&ca_host_path, extra_host.unwrap_or_default())
+            .with_context(|| format!("cannot write {}", ca_host_path.display()))?;
         write_private(&ca_key_path, &key.serialize_pem())
             .with_context(|| format!("cannot write {}", ca_key_path.display()))?;
         std::fs::write(&ca_cert_path, cert.pem())
@@ -91,7 +174,7 @@ fn generate(dir: &Path, extra_host: Option<&str>) -> anyhow::Result<(String, Str
         (key, cert.pem())
     };
     // The issuer as rcgen needs it: same name and key as the CA written the first time.
-    let issuer = ca_params()?.self_signed(&ca_key)?;
+    let issuer = ca_params(extra_host)?.self_signed(&ca_key)?;
     let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -162,4 +245,40 @@ pub fn setup(tls: &Tls, data_dir: &Path, public_url: Option<&str>) -> anyhow::Re
         acceptor: TlsAcceptor::from(Arc::new(config)),
         ca_path,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_names_are_covered_and_others_are_not() {
+        for h in ["localhost", "app.localhost", "nas.local", "x.test", "127.0.0.1", "10.1.2.3"] {
+            assert!(covered_locally(h), "{h}");
+        }
+        for h in ["example.com", "8.8.8.8", "localhost.example.com", "2001:db8::1"] {
+            assert!(!covered_locally(h), "{h}");
+        }
+        assert!(covered_locally("::1"));
+    }
+
+    #[test]
+    fn the_ca_is_name_constrained_and_its_key_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, ca) = generate(dir.path(), Some("nephos")).unwrap();
+        let pem = std::fs::read_to_string(&ca).unwrap();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        // id-ce-nameConstraints (2.5.29.30) and the extra host among the permitted names.
+        assert!(der.windows(3).any(|w| w == [0x55, 0x1d, 0x1e]));
+        assert!(der.windows(6).any(|w| w == b"nephos"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = dir.path().join("ca-key.pem");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            generate(dir.path(), Some("nephos")).unwrap();
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }
