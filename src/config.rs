@@ -42,9 +42,13 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct HealthcheckArgs {
-    /// The address nephos listens on (0.0.0.0 and :: are checked on loopback).
-    #[arg(long, env = "NEPHOS_LISTEN", default_value = "127.0.0.1:8777")]
-    pub listen: String,
+    /// The address nephos listens on (0.0.0.0 and :: are checked on loopback); default the
+    /// configuration file's `listen`, else 127.0.0.1:8777.
+    #[arg(long, env = "NEPHOS_LISTEN")]
+    pub listen: Option<String>,
+    /// Configuration file; default `config/nephos.toml` when present.
+    #[arg(long, env = "NEPHOS_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 5)]
     pub timeout_secs: u64,
@@ -404,21 +408,37 @@ impl Default for Config {
     }
 }
 
+/// The configuration file: the one given, else `config/nephos.toml` when present.
+fn config_file(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+    match path {
+        Some(path) => read_file(path),
+        None => {
+            let default = Path::new("config/nephos.toml");
+            if default.exists() {
+                read_file(default)
+            } else {
+                Ok(FileConfig::default())
+            }
+        }
+    }
+}
+
+impl HealthcheckArgs {
+    /// The address the server listens on, resolved as `serve` resolves it.
+    pub fn listen_addr(&self) -> anyhow::Result<String> {
+        if let Some(l) = &self.listen {
+            return Ok(l.clone());
+        }
+        Ok(config_file(self.config.as_deref())?
+            .listen
+            .unwrap_or_else(|| Config::default().listen))
+    }
+}
+
 impl Config {
     /// Builds the configuration from the parsed flags/environment and the configuration file.
     pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
-        let file = match &args.config {
-            Some(path) => read_file(path)?,
-            None => {
-                let default = Path::new("config/nephos.toml");
-                if default.exists() {
-                    read_file(default)?
-                } else {
-                    FileConfig::default()
-                }
-            }
-        };
-        Config::from_parts(file, args)
+        Config::from_parts(config_file(args.config.as_deref())?, args)
     }
 
     pub fn from_parts(file: FileConfig, args: &ServeArgs) -> anyhow::Result<Config> {
@@ -702,6 +722,24 @@ mod tests {
         assert!(parse_account_url("https://1234:abcd@demo").is_err());
         assert!(parse_account_url("cloudinary://1234@demo").is_err());
         assert!(parse_account_url("cloudinary://1:2@../x").is_err());
+    }
+
+    #[test]
+    fn healthcheck_finds_the_listen_address_as_serve_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9123\"\n").unwrap();
+        let mut args = HealthcheckArgs {
+            listen: None,
+            config: Some(path),
+            timeout_secs: 1,
+        };
+        assert_eq!(args.listen_addr().unwrap(), "0.0.0.0:9123");
+        args.listen = Some("127.0.0.1:5".into());
+        assert_eq!(args.listen_addr().unwrap(), "127.0.0.1:5");
+        args.listen = None;
+        args.config = Some(dir.path().join("missing.toml"));
+        assert!(args.listen_addr().is_err());
     }
 
     #[test]

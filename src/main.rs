@@ -49,10 +49,10 @@ async fn run(args: nephos::config::ServeArgs) -> anyhow::Result<()> {
 
 /// `nephos healthcheck`: GET /health over plain HTTP on loopback; 0 when it answers 200.
 fn healthcheck(args: &HealthcheckArgs) -> std::process::ExitCode {
-    match nephos::healthcheck(
-        &args.listen,
-        std::time::Duration::from_secs(args.timeout_secs),
-    ) {
+    let checked = args.listen_addr().and_then(|listen| {
+        nephos::healthcheck(&listen, std::time::Duration::from_secs(args.timeout_secs))
+    });
+    match checked {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nephos healthcheck: {e}");

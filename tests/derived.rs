@@ -238,6 +238,42 @@ async fn strict_transformations_render_only_what_is_allowed() {
     assert_eq!(s, 200, "{j}");
     let (s, _, why) = get(&server.url("/demo/image/upload/t_ok_strict/strict/src.png")).await;
     assert_eq!(s, 200, "{why:?}");
+    // Breakpoints as JSON are a transformation like any other.
+    let (s, _, why) =
+        get(&server.url("/demo/image/upload/w_auto:breakpoints:json/strict/src.png")).await;
+    assert_eq!(s, 401, "{why:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn breakpoints_json_is_a_derivative_rendered_once() {
+    let server = TestServer::start().await;
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "bp")],
+        &solid(900, 300, [9, 80, 200, 255]),
+        "bp.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let url = server.url("/demo/image/upload/w_auto:breakpoints_100_800_5_2:json/bp.png");
+    let before = stats(&server).await["renders_started"].as_u64().unwrap();
+    for _ in 0..3 {
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let body: Value = r.json().await.unwrap();
+        let widths = body["breakpoints"].as_array().unwrap();
+        assert!(!widths.is_empty());
+        assert!(widths
+            .iter()
+            .all(|w| (100..=800).contains(&w.as_u64().unwrap())));
+    }
+    let after = stats(&server).await["renders_started"].as_u64().unwrap();
+    assert_eq!(after - before, 1);
+    let (_, detail) = admin(&server, "GET", "resources/image/upload/bp", None).await;
+    assert_eq!(detail["derived"][0]["format"], "json");
     server.stop().await;
 }
 

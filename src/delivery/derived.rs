@@ -9,35 +9,8 @@ use super::{delivery_error, etag_matches, mime_for, render};
 use crate::db::AssetRecord;
 use crate::error::{ApiError, ApiResult};
 use crate::media::transform::{self, Plan};
-use crate::state::AppState;
 
-/// `w_auto:breakpoints…:json`: the breakpoints of the image the rest of the transformation
-/// makes, smallest first.
-async fn breakpoints_json(
-    original: Vec<u8>,
-    plan: Plan,
-    format: String,
-    settings: crate::media::breakpoints::Settings,
-    max_pixels: u64,
-) -> ApiResult<Response> {
-    let (width, size) = tokio::task::spawn_blocking(move || {
-        let out = transform::apply(&original, &plan, &format, max_pixels)?;
-        let (w, _) = imagesize::blob_size(&out)
-            .map(|s| (s.width as u32, s.height as u32))
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>((w, out.len() as u64))
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(|m| delivery_error(StatusCode::BAD_REQUEST, m))?;
-    let mut widths = crate::media::breakpoints::widths(width, size, &settings);
-    widths.reverse();
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::json!({ "breakpoints": widths }).to_string(),
-    )
-        .into_response())
-}
+use crate::state::AppState;
 
 /// A derivative a request asks for.
 pub(super) struct Wanted<'a> {
@@ -69,6 +42,21 @@ pub(super) async fn serve(
     } = wanted;
     let source_format = rec.format.clone().unwrap_or_default();
     let video = rec.key.resource_type == "video";
+    // `w_auto:breakpoints…:json`: the answer is the breakpoints of the image the rest makes
+    // (in `format`), a derivative of its own.
+    let mut plan = plan.clone();
+    let format = if matches!(plan.auto_width, Some((_, true))) {
+        if video {
+            return Err(delivery_error(
+                StatusCode::BAD_REQUEST,
+                "w_auto with json applies to images",
+            ));
+        }
+        plan.format = Some(format.to_string());
+        "json"
+    } else {
+        format
+    };
     if !video && !transform::can_decode(&source_format) {
         return Err(delivery_error(
             StatusCode::BAD_REQUEST,
@@ -132,18 +120,6 @@ pub(super) async fn serve(
                 rec.bytes, state.limits.max_decode_bytes
             ),
         ));
-    }
-    let mut plan = plan.clone();
-    if let Some((settings, true)) = plan.auto_width.take() {
-        let original = crate::storage::read_all(state.blobs.as_ref(), &rec.blob_key)
-            .await?
-            .ok_or_else(|| {
-                delivery_error(
-                    StatusCode::NOT_FOUND,
-                    format!("Resource not found - {}", rec.key.public_id),
-                )
-            })?;
-        return breakpoints_json(original, plan, format.to_string(), settings, max_pixels).await;
     }
     // Rendered before: served as stored.
     let t = transformation.unwrap_or("");

@@ -317,6 +317,27 @@ async fn fetch_layer(state: &AppState, url: &str) -> Result<Vec<u8>, RenderError
     .map_err(|e| failed(e.to_string()))
 }
 
+/// `w_auto:breakpoints…:json`: the breakpoints of the image the rest of the plan makes (in
+/// the plan's format), smallest first, as JSON.
+fn breakpoints_json(
+    original: &[u8],
+    plan: &Plan,
+    settings: &crate::media::breakpoints::Settings,
+    max_pixels: u64,
+    max_decode: u64,
+) -> Result<Vec<u8>, String> {
+    let format = plan.format.clone().unwrap_or_else(|| "png".into());
+    let out = transform::apply_bounded(original, plan, &format, max_pixels, max_decode)?;
+    let width = imagesize::blob_size(&out)
+        .map(|s| s.width as u32)
+        .map_err(|e| e.to_string())?;
+    let mut widths = crate::media::breakpoints::widths(width, out.len() as u64, settings);
+    widths.reverse();
+    Ok(serde_json::json!({ "breakpoints": widths })
+        .to_string()
+        .into_bytes())
+}
+
 async fn run(
     state: AppState,
     rec: AssetRecord,
@@ -407,7 +428,9 @@ async fn run(
         // The turn and the room are held until the work ends, even when the answer has gone.
         let _turn = turn;
         let _room = room;
-        let out = if video {
+        let out = if let Some((settings, true)) = plan.auto_width.take() {
+            breakpoints_json(&original, &plan, &settings, max_pixels, max_decode)?
+        } else if video {
             crate::media::video::render(&original, &plan, &fmt, max_pixels, dims, max_decode)?
         } else {
             transform::apply_bounded(&original, &plan, &fmt, max_pixels, max_decode)?

@@ -253,10 +253,22 @@ mod tests {
 
     #[test]
     fn local_names_are_covered_and_others_are_not() {
-        for h in ["localhost", "app.localhost", "nas.local", "x.test", "127.0.0.1", "10.1.2.3"] {
+        for h in [
+            "localhost",
+            "app.localhost",
+            "nas.local",
+            "x.test",
+            "127.0.0.1",
+            "10.1.2.3",
+        ] {
             assert!(covered_locally(h), "{h}");
         }
-        for h in ["example.com", "8.8.8.8", "localhost.example.com", "2001:db8::1"] {
+        for h in [
+            "example.com",
+            "8.8.8.8",
+            "localhost.example.com",
+            "2001:db8::1",
+        ] {
             assert!(!covered_locally(h), "{h}");
         }
         assert!(covered_locally("::1"));

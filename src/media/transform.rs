@@ -875,7 +875,7 @@ pub fn apply_bounded(
         }
     }
     let reduced = if plan.page.is_none() && bytes.starts_with(&[0xFF, 0xD8]) {
-        shrink_on_load(bytes, plan)
+        shrink_on_load(bytes, plan, max_decode)
     } else {
         None
     };
@@ -1120,7 +1120,7 @@ fn fast_resize(img: &DynamicImage, nw: u32, nh: u32) -> DynamicImage {
 /// A JPEG decoded already reduced (by 2, 4 or 8, in its DCT) when the plan's first step
 /// shrinks it at least that much, as libvips does: the rest of the work is on few pixels.
 /// `None` when that does not apply (or the JPEG is not RGB or grey), to decode in full.
-fn shrink_on_load(bytes: &[u8], plan: &Plan) -> Option<DynamicImage> {
+fn shrink_on_load(bytes: &[u8], plan: &Plan, max_decode: u64) -> Option<DynamicImage> {
     let first = plan.steps.first()?;
     if first.overlay.is_some()
         || first.x.is_some()
@@ -1139,6 +1139,8 @@ fn shrink_on_load(bytes: &[u8], plan: &Plan) -> Option<DynamicImage> {
         return None;
     }
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    // Beyond the decode memory, `None`: the full decode then refuses it with its reason.
+    decoder.set_max_decoding_buffer_size(usize::try_from(max_decode).unwrap_or(usize::MAX));
     decoder.read_info().ok()?;
     let info = decoder.info()?;
     let (sw, sh) = (f64::from(info.width), f64::from(info.height));
@@ -2069,15 +2071,22 @@ mod tests {
         ] {
             let plan = parse(t).unwrap();
             if !t.contains("0.1") {
-                assert!(shrink_on_load(&jpeg, &plan).is_some(), "{t}");
+                assert!(shrink_on_load(&jpeg, &plan, u64::MAX).is_some(), "{t}");
             } else {
-                assert!(shrink_on_load(&jpeg, &plan).is_none(), "{t}");
+                assert!(shrink_on_load(&jpeg, &plan, u64::MAX).is_none(), "{t}");
             }
             assert_eq!(size_of(&jpeg, t), size, "{t}");
         }
         // Not for crops at coordinates or small reductions.
-        assert!(shrink_on_load(&jpeg, &parse("c_crop,w_100,h_100,x_10,y_10").unwrap()).is_none());
-        assert!(shrink_on_load(&jpeg, &parse("c_scale,w_500").unwrap()).is_none());
+        assert!(shrink_on_load(
+            &jpeg,
+            &parse("c_crop,w_100,h_100,x_10,y_10").unwrap(),
+            u64::MAX
+        )
+        .is_none());
+        assert!(shrink_on_load(&jpeg, &parse("c_scale,w_500").unwrap(), u64::MAX).is_none());
+        // Nor beyond the decode memory.
+        assert!(shrink_on_load(&jpeg, &parse("c_scale,w_100").unwrap(), 1000).is_none());
     }
 
     #[test]
