@@ -239,7 +239,7 @@ impl Server {
             None => None,
         };
         let base = public_base(&config, addr);
-        let mut state = AppState::new(
+        let mut state = state::Shared::new(
             accounts.with_tokens(config.oauth_tokens.clone()),
             meta,
             blobs,
@@ -267,6 +267,7 @@ impl Server {
             seed_dir: config.seed.clone(),
             ..Default::default()
         });
+        let state = AppState::from(state);
         if let Some(dir) = &config.seed {
             for cloud in &clouds {
                 let out = control::clouds::seed(&state, cloud, dir)

@@ -9,8 +9,25 @@ use crate::db::MetaStore;
 use crate::storage::chunks::ChunkRuntime;
 use crate::storage::BlobStore;
 
+/// The server's state, shared by every request: cloning it is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<Shared> for AppState {
+    fn from(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+/// What [`AppState`] shares.
+pub struct Shared {
     /// The accounts: those configured, and the clouds the control API adds at run time.
     accounts: Arc<std::sync::RwLock<Arc<Accounts>>>,
     pub meta: Arc<dyn MetaStore>,
@@ -49,7 +66,7 @@ pub struct AppState {
     fixed_time: Option<i64>,
 }
 
-impl AppState {
+impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         accounts: Accounts,
@@ -61,11 +78,11 @@ impl AppState {
         http: reqwest::Client,
         chunk_dir: PathBuf,
         fixed_time: Option<i64>,
-    ) -> AppState {
+    ) -> Shared {
         let buffered = limits.max_buffered_bytes;
         let render_concurrency = limits.render_concurrency;
         let render_memory = limits.max_decode_bytes;
-        AppState {
+        Shared {
             accounts: Arc::new(std::sync::RwLock::new(Arc::new(accounts))),
             meta,
             blobs,

@@ -61,14 +61,18 @@ fn collect_keys(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Resu
 impl BlobStore for FsBlobStore {
     async fn put(&self, key: &str, blob: TempBlob) -> std::io::Result<()> {
         let dest = self.path(key)?;
-        if blob.bytes().is_some() {
-            // Small in-memory content: two short syscalls, not worth a thread hop.
-            if let Some(parent) = dest.parent() {
-                if !parent.is_dir() {
-                    std::fs::create_dir_all(parent)?;
+        if let Some(bytes) = blob.bytes() {
+            // Small in-memory content: a few short syscalls, not worth a thread hop. The
+            // folder usually exists: it is made only when the write finds it missing.
+            return match super::temp::write_atomically(bytes, &dest) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    super::temp::write_atomically(bytes, &dest)
                 }
-            }
-            return blob.persist(&dest);
+                done => done,
+            };
         }
         tokio::task::spawn_blocking(move || {
             if let Some(parent) = dest.parent() {

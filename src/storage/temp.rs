@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Chunks in flight between the request and the writer thread.
-const QUEUE: usize = 32;
+const QUEUE: usize = 16;
 /// Bodies up to this size are kept in memory.
 pub const SPILL_BYTES: usize = 256 * 1024;
 
@@ -136,16 +136,9 @@ impl TempBlob {
                 Ok(())
             }
             Content::Memory(b) => {
-                let tmp = dest.with_file_name(format!(
-                    ".{}.{}",
-                    dest.file_name().and_then(|n| n.to_str()).unwrap_or("blob"),
-                    crate::util::random_hex(6)
-                ));
-                let written = std::fs::File::create(&tmp)
-                    .and_then(|mut f| f.write_all(&b))
-                    .and_then(|_| std::fs::rename(&tmp, dest));
+                let written = write_atomically(&b, dest);
                 if written.is_err() {
-                    let _ = std::fs::remove_file(&tmp);
+                    self.content = Content::Memory(b);
                 }
                 written
             }
@@ -154,6 +147,23 @@ impl TempBlob {
             }
         }
     }
+}
+
+/// Writes `bytes` next to `dest` and renames the file over it (blocking): readers see the
+/// old file or the whole new one.
+pub fn write_atomically(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
+    let tmp = dest.with_file_name(format!(
+        ".{}.{}",
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("blob"),
+        crate::util::random_hex(6)
+    ));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|_| std::fs::rename(&tmp, dest));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 impl Drop for TempBlob {
