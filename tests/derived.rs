@@ -776,3 +776,64 @@ async fn growing_effects_and_restricted_layers_are_refused() {
     assert!(why.unwrap().contains("restricted"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn replaced_assets_take_their_derived_versions_along() {
+    let server = TestServer::start().await;
+    let mut blobs_of_one_upload = 0;
+    for (id, colour) in [("keep/a", [200, 0, 0, 255]), ("keep/b", [0, 200, 0, 255])] {
+        let before = server.blob_files().len();
+        let (s, _) = upload(
+            &server,
+            "image",
+            &[("public_id", id)],
+            &solid(30, 30, colour),
+            "x.png",
+        )
+        .await;
+        assert_eq!(s, 200);
+        blobs_of_one_upload = server.blob_files().len() - before;
+        let (s, _, why) = get(&server.url(&format!("/demo/image/upload/w_10/{id}.png"))).await;
+        assert_eq!(s, 200, "{why:?}");
+    }
+    let with_derived = server.blob_files().len();
+    // Renaming a over b replaces b: b's original and its derived image go.
+    let (s, j) = signed_call(
+        &server,
+        "image",
+        "rename",
+        &[
+            ("from_public_id", "keep/a"),
+            ("to_public_id", "keep/b"),
+            ("overwrite", "true"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(
+        server.blob_files().len(),
+        with_derived - blobs_of_one_upload - 1
+    );
+    // The renamed asset keeps its own derived image, and b's URL shows a's pixels.
+    let (_, detail) = admin(&server, "GET", "resources/image/upload/keep/b", None).await;
+    assert_eq!(detail["derived"].as_array().unwrap().len(), 1, "{detail}");
+    let (s, body, _) = get(&server.url("/demo/image/upload/w_10/keep/b.png")).await;
+    assert_eq!(s, 200);
+    assert_eq!(pixel(&body, 5, 5), [200, 0, 0, 255]);
+    // Overwriting by upload removes the derived files of the previous original.
+    let before = server.blob_files().len();
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "keep/b"), ("overwrite", "true")],
+        &solid(30, 30, [0, 0, 200, 255]),
+        "x.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(server.blob_files().len(), before - 1);
+    let (s, body, _) = get(&server.url("/demo/image/upload/w_10/keep/b.png")).await;
+    assert_eq!(s, 200);
+    assert_eq!(pixel(&body, 5, 5), [0, 0, 200, 255]);
+    server.stop().await;
+}

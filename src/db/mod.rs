@@ -184,6 +184,8 @@ pub enum RenameOutcome {
         record: Box<AssetRecord>,
         /// The blob of an asset that was replaced at the target key (to remove).
         replaced_blob: Option<String>,
+        /// The ID of that replaced asset (its derived versions are to remove).
+        replaced_asset: Option<String>,
     },
     NotFound,
     /// The target exists and `overwrite` was false.

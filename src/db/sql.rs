@@ -1571,7 +1571,7 @@ impl SqlStore {
             return Ok(RenameOutcome::NotFound);
         };
         let asset_id = record.asset_id.clone();
-        let mut replaced_blob = None;
+        let (mut replaced_blob, mut replaced_asset) = (None, None);
         if from != to {
             if let Some(target) = self.fetch_asset(&mut tx, to, true).await? {
                 if !overwrite {
@@ -1580,6 +1580,7 @@ impl SqlStore {
                 }
                 let target_id = target.asset_id;
                 replaced_blob = Some(target.blob_key);
+                replaced_asset = Some(target_id.clone());
                 for sql in [
                     "DELETE FROM asset_tags WHERE asset_id = $1",
                     "DELETE FROM assets WHERE asset_id = $1",
@@ -1609,6 +1610,7 @@ impl SqlStore {
         Ok(RenameOutcome::Renamed {
             record: Box::new(record),
             replaced_blob,
+            replaced_asset,
         })
     }
 }

@@ -211,9 +211,18 @@ pub async fn rename(state: &AppState, call: Call) -> ApiResult<Json> {
         RenameOutcome::Renamed {
             record,
             replaced_blob,
+            replaced_asset,
         } => {
             if let Some(blob) = replaced_blob {
                 let _ = state.blobs.delete(&blob).await;
+            }
+            // The replaced asset's derived versions go with it (records and files).
+            if let Some(id) = replaced_asset {
+                let gone = state
+                    .meta
+                    .delete_derived(&record.key.cloud, Some(&id), &[])
+                    .await?;
+                crate::admin::forget_derived_blobs(state, &record.key.cloud, &gone).await;
             }
             let payload = json!({
                 "notification_type": "rename",

@@ -945,10 +945,11 @@ pub async fn store_upload(
     remember_folders(state, &record.0.key.cloud, &record.0.asset_folder).await?;
     if record.1 == Outcome::Overwritten {
         // The derived versions of the previous original no longer apply.
-        state
+        let gone = state
             .meta
             .delete_derived(&record.0.key.cloud, Some(&record.0.asset_id), &[])
             .await?;
+        crate::admin::forget_derived_blobs(state, &record.0.key.cloud, &gone).await;
     }
     let signer = ResponseSigner::for_caller(state, req.cloud, caller)?;
     let mut answer = upload_response(state, &record.0, &signer, record.1);
