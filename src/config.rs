@@ -187,6 +187,12 @@ pub struct ServeArgs {
     /// Turn the control API off.
     #[arg(long, env = "NEPHOS_NO_CONTROL", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_control: bool,
+    /// Bearer token `/metrics` asks for; without it, `/metrics` is open.
+    #[arg(long, env = "NEPHOS_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+    /// Turn `/metrics` off.
+    #[arg(long, env = "NEPHOS_NO_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_metrics: bool,
     /// Serve TLS and plain HTTP on the same port; without --tls-cert/--tls-key, a local CA and
     /// a server certificate are made in `<data dir>/tls` on first start.
     #[arg(long, env = "NEPHOS_TLS", value_parser = clap::builder::BoolishValueParser::new())]
@@ -229,6 +235,7 @@ pub struct FileConfig {
     pub fixed_time: Option<i64>,
     pub seed: Option<PathBuf>,
     pub control_token: Option<String>,
+    pub metrics_token: Option<String>,
     #[serde(default)]
     pub cors_origins: Vec<String>,
     pub tls: Option<bool>,
@@ -370,6 +377,9 @@ pub struct Config {
     pub seed: Option<PathBuf>,
     pub control_token: Option<String>,
     pub no_control: bool,
+    /// Bearer token of `/metrics` (open without one).
+    pub metrics_token: Option<String>,
+    pub no_metrics: bool,
     pub tls: Option<Tls>,
     /// Allowed browser origins; empty: any.
     pub cors_origins: Vec<String>,
@@ -402,6 +412,8 @@ impl Default for Config {
             seed: None,
             control_token: None,
             no_control: false,
+            metrics_token: None,
+            no_metrics: false,
             tls: None,
             cors_origins: Vec::new(),
         }
@@ -598,6 +610,12 @@ impl Config {
             anyhow::bail!("the control token must have 8 or more characters");
         }
         cfg.no_control = args.no_control;
+        cfg.metrics_token = args
+            .metrics_token
+            .clone()
+            .or(file.metrics_token)
+            .filter(|t| !t.is_empty());
+        cfg.no_metrics = args.no_metrics;
         let cert = args.tls_cert.clone().or(file.tls_cert);
         let key = args.tls_key.clone().or(file.tls_key);
         cfg.tls = match (args.tls || file.tls.unwrap_or(false), cert, key) {

@@ -15,6 +15,7 @@ pub mod http;
 pub mod kinds;
 pub mod media;
 pub mod metadata;
+pub mod metrics;
 pub mod netpolicy;
 pub mod notify;
 pub mod state;
@@ -252,6 +253,7 @@ impl Server {
         );
         state.webhooks = webhooks;
         state.fetch_allow = allow;
+        state.metrics_access = (!config.no_metrics).then(|| config.metrics_token.clone());
         state.api_base = api_base(addr, "http");
         if tls.is_some() && config.public_url.is_none() {
             state.secure_base = Some(api_base(addr, "https"));

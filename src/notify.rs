@@ -55,6 +55,7 @@ pub struct Signer {
 pub fn send(state: &crate::state::AppState, url: reqwest::Url, payload: Json, signer: Signer) {
     let client = state.webhooks.clone();
     let control = state.control.clone();
+    let metrics = state.metrics.clone();
     let id = control.notifications.start(url.as_str(), &payload);
     tokio::spawn(async move {
         let body = payload.to_string();
@@ -77,17 +78,20 @@ pub fn send(state: &crate::state::AppState, url: reqwest::Url, payload: Json, si
             match result {
                 Ok(r) if r.status().is_success() => {
                     let outcome = r.status().as_u16().to_string();
+                    metrics.notification("delivered");
                     control.notifications.attempt(id, outcome, Some(true));
                     return;
                 }
                 Ok(r) => {
                     let outcome = r.status().as_u16().to_string();
+                    metrics.notification("refused");
                     control
                         .notifications
                         .attempt(id, outcome, last.then_some(false));
                     tracing::warn!(%url, status = %r.status(), attempt, "notification refused")
                 }
                 Err(e) => {
+                    metrics.notification("failed");
                     control
                         .notifications
                         .attempt(id, e.to_string(), last.then_some(false));

@@ -63,6 +63,11 @@ pub struct Shared {
     pub control: Arc<crate::control::Control>,
     /// Structured metadata fields cached per cloud.
     pub fields: Arc<crate::metadata::FieldCache>,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Who may read `/metrics`: `None` when it is off, `Some(None)` anyone, `Some(Some(t))`
+    /// a caller with bearer token `t`.
+    pub metrics_access: Option<Option<String>>,
     fixed_time: Option<i64>,
 }
 
@@ -82,6 +87,8 @@ impl Shared {
         let buffered = limits.max_buffered_bytes;
         let render_concurrency = limits.render_concurrency;
         let render_memory = limits.max_decode_bytes;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let blobs = metrics.counting(blobs);
         Shared {
             accounts: Arc::new(std::sync::RwLock::new(Arc::new(accounts))),
             meta,
@@ -105,6 +112,8 @@ impl Shared {
                 render_memory,
             )),
             memory: crate::form::MemoryBudget::new(buffered),
+            metrics,
+            metrics_access: Some(None),
             fixed_time,
         }
     }

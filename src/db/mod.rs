@@ -218,6 +218,10 @@ pub type ChunkRules<'a> = &'a (dyn Fn(&ChunkSession, &[ChunkPart]) -> ChunkDecis
 pub trait MetaStore: Send + Sync {
     /// A round trip to the database.
     async fn ping(&self) -> Result<(), DbError>;
+    /// The connection pools: (name, idle connections, busy connections).
+    fn pool_stats(&self) -> Vec<(&'static str, usize, usize)> {
+        Vec::new()
+    }
     async fn find_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
     /// The asset without its tags (one query: what delivery needs).
     async fn find_asset_untagged(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {

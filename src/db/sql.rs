@@ -373,6 +373,16 @@ impl MetaStore for SqlStore {
         Ok(())
     }
 
+    fn pool_stats(&self) -> Vec<(&'static str, usize, usize)> {
+        [("read", &self.read), ("write", &self.write)]
+            .into_iter()
+            .map(|(name, pool)| {
+                let (size, idle) = (pool.size() as usize, pool.num_idle());
+                (name, idle, size.saturating_sub(idle))
+            })
+            .collect()
+    }
+
     async fn find_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {
         let mut conn = self.read.acquire().await?;
         self.fetch_asset(&mut conn, key, false).await

@@ -174,6 +174,11 @@ pub async fn stored(state: &AppState, key: &str) -> std::io::Result<Option<Bytes
 }
 
 impl Renders {
+    /// Renders in progress now.
+    pub fn in_progress(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Counters for the control API: renders started, derivatives served as stored, renders
     /// in progress.
     pub fn stats(&self) -> serde_json::Value {

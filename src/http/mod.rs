@@ -55,6 +55,10 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     use crate::control::log::{cloud_of, Capture, RequestEntry, CAPTURE};
     let started = std::time::Instant::now();
     let at_ms = chrono::Utc::now().timestamp_millis();
+    let route = crate::metrics::route_of(req.uri().path());
+    let http_method = req.method().clone();
+    let bytes_in = content_length(req.headers()).unwrap_or(0);
+    let _uploading = (route == "upload").then(|| state.metrics.upload_started());
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let cloud = cloud_of(&path);
@@ -84,8 +88,13 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
         state.records.invalidate();
     }
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let seconds = started.elapsed().as_secs_f64();
+    let ms = seconds * 1000.0;
     let status = resp.status().as_u16();
+    let bytes_out = content_length(resp.headers());
+    state
+        .metrics
+        .observe(route, &http_method, status, seconds, bytes_in, bytes_out);
     let request_id = crate::error::REQUEST_ID
         .try_with(|id| id.clone())
         .unwrap_or_default();
@@ -119,6 +128,52 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     resp
 }
 
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `/metrics`: the Prometheus text exposition, when it is on (with its bearer token when one
+/// is configured).
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let not_found =
+        || crate::error::ApiError::NotFound("Not found - /metrics".into()).into_response();
+    match &state.metrics_access {
+        None => return not_found(),
+        Some(Some(token)) => {
+            let given = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let ok = given.is_some_and(|g| {
+                use subtle::ConstantTimeEq;
+                g.as_bytes().ct_eq(token.as_bytes()).into()
+            });
+            if !ok {
+                return (
+                    axum::http::StatusCode::UNAUTHORIZED,
+                    [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+                    "a bearer token is required for /metrics\n",
+                )
+                    .into_response();
+            }
+        }
+        Some(None) => {}
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(&state),
+    )
+        .into_response()
+}
+
 /// Node's SDK encodes a path given as one string as one segment (`resources%2Fsearch`,
 /// `folders/a%2Fb`): under `/v1_1/`, `%2F` is a path separator (public IDs, folders and tags
 /// never contain `%`, so this is unambiguous). Other escapes are left to the extractors.
@@ -148,6 +203,7 @@ fn api_routes(state: AppState) -> Router {
     use axum::routing::{delete, put};
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         // Upload API (signed, Basic, or an unsigned preset for `upload`).
         .route("/v1_1/{cloud}/upload", post(upload_action))
         .route("/v1_1/{cloud}/{resource_type}/upload", post(upload_action))

@@ -23,6 +23,19 @@ pub struct ChunkRuntime {
 }
 
 impl ChunkRuntime {
+    /// Parts being written now, across sessions.
+    pub fn parts_in_flight(&self) -> usize {
+        let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .map(|ranges| {
+                ranges
+                    .iter()
+                    .filter(|(_, _, t)| t.elapsed() < INFLIGHT_TIMEOUT)
+                    .count()
+            })
+            .sum()
+    }
+
     /// Reserves `start..=end` of a session for a request writing it in place; false when a
     /// running request already writes an overlapping range.
     pub fn claim_range(&self, session: &str, start: u64, end: u64) -> bool {
