@@ -187,6 +187,10 @@ pub struct ServeArgs {
     /// Turn the control API off.
     #[arg(long, env = "NEPHOS_NO_CONTROL", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_control: bool,
+    /// Where blobs are kept: `s3://bucket[/prefix]` (credentials, region and endpoint from the
+    /// `AWS_*` variables) or `file:///path`; default the data dir's `blobs` folder.
+    #[arg(long, env = "NEPHOS_STORAGE_URL")]
+    pub storage_url: Option<String>,
     /// Bearer token `/metrics` asks for; without it, `/metrics` is open.
     #[arg(long, env = "NEPHOS_METRICS_TOKEN")]
     pub metrics_token: Option<String>,
@@ -236,6 +240,7 @@ pub struct FileConfig {
     pub seed: Option<PathBuf>,
     pub control_token: Option<String>,
     pub metrics_token: Option<String>,
+    pub storage_url: Option<String>,
     #[serde(default)]
     pub cors_origins: Vec<String>,
     pub tls: Option<bool>,
@@ -379,6 +384,8 @@ pub struct Config {
     pub no_control: bool,
     /// Bearer token of `/metrics` (open without one).
     pub metrics_token: Option<String>,
+    /// Where blobs are kept (`None`: the data dir's `blobs` folder).
+    pub storage_url: Option<String>,
     pub no_metrics: bool,
     pub tls: Option<Tls>,
     /// Allowed browser origins; empty: any.
@@ -414,6 +421,7 @@ impl Default for Config {
             no_control: false,
             metrics_token: None,
             no_metrics: false,
+            storage_url: None,
             tls: None,
             cors_origins: Vec::new(),
         }
@@ -616,6 +624,11 @@ impl Config {
             .or(file.metrics_token)
             .filter(|t| !t.is_empty());
         cfg.no_metrics = args.no_metrics;
+        cfg.storage_url = args
+            .storage_url
+            .clone()
+            .or(file.storage_url)
+            .filter(|u| !u.is_empty());
         let cert = args.tls_cert.clone().or(file.tls_cert);
         let key = args.tls_key.clone().or(file.tls_key);
         cfg.tls = match (args.tls || file.tls.unwrap_or(false), cert, key) {

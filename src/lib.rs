@@ -37,7 +37,6 @@ use crate::auth::Accounts;
 use crate::config::Config;
 use crate::db::{MetaStore, Preset};
 use crate::state::AppState;
-use crate::storage::fs::FsBlobStore;
 
 /// The base of returned URLs: the configured public URL, else `http://<bound address>`
 /// (an unspecified address is shown as 127.0.0.1).
@@ -221,10 +220,7 @@ impl Server {
         seed_presets(&config.presets, &clouds, meta.as_ref())
             .await
             .map_err(|e| anyhow::anyhow!("cannot write the configured upload presets: {e}"))?;
-        let blob_dir = data_dir.join("blobs");
-        let blobs = Arc::new(FsBlobStore::new(blob_dir.clone()).map_err(|e| {
-            anyhow::anyhow!("cannot open the blob folder {}: {e}", blob_dir.display())
-        })?);
+        let blobs = storage::open(config.storage_url.as_deref(), &data_dir.join("blobs"))?;
         let allow = Arc::new(config.allow_fetch_from.clone());
         let timeout = Duration::from_secs(config.limits.remote_timeout_secs);
         let redirects = config.limits.remote_max_redirects;

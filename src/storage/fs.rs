@@ -23,23 +23,7 @@ impl FsBlobStore {
     /// The file of a key. Keys are server-made, but are still checked so that no value could
     /// leave the root.
     fn path(&self, key: &str) -> std::io::Result<PathBuf> {
-        let ok = !key.is_empty()
-            && key.split('/').all(|seg| {
-                !seg.is_empty()
-                    && seg != "."
-                    && seg != ".."
-                    && seg
-                        .chars()
-                        // `.` for the temporary files of `put` (`.<name>.<hex>`), which a
-                        // killed process can leave for the orphan sweep.
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-            });
-        if !ok {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("invalid blob key {key:?}"),
-            ));
-        }
+        super::check_key(key)?;
         Ok(self.root.join(key))
     }
 }

@@ -7,6 +7,7 @@
 pub mod chunks;
 pub mod fs;
 pub mod md5;
+pub mod s3;
 pub mod temp;
 
 use std::pin::Pin;
@@ -59,6 +60,58 @@ pub trait BlobStore: Send + Sync {
     async fn modified(&self, key: &str) -> std::io::Result<Option<std::time::SystemTime>>;
     /// Checks that the store can be written.
     async fn health(&self) -> std::io::Result<()>;
+}
+
+/// Checks a blob key. Keys are server-made, but are still checked so that no value could
+/// leave the store's root: segments of letters, digits, `-`, `_` and `.` (the temporary files
+/// of a local `put` are `.<name>.<hex>`, which a killed process can leave for the orphan
+/// sweep), never `.` or `..`.
+pub(crate) fn check_key(key: &str) -> std::io::Result<()> {
+    let ok = !key.is_empty()
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("invalid blob key {key:?}"),
+        ))
+    }
+}
+
+/// Opens the blob store a storage URL names: `s3://bucket[/prefix]` (an S3-compatible object
+/// store), `file:///path` or `None` (`default`, the data dir's `blobs` folder).
+pub fn open(
+    url: Option<&str>,
+    default: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<dyn BlobStore>> {
+    let folder = |dir: std::path::PathBuf| -> anyhow::Result<std::sync::Arc<dyn BlobStore>> {
+        let store = fs::FsBlobStore::new(dir.clone())
+            .map_err(|e| anyhow::anyhow!("cannot open the blob folder {}: {e}", dir.display()))?;
+        Ok(std::sync::Arc::new(store))
+    };
+    match url {
+        None => folder(default.to_path_buf()),
+        Some(u) if u.starts_with("s3://") => Ok(std::sync::Arc::new(s3::S3BlobStore::open(u)?)),
+        Some(u) if u.starts_with("file://") => {
+            let parsed = url::Url::parse(u)
+                .map_err(|e| anyhow::anyhow!("invalid storage URL {u:?}: {e}"))?;
+            let dir = parsed
+                .to_file_path()
+                .map_err(|_| anyhow::anyhow!("the storage URL {u:?} is not an absolute path"))?;
+            folder(dir)
+        }
+        Some(u) => anyhow::bail!(
+            "unsupported storage URL {u:?} (expected s3://bucket[/prefix] or file:///path)"
+        ),
+    }
 }
 
 /// A new blob key for a stored version.

@@ -1,0 +1,189 @@
+//! Blobs in an S3-compatible object store (`--storage-url s3://bucket[/prefix]`), through the
+//! `object_store` crate. Credentials, region and endpoint come from the standard `AWS_*`
+//! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+//! `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`, …); requests are path-style unless that last one says
+//! otherwise, and an `http://` endpoint (a local S3 server) is allowed.
+//!
+//! Files are sent by multipart upload, read from their temporary file a part at a time with
+//! at most two parts in flight: memory stays bounded whatever the size.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+use tokio::io::AsyncReadExt;
+
+use super::{BlobStore, ByteRange, ByteStream, TempBlob};
+
+/// Parts of a multipart upload (S3's minimum for all but the last is 5 MiB).
+const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts sent at once.
+const PARTS_IN_FLIGHT: usize = 2;
+
+pub struct S3BlobStore {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the bucket (empty, or ending with `/`).
+    prefix: String,
+}
+
+fn io_error(e: object_store::Error) -> std::io::Error {
+    match e {
+        object_store::Error::NotFound { .. } => {
+            std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
+        }
+        e => std::io::Error::other(e.to_string()),
+    }
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+impl S3BlobStore {
+    /// Opens `s3://bucket[/prefix]` with the `AWS_*` settings of the environment.
+    pub fn open(url: &str) -> anyhow::Result<S3BlobStore> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| anyhow::anyhow!("invalid storage URL {url:?}: {e}"))?;
+        let bucket = parsed
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("the storage URL {url:?} names no bucket"))?;
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let endpoint = std::env::var("AWS_ENDPOINT_URL")
+            .or_else(|_| std::env::var("AWS_ENDPOINT"))
+            .unwrap_or_default();
+        if endpoint.starts_with("http://") {
+            builder = builder.with_allow_http(true);
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            builder = builder.with_region("us-east-1");
+        }
+        let store = builder
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot open the object store {url}: {e}"))?;
+        let prefix = parsed.path().trim_matches('/');
+        Ok(S3BlobStore {
+            store: Arc::new(store),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        })
+    }
+
+    fn path(&self, key: &str) -> std::io::Result<ObjectPath> {
+        super::check_key(key)?;
+        ObjectPath::parse(format!("{}{key}", self.prefix))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+    }
+
+    /// Sends a file by multipart upload, a part at a time.
+    async fn put_file(&self, path: &ObjectPath, file: &std::path::Path) -> std::io::Result<()> {
+        let mut input = tokio::fs::File::open(file).await?;
+        let upload = self.store.put_multipart(path).await.map_err(io_error)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = match input.read(&mut buf).await {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                return Err(io_error(e));
+            }
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(io_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobStore for S3BlobStore {
+    async fn put(&self, key: &str, blob: TempBlob) -> std::io::Result<()> {
+        let path = self.path(key)?;
+        if let Some(bytes) = blob.bytes() {
+            self.store
+                .put(&path, PutPayload::from(bytes.clone()))
+                .await
+                .map_err(io_error)?;
+            return Ok(());
+        }
+        match blob.path() {
+            Some(file) => self.put_file(&path, file).await,
+            None => Err(std::io::Error::other("blob cannot be stored")),
+        }
+    }
+
+    async fn size(&self, key: &str) -> std::io::Result<Option<u64>> {
+        match self.store.head(&self.path(key)?).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    async fn read(
+        &self,
+        key: &str,
+        range: Option<ByteRange>,
+    ) -> std::io::Result<Option<ByteStream>> {
+        let options = GetOptions {
+            range: range.map(|r| GetRange::Bounded(r.start..r.end + 1)),
+            ..Default::default()
+        };
+        match self.store.get_opts(&self.path(key)?, options).await {
+            Ok(got) => Ok(Some(Box::pin(got.into_stream().map_err(io_error)))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> std::io::Result<()> {
+        match self.store.delete(&self.path(key)?).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    async fn keys(&self) -> std::io::Result<Vec<String>> {
+        let prefix =
+            (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.trim_end_matches('/')));
+        let mut listing = self.store.list(prefix.as_ref());
+        let mut out = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(io_error)?;
+            let full = meta.location.to_string();
+            out.push(full.strip_prefix(&self.prefix).unwrap_or(&full).to_string());
+        }
+        Ok(out)
+    }
+
+    async fn modified(&self, key: &str) -> std::io::Result<Option<std::time::SystemTime>> {
+        match self.store.head(&self.path(key)?).await {
+            Ok(meta) => Ok(Some(meta.last_modified.into())),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    async fn health(&self) -> std::io::Result<()> {
+        let probe = self.path(&format!(".health-{}", crate::util::random_hex(6)))?;
+        self.store
+            .put(&probe, PutPayload::from_static(b"ok"))
+            .await
+            .map_err(io_error)?;
+        self.store.delete(&probe).await.map_err(io_error)
+    }
+}

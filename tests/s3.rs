@@ -1,0 +1,233 @@
+//! The storage story on an S3-compatible object store (`storage_url = "s3://…"`), on SQLite
+//! and PostgreSQL: uploads from bytes and data URIs, a chunked upload sent out of order,
+//! delivery with Range, a derived image, overwrite, rename and destroy, and what the bucket
+//! holds after each. `scripts/test` starts an S3 server and sets `NEPHOS_TEST_S3_ENDPOINT`;
+//! without it these tests are skipped with a warning (a failure when NEPHOS_REQUIRE_S3=1).
+
+mod common;
+
+use common::*;
+use md5_ref::{Digest, Md5};
+use nephos::auth::SignatureAlgorithm;
+use serde_json::Value;
+
+const BUCKET: &str = "nephos-test";
+
+fn endpoint() -> Option<String> {
+    match std::env::var("NEPHOS_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            if std::env::var("NEPHOS_REQUIRE_S3").as_deref() == Ok("1") {
+                panic!("NEPHOS_REQUIRE_S3=1 but NEPHOS_TEST_S3_ENDPOINT is not set");
+            }
+            eprintln!(
+                "WARNING: NEPHOS_TEST_S3_ENDPOINT is not set: the S3 tests are SKIPPED \
+                 (scripts/test starts an S3 server and sets it)"
+            );
+            None
+        }
+    }
+}
+
+/// The process's AWS settings for the local S3 server (the same in every test of this file).
+fn aws_env(endpoint: &str) {
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", endpoint),
+        ("AWS_ACCESS_KEY_ID", "nephos-test-key"),
+        ("AWS_SECRET_ACCESS_KEY", "nephos-test-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
+        std::env::set_var(k, v);
+    }
+}
+
+/// The keys under `prefix` in the bucket (the S3 server answers unsigned listings).
+async fn keys(endpoint: &str, prefix: &str) -> Vec<String> {
+    let body = reqwest::get(format!(
+        "{endpoint}/{BUCKET}?list-type=2&prefix={prefix}&max-keys=1000"
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    body.split("<Key>")
+        .skip(1)
+        .filter_map(|s| s.split("</Key>").next())
+        .map(str::to_string)
+        .collect()
+}
+
+fn png(w: u32, h: u32, rgba: [u8; 4]) -> Vec<u8> {
+    let img = image::RgbaImage::from_pixel(w, h, image::Rgba(rgba));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+async fn part(server: &TestServer, id: &str, file: &[u8], start: usize, end: usize) -> Value {
+    let ts = now().to_string();
+    let pairs = [("public_id", "s3/big"), ("timestamp", ts.as_str())];
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
+        form = form.text(k, v);
+    }
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(file[start..=end].to_vec()).file_name("big.bin"),
+    );
+    let r = reqwest::Client::new()
+        .post(server.upload_url("raw"))
+        .header(
+            "content-range",
+            format!("bytes {start}-{end}/{}", file.len()),
+        )
+        .header("x-unique-upload-id", id)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn story(backend: Backend, endpoint: &str) {
+    let prefix = format!("run-{}", nephos::util::random_hex(6));
+    let toml_text = format!("storage_url = \"s3://{BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
+    let server = TestServer::start_with(backend, &toml_text, None).await;
+    assert!(server.health().await.is_success());
+    let blobs = |p: &str| {
+        let p = format!("{prefix}/{p}");
+        async move { keys(endpoint, &p).await }
+    };
+
+    // Bytes and a data URI: one object each, under the prefix; nothing in the local folder.
+    let (s, a) = upload(
+        &server,
+        "image",
+        &[("public_id", "s3/a")],
+        &png(40, 20, [200, 10, 10, 255]),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{a}");
+    let data_uri = format!(
+        "data:image/png;base64,{}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            png(8, 8, [0, 0, 250, 255])
+        )
+    );
+    let ts = now().to_string();
+    let mut form = signed(
+        &[("public_id", "s3/b"), ("timestamp", ts.as_str())],
+        KEY,
+        SECRET,
+        SignatureAlgorithm::Sha1,
+    );
+    form.push(("file".to_string(), data_uri));
+    let r = reqwest::Client::new()
+        .post(server.upload_url("image"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let (s, b): (u16, Value) = (r.status().as_u16(), r.json().await.unwrap());
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(blobs("demo/").await.len(), 2);
+    assert!(server.blob_files().is_empty());
+
+    // A chunked upload, last part first: assembled, with the right MD5 etag.
+    let big: Vec<u8> = (0..6_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let id = nephos::util::random_hex(8);
+    let first = part(&server, &id, &big, 5_242_880, big.len() - 1).await;
+    assert_ne!(first["done"], true);
+    let done = part(&server, &id, &big, 0, 5_242_879).await;
+    assert_eq!(done["etag"], hex::encode(Md5::digest(&big)), "{done}");
+    let url = done["secure_url"].as_str().unwrap().to_string();
+    let (s, got) = get_bytes(&url).await;
+    assert_eq!(s, 200);
+    assert!(got == big);
+
+    // Range requests are answered from the store.
+    let r = reqwest::Client::new()
+        .get(&url)
+        .header("range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &big[100..200]);
+
+    // A derived image lives in the store too.
+    let before = blobs("").await.len();
+    let (s, body) = get_bytes(&server.url("/demo/image/upload/w_10/s3/a.png")).await;
+    assert_eq!(s, 200);
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 10);
+    assert_eq!(blobs("").await.len(), before + 1);
+
+    // Overwrite: the old original and its derived image go.
+    let (s, _) = upload(
+        &server,
+        "image",
+        &[("public_id", "s3/a"), ("overwrite", "true")],
+        &png(30, 30, [1, 2, 3, 255]),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(blobs("").await.len(), before - 1 + 1);
+    // Rename, then destroy: the object goes with the asset.
+    let (s, j) = signed_call(
+        &server,
+        "image",
+        "rename",
+        &[("from_public_id", "s3/a"), ("to_public_id", "s3/renamed")],
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let (s, body) = get_bytes(&server.url("/demo/image/upload/s3/renamed.png")).await;
+    assert_eq!(s, 200);
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 30);
+    let count = blobs("").await.len();
+    let (s, j) = signed_call(&server, "image", "destroy", &[("public_id", "s3/renamed")]).await;
+    assert_eq!((s, j["result"].as_str()), (200, Some("ok")));
+    assert_eq!(blobs("").await.len(), count - 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_storage_story_on_s3_and_sqlite() {
+    let Some(endpoint) = endpoint() else { return };
+    aws_env(&endpoint);
+    story(Backend::Sqlite, &endpoint).await;
+}
+
+#[tokio::test]
+async fn the_storage_story_on_s3_and_postgres() {
+    let Some(endpoint) = endpoint() else { return };
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    aws_env(&endpoint);
+    story(Backend::Postgres(admin), &endpoint).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_a_clear_start_error() {
+    aws_env("http://127.0.0.1:9");
+    let data_dir = tempfile::tempdir().unwrap();
+    let args = nephos::config::ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(data_dir.path().to_path_buf()),
+        storage_url: Some("ftp://nowhere".into()),
+        ..Default::default()
+    };
+    let config = nephos::config::Config::from_parts(Default::default(), &args).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = match nephos::Server::open(config, listener).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an ftp storage URL was accepted"),
+    };
+    assert!(err.contains("unsupported storage URL"), "{err}");
+}
