@@ -13,7 +13,11 @@ COPY . .
 RUN scripts/container/build.sh /out
 
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin nephos \
+# CA certificates: HTTPS object stores (--storage-url s3://…) are verified against the system's.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin nephos \
     && mkdir -p /data \
     && chown nephos:nephos /data
 COPY --from=build /out/nephos /usr/local/bin/nephos

@@ -60,6 +60,7 @@ def test_the_image_is_multi_stage_small_and_not_root():
     build_runs = [arg for ins, arg in s[0]["ins"] if ins == "RUN"]
     assert build_runs == ["scripts/container/build.sh /out"], build_runs
     final = dict((ins, arg) for ins, arg in s[-1]["ins"])
+    assert "ca-certificates" in final["RUN"], "HTTPS object stores need the system's CA list"
     assert final["USER"] not in ("root", "0")
     assert "8777" in final["EXPOSE"]
     assert "/data" in final["VOLUME"]
