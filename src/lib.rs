@@ -250,6 +250,10 @@ impl Server {
         state.webhooks = webhooks;
         state.fetch_allow = allow;
         state.metrics_access = (!config.no_metrics).then(|| config.metrics_token.clone());
+        // Several instances may share a PostgreSQL database: delivery reads records afresh.
+        if db_url.starts_with("postgres") {
+            state.records = Arc::new(delivery::cache::RecordCache::new(false));
+        }
         state.api_base = api_base(addr, "http");
         if tls.is_some() && config.public_url.is_none() {
             state.secure_base = Some(api_base(addr, "https"));

@@ -835,5 +835,10 @@ async fn replaced_assets_take_their_derived_versions_along() {
     let (s, body, _) = get(&server.url("/demo/image/upload/w_10/keep/b.png")).await;
     assert_eq!(s, 200);
     assert_eq!(pixel(&body, 5, 5), [0, 0, 200, 255]);
+    // Destroyed: its original and its derived image go.
+    let before = server.blob_files().len();
+    let (s, j) = signed_call(&server, "image", "destroy", &[("public_id", "keep/b")]).await;
+    assert_eq!((s, j["result"].as_str()), (200, Some("ok")));
+    assert_eq!(server.blob_files().len(), before - 2);
     server.stop().await;
 }

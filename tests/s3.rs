@@ -231,3 +231,137 @@ async fn an_unreachable_store_is_a_clear_start_error() {
     };
     assert!(err.contains("unsupported storage URL"), "{err}");
 }
+
+/// Two servers sharing one PostgreSQL database and one bucket prefix.
+async fn two_instances(admin: &str, prefix: &str) -> (TestServer, TestServer) {
+    let pg = PgDb::create(admin).await;
+    let url = pg.url.clone();
+    let mut pg = Some(pg);
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let toml_text = format!("storage_url = \"s3://{BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
+        let file: nephos::config::FileConfig = toml::from_str(&toml_text).unwrap();
+        let data_dir = tempfile::tempdir().unwrap();
+        let args = nephos::config::ServeArgs {
+            listen: Some("127.0.0.1:0".into()),
+            data_dir: Some(data_dir.path().to_path_buf()),
+            database_url: Some(url.clone()),
+            ..Default::default()
+        };
+        let config = nephos::config::Config::from_parts(file, &args).unwrap();
+        servers.push(TestServer::launch(config, data_dir, pg.take()).await);
+    }
+    let b = servers.pop().unwrap();
+    let a = servers.pop().unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn two_instances_on_postgres_and_s3_behave_as_one() {
+    let Some(endpoint) = endpoint() else { return };
+    let Some(pg_admin) = postgres_admin_url() else {
+        return;
+    };
+    aws_env(&endpoint);
+    let prefix = format!("pair-{}", nephos::util::random_hex(6));
+    let (a, b) = two_instances(&pg_admin, &prefix).await;
+    let width = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().width();
+
+    // Uploaded through A, delivered and listed through B.
+    let (s, j) = upload(
+        &a,
+        "image",
+        &[("public_id", "two/a")],
+        &png(40, 20, [9, 9, 9, 255]),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let (s, body) = get_bytes(&b.url("/demo/image/upload/two/a.png")).await;
+    assert_eq!((s, width(&body)), (200, 40));
+    let (s, list) = admin(&b, "GET", "resources/image/upload?prefix=two/", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["resources"].as_array().unwrap().len(), 1, "{list}");
+
+    // A derivative rendered by B is served as stored by A.
+    let (s, body) = get_bytes(&b.url("/demo/image/upload/w_10/two/a.png")).await;
+    assert_eq!((s, width(&body)), (200, 10));
+    let (s, body) = get_bytes(&a.url("/demo/image/upload/w_10/two/a.png")).await;
+    assert_eq!((s, width(&body)), (200, 10));
+    let (_, stats) = get_bytes(&a.url("/metrics")).await;
+    let stats = String::from_utf8(stats).unwrap();
+    assert!(
+        stats.contains("nephos_derived_served_stored_total 1"),
+        "{stats}"
+    );
+
+    // Overwritten through B: A delivers the new original at once (and its new derivative).
+    let (s, _) = get_bytes(&a.url("/demo/image/upload/two/a.png")).await;
+    assert_eq!(s, 200);
+    let (s, _) = upload(
+        &b,
+        "image",
+        &[("public_id", "two/a"), ("overwrite", "true")],
+        &png(25, 25, [1, 1, 1, 255]),
+        "a.png",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, body) = get_bytes(&a.url("/demo/image/upload/two/a.png")).await;
+    assert_eq!((s, width(&body)), (200, 25));
+    let (s, body) = get_bytes(&a.url("/demo/image/upload/w_10/two/a.png")).await;
+    assert_eq!((s, width(&body)), (200, 10));
+
+    // Renamed through A: B sees the new name only; destroyed through B: A sees it gone.
+    let (s, j) = signed_call(
+        &a,
+        "image",
+        "rename",
+        &[("from_public_id", "two/a"), ("to_public_id", "two/b")],
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(
+        get_bytes(&b.url("/demo/image/upload/two/b.png")).await.0,
+        200
+    );
+    assert_eq!(
+        get_bytes(&b.url("/demo/image/upload/two/a.png")).await.0,
+        404
+    );
+    let (s, _) = signed_call(&b, "image", "destroy", &[("public_id", "two/b")]).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        get_bytes(&a.url("/demo/image/upload/two/b.png")).await.0,
+        404
+    );
+    let left = keys(&endpoint, &format!("{prefix}/demo/")).await;
+    assert!(left.is_empty(), "{left:?}");
+
+    // A preset made through one is used through the other.
+    let (s, j) = admin(
+        &a,
+        "POST",
+        "upload_presets",
+        Some(serde_json::json!({"name": "pair_preset", "unsigned": true, "folder": "pair"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    let form = reqwest::multipart::Form::new()
+        .text("upload_preset", "pair_preset")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(png(5, 5, [0, 0, 0, 255])).file_name("p.png"),
+        );
+    let r = reqwest::Client::new()
+        .post(b.upload_url("image"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let j: Value = r.json().await.unwrap();
+    assert!(j["public_id"].as_str().unwrap().starts_with("pair/"), "{j}");
+    b.stop().await;
+    a.stop().await;
+}

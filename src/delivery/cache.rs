@@ -2,8 +2,8 @@
 //! round trip. An entry is trusted for two seconds at most and not at all once this process
 //! has answered any request that may write (every method but GET, HEAD and OPTIONS, a control
 //! call, a finished asynchronous upload): those bump the generation. Only found records are
-//! kept, so a new asset is seen at once; another process sharing the database is seen within
-//! the two seconds (a CDN in front of Cloudinary keeps far longer).
+//! kept, so a new asset is seen at once. On PostgreSQL, which several instances may share, the
+//! cache is off: an overwrite by another instance removes the blob a cached record names.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,10 +19,16 @@ const MAX_ENTRIES: usize = 10_000;
 
 type Entries = HashMap<(String, String, String, String), (u64, Instant, AssetRecord)>;
 
-#[derive(Default)]
 pub struct RecordCache {
     generation: AtomicU64,
     entries: Mutex<Entries>,
+    enabled: bool,
+}
+
+impl Default for RecordCache {
+    fn default() -> RecordCache {
+        RecordCache::new(true)
+    }
 }
 
 fn key_of(k: &AssetKey) -> (String, String, String, String) {
@@ -35,6 +41,15 @@ fn key_of(k: &AssetKey) -> (String, String, String, String) {
 }
 
 impl RecordCache {
+    /// A cache; `enabled: false` keeps nothing.
+    pub fn new(enabled: bool) -> RecordCache {
+        RecordCache {
+            generation: AtomicU64::new(0),
+            entries: Mutex::new(HashMap::new()),
+            enabled,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         match self.entries.lock() {
             Ok(g) => g,
@@ -57,6 +72,9 @@ impl RecordCache {
     /// Keeps a record read at `generation` (the generation before the read: a write during
     /// the read makes it stale at once).
     pub fn put(&self, key: &AssetKey, generation: u64, rec: &AssetRecord) {
+        if !self.enabled {
+            return;
+        }
         let mut entries = self.lock();
         if entries.len() >= MAX_ENTRIES {
             entries.clear();

@@ -623,14 +623,21 @@ const BATCH_ID: &str = "\u{0}batch_id";
 /// An asset uploaded with `backup=true` keeps its file and record when deleted (a backup
 /// document), so that `restore` can bring it back.
 pub async fn delete_asset(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
-    let backed_up = match state.meta.find_asset(key).await? {
-        Some(rec) if rec.extra.get("backup") == Some(&json!(true)) => {
-            backup::keep(state, &rec).await?;
-            true
-        }
-        Some(_) => false,
-        None => return Ok(false),
+    let Some(found) = state.meta.find_asset(key).await? else {
+        return Ok(false);
     };
+    let backed_up = found.extra.get("backup") == Some(&json!(true));
+    if backed_up {
+        backup::keep(state, &found).await?;
+    }
+    // The derived versions go with the asset: their records with its row, their files here.
+    let derived: Vec<String> = state
+        .meta
+        .list_derived(&found.asset_id)
+        .await?
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
     match state.meta.delete_asset(key).await? {
         Some(rec) => {
             if !backed_up {
@@ -638,6 +645,7 @@ pub async fn delete_asset(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
                     tracing::warn!(key = %rec.blob_key, error = %e, "could not remove a deleted asset's file");
                 }
             }
+            crate::admin::forget_derived_blobs(state, &rec.key.cloud, &derived).await;
             Ok(true)
         }
         None => Ok(false),
