@@ -89,7 +89,7 @@ def test_the_compose_file_runs_sqlite_by_default_and_postgres_in_a_profile():
     assert "NEPHOS_DATABASE_URL" not in nephos["environment"]
     assert any(v.endswith(":/data") for v in nephos["volumes"])
     pg = services["postgres"]
-    assert pg["profiles"] == ["postgres"]
+    assert "postgres" in pg["profiles"]
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
     with_pg = services["nephos-postgres"]
     assert with_pg["profiles"] == ["postgres"]
@@ -99,7 +99,10 @@ def test_the_compose_file_runs_sqlite_by_default_and_postgres_in_a_profile():
     assert url == (f"postgres://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
                    f"@postgres:5432/{env['POSTGRES_DB']}")
     for volume in [v.split(":")[0] for s in services.values() for v in s.get("volumes", [])]:
-        assert volume in compose["volumes"], volume
+        if volume.startswith((".", "/")):
+            assert (ROOT / volume).exists(), volume
+        else:
+            assert volume in compose["volumes"], volume
     # Every NEPHOS_* variable the files set is one nephos knows.
     binary = os.environ.get("NEPHOS_CONTAINER_BIN") or os.environ.get("NEPHOS_BIN")
     if binary:
@@ -109,6 +112,36 @@ def test_the_compose_file_runs_sqlite_by_default_and_postgres_in_a_profile():
         used = set(runtime_env()) | {k for s in services.values()
                                      for k in s.get("environment", {}) if k.startswith("NEPHOS_")}
         assert used <= known, used - known
+
+
+def test_the_cluster_profile_runs_two_instances_on_postgres_and_s3_behind_a_proxy():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    cluster = {name for name, s in services.items() if "cluster" in s.get("profiles", [])}
+    assert {"postgres", "minio", "minio-bucket", "nephos-a", "nephos-b", "proxy"} <= cluster
+    a, b = services["nephos-a"], services["nephos-b"]
+    assert a["environment"] == b["environment"]
+    env = a["environment"]
+    assert env["NEPHOS_STORAGE_URL"].startswith("s3://")
+    assert env["NEPHOS_DATABASE_URL"].startswith("postgres://")
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+    minio = services["minio"]["environment"]
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"], minio["MINIO_ROOT_PASSWORD"])
+    bucket = env["NEPHOS_STORAGE_URL"][len("s3://"):].split("/")[0]
+    assert f"local/{bucket}" in " ".join(services["minio-bucket"]["entrypoint"])
+    assert a["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert a["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    proxy = services["proxy"]
+    assert "8779:8779" in proxy["ports"]
+    assert env["NEPHOS_PUBLIC_URL"].endswith(":8779")
+    conf_path = proxy["volumes"][0].split(":")[0]
+    conf = (ROOT / conf_path).read_text()
+    assert "server nephos-a:8777;" in conf and "server nephos-b:8777;" in conf
+    # The parts of one chunked upload stay on one instance.
+    assert "map $http_x_unique_upload_id $affinity" in conf
+    assert "hash $affinity consistent;" in conf
+    assert "proxy_request_buffering off;" in conf
 
 
 def free_port():
