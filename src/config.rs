@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers (and an idle connection stays open).
     #[arg(long, env = "NEPHOS_HEADER_TIMEOUT_SECS")]
     pub header_timeout_secs: Option<u64>,
+    /// Seconds shutdown waits for requests in flight (new connections are refused at once).
+    #[arg(long, env = "NEPHOS_SHUTDOWN_TIMEOUT_SECS")]
+    pub shutdown_timeout_secs: Option<u64>,
     /// Seconds a request body may pause between two pieces before it is abandoned.
     #[arg(long, env = "NEPHOS_BODY_TIMEOUT_SECS")]
     pub body_timeout_secs: Option<u64>,
@@ -264,6 +267,7 @@ pub struct FileLimits {
     pub admin_rate_limit: Option<u64>,
     pub max_fields: Option<usize>,
     pub header_timeout_secs: Option<u64>,
+    pub shutdown_timeout_secs: Option<u64>,
     pub body_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
     pub orphan_age_secs: Option<u64>,
@@ -309,6 +313,8 @@ pub struct Limits {
     pub max_fields: usize,
     /// Seconds to send request headers (and to stay idle between requests).
     pub header_timeout_secs: u64,
+    /// Seconds shutdown waits for requests in flight.
+    pub shutdown_timeout_secs: u64,
     /// Seconds a body may pause between pieces.
     pub body_timeout_secs: u64,
     /// Open connections at most.
@@ -345,6 +351,7 @@ impl Default for Limits {
             admin_rate_limit: 500,
             max_fields: 1000,
             header_timeout_secs: 15,
+            shutdown_timeout_secs: 30,
             body_timeout_secs: 30,
             max_connections: 4096,
             orphan_age_secs: 3600,
@@ -503,6 +510,10 @@ impl Config {
                 .header_timeout_secs
                 .or(fl.header_timeout_secs)
                 .unwrap_or(d.header_timeout_secs),
+            shutdown_timeout_secs: args
+                .shutdown_timeout_secs
+                .or(fl.shutdown_timeout_secs)
+                .unwrap_or(d.shutdown_timeout_secs),
             body_timeout_secs: args
                 .body_timeout_secs
                 .or(fl.body_timeout_secs)

@@ -16,9 +16,6 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 
-/// How long shutdown waits for requests in flight.
-const DRAIN: Duration = Duration::from_secs(30);
-
 pub async fn run(
     listener: TcpListener,
     app: Router,
@@ -28,9 +25,14 @@ pub async fn run(
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
+    // How long shutdown waits for requests in flight.
+    let drain = Duration::from_secs(limits.shutdown_timeout_secs);
     let graceful = GracefulShutdown::new();
+    // The connections' tasks: those still running past the shutdown deadline are aborted.
+    let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
+        while conns.try_join_next().is_some() {}
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = &mut shutdown => break,
@@ -53,7 +55,7 @@ pub async fn run(
         let app = app.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             match tls {
                 None => serve_conn(stream, app, header_timeout, watcher).await,
                 Some(acceptor) => {
@@ -82,11 +84,12 @@ pub async fn run(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
-        tracing::warn!("shutdown: requests still in flight after {DRAIN:?}");
+        tracing::warn!("shutdown: requests still in flight after {drain:?} are cut off");
+        conns.abort_all();
     }
 }
 

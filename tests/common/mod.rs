@@ -218,6 +218,13 @@ impl TestServer {
             .status()
     }
 
+    /// Asks the server to shut down without waiting for it (see [`TestServer::stop`]).
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
