@@ -87,8 +87,8 @@ async fn a_request_past_the_deadline_is_cut_off() {
         .await
         .expect("shutdown waited past its deadline");
     assert!(started.elapsed() < Duration::from_secs(3));
-    match upload.await.unwrap() {
-        Ok((status, _)) => assert_ne!(status, 200),
-        Err(_) => {}
+    // Cut off: a transport error, or at least no success.
+    if let Ok((status, _)) = upload.await.unwrap() {
+        assert_ne!(status, 200);
     }
 }
