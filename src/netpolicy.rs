@@ -292,6 +292,9 @@ pub fn client(
         .redirect(redirects)
         .timeout(timeout)
         .user_agent(concat!("nephos/", env!("CARGO_PKG_VERSION")))
+        // The bundled web PKI roots, as always: the system's store (which the object store
+        // client enables in the shared reqwest build) takes milliseconds to load at start.
+        .tls_built_in_native_certs(false)
         .build()
 }
 

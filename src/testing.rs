@@ -84,7 +84,11 @@ impl Nephos {
             addr,
             base_url,
             cloudinary_url,
-            client: reqwest::Client::new(),
+            // Plain HTTP to loopback: no root certificates to load.
+            client: reqwest::Client::builder()
+                .tls_built_in_native_certs(false)
+                .build()
+                .map_err(anyhow::Error::from)?,
             shutdown: Some(tx),
             handle: Some(handle),
         })
