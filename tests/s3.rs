@@ -29,16 +29,20 @@ fn endpoint() -> Option<String> {
     }
 }
 
-/// The process's AWS settings for the local S3 server (the same in every test of this file).
+/// The process's AWS settings for the local S3 server, set once (the tests of this file run
+/// on parallel threads, and the servers they start read the environment).
 fn aws_env(endpoint: &str) {
-    for (k, v) in [
-        ("AWS_ENDPOINT_URL", endpoint),
-        ("AWS_ACCESS_KEY_ID", "nephos-test-key"),
-        ("AWS_SECRET_ACCESS_KEY", "nephos-test-secret"),
-        ("AWS_REGION", "us-east-1"),
-    ] {
-        std::env::set_var(k, v);
-    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for (k, v) in [
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", "nephos-test-key"),
+            ("AWS_SECRET_ACCESS_KEY", "nephos-test-secret"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            std::env::set_var(k, v);
+        }
+    });
 }
 
 /// The keys under `prefix` in the bucket (the S3 server answers unsigned listings).
@@ -214,8 +218,7 @@ async fn the_storage_story_on_s3_and_postgres() {
 }
 
 #[tokio::test]
-async fn an_unreachable_store_is_a_clear_start_error() {
-    aws_env("http://127.0.0.1:9");
+async fn an_unsupported_storage_url_is_a_clear_start_error() {
     let data_dir = tempfile::tempdir().unwrap();
     let args = nephos::config::ServeArgs {
         listen: Some("127.0.0.1:0".into()),
