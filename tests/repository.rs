@@ -136,8 +136,9 @@ async fn story(store: Arc<dyn MetaStore>) {
     assert!(!keys.contains(&a.blob_key));
 
     // Deleting returns the row once.
-    let gone = store.delete_asset(&a.key).await.unwrap().unwrap();
+    let (gone, derived) = store.delete_asset(&a.key).await.unwrap().unwrap();
     assert_eq!(gone.key, a.key);
+    assert!(derived.is_empty());
     assert!(store.delete_asset(&a.key).await.unwrap().is_none());
     assert!(store.find_asset(&a.key).await.unwrap().is_none());
 

@@ -184,8 +184,9 @@ pub enum RenameOutcome {
         record: Box<AssetRecord>,
         /// The blob of an asset that was replaced at the target key (to remove).
         replaced_blob: Option<String>,
-        /// The ID of that replaced asset (its derived versions are to remove).
-        replaced_asset: Option<String>,
+        /// The IDs of that replaced asset's derived records, removed with it (their files are
+        /// to remove).
+        replaced_derived: Vec<String>,
     },
     NotFound,
     /// The target exists and `overwrite` was false.
@@ -245,8 +246,12 @@ pub trait MetaStore: Send + Sync {
         &self,
         query: &ListQuery,
     ) -> Result<(Vec<AssetRecord>, Option<String>), DbError>;
-    /// Removes an asset row and its tags; returns what was removed.
-    async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError>;
+    /// Removes an asset row, its tags and its derived records; returns the record and the IDs
+    /// of those derived records (whose files are to remove).
+    async fn delete_asset(
+        &self,
+        key: &AssetKey,
+    ) -> Result<Option<(AssetRecord, Vec<String>)>, DbError>;
     /// Changes an asset's metadata (tags, context, display name, …) under its row lock; the key,
     /// `asset_id` and blob stay. Returns the asset as stored, `None` when missing.
     async fn modify_asset(

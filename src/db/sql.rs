@@ -948,7 +948,10 @@ impl MetaStore for SqlStore {
         }))
     }
 
-    async fn delete_asset(&self, key: &AssetKey) -> Result<Option<AssetRecord>, DbError> {
+    async fn delete_asset(
+        &self,
+        key: &AssetKey,
+    ) -> Result<Option<(AssetRecord, Vec<String>)>, DbError> {
         let mut tx = self.write.begin().await?;
         let Some(record) = self.fetch_asset(&mut tx, key, true).await? else {
             tx.commit().await?;
@@ -959,16 +962,13 @@ impl MetaStore for SqlStore {
             .bind(asset_id.clone())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM derived WHERE asset_id = $1")
-            .bind(asset_id.clone())
-            .execute(&mut *tx)
-            .await?;
+        let derived = delete_derived_of(&mut tx, &asset_id).await?;
         sqlx::query("DELETE FROM assets WHERE asset_id = $1")
             .bind(asset_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(record))
+        Ok(Some((record, derived)))
     }
 
     async fn put_preset(&self, preset: &Preset) -> Result<(), DbError> {
@@ -1545,6 +1545,22 @@ where
     Ok(done.rows_affected() == 1)
 }
 
+/// Removes an asset's derived records inside the transaction; returns their IDs (their files
+/// are the caller's to remove once the transaction is committed).
+async fn delete_derived_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    asset_id: &str,
+) -> Result<Vec<String>, DbError> {
+    let rows = sqlx::query("DELETE FROM derived WHERE asset_id = $1 RETURNING id")
+        .bind(asset_id.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()?)
+}
+
 async fn insert_tags(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     asset_id: &str,
@@ -1581,7 +1597,7 @@ impl SqlStore {
             return Ok(RenameOutcome::NotFound);
         };
         let asset_id = record.asset_id.clone();
-        let (mut replaced_blob, mut replaced_asset) = (None, None);
+        let (mut replaced_blob, mut replaced_derived) = (None, Vec::new());
         if from != to {
             if let Some(target) = self.fetch_asset(&mut tx, to, true).await? {
                 if !overwrite {
@@ -1590,7 +1606,7 @@ impl SqlStore {
                 }
                 let target_id = target.asset_id;
                 replaced_blob = Some(target.blob_key);
-                replaced_asset = Some(target_id.clone());
+                replaced_derived = delete_derived_of(&mut tx, &target_id).await?;
                 for sql in [
                     "DELETE FROM asset_tags WHERE asset_id = $1",
                     "DELETE FROM assets WHERE asset_id = $1",
@@ -1620,7 +1636,7 @@ impl SqlStore {
         Ok(RenameOutcome::Renamed {
             record: Box::new(record),
             replaced_blob,
-            replaced_asset,
+            replaced_derived,
         })
     }
 }

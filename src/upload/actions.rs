@@ -211,19 +211,13 @@ pub async fn rename(state: &AppState, call: Call) -> ApiResult<Json> {
         RenameOutcome::Renamed {
             record,
             replaced_blob,
-            replaced_asset,
+            replaced_derived,
         } => {
             if let Some(blob) = replaced_blob {
                 let _ = state.blobs.delete(&blob).await;
             }
-            // The replaced asset's derived versions go with it (records and files).
-            if let Some(id) = replaced_asset {
-                let gone = state
-                    .meta
-                    .delete_derived(&record.key.cloud, Some(&id), &[])
-                    .await?;
-                crate::admin::forget_derived_blobs(state, &record.key.cloud, &gone).await;
-            }
+            // The replaced asset's derived versions went with its row: their files go too.
+            crate::admin::forget_derived_blobs(state, &record.key.cloud, &replaced_derived).await;
             let payload = json!({
                 "notification_type": "rename",
                 "asset_id": record.asset_id,

@@ -630,16 +630,9 @@ pub async fn delete_asset(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
     if backed_up {
         backup::keep(state, &found).await?;
     }
-    // The derived versions go with the asset: their records with its row, their files here.
-    let derived: Vec<String> = state
-        .meta
-        .list_derived(&found.asset_id)
-        .await?
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
     match state.meta.delete_asset(key).await? {
-        Some(rec) => {
+        // The derived versions go with the asset: their records with its row, their files here.
+        Some((rec, derived)) => {
             if !backed_up {
                 if let Err(e) = state.blobs.delete(&rec.blob_key).await {
                     tracing::warn!(key = %rec.blob_key, error = %e, "could not remove a deleted asset's file");
