@@ -548,7 +548,7 @@ pub fn matches(expr: &Expr, rec: &dyn Searchable, now: i64) -> Result<bool, Stri
     })
 }
 
-fn text_match(v: &str, t: &Term, loose: bool) -> bool {
+pub(crate) fn text_match(v: &str, t: &Term, loose: bool) -> bool {
     match t.op {
         Op::Exact => {
             if t.prefix {
@@ -625,7 +625,7 @@ fn compare(n: f64, t: &Term, parse: impl Fn(&str) -> Option<f64>) -> Result<bool
 }
 
 /// A number, a size with `k`/`m`/`g` (or `kb`/`mb`/`gb`), or a ratio such as `16:9`.
-fn parse_number(v: &str) -> Option<f64> {
+pub(crate) fn parse_number(v: &str) -> Option<f64> {
     let lower = v.trim().to_ascii_lowercase();
     if let Some((a, b)) = lower.split_once(':') {
         let (a, b) = (a.parse::<f64>().ok()?, b.parse::<f64>().ok()?);
@@ -648,7 +648,7 @@ fn parse_number(v: &str) -> Option<f64> {
 }
 
 /// A time as Unix seconds: an ISO date or time, or a relative age (`2d` = two days ago).
-fn parse_time(v: &str, now: i64) -> Option<f64> {
+pub(crate) fn parse_time(v: &str, now: i64) -> Option<f64> {
     let v = v.trim();
     if let Some(unit) = v.chars().last().filter(|c| c.is_ascii_alphabetic()) {
         if let Ok(n) = v[..v.len() - 1].parse::<i64>() {

@@ -5,12 +5,14 @@
 pub mod assets;
 pub mod expression;
 pub mod mappings;
+pub mod plan;
 pub mod search;
 pub mod streaming;
 pub mod transformations;
 use serde_json::{json, Map, Value as Json};
 
 use crate::auth::{basic_auth, bearer_auth, Account};
+use crate::db::query::{Cond, Filter, NumExpr, SearchQuery, SortExpr, SortValue, TextCol};
 use crate::db::{AssetKey, AssetRecord, ListQuery};
 use crate::delivery;
 use crate::error::{ApiError, ApiResult};
@@ -531,15 +533,13 @@ pub async fn get_resources(
             return by_context(state, account, cloud, &rt, params, q.max_results).await;
         }
         Target::Moderation { rt, kind, status } => {
-            let records: Vec<AssetRecord> = all_assets(state, cloud, Some(&rt))
-                .await?
-                .into_iter()
-                .filter(|r| {
+            let filter = candidates(&rt, TextCol::ExtraJson, "moderation");
+            let records =
+                first_matching(state, cloud, filter, q.max_results.max(0) as usize, |r| {
                     let m = r.extra.get("moderation").and_then(|m| m.get(0));
                     m.is_some_and(|m| m["kind"] == json!(kind) && m["status"] == json!(status))
                 })
-                .take(q.max_results.max(0) as usize)
-                .collect();
+                .await?;
             let with_context = wants(params, "context");
             return listing(state, account, cloud, params, &records, None, with_context).await;
         }
@@ -618,29 +618,70 @@ async fn listing(
 
 /// `resources/:rt/context?key=K[&value=V]`: assets whose context has the key (and value),
 /// newest first, scanning the resource type's assets.
-/// Every asset of a cloud (of one resource type), newest first, read page by page.
-pub(crate) async fn all_assets(
+/// The first `max` assets of a cloud, newest first, among the candidates `filter` selects
+/// that `keep` accepts; read a batch at a time (memory holds a batch and the answer).
+pub(crate) async fn first_matching(
     state: &AppState,
     cloud: &str,
-    resource_type: Option<&str>,
+    filter: Filter,
+    max: usize,
+    keep: impl Fn(&AssetRecord) -> bool,
 ) -> ApiResult<Vec<AssetRecord>> {
+    const BATCH: i64 = 1000;
+    let order = vec![(SortExpr::Num(NumExpr::CreatedAt), false)];
     let mut out = Vec::new();
-    let mut cursor = None;
-    loop {
-        let q = ListQuery {
-            cloud: cloud.to_string(),
-            resource_type: resource_type.map(str::to_string),
-            max_results: 500,
-            cursor: cursor.take(),
-            ..Default::default()
-        };
-        let (page, next) = state.meta.list_assets(&q).await?;
-        out.extend(page);
-        match next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(out),
+    let mut after = None;
+    while out.len() < max {
+        let batch = state
+            .meta
+            .search_assets(&SearchQuery {
+                cloud: cloud.to_string(),
+                filter: filter.clone(),
+                sort: order.clone(),
+                after: after.take(),
+                limit: BATCH,
+            })
+            .await?;
+        let full = batch.len() as i64 == BATCH;
+        if let Some(last) = batch.last() {
+            after = Some((
+                vec![SortValue::Num(last.created_at as f64)],
+                last.asset_id.clone(),
+            ));
+        }
+        out.extend(batch.into_iter().filter(|r| keep(r)).take(max - out.len()));
+        if !full {
+            break;
         }
     }
+    Ok(out)
+}
+
+/// Assets of one resource type whose JSON column contains `needle` (ASCII letters in any
+/// case), or all of them when the needle cannot be looked for in JSON text as it is.
+fn candidates(rt: &str, col: TextCol, needle: &str) -> Filter {
+    let of_type = Filter::Cond(Cond::Text {
+        col: TextCol::ResourceType,
+        value: rt.to_string(),
+        prefix: false,
+        fold: false,
+    });
+    let lowered = needle.to_ascii_lowercase();
+    let plain = lowered.is_ascii()
+        && !lowered.is_empty()
+        && !lowered
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_ascii_control());
+    if !plain {
+        return of_type;
+    }
+    Filter::and(vec![
+        of_type,
+        Filter::Cond(Cond::Contains {
+            col,
+            value: lowered,
+        }),
+    ])
 }
 
 async fn by_context(
@@ -653,16 +694,15 @@ async fn by_context(
 ) -> ApiResult<Json> {
     let key = params.required("key")?;
     let value = params.text("value").filter(|v| !v.is_empty());
-    let records: Vec<AssetRecord> = all_assets(state, cloud, Some(rt))
-        .await?
-        .into_iter()
-        .filter(|r| match (r.context.get(key), value) {
+    let filter = candidates(rt, TextCol::ContextJson, key);
+    let records = first_matching(state, cloud, filter, max.max(0) as usize, |r| {
+        match (r.context.get(key), value) {
             (Some(v), Some(want)) => v.as_str() == Some(want),
             (Some(_), None) => true,
             (None, _) => false,
-        })
-        .take(max.max(0) as usize)
-        .collect();
+        }
+    })
+    .await?;
     listing(state, account, cloud, params, &records, None, true).await
 }
 

@@ -9,9 +9,12 @@ use std::cmp::Ordering;
 use base64::Engine as _;
 use serde_json::{json, Map, Value as Json};
 
-use super::expression;
-use super::{all_assets, asset_json, wants};
+use super::{asset_json, wants};
+use super::{expression, plan};
 use crate::auth::Account;
+use crate::db::query::{
+    AggField, Cond, Filter, NumExpr, SearchQuery, SortExpr, SortValue, TextCol,
+};
 use crate::db::AssetRecord;
 use crate::error::{ApiError, ApiResult};
 use crate::form::Params;
@@ -43,10 +46,12 @@ const SORT_FIELDS: &[&str] = &[
     "version",
 ];
 
-/// Fields `aggregate` counts.
-const AGGREGATE_FIELDS: &[&str] = &["resource_type", "type", "format", "tags", "asset_folder"];
-
 /// `POST resources/search` (JSON body) or `GET resources/search` (query).
+///
+/// The expression is compiled into a database filter ([`plan`]): when it selects exactly the
+/// matches, the page, the count and the aggregations are each one query; otherwise the
+/// candidates it selects are read in order, a batch at a time, and checked against the
+/// expression. Cursors hold the last asset's sort values, so pages stay stable under inserts.
 pub async fn search(
     state: &AppState,
     account: &Account,
@@ -60,17 +65,78 @@ pub async fn search(
         Some("0") => 0,
         _ => max_results(params, 50)?,
     };
-    let offset = read_cursor(params)?;
     let sort = sort_keys(params)?;
+    let cursor = read_position(params, &sort)?;
+    let aggregate_fields = aggregate_fields(params)?;
     let now = state.now();
 
-    let mut found = Vec::new();
-    for rec in all_assets(state, cloud, None).await? {
-        if hits(&expr, &rec, now)? {
-            found.push(rec);
+    let tag_list = match &expr {
+        Some(e) if plan::wants_tag_list(e) => {
+            let tags = state.meta.distinct_tags(plan::TAG_LIST_LIMIT + 1).await?;
+            (tags.len() as i64 <= plan::TAG_LIST_LIMIT).then_some(tags)
         }
-    }
-    found.sort_by(|a, b| compare(a, b, &sort));
+        _ => None,
+    };
+    let compiled = match &expr {
+        Some(e) => plan::Compiler {
+            now,
+            tags: tag_list.as_deref(),
+        }
+        .compile(e)
+        .map_err(|m| ApiError::bad(format!("Invalid search expression: {m}")))?,
+        None => plan::Plan {
+            filter: Filter::Const(true),
+            exact: true,
+        },
+    };
+    let sql_sort: Option<Vec<(SortExpr, bool)>> = sort
+        .iter()
+        .map(|(f, asc)| plan::sort_expr(f).map(|s| (s, *asc)))
+        .collect();
+
+    let (total, mut page, aggregations) = match &sql_sort {
+        Some(order) if compiled.exact => {
+            let page = if max > 0 {
+                state
+                    .meta
+                    .search_assets(&SearchQuery {
+                        cloud: cloud.to_string(),
+                        filter: compiled.filter.clone(),
+                        sort: order.clone(),
+                        after: cursor.clone(),
+                        limit: max as i64 + 1,
+                    })
+                    .await?
+            } else {
+                Vec::new()
+            };
+            let total = state.meta.count_assets(cloud, &compiled.filter).await?;
+            let mut aggs = Vec::new();
+            for (name, field) in &aggregate_fields {
+                let counts = state
+                    .meta
+                    .aggregate_assets(cloud, &compiled.filter, *field)
+                    .await?;
+                aggs.push((name.clone(), counts));
+            }
+            (total as usize, page, aggs)
+        }
+        _ => {
+            scan(
+                state,
+                cloud,
+                &compiled.filter,
+                sql_sort.as_deref(),
+                &expr,
+                now,
+                &sort,
+                cursor.as_ref(),
+                max,
+                &aggregate_fields,
+            )
+            .await?
+        }
+    };
 
     let with: Vec<String> = params
         .items("with_field")
@@ -88,23 +154,119 @@ pub async fn search(
         .filter(|f| !f.is_empty())
         .collect();
     let mut out = Map::new();
-    out.insert("total_count".into(), json!(found.len()));
-    let aggregations = aggregate(params, &found)?;
-    let page: Vec<Json> = found
-        .iter()
-        .skip(offset)
-        .take(max)
-        .map(|r| search_json(state, account, r, &with, &fields))
-        .collect();
-    if max > 0 && offset + max < found.len() {
-        out.insert("next_cursor".into(), json!(write_cursor(offset + max)));
+    out.insert("total_count".into(), json!(total));
+    if max > 0 && page.len() > max {
+        page.truncate(max);
+        if let Some(last) = page.last() {
+            out.insert("next_cursor".into(), json!(write_position(last, &sort)));
+        }
     }
     out.insert("time".into(), json!(started.elapsed().as_millis() as u64));
-    if let Some(a) = aggregations {
-        out.insert("aggregations".into(), a);
+    if !aggregate_fields.is_empty() {
+        let mut aggs = Map::new();
+        for (name, counts) in aggregations {
+            let counts: Map<String, Json> =
+                counts.into_iter().map(|(v, n)| (v, json!(n))).collect();
+            aggs.insert(name, Json::Object(counts));
+        }
+        out.insert("aggregations".into(), Json::Object(aggs));
     }
+    let page: Vec<Json> = page
+        .iter()
+        .map(|r| search_json(state, account, r, &with, &fields))
+        .collect();
     out.insert("resources".into(), Json::Array(page));
     Ok(Json::Object(out))
+}
+
+/// Candidates read in batches of this many.
+const SCAN_BATCH: i64 = 1000;
+
+type Counts = Vec<(String, Vec<(String, i64)>)>;
+
+/// A search the database cannot answer exactly: the candidates `filter` selects, checked
+/// against the expression one batch at a time, counted and aggregated; the page (one more
+/// than `max`) after `cursor`. Memory holds a batch and a page, except when the order is
+/// computed here (`sql_sort` none), which keeps every match to sort it.
+#[allow(clippy::too_many_arguments)]
+async fn scan(
+    state: &AppState,
+    cloud: &str,
+    filter: &Filter,
+    sql_sort: Option<&[(SortExpr, bool)]>,
+    expr: &Option<expression::Expr>,
+    now: i64,
+    sort: &[(String, bool)],
+    cursor: Option<&(Vec<SortValue>, String)>,
+    max: usize,
+    aggregate_fields: &[(String, AggField)],
+) -> ApiResult<(usize, Vec<AssetRecord>, Counts)> {
+    let order = sql_sort
+        .map(<[_]>::to_vec)
+        .unwrap_or_else(|| vec![(SortExpr::Num(NumExpr::CreatedAt), false)]);
+    let mut counts: Vec<std::collections::HashMap<String, i64>> =
+        vec![Default::default(); aggregate_fields.len()];
+    let mut total = 0usize;
+    let mut page: Vec<AssetRecord> = Vec::new();
+    let mut after: Option<(Vec<SortValue>, String)> = None;
+    loop {
+        let batch = state
+            .meta
+            .search_assets(&SearchQuery {
+                cloud: cloud.to_string(),
+                filter: filter.clone(),
+                sort: order.clone(),
+                after: after.take(),
+                limit: SCAN_BATCH,
+            })
+            .await?;
+        let full = batch.len() as i64 == SCAN_BATCH;
+        if let Some(last) = batch.last() {
+            after = Some((
+                order
+                    .iter()
+                    .map(|(s, _)| sql_sort_value(last, *s))
+                    .collect(),
+                last.asset_id.clone(),
+            ));
+        }
+        for rec in batch {
+            if !hits(expr, &rec, now)? {
+                continue;
+            }
+            total += 1;
+            for ((_, field), c) in aggregate_fields.iter().zip(counts.iter_mut()) {
+                for v in aggregate_values(&rec, *field) {
+                    *c.entry(v).or_default() += 1;
+                }
+            }
+            let keep = sql_sort.is_none()
+                || (max > 0
+                    && page.len() <= max
+                    && cursor.is_none_or(|c| comes_after(&rec, sort, c)));
+            if keep {
+                page.push(rec);
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    if sql_sort.is_none() {
+        page.sort_by(|a, b| compare(a, b, sort));
+        page.retain(|r| cursor.is_none_or(|c| comes_after(r, sort, c)));
+        page.truncate(if max == 0 { 0 } else { max + 1 });
+    }
+    let aggs = aggregate_fields
+        .iter()
+        .zip(counts)
+        .map(|((name, _), c)| {
+            let mut c: Vec<(String, i64)> = c.into_iter().collect();
+            c.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            (name.clone(), c)
+        })
+        .collect();
+    Ok((total, page, aggs))
 }
 
 /// The `expression` parameter, parsed; none when absent or blank (everything matches).
@@ -269,7 +431,7 @@ fn sort_keys(params: &Params) -> ApiResult<Vec<(String, bool)>> {
 
 fn compare(a: &AssetRecord, b: &AssetRecord, keys: &[(String, bool)]) -> Ordering {
     for (field, ascending) in keys {
-        let ord = sort_value(a, field).cmp_with(&sort_value(b, field));
+        let ord = cmp_values(&sort_value(a, field), &sort_value(b, field));
         let ord = if *ascending { ord } else { ord.reverse() };
         if ord != Ordering::Equal {
             return ord;
@@ -279,78 +441,142 @@ fn compare(a: &AssetRecord, b: &AssetRecord, keys: &[(String, bool)]) -> Orderin
     b.asset_id.cmp(&a.asset_id)
 }
 
-enum SortValue {
-    Text(String),
-    Number(f64),
+fn cmp_values(a: &SortValue, b: &SortValue) -> Ordering {
+    match (a, b) {
+        (SortValue::Text(a), SortValue::Text(b)) => a.cmp(b),
+        (SortValue::Num(a), SortValue::Num(b)) => a.total_cmp(b),
+        (SortValue::Num(_), SortValue::Text(_)) => Ordering::Less,
+        (SortValue::Text(_), SortValue::Num(_)) => Ordering::Greater,
+    }
 }
 
-impl SortValue {
-    fn cmp_with(&self, other: &SortValue) -> Ordering {
-        match (self, other) {
-            (SortValue::Text(a), SortValue::Text(b)) => a.cmp(b),
-            (SortValue::Number(a), SortValue::Number(b)) => a.total_cmp(b),
-            (SortValue::Number(_), SortValue::Text(_)) => Ordering::Less,
-            (SortValue::Text(_), SortValue::Number(_)) => Ordering::Greater,
+/// Whether an asset comes after the position of a cursor in the order of `keys`.
+fn comes_after(
+    r: &AssetRecord,
+    keys: &[(String, bool)],
+    cursor: &(Vec<SortValue>, String),
+) -> bool {
+    for ((field, ascending), at) in keys.iter().zip(&cursor.0) {
+        let ord = cmp_values(&sort_value(r, field), at);
+        let ord = if *ascending { ord } else { ord.reverse() };
+        if ord != Ordering::Equal {
+            return ord == Ordering::Greater;
         }
     }
+    r.asset_id < cursor.1
 }
 
 fn sort_value(r: &AssetRecord, field: &str) -> SortValue {
-    let num = |v: Option<i64>| SortValue::Number(v.map(|v| v as f64).unwrap_or(-1.0));
-    match field {
-        "public_id" => SortValue::Text(r.key.public_id.clone()),
-        "asset_id" => SortValue::Text(r.asset_id.clone()),
-        "filename" => SortValue::Text(expression::filename(r)),
-        "display_name" => SortValue::Text(r.display_name.clone()),
-        "folder" | "asset_folder" => SortValue::Text(r.asset_folder.clone()),
-        "resource_type" => SortValue::Text(r.key.resource_type.clone()),
-        "type" => SortValue::Text(r.key.delivery_type.clone()),
-        "format" => SortValue::Text(r.format.clone().unwrap_or_default()),
-        "bytes" => num(Some(r.bytes)),
-        "width" => num(r.width),
-        "height" => num(r.height),
-        "pixels" => num(r.width.zip(r.height).map(|(w, h)| w.saturating_mul(h))),
-        "aspect_ratio" => SortValue::Number(
-            r.width
-                .zip(r.height)
-                .filter(|(_, h)| *h > 0)
-                .map(|(w, h)| w as f64 / h as f64)
-                .unwrap_or(-1.0),
-        ),
-        "pages" => num(r.pages),
-        "version" => num(Some(r.version)),
-        _ => num(Some(r.created_at)),
+    if field == "filename" {
+        return SortValue::Text(expression::filename(r));
+    }
+    match plan::sort_expr(field) {
+        Some(s) => sql_sort_value(r, s),
+        None => SortValue::Num(r.created_at as f64),
     }
 }
 
-/// `aggregate`: value counts over all matches, e.g. `{"format": {"png": 3, "jpg": 1}}`.
-fn aggregate(params: &Params, found: &[AssetRecord]) -> ApiResult<Option<Json>> {
-    let names = params.items("aggregate");
-    if names.is_empty() {
+/// The value the database sorts an asset by (missing numbers as -1).
+fn sql_sort_value(r: &AssetRecord, s: SortExpr) -> SortValue {
+    let num = |v: Option<i64>| SortValue::Num(v.map(|v| v as f64).unwrap_or(-1.0));
+    match s {
+        SortExpr::Text(col) => SortValue::Text(match col {
+            TextCol::PublicId => r.key.public_id.clone(),
+            TextCol::AssetId => r.asset_id.clone(),
+            TextCol::DisplayName => r.display_name.clone(),
+            TextCol::AssetFolder => r.asset_folder.clone(),
+            TextCol::ResourceType => r.key.resource_type.clone(),
+            TextCol::DeliveryType => r.key.delivery_type.clone(),
+            TextCol::Format => r.format.clone().unwrap_or_default(),
+            TextCol::Etag => r.etag.clone(),
+            TextCol::ContextJson | TextCol::MetadataJson | TextCol::ExtraJson => String::new(),
+        }),
+        SortExpr::Num(n) => match n {
+            NumExpr::Bytes => num(Some(r.bytes)),
+            NumExpr::Width => num(r.width),
+            NumExpr::Height => num(r.height),
+            NumExpr::Pages => num(r.pages),
+            NumExpr::Version => num(Some(r.version)),
+            NumExpr::CreatedAt => num(Some(r.created_at)),
+            NumExpr::Pixels => num(r.width.zip(r.height).map(|(w, h)| w.saturating_mul(h))),
+            NumExpr::AspectRatio => SortValue::Num(
+                r.width
+                    .zip(r.height)
+                    .filter(|(_, h)| *h > 0)
+                    .map(|(w, h)| w as f64 / h as f64)
+                    .unwrap_or(-1.0),
+            ),
+        },
+    }
+}
+
+/// A cursor: the sort values and asset ID of a page's last asset.
+fn write_position(r: &AssetRecord, keys: &[(String, bool)]) -> String {
+    let values: Vec<SortValue> = keys.iter().map(|(f, _)| sort_value(r, f)).collect();
+    let body = json!({ "v": values, "id": r.asset_id });
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(body.to_string())
+}
+
+/// The position of `next_cursor`, which must come from a search with the same order.
+fn read_position(
+    params: &Params,
+    keys: &[(String, bool)],
+) -> ApiResult<Option<(Vec<SortValue>, String)>> {
+    let Some(c) = params.nonempty("next_cursor") else {
         return Ok(None);
+    };
+    let invalid = || ApiError::bad(format!("Invalid next_cursor {c}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| invalid())?;
+    #[derive(serde::Deserialize)]
+    struct Position {
+        v: Vec<SortValue>,
+        id: String,
     }
-    let mut out = Map::new();
-    for name in names {
-        if !AGGREGATE_FIELDS.contains(&name.as_str()) {
-            return Err(ApiError::bad(format!("Invalid aggregate field {name}")));
+    let p: Position = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    if p.v.len() != keys.len() {
+        return Err(invalid());
+    }
+    for ((field, _), v) in keys.iter().zip(&p.v) {
+        let text = matches!(plan::sort_expr(field), Some(SortExpr::Text(_)) | None);
+        match v {
+            SortValue::Text(_) if text => {}
+            SortValue::Num(n) if !text && n.is_finite() => {}
+            _ => return Err(invalid()),
         }
-        let mut counts: Map<String, Json> = Map::new();
-        for r in found {
-            let values: Vec<String> = match name.as_str() {
-                "resource_type" => vec![r.key.resource_type.clone()],
-                "type" => vec![r.key.delivery_type.clone()],
-                "format" => r.format.iter().cloned().collect(),
-                "tags" => r.tags.clone(),
-                _ => vec![r.asset_folder.clone()],
+    }
+    Ok(Some((p.v, p.id)))
+}
+
+/// The `aggregate` fields asked for.
+fn aggregate_fields(params: &Params) -> ApiResult<Vec<(String, AggField)>> {
+    params
+        .items("aggregate")
+        .into_iter()
+        .map(|name| {
+            let field = match name.as_str() {
+                "resource_type" => AggField::ResourceType,
+                "type" => AggField::DeliveryType,
+                "format" => AggField::Format,
+                "tags" => AggField::Tags,
+                "asset_folder" => AggField::AssetFolder,
+                _ => return Err(ApiError::bad(format!("Invalid aggregate field {name}"))),
             };
-            for v in values {
-                let n = counts.get(&v).and_then(Json::as_u64).unwrap_or(0) + 1;
-                counts.insert(v, json!(n));
-            }
-        }
-        out.insert(name, Json::Object(counts));
+            Ok((name, field))
+        })
+        .collect()
+}
+
+/// The values of an aggregated field in one asset.
+fn aggregate_values(r: &AssetRecord, field: AggField) -> Vec<String> {
+    match field {
+        AggField::ResourceType => vec![r.key.resource_type.clone()],
+        AggField::DeliveryType => vec![r.key.delivery_type.clone()],
+        AggField::Format => r.format.iter().cloned().collect(),
+        AggField::Tags => r.tags.clone(),
+        AggField::AssetFolder => vec![r.asset_folder.clone()],
     }
-    Ok(Some(Json::Object(out)))
 }
 
 /// `GET resources/:asset_id`: the same object as the lookup by public ID.
@@ -416,28 +642,39 @@ pub async fn by_asset_folder(
         .trim_matches('/')
         .to_string();
     let max = max_results(params, 50)?;
-    let offset = read_cursor(params)?;
     let ascending = match params.nonempty("direction") {
         None => false,
         Some(d) => matches!(d.to_ascii_lowercase().as_str(), "asc" | "1"),
     };
-    let mut found: Vec<AssetRecord> = all_assets(state, cloud, None)
-        .await?
-        .into_iter()
-        .filter(|r| r.asset_folder == folder)
-        .collect();
-    found.sort_by(|a, b| compare(a, b, &[("created_at".to_string(), ascending)]));
+    let keys = [("created_at".to_string(), ascending)];
+    let cursor = read_position(params, &keys)?;
+    let mut found = state
+        .meta
+        .search_assets(&SearchQuery {
+            cloud: cloud.to_string(),
+            filter: Filter::Cond(Cond::Text {
+                col: TextCol::AssetFolder,
+                value: folder,
+                prefix: false,
+                fold: false,
+            }),
+            sort: vec![(SortExpr::Num(NumExpr::CreatedAt), ascending)],
+            after: cursor,
+            limit: max as i64 + 1,
+        })
+        .await?;
+    let mut out = Map::new();
+    if found.len() > max {
+        found.truncate(max);
+        if let Some(last) = found.last() {
+            out.insert("next_cursor".into(), json!(write_position(last, &keys)));
+        }
+    }
     let resources: Vec<Json> = found
         .iter()
-        .skip(offset)
-        .take(max)
         .map(|r| listed(state, account, r, params))
         .collect();
-    let mut out = Map::new();
     out.insert("resources".into(), Json::Array(resources));
-    if offset + max < found.len() {
-        out.insert("next_cursor".into(), json!(write_cursor(offset + max)));
-    }
     Ok(Json::Object(out))
 }
 

@@ -4,12 +4,15 @@
 //! database URL's scheme (`sqlite:` or `postgres:`). Both backends share one SQL
 //! implementation over sqlx's `Any` driver ([`sql::SqlStore`]) with its own migrations folder.
 
+pub mod query;
 pub mod sql;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
+
+use query::{AggField, Filter, SearchQuery};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -246,6 +249,20 @@ pub trait MetaStore: Send + Sync {
         &self,
         query: &ListQuery,
     ) -> Result<(Vec<AssetRecord>, Option<String>), DbError>;
+    /// A page of the assets matching a query, sorted, after its position (with tags).
+    async fn search_assets(&self, query: &SearchQuery) -> Result<Vec<AssetRecord>, DbError>;
+    /// How many assets of a cloud match a filter.
+    async fn count_assets(&self, cloud: &str, filter: &Filter) -> Result<i64, DbError>;
+    /// The values of a field among the assets matching a filter, with their counts (most
+    /// frequent first, at most 10,000).
+    async fn aggregate_assets(
+        &self,
+        cloud: &str,
+        filter: &Filter,
+        field: AggField,
+    ) -> Result<Vec<(String, i64)>, DbError>;
+    /// The distinct tags of every cloud, in order, at most `limit`.
+    async fn distinct_tags(&self, limit: i64) -> Result<Vec<String>, DbError>;
     /// Removes an asset row, its tags and its derived records; returns the record and the IDs
     /// of those derived records (whose files are to remove).
     async fn delete_asset(

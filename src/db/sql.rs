@@ -13,6 +13,9 @@ use serde_json::{Map, Value};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+mod search;
+
+use super::query::{AggField, Filter, SearchQuery};
 use super::{
     AssetChange, AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules,
     ChunkSession, DbError, DerivedRecord, DocChange, DocOutcome, Document, ListQuery, MetaStore,
@@ -498,10 +501,16 @@ impl MetaStore for SqlStore {
             conds.push(format!("a.delivery_type = {p}"));
         }
         if let Some(prefix) = &q.prefix {
-            // substr instead of LIKE: no wildcard escaping, same in both databases.
-            let n = prefix.chars().count();
-            let p = next(&mut binds, prefix.clone());
-            conds.push(format!("substr(a.public_id, 1, {n}) = {p}"));
+            // A range by code point (no wildcard escaping; the public ID indexes serve it).
+            if let Some(above) = search::successor(prefix) {
+                let lo = next(&mut binds, prefix.clone());
+                let hi = next(&mut binds, above);
+                let col = match self.dialect {
+                    Dialect::Postgres => "(a.public_id COLLATE \"C\")",
+                    Dialect::Sqlite => "a.public_id",
+                };
+                conds.push(format!("{col} >= {lo} AND {col} < {hi}"));
+            }
         }
         if let Some(ids) = &q.public_ids {
             if ids.is_empty() {
@@ -554,11 +563,15 @@ impl MetaStore for SqlStore {
         let mut conn = self.read.acquire().await?;
         let rows = query.fetch_all(&mut *conn).await?;
         let more = rows.len() as i64 > limit;
-        let mut out = Vec::new();
-        for row in rows.iter().take(limit as usize) {
-            let id: String = row.try_get("asset_id")?;
-            let tags = load_tags(&mut *conn, &id).await?;
-            out.push(row_to_asset(row, tags)?);
+        let rows = &rows[..rows.len().min(limit as usize)];
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("asset_id"))
+            .collect::<Result<_, _>>()?;
+        let mut tags = search::tags_of(&mut conn, &ids).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, id) in rows.iter().zip(&ids) {
+            out.push(row_to_asset(row, tags.remove(id).unwrap_or_default())?);
         }
         let cursor = if more {
             out.last()
@@ -567,6 +580,27 @@ impl MetaStore for SqlStore {
             None
         };
         Ok((out, cursor))
+    }
+
+    async fn search_assets(&self, query: &SearchQuery) -> Result<Vec<AssetRecord>, DbError> {
+        self.search_page(query).await
+    }
+
+    async fn count_assets(&self, cloud: &str, filter: &Filter) -> Result<i64, DbError> {
+        self.count_matching(cloud, filter).await
+    }
+
+    async fn aggregate_assets(
+        &self,
+        cloud: &str,
+        filter: &Filter,
+        field: AggField,
+    ) -> Result<Vec<(String, i64)>, DbError> {
+        self.aggregate_matching(cloud, filter, field).await
+    }
+
+    async fn distinct_tags(&self, limit: i64) -> Result<Vec<String>, DbError> {
+        self.distinct_tag_list(limit).await
     }
 
     async fn modify_asset(
