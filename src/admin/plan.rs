@@ -300,6 +300,10 @@ fn text_term(col: TextCol, t: &Term) -> Plan {
             if !want.is_ascii() {
                 return anything();
             }
+            if matches!(col, TextCol::ResourceType | TextCol::DeliveryType) && !t.prefix {
+                // Stored in lower case, always one word.
+                return exact(text(col, want, false, false));
+            }
             if t.prefix {
                 // The value starts with it, or is the folder it names with a trailing slash.
                 let mut any = vec![text(col, want.clone(), true, true)];

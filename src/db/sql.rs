@@ -529,6 +529,11 @@ impl MetaStore for SqlStore {
             let p = next(&mut binds, t.to_string());
             conds.push(format!("a.created_at >= CAST({p} AS BIGINT)"));
         }
+        // Ties by asset ID, by code point (as the indexes hold it).
+        let aid = match self.dialect {
+            Dialect::Postgres => "(a.asset_id COLLATE \"C\")",
+            Dialect::Sqlite => "a.asset_id",
+        };
         let (cmp, order) = if q.ascending {
             (">", "ASC")
         } else {
@@ -542,12 +547,12 @@ impl MetaStore for SqlStore {
             let pc = next(&mut binds, created.to_string());
             let pid = next(&mut binds, id);
             conds.push(format!(
-                "(a.created_at {cmp} CAST({pc} AS BIGINT) OR (a.created_at = CAST({pc} AS BIGINT) AND a.asset_id {cmp} {pid}))"
+                "(a.created_at {cmp} CAST({pc} AS BIGINT) OR (a.created_at = CAST({pc} AS BIGINT) AND {aid} {cmp} {pid}))"
             ));
         }
         let limit = q.max_results.clamp(1, 1000);
         let sql = format!(
-            "SELECT {cols} FROM assets a WHERE {} ORDER BY a.created_at {order}, a.asset_id {order} LIMIT {}",
+            "SELECT {cols} FROM assets a WHERE {} ORDER BY a.created_at {order}, {aid} {order} LIMIT {}",
             conds.join(" AND "),
             limit + 1,
             cols = ASSET_COLUMNS

@@ -74,6 +74,16 @@ impl Sql {
         format!("({e} >= {lo} AND {e} < {hi})")
     }
 
+    /// `expr` equals `value` (starts with it when `prefix`), by code point.
+    fn text_test(&mut self, expr: &str, value: &str, prefix: bool) -> String {
+        if prefix {
+            self.starts_with(expr, value)
+        } else {
+            let v = self.text(value);
+            format!("{} = {v}", self.ordered(expr))
+        }
+    }
+
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
         let mut q = sqlx::query(&self.text);
         for b in &self.binds {
@@ -121,15 +131,18 @@ impl Sql {
                 prefix,
                 fold,
             } => {
-                let mut e = text_sql(*col).to_string();
+                let raw = text_sql(*col);
+                let folded = self.folded(raw);
                 if *fold {
-                    e = self.folded(&e);
+                    return self.text_test(&folded, value, *prefix);
                 }
-                if *prefix {
-                    self.starts_with(&e, value)
+                let test = self.text_test(raw, value, *prefix);
+                if matches!(col, TextCol::PublicId | TextCol::AssetFolder) {
+                    // Through the index of the folded column, then exactly.
+                    let hint = self.text_test(&folded, &value.to_ascii_lowercase(), *prefix);
+                    format!("({hint} AND {test})")
                 } else {
-                    let v = self.text(value);
-                    format!("{e} = {v}")
+                    test
                 }
             }
             Cond::Contains { col, value } => {
