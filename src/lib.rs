@@ -406,6 +406,12 @@ pub async fn serve(
 
 /// Removes abandoned chunked uploads and stale temporary files: once at start, then
 /// periodically (a quarter of the session lifetime, at most every five minutes).
+/// This process among the instances sharing a database (random, for leases).
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| util::random_hex(8))
+}
+
 async fn sweep_forever(state: AppState) {
     let every = (state.limits.upload_session_ttl_secs / 4).clamp(1, 300) as u64;
     loop {
@@ -414,10 +420,27 @@ async fn sweep_forever(state: AppState) {
             Ok(n) => tracing::info!(removed = n, "swept abandoned uploads and temporary files"),
             Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
         }
-        match upload::orphans::sweep(&state).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "removed stored files no record refers to"),
-            Err(e) => tracing::warn!(error = %e, "sweeping orphaned files failed"),
+        // The store and the database may be shared by several instances: one of them at a
+        // time lists the store (the lease outlives two rounds, so a stopped holder's turn
+        // passes to another).
+        let now = state.now();
+        let lease = state
+            .meta
+            .try_lease(
+                "orphan-sweep",
+                instance_id(),
+                now,
+                now + 2 * every as i64 + 60,
+            )
+            .await;
+        match lease {
+            Ok(true) => match upload::orphans::sweep(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed stored files no record refers to"),
+                Err(e) => tracing::warn!(error = %e, "sweeping orphaned files failed"),
+            },
+            Ok(false) => tracing::debug!("another instance sweeps orphaned files"),
+            Err(e) => tracing::warn!(error = %e, "taking the orphan sweep's lease failed"),
         }
         tokio::time::sleep(Duration::from_secs(every)).await;
     }

@@ -420,6 +420,16 @@ pub trait MetaStore: Send + Sync {
     /// Sessions not touched since `before`.
     async fn stale_chunk_sessions(&self, before: i64) -> Result<Vec<String>, DbError>;
 
+    /// Takes or renews the lease `name` for `holder` until `expires_at` when it is free,
+    /// expired at `now`, or already `holder`'s; answers whether `holder` has it.
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, DbError>;
+
     /// Removes every record of a cloud (assets, tags, derived, presets, folders, upload
     /// sessions and their parts, delete tokens, documents) in one transaction; answers the
     /// upload sessions removed (whose folders the caller removes).

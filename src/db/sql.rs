@@ -587,6 +587,27 @@ impl MetaStore for SqlStore {
         Ok((out, cursor))
     }
 
+    async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+        )
+        .bind(name.to_string())
+        .bind(holder.to_string())
+        .bind(expires_at)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn search_assets(&self, query: &SearchQuery) -> Result<Vec<AssetRecord>, DbError> {
         self.search_page(query).await
     }
