@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod db;
 pub mod delivery;
@@ -349,6 +350,7 @@ impl Server {
                     "header X-Nephos-Control: 1"
                 }
             ));
+            lines.push(format!("console: {}/console", self.base_url()));
         }
         lines.extend(cloudinary_urls(&self.config, self.addr));
         if let Some(https) = self.secure_base_url() {

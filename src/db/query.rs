@@ -61,13 +61,14 @@ pub enum Cond {
         prefix: bool,
         fold: bool,
     },
-    /// The column, ASCII letters lowered, contains `value` (given lowered).
+    /// The column contains `value` (given lowered) with its ASCII letters in any case (or
+    /// more: this condition only ever selects candidates that are checked afterwards).
     Contains { col: TextCol, value: String },
     /// A tag equals `value` (starts with it when `prefix`).
     Tag { value: String, prefix: bool },
     /// A tag is one of these.
     TagIn(Vec<String>),
-    /// A tag, ASCII letters lowered, contains `value` (given lowered).
+    /// A tag contains `value` (given lowered) in any case, as [`Cond::Contains`].
     TagContains(String),
 }
 

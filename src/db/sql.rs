@@ -174,6 +174,17 @@ impl SqlStore {
                 let pool = AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(30))
+                    // Listings and searches bind prefixes, tags and bounds whose selectivity
+                    // decides the plan: each execution is planned with its values, never with a
+                    // generic plan made for any value.
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            sqlx::query("SET plan_cache_mode = force_custom_plan")
+                                .execute(conn)
+                                .await
+                                .map(|_| ())
+                        })
+                    })
                     .connect_with(options)
                     .await?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;

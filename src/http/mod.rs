@@ -39,7 +39,9 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     Router::new()
         // The control API: no CORS layer (browsers cannot call it cross-origin) and not
         // recorded among the requests it reports.
-        .nest("/_nephos", crate::control::api::router(state))
+        .nest("/_nephos", crate::control::api::router(state.clone()))
+        // The browser console: served by nephos itself, where the control API is on.
+        .nest("/console", crate::console::router(state))
         .fallback_service(api)
         // A bug must never take a connection down without an answer: a panic becomes a 500
         // in the API's error shape (and is logged).

@@ -18,6 +18,7 @@ use crate::db::{AssetRecord, DbError};
 enum Bind {
     Text(String),
     Num(f64),
+    Int(i64),
 }
 
 /// A statement under construction and its parameters.
@@ -44,6 +45,17 @@ impl Sql {
     fn num(&mut self, v: f64) -> String {
         self.binds.push(Bind::Num(v));
         format!("CAST(${} AS DOUBLE PRECISION)", self.binds.len())
+    }
+
+    /// A number compared with `expr`: a whole one against a whole-number expression stays a
+    /// `BIGINT`, so that the column's indexes serve the comparison.
+    fn num_for(&mut self, expr: NumExpr, v: f64) -> String {
+        if integral(expr) && v.fract() == 0.0 && v.abs() < 9.0e15 {
+            self.binds.push(Bind::Int(v as i64));
+            format!("CAST(${} AS BIGINT)", self.binds.len())
+        } else {
+            self.num(v)
+        }
     }
 
     /// An expression compared by code point.
@@ -74,6 +86,18 @@ impl Sql {
         format!("({e} >= {lo} AND {e} < {hi})")
     }
 
+    /// `expr` contains `value` (lower case) in any case: ASCII letters in SQLite's `LIKE`;
+    /// every letter in PostgreSQL's `ILIKE`, which selects more (these conditions select
+    /// candidates, checked afterwards) at a fraction of folding each row first.
+    fn contains(&mut self, expr: &str, value: &str) -> String {
+        let v = self.text(&like_pattern(value));
+        let op = match self.dialect {
+            Dialect::Postgres => "ILIKE",
+            Dialect::Sqlite => "LIKE",
+        };
+        format!("{expr} {op} {v} ESCAPE '\\'")
+    }
+
     /// `expr` equals `value` (starts with it when `prefix`), by code point.
     fn text_test(&mut self, expr: &str, value: &str, prefix: bool) -> String {
         if prefix {
@@ -90,6 +114,7 @@ impl Sql {
             q = match b {
                 Bind::Text(s) => q.bind(s.clone()),
                 Bind::Num(n) => q.bind(*n),
+                Bind::Int(n) => q.bind(*n),
             };
         }
         q
@@ -115,8 +140,10 @@ impl Sql {
         match c {
             Cond::Num { expr, cmp, value } => {
                 let e = num_sql(*expr);
-                let v = self.num(*value);
+                let whole = integral(*expr) && value.fract() == 0.0;
+                let v = self.num_for(*expr, *value);
                 let test = match cmp {
+                    Cmp::Eq if whole => format!("{e} = {v}"),
                     Cmp::Eq => format!("ABS({e} - {v}) < 1e-9"),
                     Cmp::Lt => format!("{e} < {v}"),
                     Cmp::Le => format!("{e} <= {v}"),
@@ -145,11 +172,7 @@ impl Sql {
                     test
                 }
             }
-            Cond::Contains { col, value } => {
-                let e = self.folded(text_sql(*col));
-                let v = self.text(&like_pattern(value));
-                format!("{e} LIKE {v} ESCAPE '\\'")
-            }
+            Cond::Contains { col, value } => self.contains(text_sql(*col), value),
             Cond::Tag { value, prefix } => {
                 let test = if *prefix {
                     self.starts_with("t.tag", value)
@@ -167,9 +190,8 @@ impl Sql {
                 tag_exists(&format!("t.tag IN ({})", ps.join(", ")))
             }
             Cond::TagContains(value) => {
-                let e = self.folded("t.tag");
-                let v = self.text(&like_pattern(value));
-                tag_exists(&format!("{e} LIKE {v} ESCAPE '\\'"))
+                let test = self.contains("t.tag", value);
+                tag_exists(&test)
             }
         }
     }
@@ -177,6 +199,10 @@ impl Sql {
     fn sort_sql(&self, s: SortExpr) -> String {
         match s {
             SortExpr::Text(col) => self.ordered(text_sql(col)),
+            // Columns that always hold a number sort as they are (their indexes serve it).
+            SortExpr::Num(n @ (NumExpr::Bytes | NumExpr::Version | NumExpr::CreatedAt)) => {
+                num_sql(n).to_string()
+            }
             SortExpr::Num(n) => format!("COALESCE({}, -1)", num_sql(n)),
         }
     }
@@ -196,7 +222,7 @@ impl Sql {
         for ((expr, ascending), value) in sort.iter().zip(values) {
             let e = self.sort_sql(*expr);
             let v = match (expr, value) {
-                (SortExpr::Num(_), SortValue::Num(n)) => self.num(*n),
+                (SortExpr::Num(e), SortValue::Num(n)) => self.num_for(*e, *n),
                 (SortExpr::Text(_), SortValue::Text(t)) => self.text(t),
                 _ => return Err(DbError::Corrupt("the cursor does not fit the sort".into())),
             };
@@ -232,6 +258,11 @@ fn text_sql(col: TextCol) -> &'static str {
         TextCol::MetadataJson => "a.metadata",
         TextCol::ExtraJson => "a.extra",
     }
+}
+
+/// Whether an expression is a whole number (all but the aspect ratio).
+fn integral(n: NumExpr) -> bool {
+    !matches!(n, NumExpr::AspectRatio)
 }
 
 fn num_sql(n: NumExpr) -> &'static str {

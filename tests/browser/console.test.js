@@ -1,0 +1,236 @@
+// The console at /console in headless Chromium, used as a newcomer would: choose a cloud,
+// drop files (one large enough to go in parts), find an upload by search, open it, try a
+// transformation, edit its tags, rename it, delete it, watch a failing request in the log,
+// reset the cloud, and look at it on a phone-sized screen. Screenshots of each page are saved
+// under target/console-screenshots/.
+//
+//   NEPHOS_BIN       the nephos binary (default: ../../target/debug/nephos)
+//   NEPHOS_CHROMIUM  the Chromium binary (default: /usr/bin/chromium)
+'use strict';
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const readline = require('node:readline');
+const { chromium } = require('playwright-core');
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const CONFIG = path.join(ROOT, 'tests', 'sdk', 'nephos-sdk.toml');
+const SHOTS = path.join(ROOT, 'target', 'console-screenshots');
+const AUTH = `Basic ${Buffer.from('1234567890:abcd').toString('base64')}`;
+
+let nephos;
+let browser;
+let page;
+const problems = []; // console errors, page errors and failed requests: there must be none
+
+function startNephos() {
+  const bin = process.env.NEPHOS_BIN
+    ? path.resolve(process.env.NEPHOS_BIN)
+    : path.join(ROOT, 'target', 'debug', 'nephos');
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nephos-console-'));
+  const proc = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--config', CONFIG], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const stop = () => {
+    proc.kill('SIGTERM');
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  };
+  return new Promise((resolve, reject) => {
+    const rl = readline.createInterface({ input: proc.stdout });
+    rl.on('line', (line) => {
+      if (line.startsWith('nephos listening on ')) {
+        resolve({ base: line.slice('nephos listening on '.length).trim(), stop });
+      }
+    });
+    proc.on('error', reject);
+    proc.on('exit', (code, signal) => reject(new Error(`nephos exited (${code ?? signal}) before listening`)));
+  });
+}
+
+async function adminGet(p) {
+  const r = await fetch(`${nephos.base}/v1_1/demo/${p}`, { headers: { Authorization: AUTH } });
+  return { status: r.status, body: await r.json() };
+}
+
+async function shot(name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+before(async () => {
+  nephos = await startNephos();
+  browser = await chromium.launch({
+    executablePath: process.env.NEPHOS_CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console.error: ${m.text()}`); });
+  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+  page.on('requestfailed', (r) => problems.push(`requestfailed: ${r.method()} ${r.url()}: ${r.failure()?.errorText}`));
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (nephos) nephos.stop();
+});
+
+test('a newcomer uses the console from upload to delete', { timeout: 180_000 }, async () => {
+  const head = await fetch(`${nephos.base}/console`);
+  assert.equal(head.status, 200);
+  assert.match(head.headers.get('content-security-policy'), /default-src 'none'/);
+
+  await page.goto(`${nephos.base}/console`);
+  await page.locator('#cloud-list button[data-cloud="demo"]').first().click();
+  await page.waitForSelector('#result-count');
+  await shot('1-library-empty');
+
+  // Upload by drag and drop: a PNG, and 7 MB of noise that goes in two parts.
+  await page.click('nav a[data-view="upload"]');
+  await page.fill('#upload-folder', 'console');
+  await page.fill('#upload-tags', 'dropped');
+  const png = fs.readFileSync(path.join(ROOT, 'tests', 'sdk', 'assets', 'logo.png')).toString('base64');
+  await page.evaluate(({ png }) => {
+    const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
+    const big = new Uint8Array(7 * 1024 * 1024);
+    let x = 88172645;
+    for (let i = 0; i < big.length; i++) {
+      x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+      big[i] = x & 0xff;
+    }
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], 'logo.png', { type: 'image/png' }));
+    dt.items.add(new File([big], 'noise.bin', { type: 'application/octet-stream' }));
+    const zone = document.getElementById('drop-zone');
+    zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    zone.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }, { png });
+  await page.waitForFunction(() => document.querySelectorAll('#upload-list li[data-done]').length === 2, null,
+    { timeout: 120_000 });
+  const states = await page.$$eval('#upload-list li', (lis) => lis.map((li) => [li.dataset.file, li.dataset.done,
+    li.textContent]));
+  for (const [file, done, text] of states) assert.equal(done, 'true', `${file}: ${text}`);
+  await shot('2-upload');
+  const parts = await fetch(`${nephos.base}/_nephos/requests?path_prefix=/v1_1/demo/auto/upload&limit=50`,
+    { headers: { 'X-Nephos-Control': '1' } }).then((r) => r.json());
+  assert.equal(parts.requests.length, 3, 'one request for the PNG, two parts for the 7 MB file');
+  const big = await adminGet('resources/search?expression=format%3Abin%20OR%20resource_type%3Araw');
+  assert.equal(big.body.resources[0].bytes, 7 * 1024 * 1024);
+
+  // Find the PNG by search and open it.
+  await page.click('nav a[data-view="library"]');
+  await page.fill('#search', 'tags:dropped AND format:png');
+  await page.click('form[role="search"] button[type="submit"]');
+  await page.waitForFunction(() => document.querySelectorAll('#results .card').length === 1);
+  const pid = await page.getAttribute('#results .card', 'data-public-id');
+  assert.match(pid, /logo/);
+  const thumbOk = await page.$eval('#results .card img', (img) => new Promise((resolve) => {
+    if (img.complete) resolve(img.naturalWidth);
+    else img.addEventListener('load', () => resolve(img.naturalWidth));
+  }));
+  assert.equal(thumbOk, 200, 'the thumbnail is rendered by nephos at 200×200');
+  await shot('3-library-search');
+  await page.click('#results .card');
+  await page.waitForSelector('#asset-title');
+  assert.equal(await page.textContent('#asset-title'), pid);
+
+  // The transformation playground.
+  await page.fill('#transformation', 'c_fill,w_50,h_40');
+  await page.click('#apply');
+  await page.waitForFunction(() => {
+    const img = document.getElementById('transformed-image');
+    return img && img.complete && img.naturalWidth > 0;
+  });
+  assert.equal(await page.textContent('#transform-status'), '50 × 40');
+  assert.match(await page.textContent('#transformed-url'), /\/image\/upload\/c_fill,w_50,h_40\//);
+  assert.match(await page.textContent('#snippet-python'), /raw_transformation="c_fill,w_50,h_40"/);
+  assert.match(await page.textContent('#snippet-node'), /cloudinary\.url\(/);
+  await shot('4-asset');
+
+  // Edit the tags.
+  await page.fill('#edit-tags', 'alpha,beta');
+  await page.click('#save');
+  await page.waitForFunction(() => document.getElementById('edit-tags')?.value === 'alpha,beta'
+    && document.getElementById('toast').textContent === 'Saved');
+  let got = await adminGet(`resources/image/upload/${pid}`);
+  assert.deepEqual(got.body.tags, ['alpha', 'beta']);
+
+  // Rename.
+  await page.fill('#rename-to', 'console/renamed_logo');
+  await page.click('#rename');
+  await page.waitForFunction(() => document.getElementById('asset-title')?.textContent === 'console/renamed_logo');
+  got = await adminGet(`resources/image/upload/${pid}`);
+  assert.equal(got.status, 404);
+  got = await adminGet('resources/image/upload/console/renamed_logo');
+  assert.equal(got.status, 200);
+
+  // Delete, after confirming.
+  page.once('dialog', (d) => d.accept());
+  await page.click('#delete');
+  await page.waitForFunction(() => location.hash === '#/library');
+  got = await adminGet('resources/image/upload/console/renamed_logo');
+  assert.equal(got.status, 404);
+
+  // A request that fails shows in the log, with its message.
+  const bad = await fetch(`${nephos.base}/v1_1/demo/resources/search`, {
+    method: 'POST',
+    headers: { Authorization: AUTH, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ expression: 'colour:red' }),
+  });
+  assert.equal(bad.status, 400);
+  await page.click('nav a[data-view="log"]');
+  await page.selectOption('#log-status', 'bad');
+  const row = page.locator('#log-rows tr.log-entry', { hasText: 'unknown field colour' });
+  await row.first().waitFor();
+  assert.equal(await row.first().getAttribute('data-status'), '400');
+  await row.first().click();
+  assert.match(await page.textContent('#log-detail'), /resources\/search/);
+  await shot('5-request-log');
+
+  // Reset the cloud, after confirming.
+  page.once('dialog', (d) => d.accept());
+  await page.click('#reset-cloud');
+  await page.waitForFunction(() => document.getElementById('toast').textContent === 'The cloud is empty');
+  got = await adminGet('resources/search');
+  assert.equal(got.body.total_count, 0);
+
+  // A phone-sized screen: nothing wider than the screen.
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.click('nav a[data-view="library"]');
+  await page.waitForSelector('#result-count');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `the page is ${overflow}px wider than a phone screen`);
+  await shot('6-phone-library');
+
+  // Keyboard: the first Tab reaches the skip link, Enter on a section link opens it.
+  await page.reload();
+  await page.waitForSelector('#result-count');
+  await page.keyboard.press('Tab');
+  assert.equal(await page.evaluate(() => document.activeElement.className), 'skip');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('#drop-zone');
+
+  assert.deepEqual(problems, [], problems.join('\n'));
+});
+
+test('markup in asset fields is shown as text', { timeout: 60_000 }, async () => {
+  const form = new FormData();
+  form.append('file', new Blob(['<b>x</b>']), 'x.txt');
+  form.append('public_id', '<img src=x onerror=window.pwned=1>');
+  form.append('tags', '<script>window.pwned=2</script>');
+  const up = await fetch(`${nephos.base}/v1_1/demo/raw/upload`, { method: 'POST', headers: { Authorization: AUTH }, body: form });
+  assert.equal(up.status, 200, await up.text());
+  await page.setViewportSize({ width: 1280, height: 860 });
+  await page.goto(`${nephos.base}/console#/library`);
+  await page.waitForFunction(() => document.querySelectorAll('#results .card').length === 1);
+  assert.match(await page.textContent('#results .card'), /<img src=x onerror=/);
+  await page.click('#results .card');
+  await page.waitForSelector('#asset-title');
+  assert.equal(await page.evaluate(() => window.pwned), undefined);
+});
