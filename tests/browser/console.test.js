@@ -222,15 +222,21 @@ test('a newcomer uses the console from upload to delete', { timeout: 180_000 }, 
 test('markup in asset fields is shown as text', { timeout: 60_000 }, async () => {
   const form = new FormData();
   form.append('file', new Blob(['<b>x</b>']), 'x.txt');
-  form.append('public_id', '<img src=x onerror=window.pwned=1>');
-  form.append('tags', '<script>window.pwned=2</script>');
+  form.append('public_id', 'markup');
+  form.append('display_name', '<img src=x onerror=window.pwned=1>');
+  form.append('tags', '<img src=y onerror=window.pwned=2>');
+  form.append('context', 'alt=<img src=z onerror=window.pwned=3>');
   const up = await fetch(`${nephos.base}/v1_1/demo/raw/upload`, { method: 'POST', headers: { Authorization: AUTH }, body: form });
   assert.equal(up.status, 200, await up.text());
   await page.setViewportSize({ width: 1280, height: 860 });
   await page.goto(`${nephos.base}/console#/library`);
   await page.waitForFunction(() => document.querySelectorAll('#results .card').length === 1);
-  assert.match(await page.textContent('#results .card'), /<img src=x onerror=/);
+  assert.match(await page.textContent('#results .card'), /<img src=y onerror=/);
   await page.click('#results .card');
   await page.waitForSelector('#asset-title');
+  assert.equal(await page.inputValue('#edit-display-name'), '<img src=x onerror=window.pwned=1>');
+  assert.match(await page.inputValue('#edit-context'), /alt=<img src=z/);
+  assert.match(await page.textContent('#fields'), /<img src=z onerror=/);
   assert.equal(await page.evaluate(() => window.pwned), undefined);
+  assert.equal(await page.locator('img[src="x"], img[src="y"], img[src="z"]').count(), 0);
 });
