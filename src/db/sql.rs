@@ -471,7 +471,7 @@ impl MetaStore for SqlStore {
                     .bind(stored.asset_id.clone())
                     .execute(&mut *tx)
                     .await?;
-                insert_tags(&mut tx, &stored.asset_id, &stored.tags).await?;
+                insert_tags(&mut tx, &stored).await?;
                 tx.commit().await?;
                 return Ok(SaveOutcome::Replaced {
                     stored: Box::new(stored),
@@ -484,7 +484,7 @@ impl MetaStore for SqlStore {
                 tx.rollback().await?;
                 continue;
             }
-            insert_tags(&mut tx, &stored.asset_id, &stored.tags).await?;
+            insert_tags(&mut tx, &stored).await?;
             tx.commit().await?;
             return Ok(SaveOutcome::Created(stored));
         }
@@ -530,20 +530,28 @@ impl MetaStore for SqlStore {
             let ps: Vec<String> = ids.iter().map(|id| next(&mut binds, id.clone())).collect();
             conds.push(format!("a.public_id IN ({})", ps.join(", ")));
         }
-        if let Some(tag) = &q.tag {
-            let p = next(&mut binds, tag.clone());
-            conds.push(format!(
-                "EXISTS (SELECT 1 FROM asset_tags t WHERE t.asset_id = a.asset_id AND t.tag = {p})"
-            ));
-        }
+        // With a tag, the rows come from the tag index in creation order (tag rows carry
+        // their asset's cloud and creation time), joined to their assets.
+        let (from, created, id_col) = match &q.tag {
+            Some(tag) => {
+                let p = next(&mut binds, tag.clone());
+                conds.push(format!("t.cloud = $1 AND t.tag = {p}"));
+                (
+                    "asset_tags t JOIN assets a ON a.asset_id = t.asset_id",
+                    "t.created_at",
+                    "t.asset_id",
+                )
+            }
+            None => ("assets a", "a.created_at", "a.asset_id"),
+        };
         if let Some(t) = q.start_at {
             let p = next(&mut binds, t.to_string());
             conds.push(format!("a.created_at >= CAST({p} AS BIGINT)"));
         }
         // Ties by asset ID, by code point (as the indexes hold it).
         let aid = match self.dialect {
-            Dialect::Postgres => "(a.asset_id COLLATE \"C\")",
-            Dialect::Sqlite => "a.asset_id",
+            Dialect::Postgres => format!("({id_col} COLLATE \"C\")"),
+            Dialect::Sqlite => id_col.to_string(),
         };
         let (cmp, order) = if q.ascending {
             (">", "ASC")
@@ -558,12 +566,12 @@ impl MetaStore for SqlStore {
             let pc = next(&mut binds, created.to_string());
             let pid = next(&mut binds, id);
             conds.push(format!(
-                "(a.created_at {cmp} CAST({pc} AS BIGINT) OR (a.created_at = CAST({pc} AS BIGINT) AND {aid} {cmp} {pid}))"
+                "({created} {cmp} CAST({pc} AS BIGINT) OR ({created} = CAST({pc} AS BIGINT) AND {aid} {cmp} {pid}))"
             ));
         }
         let limit = q.max_results.clamp(1, 1000);
         let sql = format!(
-            "SELECT {cols} FROM assets a WHERE {} ORDER BY a.created_at {order}, {aid} {order} LIMIT {}",
+            "SELECT {cols} FROM {from} WHERE {} ORDER BY {created} {order}, {aid} {order} LIMIT {}",
             conds.join(" AND "),
             limit + 1,
             cols = ASSET_COLUMNS
@@ -661,7 +669,7 @@ impl MetaStore for SqlStore {
             .bind(record.asset_id.clone())
             .execute(&mut *tx)
             .await?;
-        insert_tags(&mut tx, &record.asset_id, &record.tags).await?;
+        insert_tags(&mut tx, &record).await?;
         tx.commit().await?;
         Ok(Some(record))
     }
@@ -1499,32 +1507,34 @@ async fn insert_batch(
         .iter()
         .map(|r| r.try_get::<String, _>("asset_id"))
         .collect::<Result<_, _>>()?;
-    let tag_rows: Vec<(&str, &str)> = records
+    let tag_rows: Vec<(&&AssetRecord, &str)> = records
         .iter()
         .filter(|r| inserted.contains(&r.asset_id))
-        .flat_map(|r| {
-            r.tags
-                .iter()
-                .map(move |t| (r.asset_id.as_str(), t.as_str()))
-        })
+        .flat_map(|r| r.tags.iter().map(move |t| (r, t.as_str())))
         .collect();
     if !tag_rows.is_empty() {
         let values: Vec<String> = (0..tag_rows.len())
             .map(|i| {
                 format!(
-                    "({}, {})",
-                    placeholder(dialect, 2 * i + 1),
-                    placeholder(dialect, 2 * i + 2)
+                    "({}, {}, {}, {})",
+                    placeholder(dialect, 4 * i + 1),
+                    placeholder(dialect, 4 * i + 2),
+                    placeholder(dialect, 4 * i + 3),
+                    placeholder(dialect, 4 * i + 4)
                 )
             })
             .collect();
         let sql = format!(
-            "INSERT INTO asset_tags (asset_id, tag) VALUES {} ON CONFLICT DO NOTHING",
+            "INSERT INTO asset_tags (asset_id, tag, cloud, created_at) VALUES {} ON CONFLICT DO NOTHING",
             values.join(", ")
         );
         let mut q = sqlx::query(&sql);
-        for (id, tag) in tag_rows {
-            q = q.bind(id.to_string()).bind(tag.to_string());
+        for (r, tag) in tag_rows {
+            q = q
+                .bind(r.asset_id.clone())
+                .bind(tag.to_string())
+                .bind(r.key.cloud.clone())
+                .bind(r.created_at);
         }
         q.execute(&mut *tx).await?;
     }
@@ -1632,24 +1642,37 @@ async fn delete_derived_of(
         .collect::<Result<_, _>>()?)
 }
 
+/// The tag rows of an asset (each carries the asset's cloud and creation time, so that the
+/// newest assets with a tag are read from the tag index alone).
 async fn insert_tags(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    asset_id: &str,
-    tags: &[String],
+    record: &AssetRecord,
 ) -> Result<(), DbError> {
-    if tags.is_empty() {
+    if record.tags.is_empty() {
         return Ok(());
     }
-    let values: Vec<String> = (0..tags.len())
-        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+    let values: Vec<String> = (0..record.tags.len())
+        .map(|i| {
+            format!(
+                "(${}, ${}, ${}, CAST(${} AS BIGINT))",
+                4 * i + 1,
+                4 * i + 2,
+                4 * i + 3,
+                4 * i + 4
+            )
+        })
         .collect();
     let sql = format!(
-        "INSERT INTO asset_tags (asset_id, tag) VALUES {} ON CONFLICT DO NOTHING",
+        "INSERT INTO asset_tags (asset_id, tag, cloud, created_at) VALUES {} ON CONFLICT DO NOTHING",
         values.join(", ")
     );
     let mut q = sqlx::query(&sql);
-    for tag in tags {
-        q = q.bind(asset_id.to_string()).bind(tag.clone());
+    for tag in &record.tags {
+        q = q
+            .bind(record.asset_id.clone())
+            .bind(tag.clone())
+            .bind(record.key.cloud.clone())
+            .bind(record.created_at);
     }
     q.execute(&mut **tx).await?;
     Ok(())

@@ -26,6 +26,8 @@ struct Sql {
     dialect: Dialect,
     text: String,
     binds: Vec<Bind>,
+    /// Rows come from the tag index (`t`): creation time and asset ID are read there.
+    by_tag: bool,
 }
 
 impl Sql {
@@ -34,6 +36,7 @@ impl Sql {
             dialect,
             text: String::new(),
             binds: Vec::new(),
+            by_tag: false,
         }
     }
 
@@ -55,6 +58,15 @@ impl Sql {
             format!("CAST(${} AS BIGINT)", self.binds.len())
         } else {
             self.num(v)
+        }
+    }
+
+    /// The asset ID that orders rows.
+    fn id_col(&self) -> &'static str {
+        if self.by_tag {
+            "t.asset_id"
+        } else {
+            "a.asset_id"
         }
     }
 
@@ -200,6 +212,7 @@ impl Sql {
         match s {
             SortExpr::Text(col) => self.ordered(text_sql(col)),
             // Columns that always hold a number sort as they are (their indexes serve it).
+            SortExpr::Num(NumExpr::CreatedAt) if self.by_tag => "t.created_at".into(),
             SortExpr::Num(n @ (NumExpr::Bytes | NumExpr::Version | NumExpr::CreatedAt)) => {
                 num_sql(n).to_string()
             }
@@ -234,14 +247,44 @@ impl Sql {
         }
         let id = self.text(asset_id);
         let mut last = equal;
-        last.push(format!("{} < {id}", self.ordered("a.asset_id")));
+        last.push(format!("{} < {id}", self.ordered(self.id_col())));
         ors.push(format!("({})", last.join(" AND ")));
         Ok(format!("({})", ors.join(" OR ")))
     }
 }
 
+/// Assets with a tag row passing `test` (an uncorrelated subquery: both databases read the
+/// matching tag rows once, by index).
 fn tag_exists(test: &str) -> String {
-    format!("EXISTS (SELECT 1 FROM asset_tags t WHERE t.asset_id = a.asset_id AND {test})")
+    format!("a.asset_id IN (SELECT t.asset_id FROM asset_tags t WHERE {test})")
+}
+
+/// A tag equality that can drive a query: the filter is that tag, or that tag and more.
+/// Answers the tag and the rest of the filter.
+fn driving_tag(filter: &Filter) -> Option<(String, Filter)> {
+    let tag_of = |f: &Filter| match f {
+        Filter::Cond(Cond::Tag {
+            value,
+            prefix: false,
+        }) => Some(value.clone()),
+        Filter::Cond(Cond::TagIn(tags)) if tags.len() == 1 => Some(tags[0].clone()),
+        _ => None,
+    };
+    if let Some(t) = tag_of(filter) {
+        return Some((t, Filter::Const(true)));
+    }
+    let Filter::All(parts) = filter else {
+        return None;
+    };
+    let at = parts.iter().position(|p| tag_of(p).is_some())?;
+    let tag = tag_of(&parts[at])?;
+    let rest = parts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != at)
+        .map(|(_, p)| p.clone())
+        .collect();
+    Some((tag, Filter::and(rest)))
 }
 
 fn text_sql(col: TextCol) -> &'static str {
@@ -312,7 +355,26 @@ impl SqlStore {
     pub(super) async fn search_page(&self, q: &SearchQuery) -> Result<Vec<AssetRecord>, DbError> {
         let mut sql = Sql::new(self.dialect);
         let cloud = sql.text(&q.cloud);
-        let mut conds = vec![format!("a.cloud = {cloud}"), sql.filter(&q.filter)];
+        // Newest (or oldest) first with one tag: read in order from the tag index.
+        let tag_order = matches!(q.sort.as_slice(), [(SortExpr::Num(NumExpr::CreatedAt), _)]);
+        let (from, mut conds) = match driving_tag(&q.filter).filter(|_| tag_order) {
+            Some((tag, rest)) => {
+                sql.by_tag = true;
+                let t = sql.text(&tag);
+                let rest = sql.filter(&rest);
+                (
+                    "asset_tags t JOIN assets a ON a.asset_id = t.asset_id",
+                    vec![
+                        format!("t.cloud = {cloud} AND t.tag = {t} AND a.cloud = {cloud}"),
+                        rest,
+                    ],
+                )
+            }
+            None => (
+                "assets a",
+                vec![format!("a.cloud = {cloud}"), sql.filter(&q.filter)],
+            ),
+        };
         if let Some((values, id)) = &q.after {
             let after = sql.after(&q.sort, values, id)?;
             conds.push(after);
@@ -322,13 +384,13 @@ impl SqlStore {
             .iter()
             .map(|(s, asc)| format!("{} {}", sql.sort_sql(*s), if *asc { "ASC" } else { "DESC" }))
             .collect();
-        order.push(format!("{} DESC", sql.ordered("a.asset_id")));
+        order.push(format!("{} DESC", sql.ordered(sql.id_col())));
         let cols: Vec<String> = ASSET_COLUMNS
             .split(',')
             .map(|c| format!("a.{}", c.trim()))
             .collect();
         sql.text = format!(
-            "SELECT {} FROM assets a WHERE {} ORDER BY {} LIMIT {}",
+            "SELECT {} FROM {from} WHERE {} ORDER BY {} LIMIT {}",
             cols.join(", "),
             conds.join(" AND "),
             order.join(", "),
@@ -354,8 +416,27 @@ impl SqlStore {
     ) -> Result<i64, DbError> {
         let mut sql = Sql::new(self.dialect);
         let c = sql.text(cloud);
-        let f = sql.filter(filter);
-        sql.text = format!("SELECT COUNT(*) AS n FROM assets a WHERE a.cloud = {c} AND {f}");
+        sql.text = match driving_tag(filter) {
+            // The tag index alone counts the assets with one tag.
+            Some((tag, Filter::Const(true))) => {
+                let t = sql.text(&tag);
+                format!(
+                    "SELECT COUNT(*) AS n FROM asset_tags t WHERE t.cloud = {c} AND t.tag = {t}"
+                )
+            }
+            Some((tag, rest)) => {
+                let t = sql.text(&tag);
+                let f = sql.filter(&rest);
+                format!(
+                    "SELECT COUNT(*) AS n FROM asset_tags t JOIN assets a ON a.asset_id = t.asset_id \
+                     WHERE t.cloud = {c} AND t.tag = {t} AND a.cloud = {c} AND {f}"
+                )
+            }
+            None => {
+                let f = sql.filter(filter);
+                format!("SELECT COUNT(*) AS n FROM assets a WHERE a.cloud = {c} AND {f}")
+            }
+        };
         let row = sql.query().fetch_one(&self.read).await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
