@@ -1,0 +1,269 @@
+//! Writing assets: the task that inserts new assets in batches (group commit), and the
+//! statements that write an asset row and its tag rows.
+
+use super::*;
+
+/// A new asset and where to say whether its row was inserted.
+pub(super) type PendingInsert = (
+    AssetRecord,
+    tokio::sync::oneshot::Sender<Result<bool, String>>,
+);
+
+/// Rows inserted by one statement at most (22 parameters each).
+pub(super) const BATCH_ROWS: usize = 64;
+/// Tags written in one batch at most; records beyond it wait for the next batch.
+pub(super) const BATCH_TAGS: usize = 4000;
+
+/// Starts the task that inserts new assets in batches: it takes what is waiting (up to
+/// [`BATCH_ROWS`]), writes the rows and their tags in one transaction, and tells each caller
+/// whether its row went in (a key that exists, or twice in one batch, does not).
+pub(super) fn spawn_inserter(
+    pool: AnyPool,
+    dialect: Dialect,
+) -> tokio::sync::mpsc::Sender<PendingInsert> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingInsert>(1024);
+    tokio::spawn(async move {
+        let mut carry: Option<PendingInsert> = None;
+        loop {
+            let first = match carry.take() {
+                Some(p) => p,
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => break,
+                },
+            };
+            // The uploads that are ready to run reach this point in the same turn: letting
+            // them run first gathers their rows into this batch (one commit for all) at no
+            // cost when there are none.
+            tokio::task::yield_now().await;
+            let mut tags = first.0.tags.len();
+            let mut batch = vec![first];
+            while batch.len() < BATCH_ROWS {
+                match rx.try_recv() {
+                    Ok(p) if tags + p.0.tags.len() > BATCH_TAGS => {
+                        carry = Some(p);
+                        break;
+                    }
+                    Ok(p) => {
+                        tags += p.0.tags.len();
+                        batch.push(p);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let records: Vec<&AssetRecord> = batch.iter().map(|(r, _)| r).collect();
+            let result = insert_batch(&pool, dialect, &records).await;
+            for (record, reply) in batch {
+                let answer = match &result {
+                    Ok(ids) => Ok(ids.contains(&record.asset_id)),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    });
+    tx
+}
+
+/// Inserts the rows that do not exist yet, and the tags of those, in one transaction;
+/// returns the asset IDs inserted.
+pub(super) async fn insert_batch(
+    pool: &AnyPool,
+    dialect: Dialect,
+    records: &[&AssetRecord],
+) -> Result<std::collections::HashSet<String>, DbError> {
+    let width = ASSET_COLUMNS.split(',').count();
+    let rows: Vec<String> = (0..records.len())
+        .map(|r| {
+            let params: Vec<String> = (1..=width)
+                .map(|c| placeholder(dialect, r * width + c))
+                .collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO assets ({ASSET_COLUMNS}) VALUES {} \
+         ON CONFLICT (cloud, resource_type, delivery_type, public_id) DO NOTHING RETURNING asset_id",
+        rows.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for s in records {
+        q = bind_asset(q, s);
+    }
+    let mut tx = pool.begin().await?;
+    let inserted: std::collections::HashSet<String> = q
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<String, _>("asset_id"))
+        .collect::<Result<_, _>>()?;
+    let tag_rows: Vec<(&&AssetRecord, &str)> = records
+        .iter()
+        .filter(|r| inserted.contains(&r.asset_id))
+        .flat_map(|r| r.tags.iter().map(move |t| (r, t.as_str())))
+        .collect();
+    if !tag_rows.is_empty() {
+        let values: Vec<String> = (0..tag_rows.len())
+            .map(|i| {
+                format!(
+                    "({}, {}, {}, {})",
+                    placeholder(dialect, 4 * i + 1),
+                    placeholder(dialect, 4 * i + 2),
+                    placeholder(dialect, 4 * i + 3),
+                    placeholder(dialect, 4 * i + 4)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO asset_tags (asset_id, tag, cloud, created_at) VALUES {} ON CONFLICT DO NOTHING",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (r, tag) in tag_rows {
+            q = q
+                .bind(r.asset_id.clone())
+                .bind(tag.to_string())
+                .bind(r.key.cloud.clone())
+                .bind(r.created_at);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// The `n`th (1-based) bind parameter of a generated statement. SQLite gets anonymous `?`s:
+/// it resolves the name of a numbered one by a linear scan, which made binding a batch of
+/// hundreds of parameters quadratic.
+pub(super) fn placeholder(dialect: Dialect, n: usize) -> String {
+    match dialect {
+        Dialect::Sqlite => "?".to_string(),
+        Dialect::Postgres => format!("${n}"),
+    }
+}
+
+pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds an asset's columns in [`ASSET_COLUMNS`] order.
+pub(super) fn bind_asset<'q>(q: AnyQuery<'q>, s: &AssetRecord) -> AnyQuery<'q> {
+    q.bind(s.asset_id.clone())
+        .bind(s.key.cloud.clone())
+        .bind(s.key.resource_type.clone())
+        .bind(s.key.delivery_type.clone())
+        .bind(s.key.public_id.clone())
+        .bind(s.version)
+        .bind(s.version_id.clone())
+        .bind(s.format.clone())
+        .bind(s.width)
+        .bind(s.height)
+        .bind(s.pages)
+        .bind(s.bytes)
+        .bind(s.etag.clone())
+        .bind(s.created_at)
+        .bind(s.original_filename.clone())
+        .bind(s.display_name.clone())
+        .bind(s.asset_folder.clone())
+        .bind(json_text(&s.context))
+        .bind(json_text(&s.metadata))
+        .bind(json_text(&s.extra))
+        .bind(s.blob_key.clone())
+        .bind(s.api_key.clone())
+}
+
+/// What [`write_asset`] does when the asset's key already has a row.
+#[derive(Clone, Copy)]
+pub(super) enum Conflict {
+    /// Leave the row alone (nothing is written).
+    Skip,
+    /// Replace every column but the key and the `asset_id`.
+    Replace,
+}
+
+/// Writes an asset row; returns whether a row was written.
+pub(super) async fn write_asset<'e, E>(
+    exec: E,
+    stored: &AssetRecord,
+    conflict: Conflict,
+) -> Result<bool, DbError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let action = match conflict {
+        Conflict::Skip => "DO NOTHING".to_string(),
+        Conflict::Replace => {
+            let keep = [
+                "asset_id",
+                "cloud",
+                "resource_type",
+                "delivery_type",
+                "public_id",
+            ];
+            let sets: Vec<String> = ASSET_COLUMNS
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !keep.contains(c))
+                .map(|c| format!("{c} = excluded.{c}"))
+                .collect();
+            format!("DO UPDATE SET {}", sets.join(", "))
+        }
+    };
+    let sql = format!(
+        "INSERT INTO assets ({ASSET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+         $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+         ON CONFLICT (cloud, resource_type, delivery_type, public_id) {action}"
+    );
+    let done = bind_asset(sqlx::query(&sql), stored).execute(exec).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Removes an asset's derived records inside the transaction; returns their IDs (their files
+/// are the caller's to remove once the transaction is committed).
+pub(super) async fn delete_derived_of(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    asset_id: &str,
+) -> Result<Vec<String>, DbError> {
+    let rows = sqlx::query("DELETE FROM derived WHERE asset_id = $1 RETURNING id")
+        .bind(asset_id.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()?)
+}
+
+/// The tag rows of an asset (each carries the asset's cloud and creation time, so that the
+/// newest assets with a tag are read from the tag index alone).
+pub(super) async fn insert_tags(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    record: &AssetRecord,
+) -> Result<(), DbError> {
+    if record.tags.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<String> = (0..record.tags.len())
+        .map(|i| {
+            format!(
+                "(${}, ${}, ${}, CAST(${} AS BIGINT))",
+                4 * i + 1,
+                4 * i + 2,
+                4 * i + 3,
+                4 * i + 4
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO asset_tags (asset_id, tag, cloud, created_at) VALUES {} ON CONFLICT DO NOTHING",
+        values.join(", ")
+    );
+    let mut q = sqlx::query(&sql);
+    for tag in &record.tags {
+        q = q
+            .bind(record.asset_id.clone())
+            .bind(tag.clone())
+            .bind(record.key.cloud.clone())
+            .bind(record.created_at);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
