@@ -397,7 +397,7 @@ async fn compiled_filters_select_what_the_expression_matches(backend: Backend) {
         want.sort();
         matched += usize::from(!want.is_empty() && want.len() < records.len());
         for tags in [Some(&all_tags[..]), None] {
-            let compiled = plan::Compiler { now, tags }
+            let compiled = plan::Compiler::new(now, tags)
                 .compile(&parsed)
                 .unwrap_or_else(|e| panic!("{expr}: {e}"));
             let found = store
@@ -434,15 +434,46 @@ async fn compiled_filters_select_what_the_expression_matches(backend: Backend) {
         "-type:upload",
     ] {
         let parsed = expression::parse(expr).unwrap();
-        let compiled = plan::Compiler {
-            now,
-            tags: Some(&all_tags),
-        }
-        .compile(&parsed)
-        .unwrap();
+        let compiled = plan::Compiler::new(now, Some(&all_tags))
+            .compile(&parsed)
+            .unwrap();
         assert!(compiled.exact, "{expr}");
         assert_ne!(compiled.filter, Filter::Const(true));
     }
+    // Many tag terms over many tags: the lists given to the database are bounded (later terms
+    // select by containment), and the statement runs.
+    let many: Vec<String> = (0..900)
+        .map(|i| format!("s{i}"))
+        .chain(all_tags.clone())
+        .collect();
+    let expr = vec!["tags:s*"; 40].join(" OR ") + " OR tags:sale";
+    let parsed = expression::parse(&expr).unwrap();
+    let compiled = plan::Compiler::new(now, Some(&many))
+        .compile(&parsed)
+        .unwrap();
+    assert!(
+        !compiled.exact,
+        "past the bounds, tag terms select candidates"
+    );
+    let found = store
+        .search_assets(&SearchQuery {
+            cloud: "demo".into(),
+            filter: compiled.filter,
+            sort: vec![(SortExpr::Num(NumExpr::CreatedAt), false)],
+            after: None,
+            limit: 1000,
+        })
+        .await
+        .unwrap();
+    let want = records
+        .iter()
+        .filter(|r| expression::matches(&parsed, *r, now).unwrap())
+        .count();
+    assert!(
+        found.len() >= want && want > 0,
+        "{} candidates for {want} matches",
+        found.len()
+    );
     drop(store);
     if let Some(db) = pg {
         db.drop_db().await;

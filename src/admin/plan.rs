@@ -22,11 +22,31 @@ pub struct Plan {
     pub exact: bool,
 }
 
+/// Tags given to the database as lists, over all the terms of one expression, at most.
+const TAG_IN_TOTAL: usize = 5_000;
+/// Tag comparisons (terms × distinct tags) one expression may cost at most.
+const TAG_MATCH_WORK: usize = 200_000;
+
 /// What compiling needs to know: the time that relative ages count from, and the distinct
-/// tags (when the expression matches tags by word and they were few enough to list).
+/// tags (when the expression matches tags by word and they were few enough to list). The
+/// work of matching tags in memory, and the statement's size, are bounded per expression:
+/// past the bounds, `tags:` terms select candidates by containment instead.
 pub struct Compiler<'a> {
-    pub now: i64,
-    pub tags: Option<&'a [String]>,
+    now: i64,
+    tags: Option<&'a [String]>,
+    tag_in_left: std::cell::Cell<usize>,
+    match_work_left: std::cell::Cell<usize>,
+}
+
+impl<'a> Compiler<'a> {
+    pub fn new(now: i64, tags: Option<&'a [String]>) -> Compiler<'a> {
+        Compiler {
+            now,
+            tags,
+            tag_in_left: std::cell::Cell::new(TAG_IN_TOTAL),
+            match_work_left: std::cell::Cell::new(TAG_MATCH_WORK),
+        }
+    }
 }
 
 /// Whether an expression has a term that matches tags word by word (and so wants the list).
@@ -232,13 +252,19 @@ impl Compiler<'_> {
                 prefix: t.prefix,
             }));
         }
-        if let Some(all) = self.tags {
+        if let Some(all) = self
+            .tags
+            .filter(|all| all.len() <= self.match_work_left.get())
+        {
+            self.match_work_left
+                .set(self.match_work_left.get() - all.len());
             let hits: Vec<String> = all
                 .iter()
                 .filter(|tag| expression::text_match(tag, t, loose))
                 .cloned()
                 .collect();
-            if hits.len() <= TAG_IN_LIMIT {
+            if hits.len() <= TAG_IN_LIMIT.min(self.tag_in_left.get()) {
+                self.tag_in_left.set(self.tag_in_left.get() - hits.len());
                 return exact(if hits.is_empty() {
                     Filter::Const(false)
                 } else {

@@ -78,12 +78,9 @@ pub async fn search(
         _ => None,
     };
     let compiled = match &expr {
-        Some(e) => plan::Compiler {
-            now,
-            tags: tag_list.as_deref(),
-        }
-        .compile(e)
-        .map_err(|m| ApiError::bad(format!("Invalid search expression: {m}")))?,
+        Some(e) => plan::Compiler::new(now, tag_list.as_deref())
+            .compile(e)
+            .map_err(|m| ApiError::bad(format!("Invalid search expression: {m}")))?,
         None => plan::Plan {
             filter: Filter::Const(true),
             exact: true,
@@ -181,6 +178,10 @@ pub async fn search(
 
 /// Candidates read in batches of this many.
 const SCAN_BATCH: i64 = 1000;
+/// Candidates one search checks at most (the CPU a search may cost is bounded).
+const SCAN_LIMIT: usize = 200_000;
+/// Matches kept in memory at most when the order is computed here (`filename`).
+const SORT_LIMIT: usize = 20_000;
 
 type Counts = Vec<(String, Vec<(String, i64)>)>;
 
@@ -209,7 +210,16 @@ async fn scan(
     let mut total = 0usize;
     let mut page: Vec<AssetRecord> = Vec::new();
     let mut after: Option<(Vec<SortValue>, String)> = None;
+    let mut scanned = 0usize;
     loop {
+        if scanned >= SCAN_LIMIT {
+            return Err(ApiError::bad(format!(
+                "Search expression too broad: more than {SCAN_LIMIT} assets would have to be \
+                 checked one by one (word matches inside public IDs, display names, context and \
+                 metadata values are); add a field condition (tags, folder, resource_type, format, \
+                 public_id prefix, created_at, bytes, …) to narrow it"
+            )));
+        }
         let batch = state
             .meta
             .search_assets(&SearchQuery {
@@ -221,6 +231,7 @@ async fn scan(
             })
             .await?;
         let full = batch.len() as i64 == SCAN_BATCH;
+        scanned += batch.len();
         if let Some(last) = batch.last() {
             after = Some((
                 order
@@ -245,6 +256,12 @@ async fn scan(
                     && page.len() <= max
                     && cursor.is_none_or(|c| comes_after(&rec, sort, c)));
             if keep {
+                if sql_sort.is_none() && page.len() >= SORT_LIMIT {
+                    return Err(ApiError::bad(format!(
+                        "Cannot sort more than {SORT_LIMIT} matches by filename: narrow the \
+                         expression or sort by public_id"
+                    )));
+                }
                 page.push(rec);
             }
         }
