@@ -165,7 +165,42 @@ async fn a_token_replaces_the_header_and_no_control_turns_it_off() {
     .await;
     let (s, _) = json_of(control(&off, "GET", "/clouds")).await;
     assert_eq!(s, 404);
+    // The console goes with the control API.
+    let r = reqwest::get(off.url("/console")).await.unwrap();
+    assert_eq!(r.status(), 404);
     off.stop().await;
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_a_strict_policy() {
+    let server = TestServer::start().await;
+    for (path, kind) in [
+        ("/console", "text/html"),
+        ("/console/app.js", "text/javascript"),
+        ("/console/app.css", "text/css"),
+    ] {
+        let r = reqwest::get(server.url(path)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
+        let policy = h["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("default-src 'none'") && policy.contains("script-src 'self'"));
+        assert_eq!(h["x-frame-options"], "DENY");
+    }
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(server.url("/console/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "/console");
+    server.stop().await;
 }
 
 #[tokio::test]

@@ -42,6 +42,10 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
         .nest("/_nephos", crate::control::api::router(state.clone()))
         // The browser console: served by nephos itself, where the control API is on.
         .nest("/console", crate::console::router(state))
+        .route(
+            "/console/",
+            get(|| async { axum::response::Redirect::permanent("/console") }),
+        )
         .fallback_service(api)
         // A bug must never take a connection down without an answer: a panic becomes a 500
         // in the API's error shape (and is logged).
