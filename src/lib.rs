@@ -422,19 +422,23 @@ async fn sweep_forever(state: AppState) {
             Ok(n) => tracing::info!(removed = n, "swept abandoned uploads and temporary files"),
             Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
         }
-        // The store and the database may be shared by several instances: one of them at a
-        // time lists the store (the lease outlives two rounds, so a stopped holder's turn
-        // passes to another).
+        // A database server and its store may be shared by several instances: one of them at
+        // a time lists the store (the lease outlives two rounds, so a stopped holder's turn
+        // passes to another). A database file has one instance: it sweeps.
         let now = state.now();
-        let lease = state
-            .meta
-            .try_lease(
-                "orphan-sweep",
-                instance_id(),
-                now,
-                now + 2 * every as i64 + 60,
-            )
-            .await;
+        let lease = if state.meta.shared() {
+            state
+                .meta
+                .try_lease(
+                    "orphan-sweep",
+                    instance_id(),
+                    now,
+                    now + 2 * every as i64 + 60,
+                )
+                .await
+        } else {
+            Ok(true)
+        };
         match lease {
             Ok(true) => match upload::orphans::sweep(&state).await {
                 Ok(0) => {}

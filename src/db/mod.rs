@@ -420,6 +420,11 @@ pub trait MetaStore: Send + Sync {
     /// Sessions not touched since `before`.
     async fn stale_chunk_sessions(&self, before: i64) -> Result<Vec<String>, DbError>;
 
+    /// Whether several instances may share this database (a server, not a file): work that
+    /// one instance at a time does is then taken by lease.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Takes or renews the lease `name` for `holder` until `expires_at` when it is free,
     /// expired at `now`, or already `holder`'s; answers whether `holder` has it.
     async fn try_lease(

@@ -456,6 +456,10 @@ impl MetaStore for SqlStore {
         Ok((out, cursor))
     }
 
+    fn shared(&self) -> bool {
+        self.dialect == Dialect::Postgres
+    }
+
     async fn try_lease(
         &self,
         name: &str,
