@@ -117,6 +117,8 @@ pub struct RequestEntry {
     pub status: u16,
     pub error: Option<String>,
     pub duration_ms: f64,
+    /// Sent by the browser console (`X-Nephos-Console: 1`), not by an application.
+    pub console: bool,
 }
 
 impl RequestEntry {
@@ -132,6 +134,7 @@ impl RequestEntry {
             "status": self.status,
             "error": self.error,
             "duration_ms": (self.duration_ms * 1000.0).round() / 1000.0,
+            "console": self.console,
         })
     }
 }
@@ -335,6 +338,7 @@ mod tests {
                 status: 200,
                 error: None,
                 duration_ms: 0.0,
+                console: false,
             });
         }
         let all = log.list(&RequestFilter {

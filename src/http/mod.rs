@@ -66,6 +66,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let bytes_in = content_length(req.headers()).unwrap_or(0);
     let _uploading = (route == "upload").then(|| state.metrics.upload_started());
     let method = req.method().to_string();
+    let from_console = req.headers().contains_key("x-nephos-console");
     let path = req.uri().path().to_string();
     let cloud = cloud_of(&path);
     let capture = std::sync::Arc::new(std::sync::Mutex::new(Capture {
@@ -129,6 +130,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
             status,
             error,
             duration_ms: ms,
+            console: from_console,
         });
     }
     resp

@@ -198,6 +198,14 @@ test('a newcomer uses the console from upload to delete', { timeout: 180_000 }, 
   assert.equal(await row.first().getAttribute('data-status'), '400');
   await row.first().click();
   assert.match(await page.textContent('#log-detail'), /resources\/search/);
+  // The console's own requests are hidden unless asked for.
+  await page.selectOption('#log-status', '');
+  const consoleRows = page.locator('#log-rows tr.log-entry', { hasText: '/v1_1/demo/folders' });
+  assert.equal(await consoleRows.count(), 0);
+  await page.uncheck('#log-hide-console');
+  assert.ok(await consoleRows.count() > 0);
+  await page.check('#log-hide-console');
+  await page.selectOption('#log-status', 'bad');
   await shot('5-request-log');
 
   // Reset the cloud, after confirming.

@@ -105,7 +105,8 @@ async function answer(r) {
 
 /** An Admin or Upload API call of the chosen cloud. */
 async function api(method, path, { json, form, query } = {}) {
-  const headers = { Authorization: basic() };
+  // Marked, so that the request log can tell the console's requests from the app's.
+  const headers = { Authorization: basic(), 'X-Nephos-Console': '1' };
   let body;
   if (json !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -587,6 +588,7 @@ function uploadFile(file, params, onProgress) {
     const xhr = new XMLHttpRequest();
     xhr.open('POST', url);
     xhr.setRequestHeader('Authorization', basic());
+    xhr.setRequestHeader('X-Nephos-Console', '1');
     if (range) {
       xhr.setRequestHeader('X-Unique-Upload-Id', uid);
       xhr.setRequestHeader('Content-Range', range);
@@ -694,12 +696,14 @@ async function viewLog() {
   const statusSel = h('select', { id: 'log-status' },
     h('option', { value: '' }, 'any'), h('option', { value: 'ok' }, '2xx'), h('option', { value: 'bad' }, '4xx and 5xx'));
   const mine = h('input', { id: 'log-mine', type: 'checkbox', checked: true });
+  const hideConsole = h('input', { id: 'log-hide-console', type: 'checkbox', checked: true });
   const body = h('tbody', { id: 'log-rows' });
   const detail = h('pre', { id: 'log-detail', hidden: true });
   let entries = [];
   const render = () => {
     const f = filter.value.trim().toLowerCase();
     const shown = entries.filter((e) => {
+      if (hideConsole.checked && e.console) return false;
       if (statusSel.value === 'ok' && e.status >= 400) return false;
       if (statusSel.value === 'bad' && e.status < 400) return false;
       if (!f) return true;
@@ -749,6 +753,7 @@ async function viewLog() {
   }, what === 'cloud' ? 'Reset this cloud' : 'Reset everything');
   filter.addEventListener('input', render);
   statusSel.addEventListener('change', render);
+  hideConsole.addEventListener('change', render);
   mine.addEventListener('change', load);
   main(
     h('h1', {}, 'Request log'),
@@ -756,6 +761,7 @@ async function viewLog() {
       h('label', { class: 'grow' }, 'Filter', filter),
       h('label', {}, 'Status', statusSel),
       h('label', {}, 'This cloud only', mine),
+      h('label', {}, "Hide the console's own", hideConsole),
       h('button', { type: 'button', onclick: load }, 'Refresh'),
       reset('cloud'), reset('all')),
     h('p', { class: 'muted' }, 'The newest first; refreshed every two seconds. Select a row for its details.'),
