@@ -599,7 +599,12 @@ fn tokens(v: &str) -> impl Iterator<Item = &str> {
         .filter(|w| !w.is_empty())
 }
 
-fn compare(n: f64, t: &Term, parse: impl Fn(&str) -> Option<f64>) -> Result<bool, String> {
+/// The numbers of a numeric term, read by `parse`: its value and, for a range, its upper
+/// bound (`*`, an open bound, is none).
+pub(crate) fn number_bounds(
+    t: &Term,
+    parse: impl Fn(&str) -> Option<f64>,
+) -> Result<(Option<f64>, Option<f64>), String> {
     let bound = |v: &str| -> Result<Option<f64>, String> {
         if v == "*" {
             return Ok(None);
@@ -608,7 +613,16 @@ fn compare(n: f64, t: &Term, parse: impl Fn(&str) -> Option<f64>) -> Result<bool
             .map(Some)
             .ok_or_else(|| format!("invalid value {v} for {}", t.field.as_deref().unwrap_or("")))
     };
-    let v = bound(&t.value)?;
+    let value = bound(&t.value)?;
+    let high = match t.op {
+        Op::Range => bound(t.high.as_deref().unwrap_or("*"))?,
+        _ => None,
+    };
+    Ok((value, high))
+}
+
+fn compare(n: f64, t: &Term, parse: impl Fn(&str) -> Option<f64>) -> Result<bool, String> {
+    let (v, high) = number_bounds(t, parse)?;
     Ok(match t.op {
         Op::Match | Op::Exact => v.is_some_and(|v| (n - v).abs() < 1e-9),
         Op::Lt => v.is_some_and(|v| n < v),
@@ -616,7 +630,6 @@ fn compare(n: f64, t: &Term, parse: impl Fn(&str) -> Option<f64>) -> Result<bool
         Op::Gt => v.is_some_and(|v| n > v),
         Op::Ge => v.is_some_and(|v| n >= v),
         Op::Range => {
-            let high = bound(t.high.as_deref().unwrap_or("*"))?;
             let low_ok = v.is_none_or(|v| if t.inclusive.0 { n >= v } else { n > v });
             let high_ok = high.is_none_or(|h| if t.inclusive.1 { n <= h } else { n < h });
             low_ok && high_ok

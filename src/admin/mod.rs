@@ -12,7 +12,7 @@ pub mod transformations;
 use serde_json::{json, Map, Value as Json};
 
 use crate::auth::{basic_auth, bearer_auth, Account};
-use crate::db::query::{Cond, Filter, NumExpr, SearchQuery, SortExpr, SortValue, TextCol};
+use crate::db::query::{Cond, Filter, NumExpr, SortExpr, TextCol};
 use crate::db::{AssetKey, AssetRecord, ListQuery};
 use crate::delivery;
 use crate::error::{ApiError, ApiResult};
@@ -616,8 +616,6 @@ async fn listing(
     Ok(Json::Object(m))
 }
 
-/// `resources/:rt/context?key=K[&value=V]`: assets whose context has the key (and value),
-/// newest first, scanning the resource type's assets.
 /// The first `max` assets of a cloud, newest first, among the candidates `filter` selects
 /// that `keep` accepts; read a batch at a time (memory holds a batch and the answer).
 pub(crate) async fn first_matching(
@@ -632,23 +630,8 @@ pub(crate) async fn first_matching(
     let mut out = Vec::new();
     let mut after = None;
     while out.len() < max {
-        let batch = state
-            .meta
-            .search_assets(&SearchQuery {
-                cloud: cloud.to_string(),
-                filter: filter.clone(),
-                sort: order.clone(),
-                after: after.take(),
-                limit: BATCH,
-            })
-            .await?;
-        let full = batch.len() as i64 == BATCH;
-        if let Some(last) = batch.last() {
-            after = Some((
-                vec![SortValue::Num(last.created_at as f64)],
-                last.asset_id.clone(),
-            ));
-        }
+        let (batch, full) =
+            search::next_batch(state, cloud, &filter, &order, &mut after, BATCH).await?;
         out.extend(batch.into_iter().filter(|r| keep(r)).take(max - out.len()));
         if !full {
             break;
@@ -667,12 +650,7 @@ fn candidates(rt: &str, col: TextCol, needle: &str) -> Filter {
         fold: false,
     });
     let lowered = needle.to_ascii_lowercase();
-    let plain = lowered.is_ascii()
-        && !lowered.is_empty()
-        && !lowered
-            .chars()
-            .any(|c| c == '"' || c == '\\' || c.is_ascii_control());
-    if !plain {
+    if lowered.is_empty() || !plan::json_safe(&lowered) {
         return of_type;
     }
     Filter::and(vec![
@@ -684,6 +662,8 @@ fn candidates(rt: &str, col: TextCol, needle: &str) -> Filter {
     ])
 }
 
+/// `resources/:rt/context?key=K[&value=V]`: assets whose context has the key (and value),
+/// newest first, scanning the resource type's assets.
 async fn by_context(
     state: &AppState,
     account: &Account,

@@ -105,7 +105,7 @@ fn anything() -> Plan {
 }
 
 /// Lowered text safe inside a LIKE over JSON text: ASCII without what JSON escapes.
-fn json_safe(v: &str) -> bool {
+pub(crate) fn json_safe(v: &str) -> bool {
     v.is_ascii()
         && !v
             .chars()
@@ -120,28 +120,10 @@ fn one_word(v: &str) -> bool {
 impl Compiler<'_> {
     pub fn compile(&self, e: &Expr) -> Result<Plan, String> {
         Ok(match e {
-            Expr::And(parts) => {
-                let plans = parts
-                    .iter()
-                    .map(|p| self.compile(p))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let all_exact = plans.iter().all(|p| p.exact);
-                Plan {
-                    filter: Filter::and(plans.into_iter().map(|p| p.filter).collect()),
-                    exact: all_exact,
-                }
-            }
-            Expr::Or(parts) => {
-                let plans = parts
-                    .iter()
-                    .map(|p| self.compile(p))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let all_exact = plans.iter().all(|p| p.exact);
-                Plan {
-                    filter: Filter::or(plans.into_iter().map(|p| p.filter).collect()),
-                    exact: all_exact,
-                }
-            }
+            // Both keep exactness only when every part is exact (a wider part makes the
+            // whole wider, in a conjunction as in a disjunction).
+            Expr::And(parts) => self.combine(parts, Filter::and)?,
+            Expr::Or(parts) => self.combine(parts, Filter::or)?,
             Expr::Not(inner) => {
                 let p = self.compile(inner)?;
                 if p.exact {
@@ -152,6 +134,19 @@ impl Compiler<'_> {
                 }
             }
             Expr::Term(t) => self.term(t)?,
+        })
+    }
+
+    /// The parts compiled and joined by `join`.
+    fn combine(&self, parts: &[Expr], join: fn(Vec<Filter>) -> Filter) -> Result<Plan, String> {
+        let plans = parts
+            .iter()
+            .map(|p| self.compile(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let exact = plans.iter().all(|p| p.exact);
+        Ok(Plan {
+            filter: join(plans.into_iter().map(|p| p.filter).collect()),
+            exact,
         })
     }
 
@@ -363,14 +358,7 @@ fn number_term(
     t: &Term,
     parse: impl Fn(&str) -> Option<f64>,
 ) -> Result<Filter, String> {
-    let bound = |v: &str| -> Result<Option<f64>, String> {
-        if v == "*" {
-            return Ok(None);
-        }
-        parse(v)
-            .map(Some)
-            .ok_or_else(|| format!("invalid value {v} for {}", t.field.as_deref().unwrap_or("")))
-    };
+    let (v, high) = expression::number_bounds(t, parse)?;
     let cond = |cmp: Cmp, value: f64| {
         Filter::Cond(Cond::Num {
             expr: n,
@@ -378,7 +366,6 @@ fn number_term(
             value,
         })
     };
-    let v = bound(&t.value)?;
     let single = |cmp: Cmp| v.map(|v| cond(cmp, v)).unwrap_or(Filter::Const(false));
     Ok(match t.op {
         Op::Match | Op::Exact => single(Cmp::Eq),
@@ -387,7 +374,6 @@ fn number_term(
         Op::Gt => single(Cmp::Gt),
         Op::Ge => single(Cmp::Ge),
         Op::Range => {
-            let high = bound(t.high.as_deref().unwrap_or("*"))?;
             let low = v.map(|v| cond(if t.inclusive.0 { Cmp::Ge } else { Cmp::Gt }, v));
             let high = high.map(|h| cond(if t.inclusive.1 { Cmp::Le } else { Cmp::Lt }, h));
             // The number must exist even with both bounds open.

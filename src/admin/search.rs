@@ -185,6 +185,40 @@ const SORT_LIMIT: usize = 20_000;
 
 type Counts = Vec<(String, Vec<(String, i64)>)>;
 
+/// The next `limit` assets of a cloud that `filter` selects, in `order`, after the position
+/// `after`, which moves to the batch's last asset. Answers the batch and whether it was full
+/// (more may follow).
+pub(super) async fn next_batch(
+    state: &AppState,
+    cloud: &str,
+    filter: &Filter,
+    order: &[(SortExpr, bool)],
+    after: &mut Option<(Vec<SortValue>, String)>,
+    limit: i64,
+) -> ApiResult<(Vec<AssetRecord>, bool)> {
+    let batch = state
+        .meta
+        .search_assets(&SearchQuery {
+            cloud: cloud.to_string(),
+            filter: filter.clone(),
+            sort: order.to_vec(),
+            after: after.take(),
+            limit,
+        })
+        .await?;
+    if let Some(last) = batch.last() {
+        *after = Some((
+            order
+                .iter()
+                .map(|(s, _)| sql_sort_value(last, *s))
+                .collect(),
+            last.asset_id.clone(),
+        ));
+    }
+    let full = batch.len() as i64 == limit;
+    Ok((batch, full))
+}
+
 /// A search the database cannot answer exactly: the candidates `filter` selects, checked
 /// against the expression one batch at a time, counted and aggregated; the page (one more
 /// than `max`) after `cursor`. Memory holds a batch and a page, except when the order is
@@ -220,27 +254,9 @@ async fn scan(
                  public_id prefix, created_at, bytes, …) to narrow it"
             )));
         }
-        let batch = state
-            .meta
-            .search_assets(&SearchQuery {
-                cloud: cloud.to_string(),
-                filter: filter.clone(),
-                sort: order.clone(),
-                after: after.take(),
-                limit: SCAN_BATCH,
-            })
-            .await?;
-        let full = batch.len() as i64 == SCAN_BATCH;
+        let (batch, full) =
+            next_batch(state, cloud, filter, &order, &mut after, SCAN_BATCH).await?;
         scanned += batch.len();
-        if let Some(last) = batch.last() {
-            after = Some((
-                order
-                    .iter()
-                    .map(|(s, _)| sql_sort_value(last, *s))
-                    .collect(),
-                last.asset_id.clone(),
-            ));
-        }
         for rec in batch {
             if !hits(expr, &rec, now)? {
                 continue;
