@@ -6,19 +6,8 @@ use common::*;
 
 /// One instance at a time holds a lease; it passes on when it expires.
 async fn leases_pass_on_expiry(backend: Backend) {
-    let (url, pg) = match &backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
-            std::mem::forget(dir);
-            (url, None)
-        }
-        Backend::Postgres(admin) => {
-            let db = PgDb::create(admin).await;
-            (db.url.clone(), Some(db))
-        }
-    };
-    let store = nephos::db::connect(&url).await.unwrap();
+    let direct = DirectStore::open(&backend).await;
+    let store = direct.meta.clone();
     assert!(store.try_lease("sweep", "a", 100, 200).await.unwrap());
     assert!(!store.try_lease("sweep", "b", 150, 250).await.unwrap());
     // The holder renews.
@@ -30,9 +19,7 @@ async fn leases_pass_on_expiry(backend: Backend) {
     // Leases are by name.
     assert!(store.try_lease("other", "a", 302, 400).await.unwrap());
     drop(store);
-    if let Some(db) = pg {
-        db.drop_db().await;
-    }
+    direct.close().await;
 }
 
 #[tokio::test]

@@ -367,19 +367,8 @@ const EXPRESSIONS: &[&str] = &[
 async fn compiled_filters_select_what_the_expression_matches(backend: Backend) {
     use nephos::admin::{expression, plan};
     use nephos::db::query::{Filter, NumExpr, SearchQuery, SortExpr};
-    let (url, pg) = match &backend {
-        Backend::Sqlite => {
-            let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
-            std::mem::forget(dir);
-            (url, None)
-        }
-        Backend::Postgres(admin) => {
-            let db = PgDb::create(admin).await;
-            (db.url.clone(), Some(db))
-        }
-    };
-    let store = nephos::db::connect(&url).await.unwrap();
+    let direct = DirectStore::open(&backend).await;
+    let store = direct.meta.clone();
     let records = catalogue();
     for r in &records {
         store.save_asset(r, false).await.unwrap();
@@ -475,9 +464,7 @@ async fn compiled_filters_select_what_the_expression_matches(backend: Backend) {
         found.len()
     );
     drop(store);
-    if let Some(db) = pg {
-        db.drop_db().await;
-    }
+    direct.close().await;
 }
 
 #[tokio::test]

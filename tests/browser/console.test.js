@@ -9,15 +9,11 @@
 'use strict';
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const fs = require('node:fs');
-const os = require('node:os');
 const path = require('node:path');
-const readline = require('node:readline');
 const { chromium } = require('playwright-core');
+const { ROOT, startNephos } = require('./nephos');
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const CONFIG = path.join(ROOT, 'tests', 'sdk', 'nephos-sdk.toml');
 const SHOTS = path.join(ROOT, 'target', 'console-screenshots');
 const AUTH = `Basic ${Buffer.from('1234567890:abcd').toString('base64')}`;
 
@@ -25,30 +21,6 @@ let nephos;
 let browser;
 let page;
 const problems = []; // console errors, page errors and failed requests: there must be none
-
-function startNephos() {
-  const bin = process.env.NEPHOS_BIN
-    ? path.resolve(process.env.NEPHOS_BIN)
-    : path.join(ROOT, 'target', 'debug', 'nephos');
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nephos-console-'));
-  const proc = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--config', CONFIG], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const stop = () => {
-    proc.kill('SIGTERM');
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  };
-  return new Promise((resolve, reject) => {
-    const rl = readline.createInterface({ input: proc.stdout });
-    rl.on('line', (line) => {
-      if (line.startsWith('nephos listening on ')) {
-        resolve({ base: line.slice('nephos listening on '.length).trim(), stop });
-      }
-    });
-    proc.on('error', reject);
-    proc.on('exit', (code, signal) => reject(new Error(`nephos exited (${code ?? signal}) before listening`)));
-  });
-}
 
 async function adminGet(p) {
   const r = await fetch(`${nephos.base}/v1_1/demo/${p}`, { headers: { Authorization: AUTH } });
@@ -61,7 +33,7 @@ async function shot(name) {
 }
 
 before(async () => {
-  nephos = await startNephos();
+  nephos = await startNephos('nephos-console-');
   browser = await chromium.launch({
     executablePath: process.env.NEPHOS_CHROMIUM || '/usr/bin/chromium',
     headless: true,

@@ -7,16 +7,10 @@
 'use strict';
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
-const fs = require('node:fs');
 const http = require('node:http');
-const os = require('node:os');
-const path = require('node:path');
-const readline = require('node:readline');
 const { chromium } = require('playwright-core');
+const { startNephos } = require('./nephos');
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const CONFIG = path.join(ROOT, 'tests', 'sdk', 'nephos-sdk.toml');
 const CLOUD = 'demo';
 const PRESET = 'sdk_unsigned'; // unsigned; its settings put uploads in folder `unsigned_folder`
 const CHROMIUM_ARGS = [
@@ -36,31 +30,6 @@ let pageOrigin;
 let browser;
 let page;
 const browserLog = [];
-
-function startNephos() {
-  const bin = process.env.NEPHOS_BIN
-    ? path.resolve(process.env.NEPHOS_BIN)
-    : path.join(ROOT, 'target', 'debug', 'nephos');
-  if (!fs.existsSync(bin)) throw new Error(`nephos binary not found at ${bin} (set NEPHOS_BIN)`);
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'nephos-browser-'));
-  const proc = spawn(bin, ['serve', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--config', CONFIG], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const stop = () => {
-    proc.kill('SIGTERM');
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  };
-  return new Promise((resolve, reject) => {
-    const rl = readline.createInterface({ input: proc.stdout });
-    rl.on('line', (line) => {
-      if (line.startsWith('nephos listening on ')) {
-        resolve({ base: line.slice('nephos listening on '.length).trim(), stop });
-      }
-    });
-    proc.on('error', reject);
-    proc.on('exit', (code, signal) => reject(new Error(`nephos exited (${code ?? signal}) before listening`)));
-  });
-}
 
 // The web page's own server: another port than nephos's, so another origin.
 function startPageServer() {
@@ -87,7 +56,7 @@ function logged() {
 }
 
 before(async () => {
-  nephos = await startNephos();
+  nephos = await startNephos('nephos-browser-');
   pageServer = await startPageServer();
   pageOrigin = `http://127.0.0.1:${pageServer.address().port}`;
   assert.notEqual(new URL(nephos.base).origin, pageOrigin, 'the page must be cross-origin to nephos');

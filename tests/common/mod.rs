@@ -366,3 +366,39 @@ pub async fn signed_call(
         r.json().await.unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// A metadata store opened directly on a backend: a new SQLite file, or a new PostgreSQL
+/// database that [`DirectStore::close`] drops.
+pub struct DirectStore {
+    pub meta: std::sync::Arc<dyn nephos::db::MetaStore>,
+    pg: Option<PgDb>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl DirectStore {
+    pub async fn open(backend: &Backend) -> DirectStore {
+        let (url, pg, dir) = match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("m.db").display());
+                (url, None, Some(dir))
+            }
+            Backend::Postgres(admin) => {
+                let db = PgDb::create(admin).await;
+                (db.url.clone(), Some(db), None)
+            }
+        };
+        DirectStore {
+            meta: nephos::db::connect(&url).await.unwrap(),
+            pg,
+            _dir: dir,
+        }
+    }
+
+    pub async fn close(self) {
+        drop(self.meta);
+        if let Some(db) = self.pg {
+            db.drop_db().await;
+        }
+    }
+}
