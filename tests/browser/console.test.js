@@ -208,6 +208,106 @@ test('a newcomer uses the console from upload to delete', { timeout: 180_000 }, 
   assert.deepEqual(problems, [], problems.join('\n'));
 });
 
+async function apiUpload(resourceType, fields, bytes, filename) {
+  const form = new FormData();
+  for (const [k, v] of Object.entries(fields)) form.append(k, v);
+  form.append('file', new Blob([bytes]), filename);
+  const r = await fetch(`${nephos.base}/v1_1/demo/${resourceType}/upload`,
+    { method: 'POST', headers: { Authorization: AUTH }, body: form });
+  const text = await r.text();
+  assert.equal(r.status, 200, text);
+  return JSON.parse(text);
+}
+
+test('folders, views, filters, pages, previews, metadata, presets and the full reset', { timeout: 180_000 }, async () => {
+  for (let i = 0; i < 31; i++) {
+    await apiUpload('raw', { folder: 'many', public_id: `f${String(i).padStart(2, '0')}.txt` }, `file ${i}`, 'f.txt');
+  }
+  const assets = path.join(ROOT, 'tests', 'sdk', 'assets');
+  await apiUpload('video', { folder: 'clips', public_id: 'clip' }, fs.readFileSync(path.join(assets, 'tiny_vp8.webm')), 'clip.webm');
+  await apiUpload('image', { folder: 'pics', public_id: 'logo' }, fs.readFileSync(path.join(assets, 'logo.png')), 'logo.png');
+  const field = await fetch(`${nephos.base}/v1_1/demo/metadata_fields`, {
+    method: 'POST',
+    headers: { Authorization: AUTH, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ type: 'string', external_id: 'sku', label: 'SKU' }),
+  });
+  const fieldText = await field.text();
+  assert.equal(field.status, 200, fieldText);
+
+  await page.setViewportSize({ width: 1280, height: 860 });
+  await page.goto(`${nephos.base}/console#/library`);
+  await page.waitForFunction(() => document.querySelectorAll('#results .card').length === 30);
+  // The logo's thumbnail is rendered (and recorded as a derived version).
+  await page.waitForFunction(() => {
+    const img = document.querySelector('#results .card[data-public-id="pics/logo"] img');
+    return img && img.complete && img.naturalWidth === 200;
+  });
+
+  // The folder tree, and a second page by cursor.
+  await page.click('.tree [data-folder="many"]');
+  await page.waitForFunction(() => document.getElementById('result-count').textContent.startsWith('31 assets'));
+  assert.equal(await page.locator('#results .card').count(), 30);
+  await page.click('#more');
+  await page.waitForFunction(() => document.querySelectorAll('#results .card').length === 31);
+  assert.equal(await page.isHidden('#more'), true);
+  const ids = await page.$$eval('#results .card', (cards) => cards.map((c) => c.dataset.publicId));
+  assert.equal(new Set(ids).size, 31, 'no asset twice across the pages');
+
+  // List view, and the resource type and type filters.
+  await page.click('#view-toggle');
+  assert.equal(await page.getAttribute('#results', 'class'), 'results list');
+  await page.click('.tree [data-folder=""]');
+  await page.selectOption('#rt-filter', 'video');
+  await page.waitForFunction(() => document.getElementById('result-count').textContent.startsWith('1 asset'));
+  assert.equal(await page.getAttribute('#results .card', 'data-public-id'), 'clips/clip');
+  await page.selectOption('#type-filter', 'private');
+  await page.waitForFunction(() => document.getElementById('result-count').textContent.startsWith('0 assets'));
+  await page.selectOption('#type-filter', '');
+  await page.waitForFunction(() => document.getElementById('result-count').textContent.startsWith('1 asset'));
+  await page.click('#results .card');
+
+  // A video plays in the browser's player; a raw file is a download.
+  await page.waitForSelector('video#preview');
+  await page.waitForFunction(() => document.getElementById('preview').readyState >= 1);
+  await page.goto(`${nephos.base}/console#/asset/raw/upload/many/f00.txt`);
+  const href = await page.getAttribute('.preview a[download]', 'href');
+  assert.equal(await fetch(href).then((r) => r.text()), 'file 0');
+
+  // The image: its derived version, and its display name, context and metadata edited.
+  await page.goto(`${nephos.base}/console#/asset/image/upload/pics/logo`);
+  await page.waitForSelector('#derived li');
+  assert.match(await page.textContent('#derived'), /c_fill,w_200,h_200/);
+  await page.fill('#edit-display-name', 'Logo');
+  await page.fill('#edit-context', 'alt=A logo|caption=Hi');
+  await page.fill('#edit-metadata', 'sku=A1');
+  await page.click('#save');
+  await page.waitForFunction(() => document.getElementById('edit-display-name')?.value === 'Logo'
+    && document.getElementById('toast').textContent === 'Saved');
+  const logo = await adminGet('resources/image/upload/pics/logo?metadata=true');
+  assert.equal(logo.body.display_name, 'Logo');
+  assert.deepEqual(logo.body.context, { custom: { alt: 'A logo', caption: 'Hi' } });
+  assert.equal(logo.body.metadata.sku, 'A1');
+
+  // An upload with a preset, choosing the file with the button's input.
+  await page.click('nav a[data-view="upload"]');
+  await page.waitForFunction(() => document.querySelectorAll('#upload-preset option').length > 1);
+  await page.selectOption('#upload-preset', 'sdk_unsigned');
+  await page.setInputFiles('#file-input', { name: 'note.txt', mimeType: 'text/plain', buffer: Buffer.from('hello') });
+  await page.waitForSelector('#upload-list li[data-done="true"]');
+  const uploaded = await page.textContent('#upload-list a.uploaded');
+  assert.match(uploaded, /^unsigned_folder\//);
+  const note = await adminGet(`resources/raw/upload/${uploaded}`);
+  assert.deepEqual(note.body.tags, ['preset_tag']);
+
+  // Reset everything, after confirming.
+  await page.click('nav a[data-view="log"]');
+  page.once('dialog', (d) => d.accept());
+  await page.click('#reset-all');
+  await page.waitForFunction(() => document.getElementById('toast').textContent === 'Everything was reset');
+  assert.equal((await adminGet('resources/search')).body.total_count, 0);
+  assert.deepEqual(problems, [], problems.join('\n'));
+});
+
 test('markup in asset fields is shown as text', { timeout: 60_000 }, async () => {
   const form = new FormData();
   form.append('file', new Blob(['<b>x</b>']), 'x.txt');
@@ -218,7 +318,9 @@ test('markup in asset fields is shown as text', { timeout: 60_000 }, async () =>
   const up = await fetch(`${nephos.base}/v1_1/demo/raw/upload`, { method: 'POST', headers: { Authorization: AUTH }, body: form });
   assert.equal(up.status, 200, await up.text());
   await page.setViewportSize({ width: 1280, height: 860 });
+  // A fresh page: the library as a newcomer opens it (no filter left from before).
   await page.goto(`${nephos.base}/console#/library`);
+  await page.reload();
   await page.waitForFunction(() => document.querySelectorAll('#results .card').length === 1);
   assert.match(await page.textContent('#results .card'), /<img src=y onerror=/);
   await page.click('#results .card');
