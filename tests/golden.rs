@@ -91,6 +91,9 @@ const CASES: &[(&str, &str)] = &[
         "text_on_background",
         "l_text:Arial_16:Sale,co_white,b_rgb:aa0000,g_north_west,x_4,y_4",
     ),
+    // Written as WebP (cases named `webp_…`), decoded for the comparison.
+    ("webp_lossy_q40", "c_scale,w_120,q_40"),
+    ("webp_fl_lossy", "c_fill,h_60,w_60/fl_lossy"),
 ];
 
 fn reference(name: &str) -> PathBuf {
@@ -99,14 +102,23 @@ fn reference(name: &str) -> PathBuf {
         .join(format!("{name}.png"))
 }
 
-fn render(t: &str) -> DynamicImage {
+fn render(name: &str, t: &str) -> DynamicImage {
     let mut plan = transform::parse(t).unwrap_or_else(|e| panic!("{t}: {e}"));
     let mark = Arc::new(mark());
     for (_, data) in plan.image_layers_mut() {
         *data = Some(mark.clone());
     }
-    let out = transform::apply(&source(), &plan, "png", 10_000_000)
+    let format = if name.starts_with("webp_") {
+        "webp"
+    } else {
+        "png"
+    };
+    let out = transform::apply(&source(), &plan, format, 10_000_000)
         .unwrap_or_else(|e| panic!("{t}: {e}"));
+    if format == "webp" {
+        // A lossy WebP: libwebp's VP8 bitstream (with alpha beside it), not VP8L.
+        assert!(transform::is_lossy_source(&out), "{name}: not lossy");
+    }
     image::load_from_memory(&out).unwrap()
 }
 
@@ -137,7 +149,7 @@ fn transformations_match_their_golden_images() {
     let update = std::env::var("NEPHOS_UPDATE_GOLDEN").as_deref() == Ok("1");
     let mut failures = Vec::new();
     for (name, t) in CASES {
-        let got = render(t).to_rgba8();
+        let got = render(name, t).to_rgba8();
         let path = reference(name);
         if update {
             got.save(&path).unwrap();
@@ -195,6 +207,12 @@ fn golden_references_show_what_they_name() {
         [170, 0, 0, 255],
         "the text layer's background"
     );
+    // Lossy: close to the lossless rendering, not equal to it, transparency kept.
+    let lossy = open("webp_lossy_q40");
+    assert_eq!(lossy.dimensions(), (120, 75));
+    let (mean, _) = difference(&lossy, &render("scaled", "c_scale,w_120").to_rgba8());
+    assert!(mean > 0.0 && mean < 4.0, "{mean}");
+    assert_eq!(lossy.get_pixel(1, 1).0[3], 0);
     let negate = open("negate");
     assert_eq!(negate.get_pixel(60, 45).0, [5, 5, 5, 255]);
 }

@@ -620,10 +620,11 @@ pub async fn serve(
     if plan.is_some() || converts {
         let plan = plan.unwrap_or_default();
         let mut format = transform::output_format(&plan, ext.as_deref(), &source_format);
-        // `f_auto`: WebP for browsers that take it, except for photographs (nephos writes
-        // WebP lossless: a JPEG stays smaller as a JPEG); the answer varies with `Accept`.
+        // `f_auto`: WebP for browsers that take it (lossy for photographs, lossless for
+        // lossless sources unless `q_`/`fl_lossy` say otherwise); the answer varies with
+        // `Accept`.
         let auto = plan.format.as_deref() == Some("auto");
-        if auto && format != "jpg" {
+        if auto {
             let takes_webp = headers
                 .get(axum::http::header::ACCEPT)
                 .and_then(|a| a.to_str().ok())

@@ -11,6 +11,7 @@ pub mod text;
 pub mod transform;
 pub mod video;
 mod webm;
+pub mod webp_encode;
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
 

@@ -167,11 +167,15 @@ fn tiff_page(
     img.ok_or_else(|| format!("Page {n} of the TIFF is shorter than its size says"))
 }
 
-/// Frames encoded as a looping animation: `gif` or `webp` (lossless frames, each the whole
-/// canvas and not blended with the one before).
-pub fn encode_animation(frames: Vec<Frame>, format: &str) -> Result<Vec<u8>, String> {
+/// Frames encoded as a looping animation: `gif` or `webp` (each frame the whole canvas and
+/// not blended with the one before; WebP frames lossless or lossy as `encoding` says).
+pub fn encode_animation(
+    frames: Vec<Frame>,
+    format: &str,
+    encoding: super::webp_encode::Encoding,
+) -> Result<Vec<u8>, String> {
     match format {
-        "webp" => encode_webp(frames),
+        "webp" => super::webp_encode::animation(frames, encoding),
         _ => encode_gif(frames),
     }
 }
@@ -188,80 +192,6 @@ fn encode_gif(frames: Vec<Frame>) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// A RIFF chunk: its name, length and payload, padded to an even length.
-fn chunk(out: &mut Vec<u8>, name: &[u8; 4], payload: &[u8]) -> Result<(), String> {
-    let len =
-        u32::try_from(payload.len()).map_err(|_| "Cannot encode webp: a frame is too large")?;
-    out.extend_from_slice(name);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(payload);
-    if payload.len() % 2 == 1 {
-        out.push(0);
-    }
-    Ok(())
-}
-
-fn u24(out: &mut Vec<u8>, v: u32) {
-    out.extend_from_slice(&v.min(0xFF_FFFF).to_le_bytes()[..3]);
-}
-
-/// An animated WebP (VP8X + ANIM + one ANMF per frame), each frame's bitstream made by the
-/// image crate's lossless encoder.
-fn encode_webp(frames: Vec<Frame>) -> Result<Vec<u8>, String> {
-    use image::codecs::webp::WebPEncoder;
-    let failed = |e: image::ImageError| format!("Cannot encode webp: {e}");
-    let (mut cw, mut ch) = (1u32, 1u32);
-    for f in &frames {
-        cw = cw.max(f.left() + f.buffer().width());
-        ch = ch.max(f.top() + f.buffer().height());
-    }
-    if cw > 1 << 24 || ch > 1 << 24 {
-        return Err("Cannot encode webp: the animation is too large".into());
-    }
-    let mut body = Vec::new();
-    let mut vp8x = vec![0x10 | 0x02, 0, 0, 0];
-    u24(&mut vp8x, cw - 1);
-    u24(&mut vp8x, ch - 1);
-    chunk(&mut body, b"VP8X", &vp8x)?;
-    // Transparent background, loop forever.
-    chunk(&mut body, b"ANIM", &[0, 0, 0, 0, 0, 0])?;
-    for f in &frames {
-        let (w, h) = f.buffer().dimensions();
-        let mut file = Vec::new();
-        WebPEncoder::new_lossless(&mut file)
-            .encode(f.buffer().as_raw(), w, h, image::ExtendedColorType::Rgba8)
-            .map_err(failed)?;
-        // The encoder writes a simple file: "RIFF" size "WEBP" then one "VP8L" chunk.
-        let bitstream = match file.get(12..20) {
-            Some(head) if &head[..4] == b"VP8L" => {
-                let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-                file.get(20..20 + len)
-                    .ok_or("Cannot encode webp: the frame encoder gave a short file")?
-            }
-            _ => return Err("Cannot encode webp: unexpected frame encoding".into()),
-        };
-        let (num, den) = f.delay().numer_denom_ms();
-        let ms = num.checked_div(den).unwrap_or(0);
-        let mut anmf = Vec::with_capacity(bitstream.len() + 32);
-        u24(&mut anmf, f.left() / 2);
-        u24(&mut anmf, f.top() / 2);
-        u24(&mut anmf, w - 1);
-        u24(&mut anmf, h - 1);
-        u24(&mut anmf, ms);
-        // Not blended with the frame before; not disposed.
-        anmf.push(0x02);
-        chunk(&mut anmf, b"VP8L", bitstream)?;
-        chunk(&mut body, b"ANMF", &anmf)?;
-    }
-    let size = u32::try_from(body.len() + 4).map_err(|_| "Cannot encode webp: too large")?;
-    let mut out = Vec::with_capacity(body.len() + 12);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&size.to_le_bytes());
-    out.extend_from_slice(b"WEBP");
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,7 +204,12 @@ mod tests {
                 Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(120, 1))
             })
             .collect();
-        encode_animation(frames, format).unwrap()
+        encode_animation(
+            frames,
+            format,
+            super::super::webp_encode::Encoding::lossless(80),
+        )
+        .unwrap()
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::io::Cursor;
 use image::{imageops, DynamicImage, ImageFormat, Rgba, RgbaImage};
 
 use super::pages;
+use super::webp_encode;
+pub use super::webp_encode::{is_lossy_source, Encoding};
 
 /// A parsed transformation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -32,8 +34,23 @@ pub struct Plan {
     pub page: Option<u32>,
     /// `fl_animated`/`fl_awebp`: a video delivered as WebP is an animated preview, not a poster.
     pub animated: bool,
+    /// `fl_lossy`: WebP written lossy even from a lossless source.
+    pub lossy: bool,
     /// `so_`, `eo_`, `du_`, `vs_`, `dl_`: the part of a video a picture or preview is made of.
     pub video: Option<super::video::VideoOptions>,
+}
+
+impl Plan {
+    /// How this plan's output is written, for a source that is lossy (a JPEG, a lossy WebP, a
+    /// video frame) or not: `q_` (80 when not given), and WebP lossy for a lossy source, with
+    /// `fl_lossy`, or with a quality below 100 (`q_auto` included); a lossless source otherwise
+    /// stays lossless as WebP.
+    pub fn encoding(&self, lossy_source: bool) -> Encoding {
+        Encoding {
+            quality: self.quality.unwrap_or(80),
+            lossy_webp: lossy_source || self.lossy || self.quality.is_some_and(|q| q < 100),
+        }
+    }
 }
 
 /// One component's geometry.
@@ -458,9 +475,10 @@ pub fn parse(t: &str) -> Result<Plan, String> {
                 }
                 "fl" if value == "attachment" => plan.attachment = true,
                 "fl" if value == "layer_apply" => step.apply_layer = true,
-                // Encoding hints with no effect on the pixels: JPEG is written baseline, and
-                // GIF and PNG stay lossless.
-                "fl" if value == "progressive" || value == "lossy" => {}
+                // An encoding hint with no effect on the pixels: JPEG is written baseline.
+                "fl" if value == "progressive" => {}
+                // WebP lossy from any source (GIF and PNG stay lossless).
+                "fl" if value == "lossy" => plan.lossy = true,
                 "fl" if value == "animated" || value == "awebp" => plan.animated = true,
                 "pg" => {
                     plan.page = Some(
@@ -911,7 +929,7 @@ pub fn apply_bounded(
         }
     };
     let img = apply_image(img, plan, max_pixels)?;
-    encode(img, format, plan.quality.unwrap_or(80))
+    encode(img, format, plan.encoding(is_lossy_source(bytes)))
 }
 
 fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicImage, String> {
@@ -1226,7 +1244,7 @@ fn animated(
         }
         made.push(Frame::from_parts(img.to_rgba8(), 0, 0, delay));
     }
-    pages::encode_animation(made, format).map(Some)
+    pages::encode_animation(made, format, plan.encoding(is_lossy_source(bytes))).map(Some)
 }
 
 /// How many pages an image has (frames of an animated GIF or WebP, pages of a TIFF),
@@ -1780,7 +1798,10 @@ fn cut(
     img.crop_imm(left, top, w, h)
 }
 
-pub fn encode(img: DynamicImage, format: &str, quality: u8) -> Result<Vec<u8>, String> {
+/// The picture written as `format`: JPEG at the encoding's quality, WebP lossy or lossless as
+/// it says, the others lossless.
+pub fn encode(img: DynamicImage, format: &str, encoding: Encoding) -> Result<Vec<u8>, String> {
+    let quality = encoding.quality;
     let mut out = Cursor::new(Vec::new());
     let failed = |e: image::ImageError| format!("Cannot encode {format}: {e}");
     match format {
@@ -1799,9 +1820,7 @@ pub fn encode(img: DynamicImage, format: &str, quality: u8) -> Result<Vec<u8>, S
                 .map_err(failed)?;
         }
         "png" => img.write_to(&mut out, ImageFormat::Png).map_err(failed)?,
-        "webp" => DynamicImage::ImageRgba8(img.to_rgba8())
-            .write_to(&mut out, ImageFormat::WebP)
-            .map_err(failed)?,
+        "webp" => return webp_encode::still(&img, encoding),
         "gif" => DynamicImage::ImageRgba8(img.to_rgba8())
             .write_to(&mut out, ImageFormat::Gif)
             .map_err(failed)?,

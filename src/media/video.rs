@@ -604,7 +604,7 @@ fn render_inner(
             .pop()
             .ok_or_else(|| "No picture could be decoded from the video".to_string())?;
         let img = transform::apply_image(DynamicImage::ImageRgb8(picture), plan, max_pixels)?;
-        return transform::encode(img, format, plan.quality.unwrap_or(80));
+        return transform::encode(img, format, plan.encoding(true));
     }
     let count = options
         .frames
@@ -638,7 +638,7 @@ fn render_inner(
             Delay::from_numer_denom_ms(delay, 1),
         ));
     }
-    super::pages::encode_animation(frames, format)
+    super::pages::encode_animation(frames, format, plan.encoding(true))
 }
 
 #[cfg(test)]

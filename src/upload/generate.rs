@@ -106,8 +106,12 @@ pub async fn text(state: &AppState, call: Call) -> ApiResult<Json> {
             px[3] = (f32::from(px[3]) * opacity / 100.0).round() as u8;
         }
     }
-    let bytes =
-        transform::encode(DynamicImage::ImageRgba8(img), "png", 100).map_err(ApiError::internal)?;
+    let bytes = transform::encode(
+        DynamicImage::ImageRgba8(img),
+        "png",
+        transform::Encoding::lossless(100),
+    )
+    .map_err(ApiError::internal)?;
     let public_id = match p.nonempty("public_id") {
         Some(id) => super::naming::clean_path("public_id", id)?,
         None => crate::util::random_hex(10),
@@ -279,7 +283,11 @@ pub async fn sprite(state: &AppState, call: Call) -> ApiResult<Json> {
     let fmt = format.clone();
     let (bytes, places) = tokio::task::spawn_blocking(move || {
         let (strip, places) = crate::media::compose::sprite(&imgs, max_pixels)?;
-        let bytes = transform::encode(DynamicImage::ImageRgba8(strip), &fmt, 90)?;
+        let bytes = transform::encode(
+            DynamicImage::ImageRgba8(strip),
+            &fmt,
+            transform::Encoding::lossless(90),
+        )?;
         Ok::<_, String>((bytes, places))
     })
     .await

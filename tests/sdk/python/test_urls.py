@@ -263,6 +263,47 @@ def test_layers_effects_and_named_transformations_the_sdk_builds(base, nephos_ur
         assert "Accept" in r.headers.get("Vary", "")
 
 
+def webp_kind(body):
+    """The first picture chunk of a still WebP: b"VP8 " (lossy) or b"VP8L" (lossless)."""
+    assert body[:4] == b"RIFF" and body[8:12] == b"WEBP"
+    at = 12
+    while at + 8 <= len(body):
+        name, size = body[at:at + 4], struct.unpack("<I", body[at + 4:at + 8])[0]
+        if name in (b"VP8 ", b"VP8L"):
+            return name
+        at += 8 + size + (size & 1)
+    raise AssertionError("no picture chunk")
+
+
+def test_webp_is_lossy_for_photographs_and_lossless_for_graphics(nephos_urls, asset):
+    """`fetch_format="auto"` (and `format="webp"`) give a photograph a lossy WebP smaller than
+    its JPEG; a PNG stays lossless unless `quality` or `flags="lossy"` ask otherwise."""
+    png_id = cloudinary.uploader.upload(asset("logo.png"), public_id=unique("urls/graphic"))["public_id"]
+    # A JPEG source: nephos's own JPEG of the PNG, uploaded again.
+    status, _, jpeg_bytes = fetch(cloudinary.utils.cloudinary_url(png_id, format="jpg", width=320,
+                                                                  crop="scale")[0])
+    assert status == 200
+    jpg_id = cloudinary.uploader.upload(jpeg_bytes, public_id=unique("urls/photo"))["public_id"]
+
+    def get(pid, accept="image/webp,*/*", **options):
+        url = cloudinary.utils.cloudinary_url(pid, width=160, crop="scale", **options)[0]
+        req = urllib.request.Request(url, headers={"Accept": accept})
+        with urllib.request.urlopen(req) as r:
+            return r.headers["Content-Type"], r.read()
+
+    ctype, auto = get(jpg_id, fetch_format="auto")
+    assert ctype == "image/webp" and webp_kind(auto) == b"VP8 "
+    ctype, jpeg = get(jpg_id, format="jpg", accept="image/jpeg")
+    assert ctype == "image/jpeg" and len(auto) < len(jpeg), (len(auto), len(jpeg))
+    assert get(jpg_id, fetch_format="auto", accept="image/jpeg,*/*")[0] == "image/jpeg"
+    _, low = get(jpg_id, fetch_format="auto", quality=20)
+    assert webp_kind(low) == b"VP8 " and len(low) < len(auto)
+    assert webp_kind(get(jpg_id, format="webp")[1]) == b"VP8 "
+    assert webp_kind(get(png_id, fetch_format="auto")[1]) == b"VP8L"
+    assert webp_kind(get(png_id, fetch_format="auto", quality="auto")[1]) == b"VP8 "
+    assert webp_kind(get(png_id, format="webp", flags="lossy")[1]) == b"VP8 "
+
+
 def test_video_posters_and_previews_the_sdk_builds(nephos_urls, asset):
     """`start_offset`, `video_sampling`, `delay` and the SDK's `video_thumbnail`."""
     pid = cloudinary.uploader.upload(asset("tiny_h264.mp4"), resource_type="video",
