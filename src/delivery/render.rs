@@ -429,17 +429,20 @@ async fn run(
         rec.width.unwrap_or(0).max(0) as u64,
         rec.height.unwrap_or(0).max(0) as u64,
     );
+    let stop_at = std::time::Instant::now() + deadline.saturating_sub(started.elapsed());
     let job = tokio::task::spawn_blocking(move || {
         // The turn and the room are held until the work ends, even when the answer has gone.
         let _turn = turn;
         let _room = room;
-        let out = if let Some((settings, true)) = plan.auto_width.take() {
-            breakpoints_json(&original, &plan, &settings, max_pixels, max_decode)?
-        } else if video {
-            crate::media::video::render(&original, &plan, &fmt, max_pixels, dims, max_decode)?
-        } else {
-            transform::apply_bounded(&original, &plan, &fmt, max_pixels, max_decode)?
-        };
+        let out = transform::with_deadline(stop_at, || {
+            if let Some((settings, true)) = plan.auto_width.take() {
+                breakpoints_json(&original, &plan, &settings, max_pixels, max_decode)
+            } else if video {
+                crate::media::video::render(&original, &plan, &fmt, max_pixels, dims, max_decode)
+            } else {
+                transform::apply_bounded(&original, &plan, &fmt, max_pixels, max_decode)
+            }
+        })?;
         let dims = imagesize::blob_size(&out)
             .map(|s| (s.width as i64, s.height as i64))
             .ok();

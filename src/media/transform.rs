@@ -932,7 +932,38 @@ pub fn apply_bounded(
     encode(img, format, plan.encoding(is_lossy_source(bytes)))
 }
 
+thread_local! {
+    /// When the render on this thread must stop (set by [`with_deadline`]).
+    static DEADLINE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `work` (a render, on this thread) with a deadline: every step, layer and frame checks
+/// it first, so a render whose answer has gone (past its deadline) stops within one step
+/// instead of running to the end.
+pub fn with_deadline<T>(deadline: std::time::Instant, work: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            DEADLINE.with(|d| d.set(None));
+        }
+    }
+    DEADLINE.with(|d| d.set(Some(deadline)));
+    let _reset = Reset;
+    work()
+}
+
+/// An error once the render's deadline (if any) has passed.
+pub fn check_deadline() -> Result<(), String> {
+    match DEADLINE.with(|d| d.get()) {
+        Some(at) if std::time::Instant::now() >= at => {
+            Err("The transformation took longer than its deadline".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn apply_step(img: DynamicImage, s: &Step, max_pixels: u64) -> Result<DynamicImage, String> {
+    check_deadline()?;
     if let Some(layer) = &s.overlay {
         return apply_overlay(img, s, layer, max_pixels);
     }
@@ -1217,6 +1248,7 @@ fn animated(
     };
     let mut frames = Vec::new();
     for frame in decoded {
+        check_deadline()?;
         if frames.len() == most {
             return Err(format!(
                 "The animation has too many frames to transform (at most {most} of {w}x{h})"
@@ -2142,6 +2174,19 @@ mod tests {
         assert_eq!(run("e_negate").get_pixel(7, 3).0, [248, 252, 165, 255]);
         let sepia = run("e_sepia:100").get_pixel(7, 3).0;
         assert!(sepia[0] >= sepia[1] && sepia[1] >= sepia[2], "{sepia:?}");
+    }
+
+    #[test]
+    fn a_render_past_its_deadline_stops() {
+        let src = source(64, 64);
+        let plan = parse("c_scale,w_32/e_blur:100").unwrap();
+        let past = std::time::Instant::now();
+        let err = with_deadline(past, || apply(&src, &plan, "png", 1 << 20)).unwrap_err();
+        assert!(err.contains("deadline"), "{err}");
+        // The deadline belongs to that render only.
+        assert!(apply(&src, &plan, "png", 1 << 20).is_ok());
+        let later = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        assert!(with_deadline(later, || apply(&src, &plan, "png", 1 << 20)).is_ok());
     }
 
     #[test]

@@ -211,6 +211,7 @@ impl<'a> Track<'a> {
             };
             let mut done = false;
             for s in key..self.samples.len() {
+                transform::check_deadline()?;
                 decoded_total += 1;
                 if done || decoded_total > MAX_DECODED {
                     break;
@@ -423,6 +424,7 @@ impl Source for WebmTrack {
             let mut dec = rusty_vp9::Vp9Decoder::new();
             let mut shown: std::collections::HashMap<usize, RgbImage> = Default::default();
             for index in key..=last {
+                transform::check_deadline()?;
                 decoded_total += 1;
                 if decoded_total > MAX_DECODED {
                     break;
