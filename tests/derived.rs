@@ -368,14 +368,29 @@ async fn f_auto_follows_accept_and_faces_guide_crops() {
     .await;
     assert_eq!(s, 200);
     let url = server.url("/demo/image/upload/f_auto,w_15/auto/png");
-    let webp = reqwest::Client::new()
+    // A browser that takes AVIF gets AVIF (of the right size), one that takes WebP gets WebP.
+    let avif = reqwest::Client::new()
         .get(&url)
         .header("accept", "image/avif,image/webp,image/*,*/*;q=0.8")
         .send()
         .await
         .unwrap();
+    assert_eq!(avif.status(), 200);
+    assert_eq!(avif.headers()["content-type"], "image/avif");
+    let avif_etag = avif.headers()["etag"].clone();
+    let body = avif.bytes().await.unwrap();
+    assert_eq!(&body[4..12], b"ftypavif");
+    let size = imagesize::blob_size(&body).unwrap();
+    assert_eq!((size.width, size.height), (15, 10));
+    let webp = reqwest::Client::new()
+        .get(&url)
+        .header("accept", "image/webp,image/*,*/*;q=0.8")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(webp.status(), 200);
     assert_eq!(webp.headers()["content-type"], "image/webp");
+    assert_ne!(webp.headers()["etag"], avif_etag);
     assert!(webp
         .headers()
         .get_all("vary")

@@ -620,16 +620,20 @@ pub async fn serve(
     if plan.is_some() || converts {
         let plan = plan.unwrap_or_default();
         let mut format = transform::output_format(&plan, ext.as_deref(), &source_format);
-        // `f_auto`: WebP for browsers that take it (lossy for photographs, lossless for
-        // lossless sources unless `q_`/`fl_lossy` say otherwise); the answer varies with
+        // `f_auto`: AVIF for browsers that take it (a still picture: animations stay animated
+        // as WebP), else WebP (lossy for photographs, lossless for lossless sources unless
+        // `q_`/`fl_lossy` say otherwise), else the format as asked; the answer varies with
         // `Accept`.
         let auto = plan.format.as_deref() == Some("auto");
         if auto {
-            let takes_webp = headers
+            let accept = headers
                 .get(axum::http::header::ACCEPT)
                 .and_then(|a| a.to_str().ok())
-                .is_some_and(|a| a.contains("image/webp"));
-            if takes_webp {
+                .unwrap_or("");
+            let animated = rec.pages.unwrap_or(1) > 1 && plan.page.is_none();
+            if accept.contains("image/avif") && !animated && rec.key.resource_type == "image" {
+                format = "avif".into();
+            } else if accept.contains("image/webp") {
                 format = "webp".into();
             }
         }

@@ -277,7 +277,9 @@ pub const MAX_OVERLAYS: usize = 10;
 pub const MAX_PAGE: u32 = 1000;
 
 /// Output formats nephos can encode.
-pub const OUTPUT_FORMATS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff", "tif"];
+pub const OUTPUT_FORMATS: &[&str] = &[
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tiff", "tif", "avif",
+];
 
 /// Source formats nephos can decode.
 pub fn can_decode(format: &str) -> bool {
@@ -1830,8 +1832,8 @@ fn cut(
     img.crop_imm(left, top, w, h)
 }
 
-/// The picture written as `format`: JPEG at the encoding's quality, WebP lossy or lossless as
-/// it says, the others lossless.
+/// The picture written as `format`: JPEG and AVIF at the encoding's quality, WebP lossy or
+/// lossless as it says, the others lossless.
 pub fn encode(img: DynamicImage, format: &str, encoding: Encoding) -> Result<Vec<u8>, String> {
     let quality = encoding.quality;
     let mut out = Cursor::new(Vec::new());
@@ -1853,6 +1855,7 @@ pub fn encode(img: DynamicImage, format: &str, encoding: Encoding) -> Result<Vec
         }
         "png" => img.write_to(&mut out, ImageFormat::Png).map_err(failed)?,
         "webp" => return webp_encode::still(&img, encoding),
+        "avif" => return super::avif_encode::still(&img, quality),
         "gif" => DynamicImage::ImageRgba8(img.to_rgba8())
             .write_to(&mut out, ImageFormat::Gif)
             .map_err(failed)?,

@@ -275,9 +275,10 @@ def webp_kind(body):
     raise AssertionError("no picture chunk")
 
 
-def test_webp_is_lossy_for_photographs_and_lossless_for_graphics(nephos_urls, asset):
+def test_f_auto_webp_and_avif_as_browsers_ask(nephos_urls, asset):
     """`fetch_format="auto"` (and `format="webp"`) give a photograph a lossy WebP smaller than
-    its JPEG; a PNG stays lossless unless `quality` or `flags="lossy"` ask otherwise."""
+    its JPEG; a PNG stays lossless unless `quality` or `flags="lossy"` ask otherwise; a browser
+    that takes AVIF gets AVIF."""
     png_id = cloudinary.uploader.upload(asset("logo.png"), public_id=unique("urls/graphic"))["public_id"]
     # A JPEG source: nephos's own JPEG of the PNG, uploaded again.
     status, _, jpeg_bytes = fetch(cloudinary.utils.cloudinary_url(png_id, format="jpg", width=320,
@@ -302,6 +303,15 @@ def test_webp_is_lossy_for_photographs_and_lossless_for_graphics(nephos_urls, as
     assert webp_kind(get(png_id, fetch_format="auto")[1]) == b"VP8L"
     assert webp_kind(get(png_id, fetch_format="auto", quality="auto")[1]) == b"VP8 "
     assert webp_kind(get(png_id, format="webp", flags="lossy")[1]) == b"VP8 "
+    # AVIF: for browsers that take it, and as an extension; animations stay animated WebP.
+    avif_accept = "image/avif,image/webp,image/apng,*/*;q=0.8"
+    ctype, avif = get(jpg_id, fetch_format="auto", accept=avif_accept)
+    assert ctype == "image/avif" and avif[4:12] == b"ftypavif"
+    ctype, avif = get(png_id, format="avif", accept="*/*")
+    assert ctype == "image/avif" and avif[4:12] == b"ftypavif"
+    gif_id = cloudinary.uploader.upload(asset("anim.gif"), public_id=unique("urls/anim"))["public_id"]
+    ctype, animated = get(gif_id, fetch_format="auto", accept=avif_accept)
+    assert ctype == "image/webp" and b"ANMF" in animated
 
 
 def test_video_posters_and_previews_the_sdk_builds(nephos_urls, asset):
