@@ -391,6 +391,20 @@ async fn f_auto_follows_accept_and_faces_guide_crops() {
     assert_eq!(webp.status(), 200);
     assert_eq!(webp.headers()["content-type"], "image/webp");
     assert_ne!(webp.headers()["etag"], avif_etag);
+    // AVIF is written up to 2048 × 2048: beyond, f_auto gives WebP and f_avif a clear 400.
+    let big = server.url("/demo/image/upload/f_auto,w_3000/auto/png");
+    let r = reqwest::Client::new()
+        .get(&big)
+        .header("accept", "image/avif,image/webp,*/*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/webp");
+    assert_eq!(&r.bytes().await.unwrap()[8..12], b"WEBP");
+    let (s, _, why) = get(&server.url("/demo/image/upload/w_3000/auto/png.avif")).await;
+    assert_eq!(s, 400);
+    assert!(why.unwrap_or_default().contains("AVIF"));
     assert!(webp
         .headers()
         .get_all("vary")

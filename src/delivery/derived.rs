@@ -77,7 +77,6 @@ pub(super) async fn serve(
         .header(header::ETAG, &etag)
         .header(header::LAST_MODIFIED, &last_modified)
         .header(header::CACHE_CONTROL, "public, max-age=0, must-revalidate")
-        .header(header::CONTENT_TYPE, mime_for(format))
         .header("x-content-type-options", "nosniff");
     if vary_accept {
         base = base.header(header::VARY, "Accept");
@@ -141,8 +140,15 @@ pub(super) async fn serve(
                 .map_err(|render::RenderError(status, why)| delivery_error(status, why))?
         }
     };
+    // `f_auto` may have given WebP to a picture too large for AVIF: the bytes say which.
+    let written = if format == "avif" && bytes.get(8..12) != Some(&b"avif"[..]) {
+        "webp"
+    } else {
+        format
+    };
     base = base
         .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, mime_for(written))
         .header(header::CONTENT_LENGTH, bytes.len());
     if method == Method::HEAD {
         return base.body(Body::empty()).map_err(ApiError::internal);

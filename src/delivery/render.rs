@@ -379,7 +379,13 @@ async fn run(
     // Working memory: about 16 bytes a source pixel at the peak (a decoded copy and the
     // floating-point buffers of filters); big sources wait for room instead of adding up.
     let pixels = rec.width.unwrap_or(0).max(0) as u64 * rec.height.unwrap_or(0).max(0) as u64;
-    let need = ((pixels.saturating_mul(16) >> 20) as u32).clamp(1, state.renders.memory_mib);
+    let mut bytes_needed = pixels.saturating_mul(16);
+    if format == "avif" {
+        // The AV1 encoder's own buffers, for a picture up to AVIF's size limit.
+        let avif = crate::media::avif_encode::MAX_PIXELS.min(pixels.max(1 << 20));
+        bytes_needed += avif * crate::media::avif_encode::BYTES_PER_PIXEL;
+    }
+    let need = ((bytes_needed >> 20) as u32).clamp(1, state.renders.memory_mib);
     let left = deadline.saturating_sub(started.elapsed());
     let room = tokio::time::timeout(left, state.renders.memory.clone().acquire_many_owned(need))
         .await

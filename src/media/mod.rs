@@ -2,7 +2,7 @@
 //! without decoding pixels or frames.
 
 pub mod analysis;
-mod avif_encode;
+pub mod avif_encode;
 pub mod breakpoints;
 pub mod compose;
 mod image;

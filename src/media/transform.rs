@@ -14,8 +14,8 @@ use std::io::Cursor;
 use image::{imageops, DynamicImage, ImageFormat, Rgba, RgbaImage};
 
 use super::pages;
-use super::webp_encode;
 pub use super::webp_encode::{is_lossy_source, Encoding};
+use super::{avif_encode, webp_encode};
 
 /// A parsed transformation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,6 +49,7 @@ impl Plan {
         Encoding {
             quality: self.quality.unwrap_or(80),
             lossy_webp: lossy_source || self.lossy || self.quality.is_some_and(|q| q < 100),
+            auto_format: self.format.as_deref() == Some("auto"),
         }
     }
 }
@@ -1855,7 +1856,11 @@ pub fn encode(img: DynamicImage, format: &str, encoding: Encoding) -> Result<Vec
         }
         "png" => img.write_to(&mut out, ImageFormat::Png).map_err(failed)?,
         "webp" => return webp_encode::still(&img, encoding),
-        "avif" => return super::avif_encode::still(&img, quality),
+        // `f_auto` gives WebP to pictures too large for AVIF.
+        "avif" if encoding.auto_format && !avif_encode::fits(img.width(), img.height()) => {
+            return webp_encode::still(&img, encoding)
+        }
+        "avif" => return avif_encode::still(&img, quality),
         "gif" => DynamicImage::ImageRgba8(img.to_rgba8())
             .write_to(&mut out, ImageFormat::Gif)
             .map_err(failed)?,

@@ -11,6 +11,8 @@ pub struct Encoding {
     pub quality: u8,
     /// WebP written lossy (VP8, with alpha beside it) rather than lossless (VP8L).
     pub lossy_webp: bool,
+    /// `f_auto` chose the format: a picture too large for AVIF is written as WebP instead.
+    pub auto_format: bool,
 }
 
 impl Encoding {
@@ -19,6 +21,7 @@ impl Encoding {
         Encoding {
             quality,
             lossy_webp: false,
+            auto_format: false,
         }
     }
 }
@@ -207,6 +210,7 @@ mod tests {
                 Encoding {
                     quality: q,
                     lossy_webp: true,
+                    auto_format: false,
                 },
             )
             .unwrap()
@@ -240,6 +244,7 @@ mod tests {
             Encoding {
                 quality: 80,
                 lossy_webp: true,
+                auto_format: false,
             },
         )
         .unwrap();
@@ -269,6 +274,7 @@ mod tests {
                 Encoding {
                     quality: 80,
                     lossy_webp,
+                    auto_format: false,
                 },
             )
             .unwrap();
