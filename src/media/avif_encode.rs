@@ -1,7 +1,7 @@
 //! Writing AVIF: one still picture, encoded by `ravif` (rav1e, pure Rust, no assembly) at its
 //! fastest speed and on the render's own thread, so render turns bound it like any render.
-//! AV1 encoding is costly (measured: about 1.1 s of CPU and 36 bytes of memory a pixel per
-//! megapixel here), so pictures are written as AVIF up to [`MAX_PIXELS`].
+//! AV1 encoding is costly (measured: about 1.1 s of CPU per megapixel and 36 bytes of memory
+//! a pixel), so pictures are written as AVIF up to [`MAX_PIXELS`].
 
 use image::DynamicImage;
 
