@@ -194,6 +194,7 @@ impl<'a> Track<'a> {
             let last = group[group.len() - 1];
             let mut dec = OrderedDecoder::<i64>::new();
             for n in cfg.sps_nals.iter().chain(&cfg.pps_nals) {
+                check_sps(n, max_pixels)?;
                 dec.decode_nal_with_meta(n, i64::MIN)
                     .map_err(|e| format!("Corrupt video: {e:?}"))?;
             }
@@ -218,6 +219,7 @@ impl<'a> Track<'a> {
                 }
                 let cts = self.samples[s].composition_timestamp;
                 for nal in parse_avcc(self.sample(s)?, cfg.length_size) {
+                    check_sps(&nal, max_pixels)?;
                     // A damaged unit is skipped; the next keyframe recovers.
                     if let Ok(frames) = dec.decode_nal_with_meta(&nal, cts) {
                         for (frame, c) in frames {
@@ -422,6 +424,7 @@ impl Source for WebmTrack {
             let group = &targets[i..j];
             let last = group[group.len() - 1];
             let mut dec = rusty_vp9::Vp9Decoder::new();
+            let mut sizes = Vp9Sizes::default();
             let mut shown: std::collections::HashMap<usize, RgbImage> = Default::default();
             for index in key..=last {
                 transform::check_deadline()?;
@@ -429,6 +432,7 @@ impl Source for WebmTrack {
                 if decoded_total > MAX_DECODED {
                     break;
                 }
+                sizes.check(&self.frames[index].2, max_pixels)?;
                 if dec.push(&self.frames[index].2, Some(index as i64)).is_err() {
                     continue;
                 }
@@ -526,6 +530,108 @@ fn to_rgb(frame: &rust_h264::decoder::Frame) -> Result<RgbImage, String> {
     }
     // Tightly packed planes: each row's stride is its width.
     yuv_to_rgb(w, h, (y, w), (u, cw), (v, cw))
+}
+
+/// Reference pictures an H.264 decoder may hold beside the one it decodes (the most the
+/// standard allows).
+const H264_MAX_REFERENCES: u64 = 16;
+
+/// An H.264 parameter set checked before the decoder sees it: the SPS sizes the decoder's
+/// pictures and how many it keeps, so a forged one could make it allocate far more than the
+/// video's probed size. Other units pass.
+fn check_sps(nal: &rust_h264::nal::NalUnit<'_>, max_pixels: u64) -> Result<(), String> {
+    if nal.nal_unit_type != rust_h264::nal::NalUnitType::Sps {
+        return Ok(());
+    }
+    let info = rust_h264::nal::parse_sps_info(nal).map_err(|e| format!("Corrupt video: {e:?}"))?;
+    let (w, h) = (info.coded_width, info.coded_height);
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(format!(
+            "The video is too large to make pictures of ({w}x{h} coded)"
+        ));
+    }
+    // The pictures held together (references, the one decoded, the one shown) fit within
+    // four pictures of the largest size.
+    let held = pixels.saturating_mul(u64::from(info.reference_frames).min(H264_MAX_REFERENCES) + 2);
+    if held > max_pixels.saturating_mul(4) {
+        return Err(format!(
+            "The video keeps too many {w}x{h} reference pictures ({}) to make pictures of",
+            info.reference_frames
+        ));
+    }
+    Ok(())
+}
+
+/// The picture sizes a VP9 stream declares, read from each frame's header before the decoder
+/// sees it (a frame header, not the container, sizes the decoder's buffers), with the sizes
+/// of the eight reference slots that inter frames may take theirs from.
+#[derive(Default)]
+struct Vp9Sizes {
+    refs: [(u32, u32); 8],
+}
+
+impl Vp9Sizes {
+    fn check(&mut self, packet: &[u8], max_pixels: u64) -> Result<(), String> {
+        for frame in vp9_frames(packet) {
+            let mut r = rusty_vp9::BitReader::new(frame);
+            // A header that does not parse is the decoder's to refuse; it sizes nothing.
+            let Ok(h) = rusty_vp9::parse_uncompressed_header(&mut r, &self.refs) else {
+                continue;
+            };
+            if h.show_existing_frame {
+                continue;
+            }
+            if u64::from(h.width) * u64::from(h.height) > max_pixels {
+                return Err(format!(
+                    "The video is too large to make pictures of ({}x{})",
+                    h.width, h.height
+                ));
+            }
+            let refreshed = if h.key_frame {
+                0xFF
+            } else {
+                h.refresh_frame_flags
+            };
+            for (k, slot) in self.refs.iter_mut().enumerate() {
+                if refreshed & (1 << k) != 0 {
+                    *slot = (h.width, h.height);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The coded frames of a VP9 packet: those a superframe index lists, or the packet itself.
+fn vp9_frames(packet: &[u8]) -> Vec<&[u8]> {
+    let n = packet.len();
+    if let Some(&marker) = packet.last() {
+        if marker & 0xE0 == 0xC0 {
+            let count = usize::from(marker & 0x7) + 1;
+            let size_bytes = usize::from((marker >> 3) & 0x3) + 1;
+            let index_len = 2 + size_bytes * count;
+            if n >= index_len && packet[n - index_len] == marker {
+                let mut frames = Vec::with_capacity(count);
+                let (mut at, mut off) = (n - index_len + 1, 0usize);
+                for _ in 0..count {
+                    let mut size = 0usize;
+                    for j in 0..size_bytes {
+                        size |= usize::from(packet[at]) << (j * 8);
+                        at += 1;
+                    }
+                    if let Some(f) = packet.get(off..off.saturating_add(size)) {
+                        frames.push(f);
+                    }
+                    off = off.saturating_add(size);
+                }
+                if !frames.is_empty() {
+                    return frames;
+                }
+            }
+        }
+    }
+    vec![packet]
 }
 
 /// The picture (or, for `gif`, the animation) a delivery URL of a video asks for.
@@ -646,6 +752,126 @@ fn render_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bits written most significant first, with H.264's unsigned Exp-Golomb codes.
+    #[derive(Default)]
+    struct Bits {
+        bytes: Vec<u8>,
+        used: usize,
+    }
+
+    impl Bits {
+        fn bit(&mut self, b: u32) {
+            if self.used.is_multiple_of(8) {
+                self.bytes.push(0);
+            }
+            if b != 0 {
+                let last = self.bytes.len() - 1;
+                self.bytes[last] |= 0x80 >> (self.used % 8);
+            }
+            self.used += 1;
+        }
+        fn bits(&mut self, v: u32, n: u32) {
+            for k in (0..n).rev() {
+                self.bit((v >> k) & 1);
+            }
+        }
+        fn ue(&mut self, v: u32) {
+            let n = 32 - (v + 1).leading_zeros();
+            self.bits(0, n - 1);
+            self.bits(v + 1, n);
+        }
+    }
+
+    /// A baseline-profile SPS of `mbs_w` × `mbs_h` macroblocks keeping `refs` references.
+    fn sps(mbs_w: u32, mbs_h: u32, refs: u32) -> Vec<u8> {
+        let mut b = Bits::default();
+        b.bits(66, 8); // profile_idc: baseline
+        b.bits(0, 8); // constraint flags
+        b.bits(30, 8); // level_idc
+        b.ue(0); // seq_parameter_set_id
+        b.ue(0); // log2_max_frame_num_minus4
+        b.ue(2); // pic_order_cnt_type
+        b.ue(refs); // max_num_ref_frames
+        b.bit(0); // gaps_in_frame_num_value_allowed_flag
+        b.ue(mbs_w - 1);
+        b.ue(mbs_h - 1);
+        b.bit(1); // frame_mbs_only_flag
+        b.bit(1); // direct_8x8_inference_flag
+        b.bit(0); // frame_cropping_flag
+        b.bit(0); // vui_parameters_present_flag
+        b.bit(1); // rbsp_stop_one_bit
+        b.bytes
+    }
+
+    fn sps_nal(rbsp: &[u8]) -> rust_h264::nal::NalUnit<'_> {
+        rust_h264::nal::NalUnit {
+            nal_ref_idc: 3,
+            nal_unit_type: rust_h264::nal::NalUnitType::Sps,
+            rbsp: std::borrow::Cow::Borrowed(rbsp),
+        }
+    }
+
+    #[test]
+    fn forged_h264_sizes_are_refused_before_decoding() {
+        let max = 50_000_000;
+        let small = sps(20, 15, 1);
+        assert!(check_sps(&sps_nal(&small), max).is_ok());
+        // 16000 × 16000 coded pixels: more than any picture may have.
+        let huge = sps(1000, 1000, 1);
+        let err = check_sps(&sps_nal(&huge), max).unwrap_err();
+        assert!(err.contains("16000x16000"), "{err}");
+        // 6400 × 6400 is allowed alone, not with 16 references beside it.
+        assert!(check_sps(&sps_nal(&sps(400, 400, 1)), max).is_ok());
+        let err = check_sps(&sps_nal(&sps(400, 400, 16)), max).unwrap_err();
+        assert!(err.contains("reference"), "{err}");
+    }
+
+    /// A VP9 profile-0 keyframe header declaring `w` × `h`, padded with zero bytes.
+    fn vp9_keyframe(w: u32, h: u32) -> Vec<u8> {
+        let mut b = Bits::default();
+        b.bits(2, 2); // frame_marker
+        b.bits(0, 2); // profile 0
+        b.bit(0); // show_existing_frame
+        b.bit(0); // frame_type: key
+        b.bit(1); // show_frame
+        b.bit(0); // error_resilient_mode
+        b.bits(0x49_8342, 24); // sync code
+        b.bits(1, 3); // color_space: BT.601
+        b.bit(0); // color_range
+        b.bits(w - 1, 16);
+        b.bits(h - 1, 16);
+        b.bit(0); // render size as the frame size
+        let mut out = b.bytes;
+        out.resize(64, 0);
+        out
+    }
+
+    #[test]
+    fn forged_vp9_sizes_are_refused_before_decoding() {
+        let max = 50_000_000;
+        let mut sizes = Vp9Sizes::default();
+        let huge = vp9_keyframe(65_536, 65_536);
+        let parsed = rusty_vp9::parse_uncompressed_header(
+            &mut rusty_vp9::BitReader::new(&huge),
+            &[(0, 0); 8],
+        )
+        .unwrap();
+        assert_eq!((parsed.width, parsed.height), (65_536, 65_536));
+        let err = sizes.check(&huge, max).unwrap_err();
+        assert!(err.contains("65536x65536"), "{err}");
+        // A small keyframe passes and fills the reference slots.
+        sizes.check(&vp9_keyframe(320, 240), max).unwrap();
+        assert_eq!(sizes.refs, [(320, 240); 8]);
+        // Inside a superframe (two frames and a one-byte-size index), the huge one is found.
+        let small = vp9_keyframe(16, 16);
+        let mut packet = small.clone();
+        packet.extend_from_slice(&huge);
+        let marker = 0xC0 | 1; // two frames, sizes of one byte
+        packet.extend_from_slice(&[marker, small.len() as u8, huge.len() as u8, marker]);
+        assert_eq!(vp9_frames(&packet).len(), 2);
+        assert!(Vp9Sizes::default().check(&packet, max).is_err());
+    }
 
     #[test]
     fn offsets_parse() {
