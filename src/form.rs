@@ -225,6 +225,20 @@ pub trait FilePlacement: Send + Sync {
     async fn place(&self, fields_so_far: &Params) -> Option<Placed>;
 }
 
+/// A whole file part sent on to the blob store while it arrives (beside its temporary file):
+/// the sink, and the object it makes once finished.
+pub struct Mirror {
+    pub sink: Box<dyn crate::storage::BlobSink>,
+    pub object: crate::storage::StoredObject,
+}
+
+/// Chooses, when a multipart file part starts, whether it is also sent to the blob store as
+/// it arrives (when the fields before it authenticate it), or `None`.
+#[async_trait::async_trait]
+pub trait FileMirror: Send + Sync {
+    async fn start(&self, fields_so_far: &Params) -> Option<Mirror>;
+}
+
 /// Bytes of request text held in memory by all requests together (a permit a byte, at most
 /// 4 GiB).
 #[derive(Clone)]

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::storage::{BlobStore, ByteRange, ByteStream, TempBlob};
+use crate::storage::{BlobSink, BlobStore, ByteRange, ByteStream, TempBlob};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -56,6 +56,7 @@ pub struct Metrics {
     uploads_in_flight: Gauge,
     notifications: Family<OutcomeLabels, Counter>,
     store_errors: Counter,
+    streamed_uploads: Counter,
     chunk_parts: Gauge,
     renders_started: Counter,
     derived_served: Counter,
@@ -116,6 +117,12 @@ impl Default for Metrics {
             "Blob store operations that failed",
             store_errors.clone(),
         );
+        let streamed_uploads = Counter::default();
+        registry.register(
+            "blob_store_streamed_uploads",
+            "Uploads sent to the object store while their body arrived",
+            streamed_uploads.clone(),
+        );
         let renders_started = Counter::default();
         registry.register(
             "derived_renders",
@@ -149,6 +156,7 @@ impl Default for Metrics {
             uploads_in_flight,
             notifications,
             store_errors,
+            streamed_uploads,
             chunk_parts,
             renders_started,
             derived_served,
@@ -192,6 +200,11 @@ impl Metrics {
         if let Some(n) = bytes_out {
             self.bytes_out.inc_by(n);
         }
+    }
+
+    /// An upload stored in the object store while its body arrived.
+    pub fn upload_streamed(&self) {
+        self.streamed_uploads.inc();
     }
 
     /// Marks an upload in flight until the guard is dropped.
@@ -368,6 +381,12 @@ impl BlobStore for CountingStore {
     }
     async fn health(&self) -> std::io::Result<()> {
         self.count(self.inner.health().await)
+    }
+    fn streams(&self) -> bool {
+        self.inner.streams()
+    }
+    async fn sink(&self, key: &str) -> std::io::Result<Option<Box<dyn BlobSink>>> {
+        self.count(self.inner.sink(key).await)
     }
 }
 

@@ -153,6 +153,83 @@ async fn story(backend: Backend, endpoint: &str) {
     assert_eq!(s, 200);
     assert!(got == big);
 
+    // A large upload goes to the store while it arrives (the fields before the file
+    // authenticate it): stored once, under the key its record names.
+    let streamed = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("nephos_blob_store_streamed_uploads_total "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let metrics = || async {
+        let (_, body) = get_bytes(&server.url("/metrics")).await;
+        String::from_utf8(body).unwrap()
+    };
+    let streamed_before = streamed(&metrics().await);
+    let large: Vec<u8> = (0..9_500_000u32).map(|i| (i * 13 % 253) as u8).collect();
+    let objects = blobs("demo/").await.len();
+    let (s, j) = upload(
+        &server,
+        "raw",
+        &[("public_id", "s3/large.bin")],
+        &large,
+        "large.bin",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["etag"], hex::encode(Md5::digest(&large)));
+    assert_eq!(streamed(&metrics().await), streamed_before + 1);
+    assert_eq!(blobs("demo/").await.len(), objects + 1);
+    let (s, got) = get_bytes(j["secure_url"].as_str().unwrap()).await;
+    assert_eq!(s, 200);
+    assert!(got == large);
+    // Refused after the file (a field after it that the signature does not cover), or not
+    // kept (an existing public ID without overwrite): nothing stays in the bucket.
+    let ts = now().to_string();
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in signed(
+        &[("public_id", "s3/refused.bin"), ("timestamp", ts.as_str())],
+        KEY,
+        SECRET,
+        SignatureAlgorithm::Sha1,
+    ) {
+        form = form.text(k, v);
+    }
+    let form = form
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(large.clone()).file_name("x.bin"),
+        )
+        .text("tags", "not-signed");
+    let r = reqwest::Client::new()
+        .post(server.upload_url("raw"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, j) = upload(
+        &server,
+        "raw",
+        &[("public_id", "s3/large.bin"), ("overwrite", "false")],
+        &large,
+        "large.bin",
+    )
+    .await;
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["existing"], true, "{j}");
+    assert_eq!(streamed(&metrics().await), streamed_before + 3);
+    let mut left = 0;
+    for _ in 0..50 {
+        left = blobs("demo/").await.len();
+        if left == objects + 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, objects + 1, "objects of uploads not kept are removed");
+
     // Range requests are answered from the store.
     let r = reqwest::Client::new()
         .get(&url)

@@ -71,6 +71,7 @@ pub fn body_limits(state: &AppState) -> BodyLimits {
         idle: std::time::Duration::from_secs(state.limits.body_timeout_secs.max(1)),
         budget: Some(state.memory.clone()),
         placement: None,
+        mirror: None,
         early_check: None,
     }
 }
@@ -91,6 +92,7 @@ async fn plain_form(
         idle: std::time::Duration::from_secs(state.limits.body_timeout_secs.max(1)),
         budget: Some(state.memory.clone()),
         placement: None,
+        mirror: None,
         early_check: None,
     };
     let form = read_form(
@@ -236,7 +238,16 @@ impl FromRequest<AppState> for UploadCall {
                 }));
             }
         }
+        if limits.placement.is_none() {
+            let length = header_text(headers, header::CONTENT_LENGTH.as_str())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            limits.mirror = upload::mirror::UploadMirror::for_request(state, &cloud, auth, length)
+                .map(|m| std::sync::Arc::new(m) as std::sync::Arc<dyn crate::form::FileMirror>);
+        }
         let mut form = read_form(headers, parts.uri.query(), body, &state.tmp_dir, &limits).await?;
+        if form.file.as_ref().is_some_and(|f| f.blob.stored.is_some()) {
+            state.metrics.upload_streamed();
+        }
         crate::control::observe_params(state, &form.params).await?;
         // Empty values are not signed: they mean "absent".
         form.params.drop_empty();

@@ -8,7 +8,8 @@ use serde_json::Value as Json;
 
 use crate::error::{ApiError, ApiResult};
 use crate::form::{
-    base_name, parse_query, FilePart, FilePlacement, Form, MemoryBudget, Params, Value,
+    base_name, parse_query, FileMirror, FilePart, FilePlacement, Form, MemoryBudget, Mirror,
+    Params, Value,
 };
 use crate::storage::{BlobWriter, WriteError};
 
@@ -29,6 +30,8 @@ pub struct BodyLimits {
     pub budget: Option<MemoryBudget>,
     /// Where a file part may be written in place (chunked uploads).
     pub placement: Option<std::sync::Arc<dyn FilePlacement>>,
+    /// Where a whole file part may also be sent while it arrives (an object store).
+    pub mirror: Option<std::sync::Arc<dyn FileMirror>>,
     /// Checked when the file part starts, on the fields before it: a definite refusal stops
     /// the request before the file is read.
     pub early_check: Option<EarlyCheck>,
@@ -291,6 +294,10 @@ async fn parse_multipart(
                     None => None,
                 };
                 let in_place = placed.is_some();
+                let mut mirror = match (&limits.mirror, in_place) {
+                    (Some(m), false) => m.start(&so_far).await,
+                    _ => None,
+                };
                 let mut writer = match placed {
                     Some(p) => BlobWriter::create_placed(&p.file, p.offset, p.len, p.tap).await?,
                     None => BlobWriter::create(tmp_dir, limits.max_file_bytes).await?,
@@ -307,10 +314,23 @@ async fn parse_multipart(
                         continue;
                     }
                     let len = chunk.len() as u64;
+                    let sent = chunk.clone();
                     match writer.write(chunk).await {
                         Ok(()) => {}
-                        Err(WriteError::TooLarge { .. }) => overflow = Some(writer.written() + len),
+                        Err(WriteError::TooLarge { .. }) => {
+                            overflow = Some(writer.written() + len);
+                            mirror = None;
+                            continue;
+                        }
                         Err(WriteError::Io(e)) => return Err(e.into()),
+                    }
+                    // The store falling behind slows the body down; failing, it is left out
+                    // (the finished file is sent as usual).
+                    if let Some(m) = mirror.as_mut() {
+                        if let Err(e) = m.sink.write(&sent).await {
+                            tracing::warn!(error = %e, "sending an upload to the store as it arrives failed");
+                            mirror = None;
+                        }
                     }
                 }
                 if let Some(total) = overflow {
@@ -321,7 +341,15 @@ async fn parse_multipart(
                     }
                     return Err(too_large(total, limits.max_file_bytes));
                 }
-                let blob = writer.finish().await?;
+                let mut blob = writer.finish().await?;
+                if let Some(Mirror { sink, object }) = mirror {
+                    match sink.finish().await {
+                        Ok(()) => blob.stored = Some(object),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "completing an upload sent to the store as it arrived failed");
+                        }
+                    }
+                }
                 form.file = Some(FilePart { blob, filename });
             }
             _ => {
@@ -369,6 +397,7 @@ mod tests {
             idle: std::time::Duration::from_secs(5),
             budget: None,
             placement: None,
+            mirror: None,
             early_check: None,
         };
         let mut h = HeaderMap::new();

@@ -60,6 +60,99 @@ pub trait BlobStore: Send + Sync {
     async fn modified(&self, key: &str) -> std::io::Result<Option<std::time::SystemTime>>;
     /// Checks that the store can be written.
     async fn health(&self) -> std::io::Result<()>;
+    /// Whether [`BlobStore::sink`] gives writers (bodies are worth sending as they arrive).
+    fn streams(&self) -> bool {
+        false
+    }
+    /// A writer that sends an object under `key` while its bytes arrive, for stores where
+    /// that is faster than sending a finished file (object stores); `None` for the others.
+    async fn sink(&self, _key: &str) -> std::io::Result<Option<Box<dyn BlobSink>>> {
+        Ok(None)
+    }
+}
+
+/// An object written to the store while its bytes arrive (see [`BlobStore::sink`]). Until
+/// [`BlobSink::finish`] nothing shows in the store; a sink dropped unfinished gives the
+/// object up.
+#[async_trait]
+pub trait BlobSink: Send {
+    /// Takes the next bytes (waits while the store is behind).
+    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
+    /// Completes the object under its key.
+    async fn finish(self: Box<Self>) -> std::io::Result<()>;
+}
+
+/// A blob already in the store, written while it was received, that no record names yet:
+/// removed from the store when dropped, unless a `put` under its key took it over.
+pub struct StoredObject {
+    key: String,
+    version_id: String,
+    store: std::sync::Arc<dyn BlobStore>,
+    kept: bool,
+}
+
+impl std::fmt::Debug for StoredObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredObject")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl StoredObject {
+    pub fn new(
+        store: std::sync::Arc<dyn BlobStore>,
+        cloud: &str,
+        version_id: String,
+    ) -> StoredObject {
+        StoredObject {
+            key: new_blob_key(cloud, &version_id),
+            version_id,
+            store,
+            kept: false,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The version ID its key was made from.
+    pub fn version_id(&self) -> &str {
+        &self.version_id
+    }
+}
+
+impl Drop for StoredObject {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = store.delete(&key).await {
+                        tracing::warn!(%key, error = %e, "could not remove an unused uploaded object");
+                    }
+                });
+            }
+            // Without a runtime the orphan sweep removes it later.
+            Err(_) => tracing::warn!(%key, "an unused uploaded object is left to the orphan sweep"),
+        }
+    }
+}
+
+/// Whether `blob` is already in the store under `key` (written while it was received); if
+/// so, it is kept there from now on.
+pub fn already_stored(blob: &mut TempBlob, key: &str) -> bool {
+    match &mut blob.stored {
+        Some(s) if s.key == key => {
+            s.kept = true;
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Checks a blob key. Keys are server-made, but are still checked so that no value could

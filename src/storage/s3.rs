@@ -16,7 +16,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
-use super::{BlobStore, ByteRange, ByteStream, TempBlob};
+use super::{BlobSink, BlobStore, ByteRange, ByteStream, TempBlob};
 
 /// Parts of a multipart upload (S3's minimum for all but the last is 5 MiB).
 const PART_BYTES: usize = 8 * 1024 * 1024;
@@ -108,9 +108,66 @@ impl S3BlobStore {
     }
 }
 
+/// An object sent by multipart upload as its bytes arrive.
+struct S3Sink {
+    writer: Option<WriteMultipart>,
+}
+
+#[async_trait]
+impl BlobSink for S3Sink {
+    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the object is finished"))?;
+        writer
+            .wait_for_capacity(PARTS_IN_FLIGHT)
+            .await
+            .map_err(io_error)?;
+        writer.write(chunk);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> std::io::Result<()> {
+        match self.writer.take() {
+            Some(w) => w.finish().await.map(|_| ()).map_err(io_error),
+            None => Err(std::io::Error::other("the object is finished")),
+        }
+    }
+}
+
+impl Drop for S3Sink {
+    fn drop(&mut self) {
+        // Unfinished: the multipart upload is aborted, so its parts do not linger.
+        if let (Some(w), Ok(rt)) = (self.writer.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = w.abort().await;
+            });
+        }
+    }
+}
+
 #[async_trait]
 impl BlobStore for S3BlobStore {
-    async fn put(&self, key: &str, blob: TempBlob) -> std::io::Result<()> {
+    fn streams(&self) -> bool {
+        true
+    }
+
+    async fn sink(&self, key: &str) -> std::io::Result<Option<Box<dyn BlobSink>>> {
+        let upload = self
+            .store
+            .put_multipart(&self.path(key)?)
+            .await
+            .map_err(io_error)?;
+        Ok(Some(Box::new(S3Sink {
+            writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
+        })))
+    }
+
+    async fn put(&self, key: &str, mut blob: TempBlob) -> std::io::Result<()> {
+        if super::already_stored(&mut blob, key) {
+            return Ok(());
+        }
         let path = self.path(key)?;
         if let Some(bytes) = blob.bytes() {
             self.store

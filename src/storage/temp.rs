@@ -38,6 +38,8 @@ pub struct TempBlob {
     pub md5: String,
     /// The MD5 state after the content, to continue hashing a larger file.
     pub md5_state: Option<Md5>,
+    /// The same content, already written to the blob store while it was received.
+    pub stored: Option<super::StoredObject>,
 }
 
 /// What the writer hashes.
@@ -71,6 +73,7 @@ impl TempBlob {
             size,
             md5,
             md5_state: None,
+            stored: None,
         }
     }
 
@@ -450,6 +453,7 @@ impl BlobWriter {
             size: self.written,
             md5,
             md5_state,
+            stored: None,
         })
     }
 }

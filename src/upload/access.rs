@@ -60,3 +60,27 @@ pub fn authenticate(
     }
     Err(ApiError::missing("signature"))
 }
+
+/// The caller the fields before a file part authenticate as an uploader (signed, Basic, or an
+/// unsigned preset that exists and is unsigned), or `None`. What the fields after the file
+/// add is judged once the whole form is read; this only decides whether the file may be
+/// written somewhere before then.
+pub async fn uploader_before_file(
+    state: &AppState,
+    cloud: &str,
+    authorization: Option<&str>,
+    params: &Params,
+) -> Option<Caller> {
+    let opts = AuthOptions {
+        unsigned_preset: true,
+        lenient_notification: false,
+    };
+    let caller = authenticate(state, cloud, authorization, params, opts).ok()?;
+    if let Caller::Unsigned { preset } = &caller {
+        let preset = state.meta.get_preset(cloud, preset).await.ok()??;
+        if !preset.unsigned {
+            return None;
+        }
+    }
+    Some(caller)
+}

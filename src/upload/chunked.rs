@@ -18,7 +18,6 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value as Json};
 use sha1::Digest;
 
-use super::access::AuthOptions;
 use super::{naming, ContentRange, Source, UploadRequest};
 use crate::auth::Caller;
 use crate::db::{ChunkDecision, ChunkPart, ChunkSession};
@@ -82,24 +81,13 @@ impl FilePlacement for Placement {
         if r.total.is_some_and(|t| r.end >= t) || r.end + 1 > state.limits.max_file_bytes {
             return None;
         }
-        let opts = AuthOptions {
-            unsigned_preset: true,
-            lenient_notification: false,
-        };
-        let caller = super::access::authenticate(
+        let caller = super::access::uploader_before_file(
             state,
             &self.cloud,
             self.authorization.as_deref(),
             params,
-            opts,
         )
-        .ok()?;
-        if let Caller::Unsigned { preset } = &caller {
-            let preset = state.meta.get_preset(&self.cloud, preset).await.ok()??;
-            if !preset.unsigned {
-                return None;
-            }
-        }
+        .await?;
         let sid = match &self.upload_id {
             Some(id) => session_id(&self.cloud, Some(id), None),
             None => session_id(&self.cloud, None, Some(params.nonempty("public_id")?)),

@@ -11,6 +11,7 @@ pub mod eager;
 pub mod eval;
 pub mod generate;
 pub mod mapping;
+pub mod mirror;
 pub mod naming;
 pub mod orphans;
 pub mod preset;
@@ -895,7 +896,11 @@ pub async fn store_upload(
     }
 
     let now = state.now();
-    let version_id = random_hex(16);
+    // An upload sent to the store as it arrived is already there under its version's key.
+    let version_id = match &src.blob.stored {
+        Some(stored) => stored.version_id().to_string(),
+        None => random_hex(16),
+    };
     let record = AssetRecord {
         asset_id: random_hex(16),
         key: AssetKey {

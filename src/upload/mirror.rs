@@ -1,0 +1,67 @@
+//! Uploads sent to an object store while their body arrives: when the fields before the file
+//! part authenticate the request, the part goes to the store (multipart upload) beside its
+//! temporary file, under the blob key its record will name, so storing the upload costs no
+//! second pass over the file. A request refused after all leaves nothing behind: the object
+//! is removed when the upload does not keep it.
+
+use async_trait::async_trait;
+
+use crate::form::{FileMirror, Mirror, Params};
+use crate::state::AppState;
+use crate::storage::StoredObject;
+
+/// Bodies smaller than this are sent after they arrive, in one request, as before.
+pub const MIN_BYTES: u64 = 8 * 1024 * 1024;
+
+pub struct UploadMirror {
+    pub state: AppState,
+    pub cloud: String,
+    pub authorization: Option<String>,
+}
+
+impl UploadMirror {
+    /// A mirror for an upload request of `content_length` bytes (when said), if the blob
+    /// store takes bodies as they arrive and the body is large enough to gain from it.
+    pub fn for_request(
+        state: &AppState,
+        cloud: &str,
+        authorization: Option<&str>,
+        content_length: Option<u64>,
+    ) -> Option<UploadMirror> {
+        if content_length.is_some_and(|n| n < MIN_BYTES) || !state.blobs.streams() {
+            return None;
+        }
+        Some(UploadMirror {
+            state: state.clone(),
+            cloud: cloud.to_string(),
+            authorization: authorization.map(str::to_string),
+        })
+    }
+}
+
+#[async_trait]
+impl FileMirror for UploadMirror {
+    async fn start(&self, fields_so_far: &Params) -> Option<Mirror> {
+        let state = &self.state;
+        super::access::uploader_before_file(
+            state,
+            &self.cloud,
+            self.authorization.as_deref(),
+            fields_so_far,
+        )
+        .await?;
+        let version_id = crate::util::random_hex(16);
+        let key = crate::storage::new_blob_key(&self.cloud, &version_id);
+        match state.blobs.sink(&key).await {
+            Ok(Some(sink)) => Some(Mirror {
+                sink,
+                object: StoredObject::new(state.blobs.clone(), &self.cloud, version_id),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start sending an upload to the store");
+                None
+            }
+        }
+    }
+}
