@@ -117,6 +117,7 @@ proptest! {
             idle: std::time::Duration::from_secs(5),
             budget: None,
             placement: None,
+            mirror: None,
             early_check: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
