@@ -327,7 +327,7 @@ async fn parse_multipart(
                     // The store falling behind slows the body down; failing, it is left out
                     // (the finished file is sent as usual).
                     if let Some(m) = mirror.as_mut() {
-                        if let Err(e) = m.sink.write(&sent).await {
+                        if let Err(e) = m.sink.write(sent).await {
                             tracing::warn!(error = %e, "sending an upload to the store as it arrives failed");
                             mirror = None;
                         }

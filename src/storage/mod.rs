@@ -76,8 +76,8 @@ pub trait BlobStore: Send + Sync {
 /// object up.
 #[async_trait]
 pub trait BlobSink: Send {
-    /// Takes the next bytes (waits while the store is behind).
-    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()>;
+    /// Takes the next bytes, without copying them (waits while the store is behind).
+    async fn write(&mut self, chunk: Bytes) -> std::io::Result<()>;
     /// Completes the object under its key.
     async fn finish(self: Box<Self>) -> std::io::Result<()>;
 }

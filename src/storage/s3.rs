@@ -22,6 +22,9 @@ use super::{BlobSink, BlobStore, ByteRange, ByteStream, TempBlob};
 const PART_BYTES: usize = 8 * 1024 * 1024;
 /// Parts sent at once.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Parts of an object sent while a request body arrives: smaller, since the body's own
+/// buffers (its temporary file's queue) are held at the same time.
+const SINK_PART_BYTES: usize = 6 * 1024 * 1024;
 
 pub struct S3BlobStore {
     store: Arc<dyn ObjectStore>,
@@ -115,7 +118,7 @@ struct S3Sink {
 
 #[async_trait]
 impl BlobSink for S3Sink {
-    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+    async fn write(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
         let writer = self
             .writer
             .as_mut()
@@ -124,7 +127,7 @@ impl BlobSink for S3Sink {
             .wait_for_capacity(PARTS_IN_FLIGHT)
             .await
             .map_err(io_error)?;
-        writer.write(chunk);
+        writer.put(chunk);
         Ok(())
     }
 
@@ -160,7 +163,7 @@ impl BlobStore for S3BlobStore {
             .await
             .map_err(io_error)?;
         Ok(Some(Box::new(S3Sink {
-            writer: Some(WriteMultipart::new_with_chunk_size(upload, PART_BYTES)),
+            writer: Some(WriteMultipart::new_with_chunk_size(upload, SINK_PART_BYTES)),
         })))
     }
 
