@@ -379,10 +379,12 @@ impl Server {
             ..
         } = self;
         let sweeper = tokio::spawn(sweep_forever(state.clone()));
+        let deliverer = tokio::spawn(notify::deliver_forever(state.clone()));
         let limits = state.limits.clone();
         let app = http::router(state, &cors_origins);
         http::server::run(listener, app, &limits, tls.map(|t| t.acceptor), shutdown).await;
         sweeper.abort();
+        deliverer.abort();
         drop(_ephemeral);
         Ok(())
     }
@@ -408,12 +410,6 @@ pub async fn serve(
 
 /// Removes abandoned chunked uploads and stale temporary files: once at start, then
 /// periodically (a quarter of the session lifetime, at most every five minutes).
-/// This process among the instances sharing a database (random, for leases).
-pub fn instance_id() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| util::random_hex(8))
-}
-
 async fn sweep_forever(state: AppState) {
     let every = (state.limits.upload_session_ttl_secs / 4).clamp(1, 300) as u64;
     loop {
@@ -431,7 +427,7 @@ async fn sweep_forever(state: AppState) {
                 .meta
                 .try_lease(
                     "orphan-sweep",
-                    instance_id(),
+                    &state.instance,
                     now,
                     now + 2 * every as i64 + 60,
                 )

@@ -1,9 +1,14 @@
 //! Notifications (webhooks): after an operation that named a `notification_url`, nephos POSTs
 //! a JSON payload there, signed the way the SDKs' `verify_notification_signature` checks:
 //! `X-Cld-Timestamp` (Unix seconds) and `X-Cld-Signature` = `hex(HASH(body + timestamp +
-//! api_secret))`, SHA-1 or SHA-256 after the account. Delivery happens in the background
-//! after the answer; a failed attempt (no connection, or a status other than 2xx) is
-//! retried three times, 1, 2 and 4 seconds apart.
+//! api_secret))`, SHA-1 or SHA-256 after the account.
+//!
+//! Deliveries are queued in the database before the operation answers, and made in the
+//! background by [`deliver_forever`], which every instance runs: an instance takes a
+//! delivery by lease, so it is made by one instance at a time, and one left by a stopped
+//! process is made by another instance (or by the next start). A failed attempt (no
+//! connection, or a status other than 2xx) is tried again three times, 1, 2 and 4 seconds
+//! apart.
 
 use std::time::Duration;
 
@@ -11,10 +16,16 @@ use serde_json::Value as Json;
 
 use crate::auth::sign::api_sign;
 use crate::auth::SignatureAlgorithm;
+use crate::db::NotificationJob;
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 
 /// Attempts after the first one.
-const RETRIES: u32 = 3;
+const RETRIES: i64 = 3;
+/// How long an instance holds a delivery it makes (longer than an attempt can take).
+const LEASE_MS: i64 = 60_000;
+/// Deliveries taken at once.
+const BATCH: i64 = 32;
 
 /// Checks a `notification_url` parameter before the operation runs.
 pub fn check_url(url: &str) -> ApiResult<reqwest::Url> {
@@ -50,61 +61,210 @@ pub struct Signer {
     pub algorithm: SignatureAlgorithm,
 }
 
-/// Sends `payload` to `url` in the background, retrying failed attempts.
-/// Every notification and its attempts are recorded for the control API.
-pub fn send(state: &crate::state::AppState, url: reqwest::Url, payload: Json, signer: Signer) {
-    let client = state.webhooks.clone();
-    let control = state.control.clone();
-    let metrics = state.metrics.clone();
-    let id = control.notifications.start(url.as_str(), &payload);
-    tokio::spawn(async move {
-        let body = payload.to_string();
-        let mut wait = Duration::from_secs(1);
-        for attempt in 0..=RETRIES {
-            // Signed anew each attempt: receivers refuse old timestamps.
-            let timestamp = chrono::Utc::now().timestamp();
-            let result = client
-                .post(url.clone())
-                .header("content-type", "application/json")
-                .header("x-cld-timestamp", timestamp.to_string())
-                .header(
-                    "x-cld-signature",
-                    signature(&body, timestamp, &signer.secret, signer.algorithm),
-                )
-                .body(body.clone())
-                .send()
-                .await;
-            let last = attempt == RETRIES;
-            match result {
-                Ok(r) if r.status().is_success() => {
-                    let outcome = r.status().as_u16().to_string();
-                    metrics.notification("delivered");
-                    control.notifications.attempt(id, outcome, Some(true));
-                    return;
+fn algorithm_name(a: SignatureAlgorithm) -> &'static str {
+    match a {
+        SignatureAlgorithm::Sha1 => "sha1",
+        SignatureAlgorithm::Sha256 => "sha256",
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Queues `payload` for `url` (a notification about `cloud`, signed by `signer`); it is sent
+/// in the background, failed attempts tried again. Every notification and its attempts are
+/// recorded for the control API. Should the database refuse it, this process sends it.
+pub async fn send(state: &AppState, cloud: &str, url: reqwest::Url, payload: Json, signer: Signer) {
+    let record = state.control.notifications.start(url.as_str(), &payload);
+    // The secret is not stored: the account that holds it is.
+    let api_key = state
+        .accounts()
+        .for_cloud(cloud)
+        .find(|a| a.api_secret == signer.secret)
+        .map(|a| a.api_key.clone());
+    let job = NotificationJob {
+        id: crate::util::random_hex(16),
+        cloud: cloud.to_string(),
+        url: url.to_string(),
+        body: payload.to_string(),
+        api_key: api_key.clone().unwrap_or_default(),
+        algorithm: algorithm_name(signer.algorithm).to_string(),
+        attempts: 0,
+        due_at: now_ms(),
+        origin: state.instance.clone(),
+        record_id: i64::try_from(record).unwrap_or(0),
+    };
+    let queued = match api_key {
+        Some(_) => state
+            .meta
+            .queue_notification(&job)
+            .await
+            .map_err(|e| e.to_string()),
+        None => Err("no account of the cloud holds its secret".to_string()),
+    };
+    match queued {
+        Ok(()) => state.notifications.notify_one(),
+        Err(why) => {
+            tracing::warn!(%url, %why, "notification not queued: sent by this process");
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut wait = Duration::from_secs(1);
+                for attempt in 0..=RETRIES {
+                    let last = attempt == RETRIES;
+                    if deliver(&state, &url, &job.body, &signer, record, last).await {
+                        return;
+                    }
+                    if !last {
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
                 }
-                Ok(r) => {
-                    let outcome = r.status().as_u16().to_string();
-                    metrics.notification("refused");
-                    control
-                        .notifications
-                        .attempt(id, outcome, last.then_some(false));
-                    tracing::warn!(%url, status = %r.status(), attempt, "notification refused")
-                }
-                Err(e) => {
-                    metrics.notification("failed");
-                    control
-                        .notifications
-                        .attempt(id, e.to_string(), last.then_some(false));
-                    tracing::warn!(%url, error = %e, attempt, "notification not delivered")
-                }
-            }
-            if attempt < RETRIES {
-                tokio::time::sleep(wait).await;
-                wait *= 2;
-            }
+            });
         }
-        tracing::error!(%url, "notification dropped after {} attempts", RETRIES + 1);
-    });
+    }
+}
+
+/// One attempt; answers whether it was delivered. Recorded as an attempt of `record`, the
+/// last one when `last`.
+async fn deliver(
+    state: &AppState,
+    url: &reqwest::Url,
+    body: &str,
+    signer: &Signer,
+    record: u64,
+    last: bool,
+) -> bool {
+    let (control, metrics) = (&state.control, &state.metrics);
+    // Signed anew each attempt: receivers refuse old timestamps.
+    let timestamp = chrono::Utc::now().timestamp();
+    let result = state
+        .webhooks
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .header("x-cld-timestamp", timestamp.to_string())
+        .header(
+            "x-cld-signature",
+            signature(body, timestamp, &signer.secret, signer.algorithm),
+        )
+        .body(body.to_string())
+        .send()
+        .await;
+    match result {
+        Ok(r) if r.status().is_success() => {
+            metrics.notification("delivered");
+            control
+                .notifications
+                .attempt(record, r.status().as_u16().to_string(), Some(true));
+            true
+        }
+        Ok(r) => {
+            metrics.notification("refused");
+            control.notifications.attempt(
+                record,
+                r.status().as_u16().to_string(),
+                last.then_some(false),
+            );
+            tracing::warn!(%url, status = %r.status(), "notification refused");
+            false
+        }
+        Err(e) => {
+            metrics.notification("failed");
+            control
+                .notifications
+                .attempt(record, e.to_string(), last.then_some(false));
+            tracing::warn!(%url, error = %e, "notification not delivered");
+            false
+        }
+    }
+}
+
+/// Makes one queued delivery's next attempt, then removes it or queues the next one.
+async fn attempt_job(state: AppState, job: NotificationJob) {
+    let signer = state
+        .accounts()
+        .find(&job.cloud, &job.api_key)
+        .map(|a| Signer {
+            secret: a.api_secret.clone(),
+            algorithm: if job.algorithm == "sha256" {
+                SignatureAlgorithm::Sha256
+            } else {
+                SignatureAlgorithm::Sha1
+            },
+        });
+    let url = reqwest::Url::parse(&job.url);
+    let (Some(signer), Ok(url)) = (signer, url) else {
+        tracing::warn!(url = %job.url, cloud = %job.cloud, "notification dropped: its account or URL is gone");
+        let _ = state.meta.notification_done(&job.id).await;
+        return;
+    };
+    // Recorded where it was queued; another instance keeps a record of its own attempts.
+    let record = match u64::try_from(job.record_id) {
+        Ok(id) if job.origin == state.instance => id,
+        _ => {
+            let body = serde_json::from_str(&job.body).unwrap_or(Json::Null);
+            state.control.notifications.start(url.as_str(), &body)
+        }
+    };
+    let last = job.attempts >= RETRIES;
+    let delivered = deliver(&state, &url, &job.body, &signer, record, last).await;
+    let outcome = if delivered || last {
+        if !delivered {
+            tracing::error!(%url, "notification dropped after {} attempts", RETRIES + 1);
+        }
+        state.meta.notification_done(&job.id).await
+    } else {
+        let wait = 1000i64 << job.attempts.clamp(0, 10);
+        state
+            .meta
+            .notification_retry(&job.id, job.attempts + 1, now_ms() + wait)
+            .await
+    };
+    if let Err(e) = outcome {
+        // The lease runs out and the delivery is taken again.
+        tracing::warn!(error = %e, id = %job.id, "recording a notification attempt failed");
+    }
+    state.notifications.notify_one();
+}
+
+/// Takes the deliveries that are due and makes them, for as long as the server runs: woken
+/// when this process queues one or finishes an attempt, else at the next due time (on a
+/// shared database, at least every second, for what other instances queue).
+pub async fn deliver_forever(state: AppState) {
+    let idle = if state.meta.shared() { 1_000 } else { 60_000 };
+    loop {
+        let now = now_ms();
+        let taken = match state
+            .meta
+            .claim_notifications(now, now + LEASE_MS, BATCH)
+            .await
+        {
+            Ok(jobs) => {
+                let n = jobs.len();
+                for job in jobs {
+                    tokio::spawn(attempt_job(state.clone(), job));
+                }
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "taking queued notifications failed");
+                0
+            }
+        };
+        let wait = if taken as i64 == BATCH {
+            0
+        } else {
+            match state.meta.next_notification_due().await {
+                Ok(Some(at)) => (at - now_ms()).clamp(50, idle),
+                Ok(None) => idle,
+                Err(_) => idle,
+            }
+        };
+        tokio::select! {
+            _ = state.notifications.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ pub struct Shared {
     pub http: reqwest::Client,
     /// Sends webhooks (the webhook policy: loopback and private networks too).
     pub webhooks: reqwest::Client,
+    /// This server among the instances sharing a database (random, for leases).
+    pub instance: String,
+    /// Wakes the notification deliverer (a delivery was queued or an attempt ended).
+    pub notifications: Arc<tokio::sync::Notify>,
     /// What the fetch policy opens (for checks before connecting).
     pub fetch_allow: Arc<crate::netpolicy::AllowList>,
     /// Where the parts of chunked uploads are kept until assembly.
@@ -97,6 +101,8 @@ impl Shared {
             public_url: public_url.clone(),
             limits,
             webhooks: http.clone(),
+            instance: crate::util::random_hex(8),
+            notifications: Arc::new(tokio::sync::Notify::new()),
             http,
             fetch_allow: Arc::new(crate::netpolicy::AllowList::default()),
             chunk_dir,

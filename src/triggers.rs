@@ -229,7 +229,7 @@ pub async fn fire(state: &AppState, cloud: &str, event: &str, payload: &Json, si
             }
             _ => {
                 if let Ok(url) = crate::notify::check_url(uri) {
-                    crate::notify::send(state, url, payload.clone(), signer.clone());
+                    crate::notify::send(state, cloud, url, payload.clone(), signer.clone()).await;
                 }
             }
         }

@@ -151,3 +151,151 @@ async fn async_uploads_answer_pending_then_notify() {
     );
     server.stop().await;
 }
+
+/// A server on the data dir `dir` (kept by the caller) and, when given, a PostgreSQL
+/// database (dropped by the caller).
+async fn instance(dir: &std::path::Path, database_url: Option<&str>) -> TestServer {
+    let file: nephos::config::FileConfig = toml::from_str(DEFAULT_TOML).unwrap();
+    let args = nephos::config::ServeArgs {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.to_path_buf()),
+        database_url: database_url.map(str::to_string),
+        ..Default::default()
+    };
+    let config = nephos::config::Config::from_parts(file, &args).unwrap();
+    TestServer::launch(config, tempfile::tempdir().unwrap(), None).await
+}
+
+async fn wait_for(seen: &Seen, calls: usize) -> Vec<(HeaderMap, String)> {
+    for _ in 0..200 {
+        if seen.lock().unwrap().len() >= calls {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    seen.lock().unwrap().clone()
+}
+
+/// A notification whose first attempt failed is queued in the database: stopped before its
+/// retry, the server leaves it to the next one on the same data (here: a restart on the same
+/// SQLite file; on PostgreSQL, another instance).
+async fn queued_notifications_outlive_their_process(database_url: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let first = instance(dir.path(), database_url).await;
+    let (url, seen) = receiver().await;
+    let (s, answer) = upload(
+        &first,
+        "image",
+        &[("public_id", "kept"), ("notification_url", &url)],
+        &samples::png(3, 2),
+        "k.png",
+    )
+    .await;
+    assert_eq!(s, 200, "{answer}");
+    assert_eq!(
+        wait_for(&seen, 1).await.len(),
+        1,
+        "the refused first attempt"
+    );
+    first.stop().await;
+    let second_dir = tempfile::tempdir().unwrap();
+    let next_dir = if database_url.is_some() {
+        second_dir.path()
+    } else {
+        dir.path()
+    };
+    let second = instance(next_dir, database_url).await;
+    let calls = wait_for(&seen, 2).await;
+    assert_eq!(calls.len(), 2, "the retry, made by the next server");
+    let payload: Value = serde_json::from_str(&calls[1].1).unwrap();
+    assert_eq!(payload["public_id"], "kept");
+    let ts: i64 = calls[1].0["x-cld-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want = nephos::notify::signature(&calls[1].1, ts, SECRET, SignatureAlgorithm::Sha1);
+    assert_eq!(calls[1].0["x-cld-signature"].to_str().unwrap(), want);
+    // Delivered: nothing more comes.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn queued_notifications_outlive_their_process_on_sqlite() {
+    queued_notifications_outlive_their_process(None).await;
+}
+
+#[tokio::test]
+async fn queued_notifications_outlive_their_process_on_postgres() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let pg = PgDb::create(&admin).await;
+    queued_notifications_outlive_their_process(Some(&pg.url)).await;
+    pg.drop_db().await;
+}
+
+/// Two instances on one PostgreSQL database, each queuing notifications: every one is
+/// delivered once, whichever instance takes it.
+#[tokio::test]
+async fn two_instances_deliver_each_notification_once() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let pg = PgDb::create(&admin).await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = instance(dir_a.path(), Some(&pg.url)).await;
+    let b = instance(dir_b.path(), Some(&pg.url)).await;
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                log.lock().unwrap().push((headers, body));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let count = 20;
+    for i in 0..count {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let id = format!("once/{i}");
+        let (s, j) = upload(
+            server,
+            "image",
+            &[
+                ("public_id", id.as_str()),
+                ("notification_url", url.as_str()),
+            ],
+            &samples::png(2, 2),
+            "o.png",
+        )
+        .await;
+        assert_eq!(s, 200, "{j}");
+    }
+    let calls = wait_for(&seen, count).await;
+    // Anything delivered twice would show up now.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let calls_after = seen.lock().unwrap().len();
+    assert_eq!((calls.len(), calls_after), (count, count));
+    let mut ids: Vec<String> = calls
+        .iter()
+        .map(|(_, body)| {
+            let v: Value = serde_json::from_str(body).unwrap();
+            v["public_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count);
+    a.stop().await;
+    b.stop().await;
+    pg.drop_db().await;
+}

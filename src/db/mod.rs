@@ -95,6 +95,25 @@ pub enum SaveOutcome {
 }
 
 /// An upload preset; `settings` holds upload parameters in their wire form.
+/// A webhook delivery waiting in the database (see `notify`): times in milliseconds.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct NotificationJob {
+    pub id: String,
+    pub cloud: String,
+    pub url: String,
+    pub body: String,
+    /// The account whose secret signs it.
+    pub api_key: String,
+    /// `sha1` or `sha256`.
+    pub algorithm: String,
+    /// Attempts made so far.
+    pub attempts: i64,
+    pub due_at: i64,
+    /// The instance that queued it, and its record there (control API).
+    pub origin: String,
+    pub record_id: i64,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Preset {
     pub cloud: String,
@@ -434,6 +453,24 @@ pub trait MetaStore: Send + Sync {
         now: i64,
         expires_at: i64,
     ) -> Result<bool, DbError>;
+
+    /// Queues a webhook delivery.
+    async fn queue_notification(&self, job: &NotificationJob) -> Result<(), DbError>;
+    /// Takes up to `limit` deliveries due at `now` that no instance holds, each held until
+    /// `until` (no other instance takes them meanwhile).
+    async fn claim_notifications(
+        &self,
+        now: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<NotificationJob>, DbError>;
+    /// A delivery made, or given up: removed.
+    async fn notification_done(&self, id: &str) -> Result<(), DbError>;
+    /// A delivery to try again at `due_at` after `attempts` attempts (its hold released).
+    async fn notification_retry(&self, id: &str, attempts: i64, due_at: i64)
+        -> Result<(), DbError>;
+    /// When the next delivery may be taken (due, and not held), if any is queued.
+    async fn next_notification_due(&self) -> Result<Option<i64>, DbError>;
 
     /// Removes every record of a cloud (assets, tags, derived, presets, folders, upload
     /// sessions and their parts, delete tokens, documents) in one transaction; answers the

@@ -214,13 +214,15 @@ pub fn in_background(
                     });
                     crate::notify::send(
                         &state,
+                        &rec.key.cloud,
                         url,
                         payload,
                         crate::notify::Signer {
                             secret: signer.secret.clone(),
                             algorithm: signer.algorithm,
                         },
-                    );
+                    )
+                    .await;
                 }
             }
             Err(e) => {

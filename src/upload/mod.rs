@@ -1006,10 +1006,12 @@ pub async fn store_upload(
     if let Some(url) = params.nonempty("notification_url") {
         crate::notify::send(
             state,
+            req.cloud,
             crate::notify::check_url(url)?,
             payload.clone(),
             notify_signer.clone(),
-        );
+        )
+        .await;
     }
     crate::triggers::fire(state, req.cloud, "upload", &payload, &notify_signer).await;
     Ok(Json::Object(answer))

@@ -26,7 +26,7 @@ use super::query::{AggField, Filter, SearchQuery};
 use super::{
     AssetChange, AssetKey, AssetRecord, ChunkDecision, ChunkOutcome, ChunkPart, ChunkRules,
     ChunkSession, DbError, DerivedRecord, DocChange, DocOutcome, Document, ListQuery, MetaStore,
-    Preset, RenameOutcome, SaveOutcome,
+    NotificationJob, Preset, RenameOutcome, SaveOutcome,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -479,6 +479,88 @@ impl MetaStore for SqlStore {
         .execute(&self.write)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn queue_notification(&self, job: &NotificationJob) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO notification_jobs \
+             (id, cloud, url, body, api_key, algorithm, attempts, due_at, lease_until, origin, record_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10)",
+        )
+        .bind(job.id.clone())
+        .bind(job.cloud.clone())
+        .bind(job.url.clone())
+        .bind(job.body.clone())
+        .bind(job.api_key.clone())
+        .bind(job.algorithm.clone())
+        .bind(job.attempts)
+        .bind(job.due_at)
+        .bind(job.origin.clone())
+        .bind(job.record_id)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_notifications(
+        &self,
+        now: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<NotificationJob>, DbError> {
+        // Instances racing for the same rows: PostgreSQL skips rows another one is taking;
+        // SQLite has one writer at a time.
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE notification_jobs SET lease_until = $1 WHERE id IN \
+             (SELECT id FROM notification_jobs WHERE due_at <= $2 AND lease_until <= $2 \
+              ORDER BY due_at LIMIT $3{lock}) \
+             RETURNING id, cloud, url, body, api_key, algorithm, attempts, due_at, origin, record_id"
+        );
+        Ok(sqlx::query_as::<_, NotificationJob>(&sql)
+            .bind(until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.write)
+            .await?)
+    }
+
+    async fn notification_done(&self, id: &str) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM notification_jobs WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn notification_retry(
+        &self,
+        id: &str,
+        attempts: i64,
+        due_at: i64,
+    ) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE notification_jobs SET attempts = $1, due_at = $2, lease_until = 0 WHERE id = $3",
+        )
+        .bind(attempts)
+        .bind(due_at)
+        .bind(id.to_string())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_notification_due(&self) -> Result<Option<i64>, DbError> {
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN lease_until > due_at THEN lease_until ELSE due_at END) AS next \
+             FROM notification_jobs",
+        )
+        .fetch_one(&self.read)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>("next")?)
     }
 
     async fn search_assets(&self, query: &SearchQuery) -> Result<Vec<AssetRecord>, DbError> {
@@ -1146,6 +1228,7 @@ impl MetaStore for SqlStore {
             "DELETE FROM folders WHERE cloud = $1",
             "DELETE FROM delete_tokens WHERE cloud = $1",
             "DELETE FROM documents WHERE cloud = $1",
+            "DELETE FROM notification_jobs WHERE cloud = $1",
         ] {
             sqlx::query(statement)
                 .bind(cloud.to_string())
