@@ -230,6 +230,8 @@ pub trait FilePlacement: Send + Sync {
 pub struct Mirror {
     pub sink: Box<dyn crate::storage::BlobSink>,
     pub object: crate::storage::StoredObject,
+    /// The sink's buffers' room in the shared memory budget, held while it sends.
+    pub budget: Vec<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Chooses, when a multipart file part starts, whether it is also sent to the blob store as

@@ -22,10 +22,8 @@ use crate::state::AppState;
 
 /// Attempts after the first one.
 const RETRIES: i64 = 3;
-/// How long an instance holds a delivery it makes (longer than an attempt can take).
-const LEASE_MS: i64 = 60_000;
-/// Deliveries taken at once.
-const BATCH: i64 = 32;
+/// Deliveries made at once by one instance.
+const IN_FLIGHT: usize = 32;
 
 /// Checks a `notification_url` parameter before the operation runs.
 pub fn check_url(url: &str) -> ApiResult<reqwest::Url> {
@@ -94,6 +92,8 @@ pub async fn send(state: &AppState, cloud: &str, url: reqwest::Url, payload: Jso
         due_at: now_ms(),
         origin: state.instance.clone(),
         record_id: i64::try_from(record).unwrap_or(0),
+        holder: String::new(),
+        lease_until: 0,
     };
     let queued = match api_key {
         Some(_) => state
@@ -180,7 +180,11 @@ async fn deliver(
 }
 
 /// Makes one queued delivery's next attempt, then removes it or queues the next one.
-async fn attempt_job(state: AppState, job: NotificationJob) {
+async fn attempt_job(
+    state: AppState,
+    job: NotificationJob,
+    turn: tokio::sync::OwnedSemaphorePermit,
+) {
     let signer = state
         .accounts()
         .find(&job.cloud, &job.api_key)
@@ -195,7 +199,7 @@ async fn attempt_job(state: AppState, job: NotificationJob) {
     let url = reqwest::Url::parse(&job.url);
     let (Some(signer), Ok(url)) = (signer, url) else {
         tracing::warn!(url = %job.url, cloud = %job.cloud, "notification dropped: its account or URL is gone");
-        let _ = state.meta.notification_done(&job.id).await;
+        let _ = state.meta.notification_done(&job).await;
         return;
     };
     // Recorded where it was queued; another instance keeps a record of its own attempts.
@@ -212,52 +216,72 @@ async fn attempt_job(state: AppState, job: NotificationJob) {
         if !delivered {
             tracing::error!(%url, "notification dropped after {} attempts", RETRIES + 1);
         }
-        state.meta.notification_done(&job.id).await
+        state.meta.notification_done(&job).await
     } else {
         let wait = 1000i64 << job.attempts.clamp(0, 10);
         state
             .meta
-            .notification_retry(&job.id, job.attempts + 1, now_ms() + wait)
+            .notification_retry(&job, job.attempts + 1, now_ms() + wait)
             .await
     };
     if let Err(e) = outcome {
         // The lease runs out and the delivery is taken again.
         tracing::warn!(error = %e, id = %job.id, "recording a notification attempt failed");
     }
+    // The turn is free before the deliverer looks again.
+    drop(turn);
     state.notifications.notify_one();
 }
 
-/// Takes the deliveries that are due and makes them, for as long as the server runs: woken
-/// when this process queues one or finishes an attempt, else at the next due time (on a
-/// shared database, at least every second, for what other instances queue).
+/// Takes the deliveries that are due and makes them, at most [`IN_FLIGHT`] at once, for as
+/// long as the server runs: woken when this process queues one or finishes an attempt, else
+/// at the next due time (on a shared database, at least every second, for what other
+/// instances queue). A delivery is held for longer than an attempt can take.
 pub async fn deliver_forever(state: AppState) {
     let idle = if state.meta.shared() { 1_000 } else { 60_000 };
+    let lease_ms = 60_000i64.max(
+        i64::try_from(state.limits.remote_timeout_secs)
+            .unwrap_or(i64::MAX / 4_000)
+            .saturating_mul(2_000)
+            .saturating_add(30_000),
+    );
+    let turns = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     loop {
         let now = now_ms();
-        let taken = match state
-            .meta
-            .claim_notifications(now, now + LEASE_MS, BATCH)
-            .await
-        {
-            Ok(jobs) => {
-                let n = jobs.len();
-                for job in jobs {
-                    tokio::spawn(attempt_job(state.clone(), job));
+        let free = turns.available_permits();
+        let taken = if free == 0 {
+            0
+        } else {
+            let claimed = state
+                .meta
+                .claim_notifications(&state.instance, now, now + lease_ms, free as i64)
+                .await;
+            match claimed {
+                Ok(jobs) => {
+                    let n = jobs.len();
+                    for job in jobs {
+                        let Ok(turn) = turns.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        tokio::spawn(attempt_job(state.clone(), job, turn));
+                    }
+                    n
                 }
-                n
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "taking queued notifications failed");
-                0
+                Err(e) => {
+                    tracing::warn!(error = %e, "taking queued notifications failed");
+                    0
+                }
             }
         };
-        let wait = if taken as i64 == BATCH {
+        // More may be due at once; with no turn free, an attempt's end wakes the loop.
+        let wait = if free > 0 && taken == free {
             0
+        } else if free == 0 {
+            idle
         } else {
             match state.meta.next_notification_due().await {
                 Ok(Some(at)) => (at - now_ms()).clamp(50, idle),
-                Ok(None) => idle,
-                Err(_) => idle,
+                Ok(None) | Err(_) => idle,
             }
         };
         tokio::select! {

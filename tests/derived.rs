@@ -202,7 +202,7 @@ async fn strict_transformations_render_only_what_is_allowed() {
     let (s, _) = upload(
         &server,
         "image",
-        &[("public_id", "strict/src"), ("eager", "w_10")],
+        &[("public_id", "strict/src"), ("eager", "w_10|f_auto,w_16")],
         &solid(40, 20, [1, 2, 3, 255]),
         "a.png",
     )
@@ -242,6 +242,25 @@ async fn strict_transformations_render_only_what_is_allowed() {
     let (s, _, why) =
         get(&server.url("/demo/image/upload/w_auto:breakpoints:json/strict/src.png")).await;
     assert_eq!(s, 401, "{why:?}");
+    // f_auto: a browser's AVIF choice was never rendered; the eager PNG is served instead.
+    let r = reqwest::Client::new()
+        .get(server.url("/demo/image/upload/f_auto,w_16/strict/src.png"))
+        .header("accept", "image/avif,image/webp,*/*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 16);
+    // Not for a transformation that was never made.
+    let r = reqwest::Client::new()
+        .get(server.url("/demo/image/upload/f_auto,w_18/strict/src.png"))
+        .header("accept", "image/avif,image/webp,*/*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     server.stop().await;
 }
 

@@ -212,6 +212,10 @@ async fn incoming_transformations_and_format_conversion() {
 
     let (s, up) = upload(&server, "image", &[("format", "webp")], &png, "p.png").await;
     assert_eq!((s, up["format"].as_str()), (200, Some("webp")));
+    // AVIF is delivered, not stored (an AVIF original could not be transformed).
+    let (s, refused) = upload(&server, "image", &[("format", "avif")], &png, "p.png").await;
+    assert_eq!(s, 400, "{refused}");
+    assert!(message(&refused).contains("avif"), "{refused}");
     assert_eq!(up["width"], 200);
 
     for (params, msg) in [

@@ -112,6 +112,9 @@ pub struct NotificationJob {
     /// The instance that queued it, and its record there (control API).
     pub origin: String,
     pub record_id: i64,
+    /// The lease an instance took it under (none while queued).
+    pub holder: String,
+    pub lease_until: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -456,19 +459,25 @@ pub trait MetaStore: Send + Sync {
 
     /// Queues a webhook delivery.
     async fn queue_notification(&self, job: &NotificationJob) -> Result<(), DbError>;
-    /// Takes up to `limit` deliveries due at `now` that no instance holds, each held until
-    /// `until` (no other instance takes them meanwhile).
+    /// Takes up to `limit` deliveries due at `now` that no instance holds, each held by
+    /// `holder` until `until` (no other instance takes them meanwhile).
     async fn claim_notifications(
         &self,
+        holder: &str,
         now: i64,
         until: i64,
         limit: i64,
     ) -> Result<Vec<NotificationJob>, DbError>;
-    /// A delivery made, or given up: removed.
-    async fn notification_done(&self, id: &str) -> Result<(), DbError>;
-    /// A delivery to try again at `due_at` after `attempts` attempts (its hold released).
-    async fn notification_retry(&self, id: &str, attempts: i64, due_at: i64)
-        -> Result<(), DbError>;
+    /// A delivery made, or given up: removed, if the lease it was taken under still holds.
+    async fn notification_done(&self, job: &NotificationJob) -> Result<(), DbError>;
+    /// A delivery to try again at `due_at` after `attempts` attempts (its lease released),
+    /// if the lease it was taken under still holds.
+    async fn notification_retry(
+        &self,
+        job: &NotificationJob,
+        attempts: i64,
+        due_at: i64,
+    ) -> Result<(), DbError>;
     /// When the next delivery may be taken (due, and not held), if any is queued.
     async fn next_notification_due(&self) -> Result<Option<i64>, DbError>;
 

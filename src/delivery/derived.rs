@@ -24,6 +24,9 @@ pub(super) struct Wanted<'a> {
     pub allowed: bool,
     /// `f_auto`: the format depends on the request's `Accept`.
     pub vary_accept: bool,
+    /// `f_auto`'s choice aside, the format the URL gives: served instead when it is stored
+    /// and strict transformations keep the choice from being rendered.
+    pub fallback: Option<&'a str>,
 }
 
 pub(super) async fn serve(
@@ -39,6 +42,7 @@ pub(super) async fn serve(
         format,
         allowed,
         vary_accept,
+        fallback,
     } = wanted;
     let source_format = rec.format.clone().unwrap_or_default();
     let video = rec.key.resource_type == "video";
@@ -123,10 +127,30 @@ pub(super) async fn serve(
     // Rendered before: served as stored.
     let t = transformation.unwrap_or("");
     let key = render::derived_key(&rec.key.cloud, &render::derived_id(rec, t, format));
+    let mut written = format;
     let bytes = match render::stored(state, &key).await? {
         Some(b) => b,
         None => {
-            if state.limits.strict_transformations && !allowed {
+            let kept = match fallback {
+                Some(f) if state.limits.strict_transformations && !allowed => {
+                    let id = render::derived_id(rec, t, f);
+                    let found =
+                        render::stored(state, &render::derived_key(&rec.key.cloud, &id)).await?;
+                    if found.is_some() {
+                        written = f;
+                        if let Ok(v) = HeaderValue::from_str(&format!("\"{id}\"")) {
+                            if let Some(h) = base.headers_mut() {
+                                h.insert(header::ETAG, v);
+                            }
+                        }
+                    }
+                    found
+                }
+                _ => None,
+            };
+            if let Some(b) = kept {
+                b
+            } else if state.limits.strict_transformations && !allowed {
                 return Err(delivery_error(
                     StatusCode::UNAUTHORIZED,
                     format!(
@@ -134,18 +158,17 @@ pub(super) async fn serve(
                          (sign the URL, or use an eager or named transformation allowed for strict mode)"
                     ),
                 ));
+            } else {
+                render::render(state, rec, t, &plan, format)
+                    .await
+                    .map_err(|render::RenderError(status, why)| delivery_error(status, why))?
             }
-            render::render(state, rec, t, &plan, format)
-                .await
-                .map_err(|render::RenderError(status, why)| delivery_error(status, why))?
         }
     };
     // `f_auto` may have given WebP to a picture too large for AVIF: the bytes say which.
-    let written = if format == "avif" && bytes.get(8..12) != Some(&b"avif"[..]) {
-        "webp"
-    } else {
-        format
-    };
+    if written == "avif" && bytes.get(8..12) != Some(&b"avif"[..]) {
+        written = "webp";
+    }
     base = base
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, mime_for(written))

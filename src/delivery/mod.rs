@@ -625,6 +625,9 @@ pub async fn serve(
         // `q_`/`fl_lossy` say otherwise), else the format as asked; the answer varies with
         // `Accept`.
         let auto = plan.format.as_deref() == Some("auto");
+        // What the URL gives without `f_auto`'s choice (served as stored when strict
+        // transformations keep the chosen one from being rendered).
+        let asked = format.clone();
         if auto {
             let accept = headers
                 .get(axum::http::header::ACCEPT)
@@ -644,6 +647,7 @@ pub async fn serve(
             format: &format,
             allowed: p.signature.is_some() || strict_allowed,
             vary_accept: auto,
+            fallback: (asked != format).then_some(asked.as_str()),
         };
         return derived::serve(state, method, headers, wanted).await;
     }
@@ -679,6 +683,7 @@ pub async fn serve_asset(
                 format: &out,
                 allowed: true,
                 vary_accept: false,
+                fallback: None,
             };
             derived::serve(state, method, headers, wanted).await
         }

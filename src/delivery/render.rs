@@ -467,7 +467,15 @@ async fn run(
             )
         })?
         .map_err(|e| internal(&e))?
-        .map_err(|m| RenderError(StatusCode::BAD_REQUEST, m))?;
+        .map_err(|m| {
+            // Stopped at its deadline (the same moment the wait above gave up): as that is.
+            let status = if m == transform::PAST_DEADLINE {
+                StatusCode::from_u16(420).unwrap_or(StatusCode::TOO_MANY_REQUESTS)
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            RenderError(status, m)
+        })?;
     let bytes = Bytes::from(bytes);
     // Kept for the next request (up to a number per asset, so that endless variants cannot
     // fill the disk); a failure to keep it only costs a render later.
@@ -497,7 +505,12 @@ async fn run(
                 cloud: rec.key.cloud.clone(),
                 asset_id: rec.asset_id.clone(),
                 transformation: transformation.clone(),
-                format: format.clone(),
+                // `f_auto` writes WebP where a picture is too large for AVIF.
+                format: if format == "avif" && bytes.get(8..12) != Some(&b"avif"[..]) {
+                    "webp".to_string()
+                } else {
+                    format.clone()
+                },
                 bytes: bytes.len() as i64,
                 width: dims.map(|d| d.0),
                 height: dims.map(|d| d.1),

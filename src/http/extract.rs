@@ -342,7 +342,7 @@ async fn parse_multipart(
                     return Err(too_large(total, limits.max_file_bytes));
                 }
                 let mut blob = writer.finish().await?;
-                if let Some(Mirror { sink, object }) = mirror {
+                if let Some(Mirror { sink, object, .. }) = mirror {
                     match sink.finish().await {
                         Ok(()) => blob.stored = Some(object),
                         Err(e) => {

@@ -955,12 +955,13 @@ pub fn with_deadline<T>(deadline: std::time::Instant, work: impl FnOnce() -> T) 
     work()
 }
 
-/// An error once the render's deadline (if any) has passed.
+/// The error of a render stopped at its deadline.
+pub const PAST_DEADLINE: &str = "The transformation took longer than its deadline";
+
+/// An error ([`PAST_DEADLINE`]) once the render's deadline (if any) has passed.
 pub fn check_deadline() -> Result<(), String> {
     match DEADLINE.with(|d| d.get()) {
-        Some(at) if std::time::Instant::now() >= at => {
-            Err("The transformation took longer than its deadline".into())
-        }
+        Some(at) if std::time::Instant::now() >= at => Err(PAST_DEADLINE.into()),
         _ => Ok(()),
     }
 }

@@ -69,8 +69,38 @@ trait Source {
     /// The display times of the frames, seconds, ascending.
     fn times(&self) -> Vec<f64>;
     /// The pictures at the wanted times (each one of `times()`, ascending).
-    fn pictures(&self, wanted: &[f64], max_pixels: u64) -> Result<Vec<RgbImage>, String>;
+    fn pictures(&self, wanted: &[f64], limit: FrameLimit) -> Result<Vec<RgbImage>, String>;
 }
+
+/// What decoding a video may take: pictures of at most `pixels` (bounded by the size probed
+/// at upload, not by what the stream itself says), and the decoder's pictures together at
+/// most `decode_bytes`.
+#[derive(Debug, Clone, Copy)]
+struct FrameLimit {
+    pixels: u64,
+    decode_bytes: u64,
+}
+
+impl FrameLimit {
+    /// Twice the probed picture (sides rounded up to macroblocks; the stored size may be the
+    /// shown one, after the pixel aspect ratio), within `max_pixels`; `max_pixels` when the
+    /// size is unknown.
+    fn new(max_pixels: u64, dims: (u64, u64), decode_bytes: u64) -> FrameLimit {
+        let up = |n: u64| n.div_ceil(16) * 16;
+        let pixels = if dims.0 > 0 && dims.1 > 0 {
+            max_pixels.min(up(dims.0).saturating_mul(up(dims.1)).saturating_mul(2))
+        } else {
+            max_pixels
+        };
+        FrameLimit {
+            pixels,
+            decode_bytes,
+        }
+    }
+}
+
+/// Pictures an H.264 decoder holds back to give them in display order.
+const H264_REORDER_DEPTH: usize = 4;
 
 /// The H.264 track of an MP4/MOV file.
 struct Track<'a> {
@@ -176,7 +206,7 @@ impl<'a> Track<'a> {
     }
 
     /// The pictures at the wanted composition times (each one a frame's time, ascending).
-    fn pictures(&self, wanted: &[i64], max_pixels: u64) -> Result<Vec<RgbImage>, String> {
+    fn pictures(&self, wanted: &[i64], limit: FrameLimit) -> Result<Vec<RgbImage>, String> {
         use rust_h264::decoder::OrderedDecoder;
         use rust_h264::nal::{parse_avcc, parse_avcc_config};
         let cfg = parse_avcc_config(&self.avcc).map_err(|e| format!("Corrupt video: {e:?}"))?;
@@ -192,14 +222,14 @@ impl<'a> Track<'a> {
             }
             let group = &wanted[i..j];
             let last = group[group.len() - 1];
-            let mut dec = OrderedDecoder::<i64>::new();
+            let mut dec = OrderedDecoder::<i64>::with_max_depth(H264_REORDER_DEPTH);
             for n in cfg.sps_nals.iter().chain(&cfg.pps_nals) {
-                check_sps(n, max_pixels)?;
+                check_sps(n, limit)?;
                 dec.decode_nal_with_meta(n, i64::MIN)
                     .map_err(|e| format!("Corrupt video: {e:?}"))?;
             }
             let mut keep = |frame: rust_h264::decoder::Frame, cts: i64| -> Result<bool, String> {
-                if u64::from(frame.width) * u64::from(frame.height) > max_pixels {
+                if u64::from(frame.width) * u64::from(frame.height) > limit.pixels {
                     return Err(format!(
                         "The video is too large to make pictures of ({}x{})",
                         frame.width, frame.height
@@ -219,7 +249,7 @@ impl<'a> Track<'a> {
                 }
                 let cts = self.samples[s].composition_timestamp;
                 for nal in parse_avcc(self.sample(s)?, cfg.length_size) {
-                    check_sps(&nal, max_pixels)?;
+                    check_sps(&nal, limit)?;
                     // A damaged unit is skipped; the next keyframe recovers.
                     if let Ok(frames) = dec.decode_nal_with_meta(&nal, cts) {
                         for (frame, c) in frames {
@@ -269,12 +299,12 @@ impl Source for Track<'_> {
         t
     }
 
-    fn pictures(&self, wanted: &[f64], max_pixels: u64) -> Result<Vec<RgbImage>, String> {
+    fn pictures(&self, wanted: &[f64], limit: FrameLimit) -> Result<Vec<RgbImage>, String> {
         let ticks: Vec<i64> = wanted
             .iter()
             .map(|t| (t * self.timescale).round() as i64)
             .collect();
-        Track::pictures(self, &ticks, max_pixels)
+        Track::pictures(self, &ticks, limit)
     }
 }
 
@@ -379,7 +409,7 @@ impl Source for WebmTrack {
         t
     }
 
-    fn pictures(&self, wanted: &[f64], max_pixels: u64) -> Result<Vec<RgbImage>, String> {
+    fn pictures(&self, wanted: &[f64], limit: FrameLimit) -> Result<Vec<RgbImage>, String> {
         let mut out = Vec::with_capacity(wanted.len());
         if !self.vp9 {
             // VP8: the keyframe at or before each time, decoded as a lossy WebP.
@@ -401,7 +431,7 @@ impl Source for WebmTrack {
                 let mut reader =
                     image::ImageReader::with_format(Cursor::new(webp), image::ImageFormat::WebP);
                 let mut limits = image::Limits::default();
-                limits.max_alloc = Some(max_pixels.saturating_mul(4));
+                limits.max_alloc = Some(limit.pixels.saturating_mul(4));
                 reader.limits(limits);
                 let img = reader
                     .decode()
@@ -432,7 +462,7 @@ impl Source for WebmTrack {
                 if decoded_total > MAX_DECODED {
                     break;
                 }
-                sizes.check(&self.frames[index].2, max_pixels)?;
+                sizes.check(&self.frames[index].2, limit)?;
                 if dec.push(&self.frames[index].2, Some(index as i64)).is_err() {
                     continue;
                 }
@@ -440,7 +470,7 @@ impl Source for WebmTrack {
                     let pts = frame.pts.unwrap_or(index as i64) as usize;
                     if group.contains(&pts) {
                         let (w, h) = (frame.width as usize, frame.height as usize);
-                        if (w as u64) * (h as u64) > max_pixels {
+                        if (w as u64) * (h as u64) > limit.pixels {
                             return Err(format!(
                                 "The video is too large to make pictures of ({w}x{h})"
                             ));
@@ -537,24 +567,25 @@ fn to_rgb(frame: &rust_h264::decoder::Frame) -> Result<RgbImage, String> {
 const H264_MAX_REFERENCES: u64 = 16;
 
 /// An H.264 parameter set checked before the decoder sees it: the SPS sizes the decoder's
-/// pictures and how many it keeps, so a forged one could make it allocate far more than the
-/// video's probed size. Other units pass.
-fn check_sps(nal: &rust_h264::nal::NalUnit<'_>, max_pixels: u64) -> Result<(), String> {
+/// pictures and how many it keeps, so a forged one (in the stream, unlike the size probed at
+/// upload) could make it allocate far more. Its pictures must fit `limit.pixels`, and those
+/// it holds together (references, the reordered ones, the one decoded; 1.5 bytes a pixel)
+/// `limit.decode_bytes`. Other units pass.
+fn check_sps(nal: &rust_h264::nal::NalUnit<'_>, limit: FrameLimit) -> Result<(), String> {
     if nal.nal_unit_type != rust_h264::nal::NalUnitType::Sps {
         return Ok(());
     }
     let info = rust_h264::nal::parse_sps_info(nal).map_err(|e| format!("Corrupt video: {e:?}"))?;
     let (w, h) = (info.coded_width, info.coded_height);
     let pixels = u64::from(w) * u64::from(h);
-    if pixels > max_pixels {
+    if pixels > limit.pixels {
         return Err(format!(
             "The video is too large to make pictures of ({w}x{h} coded)"
         ));
     }
-    // The pictures held together (references, the one decoded, the one shown) fit within
-    // four pictures of the largest size.
-    let held = pixels.saturating_mul(u64::from(info.reference_frames).min(H264_MAX_REFERENCES) + 2);
-    if held > max_pixels.saturating_mul(4) {
+    let pictures =
+        u64::from(info.reference_frames).min(H264_MAX_REFERENCES) + 2 + H264_REORDER_DEPTH as u64;
+    if pixels.saturating_mul(pictures).saturating_mul(3) / 2 > limit.decode_bytes {
         return Err(format!(
             "The video keeps too many {w}x{h} reference pictures ({}) to make pictures of",
             info.reference_frames
@@ -572,7 +603,7 @@ struct Vp9Sizes {
 }
 
 impl Vp9Sizes {
-    fn check(&mut self, packet: &[u8], max_pixels: u64) -> Result<(), String> {
+    fn check(&mut self, packet: &[u8], limit: FrameLimit) -> Result<(), String> {
         for frame in vp9_frames(packet) {
             let mut r = rusty_vp9::BitReader::new(frame);
             // A header that does not parse is the decoder's to refuse; it sizes nothing.
@@ -582,7 +613,10 @@ impl Vp9Sizes {
             if h.show_existing_frame {
                 continue;
             }
-            if u64::from(h.width) * u64::from(h.height) > max_pixels {
+            let pixels = u64::from(h.width) * u64::from(h.height);
+            // The eight reference slots and the frame decoded may each hold a picture this
+            // size (4:2:0, two bytes a sample).
+            if pixels > limit.pixels || pixels.saturating_mul(9 * 3) > limit.decode_bytes {
                 return Err(format!(
                     "The video is too large to make pictures of ({}x{})",
                     h.width, h.height
@@ -658,8 +692,9 @@ pub fn render(
         ));
     }
     // The decoder is third-party code on hostile input: a panic is a refusal, not a crash.
+    let limit = FrameLimit::new(max_pixels, dims, max_decode);
     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        render_inner(bytes, plan, format, max_pixels)
+        render_inner(bytes, plan, format, max_pixels, limit)
     }));
     made.unwrap_or_else(|_| Err("The video could not be decoded".into()))
 }
@@ -669,11 +704,12 @@ fn render_inner(
     plan: &Plan,
     format: &str,
     max_pixels: u64,
+    limit: FrameLimit,
 ) -> Result<Vec<u8>, String> {
     let webm;
     let mp4;
     let source: &dyn Source = if bytes.starts_with(&[0x1A, 0x45, 0xDF, 0xA3]) {
-        webm = WebmTrack::open(bytes, max_pixels)?;
+        webm = WebmTrack::open(bytes, limit.pixels)?;
         &webm
     } else {
         mp4 = Track::open(bytes)?;
@@ -708,7 +744,7 @@ fn render_inner(
             None => duration / 2.0,
         };
         let picture = source
-            .pictures(&[at(t)], max_pixels)?
+            .pictures(&[at(t)], limit)?
             .pop()
             .ok_or_else(|| "No picture could be decoded from the video".to_string())?;
         let img = transform::apply_image(DynamicImage::ImageRgb8(picture), plan, max_pixels)?;
@@ -731,7 +767,7 @@ fn render_inner(
     let budget = max_pixels.saturating_mul(4);
     let mut made_pixels = 0u64;
     let mut frames = Vec::with_capacity(wanted.len());
-    for picture in source.pictures(&wanted, max_pixels)? {
+    for picture in source.pictures(&wanted, limit)? {
         let img = transform::apply_image(DynamicImage::ImageRgb8(picture), plan, max_pixels)?;
         made_pixels += u64::from(img.width()) * u64::from(img.height());
         if made_pixels > budget {
@@ -814,17 +850,22 @@ mod tests {
 
     #[test]
     fn forged_h264_sizes_are_refused_before_decoding() {
-        let max = 50_000_000;
-        let small = sps(20, 15, 1);
-        assert!(check_sps(&sps_nal(&small), max).is_ok());
-        // 16000 × 16000 coded pixels: more than any picture may have.
-        let huge = sps(1000, 1000, 1);
-        let err = check_sps(&sps_nal(&huge), max).unwrap_err();
+        // A 320 × 240 video as probed: pictures up to twice that, 64 MiB of decoder pictures.
+        let limit = FrameLimit::new(50_000_000, (320, 240), 64 << 20);
+        assert_eq!(limit.pixels, 2 * 320 * 240);
+        assert!(check_sps(&sps_nal(&sps(20, 15, 1)), limit).is_ok());
+        // A stream that says 16000 × 16000, or just 640 × 480, is not what was probed.
+        let err = check_sps(&sps_nal(&sps(1000, 1000, 1)), limit).unwrap_err();
         assert!(err.contains("16000x16000"), "{err}");
-        // 6400 × 6400 is allowed alone, not with 16 references beside it.
-        assert!(check_sps(&sps_nal(&sps(400, 400, 1)), max).is_ok());
-        let err = check_sps(&sps_nal(&sps(400, 400, 16)), max).unwrap_err();
+        assert!(check_sps(&sps_nal(&sps(40, 30, 1)), limit).is_err());
+        // 1600 × 1600 as probed: allowed with one reference, not with sixteen beside it.
+        let limit = FrameLimit::new(50_000_000, (1600, 1600), 64 << 20);
+        assert!(check_sps(&sps_nal(&sps(100, 100, 1)), limit).is_ok());
+        let err = check_sps(&sps_nal(&sps(100, 100, 16)), limit).unwrap_err();
         assert!(err.contains("reference"), "{err}");
+        // Without a probed size, the picture limit alone.
+        let limit = FrameLimit::new(50_000_000, (0, 0), 1 << 30);
+        assert!(check_sps(&sps_nal(&sps(400, 400, 1)), limit).is_ok());
     }
 
     /// A VP9 profile-0 keyframe header declaring `w` × `h`, padded with zero bytes.
@@ -849,7 +890,7 @@ mod tests {
 
     #[test]
     fn forged_vp9_sizes_are_refused_before_decoding() {
-        let max = 50_000_000;
+        let max = FrameLimit::new(50_000_000, (0, 0), 256 << 20);
         let mut sizes = Vp9Sizes::default();
         let huge = vp9_keyframe(65_536, 65_536);
         let parsed = rusty_vp9::parse_uncompressed_header(
@@ -860,9 +901,16 @@ mod tests {
         assert_eq!((parsed.width, parsed.height), (65_536, 65_536));
         let err = sizes.check(&huge, max).unwrap_err();
         assert!(err.contains("65536x65536"), "{err}");
-        // A small keyframe passes and fills the reference slots.
+        // A small keyframe passes and fills the reference slots; not beyond the probed size.
         sizes.check(&vp9_keyframe(320, 240), max).unwrap();
         assert_eq!(sizes.refs, [(320, 240); 8]);
+        let probed = FrameLimit::new(50_000_000, (160, 120), 256 << 20);
+        assert!(Vp9Sizes::default()
+            .check(&vp9_keyframe(640, 480), probed)
+            .is_err());
+        assert!(Vp9Sizes::default()
+            .check(&vp9_keyframe(160, 120), probed)
+            .is_ok());
         // Inside a superframe (two frames and a one-byte-size index), the huge one is found.
         let small = vp9_keyframe(16, 16);
         let mut packet = small.clone();

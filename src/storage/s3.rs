@@ -24,7 +24,7 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 2;
 /// Parts of an object sent while a request body arrives: smaller, since the body's own
 /// buffers (its temporary file's queue) are held at the same time.
-const SINK_PART_BYTES: usize = 6 * 1024 * 1024;
+pub const SINK_PART_BYTES: usize = 6 * 1024 * 1024;
 
 pub struct S3BlobStore {
     store: Arc<dyn ObjectStore>,
@@ -111,30 +111,84 @@ impl S3BlobStore {
     }
 }
 
-/// An object sent by multipart upload as its bytes arrive.
+/// An object sent by multipart upload as its bytes arrive: parts of at least
+/// [`SINK_PART_BYTES`] made of the body's own buffers, at most [`PARTS_IN_FLIGHT`] sent at
+/// once. Any failure, and a sink dropped unfinished, aborts the upload so that no parts are
+/// left behind (a process that dies mid-upload leaves them to the bucket's lifecycle rule for
+/// incomplete multipart uploads).
 struct S3Sink {
-    writer: Option<WriteMultipart>,
+    upload: Option<Box<dyn object_store::MultipartUpload>>,
+    buffer: object_store::PutPayloadMut,
+    in_flight: tokio::task::JoinSet<object_store::Result<()>>,
+}
+
+impl S3Sink {
+    /// Waits until at most `most` parts are in flight; a failed part aborts the upload.
+    async fn settle(&mut self, most: usize) -> std::io::Result<()> {
+        while self.in_flight.len() > most {
+            let done = match self.in_flight.join_next().await {
+                Some(Ok(r)) => r.map_err(io_error),
+                Some(Err(e)) => Err(std::io::Error::other(e.to_string())),
+                None => Ok(()),
+            };
+            if let Err(e) = done {
+                self.abort().await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        let upload = self
+            .upload
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the object is finished"))?;
+        let part: PutPayload = std::mem::take(&mut self.buffer).freeze();
+        self.in_flight.spawn(upload.put_part(part));
+        Ok(())
+    }
+
+    async fn abort(&mut self) {
+        self.in_flight.abort_all();
+        if let Some(mut upload) = self.upload.take() {
+            if let Err(e) = upload.abort().await {
+                tracing::warn!(error = %e, "aborting a multipart upload failed");
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl BlobSink for S3Sink {
     async fn write(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
-        let writer = self
-            .writer
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("the object is finished"))?;
-        writer
-            .wait_for_capacity(PARTS_IN_FLIGHT)
-            .await
-            .map_err(io_error)?;
-        writer.put(chunk);
+        if self.upload.is_none() {
+            return Err(std::io::Error::other("the object is finished"));
+        }
+        self.buffer.push(chunk);
+        if self.buffer.content_length() >= SINK_PART_BYTES {
+            self.settle(PARTS_IN_FLIGHT - 1).await?;
+            self.send_buffer()?;
+        }
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> std::io::Result<()> {
-        match self.writer.take() {
-            Some(w) => w.finish().await.map(|_| ()).map_err(io_error),
-            None => Err(std::io::Error::other("the object is finished")),
+        // The last part may be short (or empty for an empty object).
+        if self.buffer.content_length() > 0 || self.in_flight.is_empty() {
+            self.settle(PARTS_IN_FLIGHT - 1).await?;
+            self.send_buffer()?;
+        }
+        self.settle(0).await?;
+        let Some(mut upload) = self.upload.take() else {
+            return Err(std::io::Error::other("the object is finished"));
+        };
+        match upload.complete().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = upload.abort().await;
+                Err(io_error(e))
+            }
         }
     }
 }
@@ -142,9 +196,12 @@ impl BlobSink for S3Sink {
 impl Drop for S3Sink {
     fn drop(&mut self) {
         // Unfinished: the multipart upload is aborted, so its parts do not linger.
-        if let (Some(w), Ok(rt)) = (self.writer.take(), tokio::runtime::Handle::try_current()) {
+        self.in_flight.abort_all();
+        if let (Some(mut upload), Ok(rt)) =
+            (self.upload.take(), tokio::runtime::Handle::try_current())
+        {
             rt.spawn(async move {
-                let _ = w.abort().await;
+                let _ = upload.abort().await;
             });
         }
     }
@@ -163,7 +220,9 @@ impl BlobStore for S3BlobStore {
             .await
             .map_err(io_error)?;
         Ok(Some(Box::new(S3Sink {
-            writer: Some(WriteMultipart::new_with_chunk_size(upload, SINK_PART_BYTES)),
+            upload: Some(upload),
+            buffer: object_store::PutPayloadMut::new(),
+            in_flight: tokio::task::JoinSet::new(),
         })))
     }
 

@@ -10,8 +10,11 @@ use crate::form::{FileMirror, Mirror, Params};
 use crate::state::AppState;
 use crate::storage::StoredObject;
 
-/// Bodies smaller than this are sent after they arrive, in one request, as before.
+/// Bodies smaller than this (or of no stated length) are sent after they arrive.
 pub const MIN_BYTES: u64 = 8 * 1024 * 1024;
+
+/// What a sink holds at most: a part being filled and the parts in flight.
+const SINK_BUFFER_BYTES: usize = 3 * crate::storage::s3::SINK_PART_BYTES;
 
 pub struct UploadMirror {
     pub state: AppState,
@@ -20,15 +23,15 @@ pub struct UploadMirror {
 }
 
 impl UploadMirror {
-    /// A mirror for an upload request of `content_length` bytes (when said), if the blob
-    /// store takes bodies as they arrive and the body is large enough to gain from it.
+    /// A mirror for an upload request of `content_length` bytes, if the blob store takes
+    /// bodies as they arrive and the body is said to be large enough to gain from it.
     pub fn for_request(
         state: &AppState,
         cloud: &str,
         authorization: Option<&str>,
         content_length: Option<u64>,
     ) -> Option<UploadMirror> {
-        if content_length.is_some_and(|n| n < MIN_BYTES) || !state.blobs.streams() {
+        if content_length.is_none_or(|n| n < MIN_BYTES) || !state.blobs.streams() {
             return None;
         }
         Some(UploadMirror {
@@ -50,12 +53,17 @@ impl FileMirror for UploadMirror {
             fields_so_far,
         )
         .await?;
+        // The parts being sent count in the memory budget all requests share; without room,
+        // the file is sent after it arrives, as usual.
+        let mut budget = Vec::new();
+        state.memory.take(SINK_BUFFER_BYTES, &mut budget).ok()?;
         let version_id = crate::util::random_hex(16);
         let key = crate::storage::new_blob_key(&self.cloud, &version_id);
         match state.blobs.sink(&key).await {
             Ok(Some(sink)) => Some(Mirror {
                 sink,
                 object: StoredObject::new(state.blobs.clone(), &self.cloud, version_id),
+                budget,
             }),
             Ok(None) => None,
             Err(e) => {

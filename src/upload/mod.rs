@@ -1034,7 +1034,8 @@ async fn convert_incoming(
         )));
     }
     if let Some(w) = wanted {
-        if !transform::OUTPUT_FORMATS.contains(&w) {
+        // AVIF is delivered, not stored: nephos could not transform an AVIF original.
+        if !transform::OUTPUT_FORMATS.contains(&w) || w == "avif" {
             return Err(ApiError::bad(format!(
                 "Parameter format ({w}) is not a format this server converts to (jpg, png, webp, gif, bmp, tiff)"
             )));

@@ -504,6 +504,7 @@ impl MetaStore for SqlStore {
 
     async fn claim_notifications(
         &self,
+        holder: &str,
         now: i64,
         until: i64,
         limit: i64,
@@ -515,39 +516,48 @@ impl MetaStore for SqlStore {
             Dialect::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE notification_jobs SET lease_until = $1 WHERE id IN \
-             (SELECT id FROM notification_jobs WHERE due_at <= $2 AND lease_until <= $2 \
-              ORDER BY due_at LIMIT $3{lock}) \
-             RETURNING id, cloud, url, body, api_key, algorithm, attempts, due_at, origin, record_id"
+            "UPDATE notification_jobs SET lease_until = $1, holder = $2 WHERE id IN \
+             (SELECT id FROM notification_jobs WHERE due_at <= $3 AND lease_until <= $3 \
+              ORDER BY due_at LIMIT $4{lock}) \
+             RETURNING id, cloud, url, body, api_key, algorithm, attempts, due_at, origin, \
+             record_id, holder, lease_until"
         );
         Ok(sqlx::query_as::<_, NotificationJob>(&sql)
             .bind(until)
+            .bind(holder.to_string())
             .bind(now)
             .bind(limit)
             .fetch_all(&self.write)
             .await?)
     }
 
-    async fn notification_done(&self, id: &str) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM notification_jobs WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&self.write)
-            .await?;
+    async fn notification_done(&self, job: &NotificationJob) -> Result<(), DbError> {
+        sqlx::query(
+            "DELETE FROM notification_jobs WHERE id = $1 AND holder = $2 AND lease_until = $3",
+        )
+        .bind(job.id.clone())
+        .bind(job.holder.clone())
+        .bind(job.lease_until)
+        .execute(&self.write)
+        .await?;
         Ok(())
     }
 
     async fn notification_retry(
         &self,
-        id: &str,
+        job: &NotificationJob,
         attempts: i64,
         due_at: i64,
     ) -> Result<(), DbError> {
         sqlx::query(
-            "UPDATE notification_jobs SET attempts = $1, due_at = $2, lease_until = 0 WHERE id = $3",
+            "UPDATE notification_jobs SET attempts = $1, due_at = $2, lease_until = 0, holder = '' \
+             WHERE id = $3 AND holder = $4 AND lease_until = $5",
         )
         .bind(attempts)
         .bind(due_at)
-        .bind(id.to_string())
+        .bind(job.id.clone())
+        .bind(job.holder.clone())
+        .bind(job.lease_until)
         .execute(&self.write)
         .await?;
         Ok(())
