@@ -442,6 +442,38 @@ async fn two_instances_on_postgres_and_s3_behave_as_one() {
     assert_eq!(r.status(), 200);
     let j: Value = r.json().await.unwrap();
     assert!(j["public_id"].as_str().unwrap().starts_with("pair/"), "{j}");
+
+    // A chunked upload whose parts go to both instances, out of order: the first to A, the
+    // last to B, the middle one to A, which completes it with B's part from the store.
+    let big: Vec<u8> = (0..12_000_000u32).map(|i| (i * 31 % 241) as u8).collect();
+    let id = nephos::util::random_hex(8);
+    let cut = 5_242_880;
+    let j = part(&a, &id, &big, 0, cut - 1).await;
+    assert_ne!(j["done"], true, "{j}");
+    let j = part(&b, &id, &big, 2 * cut, big.len() - 1).await;
+    assert_ne!(j["done"], true, "{j}");
+    assert_eq!(
+        keys(&endpoint, &format!("{prefix}/demo/chunks/"))
+            .await
+            .len(),
+        2
+    );
+    let done = part(&a, &id, &big, cut, 2 * cut - 1).await;
+    assert_eq!(done["done"], true, "{done}");
+    assert_eq!(done["etag"], hex::encode(Md5::digest(&big)), "{done}");
+    let (s, got) = get_bytes(done["secure_url"].as_str().unwrap()).await;
+    assert_eq!(s, 200);
+    assert!(got == big, "the stored file is the parts in order");
+    // Both instances serve it; the parts kept for the other instance are gone.
+    let (s, got) = get_bytes(&b.url(&format!(
+        "/demo/raw/upload/{}",
+        done["public_id"].as_str().unwrap()
+    )))
+    .await;
+    assert_eq!((s, got.len()), (200, big.len()));
+    assert!(keys(&endpoint, &format!("{prefix}/demo/chunks/"))
+        .await
+        .is_empty());
     b.stop().await;
     a.stop().await;
 }

@@ -10,6 +10,12 @@
 //! session's lock. A background MD5 follows the data file as its in-order prefix grows, so
 //! hashing overlaps the transfer of later parts; a process that did not see the earlier parts
 //! (a restart, another process) hashes them from the file at completion.
+//!
+//! When several instances share the database (PostgreSQL), any of them may receive any part:
+//! each part is also kept in the blob store (`<cloud>/chunks/<session>/<start>-<end>`) before
+//! it is recorded, with the instance that wrote it named in its record. The instance that
+//! completes the upload (or checks an overlapping part) first copies the parts other instances
+//! received from the store into its own data file; the part objects go with the session.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -56,6 +62,106 @@ fn identity_of(caller: &Caller) -> String {
 
 fn session_dir(state: &AppState, session_id: &str) -> PathBuf {
     state.chunk_dir.join(session_id)
+}
+
+/// Whether parts are also kept in the blob store, for the other instances sharing the
+/// database.
+fn shared(state: &AppState) -> bool {
+    state.meta.shared()
+}
+
+/// What a part's record names as its file: the data file of the instance that wrote it.
+fn written_here(state: &AppState) -> String {
+    format!("{DATA_FILE}@{}", state.instance)
+}
+
+/// Whether a recorded part was written into this instance's data file (always, unless
+/// instances share the database).
+fn is_local(state: &AppState, part: &ChunkPart) -> bool {
+    !shared(state) || part.file == written_here(state)
+}
+
+/// The blob-store key of a part kept for the other instances.
+fn part_key(cloud: &str, session_id: &str, start: i64, end: i64) -> String {
+    format!("{cloud}/chunks/{session_id}/{start}-{end}")
+}
+
+/// Sends bytes `start..start + len` of the data file to the blob store under `key`.
+async fn store_part(
+    state: &AppState,
+    key: &str,
+    data: &Path,
+    start: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(data).await?;
+    file.seek(SeekFrom::Start(start)).await?;
+    let mut input = file.take(len);
+    async fn next(input: &mut tokio::io::Take<tokio::fs::File>) -> std::io::Result<bytes::Bytes> {
+        let mut buf = bytes::BytesMut::with_capacity(1024 * 1024);
+        input.read_buf(&mut buf).await.map(|_| buf.freeze())
+    }
+    if let Some(mut sink) = state.blobs.sink(key).await? {
+        loop {
+            let chunk = next(&mut input).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            sink.write(chunk).await?;
+        }
+        return sink.finish().await;
+    }
+    // A store that takes finished files: the range copied into one.
+    let mut writer = crate::storage::BlobWriter::create_with(
+        &state.tmp_dir,
+        u64::MAX,
+        crate::storage::Hashing::Off,
+    )
+    .await?;
+    loop {
+        let chunk = next(&mut input).await?;
+        if chunk.is_empty() {
+            break;
+        }
+        writer.write(chunk).await.map_err(std::io::Error::other)?;
+    }
+    state.blobs.put(key, writer.finish().await?).await
+}
+
+/// Copies the recorded parts that other instances received (those among `parts` that `want`
+/// picks) from the blob store into this instance's data file.
+async fn fetch_parts(
+    state: &AppState,
+    cloud: &str,
+    session_id: &str,
+    data: &Path,
+    parts: &[ChunkPart],
+    want: impl Fn(&ChunkPart) -> bool,
+) -> ApiResult<()> {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    for p in parts.iter().filter(|p| !is_local(state, p) && want(p)) {
+        let key = part_key(cloud, session_id, p.start, p.end);
+        let mut stream = state.blobs.read(&key, None).await?.ok_or_else(|| {
+            ApiError::internal(format!(
+                "part {}-{} of the upload is missing",
+                p.start, p.end
+            ))
+        })?;
+        let mut out = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(data)
+            .await?;
+        out.seek(SeekFrom::Start(p.start as u64)).await?;
+        while let Some(chunk) = stream.next().await {
+            out.write_all(&chunk?).await?;
+        }
+        out.flush().await?;
+    }
+    Ok(())
 }
 
 fn overlaps(p: &ChunkPart, start: u64, end: u64) -> bool {
@@ -278,6 +384,17 @@ fn decide(
 
 /// Removes a session's rows, files and in-process state.
 pub async fn discard_session(state: &AppState, session_id: &str) {
+    if shared(state) {
+        // The parts kept for other instances go too.
+        if let Ok(Some((session, parts))) = state.meta.chunk_session(session_id).await {
+            for p in &parts {
+                let key = part_key(&session.cloud, session_id, p.start, p.end);
+                if let Err(e) = state.blobs.delete(&key).await {
+                    tracing::warn!(%key, error = %e, "could not remove a kept part");
+                }
+            }
+        }
+    }
     if let Err(e) = state.meta.delete_chunk_session(session_id).await {
         tracing::warn!(session = session_id, error = %e, "could not delete an upload session");
     }
@@ -405,6 +522,12 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
             }
         }
         let recorded = known.map(|(_, parts)| parts).unwrap_or_default();
+        // Parts other instances received are compared here, so they are fetched first.
+        let (start, end) = (range.start, range.end);
+        fetch_parts(state, req.cloud, &sid, &data, &recorded, |p| {
+            overlaps(p, start, end)
+        })
+        .await?;
         let (blob, data_path) = (file.blob, data.clone());
         let (start, end) = (range.start, range.end);
         let conflict =
@@ -431,8 +554,17 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         start: range.start as i64,
         end: range.end as i64,
         md5: String::new(),
-        file: DATA_FILE.into(),
+        file: if shared(state) {
+            written_here(state)
+        } else {
+            DATA_FILE.into()
+        },
     };
+    // Kept in the store before it is recorded: any instance may complete the upload.
+    let kept = part_key(req.cloud, &sid, new_part.start, new_part.end);
+    if shared(state) {
+        store_part(state, &kept, &data, range.start, len).await?;
+    }
     let init = ChunkSession {
         session_id: sid.clone(),
         cloud: req.cloud.to_string(),
@@ -457,11 +589,25 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         .record_chunk(&init, &new_part, state.limits.max_open_uploads, &rules)
         .await?;
     let claim = match &outcome.decision {
-        ChunkDecision::Reject(msg) => return Err(ApiError::bad(msg.clone())),
+        ChunkDecision::Reject(msg) => {
+            // The kept copy goes, unless a recorded part of the same range is what it holds.
+            let same = |p: &ChunkPart| p.start == new_part.start && p.end == new_part.end;
+            if shared(state) && !outcome.parts.iter().any(same) {
+                let _ = state.blobs.delete(&kept).await;
+            }
+            return Err(ApiError::bad(msg.clone()));
+        }
         ChunkDecision::Duplicate { claim } | ChunkDecision::Accept { claim, .. } => *claim,
     };
     let hasher = state.chunks.hasher(&sid, &data);
-    let prefix = prefix_end(&outcome.parts);
+    // The hasher follows this instance's data file: only the parts written into it count.
+    let local: Vec<ChunkPart> = outcome
+        .parts
+        .iter()
+        .filter(|p| is_local(state, p))
+        .cloned()
+        .collect();
+    let prefix = prefix_end(&local);
     if placed && matches!(outcome.decision, ChunkDecision::Accept { .. }) {
         let (h, token) = (
             hasher.clone(),
@@ -487,8 +633,13 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         return Ok(Json::Object(m));
     }
 
-    // This request completes the upload: the data file is the file; finish its MD5.
+    // This request completes the upload: the data file is the file (with the parts other
+    // instances received copied in); finish its MD5.
     let total = session.total.unwrap_or(0) as u64;
+    if let Err(e) = fetch_parts(state, req.cloud, &sid, &data, &outcome.parts, |_| true).await {
+        let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
+        return Err(e);
+    }
     let md5 = tokio::task::spawn_blocking(move || hasher.finish(total))
         .await
         .map_err(ApiError::internal)?;

@@ -46,6 +46,10 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         if known.contains(&key) || !clouds.iter().any(|c| key.starts_with(c.as_str())) {
             continue;
         }
+        // Parts of chunked uploads kept for other instances go with their session.
+        if key.split('/').nth(1) == Some("chunks") {
+            continue;
+        }
         // A file that cannot be looked at is left alone (and does not stop the sweep).
         if let Ok(Some(t)) = state.blobs.modified(&key).await {
             if t.elapsed().unwrap_or_default() >= age {
