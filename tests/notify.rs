@@ -15,6 +15,11 @@ type Seen = Arc<Mutex<Vec<(HeaderMap, String)>>>;
 
 /// A receiver that refuses its first call with 500 and accepts the rest.
 async fn receiver() -> (String, Seen) {
+    receiver_refusing(1).await
+}
+
+/// A receiver that refuses its first `refused` calls with 500 and accepts the rest.
+async fn receiver_refusing(refused: usize) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let log = seen.clone();
     let app = axum::Router::new().route(
@@ -24,7 +29,7 @@ async fn receiver() -> (String, Seen) {
             async move {
                 let mut l = log.lock().unwrap();
                 l.push((headers, body));
-                if l.len() == 1 {
+                if l.len() <= refused {
                     StatusCode::INTERNAL_SERVER_ERROR
                 } else {
                     StatusCode::OK
@@ -248,21 +253,7 @@ async fn two_instances_deliver_each_notification_once() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = instance(dir_a.path(), Some(&pg.url)).await;
     let b = instance(dir_b.path(), Some(&pg.url)).await;
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |headers: HeaderMap, body: String| {
-            let log = log.clone();
-            async move {
-                log.lock().unwrap().push((headers, body));
-                StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (url, seen) = receiver_refusing(0).await;
     let count = 20;
     for i in 0..count {
         let server = if i % 2 == 0 { &a } else { &b };
