@@ -19,12 +19,12 @@ use tokio::io::AsyncReadExt;
 use super::{BlobSink, BlobStore, ByteRange, ByteStream, TempBlob};
 
 /// Parts of a multipart upload (S3's minimum for all but the last is 5 MiB).
-const PART_BYTES: usize = 8 * 1024 * 1024;
+const PART_BYTES: usize = 6 * 1024 * 1024;
 /// Parts sent at once.
 const PARTS_IN_FLIGHT: usize = 2;
 /// Parts of an object sent while a request body arrives: smaller, since the body's own
 /// buffers (its temporary file's queue) are held at the same time.
-pub const SINK_PART_BYTES: usize = 6 * 1024 * 1024;
+pub const SINK_PART_BYTES: usize = 5 * 1024 * 1024;
 
 pub struct S3BlobStore {
     store: Arc<dyn ObjectStore>,
