@@ -70,20 +70,41 @@ fn shared(state: &AppState) -> bool {
     state.meta.shared()
 }
 
-/// What a part's record names as its file: the data file of the instance that wrote it.
+/// What a new part's record names as its file: the data file of the instance that wrote it,
+/// and a tag of its own (its kept copy's key: no two requests share one).
 fn written_here(state: &AppState) -> String {
-    format!("{DATA_FILE}@{}", state.instance)
+    format!(
+        "{DATA_FILE}@{}.{}",
+        state.instance,
+        crate::util::random_hex(6)
+    )
 }
 
 /// Whether a recorded part was written into this instance's data file (always, unless
 /// instances share the database).
 fn is_local(state: &AppState, part: &ChunkPart) -> bool {
-    !shared(state) || part.file == written_here(state)
+    !shared(state)
+        || part
+            .file
+            .strip_prefix(DATA_FILE)
+            .and_then(|f| f.strip_prefix('@'))
+            .is_some_and(|tag| tag.split('.').next() == Some(state.instance.as_str()))
 }
 
-/// The blob-store key of a part kept for the other instances.
-fn part_key(cloud: &str, session_id: &str, start: i64, end: i64) -> String {
-    format!("{cloud}/chunks/{session_id}/{start}-{end}")
+/// The blob-store key of a part kept for the other instances (its record's tag in the name).
+fn part_key(cloud: &str, session_id: &str, part: &ChunkPart) -> String {
+    let tag = part.file.rsplit('@').next().unwrap_or("");
+    format!(
+        "{cloud}/chunks/{session_id}/{}-{}.{tag}",
+        part.start, part.end
+    )
+}
+
+/// The session a kept part's key belongs to, for the orphan sweep.
+pub fn kept_part_session(key: &str) -> Option<&str> {
+    let mut segments = key.split('/');
+    let (_cloud, kind, session) = (segments.next()?, segments.next()?, segments.next()?);
+    (kind == "chunks").then_some(session)
 }
 
 /// Sends bytes `start..start + len` of the data file to the blob store under `key`.
@@ -142,7 +163,7 @@ async fn fetch_parts(
     use futures_util::StreamExt;
     use tokio::io::{AsyncSeekExt, AsyncWriteExt};
     for p in parts.iter().filter(|p| !is_local(state, p) && want(p)) {
-        let key = part_key(cloud, session_id, p.start, p.end);
+        let key = part_key(cloud, session_id, p);
         let mut stream = state.blobs.read(&key, None).await?.ok_or_else(|| {
             ApiError::internal(format!(
                 "part {}-{} of the upload is missing",
@@ -388,7 +409,7 @@ pub async fn discard_session(state: &AppState, session_id: &str) {
         // The parts kept for other instances go too.
         if let Ok(Some((session, parts))) = state.meta.chunk_session(session_id).await {
             for p in &parts {
-                let key = part_key(&session.cloud, session_id, p.start, p.end);
+                let key = part_key(&session.cloud, session_id, p);
                 if let Err(e) = state.blobs.delete(&key).await {
                     tracing::warn!(%key, error = %e, "could not remove a kept part");
                 }
@@ -561,7 +582,7 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         },
     };
     // Kept in the store before it is recorded: any instance may complete the upload.
-    let kept = part_key(req.cloud, &sid, new_part.start, new_part.end);
+    let kept = part_key(req.cloud, &sid, &new_part);
     if shared(state) {
         store_part(state, &kept, &data, range.start, len).await?;
     }
@@ -590,14 +611,20 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         .await?;
     let claim = match &outcome.decision {
         ChunkDecision::Reject(msg) => {
-            // The kept copy goes, unless a recorded part of the same range is what it holds.
-            let same = |p: &ChunkPart| p.start == new_part.start && p.end == new_part.end;
-            if shared(state) && !outcome.parts.iter().any(same) {
+            // This request's kept copy is recorded nowhere.
+            if shared(state) {
                 let _ = state.blobs.delete(&kept).await;
             }
             return Err(ApiError::bad(msg.clone()));
         }
-        ChunkDecision::Duplicate { claim } | ChunkDecision::Accept { claim, .. } => *claim,
+        ChunkDecision::Duplicate { claim } => {
+            // The range was recorded before, with a kept copy of its own.
+            if shared(state) {
+                let _ = state.blobs.delete(&kept).await;
+            }
+            *claim
+        }
+        ChunkDecision::Accept { claim, .. } => *claim,
     };
     let hasher = state.chunks.hasher(&sid, &data);
     // The hasher follows this instance's data file: only the parts written into it count.
@@ -640,6 +667,14 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
         return Err(e);
     }
+    // With instances sharing the database, this process's hasher may have followed another
+    // session of the same ID, or parts it no longer holds: the file is hashed afresh.
+    let hasher = if shared(state) {
+        state.chunks.drop_session(&sid);
+        state.chunks.hasher(&sid, &data)
+    } else {
+        hasher
+    };
     let md5 = tokio::task::spawn_blocking(move || hasher.finish(total))
         .await
         .map_err(ApiError::internal)?;
@@ -769,6 +804,22 @@ mod tests {
             md5: String::new(),
             file: String::new(),
         }
+    }
+
+    #[test]
+    fn kept_parts_are_named_by_their_record() {
+        let p = ChunkPart {
+            start: 0,
+            end: 99,
+            md5: String::new(),
+            file: "data@inst1.a1b2c3".into(),
+        };
+        let key = part_key("demo", "sess", &p);
+        assert_eq!(key, "demo/chunks/sess/0-99.inst1.a1b2c3");
+        assert!(crate::storage::check_key(&key).is_ok());
+        assert_eq!(kept_part_session(&key), Some("sess"));
+        assert_eq!(kept_part_session("demo/ab/abcdef"), None);
+        assert_eq!(kept_part_session("demo/derived/x"), None);
     }
 
     #[test]

@@ -33,6 +33,12 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         .collect();
     let keys = state.blobs.keys().await?;
     let known = referenced(state).await?;
+    let live: std::collections::HashSet<String> = state
+        .meta
+        .stale_chunk_sessions(i64::MAX)
+        .await?
+        .into_iter()
+        .collect();
     if known.is_empty() && !keys.is_empty() {
         // Files but no record at all: more likely another database than a store of orphans.
         tracing::warn!(
@@ -46,9 +52,12 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         if known.contains(&key) || !clouds.iter().any(|c| key.starts_with(c.as_str())) {
             continue;
         }
-        // Parts of chunked uploads kept for other instances go with their session.
-        if key.split('/').nth(1) == Some("chunks") {
-            continue;
+        // Parts of chunked uploads kept for other instances go with their session; only those
+        // of sessions that no longer exist are orphans.
+        if let Some(session) = super::chunked::kept_part_session(&key) {
+            if live.contains(session) {
+                continue;
+            }
         }
         // A file that cannot be looked at is left alone (and does not stop the sweep).
         if let Ok(Some(t)) = state.blobs.modified(&key).await {
