@@ -736,6 +736,18 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     }
 }
 
+/// The IDs of the upload sessions that exist now.
+pub async fn live_sessions(
+    state: &AppState,
+) -> Result<std::collections::HashSet<String>, crate::db::DbError> {
+    Ok(state
+        .meta
+        .stale_chunk_sessions(i64::MAX)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 /// Removes sessions not touched within the configured time, session folders no session row
 /// knows (left by a crash between the folder and its row, or by a discarded session), stale
 /// temporary files, and this process's hashers of sessions that ended elsewhere.
@@ -747,12 +759,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         discard_session(state, &sid).await;
         removed += 1;
     }
-    let live: std::collections::HashSet<String> = state
-        .meta
-        .stale_chunk_sessions(i64::MAX)
-        .await?
-        .into_iter()
-        .collect();
+    let live = live_sessions(state).await?;
     for sid in state.chunks.sessions() {
         if !live.contains(&sid) {
             state.chunks.drop_session(&sid);

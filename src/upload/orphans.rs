@@ -33,12 +33,7 @@ pub async fn sweep(state: &AppState) -> anyhow::Result<usize> {
         .collect();
     let keys = state.blobs.keys().await?;
     let known = referenced(state).await?;
-    let live: std::collections::HashSet<String> = state
-        .meta
-        .stale_chunk_sessions(i64::MAX)
-        .await?
-        .into_iter()
-        .collect();
+    let live = super::chunked::live_sessions(state).await?;
     if known.is_empty() && !keys.is_empty() {
         // Files but no record at all: more likely another database than a store of orphans.
         tracing::warn!(
