@@ -255,6 +255,43 @@ describe('Node SDK and url-gen: layers, effects and named transformations', () =
   });
 });
 
+describe('Node SDK and url-gen: f_auto and q_auto as browsers ask', () => {
+  async function getAs(url, accept) {
+    const r = await fetch(url, { headers: { accept } });
+    return { status: r.status, type: r.headers.get('content-type'), vary: r.headers.get('vary'), body: Buffer.from(await r.arrayBuffer()) };
+  }
+  const webpKind = (body) => {
+    assert.equal(body.subarray(8, 12).toString('latin1'), 'WEBP');
+    return body.subarray(12, 16).toString('latin1');
+  };
+
+  test('AVIF for browsers that take it, lossy WebP for those that take WebP, else the format', async () => {
+    const pid = (await cloudinary.uploader.upload(asset('logo.png'), { public_id: uid('urls/auto') })).public_id;
+    const url = cloudinary.url(pid, { secure: false, fetch_format: 'auto', quality: 'auto', width: 32, crop: 'scale' });
+    assert.match(url, /f_auto/);
+    let r = await getAs(url, 'image/avif,image/webp,image/apng,*/*;q=0.8');
+    assert.equal(r.status, 200, url);
+    assert.equal(r.type, 'image/avif');
+    assert.equal(r.body.subarray(4, 12).toString('latin1'), 'ftypavif');
+    assert.match(r.vary, /Accept/);
+    r = await getAs(url, 'image/webp,*/*');
+    assert.equal(r.type, 'image/webp');
+    assert.equal(webpKind(r.body), 'VP8 ', 'q_auto makes WebP lossy');
+    r = await getAs(url, 'image/png,*/*');
+    assert.equal(r.type, 'image/png');
+    assert.deepEqual(pngSize(r.body), [32, 16]);
+    // url-gen's format(auto()) and quality(auto()).
+    const { format, quality } = await import('@cloudinary/url-gen/actions/delivery');
+    const { auto } = await import('@cloudinary/url-gen/qualifiers/format');
+    const { auto: autoQuality } = await import('@cloudinary/url-gen/qualifiers/quality');
+    const gen = new urlGen.Cloudinary({ cloud: { cloudName: 'demo' }, url: { secure: false, cname: host } })
+      .image(pid).resize(resize.scale().width(32)).delivery(format(auto())).delivery(quality(autoQuality())).toURL();
+    r = await getAs(gen, 'image/webp,*/*');
+    assert.equal(r.status, 200, gen);
+    assert.equal(r.type, 'image/webp');
+  });
+});
+
 describe('Node SDK: video posters and previews', () => {
   test('start_offset, video_sampling and delay build pictures of a video that load', async () => {
     const pid = (await cloudinary.uploader.upload(asset('tiny_h264.mp4'), { resource_type: 'video', public_id: uid('urls/nclip') })).public_id;
