@@ -728,10 +728,10 @@ pub fn parse_account_url(url: &str) -> anyhow::Result<Account> {
             ("signature_version", other) => {
                 anyhow::bail!("account {url:?}: unknown signature_version {other:?}")
             }
-            ("signature_algorithm", "sha256") => algorithm = SignatureAlgorithm::Sha256,
-            ("signature_algorithm", "sha1") => algorithm = SignatureAlgorithm::Sha1,
-            ("signature_algorithm", other) => {
-                anyhow::bail!("account {url:?}: unknown signature_algorithm {other:?}")
+            ("signature_algorithm", name) => {
+                algorithm = SignatureAlgorithm::from_name(name).ok_or_else(|| {
+                    anyhow::anyhow!("account {url:?}: unknown signature_algorithm {name:?}")
+                })?
             }
             // Other CLOUDINARY_URL options (upload_prefix, secure, …) are client settings.
             _ => {}

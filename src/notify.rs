@@ -59,13 +59,6 @@ pub struct Signer {
     pub algorithm: SignatureAlgorithm,
 }
 
-fn algorithm_name(a: SignatureAlgorithm) -> &'static str {
-    match a {
-        SignatureAlgorithm::Sha1 => "sha1",
-        SignatureAlgorithm::Sha256 => "sha256",
-    }
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -87,7 +80,7 @@ pub async fn send(state: &AppState, cloud: &str, url: reqwest::Url, payload: Jso
         url: url.to_string(),
         body: payload.to_string(),
         api_key: api_key.clone().unwrap_or_default(),
-        algorithm: algorithm_name(signer.algorithm).to_string(),
+        algorithm: signer.algorithm.name().to_string(),
         attempts: 0,
         due_at: now_ms(),
         origin: state.instance.clone(),
@@ -190,11 +183,8 @@ async fn attempt_job(
         .find(&job.cloud, &job.api_key)
         .map(|a| Signer {
             secret: a.api_secret.clone(),
-            algorithm: if job.algorithm == "sha256" {
-                SignatureAlgorithm::Sha256
-            } else {
-                SignatureAlgorithm::Sha1
-            },
+            algorithm: SignatureAlgorithm::from_name(&job.algorithm)
+                .unwrap_or(SignatureAlgorithm::Sha1),
         });
     let url = reqwest::Url::parse(&job.url);
     let (Some(signer), Ok(url)) = (signer, url) else {

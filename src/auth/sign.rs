@@ -10,6 +10,25 @@ pub enum SignatureAlgorithm {
     Sha256,
 }
 
+impl SignatureAlgorithm {
+    /// Its name in a `CLOUDINARY_URL` (`signature_algorithm=`) and in stored settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            SignatureAlgorithm::Sha1 => "sha1",
+            SignatureAlgorithm::Sha256 => "sha256",
+        }
+    }
+
+    /// The algorithm a name (as [`SignatureAlgorithm::name`] writes it) stands for.
+    pub fn from_name(name: &str) -> Option<SignatureAlgorithm> {
+        match name {
+            "sha1" => Some(SignatureAlgorithm::Sha1),
+            "sha256" => Some(SignatureAlgorithm::Sha256),
+            _ => None,
+        }
+    }
+}
+
 /// Builds the string to sign from `(name, value)` pairs: empty values dropped, sorted by name,
 /// `name=value` joined with `&`; version 2 replaces `&` inside each pair with `%26`.
 pub fn string_to_sign(pairs: &[(String, String)], version: u8) -> String {

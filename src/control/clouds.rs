@@ -61,10 +61,7 @@ pub fn account_json(a: &Account, base: &str) -> Json {
         "cloud_name": a.cloud,
         "api_key": a.api_key,
         "api_secret": a.api_secret,
-        "signature_algorithm": match a.algorithm {
-            SignatureAlgorithm::Sha256 => "sha256",
-            SignatureAlgorithm::Sha1 => "sha1",
-        },
+        "signature_algorithm": a.algorithm.name(),
         "upload_prefix": base,
         "cloudinary_url": cloudinary_url(a, base),
     })
@@ -90,13 +87,12 @@ pub async fn create(state: &AppState, spec: NewCloud) -> ApiResult<Account> {
         ));
     }
     let algorithm = match spec.signature_algorithm.as_deref() {
-        None | Some("sha1") => SignatureAlgorithm::Sha1,
-        Some("sha256") => SignatureAlgorithm::Sha256,
-        Some(other) => {
-            return Err(ApiError::bad(format!(
-                "Invalid signature_algorithm {other} (sha1 or sha256)"
-            )))
-        }
+        None => SignatureAlgorithm::Sha1,
+        Some(name) => SignatureAlgorithm::from_name(name).ok_or_else(|| {
+            ApiError::bad(format!(
+                "Invalid signature_algorithm {name} (sha1 or sha256)"
+            ))
+        })?,
     };
     let account = Account {
         cloud: name.clone(),
