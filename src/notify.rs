@@ -63,6 +63,11 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// How long after failed attempt `attempt` (0 for the first) the next one is made: 1, 2, 4 s.
+fn retry_delay(attempt: i64) -> Duration {
+    Duration::from_secs(1 << attempt.clamp(0, 10))
+}
+
 /// Queues `payload` for `url` (a notification about `cloud`, signed by `signer`); it is sent
 /// in the background, failed attempts tried again. Every notification and its attempts are
 /// recorded for the control API. Should the database refuse it, this process sends it.
@@ -102,15 +107,13 @@ pub async fn send(state: &AppState, cloud: &str, url: reqwest::Url, payload: Jso
             tracing::warn!(%url, %why, "notification not queued: sent by this process");
             let state = state.clone();
             tokio::spawn(async move {
-                let mut wait = Duration::from_secs(1);
                 for attempt in 0..=RETRIES {
                     let last = attempt == RETRIES;
                     if deliver(&state, &url, &job.body, &signer, record, last).await {
                         return;
                     }
                     if !last {
-                        tokio::time::sleep(wait).await;
-                        wait *= 2;
+                        tokio::time::sleep(retry_delay(attempt)).await;
                     }
                 }
             });
@@ -208,7 +211,7 @@ async fn attempt_job(
         }
         state.meta.notification_done(&job).await
     } else {
-        let wait = 1000i64 << job.attempts.clamp(0, 10);
+        let wait = retry_delay(job.attempts).as_millis() as i64;
         state
             .meta
             .notification_retry(&job, job.attempts + 1, now_ms() + wait)
