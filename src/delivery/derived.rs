@@ -69,11 +69,11 @@ pub(super) async fn serve(
             ),
         ));
     }
-    // The same original, transformation, format and coordinates always give the same bytes.
-    let etag = format!(
-        "\"{}\"",
-        render::derived_id(rec, transformation.unwrap_or(""), format)
-    );
+    // The same original, transformation, format and coordinates always give the same bytes:
+    // the derivative's identity is its ETag (and, in the store, its key).
+    let t = transformation.unwrap_or("");
+    let id = render::derived_id(rec, t, format);
+    let etag = format!("\"{id}\"");
     let last_modified = httpdate::fmt_http_date(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(rec.version.max(0) as u64),
     );
@@ -125,8 +125,7 @@ pub(super) async fn serve(
         ));
     }
     // Rendered before: served as stored.
-    let t = transformation.unwrap_or("");
-    let key = render::derived_key(&rec.key.cloud, &render::derived_id(rec, t, format));
+    let key = render::derived_key(&rec.key.cloud, &id);
     let mut written = format;
     let bytes = match render::stored(state, &key).await? {
         Some(b) => b,
@@ -165,10 +164,7 @@ pub(super) async fn serve(
             }
         }
     };
-    // `f_auto` may have given WebP to a picture too large for AVIF: the bytes say which.
-    if written == "avif" && bytes.get(8..12) != Some(&b"avif"[..]) {
-        written = "webp";
-    }
+    let written = crate::media::avif_encode::written_format(written, &bytes);
     base = base
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, mime_for(written))

@@ -505,12 +505,7 @@ async fn run(
                 cloud: rec.key.cloud.clone(),
                 asset_id: rec.asset_id.clone(),
                 transformation: transformation.clone(),
-                // `f_auto` writes WebP where a picture is too large for AVIF.
-                format: if format == "avif" && bytes.get(8..12) != Some(&b"avif"[..]) {
-                    "webp".to_string()
-                } else {
-                    format.clone()
-                },
+                format: crate::media::avif_encode::written_format(&format, &bytes).to_string(),
                 bytes: bytes.len() as i64,
                 width: dims.map(|d| d.0),
                 height: dims.map(|d| d.1),

@@ -16,6 +16,16 @@ pub fn fits(w: u32, h: u32) -> bool {
     u64::from(w) * u64::from(h) <= MAX_PIXELS
 }
 
+/// The format of what was written for `asked`: `f_auto` writes WebP where a picture is too
+/// large for AVIF (see `transform::encode`), so for `avif` the bytes say which.
+pub fn written_format<'a>(asked: &'a str, bytes: &[u8]) -> &'a str {
+    if asked == "avif" && bytes.get(8..12) != Some(&b"avif"[..]) {
+        "webp"
+    } else {
+        asked
+    }
+}
+
 /// The picture as an AVIF file at `quality` (1–100), alpha kept.
 pub fn still(img: &DynamicImage, quality: u8) -> Result<Vec<u8>, String> {
     let (w, h) = (img.width(), img.height());
