@@ -82,6 +82,29 @@ pub trait BlobSink: Send {
     async fn finish(self: Box<Self>) -> std::io::Result<()>;
 }
 
+/// The next piece (up to 1 MiB, in a buffer of its own) of `input`; empty at its end.
+pub async fn next_chunk(input: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Bytes> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(1024 * 1024);
+    input.read_buf(&mut buf).await?;
+    Ok(buf.freeze())
+}
+
+/// Everything `input` holds, written into `sink`, which is then finished (a failure leaves
+/// the sink unfinished, which gives its object up).
+pub async fn send_all(
+    mut sink: Box<dyn BlobSink>,
+    mut input: impl tokio::io::AsyncRead + Unpin,
+) -> std::io::Result<()> {
+    loop {
+        let chunk = next_chunk(&mut input).await?;
+        if chunk.is_empty() {
+            return sink.finish().await;
+        }
+        sink.write(chunk).await?;
+    }
+}
+
 /// A blob already in the store, written while it was received, that no record names yet:
 /// removed from the store when dropped, unless a `put` under its key took it over.
 pub struct StoredObject {

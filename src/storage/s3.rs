@@ -13,8 +13,7 @@ use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
-use tokio::io::AsyncReadExt;
+use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 
 use super::{BlobSink, BlobStore, ByteRange, ByteStream, TempBlob};
 
@@ -84,40 +83,25 @@ impl S3BlobStore {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
     }
 
-    /// Sends a file by multipart upload, a part at a time.
-    async fn put_file(&self, path: &ObjectPath, file: &std::path::Path) -> std::io::Result<()> {
-        let mut input = tokio::fs::File::open(file).await?;
+    /// A multipart upload to `path` in parts of at least `part_bytes`.
+    async fn open_sink(&self, path: &ObjectPath, part_bytes: usize) -> std::io::Result<S3Sink> {
         let upload = self.store.put_multipart(path).await.map_err(io_error)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let mut buf = vec![0u8; 1024 * 1024];
-        loop {
-            let n = match input.read(&mut buf).await {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(e);
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                return Err(io_error(e));
-            }
-            writer.write(&buf[..n]);
-        }
-        writer.finish().await.map_err(io_error)?;
-        Ok(())
+        Ok(S3Sink {
+            upload: Some(upload),
+            part_bytes,
+            buffer: object_store::PutPayloadMut::new(),
+            in_flight: tokio::task::JoinSet::new(),
+        })
     }
 }
 
-/// An object sent by multipart upload as its bytes arrive: parts of at least
-/// [`SINK_PART_BYTES`] made of the body's own buffers, at most [`PARTS_IN_FLIGHT`] sent at
-/// once. Any failure, and a sink dropped unfinished, aborts the upload so that no parts are
+/// An object sent by multipart upload as its bytes arrive: parts of at least `part_bytes`
+/// made of the buffers it is given, at most [`PARTS_IN_FLIGHT`] sent at once. Any failure, and a sink dropped unfinished, aborts the upload so that no parts are
 /// left behind (a process that dies mid-upload leaves them to the bucket's lifecycle rule for
 /// incomplete multipart uploads).
 struct S3Sink {
     upload: Option<Box<dyn object_store::MultipartUpload>>,
+    part_bytes: usize,
     buffer: object_store::PutPayloadMut,
     in_flight: tokio::task::JoinSet<object_store::Result<()>>,
 }
@@ -166,7 +150,7 @@ impl BlobSink for S3Sink {
             return Err(std::io::Error::other("the object is finished"));
         }
         self.buffer.push(chunk);
-        if self.buffer.content_length() >= SINK_PART_BYTES {
+        if self.buffer.content_length() >= self.part_bytes {
             self.settle(PARTS_IN_FLIGHT - 1).await?;
             self.send_buffer()?;
         }
@@ -214,16 +198,8 @@ impl BlobStore for S3BlobStore {
     }
 
     async fn sink(&self, key: &str) -> std::io::Result<Option<Box<dyn BlobSink>>> {
-        let upload = self
-            .store
-            .put_multipart(&self.path(key)?)
-            .await
-            .map_err(io_error)?;
-        Ok(Some(Box::new(S3Sink {
-            upload: Some(upload),
-            buffer: object_store::PutPayloadMut::new(),
-            in_flight: tokio::task::JoinSet::new(),
-        })))
+        let sink = self.open_sink(&self.path(key)?, SINK_PART_BYTES).await?;
+        Ok(Some(Box::new(sink)))
     }
 
     async fn put(&self, key: &str, mut blob: TempBlob) -> std::io::Result<()> {
@@ -239,7 +215,12 @@ impl BlobStore for S3BlobStore {
             return Ok(());
         }
         match blob.path() {
-            Some(file) => self.put_file(&path, file).await,
+            // A file is sent by multipart upload, a part at a time.
+            Some(file) => {
+                let input = tokio::fs::File::open(file).await?;
+                let sink = self.open_sink(&path, PART_BYTES).await?;
+                super::send_all(Box::new(sink), input).await
+            }
             None => Err(std::io::Error::other("blob cannot be stored")),
         }
     }

@@ -12,8 +12,8 @@
 //! (a restart, another process) hashes them from the file at completion.
 //!
 //! When several instances share the database (PostgreSQL), any of them may receive any part:
-//! each part is also kept in the blob store (`<cloud>/chunks/<session>/<start>-<end>`) before
-//! it is recorded, with the instance that wrote it named in its record. The instance that
+//! each part is also kept in the blob store (`<cloud>/chunks/<session>/<start>-<end>.<tag>`)
+//! before it is recorded, with the instance that wrote it and the tag named in its record. The instance that
 //! completes the upload (or checks an overlapping part) first copies the parts other instances
 //! received from the store into its own data file; the part objects go with the session.
 
@@ -119,19 +119,8 @@ async fn store_part(
     let mut file = tokio::fs::File::open(data).await?;
     file.seek(SeekFrom::Start(start)).await?;
     let mut input = file.take(len);
-    async fn next(input: &mut tokio::io::Take<tokio::fs::File>) -> std::io::Result<bytes::Bytes> {
-        let mut buf = bytes::BytesMut::with_capacity(1024 * 1024);
-        input.read_buf(&mut buf).await.map(|_| buf.freeze())
-    }
-    if let Some(mut sink) = state.blobs.sink(key).await? {
-        loop {
-            let chunk = next(&mut input).await?;
-            if chunk.is_empty() {
-                break;
-            }
-            sink.write(chunk).await?;
-        }
-        return sink.finish().await;
+    if let Some(sink) = state.blobs.sink(key).await? {
+        return crate::storage::send_all(sink, input).await;
     }
     // A store that takes finished files: the range copied into one.
     let mut writer = crate::storage::BlobWriter::create_with(
@@ -141,7 +130,7 @@ async fn store_part(
     )
     .await?;
     loop {
-        let chunk = next(&mut input).await?;
+        let chunk = crate::storage::next_chunk(&mut input).await?;
         if chunk.is_empty() {
             break;
         }
@@ -550,7 +539,6 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         })
         .await?;
         let (blob, data_path) = (file.blob, data.clone());
-        let (start, end) = (range.start, range.end);
         let conflict =
             tokio::task::spawn_blocking(move || -> std::io::Result<Option<ChunkPart>> {
                 for old in recorded.iter().filter(|p| overlaps(p, start, end)) {
