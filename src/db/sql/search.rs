@@ -110,13 +110,26 @@ impl Sql {
         format!("{expr} {op} {v} ESCAPE '\\'")
     }
 
-    /// `expr` equals `value` (starts with it when `prefix`), by code point.
-    fn text_test(&mut self, expr: &str, value: &str, prefix: bool) -> String {
+    /// `expr` equals `value` (starts with it when `prefix`), by code point. Equality is the
+    /// same under every (deterministic) collation, so it names the collation of the index that
+    /// serves it: "C" where `code_point_index` (folded columns, public and asset IDs), the
+    /// column's own otherwise (resource and delivery types, whose indexes use it).
+    fn text_test(
+        &mut self,
+        expr: &str,
+        value: &str,
+        prefix: bool,
+        code_point_index: bool,
+    ) -> String {
         if prefix {
             self.starts_with(expr, value)
         } else {
             let v = self.text(value);
-            format!("{} = {v}", self.ordered(expr))
+            if code_point_index {
+                format!("{} = {v}", self.ordered(expr))
+            } else {
+                format!("{expr} = {v}")
+            }
         }
     }
 
@@ -173,12 +186,13 @@ impl Sql {
                 let raw = text_sql(*col);
                 let folded = self.folded(raw);
                 if *fold {
-                    return self.text_test(&folded, value, *prefix);
+                    return self.text_test(&folded, value, *prefix, true);
                 }
-                let test = self.text_test(raw, value, *prefix);
+                let code_point = matches!(col, TextCol::PublicId | TextCol::AssetId);
+                let test = self.text_test(raw, value, *prefix, code_point);
                 if matches!(col, TextCol::PublicId | TextCol::AssetFolder) {
                     // Through the index of the folded column, then exactly.
-                    let hint = self.text_test(&folded, &value.to_ascii_lowercase(), *prefix);
+                    let hint = self.text_test(&folded, &value.to_ascii_lowercase(), *prefix, true);
                     format!("({hint} AND {test})")
                 } else {
                     test
