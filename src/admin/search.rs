@@ -93,29 +93,33 @@ pub async fn search(
 
     let (total, mut page, aggregations) = match &sql_sort {
         Some(order) if compiled.exact => {
-            let page = if max > 0 {
-                state
-                    .meta
-                    .search_assets(&SearchQuery {
-                        cloud: cloud.to_string(),
-                        filter: compiled.filter.clone(),
-                        sort: order.clone(),
-                        after: cursor.clone(),
-                        limit: max as i64 + 1,
-                    })
-                    .await?
-            } else {
-                Vec::new()
+            // The page, the count and the aggregations are independent queries: they run
+            // at once, each on its own connection, so an answer waits for the slowest only.
+            let query = SearchQuery {
+                cloud: cloud.to_string(),
+                filter: compiled.filter.clone(),
+                sort: order.clone(),
+                after: cursor.clone(),
+                limit: max as i64 + 1,
             };
-            let total = state.meta.count_assets(cloud, &compiled.filter).await?;
-            let mut aggs = Vec::new();
-            for (name, field) in &aggregate_fields {
-                let counts = state
-                    .meta
-                    .aggregate_assets(cloud, &compiled.filter, *field)
-                    .await?;
-                aggs.push((name.clone(), counts));
-            }
+            let page = async {
+                if max > 0 {
+                    state.meta.search_assets(&query).await
+                } else {
+                    Ok(Vec::new())
+                }
+            };
+            let count = state.meta.count_assets(cloud, &compiled.filter);
+            let aggs = futures_util::future::try_join_all(aggregate_fields.iter().map(
+                |(name, field)| async {
+                    let counts = state
+                        .meta
+                        .aggregate_assets(cloud, &compiled.filter, *field)
+                        .await?;
+                    Ok::<_, crate::db::DbError>((name.clone(), counts))
+                },
+            ));
+            let (page, total, aggs) = tokio::try_join!(page, count, aggs)?;
             (total as usize, page, aggs)
         }
         _ => {
