@@ -238,7 +238,12 @@ pub struct Mirror {
 /// it arrives (when the fields before it authenticate it), or `None`.
 #[async_trait::async_trait]
 pub trait FileMirror: Send + Sync {
-    async fn start(&self, fields_so_far: &Params) -> Option<Mirror>;
+    /// The request body's stated length.
+    fn body_length(&self) -> u64;
+    /// `file_len` is the part's length if it is the body's last part (what the body's length
+    /// says, from where the part's bytes start): a sink given another number of bytes fails,
+    /// and the finished file is then stored as usual.
+    async fn start(&self, fields_so_far: &Params, file_len: Option<u64>) -> Option<Mirror>;
 }
 
 /// Bytes of request text held in memory by all requests together (a permit a byte, at most

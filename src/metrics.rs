@@ -385,8 +385,12 @@ impl BlobStore for CountingStore {
     fn streams(&self) -> bool {
         self.inner.streams()
     }
-    async fn sink(&self, key: &str) -> std::io::Result<Option<Box<dyn BlobSink>>> {
-        self.count(self.inner.sink(key).await)
+    async fn sink(
+        &self,
+        key: &str,
+        len: Option<u64>,
+    ) -> std::io::Result<Option<Box<dyn BlobSink>>> {
+        self.count(self.inner.sink(key, len).await)
     }
 }
 

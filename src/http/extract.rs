@@ -250,11 +250,22 @@ async fn read_multipart(
     // A response sent before the body is consumed makes the connection close under a client
     // that is still writing (EPIPE in Node).
     let shared = std::sync::Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
-    let stream = futures_util::stream::unfold(shared.clone(), |s| async move {
-        let item = s.lock().await.next().await;
-        item.map(|i| (i, s))
-    });
-    let form = parse_multipart(multer::Multipart::new(stream, boundary), tmp_dir, limits).await?;
+    // With a mirror, the body's first bytes are kept to find where the file part starts.
+    let head = limits.mirror.as_ref().map(|_| BodyHead::default());
+    let stream =
+        futures_util::stream::unfold((shared.clone(), head.clone()), |(s, head)| async move {
+            let item = s.lock().await.next().await;
+            if let (Some(h), Some(Ok(chunk))) = (&head, &item) {
+                h.keep(chunk);
+            }
+            item.map(|i| (i, (s, head)))
+        });
+    let multipart = Multipart {
+        parts: multer::Multipart::new(stream, boundary.clone()),
+        boundary,
+        head,
+    };
+    let form = parse_multipart(multipart, tmp_dir, limits).await?;
     let mut rest = shared.lock().await;
     let mut trailing = 0usize;
     while let Some(Ok(chunk)) = rest.next().await {
@@ -266,15 +277,100 @@ async fn read_multipart(
     Ok(form)
 }
 
+/// The first bytes of a body (up to [`BodyHead::MAX`]), shared with the stream that reads it.
+#[derive(Clone, Default)]
+struct BodyHead(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl BodyHead {
+    const MAX: usize = 256 * 1024;
+
+    fn keep(&self, chunk: &[u8]) {
+        if let Ok(mut kept) = self.0.lock() {
+            let room = Self::MAX.saturating_sub(kept.len());
+            kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+        }
+    }
+
+    /// Where the data of the part named `file` (with a file name) starts in the body.
+    fn file_data_start(&self, boundary: &str) -> Option<u64> {
+        let kept = self.0.lock().ok()?;
+        file_data_start(&kept, boundary)
+    }
+}
+
+/// Where the data of the first part named `file` with a file name starts in a multipart body
+/// beginning with `body`, if its headers are within it.
+fn file_data_start(body: &[u8], boundary: &str) -> Option<u64> {
+    let delimiter = format!("--{boundary}\r\n");
+    let mut at = 0;
+    loop {
+        let found = find(&body[at..], delimiter.as_bytes())? + at;
+        // A delimiter opens the body or follows a line break.
+        if found != 0 && body.get(found.wrapping_sub(2)..found) != Some(b"\r\n".as_slice()) {
+            at = found + 1;
+            continue;
+        }
+        let headers_at = found + delimiter.len();
+        let end = find(&body[headers_at..], b"\r\n\r\n")? + headers_at;
+        let headers = std::str::from_utf8(&body[headers_at..end]).ok()?;
+        let is_file = headers.split("\r\n").any(|line| {
+            let Some((name, value)) = line.split_once(':') else {
+                return false;
+            };
+            if !name.trim().eq_ignore_ascii_case("content-disposition") {
+                return false;
+            }
+            let mut named_file = false;
+            let mut has_filename = false;
+            for param in value.split(';').skip(1) {
+                let Some((k, v)) = param.split_once('=') else {
+                    continue;
+                };
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "name" => named_file = v.trim().trim_matches('"') == "file",
+                    "filename" => has_filename = true,
+                    _ => {}
+                }
+            }
+            named_file && has_filename
+        });
+        if is_file {
+            return Some((end + 4) as u64);
+        }
+        at = end + 4;
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A multipart body being parsed, with what is needed to tell its file part's length.
+struct Multipart {
+    parts: multer::Multipart<'static>,
+    boundary: String,
+    head: Option<BodyHead>,
+}
+
+impl Multipart {
+    /// The length of the file part that starts now, if it is the body's last part and the body
+    /// ends as the SDKs end theirs (`\r\n--boundary--\r\n`).
+    fn file_len(&self, body_length: u64) -> Option<u64> {
+        let start = self.head.as_ref()?.file_data_start(&self.boundary)?;
+        let closing = self.boundary.len() as u64 + 8;
+        body_length.checked_sub(start)?.checked_sub(closing)
+    }
+}
+
 async fn parse_multipart(
-    mut multipart: multer::Multipart<'static>,
+    mut multipart: Multipart,
     tmp_dir: &std::path::Path,
     limits: &BodyLimits,
 ) -> ApiResult<Form> {
     let mut form = Form::default();
     let bad = |e: multer::Error| ApiError::bad(format!("Invalid multipart body: {e}"));
     let (mut fields, mut text_bytes) = (0usize, 0u64);
-    while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+    while let Some(mut field) = multipart.parts.next_field().await.map_err(bad)? {
         fields += 1;
         if fields > limits.max_fields {
             return Err(too_many(limits.max_fields));
@@ -295,7 +391,10 @@ async fn parse_multipart(
                 };
                 let in_place = placed.is_some();
                 let mut mirror = match (&limits.mirror, in_place) {
-                    (Some(m), false) => m.start(&so_far).await,
+                    (Some(m), false) => {
+                        let file_len = multipart.file_len(m.body_length());
+                        m.start(&so_far, file_len).await
+                    }
                     _ => None,
                 };
                 let mut writer = match placed {
@@ -427,5 +526,48 @@ mod tests {
         .unwrap();
         assert_eq!(f.params.text("a"), Some("1 2"));
         assert_eq!(f.params.items("b"), vec!["x", "y"]);
+    }
+
+    #[test]
+    fn the_file_part_is_found_where_its_data_starts() {
+        // As the Python SDK sends it: fields, the file, the closing delimiter.
+        let b = "9220cdcb0f682aede2b8e9dacfef4fd3";
+        let head = format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"timestamp\"\r\n\r\n1\r\n\
+             --{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.png\"\r\n\
+             Content-Type: image/png\r\n\r\n"
+        );
+        let data = b"\x89PNG--not a delimiter";
+        let mut body = head.clone().into_bytes();
+        body.extend_from_slice(data);
+        body.extend_from_slice(format!("\r\n--{b}--\r\n").as_bytes());
+        assert_eq!(file_data_start(&body, b), Some(head.len() as u64));
+        let parsed = Multipart {
+            parts: multer::Multipart::new(
+                futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>(),
+                b,
+            ),
+            boundary: b.to_string(),
+            head: Some(BodyHead::default()),
+        };
+        parsed.head.as_ref().unwrap().keep(&body);
+        assert_eq!(parsed.file_len(body.len() as u64), Some(data.len() as u64));
+        // A field whose file name is "file", or a file part with no file name, is not it;
+        // nor is a delimiter inside a value, nor a body cut before the part's headers end.
+        let decoys = format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"x\"; filename=\"file\"\r\n\r\n\
+             v --{b}\r\n\r\n\r\n--{b}\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n\
+             https://example.com/a.png\r\n--{b}\r\nContent-Disposition: form-data; filename=\"a\"; \
+             NAME=file\r\n\r\n"
+        );
+        assert_eq!(
+            file_data_start(decoys.as_bytes(), b),
+            Some(decoys.len() as u64)
+        );
+        assert_eq!(
+            file_data_start(&decoys.as_bytes()[..decoys.len() - 3], b),
+            None
+        );
+        assert_eq!(file_data_start(b"no multipart here", b), None);
     }
 }

@@ -66,7 +66,13 @@ pub trait BlobStore: Send + Sync {
     }
     /// A writer that sends an object under `key` while its bytes arrive, for stores where
     /// that is faster than sending a finished file (object stores); `None` for the others.
-    async fn sink(&self, _key: &str) -> std::io::Result<Option<Box<dyn BlobSink>>> {
+    /// `len`, when known, is the object's exact length: the store may then send it as one
+    /// request, and a sink given another number of bytes fails instead of storing them.
+    async fn sink(
+        &self,
+        _key: &str,
+        _len: Option<u64>,
+    ) -> std::io::Result<Option<Box<dyn BlobSink>>> {
         Ok(None)
     }
 }

@@ -4,15 +4,18 @@
 //! `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`, …); requests are path-style unless that last one says
 //! otherwise, and an `http://` endpoint (a local S3 server) is allowed.
 //!
-//! Files are sent by multipart upload, read from their temporary file a part at a time with
-//! at most two parts in flight: memory stays bounded whatever the size.
+//! An object of known length up to 5 GiB is sent as one streamed `PUT` (to a presigned URL
+//! made with the same credentials), which costs the store less than a multipart upload; other
+//! objects go by multipart upload, a part at a time with at most two parts in flight. Memory
+//! stays bounded whatever the size.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, PutPayload};
 
 use super::{BlobSink, BlobStore, ByteRange, ByteStream, TempBlob};
@@ -25,8 +28,26 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// buffers (its temporary file's queue) are held at the same time.
 pub const SINK_PART_BYTES: usize = 5 * 1024 * 1024;
 
+/// The largest object S3 takes in one `PUT`.
+const MAX_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// Pieces queued for a streamed `PUT` (each up to 1 MiB from a file; a request body's own
+/// pieces are smaller).
+const PUT_QUEUE: usize = 8;
+/// Settings (object_store's names, as `AWS_*` variables) that add headers to every write:
+/// with any of them, objects go by multipart upload, which object_store signs with them.
+const WRITE_HEADER_SETTINGS: [&str; 5] = [
+    "AWS_SERVER_SIDE_ENCRYPTION",
+    "AWS_SSE_KMS_KEY_ID",
+    "AWS_SSE_BUCKET_KEY_ENABLED",
+    "AWS_SSE_CUSTOMER_KEY_BASE64",
+    "AWS_REQUEST_PAYER",
+];
+
 pub struct S3BlobStore {
     store: Arc<dyn ObjectStore>,
+    /// Signs the URLs of streamed `PUT`s; `None` when writes need headers of their own.
+    signer: Option<Arc<AmazonS3>>,
+    http: reqwest::Client,
     /// Key prefix inside the bucket (empty, or ending with `/`).
     prefix: String,
 }
@@ -63,12 +84,22 @@ impl S3BlobStore {
         if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
             builder = builder.with_region("us-east-1");
         }
-        let store = builder
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot open the object store {url}: {e}"))?;
+        let store = Arc::new(
+            builder
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot open the object store {url}: {e}"))?,
+        );
+        let plain_writes = WRITE_HEADER_SETTINGS
+            .iter()
+            .all(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()));
         let prefix = parsed.path().trim_matches('/');
         Ok(S3BlobStore {
-            store: Arc::new(store),
+            signer: plain_writes.then(|| store.clone()),
+            store,
+            http: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(30))
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot make an HTTP client: {e}"))?,
             prefix: if prefix.is_empty() {
                 String::new()
             } else {
@@ -81,6 +112,30 @@ impl S3BlobStore {
         super::check_key(key)?;
         ObjectPath::parse(format!("{}{key}", self.prefix))
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+    }
+
+    /// A writer for an object of `len` bytes at `path`: one streamed `PUT` when it can be,
+    /// else a multipart upload in parts of at least `part_bytes`.
+    async fn writer(
+        &self,
+        path: &ObjectPath,
+        len: Option<u64>,
+        part_bytes: usize,
+    ) -> std::io::Result<Box<dyn BlobSink>> {
+        match (&self.signer, len) {
+            (Some(signer), Some(len)) if len <= MAX_PUT_BYTES => {
+                let url = signer
+                    .signed_url(
+                        reqwest::Method::PUT,
+                        path,
+                        std::time::Duration::from_secs(3600),
+                    )
+                    .await
+                    .map_err(io_error)?;
+                Ok(Box::new(PutSink::start(&self.http, url, len)))
+            }
+            _ => Ok(Box::new(self.open_sink(path, part_bytes).await?)),
+        }
     }
 
     /// A multipart upload to `path` in parts of at least `part_bytes`.
@@ -191,15 +246,140 @@ impl Drop for S3Sink {
     }
 }
 
+/// One `PUT` of an object whose length is known beforehand, its body streamed from the bytes
+/// the sink is given. The last piece is held back until [`BlobSink::finish`] confirms the
+/// length, so a body that turns out longer or shorter is cut off before the store has it all
+/// (an incomplete `PUT` stores nothing).
+struct PutSink {
+    queue: Option<tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>>,
+    request: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    held: Option<bytes::Bytes>,
+    /// Bytes given so far (the held piece included).
+    given: u64,
+    len: u64,
+}
+
+impl PutSink {
+    fn start(http: &reqwest::Client, url: url::Url, len: u64) -> PutSink {
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(PUT_QUEUE);
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let sent = http
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(body))
+            .send();
+        let request = tokio::spawn(async move {
+            let resp = sent.await.map_err(std::io::Error::other)?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let text = resp.text().await.unwrap_or_default();
+            let shown: String = text.chars().take(300).collect();
+            Err(std::io::Error::other(format!(
+                "the object store answered {status} to a PUT: {shown}"
+            )))
+        });
+        PutSink {
+            queue: Some(tx),
+            request: Some(request),
+            held: None,
+            given: 0,
+            len,
+        }
+    }
+
+    /// Queues a piece; a closed queue means the request ended early: its error is returned.
+    async fn send(&mut self, piece: bytes::Bytes) -> std::io::Result<()> {
+        let queued = match &self.queue {
+            Some(q) => q.send(Ok(piece)).await.is_ok(),
+            None => false,
+        };
+        if queued {
+            return Ok(());
+        }
+        Err(self.outcome().await.err().unwrap_or_else(|| {
+            std::io::Error::other("the object store ended the PUT before its body")
+        }))
+    }
+
+    async fn outcome(&mut self) -> std::io::Result<()> {
+        match self.request.take() {
+            Some(r) => r.await.map_err(std::io::Error::other)?,
+            None => Err(std::io::Error::other("the object is finished")),
+        }
+    }
+
+    /// Cuts the request off (its body fails), so the store keeps nothing.
+    fn cut(&mut self) {
+        if let Some(q) = self.queue.take() {
+            let _ = q.try_send(Err(std::io::Error::other("upload given up")));
+        }
+        if let Some(r) = self.request.take() {
+            r.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl BlobSink for PutSink {
+    async fn write(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.given += chunk.len() as u64;
+        if self.given > self.len {
+            self.cut();
+            return Err(std::io::Error::other(format!(
+                "the object has more than the {} bytes it was said to have",
+                self.len
+            )));
+        }
+        match self.held.replace(chunk) {
+            Some(previous) => self.send(previous).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn finish(mut self: Box<Self>) -> std::io::Result<()> {
+        if self.given != self.len {
+            self.cut();
+            return Err(std::io::Error::other(format!(
+                "the object has {} bytes, not the {} it was said to have",
+                self.given, self.len
+            )));
+        }
+        if let Some(last) = self.held.take() {
+            self.send(last).await?;
+        }
+        self.queue = None;
+        self.outcome().await
+    }
+}
+
+impl Drop for PutSink {
+    fn drop(&mut self) {
+        // Unfinished: the request is cut off before its body is complete.
+        self.cut();
+    }
+}
+
 #[async_trait]
 impl BlobStore for S3BlobStore {
     fn streams(&self) -> bool {
         true
     }
 
-    async fn sink(&self, key: &str) -> std::io::Result<Option<Box<dyn BlobSink>>> {
-        let sink = self.open_sink(&self.path(key)?, SINK_PART_BYTES).await?;
-        Ok(Some(Box::new(sink)))
+    async fn sink(
+        &self,
+        key: &str,
+        len: Option<u64>,
+    ) -> std::io::Result<Option<Box<dyn BlobSink>>> {
+        Ok(Some(
+            self.writer(&self.path(key)?, len, SINK_PART_BYTES).await?,
+        ))
     }
 
     async fn put(&self, key: &str, mut blob: TempBlob) -> std::io::Result<()> {
@@ -215,11 +395,12 @@ impl BlobStore for S3BlobStore {
             return Ok(());
         }
         match blob.path() {
-            // A file is sent by multipart upload, a part at a time.
+            // A file is sent as it is read: one PUT, or a multipart upload past 5 GiB.
             Some(file) => {
                 let input = tokio::fs::File::open(file).await?;
-                let sink = self.open_sink(&path, PART_BYTES).await?;
-                super::send_all(Box::new(sink), input).await
+                let len = input.metadata().await?.len();
+                let sink = self.writer(&path, Some(len), PART_BYTES).await?;
+                super::send_all(sink, input).await
             }
             None => Err(std::io::Error::other("blob cannot be stored")),
         }

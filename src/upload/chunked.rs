@@ -119,7 +119,7 @@ async fn store_part(
     let mut file = tokio::fs::File::open(data).await?;
     file.seek(SeekFrom::Start(start)).await?;
     let mut input = file.take(len);
-    if let Some(sink) = state.blobs.sink(key).await? {
+    if let Some(sink) = state.blobs.sink(key, Some(len)).await? {
         return crate::storage::send_all(sink, input).await;
     }
     // A store that takes finished files: the range copied into one.

@@ -1,8 +1,9 @@
 //! Uploads sent to an object store while their body arrives: when the fields before the file
-//! part authenticate the request, the part goes to the store (multipart upload) beside its
-//! temporary file, under the blob key its record will name, so storing the upload costs no
-//! second pass over the file. A request refused after all leaves nothing behind: the object
-//! is removed when the upload does not keep it.
+//! part authenticate the request, the part goes to the store (one PUT when its length can be
+//! told from the body's, else a multipart upload) beside its temporary file, under the blob
+//! key its record will name, so storing the upload costs no second pass over the file. A
+//! request refused after all leaves nothing behind: the object is removed when the upload
+//! does not keep it.
 
 use async_trait::async_trait;
 
@@ -20,6 +21,7 @@ pub struct UploadMirror {
     pub state: AppState,
     pub cloud: String,
     pub authorization: Option<String>,
+    pub content_length: u64,
 }
 
 impl UploadMirror {
@@ -31,20 +33,26 @@ impl UploadMirror {
         authorization: Option<&str>,
         content_length: Option<u64>,
     ) -> Option<UploadMirror> {
-        if content_length.is_none_or(|n| n < MIN_BYTES) || !state.blobs.streams() {
+        let content_length = content_length.filter(|n| *n >= MIN_BYTES)?;
+        if !state.blobs.streams() {
             return None;
         }
         Some(UploadMirror {
             state: state.clone(),
             cloud: cloud.to_string(),
             authorization: authorization.map(str::to_string),
+            content_length,
         })
     }
 }
 
 #[async_trait]
 impl FileMirror for UploadMirror {
-    async fn start(&self, fields_so_far: &Params) -> Option<Mirror> {
+    fn body_length(&self) -> u64 {
+        self.content_length
+    }
+
+    async fn start(&self, fields_so_far: &Params, file_len: Option<u64>) -> Option<Mirror> {
         let state = &self.state;
         super::access::uploader_before_file(
             state,
@@ -59,7 +67,7 @@ impl FileMirror for UploadMirror {
         state.memory.take(SINK_BUFFER_BYTES, &mut budget).ok()?;
         let version_id = crate::util::random_hex(16);
         let key = crate::storage::new_blob_key(&self.cloud, &version_id);
-        match state.blobs.sink(&key).await {
+        match state.blobs.sink(&key, file_len).await {
             Ok(Some(sink)) => Some(Mirror {
                 sink,
                 object: StoredObject::new(state.blobs.clone(), &self.cloud, version_id),
