@@ -213,6 +213,43 @@ async fn story(store: Arc<dyn MetaStore>) {
     let got = store.get_preset("demo", "p1").await.unwrap().unwrap();
     assert!(!got.unsigned);
     assert_eq!(got.settings["overwrite"], false);
+
+    // A chunked upload's assembly claim: renewing it dates it afresh, only while it is held.
+    let init = db::ChunkSession {
+        session_id: "s-renew".into(),
+        cloud: "demo".into(),
+        upload_id: "u1".into(),
+        resource_type: "raw".into(),
+        identity: "key:k".into(),
+        total: Some(10),
+        public_id: None,
+        filename: None,
+        state: "open".into(),
+        state_since: 100,
+        created_at: 100,
+        updated_at: 100,
+    };
+    let part = db::ChunkPart {
+        start: 0,
+        end: 9,
+        md5: String::new(),
+        file: "f".into(),
+    };
+    let claim = |_: &db::ChunkSession, _: &[db::ChunkPart]| db::ChunkDecision::Accept {
+        total: Some(10),
+        claim: true,
+    };
+    store.record_chunk(&init, &part, 10, &claim).await.unwrap();
+    let since = |store: Arc<dyn MetaStore>| async move {
+        let (s, _) = store.chunk_session("s-renew").await.unwrap().unwrap();
+        (s.state, s.state_since)
+    };
+    assert_eq!(since(store.clone()).await, ("assembling".to_string(), 100));
+    store.renew_assembly("s-renew", 700).await.unwrap();
+    assert_eq!(since(store.clone()).await, ("assembling".to_string(), 700));
+    store.reopen_chunk_session("s-renew", 800).await.unwrap();
+    store.renew_assembly("s-renew", 900).await.unwrap();
+    assert_eq!(since(store.clone()).await, ("open".to_string(), 800));
 }
 
 #[tokio::test]

@@ -514,6 +514,76 @@ async fn two_instances_on_postgres_and_s3_behave_as_one() {
     assert!(keys(&endpoint, &format!("{prefix}/demo/chunks/"))
         .await
         .is_empty());
+
+    // Two overlapping parts written in place at once on the two instances, which disagree
+    // where they overlap: the one that completes the upload finds it and refuses it.
+    let id = nephos::util::random_hex(8);
+    let mut other = big.clone();
+    other[cut + 10] ^= 0xff;
+    let first_end = cut + 999;
+    let ts = now().to_string();
+    let pairs = [("public_id", "s3/clash"), ("timestamp", ts.as_str())];
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
+        form = form.text(k, v);
+    }
+    // A's part arrives slowly: its first bytes, then the rest once B's part is recorded.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::stream_with_length(
+            reqwest::Body::wrap_stream(body),
+            (first_end + 1) as u64,
+        )
+        .file_name("big.bin"),
+    );
+    let slow = tokio::spawn(
+        reqwest::Client::new()
+            .post(a.upload_url("raw"))
+            .header(
+                "content-range",
+                format!("bytes 0-{first_end}/{}", big.len()),
+            )
+            .header("x-unique-upload-id", id.clone())
+            .multipart(form)
+            .send(),
+    );
+    tx.send(Ok(big[..1000].to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let ts = now().to_string();
+    let pairs = [("public_id", "s3/clash"), ("timestamp", ts.as_str())];
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
+        form = form.text(k, v);
+    }
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(other[cut..].to_vec()).file_name("big.bin"),
+    );
+    let r = reqwest::Client::new()
+        .post(b.upload_url("raw"))
+        .header(
+            "content-range",
+            format!("bytes {cut}-{}/{}", big.len() - 1, big.len()),
+        )
+        .header("x-unique-upload-id", id.clone())
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let j: Value = r.json().await.unwrap();
+    assert_ne!(j["done"], true, "{j}");
+    tx.send(Ok(big[1000..=first_end].to_vec())).await.unwrap();
+    drop(tx);
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!(r.status(), 400);
+    let j: Value = r.json().await.unwrap();
+    let msg = j["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("two parts hold different bytes"), "{j}");
     b.stop().await;
     a.stop().await;
 }

@@ -140,7 +140,9 @@ async fn store_part(
 }
 
 /// Copies the recorded parts that other instances received (those among `parts` that `want`
-/// picks) from the blob store into this instance's data file.
+/// picks) from the blob store into this instance's data file. Where a part overlaps bytes
+/// already there (a part written here, or one copied before it), the bytes must agree: two
+/// parts that disagree are refused rather than one silently replacing the other.
 async fn fetch_parts(
     state: &AppState,
     cloud: &str,
@@ -150,7 +152,12 @@ async fn fetch_parts(
     want: impl Fn(&ChunkPart) -> bool,
 ) -> ApiResult<()> {
     use futures_util::StreamExt;
-    use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+    let mut present: Vec<(u64, u64)> = parts
+        .iter()
+        .filter(|p| is_local(state, p))
+        .map(|p| (p.start as u64, p.end as u64))
+        .collect();
     for p in parts.iter().filter(|p| !is_local(state, p) && want(p)) {
         let key = part_key(cloud, session_id, p);
         let mut stream = state.blobs.read(&key, None).await?.ok_or_else(|| {
@@ -160,16 +167,41 @@ async fn fetch_parts(
             ))
         })?;
         let mut out = tokio::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(data)
             .await?;
-        out.seek(SeekFrom::Start(p.start as u64)).await?;
+        let mut at = p.start as u64;
+        let mut there = Vec::new();
         while let Some(chunk) = stream.next().await {
-            out.write_all(&chunk?).await?;
+            let chunk = chunk?;
+            if chunk.is_empty() {
+                continue;
+            }
+            let end = at + chunk.len() as u64 - 1;
+            for &(s, e) in &present {
+                let (from, to) = (s.max(at), e.min(end));
+                if from > to {
+                    continue;
+                }
+                there.resize((to - from + 1) as usize, 0);
+                out.seek(SeekFrom::Start(from)).await?;
+                out.read_exact(&mut there).await?;
+                let mine = &chunk[(from - at) as usize..=(to - at) as usize];
+                if there.as_slice() != mine {
+                    return Err(ApiError::bad(format!(
+                        "Inconsistent chunked upload: two parts hold different bytes in {from}-{to}"
+                    )));
+                }
+            }
+            out.seek(SeekFrom::Start(at)).await?;
+            out.write_all(&chunk).await?;
+            at = end + 1;
         }
         out.flush().await?;
+        present.push((p.start as u64, p.end as u64));
     }
     Ok(())
 }
@@ -648,10 +680,75 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         return Ok(Json::Object(m));
     }
 
-    // This request completes the upload: the data file is the file (with the parts other
-    // instances received copied in); finish its MD5.
+    // This request completes the upload. However long that takes, its claim is renewed, so
+    // that no other request (of another instance) takes the assembly over meanwhile.
+    let renewing = async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(RENEW_EVERY_SECS));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            if let Err(e) = state.meta.renew_assembly(&sid, state.now()).await {
+                tracing::warn!(error = %e, "could not renew the claim of a chunked upload's assembly");
+            }
+        }
+    };
+    let completing = assemble(
+        state,
+        Assembly {
+            req,
+            caller,
+            params,
+            filename: file.filename,
+            sid: &sid,
+            data: &data,
+            session,
+            parts: &outcome.parts,
+            hasher,
+            explicit_id,
+        },
+    );
+    tokio::select! {
+        done = completing => done,
+        never = renewing => never,
+    }
+}
+
+/// How often an assembly in progress renews its claim (well within [`ASSEMBLY_TIMEOUT_SECS`]).
+const RENEW_EVERY_SECS: u64 = 60;
+
+/// What completing a chunked upload needs.
+struct Assembly<'a> {
+    req: &'a UploadRequest<'a>,
+    caller: &'a Caller,
+    params: Params,
+    /// The file name the completing part was sent with.
+    filename: String,
+    sid: &'a str,
+    data: &'a Path,
+    session: &'a ChunkSession,
+    parts: &'a [ChunkPart],
+    hasher: std::sync::Arc<crate::storage::chunks::FileHasher>,
+    explicit_id: Option<String>,
+}
+
+/// Completes a chunked upload: the data file is the file (with the parts other instances
+/// received copied in); its MD5 is finished and the upload stored.
+async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
+    let Assembly {
+        req,
+        caller,
+        params,
+        filename,
+        sid,
+        data,
+        session,
+        parts,
+        hasher,
+        explicit_id,
+    } = a;
+    let (sid, data) = (sid.to_string(), data.to_path_buf());
     let total = session.total.unwrap_or(0) as u64;
-    if let Err(e) = fetch_parts(state, req.cloud, &sid, &data, &outcome.parts, |_| true).await {
+    if let Err(e) = fetch_parts(state, req.cloud, &sid, &data, parts, |_| true).await {
         let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
         return Err(e);
     }
@@ -698,7 +795,7 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         filename: session
             .filename
             .clone()
-            .or_else(|| Some(file.filename.clone()).filter(|f| !f.is_empty())),
+            .or_else(|| Some(filename).filter(|f| !f.is_empty())),
     };
     let public_id = match (&explicit_id, &session.public_id) {
         (Some(e), Some(d)) if e == d => Some(d.clone()),

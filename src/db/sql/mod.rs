@@ -1192,6 +1192,17 @@ impl MetaStore for SqlStore {
         Ok(())
     }
 
+    async fn renew_assembly(&self, session_id: &str, now: i64) -> Result<(), DbError> {
+        sqlx::query(
+            "UPDATE upload_sessions SET state_since = $1 WHERE session_id = $2 AND state = 'assembling'",
+        )
+        .bind(now)
+        .bind(session_id.to_string())
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
     async fn delete_chunk_session(&self, session_id: &str) -> Result<Vec<ChunkPart>, DbError> {
         let mut tx = self.write.begin().await?;
         let parts = load_parts(&mut *tx, session_id).await?;
