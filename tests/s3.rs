@@ -98,6 +98,9 @@ async fn part(server: &TestServer, id: &str, file: &[u8], start: usize, end: usi
 async fn story(backend: Backend, endpoint: &str) {
     let prefix = format!("run-{}", nephos::util::random_hex(6));
     let toml_text = format!("storage_url = \"s3://{BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
+    // With a database other instances may share, a chunked upload's parts may reach any of
+    // them: it is sent to the store when it completes, not as its parts arrive.
+    let parts_followed = matches!(backend, Backend::Sqlite);
     let server = TestServer::start_with(backend, &toml_text, None).await;
     assert!(server.health().await.is_success());
     let blobs = |p: &str| {
@@ -269,6 +272,57 @@ async fn story(backend: Backend, endpoint: &str) {
     let (s, got) = get_bytes(j["secure_url"].as_str().unwrap()).await;
     assert_eq!(s, 200);
     assert!(got == large);
+
+    // Chunked uploads in order go to the store as their parts arrive (one instance): with
+    // the total told in every part (one PUT), and with it told only in the last (multipart
+    // upload, as the Node SDK sends). Each is stored once, whole, with its MD5 etag.
+    let mut streamed_now = streamed(&metrics().await);
+    for total_in_every_part in [true, false] {
+        let objects = blobs("demo/").await.len();
+        let id = nephos::util::random_hex(8);
+        let cut = 5_242_880;
+        let mut last = Value::Null;
+        for start in (0..large.len()).step_by(cut) {
+            let end = (start + cut).min(large.len()) - 1;
+            let total = if total_in_every_part || end + 1 == large.len() {
+                large.len().to_string()
+            } else {
+                "-1".to_string()
+            };
+            let ts = now().to_string();
+            let pairs = [("public_id", "s3/in-order"), ("timestamp", ts.as_str())];
+            let mut form = reqwest::multipart::Form::new();
+            for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
+                form = form.text(k, v);
+            }
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::bytes(large[start..=end].to_vec()).file_name("l.bin"),
+            );
+            let r = reqwest::Client::new()
+                .post(server.upload_url("raw"))
+                .header("content-range", format!("bytes {start}-{end}/{total}"))
+                .header("x-unique-upload-id", id.clone())
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            last = r.json().await.unwrap();
+        }
+        assert_eq!(last["done"], true, "{last}");
+        assert_eq!(last["etag"], hex::encode(Md5::digest(&large)), "{last}");
+        streamed_now += u64::from(parts_followed);
+        assert_eq!(streamed(&metrics().await), streamed_now, "{last}");
+        let (s, got) = get_bytes(last["secure_url"].as_str().unwrap()).await;
+        assert_eq!(s, 200);
+        assert!(got == large);
+        // Overwriting the first time, the second upload replaces its object.
+        assert_eq!(
+            blobs("demo/").await.len(),
+            objects + usize::from(total_in_every_part)
+        );
+    }
 
     // Range requests are answered from the store.
     let r = reqwest::Client::new()

@@ -1,6 +1,7 @@
 //! In-process helpers of chunked uploads whose parts are written in place into one data file
-//! per session: the byte ranges being written right now, and a background MD5 that follows the
-//! file as its in-order prefix grows (so hashing overlaps the transfer of later parts).
+//! per session: the byte ranges being written right now, a background MD5 that follows the
+//! file as its in-order prefix grows (so hashing overlaps the transfer of later parts), and,
+//! with an object store, a follower that sends that prefix to the store as it grows.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -20,6 +21,95 @@ type InFlight = Vec<(u64, u64, Instant)>;
 pub struct ChunkRuntime {
     inflight: Mutex<HashMap<String, InFlight>>,
     hashers: Mutex<HashMap<String, Arc<FileHasher>>>,
+    followers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Follower>>>>,
+}
+
+/// Sends a session's data file to the blob store as its in-order prefix grows (an object
+/// store, one instance), so that completing the upload leaves only the last bytes to send.
+/// Any failure gives the object up: the finished file is then stored as usual.
+pub struct Follower {
+    sink: Option<Box<dyn crate::storage::BlobSink>>,
+    object: Option<crate::storage::StoredObject>,
+    data: PathBuf,
+    sent: u64,
+    /// The sink's buffers' room in the shared memory budget.
+    _budget: Vec<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Follower {
+    pub fn new(
+        sink: Box<dyn crate::storage::BlobSink>,
+        object: crate::storage::StoredObject,
+        data: PathBuf,
+        budget: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Follower {
+        Follower {
+            sink: Some(sink),
+            object: Some(object),
+            data,
+            sent: 0,
+            _budget: budget,
+        }
+    }
+
+    /// Sends the data file's bytes up to `to`.
+    pub async fn advance(&mut self, to: u64) {
+        if self.sink.is_none() || to <= self.sent {
+            return;
+        }
+        if let Err(e) = self.send_to(to).await {
+            tracing::warn!(error = %e, "sending a chunked upload to the store as it arrives failed");
+            self.give_up();
+        }
+    }
+
+    async fn send_to(&mut self, to: u64) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let Some(sink) = self.sink.as_mut() else {
+            return Ok(());
+        };
+        let mut file = tokio::fs::File::open(&self.data).await?;
+        file.seek(SeekFrom::Start(self.sent)).await?;
+        let mut input = file.take(to - self.sent);
+        loop {
+            let chunk = crate::storage::next_chunk(&mut input).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            self.sent += chunk.len() as u64;
+            sink.write(chunk).await?;
+        }
+        if self.sent != to {
+            return Err(std::io::Error::other(
+                "the data file is shorter than its parts",
+            ));
+        }
+        Ok(())
+    }
+
+    fn give_up(&mut self) {
+        self.sink = None;
+        self.object = None;
+    }
+
+    /// Sends what remains of a `total`-byte file and completes the object; `None` when it
+    /// could not be (the caller stores the file as usual).
+    pub async fn finish(&mut self, total: u64) -> Option<crate::storage::StoredObject> {
+        self.advance(total).await;
+        if self.sent != total {
+            self.give_up();
+            return None;
+        }
+        let sink = self.sink.take()?;
+        match sink.finish().await {
+            Ok(()) => self.object.take(),
+            Err(e) => {
+                tracing::warn!(error = %e, "completing a chunked upload sent as it arrived failed");
+                self.give_up();
+                None
+            }
+        }
+    }
 }
 
 impl ChunkRuntime {
@@ -69,6 +159,30 @@ impl ChunkRuntime {
             .clone()
     }
 
+    /// The session's follower, if it has one.
+    pub fn follower(&self, session: &str) -> Option<Arc<tokio::sync::Mutex<Follower>>> {
+        let map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(session).cloned()
+    }
+
+    /// Gives the session a follower, unless it has one already (which is returned).
+    pub fn add_follower(
+        &self,
+        session: &str,
+        follower: Follower,
+    ) -> Arc<tokio::sync::Mutex<Follower>> {
+        let mut map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(session.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(follower)))
+            .clone()
+    }
+
+    /// Takes the session's follower away (to complete the upload with it).
+    pub fn take_follower(&self, session: &str) -> Option<Arc<tokio::sync::Mutex<Follower>>> {
+        let mut map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(session)
+    }
+
     /// Sessions this process keeps a hasher for.
     pub fn sessions(&self) -> Vec<String> {
         self.hashers
@@ -82,6 +196,10 @@ impl ChunkRuntime {
     /// Forgets a session (its hasher thread ends when the last user lets go).
     pub fn drop_session(&self, session: &str) {
         self.hashers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(session);
+        self.followers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(session);

@@ -665,6 +665,9 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         hasher.advance(prefix);
     }
     let session = &outcome.session;
+    if let Some(f) = follower(state, req.cloud, &sid, &data, session.total).await {
+        tokio::spawn(async move { f.lock().await.advance(prefix).await });
+    }
     let echo_id = explicit_id.clone().or_else(|| session.public_id.clone());
     if !claim {
         let mut m = Map::new();
@@ -713,6 +716,45 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     }
 }
 
+/// The session's follower (see [`crate::storage::chunks::Follower`]), started when the blob
+/// store takes objects as they arrive, this instance alone holds the session's parts (no
+/// shared database) and the upload may be large enough to gain from it.
+async fn follower(
+    state: &AppState,
+    cloud: &str,
+    sid: &str,
+    data: &Path,
+    total: Option<i64>,
+) -> Option<std::sync::Arc<tokio::sync::Mutex<crate::storage::chunks::Follower>>> {
+    if shared(state) || !state.blobs.streams() {
+        return None;
+    }
+    if let Some(f) = state.chunks.follower(sid) {
+        return Some(f);
+    }
+    if total.is_some_and(|t| (t as u64) < super::mirror::MIN_BYTES) {
+        return None;
+    }
+    let mut budget = Vec::new();
+    state
+        .memory
+        .take(super::mirror::SINK_BUFFER_BYTES, &mut budget)
+        .ok()?;
+    let version_id = crate::util::random_hex(16);
+    let key = crate::storage::new_blob_key(cloud, &version_id);
+    let sink = match state.blobs.sink(&key, total.map(|t| t as u64)).await {
+        Ok(Some(sink)) => sink,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start sending a chunked upload to the store");
+            return None;
+        }
+    };
+    let object = crate::storage::StoredObject::new(state.blobs.clone(), cloud, version_id);
+    let follower = crate::storage::chunks::Follower::new(sink, object, data.to_path_buf(), budget);
+    Some(state.chunks.add_follower(sid, follower))
+}
+
 /// How often an assembly in progress renews its claim (well within [`ASSEMBLY_TIMEOUT_SECS`]).
 const RENEW_EVERY_SECS: u64 = 60;
 
@@ -748,6 +790,8 @@ async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
     } = a;
     let (sid, data) = (sid.to_string(), data.to_path_buf());
     let total = session.total.unwrap_or(0) as u64;
+    // What was sent to the store as the parts arrived (the rest is sent once hashed).
+    let follower = state.chunks.take_follower(&sid);
     if let Err(e) = fetch_parts(state, req.cloud, &sid, &data, parts, |_| true).await {
         let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
         return Err(e);
@@ -790,8 +834,15 @@ async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
             "could not hand over the chunked upload: {e}"
         )));
     }
+    let mut blob = TempBlob::adopt(link, total, md5);
+    if let Some(f) = follower {
+        blob.stored = f.lock().await.finish(total).await;
+        if blob.stored.is_some() {
+            state.metrics.upload_streamed();
+        }
+    }
     let src = Source {
-        blob: TempBlob::adopt(link, total, md5),
+        blob,
         filename: session
             .filename
             .clone()

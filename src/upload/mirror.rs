@@ -15,7 +15,7 @@ use crate::storage::StoredObject;
 pub const MIN_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What a sink holds at most: a part being filled and the parts in flight.
-const SINK_BUFFER_BYTES: usize = 3 * crate::storage::s3::SINK_PART_BYTES;
+pub const SINK_BUFFER_BYTES: usize = 3 * crate::storage::s3::SINK_PART_BYTES;
 
 pub struct UploadMirror {
     pub state: AppState,
