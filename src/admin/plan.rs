@@ -226,16 +226,28 @@ impl Compiler<'_> {
     /// A term without a field: any text field matching by word or word prefix.
     fn free_text(&self, t: &Term) -> Plan {
         let tags = self.tags(t, true);
-        let parts = vec![
-            contains(TextCol::PublicId, t).filter,
-            contains(TextCol::DisplayName, t).filter,
-            contains(TextCol::AssetFolder, t).filter,
-            contains(TextCol::Format, t).filter,
-            contains(TextCol::ContextJson, t).filter,
-            tags.filter,
-        ];
-        // `filename` is a part of the public ID, already covered.
-        wider(Filter::or(parts))
+        // `filename` is a part of the public ID, already covered. The text fields are tested
+        // as one (the words index of PostgreSQL serves that).
+        let words = match needle(t) {
+            Some(v) if t.op != Op::Range && !matches!(t.op, Op::Lt | Op::Le | Op::Gt | Op::Ge) => {
+                if json_safe(&v) {
+                    Filter::Cond(Cond::ContainsAny {
+                        cols: vec![
+                            TextCol::PublicId,
+                            TextCol::DisplayName,
+                            TextCol::AssetFolder,
+                            TextCol::Format,
+                            TextCol::ContextJson,
+                        ],
+                        value: v,
+                    })
+                } else {
+                    anything().filter
+                }
+            }
+            _ => anything().filter,
+        };
+        wider(Filter::or(vec![words, tags.filter]))
     }
 
     /// Tags matching a term: exactly, by listing the tags that match word by word when the

@@ -110,15 +110,22 @@ pub async fn search(
                 }
             };
             let count = state.meta.count_assets(cloud, &compiled.filter);
-            let aggs = futures_util::future::try_join_all(aggregate_fields.iter().map(
-                |(name, field)| async {
+            // Aggregations one after the other (a search holds three connections at most),
+            // each field once.
+            let aggs = async {
+                let mut out: Vec<(String, _)> = Vec::new();
+                for (name, field) in &aggregate_fields {
+                    if out.iter().any(|(n, _)| n == name) {
+                        continue;
+                    }
                     let counts = state
                         .meta
                         .aggregate_assets(cloud, &compiled.filter, *field)
                         .await?;
-                    Ok::<_, crate::db::DbError>((name.clone(), counts))
-                },
-            ));
+                    out.push((name.clone(), counts));
+                }
+                Ok::<_, crate::db::DbError>(out)
+            };
             let (page, total, aggs) = tokio::try_join!(page, count, aggs)?;
             (total as usize, page, aggs)
         }

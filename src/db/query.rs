@@ -64,6 +64,10 @@ pub enum Cond {
     /// The column contains `value` (given lowered) with its ASCII letters in any case (or
     /// more: this condition only ever selects candidates that are checked afterwards).
     Contains { col: TextCol, value: String },
+    /// One of the columns contains `value`, as [`Cond::Contains`]: the columns are tested
+    /// joined into one text (which an index of words can serve), so a match may also span
+    /// two of them; candidates only, as above.
+    ContainsAny { cols: Vec<TextCol>, value: String },
     /// A tag equals `value` (starts with it when `prefix`).
     Tag { value: String, prefix: bool },
     /// A tag is one of these.

@@ -32,9 +32,17 @@ pub struct Follower {
     object: Option<crate::storage::StoredObject>,
     data: PathBuf,
     sent: u64,
-    /// The sink's buffers' room in the shared memory budget.
-    _budget: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// The sink's buffers' room in the shared memory budget (given back with the sink).
+    budget: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// When it last sent bytes (or started).
+    last: Instant,
 }
+
+/// Sessions followed at once, at most (each holds its sink's buffers' room in the budget).
+const MAX_FOLLOWERS: usize = 4;
+/// A follower that sent nothing for this long is given up (an abandoned upload, or a client
+/// too slow to gain from it); its upload is then stored when it completes, as usual.
+const FOLLOWER_IDLE: Duration = Duration::from_secs(120);
 
 impl Follower {
     pub fn new(
@@ -48,7 +56,8 @@ impl Follower {
             object: Some(object),
             data,
             sent: 0,
-            _budget: budget,
+            budget,
+            last: Instant::now(),
         }
     }
 
@@ -61,6 +70,7 @@ impl Follower {
             tracing::warn!(error = %e, "sending a chunked upload to the store as it arrives failed");
             self.give_up();
         }
+        self.last = Instant::now();
     }
 
     async fn send_to(&mut self, to: u64) -> std::io::Result<()> {
@@ -90,6 +100,7 @@ impl Follower {
     fn give_up(&mut self) {
         self.sink = None;
         self.object = None;
+        self.budget.clear();
     }
 
     /// Sends what remains of a `total`-byte file and completes the object; `None` when it
@@ -165,16 +176,34 @@ impl ChunkRuntime {
         map.get(session).cloned()
     }
 
-    /// Gives the session a follower, unless it has one already (which is returned).
+    /// Whether another session may be followed now. Followers idle for too long are given
+    /// up first (one busy sending is not idle).
+    pub fn room_for_follower(&self) -> bool {
+        let mut map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, f| match f.try_lock() {
+            Ok(f) => f.last.elapsed() < FOLLOWER_IDLE,
+            Err(_) => true,
+        });
+        map.len() < MAX_FOLLOWERS
+    }
+
+    /// Gives the session a follower, unless it has one already (which is returned); `None`
+    /// when too many sessions are followed.
     pub fn add_follower(
         &self,
         session: &str,
         follower: Follower,
-    ) -> Arc<tokio::sync::Mutex<Follower>> {
+    ) -> Option<Arc<tokio::sync::Mutex<Follower>>> {
         let mut map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(session.to_string())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(follower)))
-            .clone()
+        if let Some(f) = map.get(session) {
+            return Some(f.clone());
+        }
+        if map.len() >= MAX_FOLLOWERS {
+            return None;
+        }
+        let f = Arc::new(tokio::sync::Mutex::new(follower));
+        map.insert(session.to_string(), f.clone());
+        Some(f)
     }
 
     /// Takes the session's follower away (to complete the upload with it).

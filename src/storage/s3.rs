@@ -33,14 +33,25 @@ const MAX_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 /// Pieces queued for a streamed `PUT` (each up to 1 MiB from a file; a request body's own
 /// pieces are smaller).
 const PUT_QUEUE: usize = 8;
-/// Settings (object_store's names, as `AWS_*` variables) that add headers to every write:
-/// with any of them, objects go by multipart upload, which object_store signs with them.
-const WRITE_HEADER_SETTINGS: [&str; 5] = [
+/// How long the store may take to accept one piece of a streamed `PUT`, and to answer it
+/// once its body is sent: past either, the `PUT` fails (and the caller falls back).
+const PIECE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// Settings (object_store's names, as `AWS_*` variables) that a presigned `PUT` sent by a
+/// plain HTTP client would not honour (headers of every write, certificates, proxies,
+/// checksums, anonymous access): with any of them, objects go by multipart upload, which
+/// object_store sends with them.
+const PUT_UNSUITED_SETTINGS: [&str; 10] = [
     "AWS_SERVER_SIDE_ENCRYPTION",
     "AWS_SSE_KMS_KEY_ID",
     "AWS_SSE_BUCKET_KEY_ENABLED",
     "AWS_SSE_CUSTOMER_KEY_BASE64",
     "AWS_REQUEST_PAYER",
+    "AWS_ALLOW_INVALID_CERTIFICATES",
+    "AWS_PROXY_URL",
+    "AWS_PROXY_CA_CERTIFICATE",
+    "AWS_SKIP_SIGNATURE",
+    "AWS_CHECKSUM_ALGORITHM",
 ];
 
 pub struct S3BlobStore {
@@ -89,7 +100,7 @@ impl S3BlobStore {
                 .build()
                 .map_err(|e| anyhow::anyhow!("cannot open the object store {url}: {e}"))?,
         );
-        let plain_writes = WRITE_HEADER_SETTINGS
+        let plain_writes = PUT_UNSUITED_SETTINGS
             .iter()
             .all(|v| std::env::var_os(v).is_none_or(|x| x.is_empty()));
         let prefix = parsed.path().trim_matches('/');
@@ -114,36 +125,38 @@ impl S3BlobStore {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
     }
 
-    /// A writer for an object of `len` bytes at `path`: one streamed `PUT` when it can be,
-    /// else a multipart upload in parts of at least `part_bytes`.
-    async fn writer(
-        &self,
-        path: &ObjectPath,
-        len: Option<u64>,
-        part_bytes: usize,
-    ) -> std::io::Result<Box<dyn BlobSink>> {
-        match (&self.signer, len) {
-            (Some(signer), Some(len)) if len <= MAX_PUT_BYTES => {
-                let url = signer
-                    .signed_url(
-                        reqwest::Method::PUT,
-                        path,
-                        std::time::Duration::from_secs(3600),
-                    )
-                    .await
-                    .map_err(io_error)?;
-                Ok(Box::new(PutSink::start(&self.http, url, len)))
+    /// One streamed `PUT` of `len` bytes to `path`, when the settings and size allow it.
+    async fn put_sink(&self, path: &ObjectPath, len: u64) -> Option<PutSink> {
+        let signer = self.signer.as_ref().filter(|_| len <= MAX_PUT_BYTES)?;
+        match signer
+            .signed_url(
+                reqwest::Method::PUT,
+                path,
+                std::time::Duration::from_secs(3600),
+            )
+            .await
+        {
+            Ok(url) => Some(PutSink::start(&self.http, url, len)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot presign a PUT: the object goes by multipart upload");
+                None
             }
-            _ => Ok(Box::new(self.open_sink(path, part_bytes).await?)),
         }
     }
 
-    /// A multipart upload to `path` in parts of at least `part_bytes`.
-    async fn open_sink(&self, path: &ObjectPath, part_bytes: usize) -> std::io::Result<S3Sink> {
+    /// A multipart upload to `path` in parts of at least `part_bytes`, `parts_in_flight` sent
+    /// at once at most.
+    async fn open_sink(
+        &self,
+        path: &ObjectPath,
+        part_bytes: usize,
+        parts_in_flight: usize,
+    ) -> std::io::Result<S3Sink> {
         let upload = self.store.put_multipart(path).await.map_err(io_error)?;
         Ok(S3Sink {
             upload: Some(upload),
             part_bytes,
+            parts_in_flight: parts_in_flight.max(1),
             buffer: object_store::PutPayloadMut::new(),
             in_flight: tokio::task::JoinSet::new(),
         })
@@ -151,12 +164,14 @@ impl S3BlobStore {
 }
 
 /// An object sent by multipart upload as its bytes arrive: parts of at least `part_bytes`
-/// made of the buffers it is given, at most [`PARTS_IN_FLIGHT`] sent at once. Any failure, and a sink dropped unfinished, aborts the upload so that no parts are
-/// left behind (a process that dies mid-upload leaves them to the bucket's lifecycle rule for
-/// incomplete multipart uploads).
+/// made of the buffers it is given, at most `parts_in_flight` sent at once. Any failure, and
+/// a sink dropped unfinished, aborts the upload so that no parts are left behind (a process
+/// that dies mid-upload leaves them to the bucket's lifecycle rule for incomplete multipart
+/// uploads).
 struct S3Sink {
     upload: Option<Box<dyn object_store::MultipartUpload>>,
     part_bytes: usize,
+    parts_in_flight: usize,
     buffer: object_store::PutPayloadMut,
     in_flight: tokio::task::JoinSet<object_store::Result<()>>,
 }
@@ -206,7 +221,7 @@ impl BlobSink for S3Sink {
         }
         self.buffer.push(chunk);
         if self.buffer.content_length() >= self.part_bytes {
-            self.settle(PARTS_IN_FLIGHT - 1).await?;
+            self.settle(self.parts_in_flight - 1).await?;
             self.send_buffer()?;
         }
         Ok(())
@@ -215,7 +230,7 @@ impl BlobSink for S3Sink {
     async fn finish(mut self: Box<Self>) -> std::io::Result<()> {
         // The last part may be short (or empty for an empty object).
         if self.buffer.content_length() > 0 || self.in_flight.is_empty() {
-            self.settle(PARTS_IN_FLIGHT - 1).await?;
+            self.settle(self.parts_in_flight - 1).await?;
             self.send_buffer()?;
         }
         self.settle(0).await?;
@@ -294,7 +309,16 @@ impl PutSink {
     /// Queues a piece; a closed queue means the request ended early: its error is returned.
     async fn send(&mut self, piece: bytes::Bytes) -> std::io::Result<()> {
         let queued = match &self.queue {
-            Some(q) => q.send(Ok(piece)).await.is_ok(),
+            Some(q) => match tokio::time::timeout(PIECE_TIMEOUT, q.send(Ok(piece))).await {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    self.cut();
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the object store took no bytes of a PUT for a minute",
+                    ));
+                }
+            },
             None => false,
         };
         if queued {
@@ -355,7 +379,16 @@ impl BlobSink for PutSink {
             self.send(last).await?;
         }
         self.queue = None;
-        self.outcome().await
+        match tokio::time::timeout(ANSWER_TIMEOUT, self.outcome()).await {
+            Ok(done) => done,
+            Err(_) => {
+                self.cut();
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the object store did not answer a PUT",
+                ))
+            }
+        }
     }
 }
 
@@ -377,9 +410,18 @@ impl BlobStore for S3BlobStore {
         key: &str,
         len: Option<u64>,
     ) -> std::io::Result<Option<Box<dyn BlobSink>>> {
-        Ok(Some(
-            self.writer(&self.path(key)?, len, SINK_PART_BYTES).await?,
-        ))
+        let path = self.path(key)?;
+        if let Some(put) = match len {
+            Some(len) => self.put_sink(&path, len).await,
+            None => None,
+        } {
+            return Ok(Some(Box::new(put)));
+        }
+        // Bytes of unknown length (a chunked upload's parts, say) arrive over time: one part
+        // in flight keeps up with them at two parts' memory.
+        Ok(Some(Box::new(
+            self.open_sink(&path, SINK_PART_BYTES, 1).await?,
+        )))
     }
 
     async fn put(&self, key: &str, mut blob: TempBlob) -> std::io::Result<()> {
@@ -395,12 +437,23 @@ impl BlobStore for S3BlobStore {
             return Ok(());
         }
         match blob.path() {
-            // A file is sent as it is read: one PUT, or a multipart upload past 5 GiB.
+            // A file is sent as it is read: one PUT, or a multipart upload (past 5 GiB, or
+            // when the PUT fails: object_store retries the parts of a multipart upload).
             Some(file) => {
+                let len = tokio::fs::metadata(file).await?.len();
+                if let Some(put) = self.put_sink(&path, len).await {
+                    let input = tokio::fs::File::open(file).await?;
+                    match super::send_all(Box::new(put), input).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "a PUT to the object store failed: the file goes by multipart upload"
+                        ),
+                    }
+                }
                 let input = tokio::fs::File::open(file).await?;
-                let len = input.metadata().await?.len();
-                let sink = self.writer(&path, Some(len), PART_BYTES).await?;
-                super::send_all(sink, input).await
+                let sink = self.open_sink(&path, PART_BYTES, PARTS_IN_FLIGHT).await?;
+                super::send_all(Box::new(sink), input).await
             }
             None => Err(std::io::Error::other("blob cannot be stored")),
         }

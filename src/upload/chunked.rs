@@ -665,7 +665,7 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         hasher.advance(prefix);
     }
     let session = &outcome.session;
-    if let Some(f) = follower(state, req.cloud, &sid, &data, session.total).await {
+    if let Some(f) = follower(state, req.cloud, &sid, &data, session, prefix).await {
         tokio::spawn(async move { f.lock().await.advance(prefix).await });
     }
     let echo_id = explicit_id.clone().or_else(|| session.public_id.clone());
@@ -685,13 +685,25 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
 
     // This request completes the upload. However long that takes, its claim is renewed, so
     // that no other request (of another instance) takes the assembly over meanwhile.
+    // Renewals failing for half the timeout (the database unreachable) give the assembly up:
+    // another request may take it over once the claim expires.
     let renewing = async {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(RENEW_EVERY_SECS));
         every.tick().await;
+        let mut failing_since: Option<std::time::Instant> = None;
         loop {
             every.tick().await;
-            if let Err(e) = state.meta.renew_assembly(&sid, state.now()).await {
-                tracing::warn!(error = %e, "could not renew the claim of a chunked upload's assembly");
+            match state.meta.renew_assembly(&sid, state.now()).await {
+                Ok(()) => failing_since = None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew the claim of a chunked upload's assembly");
+                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed().as_secs() as i64 >= ASSEMBLY_TIMEOUT_SECS / 2 {
+                        return ApiError::internal(
+                            "the claim of this upload's assembly could not be renewed",
+                        );
+                    }
+                }
             }
         }
     };
@@ -712,19 +724,22 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     );
     tokio::select! {
         done = completing => done,
-        never = renewing => never,
+        lost = renewing => Err(lost),
     }
 }
 
 /// The session's follower (see [`crate::storage::chunks::Follower`]), started when the blob
 /// store takes objects as they arrive, this instance alone holds the session's parts (no
-/// shared database) and the upload may be large enough to gain from it.
+/// shared database), the upload may be large enough to gain from it and is not complete yet
+/// (`prefix`: the bytes received in order). Its object goes by multipart upload: each part
+/// is a request of its own, so a client pausing between parts leaves no request idle.
 async fn follower(
     state: &AppState,
     cloud: &str,
     sid: &str,
     data: &Path,
-    total: Option<i64>,
+    session: &ChunkSession,
+    prefix: u64,
 ) -> Option<std::sync::Arc<tokio::sync::Mutex<crate::storage::chunks::Follower>>> {
     if shared(state) || !state.blobs.streams() {
         return None;
@@ -732,7 +747,11 @@ async fn follower(
     if let Some(f) = state.chunks.follower(sid) {
         return Some(f);
     }
-    if total.is_some_and(|t| (t as u64) < super::mirror::MIN_BYTES) {
+    let total = session.total.map(|t| t as u64);
+    if session.state == "assembling"
+        || total.is_some_and(|t| t < super::mirror::MIN_BYTES || prefix >= t)
+        || !state.chunks.room_for_follower()
+    {
         return None;
     }
     let mut budget = Vec::new();
@@ -742,7 +761,7 @@ async fn follower(
         .ok()?;
     let version_id = crate::util::random_hex(16);
     let key = crate::storage::new_blob_key(cloud, &version_id);
-    let sink = match state.blobs.sink(&key, total.map(|t| t as u64)).await {
+    let sink = match state.blobs.sink(&key, None).await {
         Ok(Some(sink)) => sink,
         Ok(None) => return None,
         Err(e) => {
@@ -752,7 +771,7 @@ async fn follower(
     };
     let object = crate::storage::StoredObject::new(state.blobs.clone(), cloud, version_id);
     let follower = crate::storage::chunks::Follower::new(sink, object, data.to_path_buf(), budget);
-    Some(state.chunks.add_follower(sid, follower))
+    state.chunks.add_follower(sid, follower)
 }
 
 /// How often an assembly in progress renews its claim (well within [`ASSEMBLY_TIMEOUT_SECS`]).

@@ -199,6 +199,14 @@ impl Sql {
                 }
             }
             Cond::Contains { col, value } => self.contains(text_sql(*col), value),
+            Cond::ContainsAny { cols, value } => {
+                let sep = match self.dialect {
+                    Dialect::Postgres => " || chr(31) || ",
+                    Dialect::Sqlite => " || char(31) || ",
+                };
+                let joined: Vec<&str> = cols.iter().map(|c| text_sql(*c)).collect();
+                self.contains(&format!("({})", joined.join(sep)), value)
+            }
             Cond::Tag { value, prefix } => {
                 let test = if *prefix {
                     self.starts_with("t.tag", value)
