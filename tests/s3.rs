@@ -273,9 +273,9 @@ async fn story(backend: Backend, endpoint: &str) {
     assert_eq!(s, 200);
     assert!(got == large);
 
-    // Chunked uploads in order go to the store as their parts arrive (one instance, by
-    // multipart upload), whether every part tells the total (as the Python SDK's do) or only
-    // the last (as the Node SDK's). Each is stored once, whole, with its MD5 etag.
+    // Chunked uploads in order go to the store as their parts arrive (one instance): with
+    // the total told in every part (one PUT), and with it told only in the last (multipart
+    // upload, as the Node SDK sends). Each is stored once, whole, with its MD5 etag.
     let mut streamed_now = streamed(&metrics().await);
     for total_in_every_part in [true, false] {
         let objects = blobs("demo/").await.len();

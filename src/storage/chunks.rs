@@ -38,6 +38,8 @@ pub struct Follower {
     last: Instant,
 }
 
+/// Bytes a follower reads from the data file at a time.
+const FOLLOWER_PIECE: usize = 256 * 1024;
 /// Sessions followed at once, at most (each holds its sink's buffers' room in the budget).
 const MAX_FOLLOWERS: usize = 4;
 /// A follower that sent nothing for this long is given up (an abandoned upload, or a client
@@ -82,10 +84,13 @@ impl Follower {
         file.seek(SeekFrom::Start(self.sent)).await?;
         let mut input = file.take(to - self.sent);
         loop {
-            let chunk = crate::storage::next_chunk(&mut input).await?;
+            // Small pieces: the sink holds a few while the store takes them.
+            let mut chunk = bytes::BytesMut::with_capacity(FOLLOWER_PIECE);
+            input.read_buf(&mut chunk).await?;
             if chunk.is_empty() {
                 break;
             }
+            let chunk = chunk.freeze();
             self.sent += chunk.len() as u64;
             sink.write(chunk).await?;
         }

@@ -30,9 +30,9 @@ pub const SINK_PART_BYTES: usize = 5 * 1024 * 1024;
 
 /// The largest object S3 takes in one `PUT`.
 const MAX_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
-/// Pieces queued for a streamed `PUT` (each up to 1 MiB from a file; a request body's own
-/// pieces are smaller).
-const PUT_QUEUE: usize = 8;
+/// Pieces queued for a streamed `PUT` (each up to 1 MiB from a file, 256 KiB from a chunked
+/// upload's data file; a request body's own pieces are smaller).
+const PUT_QUEUE: usize = 4;
 /// How long the store may take to accept one piece of a streamed `PUT`, and to answer it
 /// once its body is sent: past either, the `PUT` fails (and the caller falls back).
 const PIECE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -731,8 +731,9 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
 /// The session's follower (see [`crate::storage::chunks::Follower`]), started when the blob
 /// store takes objects as they arrive, this instance alone holds the session's parts (no
 /// shared database), the upload may be large enough to gain from it and is not complete yet
-/// (`prefix`: the bytes received in order). Its object goes by multipart upload: each part
-/// is a request of its own, so a client pausing between parts leaves no request idle.
+/// (`prefix`: the bytes received in order). Its object goes as one `PUT` when the parts
+/// tell the total (a client pausing between parts too long for the store makes it fail: the
+/// upload is then sent when it completes), else by multipart upload.
 async fn follower(
     state: &AppState,
     cloud: &str,
@@ -761,7 +762,7 @@ async fn follower(
         .ok()?;
     let version_id = crate::util::random_hex(16);
     let key = crate::storage::new_blob_key(cloud, &version_id);
-    let sink = match state.blobs.sink(&key, None).await {
+    let sink = match state.blobs.sink(&key, total).await {
         Ok(Some(sink)) => sink,
         Ok(None) => return None,
         Err(e) => {
