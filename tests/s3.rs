@@ -289,15 +289,10 @@ async fn story(backend: Backend, endpoint: &str) {
             } else {
                 "-1".to_string()
             };
-            let ts = now().to_string();
-            let pairs = [("public_id", "s3/in-order"), ("timestamp", ts.as_str())];
-            let mut form = reqwest::multipart::Form::new();
-            for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
-                form = form.text(k, v);
-            }
-            form = form.part(
-                "file",
-                reqwest::multipart::Part::bytes(large[start..=end].to_vec()).file_name("l.bin"),
+            let form = signed_form(
+                &[("public_id", "s3/in-order")],
+                &large[start..=end],
+                "l.bin",
             );
             let r = reqwest::Client::new()
                 .post(server.upload_url("raw"))
@@ -607,16 +602,7 @@ async fn two_instances_on_postgres_and_s3_behave_as_one() {
     );
     tx.send(Ok(big[..1000].to_vec())).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let ts = now().to_string();
-    let pairs = [("public_id", "s3/clash"), ("timestamp", ts.as_str())];
-    let mut form = reqwest::multipart::Form::new();
-    for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
-        form = form.text(k, v);
-    }
-    form = form.part(
-        "file",
-        reqwest::multipart::Part::bytes(other[cut..].to_vec()).file_name("big.bin"),
-    );
+    let form = signed_form(&[("public_id", "s3/clash")], &other[cut..], "big.bin");
     let r = reqwest::Client::new()
         .post(b.upload_url("raw"))
         .header(

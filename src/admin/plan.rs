@@ -228,24 +228,18 @@ impl Compiler<'_> {
         let tags = self.tags(t, true);
         // `filename` is a part of the public ID, already covered. The text fields are tested
         // as one (the words index of PostgreSQL serves that).
-        let words = match needle(t) {
-            Some(v) if t.op != Op::Range && !matches!(t.op, Op::Lt | Op::Le | Op::Gt | Op::Ge) => {
-                if json_safe(&v) {
-                    Filter::Cond(Cond::ContainsAny {
-                        cols: vec![
-                            TextCol::PublicId,
-                            TextCol::DisplayName,
-                            TextCol::AssetFolder,
-                            TextCol::Format,
-                            TextCol::ContextJson,
-                        ],
-                        value: v,
-                    })
-                } else {
-                    anything().filter
-                }
-            }
-            _ => anything().filter,
+        let words = match containment_needle(t, true) {
+            Some(value) => Filter::Cond(Cond::ContainsAny {
+                cols: vec![
+                    TextCol::PublicId,
+                    TextCol::DisplayName,
+                    TextCol::AssetFolder,
+                    TextCol::Format,
+                    TextCol::ContextJson,
+                ],
+                value,
+            }),
+            None => anything().filter,
         };
         wider(Filter::or(vec![words, tags.filter]))
     }
@@ -307,20 +301,24 @@ fn needle(t: &Term) -> Option<String> {
     (!v.is_empty() && v.is_ascii()).then_some(v)
 }
 
+/// What a containment test looks for, when it can narrow anything: the term's needle, for
+/// terms that match words (not ranges or comparisons), safe in JSON text when `json` (the
+/// columns tested hold JSON).
+fn containment_needle(t: &Term, json: bool) -> Option<String> {
+    let v = needle(t)?;
+    let words = t.op != Op::Range && !matches!(t.op, Op::Lt | Op::Le | Op::Gt | Op::Ge);
+    (words && (!json || json_safe(&v))).then_some(v)
+}
+
 /// Candidates whose column contains the term's value (ASCII letters in any case).
 fn contains(col: TextCol, t: &Term) -> Plan {
-    match needle(t) {
-        Some(v) if t.op != Op::Range && !matches!(t.op, Op::Lt | Op::Le | Op::Gt | Op::Ge) => {
-            let json = matches!(
-                col,
-                TextCol::ContextJson | TextCol::MetadataJson | TextCol::ExtraJson
-            );
-            if json && !json_safe(&v) {
-                return anything();
-            }
-            wider(Filter::Cond(Cond::Contains { col, value: v }))
-        }
-        _ => anything(),
+    let json = matches!(
+        col,
+        TextCol::ContextJson | TextCol::MetadataJson | TextCol::ExtraJson
+    );
+    match containment_needle(t, json) {
+        Some(value) => wider(Filter::Cond(Cond::Contains { col, value })),
+        None => anything(),
     }
 }
 

@@ -85,12 +85,10 @@ impl Follower {
         let mut input = file.take(to - self.sent);
         loop {
             // Small pieces: the sink holds a few while the store takes them.
-            let mut chunk = bytes::BytesMut::with_capacity(FOLLOWER_PIECE);
-            input.read_buf(&mut chunk).await?;
+            let chunk = crate::storage::next_piece(&mut input, FOLLOWER_PIECE).await?;
             if chunk.is_empty() {
                 break;
             }
-            let chunk = chunk.freeze();
             self.sent += chunk.len() as u64;
             sink.write(chunk).await?;
         }

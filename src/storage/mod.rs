@@ -90,8 +90,16 @@ pub trait BlobSink: Send {
 
 /// The next piece (up to 1 MiB, in a buffer of its own) of `input`; empty at its end.
 pub async fn next_chunk(input: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Bytes> {
+    next_piece(input, 1024 * 1024).await
+}
+
+/// The next piece (up to `most` bytes, in a buffer of its own) of `input`; empty at its end.
+pub async fn next_piece(
+    input: &mut (impl tokio::io::AsyncRead + Unpin),
+    most: usize,
+) -> std::io::Result<Bytes> {
     use tokio::io::AsyncReadExt;
-    let mut buf = bytes::BytesMut::with_capacity(1024 * 1024);
+    let mut buf = bytes::BytesMut::with_capacity(most);
     input.read_buf(&mut buf).await?;
     Ok(buf.freeze())
 }

@@ -411,11 +411,10 @@ impl BlobStore for S3BlobStore {
         len: Option<u64>,
     ) -> std::io::Result<Option<Box<dyn BlobSink>>> {
         let path = self.path(key)?;
-        if let Some(put) = match len {
-            Some(len) => self.put_sink(&path, len).await,
-            None => None,
-        } {
-            return Ok(Some(Box::new(put)));
+        if let Some(len) = len {
+            if let Some(put) = self.put_sink(&path, len).await {
+                return Ok(Some(Box::new(put)));
+            }
         }
         // Bytes of unknown length (a chunked upload's parts, say) arrive over time: one part
         // in flight keeps up with them at two parts' memory.

@@ -755,23 +755,9 @@ async fn follower(
     {
         return None;
     }
-    let mut budget = Vec::new();
-    state
-        .memory
-        .take(super::mirror::SINK_BUFFER_BYTES, &mut budget)
-        .ok()?;
-    let version_id = crate::util::random_hex(16);
-    let key = crate::storage::new_blob_key(cloud, &version_id);
-    let sink = match state.blobs.sink(&key, total).await {
-        Ok(Some(sink)) => sink,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start sending a chunked upload to the store");
-            return None;
-        }
-    };
-    let object = crate::storage::StoredObject::new(state.blobs.clone(), cloud, version_id);
-    let follower = crate::storage::chunks::Follower::new(sink, object, data.to_path_buf(), budget);
+    let m = super::mirror::open(state, cloud, total).await?;
+    let follower =
+        crate::storage::chunks::Follower::new(m.sink, m.object, data.to_path_buf(), m.budget);
     state.chunks.add_follower(sid, follower)
 }
 
@@ -808,19 +794,18 @@ async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
         hasher,
         explicit_id,
     } = a;
-    let (sid, data) = (sid.to_string(), data.to_path_buf());
     let total = session.total.unwrap_or(0) as u64;
     // What was sent to the store as the parts arrived (the rest is sent once hashed).
-    let follower = state.chunks.take_follower(&sid);
-    if let Err(e) = fetch_parts(state, req.cloud, &sid, &data, parts, |_| true).await {
-        let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
+    let follower = state.chunks.take_follower(sid);
+    if let Err(e) = fetch_parts(state, req.cloud, sid, data, parts, |_| true).await {
+        let _ = state.meta.reopen_chunk_session(sid, state.now()).await;
         return Err(e);
     }
     // With instances sharing the database, this process's hasher may have followed another
     // session of the same ID, or parts it no longer holds: the file is hashed afresh.
     let hasher = if shared(state) {
-        state.chunks.drop_session(&sid);
-        state.chunks.hasher(&sid, &data)
+        state.chunks.drop_session(sid);
+        state.chunks.hasher(sid, data)
     } else {
         hasher
     };
@@ -830,7 +815,7 @@ async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
     let md5 = match md5 {
         Ok(m) => m,
         Err(e) => {
-            let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
+            let _ = state.meta.reopen_chunk_session(sid, state.now()).await;
             return Err(ApiError::internal(format!(
                 "could not hash the chunked upload: {e}"
             )));
@@ -849,7 +834,7 @@ async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
         tokio::fs::hard_link(&data, &link).await
     };
     if let Err(e) = handed_over.await {
-        let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
+        let _ = state.meta.reopen_chunk_session(sid, state.now()).await;
         return Err(ApiError::internal(format!(
             "could not hand over the chunked upload: {e}"
         )));
@@ -876,17 +861,17 @@ async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
     let result = super::store_upload(state, req, caller, params, src, public_id).await;
     match result {
         Ok(Json::Object(mut m)) => {
-            discard_session(state, &sid).await;
+            discard_session(state, sid).await;
             m.insert("done".into(), json!(true));
             Ok(Json::Object(m))
         }
         Ok(other) => Ok(other),
         Err(e @ ApiError::Internal(_)) => {
-            let _ = state.meta.reopen_chunk_session(&sid, state.now()).await;
+            let _ = state.meta.reopen_chunk_session(sid, state.now()).await;
             Err(e)
         }
         Err(e) => {
-            discard_session(state, &sid).await;
+            discard_session(state, sid).await;
             Err(e)
         }
     }

@@ -15,7 +15,7 @@ use crate::storage::StoredObject;
 pub const MIN_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What a sink holds at most: a part being filled and the parts in flight.
-pub const SINK_BUFFER_BYTES: usize = 3 * crate::storage::s3::SINK_PART_BYTES;
+const SINK_BUFFER_BYTES: usize = 3 * crate::storage::s3::SINK_PART_BYTES;
 
 pub struct UploadMirror {
     pub state: AppState,
@@ -61,23 +61,29 @@ impl FileMirror for UploadMirror {
             fields_so_far,
         )
         .await?;
-        // The parts being sent count in the memory budget all requests share; without room,
-        // the file is sent after it arrives, as usual.
-        let mut budget = Vec::new();
-        state.memory.take(SINK_BUFFER_BYTES, &mut budget).ok()?;
-        let version_id = crate::util::random_hex(16);
-        let key = crate::storage::new_blob_key(&self.cloud, &version_id);
-        match state.blobs.sink(&key, file_len).await {
-            Ok(Some(sink)) => Some(Mirror {
-                sink,
-                object: StoredObject::new(state.blobs.clone(), &self.cloud, version_id),
-                budget,
-            }),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start sending an upload to the store");
-                None
-            }
+        open(state, &self.cloud, file_len).await
+    }
+}
+
+/// A sink sending a new upload's object (of `len` bytes, when known) to the blob store under
+/// a key of its own, with its buffers' room taken in the memory budget all requests share;
+/// `None` without room (the file is then sent after it arrives, as usual) or when the store
+/// takes no objects as they arrive.
+pub async fn open(state: &AppState, cloud: &str, len: Option<u64>) -> Option<Mirror> {
+    let mut budget = Vec::new();
+    state.memory.take(SINK_BUFFER_BYTES, &mut budget).ok()?;
+    let version_id = crate::util::random_hex(16);
+    let key = crate::storage::new_blob_key(cloud, &version_id);
+    match state.blobs.sink(&key, len).await {
+        Ok(Some(sink)) => Some(Mirror {
+            sink,
+            object: StoredObject::new(state.blobs.clone(), cloud, version_id),
+            budget,
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start sending an upload to the store");
+            None
         }
     }
 }
