@@ -208,6 +208,21 @@ pub async fn test(state: &AppState, cloud: &str, id: &str) -> ApiResult<Json> {
 }
 
 /// Sends a notification of `event` to the cloud's triggers for it (or for `all`).
+/// Whether a trigger is for `event`.
+fn listens_to(trigger: &Json, event: &str) -> bool {
+    let wanted = trigger["event_type"].as_str().unwrap_or("");
+    wanted == event || wanted == "all"
+}
+
+/// Whether [`fire`] would notify anyone of `event` in `cloud` (when the triggers cannot be
+/// read, yes: `fire` reports that).
+pub async fn any_for(state: &AppState, cloud: &str, event: &str) -> bool {
+    match of_cloud(state, cloud).await {
+        Ok(triggers) => triggers.iter().any(|t| listens_to(t, event)),
+        Err(_) => true,
+    }
+}
+
 pub async fn fire(state: &AppState, cloud: &str, event: &str, payload: &Json, signer: &Signer) {
     let triggers = match of_cloud(state, cloud).await {
         Ok(t) => t,
@@ -217,8 +232,7 @@ pub async fn fire(state: &AppState, cloud: &str, event: &str, payload: &Json, si
         }
     };
     for t in triggers {
-        let wanted = t["event_type"].as_str().unwrap_or("");
-        if wanted != event && wanted != "all" {
+        if !listens_to(&t, event) {
             continue;
         }
         let uri = t["uri"].as_str().unwrap_or("");

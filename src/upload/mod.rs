@@ -993,6 +993,15 @@ pub async fn store_upload(
             .await?;
         answer.insert("delete_token".into(), json!(token));
     }
+    let notification_url = params
+        .nonempty("notification_url")
+        .map(crate::notify::check_url)
+        .transpose()?;
+    // The notification is the answer and two fields more: made only when someone gets it.
+    if notification_url.is_none() && !crate::triggers::any_for(state, req.cloud, "upload").await
+    {
+        return Ok(Json::Object(answer));
+    }
     let mut payload = answer.clone();
     payload.insert("notification_type".into(), json!("upload"));
     if let Some(batch) = params.nonempty(BATCH_ID) {
@@ -1003,11 +1012,11 @@ pub async fn store_upload(
         secret: signer.secret.clone(),
         algorithm: signer.algorithm,
     };
-    if let Some(url) = params.nonempty("notification_url") {
+    if let Some(url) = notification_url {
         crate::notify::send(
             state,
             req.cloud,
-            crate::notify::check_url(url)?,
+            url,
             payload.clone(),
             notify_signer.clone(),
         )

@@ -78,8 +78,11 @@ impl SqlStore {
         let store = match dialect {
             Dialect::Sqlite => {
                 let setup = sqlite_setup;
+                // A connection to a local file is not lost the way a network one is: no
+                // round trip to the worker thread to test it before each use.
                 let mut write = AnyPoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .acquire_timeout(Duration::from_secs(60))
                     .after_connect(setup);
                 if memory {
@@ -95,6 +98,7 @@ impl SqlStore {
                 SQLITE_MIGRATIONS.run(&write).await?;
                 let read = AnyPoolOptions::new()
                     .max_connections(8)
+                    .test_before_acquire(false)
                     .after_connect(setup)
                     .connect_with(options)
                     .await?;
@@ -295,11 +299,13 @@ impl MetaStore for SqlStore {
         let mut stored = record.clone();
         stored.tags = normalized_tags(&record.tags);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.inserts.send((stored.clone(), reply)).await.is_ok() {
+        if self.inserts.send((stored, reply)).await.is_ok() {
             match answer.await {
-                Ok(Ok(true)) => return Ok(SaveOutcome::Created(stored)),
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => return Err(DbError::Corrupt(format!("batched insert failed: {e}"))),
+                Ok((stored, Ok(true))) => return Ok(SaveOutcome::Created(stored)),
+                Ok((_, Ok(false))) => {}
+                Ok((_, Err(e))) => {
+                    return Err(DbError::Corrupt(format!("batched insert failed: {e}")))
+                }
                 Err(_) => return Err(DbError::Corrupt("the insert batcher stopped".into())),
             }
         }

@@ -3,10 +3,10 @@
 
 use super::*;
 
-/// A new asset and where to say whether its row was inserted.
+/// A new asset and where to hand it back, with whether its row was inserted.
 pub(super) type PendingInsert = (
     AssetRecord,
-    tokio::sync::oneshot::Sender<Result<bool, String>>,
+    tokio::sync::oneshot::Sender<(AssetRecord, Result<bool, String>)>,
 );
 
 /// Rows inserted by one statement at most (22 parameters each).
@@ -58,7 +58,7 @@ pub(super) fn spawn_inserter(
                     Ok(ids) => Ok(ids.contains(&record.asset_id)),
                     Err(e) => Err(e.to_string()),
                 };
-                let _ = reply.send(answer);
+                let _ = reply.send((record, answer));
             }
         }
     });
@@ -73,22 +73,23 @@ pub(super) async fn insert_batch(
     records: &[&AssetRecord],
 ) -> Result<std::collections::HashSet<String>, DbError> {
     let width = ASSET_COLUMNS.split(',').count();
-    let rows: Vec<String> = (0..records.len())
-        .map(|r| {
-            let params: Vec<String> = (1..=width)
-                .map(|c| placeholder(dialect, r * width + c))
-                .collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
     let sql = format!(
         "INSERT INTO assets ({ASSET_COLUMNS}) VALUES {} \
          ON CONFLICT (cloud, resource_type, delivery_type, public_id) DO NOTHING RETURNING asset_id",
-        rows.join(", ")
+        value_groups(dialect, records.len(), width)
     );
     let mut q = sqlx::query(&sql);
     for s in records {
         q = bind_asset(q, s);
+    }
+    // One statement is a transaction of its own: a batch without tags needs no other.
+    if records.iter().all(|r| r.tags.is_empty()) {
+        return q
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>("asset_id").map_err(DbError::from))
+            .collect();
     }
     let mut tx = pool.begin().await?;
     let inserted: std::collections::HashSet<String> = q
@@ -103,27 +104,16 @@ pub(super) async fn insert_batch(
         .flat_map(|r| r.tags.iter().map(move |t| (r, t.as_str())))
         .collect();
     if !tag_rows.is_empty() {
-        let values: Vec<String> = (0..tag_rows.len())
-            .map(|i| {
-                format!(
-                    "({}, {}, {}, {})",
-                    placeholder(dialect, 4 * i + 1),
-                    placeholder(dialect, 4 * i + 2),
-                    placeholder(dialect, 4 * i + 3),
-                    placeholder(dialect, 4 * i + 4)
-                )
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO asset_tags (asset_id, tag, cloud, created_at) VALUES {} ON CONFLICT DO NOTHING",
-            values.join(", ")
+            value_groups(dialect, tag_rows.len(), 4)
         );
         let mut q = sqlx::query(&sql);
         for (r, tag) in tag_rows {
             q = q
-                .bind(r.asset_id.clone())
-                .bind(tag.to_string())
-                .bind(r.key.cloud.clone())
+                .bind(r.asset_id.as_str())
+                .bind(tag)
+                .bind(r.key.cloud.as_str())
                 .bind(r.created_at);
         }
         q.execute(&mut *tx).await?;
@@ -132,42 +122,57 @@ pub(super) async fn insert_batch(
     Ok(inserted)
 }
 
-/// The `n`th (1-based) bind parameter of a generated statement. SQLite gets anonymous `?`s:
-/// it resolves the name of a numbered one by a linear scan, which made binding a batch of
-/// hundreds of parameters quadratic.
-pub(super) fn placeholder(dialect: Dialect, n: usize) -> String {
-    match dialect {
-        Dialect::Sqlite => "?".to_string(),
-        Dialect::Postgres => format!("${n}"),
+/// `(…), (…)`: `rows` groups of `width` bind parameters each, numbered from 1 in order.
+/// SQLite gets anonymous `?`s: it resolves the name of a numbered one by a linear scan,
+/// which made binding a batch of hundreds of parameters quadratic.
+pub(super) fn value_groups(dialect: Dialect, rows: usize, width: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(rows * (width * 6 + 4));
+    for n in 0..rows * width {
+        if n % width == 0 {
+            out.push_str(if n == 0 { "(" } else { "), (" });
+        } else {
+            out.push_str(", ");
+        }
+        match dialect {
+            Dialect::Sqlite => out.push('?'),
+            Dialect::Postgres => {
+                let _ = write!(out, "${}", n + 1);
+            }
+        }
     }
+    if rows * width > 0 {
+        out.push(')');
+    }
+    out
 }
 
 pub(super) type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
-/// Binds an asset's columns in [`ASSET_COLUMNS`] order.
-pub(super) fn bind_asset<'q>(q: AnyQuery<'q>, s: &AssetRecord) -> AnyQuery<'q> {
-    q.bind(s.asset_id.clone())
-        .bind(s.key.cloud.clone())
-        .bind(s.key.resource_type.clone())
-        .bind(s.key.delivery_type.clone())
-        .bind(s.key.public_id.clone())
+/// Binds an asset's columns in [`ASSET_COLUMNS`] order (its text borrowed, not copied).
+pub(super) fn bind_asset<'q>(q: AnyQuery<'q>, s: &'q AssetRecord) -> AnyQuery<'q> {
+    q.bind(s.asset_id.as_str())
+        .bind(s.key.cloud.as_str())
+        .bind(s.key.resource_type.as_str())
+        .bind(s.key.delivery_type.as_str())
+        .bind(s.key.public_id.as_str())
         .bind(s.version)
-        .bind(s.version_id.clone())
-        .bind(s.format.clone())
+        .bind(s.version_id.as_str())
+        .bind(s.format.as_deref())
         .bind(s.width)
         .bind(s.height)
         .bind(s.pages)
         .bind(s.bytes)
-        .bind(s.etag.clone())
+        .bind(s.etag.as_str())
         .bind(s.created_at)
-        .bind(s.original_filename.clone())
-        .bind(s.display_name.clone())
-        .bind(s.asset_folder.clone())
+        .bind(s.original_filename.as_deref())
+        .bind(s.display_name.as_str())
+        .bind(s.asset_folder.as_str())
         .bind(json_text(&s.context))
         .bind(json_text(&s.metadata))
         .bind(json_text(&s.extra))
-        .bind(s.blob_key.clone())
-        .bind(s.api_key.clone())
+        .bind(s.blob_key.as_str())
+        .bind(s.api_key.as_deref())
 }
 
 /// What [`write_asset`] does when the asset's key already has a row.
@@ -266,4 +271,17 @@ pub(super) async fn insert_tags(
     }
     q.execute(&mut **tx).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_groups_number_postgres_parameters_in_order() {
+        assert_eq!(value_groups(Dialect::Sqlite, 2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(value_groups(Dialect::Postgres, 2, 2), "($1, $2), ($3, $4)");
+        assert_eq!(value_groups(Dialect::Postgres, 1, 1), "($1)");
+        assert_eq!(value_groups(Dialect::Sqlite, 0, 4), "");
+    }
 }
