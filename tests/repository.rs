@@ -245,10 +245,13 @@ async fn story(store: Arc<dyn MetaStore>) {
         (s.state, s.state_since)
     };
     assert_eq!(since(store.clone()).await, ("assembling".to_string(), 100));
-    store.renew_assembly("s-renew", 700).await.unwrap();
+    assert!(store.renew_assembly("s-renew", 100, 700).await.unwrap());
+    assert_eq!(since(store.clone()).await, ("assembling".to_string(), 700));
+    // A renewal that names a claim dated otherwise (taken over since) changes nothing.
+    assert!(!store.renew_assembly("s-renew", 100, 760).await.unwrap());
     assert_eq!(since(store.clone()).await, ("assembling".to_string(), 700));
     store.reopen_chunk_session("s-renew", 800).await.unwrap();
-    store.renew_assembly("s-renew", 900).await.unwrap();
+    assert!(!store.renew_assembly("s-renew", 700, 900).await.unwrap());
     assert_eq!(since(store.clone()).await, ("open".to_string(), 800));
 }
 

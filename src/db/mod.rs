@@ -437,9 +437,12 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<Option<(ChunkSession, Vec<ChunkPart>)>, DbError>;
     /// Sets a claimed session back to `open` (its assembly failed).
     async fn reopen_chunk_session(&self, session_id: &str, now: i64) -> Result<(), DbError>;
-    /// Keeps an assembly claimed: the session's `assembling` state is dated `now` (no other
-    /// request takes it over while this is renewed).
-    async fn renew_assembly(&self, session_id: &str, now: i64) -> Result<(), DbError>;
+    /// Keeps an assembly claimed: the session's `assembling` state, dated `since` by the
+    /// claim or its last renewal, is dated `now` (no other request takes it over while this is
+    /// renewed). False when the claim is no longer that one: the session was reopened, or
+    /// another request took the assembly over (it dated the state anew).
+    async fn renew_assembly(&self, session_id: &str, since: i64, now: i64)
+        -> Result<bool, DbError>;
     /// Removes a session and its part rows; returns the parts (whose files the caller removes).
     async fn delete_chunk_session(&self, session_id: &str) -> Result<Vec<ChunkPart>, DbError>;
     /// Sessions not touched since `before`.

@@ -691,10 +691,22 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(RENEW_EVERY_SECS));
         every.tick().await;
         let mut failing_since: Option<std::time::Instant> = None;
+        let mut claimed_at = outcome.session.state_since;
         loop {
             every.tick().await;
-            match state.meta.renew_assembly(&sid, state.now()).await {
-                Ok(()) => failing_since = None,
+            let now = state.now();
+            match state.meta.renew_assembly(&sid, claimed_at, now).await {
+                Ok(true) => {
+                    claimed_at = now;
+                    failing_since = None;
+                }
+                // Only after the claim expired can another request take it: that one
+                // completes the upload, this one stops.
+                Ok(false) => {
+                    return ApiError::internal(
+                        "the assembly of this upload was taken over by another request",
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not renew the claim of a chunked upload's assembly");
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);

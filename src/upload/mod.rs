@@ -998,8 +998,7 @@ pub async fn store_upload(
         .map(crate::notify::check_url)
         .transpose()?;
     // The notification is the answer and two fields more: made only when someone gets it.
-    if notification_url.is_none() && !crate::triggers::any_for(state, req.cloud, "upload").await
-    {
+    if notification_url.is_none() && !crate::triggers::any_for(state, req.cloud, "upload").await {
         return Ok(Json::Object(answer));
     }
     let mut payload = answer.clone();

@@ -1198,15 +1198,22 @@ impl MetaStore for SqlStore {
         Ok(())
     }
 
-    async fn renew_assembly(&self, session_id: &str, now: i64) -> Result<(), DbError> {
-        sqlx::query(
-            "UPDATE upload_sessions SET state_since = $1 WHERE session_id = $2 AND state = 'assembling'",
+    async fn renew_assembly(
+        &self,
+        session_id: &str,
+        since: i64,
+        now: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "UPDATE upload_sessions SET state_since = $1 \
+             WHERE session_id = $2 AND state = 'assembling' AND state_since = $3",
         )
         .bind(now)
-        .bind(session_id.to_string())
+        .bind(session_id)
+        .bind(since)
         .execute(&self.write)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn delete_chunk_session(&self, session_id: &str) -> Result<Vec<ChunkPart>, DbError> {
