@@ -13,9 +13,14 @@ pub enum Value {
 #[derive(Debug, Clone, Default)]
 pub struct Params {
     entries: Vec<(String, Value)>,
-    /// Where each name is in `entries` (lookups stay O(1) however many fields come).
+    /// Where each name is in `entries`, kept once there are more than [`SCANNED_UP_TO`]
+    /// (lookups stay O(1) however many fields come); empty below that.
     index: std::collections::HashMap<String, usize>,
 }
+
+/// Parameters found by a scan of `entries` at most: the common call has a dozen, which a scan
+/// finds faster than a hash map is kept.
+const SCANNED_UP_TO: usize = 16;
 
 /// Splits `name[]` / `name[3]` into (`name`, true).
 pub(crate) fn base_name(raw: &str) -> (&str, bool) {
@@ -42,7 +47,7 @@ impl Params {
             return;
         }
         let (name, is_list) = base_name(raw_name);
-        if let Some(&i) = self.index.get(name) {
+        if let Some(i) = self.position(name) {
             let existing = &mut self.entries[i].1;
             match existing {
                 Value::List(items) => items.push(value.to_string()),
@@ -62,17 +67,33 @@ impl Params {
     }
 
     fn append(&mut self, name: String, value: Value) {
-        self.index.insert(name.clone(), self.entries.len());
+        if !self.index.is_empty() {
+            self.index.insert(name.clone(), self.entries.len());
+        }
         self.entries.push((name, value));
+        if self.index.is_empty() && self.entries.len() > SCANNED_UP_TO {
+            self.reindex();
+        }
     }
 
     fn reindex(&mut self) {
-        self.index = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| (n.clone(), i))
-            .collect();
+        self.index = if self.entries.len() > SCANNED_UP_TO {
+            self.entries
+                .iter()
+                .enumerate()
+                .map(|(i, (n, _))| (n.clone(), i))
+                .collect()
+        } else {
+            Default::default()
+        };
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        if self.index.is_empty() {
+            self.entries.iter().position(|(n, _)| n == name)
+        } else {
+            self.index.get(name).copied()
+        }
     }
 
     /// How many distinct parameters there are.
@@ -91,14 +112,14 @@ impl Params {
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Value> {
-        let pos = self.index.remove(name)?;
+        let pos = self.position(name)?;
         let removed = self.entries.remove(pos).1;
         self.reindex();
         Some(removed)
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.index.get(name).map(|&i| &self.entries[i].1)
+        self.position(name).map(|i| &self.entries[i].1)
     }
 
     /// The text of a scalar parameter (a list gives its items joined with `,`).
@@ -170,6 +191,7 @@ impl Params {
     /// Forgets empty values (and empty list items): an empty value is never signed, so it must
     /// mean "absent" (Upload API calls).
     pub fn drop_empty(&mut self) {
+        let before = self.entries.len();
         self.entries.retain_mut(|(_, v)| match v {
             Value::Text(t) => !t.is_empty(),
             Value::List(items) => {
@@ -177,7 +199,17 @@ impl Params {
                 !items.is_empty()
             }
         });
-        self.reindex();
+        if self.entries.len() != before {
+            self.reindex();
+        }
+    }
+
+    /// Whether [`drop_empty`](Params::drop_empty) would change anything.
+    pub fn has_empty(&self) -> bool {
+        self.entries.iter().any(|(_, v)| match v {
+            Value::Text(t) => t.is_empty(),
+            Value::List(items) => items.iter().any(|i| i.is_empty()),
+        })
     }
 
     /// Adds every parameter of `other` that this set does not have.
@@ -295,6 +327,34 @@ pub fn parse_query(query: Option<&str>) -> Params {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_agree_below_and_above_the_scanned_size() {
+        let mut p = Params::default();
+        for i in 0..40 {
+            p.push(&format!("p{i}"), if i % 3 == 0 { "" } else { "v" });
+            for j in 0..=i {
+                assert!(p.get(&format!("p{j}")).is_some(), "p{j} after p{i}");
+            }
+            assert!(p.get("absent").is_none());
+        }
+        p.push("p5", "again");
+        assert_eq!(p.items("p5"), vec!["v", "again"]);
+        assert!(p.has_empty());
+        p.drop_empty();
+        assert!(!p.has_empty());
+        assert_eq!(p.len(), 26);
+        assert!(p.get("p3").is_none() && p.text("p4") == Some("v"));
+        while p.len() > 3 {
+            let name = p.names().next().unwrap().to_string();
+            assert!(p.remove(&name).is_some());
+            assert!(p.get(&name).is_none());
+            let last = p.names().last().unwrap().to_string();
+            assert!(p.get(&last).is_some());
+        }
+        p.set("p39", Value::Text("w".into()));
+        assert_eq!(p.text("p39"), Some("w"));
+    }
 
     #[test]
     fn lists_and_signing_pairs() {

@@ -19,6 +19,20 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// A new asset ID: 32 hex digits, like Cloudinary's, whose first 12 are the milliseconds of
+/// the Unix time (so IDs made one after another sort together: an index of them grows at its
+/// end instead of at a random page) and whose last 20 are random.
+pub fn new_asset_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut buf = [0u8; 16];
+    buf[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    rand::thread_rng().fill(&mut buf[6..]);
+    hex::encode(buf)
+}
+
 /// Interprets a boolean parameter the way Cloudinary does: `1`, `true`, `yes` (any case) are
 /// true; `0`, `false`, `no` and the empty string are false; anything else is not a boolean.
 pub fn parse_bool(value: &str) -> Option<bool> {
@@ -40,4 +54,25 @@ pub fn iso_time(unix: i64) -> String {
 pub fn folder_external_id(path: &str) -> String {
     use sha1::Digest;
     hex::encode(&sha1::Sha1::digest(path.as_bytes())[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_ids_are_32_hex_digits_in_creation_order() {
+        let first = new_asset_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = new_asset_id();
+        for id in [&first, &second] {
+            assert_eq!(id.len(), 32);
+            assert!(id
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        }
+        assert!(first < second, "{first} then {second}");
+        // The random part differs between IDs of the same millisecond.
+        assert_ne!(new_asset_id()[12..], new_asset_id()[12..]);
+    }
 }

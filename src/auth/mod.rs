@@ -266,20 +266,19 @@ pub fn verify_signed(
         64 => SignatureAlgorithm::Sha256,
         _ => SignatureAlgorithm::Sha1,
     };
-    let pairs = params.signable(UNSIGNED_PARAMS);
-    let mut candidates = vec![pairs.clone()];
+    let mut candidates = vec![params.signable(UNSIGNED_PARAMS)];
+    let pairs = &candidates[0];
     if lenient_notification
         && pairs
             .iter()
             .any(|(k, _)| NOTIFICATION_PARAMS.contains(&k.as_str()))
     {
-        candidates.push(
-            pairs
-                .iter()
-                .filter(|(k, _)| !NOTIFICATION_PARAMS.contains(&k.as_str()))
-                .cloned()
-                .collect(),
-        );
+        let without: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(k, _)| !NOTIFICATION_PARAMS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        candidates.push(without);
     }
     let wanted = signature.to_ascii_lowercase();
     let mut matched = false;
@@ -295,7 +294,7 @@ pub fn verify_signed(
         }
     }
     if !matched {
-        let sts = string_to_sign(&pairs, 2);
+        let sts = string_to_sign(&candidates[0], 2);
         return Err(ApiError::Unauthorized(format!(
             "Invalid Signature {signature}. String to sign - '{sts}'."
         )));

@@ -380,8 +380,13 @@ async fn parse_multipart(
         match filename {
             Some(filename) if name == "file" => {
                 // The fields so far, as the whole form will be judged: empty values are absent.
-                let mut so_far = form.params.clone();
-                so_far.drop_empty();
+                let so_far = if form.params.has_empty() {
+                    let mut p = form.params.clone();
+                    p.drop_empty();
+                    std::borrow::Cow::Owned(p)
+                } else {
+                    std::borrow::Cow::Borrowed(&form.params)
+                };
                 if let Some(check) = &limits.early_check {
                     check(&so_far)?;
                 }

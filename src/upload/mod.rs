@@ -902,7 +902,7 @@ pub async fn store_upload(
         None => random_hex(16),
     };
     let record = AssetRecord {
-        asset_id: random_hex(16),
+        asset_id: crate::util::new_asset_id(),
         key: AssetKey {
             cloud: req.cloud.to_string(),
             resource_type: kind.as_str().to_string(),
