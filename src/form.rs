@@ -208,7 +208,7 @@ impl Params {
     pub fn has_empty(&self) -> bool {
         self.entries.iter().any(|(_, v)| match v {
             Value::Text(t) => t.is_empty(),
-            Value::List(items) => items.iter().any(|i| i.is_empty()),
+            Value::List(items) => items.is_empty() || items.iter().any(|i| i.is_empty()),
         })
     }
 

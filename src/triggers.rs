@@ -207,7 +207,6 @@ pub async fn test(state: &AppState, cloud: &str, id: &str) -> ApiResult<Json> {
     Ok(json!({"trigger_id": id, "filter_present": false, "filter_result": true}))
 }
 
-/// Sends a notification of `event` to the cloud's triggers for it (or for `all`).
 /// Whether a trigger is for `event`.
 fn listens_to(trigger: &Json, event: &str) -> bool {
     let wanted = trigger["event_type"].as_str().unwrap_or("");
@@ -223,6 +222,7 @@ pub async fn any_for(state: &AppState, cloud: &str, event: &str) -> bool {
     }
 }
 
+/// Sends a notification of `event` to the cloud's triggers for it (or for `all`).
 pub async fn fire(state: &AppState, cloud: &str, event: &str, payload: &Json, signer: &Signer) {
     let triggers = match of_cloud(state, cloud).await {
         Ok(t) => t,

@@ -692,30 +692,53 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         every.tick().await;
         let mut failing_since: Option<std::time::Instant> = None;
         let mut claimed_at = outcome.session.state_since;
+        // The dates of renewals that reported an error: the database may have written them.
+        let mut tried: Vec<i64> = Vec::new();
+        let mut again_now = false;
         loop {
-            every.tick().await;
+            if !std::mem::take(&mut again_now) {
+                every.tick().await;
+            }
             let now = state.now();
-            match state.meta.renew_assembly(&sid, claimed_at, now).await {
+            let failed = match state.meta.renew_assembly(&sid, claimed_at, now).await {
                 Ok(true) => {
-                    claimed_at = now;
-                    failing_since = None;
+                    (claimed_at, failing_since) = (now, None);
+                    tried.clear();
+                    continue;
                 }
-                // Only after the claim expired can another request take it: that one
-                // completes the upload, this one stops.
-                Ok(false) => {
-                    return ApiError::internal(
-                        "the assembly of this upload was taken over by another request",
-                    )
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not renew the claim of a chunked upload's assembly");
-                    let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-                    if since.elapsed().as_secs() as i64 >= ASSEMBLY_TIMEOUT_SECS / 2 {
-                        return ApiError::internal(
-                            "the claim of this upload's assembly could not be renewed",
-                        );
+                // Not the claim renewed last: see what holds the session now.
+                Ok(false) => match state.meta.chunk_session(&sid).await {
+                    Ok(Some((s, _))) if s.state == "assembling" => {
+                        if s.state_since != claimed_at && !tried.contains(&s.state_since) {
+                            // Another request took the assembly over (possible only once the
+                            // claim expired): that one completes the upload.
+                            return ApiError::internal(
+                                "the assembly of this upload was taken over by another request",
+                            );
+                        }
+                        // A renewal that reported an error was written after all: renew
+                        // that one at once (the same date again waits for the next tick).
+                        again_now = s.state_since != claimed_at;
+                        claimed_at = s.state_since;
+                        tried.clear();
+                        continue;
                     }
+                    // Gone or open again: this assembly is ending (stored, or failed and
+                    // reopened), and its own outcome is the answer.
+                    Ok(_) => return std::future::pending().await,
+                    Err(e) => e,
+                },
+                Err(e) => {
+                    tried.push(now);
+                    e
                 }
+            };
+            tracing::warn!(error = %failed, "could not renew the claim of a chunked upload's assembly");
+            let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed().as_secs() as i64 >= ASSEMBLY_TIMEOUT_SECS / 2 {
+                return ApiError::internal(
+                    "the claim of this upload's assembly could not be renewed",
+                );
             }
         }
     };
