@@ -13,22 +13,6 @@ use serde_json::Value;
 
 const BUCKET: &str = "nephos-test";
 
-fn endpoint() -> Option<String> {
-    match std::env::var("NEPHOS_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
-        _ => {
-            if std::env::var("NEPHOS_REQUIRE_S3").as_deref() == Ok("1") {
-                panic!("NEPHOS_REQUIRE_S3=1 but NEPHOS_TEST_S3_ENDPOINT is not set");
-            }
-            eprintln!(
-                "WARNING: NEPHOS_TEST_S3_ENDPOINT is not set: the S3 tests are SKIPPED \
-                 (scripts/test starts an S3 server and sets it)"
-            );
-            None
-        }
-    }
-}
-
 /// The process's AWS settings for the local S3 server, set once (the tests of this file run
 /// on parallel threads, and the servers they start read the environment).
 fn aws_env(endpoint: &str) {
@@ -368,14 +352,18 @@ async fn story(backend: Backend, endpoint: &str) {
 
 #[tokio::test]
 async fn the_storage_story_on_s3_and_sqlite() {
-    let Some(endpoint) = endpoint() else { return };
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
     aws_env(&endpoint);
     story(Backend::Sqlite, &endpoint).await;
 }
 
 #[tokio::test]
 async fn the_storage_story_on_s3_and_postgres() {
-    let Some(endpoint) = endpoint() else { return };
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
     let Some(admin) = postgres_admin_url() else {
         return;
     };
@@ -427,7 +415,9 @@ async fn two_instances(admin: &str, prefix: &str) -> (TestServer, TestServer) {
 
 #[tokio::test]
 async fn two_instances_on_postgres_and_s3_behave_as_one() {
-    let Some(endpoint) = endpoint() else { return };
+    let Some(endpoint) = s3_endpoint() else {
+        return;
+    };
     let Some(pg_admin) = postgres_admin_url() else {
         return;
     };

@@ -20,6 +20,24 @@ pub enum Backend {
     Postgres(String),
 }
 
+/// The endpoint of the test S3 server (`scripts/test` starts one), if one is configured.
+/// `NEPHOS_REQUIRE_S3=1` (set by `.ci/run`) turns a missing server into a failure.
+pub fn s3_endpoint() -> Option<String> {
+    match std::env::var("NEPHOS_TEST_S3_ENDPOINT") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            if std::env::var("NEPHOS_REQUIRE_S3").as_deref() == Ok("1") {
+                panic!("NEPHOS_REQUIRE_S3=1 but NEPHOS_TEST_S3_ENDPOINT is not set");
+            }
+            eprintln!(
+                "WARNING: NEPHOS_TEST_S3_ENDPOINT is not set: the S3 tests are SKIPPED \
+                 (scripts/test starts an S3 server and sets it)"
+            );
+            None
+        }
+    }
+}
+
 /// The admin URL of the test PostgreSQL server, if one is configured.
 /// `NEPHOS_REQUIRE_POSTGRES=1` (set by `.ci/run`) turns a missing server into a failure.
 pub fn postgres_admin_url() -> Option<String> {
