@@ -11,35 +11,11 @@ use md5_ref::{Digest, Md5};
 use nephos::auth::SignatureAlgorithm;
 use serde_json::Value;
 
-const BUCKET: &str = "nephos-test";
-
-/// The process's AWS settings for the local S3 server, set once (the tests of this file run
-/// on parallel threads, and the servers they start read the environment).
-fn aws_env(endpoint: &str) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        for (k, v) in [
-            ("AWS_ENDPOINT_URL", endpoint),
-            ("AWS_ACCESS_KEY_ID", "nephos-test-key"),
-            ("AWS_SECRET_ACCESS_KEY", "nephos-test-secret"),
-            ("AWS_REGION", "us-east-1"),
-        ] {
-            std::env::set_var(k, v);
-        }
-    });
-}
-
-/// The keys under `prefix` in the bucket (the S3 server answers unsigned listings).
+/// The keys under `prefix` in the bucket.
 async fn keys(endpoint: &str, prefix: &str) -> Vec<String> {
-    let body = reqwest::get(format!(
-        "{endpoint}/{BUCKET}?list-type=2&prefix={prefix}&max-keys=1000"
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap();
-    body.split("<Key>")
+    s3_listing(endpoint, prefix)
+        .await
+        .split("<Key>")
         .skip(1)
         .filter_map(|s| s.split("</Key>").next())
         .map(str::to_string)
@@ -81,7 +57,7 @@ async fn part(server: &TestServer, id: &str, file: &[u8], start: usize, end: usi
 
 async fn story(backend: Backend, endpoint: &str) {
     let prefix = format!("run-{}", nephos::util::random_hex(6));
-    let toml_text = format!("storage_url = \"s3://{BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
+    let toml_text = format!("storage_url = \"s3://{S3_BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
     // With a database other instances may share, a chunked upload's parts may reach any of
     // them: it is sent to the store when it completes, not as its parts arrive.
     let parts_followed = matches!(backend, Backend::Sqlite);
@@ -355,7 +331,7 @@ async fn the_storage_story_on_s3_and_sqlite() {
     let Some(endpoint) = s3_endpoint() else {
         return;
     };
-    aws_env(&endpoint);
+    s3_env(&endpoint);
     story(Backend::Sqlite, &endpoint).await;
 }
 
@@ -367,7 +343,7 @@ async fn the_storage_story_on_s3_and_postgres() {
     let Some(admin) = postgres_admin_url() else {
         return;
     };
-    aws_env(&endpoint);
+    s3_env(&endpoint);
     story(Backend::Postgres(admin), &endpoint).await;
 }
 
@@ -396,7 +372,7 @@ async fn two_instances(admin: &str, prefix: &str) -> (TestServer, TestServer) {
     let mut pg = Some(pg);
     let mut servers = Vec::new();
     for _ in 0..2 {
-        let toml_text = format!("storage_url = \"s3://{BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
+        let toml_text = format!("storage_url = \"s3://{S3_BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
         let file: nephos::config::FileConfig = toml::from_str(&toml_text).unwrap();
         let data_dir = tempfile::tempdir().unwrap();
         let args = nephos::config::ServeArgs {
@@ -421,7 +397,7 @@ async fn two_instances_on_postgres_and_s3_behave_as_one() {
     let Some(pg_admin) = postgres_admin_url() else {
         return;
     };
-    aws_env(&endpoint);
+    s3_env(&endpoint);
     let prefix = format!("pair-{}", nephos::util::random_hex(6));
     let (a, b) = two_instances(&pg_admin, &prefix).await;
     let width = |bytes: &[u8]| image::load_from_memory(bytes).unwrap().width();

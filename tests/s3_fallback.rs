@@ -13,8 +13,6 @@ use axum::response::IntoResponse;
 use common::*;
 use md5_ref::{Digest, Md5};
 
-const BUCKET: &str = "nephos-test";
-
 /// What the proxy saw.
 #[derive(Default)]
 struct Seen {
@@ -84,16 +82,9 @@ async fn a_refused_put_falls_back_to_a_multipart_upload() {
         return;
     };
     let (proxy, seen) = refusing_proxy(endpoint.clone()).await;
-    for (k, v) in [
-        ("AWS_ENDPOINT_URL", proxy.as_str()),
-        ("AWS_ACCESS_KEY_ID", "nephos-test-key"),
-        ("AWS_SECRET_ACCESS_KEY", "nephos-test-secret"),
-        ("AWS_REGION", "us-east-1"),
-    ] {
-        std::env::set_var(k, v);
-    }
+    s3_env(&proxy);
     let prefix = format!("fallback-{}", nephos::util::random_hex(6));
-    let toml_text = format!("storage_url = \"s3://{BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
+    let toml_text = format!("storage_url = \"s3://{S3_BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
     let server = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
 
     // A file stored once it is received (one PUT, refused), and one large enough to be sent
@@ -127,14 +118,7 @@ async fn a_refused_put_falls_back_to_a_multipart_upload() {
         );
         // The object holds the whole file: delivered back through nephos, and in the bucket
         // (read from the S3 server directly) under the upload's prefix.
-        let listing = reqwest::get(format!(
-            "{endpoint}/{BUCKET}?list-type=2&prefix={prefix}/&max-keys=1000"
-        ))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        let listing = s3_listing(&endpoint, &format!("{prefix}/")).await;
         let sizes: Vec<usize> = listing
             .split("<Size>")
             .skip(1)

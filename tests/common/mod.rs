@@ -20,40 +20,72 @@ pub enum Backend {
     Postgres(String),
 }
 
-/// The endpoint of the test S3 server (`scripts/test` starts one), if one is configured.
-/// `NEPHOS_REQUIRE_S3=1` (set by `.ci/run`) turns a missing server into a failure.
-pub fn s3_endpoint() -> Option<String> {
-    match std::env::var("NEPHOS_TEST_S3_ENDPOINT") {
-        Ok(e) if !e.is_empty() => Some(e),
+/// The value of `var`, naming a test service that `scripts/test` starts; without it the
+/// tests needing the service are skipped with a warning, or fail when `require` is `1` (as
+/// `.ci/run` sets it).
+fn test_service(var: &str, require: &str, skipped: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            if std::env::var("NEPHOS_REQUIRE_S3").as_deref() == Ok("1") {
-                panic!("NEPHOS_REQUIRE_S3=1 but NEPHOS_TEST_S3_ENDPOINT is not set");
+            if std::env::var(require).as_deref() == Ok("1") {
+                panic!("{require}=1 but {var} is not set");
             }
-            eprintln!(
-                "WARNING: NEPHOS_TEST_S3_ENDPOINT is not set: the S3 tests are SKIPPED \
-                 (scripts/test starts an S3 server and sets it)"
-            );
+            eprintln!("WARNING: {var} is not set: {skipped}");
             None
         }
     }
 }
 
-/// The admin URL of the test PostgreSQL server, if one is configured.
-/// `NEPHOS_REQUIRE_POSTGRES=1` (set by `.ci/run`) turns a missing server into a failure.
-pub fn postgres_admin_url() -> Option<String> {
-    match std::env::var("NEPHOS_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("NEPHOS_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("NEPHOS_REQUIRE_POSTGRES=1 but NEPHOS_TEST_POSTGRES_URL is not set");
-            }
-            eprintln!(
-                "WARNING: NEPHOS_TEST_POSTGRES_URL is not set: the PostgreSQL variant of this test is SKIPPED \
-                 (scripts/test starts a throwaway server and sets it)"
-            );
-            None
+/// The endpoint of the test S3 server, if one is configured (`NEPHOS_REQUIRE_S3=1`: required).
+pub fn s3_endpoint() -> Option<String> {
+    test_service(
+        "NEPHOS_TEST_S3_ENDPOINT",
+        "NEPHOS_REQUIRE_S3",
+        "the S3 tests are SKIPPED (scripts/test starts an S3 server and sets it)",
+    )
+}
+
+/// The bucket of the test S3 server that the S3 tests use.
+pub const S3_BUCKET: &str = "nephos-test";
+
+/// Points this process's AWS settings (which the servers it starts read) at `endpoint`, once:
+/// the tests of one file run on parallel threads.
+pub fn s3_env(endpoint: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for (k, v) in [
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ACCESS_KEY_ID", "nephos-test-key"),
+            ("AWS_SECRET_ACCESS_KEY", "nephos-test-secret"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            std::env::set_var(k, v);
         }
-    }
+    });
+}
+
+/// The test bucket's listing (XML) of the keys under `prefix`, read from the S3 server at
+/// `endpoint` (it answers unsigned listings).
+pub async fn s3_listing(endpoint: &str, prefix: &str) -> String {
+    reqwest::get(format!(
+        "{endpoint}/{S3_BUCKET}?list-type=2&prefix={prefix}&max-keys=1000"
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap()
+}
+
+/// The admin URL of the test PostgreSQL server, if one is configured
+/// (`NEPHOS_REQUIRE_POSTGRES=1`: required).
+pub fn postgres_admin_url() -> Option<String> {
+    test_service(
+        "NEPHOS_TEST_POSTGRES_URL",
+        "NEPHOS_REQUIRE_POSTGRES",
+        "the PostgreSQL variant of this test is SKIPPED \
+         (scripts/test starts a throwaway server and sets it)",
+    )
 }
 
 pub fn backends() -> Vec<Backend> {

@@ -82,22 +82,17 @@ pub(super) async fn insert_batch(
     for s in records {
         q = bind_asset(q, s);
     }
+    let ids = |rows: Vec<sqlx::any::AnyRow>| {
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("asset_id"))
+            .collect::<Result<std::collections::HashSet<String>, _>>()
+    };
     // One statement is a transaction of its own: a batch without tags needs no other.
     if records.iter().all(|r| r.tags.is_empty()) {
-        return q
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<String, _>("asset_id").map_err(DbError::from))
-            .collect();
+        return Ok(ids(q.fetch_all(pool).await?)?);
     }
     let mut tx = pool.begin().await?;
-    let inserted: std::collections::HashSet<String> = q
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<String, _>("asset_id"))
-        .collect::<Result<_, _>>()?;
+    let inserted = ids(q.fetch_all(&mut *tx).await?)?;
     let tag_rows: Vec<(&&AssetRecord, &str)> = records
         .iter()
         .filter(|r| inserted.contains(&r.asset_id))
