@@ -93,6 +93,10 @@ pub async fn run(
     }
 }
 
+/// The most a connection reads ahead, and the largest request head. hyper's default (about
+/// 400 KiB) has each body read allocate a fresh buffer of that order, faulted in page by page.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Serves HTTP/1.1 on one connection (plain or TLS) until it ends.
 async fn serve_conn<I>(io: I, app: Router, header_timeout: Duration, watcher: Watcher)
 where
@@ -100,6 +104,7 @@ where
 {
     let service = TowerToHyperService::new(app);
     let conn = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(READ_BUFFER_BYTES)
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
         .keep_alive(true)

@@ -8,6 +8,10 @@
 //! measured ~0.87 × coreutils' `md5sum` on the benchmark machine, this one ~1.1 ×, see
 //! `BENCHMARKS.md`). Other targets use the same schedule written in Rust.
 
+pub mod batch;
+mod lanes;
+pub use lanes::{digest_many, LANES};
+
 /// Round constants: `floor(abs(sin(i + 1)) * 2^32)`.
 #[cfg(any(test, not(target_arch = "x86_64")))]
 const K: [u32; 64] = [

@@ -1,7 +1,8 @@
 //! Streaming request bodies to temporary storage.
 //!
 //! [`BlobWriter`] takes the body chunk by chunk. Small bodies (up to [`SPILL_BYTES`]) stay in
-//! memory and are hashed inline: no file and no thread until they are stored. Larger ones spill
+//! memory, in reused buffers, and are hashed once complete, side by side with other requests'
+//! bodies ([`crate::storage::md5::batch`]): no file until they are stored. Larger ones spill
 //! to a temporary file: a blocking thread writes the bytes while a second thread computes the
 //! MD5 etag of the same bytes, so hashing runs in parallel with the disk and the async side
 //! only forwards reference-counted buffers. Memory stays bounded by the spill size and the
@@ -19,6 +20,33 @@ use tokio::task::JoinHandle;
 const QUEUE: usize = 16;
 /// Bodies up to this size are kept in memory.
 pub const SPILL_BYTES: usize = 256 * 1024;
+/// In-memory buffers kept for the next bodies, at most.
+const POOLED: usize = 32;
+
+/// Buffers of [`SPILL_BYTES`] for in-memory bodies, reused: a new allocation of that size
+/// would come back from the system page by page, zeroed, for every upload.
+static POOL: std::sync::Mutex<Vec<BytesMut>> = std::sync::Mutex::new(Vec::new());
+
+fn pooled_buffer() -> BytesMut {
+    POOL.lock()
+        .ok()
+        .and_then(|mut pool| pool.pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(SPILL_BYTES))
+}
+
+/// Keeps `bytes`' buffer for another body when nothing else holds it.
+fn recycle(bytes: Bytes) {
+    if let Ok(mut buf) = bytes.try_into_mut() {
+        if buf.capacity() >= SPILL_BYTES {
+            buf.clear();
+            if let Ok(mut pool) = POOL.lock() {
+                if pool.len() < POOLED {
+                    pool.push(buf);
+                }
+            }
+        }
+    }
+}
 
 #[derive(Debug)]
 enum Content {
@@ -36,8 +64,6 @@ pub struct TempBlob {
     pub size: u64,
     /// Lowercase hex MD5 of the content hashed by the writer (empty with [`Hashing::Off`]).
     pub md5: String,
-    /// The MD5 state after the content, to continue hashing a larger file.
-    pub md5_state: Option<Md5>,
     /// The same content, already written to the blob store while it was received.
     pub stored: Option<super::StoredObject>,
 }
@@ -72,7 +98,6 @@ impl TempBlob {
             content: Content::File(path),
             size,
             md5,
-            md5_state: None,
             stored: None,
         }
     }
@@ -142,6 +167,8 @@ impl TempBlob {
                 let written = write_atomically(&b, dest);
                 if written.is_err() {
                     self.content = Content::Memory(b);
+                } else {
+                    recycle(b);
                 }
                 written
             }
@@ -171,8 +198,12 @@ pub fn write_atomically(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
 
 impl Drop for TempBlob {
     fn drop(&mut self) {
-        if let Content::File(p) = &self.content {
-            let _ = std::fs::remove_file(p);
+        match std::mem::replace(&mut self.content, Content::Gone) {
+            Content::File(p) => {
+                let _ = std::fs::remove_file(p);
+            }
+            Content::Memory(b) => recycle(b),
+            Content::Placed(_) | Content::Gone => {}
         }
     }
 }
@@ -373,18 +404,18 @@ impl BlobWriter {
         self.written += chunk.len() as u64;
         if self.spilled.is_none() {
             if self.buf.len() + chunk.len() <= SPILL_BYTES {
-                if let Some(md5) = &mut self.md5 {
-                    md5.update(&chunk);
+                if self.buf.capacity() == 0 {
+                    self.buf = pooled_buffer();
                 }
+                // Hashed whole at the end, with other requests' bodies.
                 self.buf.extend_from_slice(&chunk);
                 return Ok(());
             }
-            // Too large for memory: continue in a file, the buffered (already hashed) bytes
-            // first.
+            // Too large for memory: continue in a file, the buffered bytes first.
             let mut spilled = spill(&self.target, self.md5.take(), None).await?;
             let first = std::mem::take(&mut self.buf).freeze();
             if !first.is_empty() {
-                Self::send(&mut spilled, first, false).await?;
+                Self::send(&mut spilled, first, true).await?;
             }
             self.spilled = Some(spilled);
         }
@@ -420,11 +451,15 @@ impl BlobWriter {
 
     /// Completes the blob and returns it with its size and MD5.
     pub async fn finish(mut self) -> std::io::Result<TempBlob> {
-        let (content, md5_state) = match self.spilled.take() {
-            None => (
-                Content::Memory(std::mem::take(&mut self.buf).freeze()),
-                self.md5.take(),
-            ),
+        let (content, md5) = match self.spilled.take() {
+            None => {
+                let bytes = std::mem::take(&mut self.buf).freeze();
+                let md5 = match self.md5.take() {
+                    Some(_) => hex::encode(super::md5::batch::digest(bytes.clone()).await),
+                    None => String::new(),
+                };
+                (Content::Memory(bytes), md5)
+            }
             Some(mut s) => {
                 s.tx = None;
                 let task = s
@@ -441,18 +476,16 @@ impl BlobWriter {
                         return Err(std::io::Error::other("writer already finished"))
                     }
                 };
-                (content, md5_state)
+                let md5 = md5_state
+                    .map(|m| hex::encode(m.finalize()))
+                    .unwrap_or_default();
+                (content, md5)
             }
         };
-        let md5 = md5_state
-            .as_ref()
-            .map(|m| hex::encode(m.clone().finalize()))
-            .unwrap_or_default();
         Ok(TempBlob {
             content,
             size: self.written,
             md5,
-            md5_state,
             stored: None,
         })
     }
