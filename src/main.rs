@@ -30,9 +30,10 @@ fn tune_allocator() {
     // SAFETY: called before `main`, while the process has one thread (mimalloc's options are
     // not thread safe to set).
     unsafe {
-        // Arena memory is committed as used, and freed pages go back to the system after 100 ms
-        // unused: soon enough for a large upload's passing buffers, late enough that the next
-        // request reuses them instead of faulting in fresh zeroed pages.
+        // Arena memory is committed as used, and freed pages go back to the system no sooner
+        // than 100 ms after (mimalloc purges when it next runs): soon enough for a large
+        // upload's passing buffers, late enough that the next request reuses them instead of
+        // faulting in fresh zeroed pages.
         libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
         libmimalloc_sys::mi_option_set(PURGE_DELAY, 100);
         // Arenas of 4 MiB (the value is in KiB).

@@ -93,8 +93,10 @@ pub async fn run(
     }
 }
 
-/// The most a connection reads ahead, and the largest request head. hyper's default (about
-/// 400 KiB) has each body read allocate a fresh buffer of that order, faulted in page by page.
+/// The most a connection reads ahead, and so the largest request head (request line and
+/// headers; hyper answers 431 and closes the connection past it; URIs past 64 KiB already got
+/// 414). hyper's default (about 400 KiB) has each body read allocate a fresh buffer of that
+/// order, faulted in page by page.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Serves HTTP/1.1 on one connection (plain or TLS) until it ends.

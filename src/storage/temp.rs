@@ -22,6 +22,8 @@ const QUEUE: usize = 16;
 pub const SPILL_BYTES: usize = 256 * 1024;
 /// In-memory buffers kept for the next bodies, at most.
 const POOLED: usize = 32;
+/// Bodies larger than this move to a pooled buffer.
+const POOLED_FROM: usize = 16 * 1024;
 
 /// Buffers of [`SPILL_BYTES`] for in-memory bodies, reused: a new allocation of that size
 /// would come back from the system page by page, zeroed, for every upload.
@@ -238,8 +240,9 @@ struct Spilled {
 
 pub struct BlobWriter {
     target: Target,
-    /// In-memory stage: the bytes so far and the inline hash.
+    /// In-memory stage: the bytes so far.
     buf: BytesMut,
+    /// A fresh hash for the content (`None`: not hashed); used once the content spills.
     md5: Option<Md5>,
     spilled: Option<Spilled>,
     written: u64,
@@ -404,8 +407,12 @@ impl BlobWriter {
         self.written += chunk.len() as u64;
         if self.spilled.is_none() {
             if self.buf.len() + chunk.len() <= SPILL_BYTES {
-                if self.buf.capacity() == 0 {
-                    self.buf = pooled_buffer();
+                // Past a few pages, the body moves to a reused buffer of the full size (a small
+                // body keeps its own small one).
+                if self.buf.len() + chunk.len() > POOLED_FROM && self.buf.capacity() < SPILL_BYTES {
+                    let mut pooled = pooled_buffer();
+                    pooled.extend_from_slice(&self.buf);
+                    self.buf = pooled;
                 }
                 // Hashed whole at the end, with other requests' bodies.
                 self.buf.extend_from_slice(&chunk);
@@ -542,5 +549,33 @@ mod tests {
             .unwrap();
         small.persist(&dir.path().join("dest")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("dest")).unwrap(), b"abc");
+    }
+
+    /// Bodies that reuse a pooled buffer hold only their own bytes, and a buffer still held
+    /// elsewhere is not reused under its holder.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reused_buffers_hold_only_their_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = Vec::new();
+        for round in 0..3 * POOLED {
+            let len = [SPILL_BYTES, 100_000, POOLED_FROM + 1, 20_000][round % 4] - round;
+            let body: Vec<u8> = (0..len).map(|i| (i * 7 + round) as u8).collect();
+            let mut w = BlobWriter::create(dir.path(), u64::MAX).await.unwrap();
+            for c in body.chunks(7_000) {
+                w.write(Bytes::copy_from_slice(c)).await.unwrap();
+            }
+            let blob = w.finish().await.unwrap();
+            assert_eq!(blob.bytes().unwrap().as_ref(), &body[..], "round {round}");
+            assert_eq!(blob.md5, hex::encode(Md5::digest(&body)), "round {round}");
+            if round % 3 == 0 {
+                // Someone keeps the bytes past the blob: they must stay as they are.
+                held.push((blob.bytes().unwrap().clone(), body));
+            } else if round % 3 == 1 {
+                blob.persist(&dir.path().join(format!("b{round}"))).unwrap();
+            }
+        }
+        for (bytes, body) in held {
+            assert_eq!(bytes.as_ref(), &body[..]);
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! request's own thread, [`digest`] hands it to one hashing thread, which takes every body
 //! waiting at that moment and hashes them side by side ([`super::digest_many`]). Under load
 //! several bodies wait each time and cost little more than one body's time; alone, a body costs what
-//! inline hashing would, plus one hand-over. Bodies below [`BATCHED_FROM`] bytes, and every
-//! body on a CPU without the wide path, are hashed inline.
+//! inline hashing would, plus one hand-over. Bodies below [`BATCHED_FROM`] bytes, bodies that
+//! find a full round already waiting (the thread is the bottleneck) and every body on a CPU
+//! without the wide path are hashed inline.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -117,7 +118,10 @@ pub async fn digest(data: Bytes) -> [u8; 16] {
         let Ok(mut guard) = queue.jobs.lock() else {
             return Md5::digest(&data);
         };
-        let Some(jobs) = guard.as_mut() else {
+        // A full round already waits: the hashing thread is the bottleneck (on a machine with
+        // many cores), and this body is hashed here.
+        let Some(jobs) = guard.as_mut().filter(|jobs| jobs.len() < ROUND) else {
+            drop(guard);
             return Md5::digest(&data);
         };
         jobs.push_back(job);

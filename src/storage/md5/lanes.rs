@@ -33,11 +33,13 @@ pub fn digest_many(messages: &[&[u8]]) -> Vec<[u8; 16]> {
 
 /// The padded end of a message: its last partial block, the 0x80 byte, zeros and the bit
 /// length, in one or two blocks.
+#[cfg(target_arch = "x86_64")]
 struct Tail {
     bytes: [u8; 128],
     blocks: usize,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Tail {
     fn of(message: &[u8]) -> Tail {
         let whole = message.len() / 64 * 64;
