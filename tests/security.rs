@@ -289,6 +289,21 @@ async fn hostile_bodies_and_headers_are_refused_quickly() {
     )
     .await;
     assert_eq!(s, 400, "{body}");
+    // A request head past 64 KiB is refused (431), and a head just under it still answers.
+    let r = client
+        .get(server.url("/health"))
+        .header("x-filler", "a".repeat(70 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    let r = client
+        .get(server.url("/health"))
+        .header("x-filler", "a".repeat(60 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     assert_eq!(server.health().await, 200);
     server.stop().await;
 }
