@@ -242,8 +242,8 @@ pub struct BlobWriter {
     target: Target,
     /// In-memory stage: the bytes so far.
     buf: BytesMut,
-    /// A fresh hash for the content (`None`: not hashed); used once the content spills.
-    md5: Option<Md5>,
+    /// Whether the content is hashed.
+    hashed: bool,
     spilled: Option<Spilled>,
     written: u64,
     limit: u64,
@@ -265,11 +265,7 @@ enum Target {
     At(PathBuf, u64),
 }
 
-async fn spill(
-    target: &Target,
-    md5: Option<Md5>,
-    mut tap: Option<Tap>,
-) -> std::io::Result<Spilled> {
+async fn spill(target: &Target, hashed: bool, mut tap: Option<Tap>) -> std::io::Result<Spilled> {
     let mut offset = match target {
         Target::At(_, offset) => *offset,
         Target::Temp(_) => 0,
@@ -298,7 +294,7 @@ async fn spill(
     let file = file.into_std().await;
     let (tx, mut rx) = mpsc::channel::<(Bytes, bool)>(QUEUE);
     let task = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Md5>> {
-        let (htx, hasher) = match md5 {
+        let (htx, hasher) = match hashed.then(Md5::new) {
             Some(mut md5) => {
                 let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE);
                 let hasher = std::thread::spawn(move || {
@@ -359,14 +355,10 @@ impl BlobWriter {
         limit: u64,
         hashing: Hashing,
     ) -> std::io::Result<BlobWriter> {
-        let md5 = match hashing {
-            Hashing::Fresh => Some(Md5::new()),
-            Hashing::Off => None,
-        };
         Ok(BlobWriter {
             target: Target::Temp(dir.to_path_buf()),
             buf: BytesMut::new(),
-            md5,
+            hashed: matches!(hashing, Hashing::Fresh),
             spilled: None,
             written: 0,
             limit,
@@ -382,11 +374,11 @@ impl BlobWriter {
         tap: Option<Tap>,
     ) -> std::io::Result<BlobWriter> {
         let target = Target::At(file.to_path_buf(), offset);
-        let spilled = spill(&target, None, tap).await?;
+        let spilled = spill(&target, false, tap).await?;
         Ok(BlobWriter {
             target,
             buf: BytesMut::new(),
-            md5: None,
+            hashed: false,
             spilled: Some(spilled),
             written: 0,
             limit,
@@ -419,7 +411,7 @@ impl BlobWriter {
                 return Ok(());
             }
             // Too large for memory: continue in a file, the buffered bytes first.
-            let mut spilled = spill(&self.target, self.md5.take(), None).await?;
+            let mut spilled = spill(&self.target, self.hashed, None).await?;
             let first = std::mem::take(&mut self.buf).freeze();
             if !first.is_empty() {
                 Self::send(&mut spilled, first, true).await?;
@@ -461,9 +453,10 @@ impl BlobWriter {
         let (content, md5) = match self.spilled.take() {
             None => {
                 let bytes = std::mem::take(&mut self.buf).freeze();
-                let md5 = match self.md5.take() {
-                    Some(_) => hex::encode(super::md5::batch::digest(bytes.clone()).await),
-                    None => String::new(),
+                let md5 = if self.hashed {
+                    hex::encode(super::md5::batch::digest(bytes.clone()).await)
+                } else {
+                    String::new()
                 };
                 (Content::Memory(bytes), md5)
             }

@@ -3,8 +3,8 @@
 //! A small upload is held in memory until it is complete. Rather than hashing it on the
 //! request's own thread, [`digest`] hands it to one hashing thread, which takes every body
 //! waiting at that moment and hashes them side by side ([`super::digest_many`]). Under load
-//! several bodies wait each time and cost little more than one body's time; alone, a body costs what
-//! inline hashing would, plus one hand-over. Bodies below [`BATCHED_FROM`] bytes, bodies that
+//! several bodies wait each time and cost little more than one body's time; alone, a body
+//! costs what inline hashing would, plus one hand-over. Bodies below [`BATCHED_FROM`] bytes, bodies that
 //! find a full round already waiting (the thread is the bottleneck) and every body on a CPU
 //! without the wide path are hashed inline.
 
@@ -71,25 +71,20 @@ fn run(queue: &'static Queue) {
     let mut round = Vec::with_capacity(ROUND);
     loop {
         {
-            let Ok(mut guard) = queue.jobs.lock() else {
+            let Ok(guard) = queue.jobs.lock() else {
                 return;
             };
-            loop {
-                match guard.as_mut() {
-                    None => return,
-                    Some(jobs) if !jobs.is_empty() => {
-                        let n = jobs.len().min(ROUND);
-                        round.extend(jobs.drain(..n));
-                        break;
-                    }
-                    Some(_) => {
-                        guard = match queue.ready.wait(guard) {
-                            Ok(g) => g,
-                            Err(_) => return,
-                        };
-                    }
-                }
-            }
+            let waiting = queue
+                .ready
+                .wait_while(guard, |jobs| jobs.as_ref().is_some_and(VecDeque::is_empty));
+            let Ok(mut guard) = waiting else {
+                return;
+            };
+            let Some(jobs) = guard.as_mut() else {
+                return;
+            };
+            let n = jobs.len().min(ROUND);
+            round.extend(jobs.drain(..n));
         }
         let messages: Vec<&[u8]> = round.iter().map(|j| &j.data[..]).collect();
         let digests = super::digest_many(&messages);

@@ -31,32 +31,10 @@ pub fn digest_many(messages: &[&[u8]]) -> Vec<[u8; 16]> {
     messages.iter().map(|m| Md5::digest(m)).collect()
 }
 
-/// The padded end of a message: its last partial block, the 0x80 byte, zeros and the bit
-/// length, in one or two blocks.
-#[cfg(target_arch = "x86_64")]
-struct Tail {
-    bytes: [u8; 128],
-    blocks: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Tail {
-    fn of(message: &[u8]) -> Tail {
-        let whole = message.len() / 64 * 64;
-        let rest = &message[whole..];
-        let mut bytes = [0u8; 128];
-        bytes[..rest.len()].copy_from_slice(rest);
-        bytes[rest.len()] = 0x80;
-        let blocks = if rest.len() < 56 { 1 } else { 2 };
-        let bits = (message.len() as u64).wrapping_mul(8);
-        bytes[blocks * 64 - 8..blocks * 64].copy_from_slice(&bits.to_le_bytes());
-        Tail { bytes, blocks }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Tail, LANES};
+    use super::super::{output, Tail};
+    use super::LANES;
     use std::arch::x86_64::*;
 
     /// A message in a lane: which one, and its next block.
@@ -72,9 +50,13 @@ mod avx2 {
     /// The CPU must support AVX2.
     #[target_feature(enable = "avx2")]
     pub unsafe fn digest_many(messages: &[&[u8]]) -> Vec<[u8; 16]> {
-        let tails: Vec<Tail> = messages.iter().map(|m| Tail::of(m)).collect();
         let full: Vec<usize> = messages.iter().map(|m| m.len() / 64).collect();
-        let total = |i: usize| full[i] + tails[i].blocks;
+        let tails: Vec<Tail> = messages
+            .iter()
+            .zip(&full)
+            .map(|(m, &f)| Tail::new(&m[f * 64..], m.len() as u64))
+            .collect();
+        let total = |i: usize| full[i] + tails[i].count;
         let mut out = vec![[0u8; 16]; messages.len()];
         let idle = [0u8; 64];
         // Lane states, word by word: state[w][lane].
@@ -128,9 +110,7 @@ mod avx2 {
             for (lane, slot) in slots.iter_mut().enumerate() {
                 if let Some(s) = *slot {
                     if s.next == total(s.message) {
-                        for (w, o) in state.iter().zip(out[s.message].chunks_exact_mut(4)) {
-                            o.copy_from_slice(&w[lane].to_le_bytes());
-                        }
+                        out[s.message] = output(state.map(|w| w[lane]));
                         *slot = None;
                     }
                 }
@@ -265,19 +245,8 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::noise;
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     /// Every count of messages up to three lanes' worth, of lengths around the padding
     /// boundaries and longer, in mixed order: each digest is the scalar one of its message.
