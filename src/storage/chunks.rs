@@ -496,4 +496,107 @@ mod tests {
         rt.release_range("s", 0, 9);
         assert!(rt.claim_range("s", 5, 20));
     }
+
+    /// A sink that keeps what it is sent, and whether it was completed.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<(Vec<u8>, bool)>>);
+
+    #[async_trait::async_trait]
+    impl crate::storage::BlobSink for Kept {
+        async fn write(&mut self, chunk: bytes::Bytes) -> std::io::Result<()> {
+            self.0.lock().unwrap().0.extend_from_slice(&chunk);
+            Ok(())
+        }
+        async fn finish(self: Box<Self>) -> std::io::Result<()> {
+            self.0.lock().unwrap().1 = true;
+            Ok(())
+        }
+    }
+
+    fn follower(dir: &Path, data: &Path, sink: Kept) -> Follower {
+        let store = Arc::new(crate::storage::fs::FsBlobStore::new(dir.join("store")).unwrap());
+        let object = crate::storage::StoredObject::new(store, "demo", crate::util::random_hex(16));
+        Follower::new(Box::new(sink), object, data.to_path_buf(), Vec::new())
+    }
+
+    #[tokio::test]
+    async fn follower_sends_the_prefix_as_it_grows_and_completes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_path = dir.path().join("data");
+        let data: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&data_path, &data[..300_000]).unwrap();
+        let sink = Kept::default();
+        let mut f = follower(dir.path(), &data_path, sink.clone());
+        f.advance(300_000).await;
+        // Asked for less than it sent: nothing more goes.
+        f.advance(100_000).await;
+        assert_eq!(sink.0.lock().unwrap().0.len(), 300_000);
+        std::fs::write(&data_path, &data).unwrap();
+        let object = f.finish(700_000).await.expect("completed");
+        assert!(object.key().starts_with("demo/"), "{}", object.key());
+        let kept = sink.0.lock().unwrap();
+        assert!(kept.1, "the sink was completed");
+        assert_eq!(kept.0, data);
+    }
+
+    #[tokio::test]
+    async fn follower_of_a_file_shorter_than_its_parts_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_path = dir.path().join("data");
+        std::fs::write(&data_path, vec![7u8; 1000]).unwrap();
+        let sink = Kept::default();
+        let mut f = follower(dir.path(), &data_path, sink.clone());
+        assert!(f.finish(5000).await.is_none());
+        assert!(
+            !sink.0.lock().unwrap().1,
+            "an incomplete object is not completed"
+        );
+        // Given up: later calls send nothing.
+        f.advance(6000).await;
+        assert_eq!(sink.0.lock().unwrap().0.len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn followers_are_capped_and_idle_ones_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_path = dir.path().join("data");
+        std::fs::write(&data_path, b"x").unwrap();
+        let rt = ChunkRuntime::default();
+        let mut added = Vec::new();
+        for i in 0..MAX_FOLLOWERS {
+            assert!(rt.room_for_follower());
+            let f = follower(dir.path(), &data_path, Kept::default());
+            added.push(rt.add_follower(&format!("s{i}"), f).expect("room"));
+        }
+        assert!(!rt.room_for_follower());
+        let extra = follower(dir.path(), &data_path, Kept::default());
+        assert!(rt.add_follower("s-extra", extra).is_none());
+        // A session that has one gets its own back, however many there are.
+        let again = follower(dir.path(), &data_path, Kept::default());
+        let same = rt.add_follower("s0", again).expect("its own");
+        assert!(Arc::ptr_eq(&same, &added[0]));
+
+        // Two followers have sent nothing for longer than the idle limit; one of them is
+        // busy (locked: sending right now) and stays.
+        let long_ago = Instant::now()
+            .checked_sub(FOLLOWER_IDLE + Duration::from_secs(1))
+            .expect("a monotonic clock older than the idle limit");
+        added[1].lock().await.last = long_ago;
+        added[2].lock().await.last = long_ago;
+        let busy = added[2].lock().await;
+        assert!(rt.room_for_follower());
+        assert!(
+            rt.follower("s1").is_none(),
+            "the idle follower was given up"
+        );
+        assert!(rt.follower("s2").is_some(), "a busy follower is not idle");
+        drop(busy);
+        assert!(rt.room_for_follower(), "idle once no longer busy");
+        assert!(rt.follower("s2").is_none());
+        assert_eq!(
+            rt.take_follower("s0").map(|f| Arc::ptr_eq(&f, &added[0])),
+            Some(true)
+        );
+        assert!(rt.follower("s0").is_none());
+    }
 }

@@ -520,3 +520,91 @@ impl BlobStore for S3BlobStore {
         self.store.delete(&probe).await.map_err(io_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A server that takes connections and reads what it is sent (all of it, or nothing) and
+    /// never answers. Returns its address.
+    fn silent_server(read: bool) -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                if read {
+                    std::thread::spawn(move || {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    });
+                } else {
+                    held.push(conn);
+                }
+            }
+        });
+        addr
+    }
+
+    fn put_to(addr: std::net::SocketAddr, len: u64) -> PutSink {
+        let url = url::Url::parse(&format!("http://{addr}/bucket/key")).unwrap();
+        PutSink::start(&reqwest::Client::new(), url, len)
+    }
+
+    /// A store that takes no more bytes: the `PUT` fails after a minute without any, and the
+    /// caller gets a timeout (the clock is paused: the minute passes at once).
+    #[tokio::test(start_paused = true)]
+    async fn a_put_the_store_stops_taking_times_out() {
+        let addr = silent_server(false);
+        let len = 256 * 1024 * 1024;
+        let mut sink = put_to(addr, len);
+        let piece = bytes::Bytes::from(vec![0u8; 1024 * 1024]);
+        let sending = async {
+            for _ in 0..len / piece.len() as u64 {
+                sink.write(piece.clone()).await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        // An hour (of the paused clock) bounds the test if the timeout is missing.
+        let e = tokio::time::timeout(std::time::Duration::from_secs(3600), sending)
+            .await
+            .expect("the PUT gave up on its own")
+            .expect_err("the PUT failed before its body was sent");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("for a minute"), "{e}");
+    }
+
+    /// A store that takes the whole body and never answers: finishing fails after five
+    /// minutes.
+    #[tokio::test(start_paused = true)]
+    async fn a_put_the_store_never_answers_times_out() {
+        let addr = silent_server(true);
+        let mut sink = Box::new(put_to(addr, 3 * 1024 * 1024));
+        for _ in 0..3 {
+            sink.write(bytes::Bytes::from(vec![1u8; 1024 * 1024]))
+                .await
+                .unwrap();
+        }
+        let e = tokio::time::timeout(std::time::Duration::from_secs(3600), sink.finish())
+            .await
+            .expect("the PUT gave up on its own")
+            .expect_err("no answer");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("did not answer"), "{e}");
+    }
+
+    /// More bytes than announced, or fewer, are refused before the store could keep them.
+    #[tokio::test]
+    async fn a_put_of_the_wrong_length_is_refused() {
+        let addr = silent_server(true);
+        let mut sink = put_to(addr, 10);
+        assert!(sink
+            .write(bytes::Bytes::from_static(b"0123456789A"))
+            .await
+            .is_err());
+        let sink = Box::new(put_to(addr, 10));
+        assert!(sink.finish().await.is_err());
+    }
+}
