@@ -687,61 +687,8 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     // that no other request (of another instance) takes the assembly over meanwhile.
     // Renewals failing for half the timeout (the database unreachable) give the assembly up:
     // another request may take it over once the claim expires.
-    let renewing = async {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(RENEW_EVERY_SECS));
-        every.tick().await;
-        let mut failing_since: Option<std::time::Instant> = None;
-        let mut claimed_at = outcome.session.state_since;
-        // The dates of renewals that reported an error: the database may have written them.
-        let mut tried: Vec<i64> = Vec::new();
-        let mut again_now = false;
-        loop {
-            if !std::mem::take(&mut again_now) {
-                every.tick().await;
-            }
-            let now = state.now();
-            let failed = match state.meta.renew_assembly(&sid, claimed_at, now).await {
-                Ok(true) => {
-                    (claimed_at, failing_since) = (now, None);
-                    tried.clear();
-                    continue;
-                }
-                // Not the claim renewed last: see what holds the session now.
-                Ok(false) => match state.meta.chunk_session(&sid).await {
-                    Ok(Some((s, _))) if s.state == "assembling" => {
-                        if s.state_since != claimed_at && !tried.contains(&s.state_since) {
-                            // Another request took the assembly over (possible only once the
-                            // claim expired): that one completes the upload.
-                            return ApiError::internal(
-                                "the assembly of this upload was taken over by another request",
-                            );
-                        }
-                        // A renewal that reported an error was written after all: renew
-                        // that one at once (the same date again waits for the next tick).
-                        again_now = s.state_since != claimed_at;
-                        claimed_at = s.state_since;
-                        tried.clear();
-                        continue;
-                    }
-                    // Gone or open again: this assembly is ending (stored, or failed and
-                    // reopened), and its own outcome is the answer.
-                    Ok(_) => return std::future::pending().await,
-                    Err(e) => e,
-                },
-                Err(e) => {
-                    tried.push(now);
-                    e
-                }
-            };
-            tracing::warn!(error = %failed, "could not renew the claim of a chunked upload's assembly");
-            let since = *failing_since.get_or_insert_with(std::time::Instant::now);
-            if since.elapsed().as_secs() as i64 >= ASSEMBLY_TIMEOUT_SECS / 2 {
-                return ApiError::internal(
-                    "the claim of this upload's assembly could not be renewed",
-                );
-            }
-        }
-    };
+    let claims = SessionClaims { state, sid: &sid };
+    let renewing = keep_claim(&claims, outcome.session.state_since);
     let completing = assemble(
         state,
         Assembly {
@@ -760,6 +707,94 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
     tokio::select! {
         done = completing => done,
         lost = renewing => Err(lost),
+    }
+}
+
+/// What keeping an assembly's claim needs of the database: renewing it, and seeing what holds
+/// the session when a renewal does not apply.
+#[async_trait]
+trait Claims: Sync {
+    /// Moves the claim made at `since` to `now`; false when it is not that claim any more.
+    async fn renew(&self, since: i64, now: i64) -> Result<bool, crate::db::DbError>;
+    /// The session's state and the date of that state, if it still exists.
+    async fn holder(&self) -> Result<Option<(String, i64)>, crate::db::DbError>;
+    fn now(&self) -> i64;
+}
+
+/// A chunk session's claim in the metadata store.
+struct SessionClaims<'a> {
+    state: &'a AppState,
+    sid: &'a str,
+}
+
+#[async_trait]
+impl Claims for SessionClaims<'_> {
+    async fn renew(&self, since: i64, now: i64) -> Result<bool, crate::db::DbError> {
+        self.state.meta.renew_assembly(self.sid, since, now).await
+    }
+    async fn holder(&self) -> Result<Option<(String, i64)>, crate::db::DbError> {
+        let session = self.state.meta.chunk_session(self.sid).await?;
+        Ok(session.map(|(s, _)| (s.state, s.state_since)))
+    }
+    fn now(&self) -> i64 {
+        self.state.now()
+    }
+}
+
+/// Renews the claim made at `claimed_at` every [`RENEW_EVERY_SECS`] for as long as it is
+/// polled. Ends only to give the assembly up: with the error to answer when another request
+/// took it over or renewals failed for half of [`ASSEMBLY_TIMEOUT_SECS`]; never when the
+/// session is gone or open again (the assembly is ending and its own outcome is the answer).
+async fn keep_claim(claims: &impl Claims, mut claimed_at: i64) -> ApiError {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(RENEW_EVERY_SECS));
+    every.tick().await;
+    let mut failing_since: Option<tokio::time::Instant> = None;
+    // The dates of renewals that reported an error: the database may have written them.
+    let mut tried: Vec<i64> = Vec::new();
+    let mut again_now = false;
+    loop {
+        if !std::mem::take(&mut again_now) {
+            every.tick().await;
+        }
+        let now = claims.now();
+        let failed = match claims.renew(claimed_at, now).await {
+            Ok(true) => {
+                (claimed_at, failing_since) = (now, None);
+                tried.clear();
+                continue;
+            }
+            // Not the claim renewed last: see what holds the session now.
+            Ok(false) => match claims.holder().await {
+                Ok(Some((state, since))) if state == "assembling" => {
+                    if since != claimed_at && !tried.contains(&since) {
+                        // Another request took the assembly over (possible only once the
+                        // claim expired): that one completes the upload.
+                        return ApiError::internal(
+                            "the assembly of this upload was taken over by another request",
+                        );
+                    }
+                    // A renewal that reported an error was written after all: renew that
+                    // one at once (the same date again waits for the next tick).
+                    again_now = since != claimed_at;
+                    claimed_at = since;
+                    tried.clear();
+                    continue;
+                }
+                // Gone or open again: this assembly is ending (stored, or failed and
+                // reopened), and its own outcome is the answer.
+                Ok(_) => return std::future::pending().await,
+                Err(e) => e,
+            },
+            Err(e) => {
+                tried.push(now);
+                e
+            }
+        };
+        tracing::warn!(error = %failed, "could not renew the claim of a chunked upload's assembly");
+        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed().as_secs() as i64 >= ASSEMBLY_TIMEOUT_SECS / 2 {
+            return ApiError::internal("the claim of this upload's assembly could not be renewed");
+        }
     }
 }
 
@@ -1027,5 +1062,121 @@ mod tests {
             session_id("a", None, Some("x"))
         );
         assert_eq!(session_id("a", Some("x"), None).len(), 40);
+    }
+
+    /// A database scripted for [`keep_claim`]: renewals answer in turn (then `Ok(true)`), the
+    /// holder is fixed, and every renewal is recorded as `(seconds since start, since, now)`.
+    struct Scripted {
+        start: tokio::time::Instant,
+        renewals: std::sync::Mutex<std::collections::VecDeque<Result<bool, ()>>>,
+        holder: Option<(String, i64)>,
+        calls: std::sync::Mutex<Vec<(u64, i64, i64)>>,
+    }
+
+    impl Scripted {
+        fn new(renewals: Vec<Result<bool, ()>>, holder: Option<(&str, i64)>) -> Scripted {
+            Scripted {
+                start: tokio::time::Instant::now(),
+                renewals: std::sync::Mutex::new(renewals.into()),
+                holder: holder.map(|(s, t)| (s.to_string(), t)),
+                calls: Default::default(),
+            }
+        }
+        fn calls(&self) -> Vec<(u64, i64, i64)> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Claims for Scripted {
+        async fn renew(&self, since: i64, now: i64) -> Result<bool, crate::db::DbError> {
+            let at = self.start.elapsed().as_secs();
+            self.calls.lock().unwrap().push((at, since, now));
+            match self.renewals.lock().unwrap().pop_front() {
+                None | Some(Ok(true)) => Ok(true),
+                Some(Ok(false)) => Ok(false),
+                Some(Err(())) => Err(crate::db::DbError::Unreachable("down".into())),
+            }
+        }
+        async fn holder(&self) -> Result<Option<(String, i64)>, crate::db::DbError> {
+            Ok(self.holder.clone())
+        }
+        fn now(&self) -> i64 {
+            // Dates a thousand seconds after the claim, in step with the paused clock.
+            1000 + self.start.elapsed().as_secs() as i64
+        }
+    }
+
+    /// Polls `keep_claim` for `secs` seconds of the paused clock: `None` if it is still
+    /// renewing then.
+    async fn keep_for(claims: &Scripted, claimed_at: i64, secs: u64) -> Option<String> {
+        let kept = keep_claim(claims, claimed_at);
+        tokio::time::timeout(std::time::Duration::from_secs(secs), kept)
+            .await
+            .ok()
+            .map(|e| e.to_string())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_is_renewed_every_minute_from_its_last_date() {
+        let db = Scripted::new(vec![], None);
+        assert_eq!(keep_for(&db, 7, 250).await, None);
+        // Each renewal moves the claim from the date the one before wrote.
+        assert_eq!(
+            db.calls(),
+            vec![
+                (60, 7, 1060),
+                (120, 1060, 1120),
+                (180, 1120, 1180),
+                (240, 1180, 1240)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_taken_over_gives_the_assembly_up() {
+        let db = Scripted::new(vec![Ok(false)], Some(("assembling", 5000)));
+        let lost = keep_for(&db, 7, 3600).await.expect("given up");
+        assert!(lost.contains("taken over"), "{lost}");
+        assert_eq!(db.calls().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_failing_for_half_the_timeout_give_the_assembly_up() {
+        let db = Scripted::new(vec![Err(()); 100], None);
+        let lost = keep_for(&db, 7, 3600).await.expect("given up");
+        assert!(lost.contains("could not be renewed"), "{lost}");
+        let calls = db.calls();
+        let (first, last) = (calls[0].0, calls[calls.len() - 1].0);
+        assert!(
+            last - first >= ASSEMBLY_TIMEOUT_SECS as u64 / 2,
+            "{calls:?}"
+        );
+        assert!(last - first < ASSEMBLY_TIMEOUT_SECS as u64, "{calls:?}");
+        // A failed renewal leaves the claim as it was: the next one tries the same date.
+        assert!(calls.iter().all(|c| c.1 == 7), "{calls:?}");
+    }
+
+    /// A renewal that reported an error but was written: the next one finds the claim at that
+    /// date and renews from it at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_written_despite_its_error_is_followed() {
+        // At 60 s the renewal to 1060 reports an error; at 120 s the claim is not at 7 any
+        // more but at 1060, which this request wrote.
+        let db = Scripted::new(vec![Err(()), Ok(false)], Some(("assembling", 1060)));
+        assert_eq!(keep_for(&db, 7, 150).await, None);
+        assert_eq!(
+            db.calls(),
+            vec![(60, 7, 1060), (120, 7, 1120), (120, 1060, 1120)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_gone_or_reopened_leaves_the_answer_to_the_assembly() {
+        for holder in [None, Some(("open", 5000))] {
+            let db = Scripted::new(vec![Ok(false)], holder);
+            assert_eq!(keep_for(&db, 7, 3600).await, None);
+            assert_eq!(db.calls().len(), 1);
+        }
     }
 }
