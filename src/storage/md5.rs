@@ -1,12 +1,12 @@
 //! MD5, the etag of every stored file.
 //!
-//! A large body's etag is computed while the bytes arrive, so the hash rate is the ceiling of
-//! one upload stream (small bodies, held in memory, are hashed once complete, several side by
-//! side: [`batch`], [`digest_many`]). On x86-64 the block function is hand-scheduled assembly:
-//! the message word, the round constant and the terms that do not depend on the previous step's result are added first, so
-//! each step's dependency chain is only the boolean function of that result, one add, the
-//! rotate and the final add (about 4.5 cycles per byte; the `md-5` crate's assembly backend
-//! measured ~0.87 × coreutils' `md5sum` on the benchmark machine, this one ~1.1 ×, see
+//! A large body's etag is computed while the bytes arrive, so the hash rate is the ceiling of one
+//! upload stream (small bodies, held in memory, are hashed once complete, several side by side:
+//! [`batch`], [`digest_many`]). On x86-64 the block function is hand-scheduled assembly: the
+//! message word, the round constant and the terms that do not depend on the previous step's result
+//! are added first, so each step's dependency chain is only the boolean function of that result,
+//! one add, the rotate and the final add (about 4.5 cycles per byte; the `md-5` crate's assembly
+//! backend measured ~0.87 × coreutils' `md5sum` on the benchmark machine, this one ~1.1 ×, see
 //! `BENCHMARKS.md`). Other targets use the same schedule written in Rust.
 
 pub mod batch;
