@@ -381,7 +381,7 @@ impl Server {
         let sweeper = tokio::spawn(sweep_forever(state.clone()));
         let deliverer = tokio::spawn(notify::deliver_forever(state.clone()));
         let limits = state.limits.clone();
-        let app = http::router(state, &cors_origins);
+        let app = http::app(state, &cors_origins);
         http::server::run(listener, app, &limits, tls.map(|t| t.acceptor), shutdown).await;
         sweeper.abort();
         deliverer.abort();

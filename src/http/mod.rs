@@ -9,12 +9,13 @@ pub mod tls;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tower_http::cors::CorsLayer;
+use std::sync::Arc;
+
+use tower_http::cors::{Cors, CorsLayer};
 
 use crate::admin;
 use crate::error::{ApiError, ApiResult};
@@ -24,40 +25,172 @@ use crate::state::AppState;
 use crate::upload::{self, actions};
 use call::{Admin, Lenient, Open, Signed, UploadCall};
 
-pub fn router(state: AppState, cors_origins: &[String]) -> Router {
-    // Path decoding must happen before routing, so it wraps the routed service.
-    let calls = std::sync::Arc::new(ratelimit::AdminCalls::default());
-    let limited = api_routes(state.clone()).layer(middleware::from_fn_with_state(
-        (state.clone(), calls),
-        ratelimit::limit,
-    ));
-    let routes = tower::util::MapRequest::new(limited, decode_slashes);
-    let api = Router::new()
-        .fallback_service(routes)
-        .layer(cors(cors_origins))
-        .layer(middleware::from_fn_with_state(state.clone(), observe));
-    Router::new()
-        // The control API: no CORS layer (browsers cannot call it cross-origin) and not
-        // recorded among the requests it reports.
-        .nest("/_nephos", crate::control::api::router(state.clone()))
-        // The browser console: served by nephos itself, where the control API is on.
-        .nest("/console", crate::console::router(state))
-        .route(
-            "/console/",
-            get(|| async { axum::response::Redirect::permanent("/console") }),
-        )
-        .fallback_service(api)
-        // A bug must never take a connection down without an answer: a panic becomes a 500
-        // in the API's error shape (and is logged).
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            panic_answer,
-        ))
-        .layer(middleware::from_fn(request_id))
+/// The whole application as one service. An API call (anything outside the control API and
+/// the console) goes straight through its stages, outermost first: the request ID, the panic
+/// guard, [`observe`], CORS, `%2F` decoding (before routing), the Admin API rate limit, then
+/// the routes. The control API and the console are routed apart: no CORS (browsers cannot
+/// call them cross-origin) and not recorded among the requests the control API reports.
+#[derive(Clone)]
+pub struct App(Arc<AppParts>);
+
+struct AppParts {
+    state: AppState,
+    /// `/_nephos…` and `/console…`; what they do not route falls back to the API.
+    control: Router,
+    /// The API behind CORS.
+    api: Cors<Routed>,
+}
+
+pub fn app(state: AppState, cors_origins: &[String]) -> App {
+    let routed = Routed {
+        state: state.clone(),
+        calls: Arc::new(ratelimit::AdminCalls::default()),
+        routes: api_routes(state.clone()),
+    };
+    let api = tower::Layer::layer(&cors(cors_origins), routed);
+    App(Arc::new_cyclic(|me: &std::sync::Weak<AppParts>| {
+        let me = me.clone();
+        let fallback = tower::service_fn(move |req: Request| {
+            let me = me.upgrade();
+            async move {
+                Ok::<_, std::convert::Infallible>(match me {
+                    Some(parts) => through_api(&parts, req).await,
+                    None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                })
+            }
+        });
+        let control = Router::new()
+            .nest("/_nephos", crate::control::api::router(state.clone()))
+            // The browser console: served by nephos itself, where the control API is on.
+            .nest("/console", crate::console::router(state.clone()))
+            .route(
+                "/console/",
+                get(|| async { axum::response::Redirect::permanent("/console") }),
+            )
+            .fallback_service(fallback);
+        AppParts {
+            state,
+            control,
+            api,
+        }
+    }))
+}
+
+/// Paths of the control API and the console (as the router nests them).
+fn is_control(path: &str) -> bool {
+    ["/_nephos", "/console"].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for App
+where
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        use futures_util::FutureExt;
+        let parts = self.0.clone();
+        let req = req.map(axum::body::Body::new);
+        Box::pin(async move {
+            // Adds `X-Request-Id` to every answer (the Python SDK copies it into upload
+            // results).
+            let id = crate::util::random_hex(16);
+            let answer = crate::error::REQUEST_ID.scope(id.clone(), async {
+                let run = async {
+                    if is_control(req.uri().path()) {
+                        match tower::ServiceExt::oneshot(parts.control.clone(), req).await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        }
+                    } else {
+                        through_api(&parts, req).await
+                    }
+                };
+                // A bug must never take a connection down without an answer: a panic
+                // becomes a 500 in the API's error shape.
+                match std::panic::AssertUnwindSafe(run).catch_unwind().await {
+                    Ok(r) => r,
+                    Err(panic) => panic_answer(panic),
+                }
+            });
+            let mut resp = answer.await;
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                resp.headers_mut().insert("x-request-id", v);
+            }
+            Ok(resp)
+        })
+    }
+}
+
+/// An API call: observed, then CORS and the routes.
+async fn through_api(parts: &AppParts, req: Request) -> Response {
+    observe(&parts.state, req, |req| async {
+        let mut api = parts.api.clone();
+        match tower::Service::call(&mut api, req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    })
+    .await
+}
+
+/// The API behind CORS: `%2F` decoded, the rate limit, the routes.
+#[derive(Clone)]
+struct Routed {
+    state: AppState,
+    calls: Arc<ratelimit::AdminCalls>,
+    routes: Router,
+}
+
+impl tower::Service<Request> for Routed {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let this = self.clone();
+        // Path decoding must happen before routing.
+        let req = decode_slashes(req);
+        Box::pin(async move {
+            let answer = ratelimit::limit(&this.state, &this.calls, req, |req| async {
+                match tower::ServiceExt::oneshot(this.routes.clone(), req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            })
+            .await;
+            Ok(answer)
+        })
+    }
 }
 
 /// Logs one line per request (method, path, status, duration, request id, cloud), records it
 /// for the control API, and applies the injected faults that do not look at parameters.
-async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+async fn observe<F, Fut>(state: &AppState, req: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     use crate::control::log::{cloud_of, Capture, RequestEntry, CAPTURE};
     let started = std::time::Instant::now();
     let at_ms = chrono::Utc::now().timestamp_millis();
@@ -88,7 +221,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
                     }
                 }
             }
-            next.run(req).await
+            next(req).await
         })
         .await;
     // A call that may have written: delivery reads records afresh.
@@ -420,18 +553,6 @@ fn panic_answer(detail: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| detail.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into());
     ApiError::Internal(format!("panic: {text}")).into_response()
-}
-
-/// Adds `X-Request-Id` to every response (the Python SDK copies it into upload results).
-async fn request_id(req: Request, next: Next) -> Response {
-    let id = crate::util::random_hex(16);
-    let mut resp = crate::error::REQUEST_ID
-        .scope(id.clone(), next.run(req))
-        .await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
-    resp
 }
 
 async fn health(State(state): State<AppState>) -> Response {

@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Request, State};
+use std::future::Future;
+
+use axum::extract::Request;
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
@@ -49,15 +50,22 @@ fn admin_cloud(path: &str) -> Option<&str> {
     }
 }
 
-pub async fn limit(
-    State((state, calls)): State<(AppState, Arc<AdminCalls>)>,
+/// Runs an API call through `next` unless its cloud spent its Admin API calls for the hour,
+/// and adds the limit's headers to Admin answers.
+pub async fn limit<F, Fut>(
+    state: &AppState,
+    calls: &Arc<AdminCalls>,
     req: Request,
-    next: Next,
-) -> Response {
+    next: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let max = state.limits.admin_rate_limit;
     let cloud = match admin_cloud(req.uri().path()) {
         Some(c) if max > 0 && state.accounts().has_cloud(c) => c.to_string(),
-        _ => return next.run(req).await,
+        _ => return next(req).await,
     };
     let now = state.now();
     let hour = now.div_euclid(3600);
@@ -79,7 +87,7 @@ pub async fn limit(
             spent,
         )
     } else {
-        let resp = next.run(req).await;
+        let resp = next(req).await;
         // Only calls with valid credentials count: nobody else can spend a cloud's quota.
         let used = if resp.status() == axum::http::StatusCode::UNAUTHORIZED {
             spent

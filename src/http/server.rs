@@ -7,7 +7,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
@@ -18,7 +17,7 @@ use crate::config::Limits;
 
 pub async fn run(
     listener: TcpListener,
-    app: Router,
+    app: crate::http::App,
     limits: &Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -100,7 +99,7 @@ pub async fn run(
 const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Serves HTTP/1.1 on one connection (plain or TLS) until it ends.
-async fn serve_conn<I>(io: I, app: Router, header_timeout: Duration, watcher: Watcher)
+async fn serve_conn<I>(io: I, app: crate::http::App, header_timeout: Duration, watcher: Watcher)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
