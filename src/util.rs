@@ -46,7 +46,7 @@ pub fn parse_bool(value: &str) -> Option<bool> {
 /// RFC 3339 UTC with seconds and a `Z`: `2024-06-25T09:25:44Z`.
 pub fn iso_time(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
 }
 
@@ -59,6 +59,13 @@ pub fn folder_external_id(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_times_are_utc_seconds_with_z() {
+        assert_eq!(iso_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_time(1719307544), "2024-06-25T09:25:44Z");
+        assert_eq!(iso_time(4102444799), "2099-12-31T23:59:59Z");
+    }
 
     #[test]
     fn asset_ids_are_32_hex_digits_in_creation_order() {

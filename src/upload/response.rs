@@ -52,7 +52,8 @@ pub fn upload_response(
     outcome: Outcome,
 ) -> Map<String, Json> {
     let raw = rec.key.resource_type == "raw";
-    let mut m = Map::new();
+    // Room for every field an upload answers with: the map is not regrown on the way.
+    let mut m = Map::with_capacity(24 + rec.extra.len());
     m.insert("asset_id".into(), json!(rec.asset_id));
     m.insert("public_id".into(), json!(rec.key.public_id));
     m.insert("version".into(), json!(rec.version));
