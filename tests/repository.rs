@@ -278,6 +278,78 @@ async fn repository_story_on_postgres() {
     pg.drop_db().await;
 }
 
+/// New rows keep arriving (the inserter keeps its connection between batches) until one
+/// asset has been replaced ten times (writes of their own, on the same connection pool):
+/// the replacements are done while the inserts go on, not after them.
+async fn writers_take_turns(store: Arc<dyn MetaStore>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let base = record("turns/base", 1, &[]);
+    store.save_asset(&base, true).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut inserts = tokio::task::JoinSet::new();
+    // More writers than one batch holds: rows are always waiting.
+    for w in 0..160 {
+        let (store, stop) = (store.clone(), stop.clone());
+        inserts.spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = record(&format!("turns/{w}-{i}"), 10, &["t"]);
+                match store.save_asset(&r, true).await.unwrap() {
+                    SaveOutcome::Created(_) => {}
+                    other => panic!("expected Created, got {other:?}"),
+                }
+                i += 1;
+            }
+            (w, i)
+        });
+    }
+    for v in 2..12 {
+        match store
+            .save_asset(&record("turns/base", v, &[]), true)
+            .await
+            .unwrap()
+        {
+            SaveOutcome::Replaced { stored, .. } => assert_eq!(stored.version, v),
+            other => panic!("expected Replaced, got {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    while let Some(done) = inserts.join_next().await {
+        let (w, count) = done.unwrap();
+        for i in 0..count {
+            let key = record(&format!("turns/{w}-{i}"), 10, &[]).key;
+            let found = store.find_asset(&key).await.unwrap().expect("inserted");
+            assert_eq!(found.tags, vec!["t"]);
+        }
+        total += count;
+    }
+    assert!(total > 0, "rows went in while the asset was replaced");
+}
+
+async fn within_a_minute(story: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(std::time::Duration::from_secs(60), story)
+        .await
+        .expect("the writes finished (no writer waited for good)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_take_turns_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    within_a_minute(writers_take_turns(db::connect(&url).await.unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_take_turns_on_postgres() {
+    let Some(admin) = postgres_admin_url() else {
+        return;
+    };
+    let pg = PgDb::create(&admin).await;
+    within_a_minute(writers_take_turns(db::connect(&pg.url).await.unwrap())).await;
+    pg.drop_db().await;
+}
+
 #[tokio::test]
 async fn unknown_database_schemes_are_refused() {
     let err = db::connect("mysql://localhost/x")

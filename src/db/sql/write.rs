@@ -14,9 +14,17 @@ pub(super) const BATCH_ROWS: usize = 64;
 /// Tags written in one batch at most; records beyond it wait for the next batch.
 pub(super) const BATCH_TAGS: usize = 4000;
 
+/// Batches written on one connection before it goes back to the pool, when more keep
+/// coming: the other writers of a database with one write connection get their turn.
+const BATCHES_PER_HOLD: usize = 16;
+
 /// Starts the task that inserts new assets in batches: it takes what is waiting (up to
 /// [`BATCH_ROWS`]), writes the rows and their tags in one transaction, and tells each caller
 /// whether its row went in (a key that exists, or twice in one batch, does not).
+///
+/// While batches follow one another the task keeps its connection (up to
+/// [`BATCHES_PER_HOLD`] of them): the pool tests a connection with a round trip each time
+/// it is given back, which for SQLite is a hand-over to its worker thread and back.
 pub(super) fn spawn_inserter(
     pool: AnyPool,
     dialect: Dialect,
@@ -24,12 +32,20 @@ pub(super) fn spawn_inserter(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingInsert>(1024);
     tokio::spawn(async move {
         let mut carry: Option<PendingInsert> = None;
+        let mut held: Option<(sqlx::pool::PoolConnection<sqlx::Any>, usize)> = None;
         loop {
             let first = match carry.take() {
                 Some(p) => p,
-                None => match rx.recv().await {
-                    Some(p) => p,
-                    None => break,
+                None => match rx.try_recv() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        // Nothing waiting: the connection goes back before the task sleeps.
+                        held = None;
+                        match rx.recv().await {
+                            Some(p) => p,
+                            None => break,
+                        }
+                    }
                 },
             };
             // The uploads that are ready to run reach this point in the same turn: letting
@@ -52,7 +68,21 @@ pub(super) fn spawn_inserter(
                 }
             }
             let records: Vec<&AssetRecord> = batch.iter().map(|(r, _)| r).collect();
-            let result = insert_batch(&pool, dialect, &records).await;
+            let result = match held.take() {
+                Some(conn) => Ok(conn),
+                None => pool.acquire().await.map(|c| (c, 0)).map_err(DbError::from),
+            };
+            let result = match result {
+                Ok((mut conn, used)) => {
+                    let result = insert_batch(&mut conn, dialect, &records).await;
+                    // A connection that failed is not used again (the pool tests it).
+                    if result.is_ok() && used + 1 < BATCHES_PER_HOLD {
+                        held = Some((conn, used + 1));
+                    }
+                    result
+                }
+                Err(e) => Err(e),
+            };
             for (record, reply) in batch {
                 let answer = match &result {
                     Ok(ids) => Ok(ids.contains(&record.asset_id)),
@@ -68,7 +98,7 @@ pub(super) fn spawn_inserter(
 /// Inserts the rows that do not exist yet, and the tags of those, in one transaction;
 /// returns the asset IDs inserted.
 pub(super) async fn insert_batch(
-    pool: &AnyPool,
+    conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
     records: &[&AssetRecord],
 ) -> Result<std::collections::HashSet<String>, DbError> {
@@ -89,9 +119,9 @@ pub(super) async fn insert_batch(
     };
     // One statement is a transaction of its own: a batch without tags needs no other.
     if records.iter().all(|r| r.tags.is_empty()) {
-        return Ok(ids(q.fetch_all(pool).await?)?);
+        return Ok(ids(q.fetch_all(&mut *conn).await?)?);
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let inserted = ids(q.fetch_all(&mut *tx).await?)?;
     let tag_rows: Vec<(&&AssetRecord, &str)> = records
         .iter()
