@@ -111,10 +111,7 @@ where
             let answer = crate::error::REQUEST_ID.scope(id.clone(), async {
                 let run = async {
                     if is_control(req.uri().path()) {
-                        match tower::ServiceExt::oneshot(parts.control.clone(), req).await {
-                            Ok(r) => r,
-                            Err(never) => match never {},
-                        }
+                        answer_of(parts.control.clone(), req).await
                     } else {
                         through_api(&parts, req).await
                     }
@@ -137,14 +134,18 @@ where
 
 /// An API call: observed, then CORS and the routes.
 async fn through_api(parts: &AppParts, req: Request) -> Response {
-    observe(&parts.state, req, |req| async {
-        let mut api = parts.api.clone();
-        match tower::Service::call(&mut api, req).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        }
-    })
-    .await
+    observe(&parts.state, req, |req| answer_of(parts.api.clone(), req)).await
+}
+
+/// The answer of a service that always answers.
+async fn answer_of<S>(service: S, req: Request) -> Response
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+{
+    match tower::ServiceExt::oneshot(service, req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
 }
 
 /// The API behind CORS: `%2F` decoded, the rate limit, the routes.
@@ -172,11 +173,8 @@ impl tower::Service<Request> for Routed {
         // Path decoding must happen before routing.
         let req = decode_slashes(req);
         Box::pin(async move {
-            let answer = ratelimit::limit(&this.state, &this.calls, req, |req| async {
-                match tower::ServiceExt::oneshot(this.routes.clone(), req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
-                }
+            let answer = ratelimit::limit(&this.state, &this.calls, req, |req| {
+                answer_of(this.routes.clone(), req)
             })
             .await;
             Ok(answer)

@@ -3,9 +3,8 @@
 //! gets 420 until the next hour starts. The limit is configuration (0 turns it off).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::Request;
 use axum::http::HeaderValue;

@@ -68,11 +68,11 @@ pub(super) fn spawn_inserter(
                 }
             }
             let records: Vec<&AssetRecord> = batch.iter().map(|(r, _)| r).collect();
-            let result = match held.take() {
+            let conn = match held.take() {
                 Some(conn) => Ok(conn),
                 None => pool.acquire().await.map(|c| (c, 0)).map_err(DbError::from),
             };
-            let result = match result {
+            let result = match conn {
                 Ok((mut conn, used)) => {
                     let result = insert_batch(&mut conn, dialect, &records).await;
                     // A connection that failed is not used again (the pool tests it).
