@@ -18,6 +18,8 @@ use query::{AggField, Filter, SearchQuery};
 pub enum DbError {
     #[error("{0}")]
     Sqlx(#[from] sqlx::Error),
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]

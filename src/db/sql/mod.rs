@@ -3,7 +3,9 @@
 //! Queries use `$n` placeholders and only `TEXT`/`BIGINT` columns so that one text serves both
 //! databases through sqlx's `Any` driver. SQLite runs in WAL mode with a single writer
 //! connection (so write transactions never deadlock on lock upgrades) and several readers;
-//! PostgreSQL locks the asset row with `FOR UPDATE`.
+//! PostgreSQL locks the asset row with `FOR UPDATE`. New assets in a SQLite file are inserted
+//! on a connection of their own, called without a thread hand-over, while the inserter holds
+//! the writer connection (see `direct`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 mod chunks;
+mod direct;
 mod rename;
 mod rows;
 mod search;
@@ -102,7 +105,8 @@ impl SqlStore {
                     .after_connect(setup)
                     .connect_with(options)
                     .await?;
-                let inserts = spawn_inserter(write.clone(), dialect);
+                let direct = direct_writer(&write).await?;
+                let inserts = spawn_inserter(write.clone(), dialect, direct);
                 SqlStore {
                     read,
                     write,
@@ -144,7 +148,7 @@ impl SqlStore {
                 POSTGRES_MIGRATIONS.run(&pool).await?;
                 SqlStore {
                     read: pool.clone(),
-                    inserts: spawn_inserter(pool.clone(), dialect),
+                    inserts: spawn_inserter(pool.clone(), dialect, None),
                     write: pool,
                     dialect,
                 }
@@ -213,6 +217,26 @@ impl SqlStore {
             Dialect::Postgres => " FOR UPDATE",
             Dialect::Sqlite => "",
         }
+    }
+}
+
+/// A connection of its own for inserting new assets, when the database is a file (an
+/// in-memory one is reached through sqlx's connections only).
+async fn direct_writer(write: &AnyPool) -> Result<Option<direct::DirectWriter>, DbError> {
+    let rows = sqlx::query("PRAGMA database_list").fetch_all(write).await?;
+    let file = rows.iter().find_map(|row| {
+        let name: String = row.try_get(1).ok()?;
+        let file: String = row.try_get(2).ok()?;
+        (name == "main" && !file.is_empty()).then_some(file)
+    });
+    match file {
+        Some(file) => {
+            let file = tokio::task::spawn_blocking(move || direct::DirectWriter::open(&file))
+                .await
+                .map_err(|e| DbError::Corrupt(e.to_string()))??;
+            Ok(Some(file))
+        }
+        None => Ok(None),
     }
 }
 

@@ -149,7 +149,7 @@ pub(super) fn row_to_doc(row: &AnyRow) -> Result<Document, DbError> {
 }
 
 pub(super) fn json_text(map: &Map<String, Value>) -> String {
-    Value::Object(map.clone()).to_string()
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
 }
 
 pub(super) fn parse_map(text: &str, column: &str) -> Result<Map<String, Value>, DbError> {

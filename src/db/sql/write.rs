@@ -18,6 +18,21 @@ pub(super) const BATCH_TAGS: usize = 4000;
 /// coming: the other writers of a database with one write connection get their turn.
 const BATCHES_PER_HOLD: usize = 16;
 
+/// Batches written on the direct SQLite connection between two checkpoints of the WAL
+/// (about the 1,000 pages at which SQLite checkpoints by itself).
+const CHECKPOINT_BATCHES: usize = 64;
+
+/// Copies the WAL's pages into the database file, on sqlx's worker thread: its file syncs
+/// must not stall the runtime thread that runs the inserter.
+async fn checkpoint(conn: &mut sqlx::AnyConnection) {
+    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::warn!(error = %e, "WAL checkpoint failed");
+    }
+}
+
 /// Starts the task that inserts new assets in batches: it takes what is waiting (up to
 /// [`BATCH_ROWS`]), writes the rows and their tags in one transaction, and tells each caller
 /// whether its row went in (a key that exists, or twice in one batch, does not).
@@ -28,11 +43,13 @@ const BATCHES_PER_HOLD: usize = 16;
 pub(super) fn spawn_inserter(
     pool: AnyPool,
     dialect: Dialect,
+    mut direct: Option<super::direct::DirectWriter>,
 ) -> tokio::sync::mpsc::Sender<PendingInsert> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingInsert>(1024);
     tokio::spawn(async move {
         let mut carry: Option<PendingInsert> = None;
         let mut held: Option<(sqlx::pool::PoolConnection<sqlx::Any>, usize)> = None;
+        let mut uncheckpointed = 0;
         loop {
             let first = match carry.take() {
                 Some(p) => p,
@@ -74,7 +91,18 @@ pub(super) fn spawn_inserter(
             };
             let result = match conn {
                 Ok((mut conn, used)) => {
-                    let result = insert_batch(&mut conn, dialect, &records).await;
+                    let result = match direct.as_mut() {
+                        Some(writer) => {
+                            let result = writer.insert(&records);
+                            uncheckpointed += 1;
+                            if uncheckpointed >= CHECKPOINT_BATCHES {
+                                uncheckpointed = 0;
+                                checkpoint(&mut conn).await;
+                            }
+                            result
+                        }
+                        None => insert_batch(&mut conn, dialect, &records).await,
+                    };
                     // A connection that failed is not used again (the pool tests it).
                     if result.is_ok() && used + 1 < BATCHES_PER_HOLD {
                         held = Some((conn, used + 1));

@@ -1,0 +1,105 @@
+//! New asset rows written to a SQLite file on a connection of their own, called by the
+//! inserter on its own thread: no hand-over to sqlx's worker thread per command.
+//!
+//! The inserter holds the write pool's only connection while it writes here, so this
+//! connection never races nephos's other writers for SQLite's write lock.
+
+use std::collections::HashSet;
+
+use rusqlite::{params, Connection, OpenFlags};
+
+use super::{json_text, AssetRecord, DbError, ASSET_COLUMNS};
+
+pub(super) struct DirectWriter {
+    conn: Connection,
+    insert_asset: String,
+}
+
+const INSERT_TAG: &str = "INSERT INTO asset_tags (asset_id, tag, cloud, created_at) \
+    VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING";
+
+impl DirectWriter {
+    /// Opens the database file at `path` (already created and migrated).
+    pub(super) fn open(path: &str) -> Result<DirectWriter, DbError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.execute_batch(
+            "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; \
+             PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
+             PRAGMA wal_autocheckpoint = 0;",
+        )?;
+        let width = ASSET_COLUMNS.split(',').count();
+        let holes = (1..=width)
+            .map(|n| format!("?{n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(DirectWriter {
+            conn,
+            insert_asset: format!(
+                "INSERT INTO assets ({ASSET_COLUMNS}) VALUES ({holes}) \
+                 ON CONFLICT (cloud, resource_type, delivery_type, public_id) DO NOTHING"
+            ),
+        })
+    }
+
+    /// Inserts the rows that do not exist yet, and the tags of those, in one transaction;
+    /// returns the asset IDs inserted.
+    pub(super) fn insert(&mut self, records: &[&AssetRecord]) -> Result<HashSet<String>, DbError> {
+        let result = self.insert_in_transaction(records);
+        // A rollback that failed leaves the transaction open: it is ended here, or no later
+        // batch could begin one.
+        if result.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        result
+    }
+
+    fn insert_in_transaction(
+        &mut self,
+        records: &[&AssetRecord],
+    ) -> Result<HashSet<String>, DbError> {
+        let tx = self.conn.transaction()?;
+        let mut inserted = HashSet::with_capacity(records.len());
+        {
+            let mut asset = tx.prepare_cached(&self.insert_asset)?;
+            let mut tag = tx.prepare_cached(INSERT_TAG)?;
+            for s in records {
+                let added = asset.execute(params![
+                    s.asset_id,
+                    s.key.cloud,
+                    s.key.resource_type,
+                    s.key.delivery_type,
+                    s.key.public_id,
+                    s.version,
+                    s.version_id,
+                    s.format,
+                    s.width,
+                    s.height,
+                    s.pages,
+                    s.bytes,
+                    s.etag,
+                    s.created_at,
+                    s.original_filename,
+                    s.display_name,
+                    s.asset_folder,
+                    json_text(&s.context),
+                    json_text(&s.metadata),
+                    json_text(&s.extra),
+                    s.blob_key,
+                    s.api_key,
+                ])?;
+                if added == 0 {
+                    continue;
+                }
+                for t in &s.tags {
+                    tag.execute(params![s.asset_id, t, s.key.cloud, s.created_at])?;
+                }
+                inserted.insert(s.asset_id.clone());
+            }
+        }
+        tx.commit()?;
+        Ok(inserted)
+    }
+}
