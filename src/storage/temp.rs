@@ -182,8 +182,14 @@ impl TempBlob {
 }
 
 /// Writes `bytes` next to `dest` and renames the file over it (blocking): readers see the
-/// old file or the whole new one.
+/// old file or the whole new one. On Linux a new `dest` is first tried as an unnamed file
+/// linked into place once written ([`linked::write`]), which appears as whole as a renamed
+/// one at less cost.
 pub fn write_atomically(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if linked::write(bytes, dest)? {
+        return Ok(());
+    }
     let tmp = dest.with_file_name(format!(
         ".{}.{}",
         dest.file_name().and_then(|n| n.to_str()).unwrap_or("blob"),
@@ -196,6 +202,77 @@ pub fn write_atomically(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+#[cfg(target_os = "linux")]
+mod linked {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::Path;
+
+    use rustix::fs::{AtFlags, OFlags, CWD};
+    use rustix::io::Errno;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set once the folder's filesystem or the kernel turned the unnamed file down: the named
+    /// temporary file is used from then on.
+    static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+    /// Writes `bytes` into an unnamed file (`O_TMPFILE`) in `dest`'s folder and links it at
+    /// `dest` (`linkat` with `AT_EMPTY_PATH`): no temporary name is made, renamed and
+    /// looked up. `Ok(false)` when that cannot be done here or `dest` exists (a rename
+    /// replaces it); a missing folder is an error (`NotFound`), as for a named file.
+    pub fn write(bytes: &[u8], dest: &Path) -> std::io::Result<bool> {
+        if UNAVAILABLE.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let Some(dir) = dest.parent() else {
+            return Ok(false);
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        // Errors that say the unnamed file cannot be had here (the filesystem, the kernel, or
+        // linking by descriptor without a capability on older kernels).
+        let unavailable = |errno: Errno| {
+            matches!(
+                errno,
+                Errno::OPNOTSUPP
+                    | Errno::ISDIR
+                    | Errno::INVAL
+                    | Errno::PERM
+                    | Errno::ACCESS
+                    | Errno::NOENT
+            )
+        };
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .mode(0o666)
+            .custom_flags(OFlags::TMPFILE.bits() as i32)
+            .open(dir);
+        let mut file = match opened {
+            Ok(f) => f,
+            // A missing folder is the caller's to make.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
+            Err(e) if Errno::from_io_error(&e).is_some_and(unavailable) => {
+                UNAVAILABLE.store(true, Ordering::Relaxed);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        file.write_all(bytes)?;
+        match rustix::fs::linkat(&file, "", CWD, dest, AtFlags::EMPTY_PATH) {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(errno) if unavailable(errno) => {
+                UNAVAILABLE.store(true, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(errno) => Err(errno.into()),
+        }
+    }
 }
 
 impl Drop for TempBlob {
@@ -505,6 +582,42 @@ pub async fn blob_from_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn atomic_writes_make_replace_and_need_their_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.bin");
+        write_atomically(b"first", &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"first");
+        // An existing file is replaced whole.
+        write_atomically(b"second, longer", &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"second, longer");
+        // Nothing else is left in the folder (no temporary name, no unnamed file linked).
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("a.bin")]);
+        // A missing folder is reported as such (the blob store makes it and tries again).
+        let err = write_atomically(b"x", &dir.path().join("no/such/b.bin")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unnamed_file_is_linked_whole_or_left_to_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("c.bin");
+        match linked::write(b"content", &dest).unwrap() {
+            true => assert_eq!(std::fs::read(&dest).unwrap(), b"content"),
+            // Not available here (filesystem, kernel or capability): nothing was made.
+            false => assert!(!dest.exists()),
+        }
+        // An existing file is never replaced by a link: the rename does that.
+        std::fs::write(&dest, b"old").unwrap();
+        assert!(!linked::write(b"new", &dest).unwrap());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+    }
 
     #[tokio::test]
     async fn writes_hashes_and_limits() {
