@@ -40,6 +40,10 @@ async fn checkpoint(conn: &mut sqlx::AnyConnection) {
 /// While batches follow one another the task keeps its connection (up to
 /// [`BATCHES_PER_HOLD`] of them): the pool tests a connection with a round trip each time
 /// it is given back, which for SQLite is a hand-over to its worker thread and back.
+///
+/// With `direct` (a SQLite file), the rows are written on that connection, in place on the
+/// task's thread; the pool's connection is still taken, as the token of SQLite's single
+/// writer, and checkpoints the WAL every [`CHECKPOINT_BATCHES`].
 pub(super) fn spawn_inserter(
     pool: AnyPool,
     dialect: Dialect,
