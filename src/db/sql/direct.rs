@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use rusqlite::{params, Connection, OpenFlags};
 
-use super::{json_text, AssetRecord, DbError, ASSET_COLUMNS};
+use super::{json_text, AssetRecord, DbError, ASSET_COLUMNS, SQLITE_PRAGMAS};
 
 pub(super) struct DirectWriter {
     conn: Connection,
@@ -25,11 +25,11 @@ impl DirectWriter {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.execute_batch(
-            "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; \
-             PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY; \
-             PRAGMA wal_autocheckpoint = 0;",
-        )?;
+        for pragma in SQLITE_PRAGMAS {
+            conn.execute_batch(pragma)?;
+        }
+        // The inserter checkpoints the WAL itself, on sqlx's thread.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
         let width = ASSET_COLUMNS.split(',').count();
         let holes = (1..=width)
             .map(|n| format!("?{n}"))

@@ -234,18 +234,21 @@ async fn direct_writer(write: &AnyPool) -> Result<Option<direct::DirectWriter>, 
         .transpose()
 }
 
+/// Settings of every SQLite connection nephos opens (sqlx's and the direct writer's).
+const SQLITE_PRAGMAS: [&str; 4] = [
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+    // Statement journals of multi-row inserts stay in memory, not in a file under /tmp.
+    "PRAGMA temp_store = MEMORY",
+];
+
 fn sqlite_setup(
     conn: &mut sqlx::AnyConnection,
     _meta: sqlx::pool::PoolConnectionMetadata,
 ) -> futures_util::future::BoxFuture<'_, Result<(), sqlx::Error>> {
     Box::pin(async move {
-        for pragma in [
-            "PRAGMA busy_timeout = 10000",
-            "PRAGMA synchronous = NORMAL",
-            "PRAGMA foreign_keys = ON",
-            // Statement journals of multi-row inserts stay in memory, not in a file under /tmp.
-            "PRAGMA temp_store = MEMORY",
-        ] {
+        for pragma in SQLITE_PRAGMAS {
             sqlx::query(pragma).execute(&mut *conn).await?;
         }
         Ok(())
