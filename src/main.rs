@@ -4,47 +4,19 @@ use clap::Parser;
 use nephos::config::{Cli, Command, Config, HealthcheckArgs, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+mod allocator;
+
 /// mimalloc: a small upload allocates and frees many short-lived buffers on several threads,
-/// which glibc's allocator spends much of its time on. Tuned in [`tune_allocator`] so that memory
-/// freed is returned soon: a 1 GiB upload stays within the same peak memory as with glibc.
+/// which glibc's allocator spends much of its time on. Tuned in [`allocator::tune`] so that
+/// memory freed is returned soon: a 1 GiB upload stays within the same peak memory as with glibc.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Runs [`tune_allocator`] before anything else of the process, mimalloc's own start included
-/// (a prioritized constructor; mimalloc reserves its first arena at its start).
-#[cfg(target_os = "linux")]
-#[used]
-#[link_section = ".init_array.00099"]
-static TUNE_ALLOCATOR_FIRST: extern "C" fn() = {
-    extern "C" fn tune() {
-        tune_allocator();
-    }
-    tune
-};
-
-/// mimalloc's options (its `mi_option_e` numbering, version 3).
-fn tune_allocator() {
-    const ARENA_EAGER_COMMIT: i32 = 4;
-    const PURGE_DELAY: i32 = 15;
-    const ARENA_RESERVE: i32 = 23;
-    // SAFETY: called before `main`, while the process has one thread (mimalloc's options are
-    // not thread safe to set).
-    unsafe {
-        // Arena memory is committed as used, and freed pages go back to the system no sooner
-        // than 100 ms after (mimalloc purges when it next runs): soon enough for a large
-        // upload's passing buffers, late enough that the next request reuses them instead of
-        // faulting in fresh zeroed pages.
-        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 100);
-        // Arenas of 4 MiB (the value is in KiB).
-        libmimalloc_sys::mi_option_set(ARENA_RESERVE, 4096);
-    }
-}
+static GLOBAL: allocator::Allocator = allocator::Allocator;
 
 fn main() -> std::process::ExitCode {
     #[cfg(not(target_os = "linux"))]
-    tune_allocator();
+    allocator::tune();
     match tokio::runtime::Builder::new_multi_thread()
+        .on_thread_park(allocator::on_park)
         .enable_all()
         .build()
     {
