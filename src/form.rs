@@ -264,6 +264,8 @@ pub struct Mirror {
     pub object: crate::storage::StoredObject,
     /// The sink's buffers' room in the shared memory budget, held while it sends.
     pub budget: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// Counted among the bodies sent as they arrive while the mirror lives.
+    pub streaming: crate::storage::StreamingBody,
 }
 
 /// Chooses, when a multipart file part starts, whether it is also sent to the blob store as

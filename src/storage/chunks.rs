@@ -36,6 +36,7 @@ pub struct Follower {
     budget: Vec<tokio::sync::OwnedSemaphorePermit>,
     /// When it last sent bytes (or started).
     last: Instant,
+    _streaming: crate::storage::StreamingBody,
 }
 
 /// Bytes a follower reads from the data file at a time.
@@ -60,6 +61,7 @@ impl Follower {
             sent: 0,
             budget,
             last: Instant::now(),
+            _streaming: crate::storage::StreamingBody::start(),
         }
     }
 

@@ -11,6 +11,7 @@ pub mod s3;
 pub mod temp;
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +20,52 @@ use futures_util::Stream;
 pub use temp::{BlobWriter, Hashing, TempBlob, WriteError};
 
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Bodies being sent to the blob store while they arrive (an upload's mirror, a chunked
+/// session's follower).
+static STREAMING: AtomicUsize = AtomicUsize::new(0);
+/// When the last of them ended, in [`clock_ms`] (0: none yet).
+static STREAMING_ENDED: AtomicU64 = AtomicU64::new(0);
+
+/// Milliseconds on a monotonic clock (from its first use; never 0).
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let ms = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
+/// Counts a body in [`STREAMING`] while it lives.
+#[derive(Debug)]
+pub struct StreamingBody(());
+
+impl StreamingBody {
+    pub fn start() -> StreamingBody {
+        STREAMING.fetch_add(1, Ordering::Relaxed);
+        StreamingBody(())
+    }
+}
+
+impl Drop for StreamingBody {
+    fn drop(&mut self) {
+        STREAMING_ENDED.store(clock_ms(), Ordering::Relaxed);
+        STREAMING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a body is being sent to the blob store while it arrives, or was within the last
+/// second. The binary's allocator then gives back what its threads keep of freed buffers (the
+/// store's sink adds its own to the body's): uploads to a local folder, and small bodies
+/// whatever their rate, never pay for that.
+pub fn streaming_recently() -> bool {
+    if STREAMING.load(Ordering::Relaxed) > 0 {
+        return true;
+    }
+    let ended = STREAMING_ENDED.load(Ordering::Relaxed);
+    ended != 0 && clock_ms().saturating_sub(ended) < 1000
+}
 
 /// A byte range `start..=end` of a blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,4 +297,21 @@ pub fn new_blob_key(cloud: &str, version_id: &str) -> String {
         "{cloud}/{}/{version_id}",
         &version_id[..2.min(version_id.len())]
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body sent to the store as it arrives counts while it lives, and for a moment after.
+    #[test]
+    fn a_streamed_body_counts_while_it_lives_and_just_after() {
+        let body = StreamingBody::start();
+        assert!(STREAMING.load(Ordering::Relaxed) >= 1);
+        assert!(streaming_recently());
+        let before = clock_ms();
+        drop(body);
+        assert!(STREAMING_ENDED.load(Ordering::Relaxed) >= before);
+        assert!(streaming_recently());
+    }
 }

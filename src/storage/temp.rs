@@ -10,7 +10,6 @@
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::storage::md5::Md5;
 use bytes::{Bytes, BytesMut};
@@ -314,50 +313,6 @@ struct Spilled {
     tx: Option<mpsc::Sender<(Bytes, bool)>>,
     task: Option<JoinHandle<std::io::Result<Option<Md5>>>>,
     guard: PathGuard,
-    _large: LargeBody,
-}
-
-/// Bodies being written to a file now.
-static LARGE_BODIES: AtomicUsize = AtomicUsize::new(0);
-/// When the last of them ended, in [`clock_ms`] (0: none yet).
-static LARGE_BODY_ENDED: AtomicU64 = AtomicU64::new(0);
-
-/// Milliseconds on a monotonic clock (from its first use).
-fn clock_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let ms = START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis();
-    u64::try_from(ms).unwrap_or(u64::MAX).max(1)
-}
-
-/// Counts a body in [`LARGE_BODIES`] while it is written to a file.
-struct LargeBody;
-
-impl LargeBody {
-    fn start() -> LargeBody {
-        LARGE_BODIES.fetch_add(1, Ordering::Relaxed);
-        LargeBody
-    }
-}
-
-impl Drop for LargeBody {
-    fn drop(&mut self) {
-        LARGE_BODY_ENDED.store(clock_ms(), Ordering::Relaxed);
-        LARGE_BODIES.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Whether a body too large for memory is being written to a file, or was within the last
-/// second. The binary's allocator gives back what its threads keep of freed large buffers
-/// only then: requests with small bodies, whatever their rate, never pay for that.
-pub fn large_bodies_recently() -> bool {
-    if LARGE_BODIES.load(Ordering::Relaxed) > 0 {
-        return true;
-    }
-    let ended = LARGE_BODY_ENDED.load(Ordering::Relaxed);
-    ended != 0 && clock_ms().saturating_sub(ended) < 1000
 }
 
 pub struct BlobWriter {
@@ -462,7 +417,6 @@ async fn spill(target: &Target, hashed: bool, mut tap: Option<Tap>) -> std::io::
         tx: Some(tx),
         task: Some(task),
         guard,
-        _large: LargeBody::start(),
     })
 }
 
@@ -701,23 +655,6 @@ mod tests {
             .unwrap();
         small.persist(&dir.path().join("dest")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("dest")).unwrap(), b"abc");
-    }
-
-    /// A body written to a file counts as large while it is written and for a moment after.
-    #[tokio::test]
-    async fn a_body_in_a_file_counts_as_large_until_just_after_it_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = BlobWriter::create(dir.path(), u64::MAX).await.unwrap();
-        w.write(Bytes::from(vec![7u8; SPILL_BYTES + 1]))
-            .await
-            .unwrap();
-        assert!(LARGE_BODIES.load(Ordering::Relaxed) >= 1);
-        assert!(large_bodies_recently());
-        let before = clock_ms();
-        let blob = w.finish().await.unwrap();
-        assert!(LARGE_BODY_ENDED.load(Ordering::Relaxed) >= before);
-        assert!(large_bodies_recently());
-        assert_eq!(blob.size, SPILL_BYTES as u64 + 1);
     }
 
     /// Bodies that reuse a pooled buffer hold only their own bytes, and a buffer still held

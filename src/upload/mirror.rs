@@ -79,6 +79,7 @@ pub async fn open(state: &AppState, cloud: &str, len: Option<u64>) -> Option<Mir
             sink,
             object: StoredObject::new(state.blobs.clone(), cloud, version_id),
             budget,
+            streaming: crate::storage::StreamingBody::start(),
         }),
         Ok(None) => None,
         Err(e) => {
