@@ -7,9 +7,16 @@ const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// `n` random characters of `[a-z0-9]` (Cloudinary's random public IDs and suffixes).
 pub fn random_alnum(n: usize) -> String {
     let mut rng = rand::thread_rng();
-    (0..n)
-        .map(|_| ALNUM[rng.gen_range(0..ALNUM.len())] as char)
-        .collect()
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 32];
+    while out.len() < n {
+        rng.fill(&mut buf[..]);
+        // 252 = 7 × 36: the bytes below it fall evenly on the 36 characters.
+        for b in buf.iter().filter(|b| **b < 252).take(n - out.len()) {
+            out.push(char::from(ALNUM[usize::from(b % 36)]));
+        }
+    }
+    out
 }
 
 /// `bytes` random bytes as lowercase hex.
@@ -59,6 +66,18 @@ pub fn folder_external_id(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_alnum_gives_the_length_asked_in_all_36_characters() {
+        for n in [0, 1, 6, 20, 33, 100] {
+            assert_eq!(random_alnum(n).len(), n);
+        }
+        let many = random_alnum(3600);
+        assert!(many.bytes().all(|b| ALNUM.contains(&b)));
+        // Each character is drawn with probability 1/36: all of them show up in 3,600.
+        assert!(ALNUM.iter().all(|c| many.as_bytes().contains(c)));
+        assert_ne!(random_alnum(20), random_alnum(20));
+    }
 
     #[test]
     fn iso_times_are_utc_seconds_with_z() {
