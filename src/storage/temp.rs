@@ -317,7 +317,10 @@ struct Spilled {
 
 pub struct BlobWriter {
     target: Target,
-    /// In-memory stage: the bytes so far.
+    /// In-memory stage: the first chunk as it came, while it is the only one (a small body
+    /// often arrives in one piece, and is then kept without a copy)...
+    first: Option<Bytes>,
+    /// ...else the bytes so far.
     buf: BytesMut,
     /// Whether the content is hashed.
     hashed: bool,
@@ -434,6 +437,7 @@ impl BlobWriter {
     ) -> std::io::Result<BlobWriter> {
         Ok(BlobWriter {
             target: Target::Temp(dir.to_path_buf()),
+            first: None,
             buf: BytesMut::new(),
             hashed: matches!(hashing, Hashing::Fresh),
             spilled: None,
@@ -454,6 +458,7 @@ impl BlobWriter {
         let spilled = spill(&target, false, tap).await?;
         Ok(BlobWriter {
             target,
+            first: None,
             buf: BytesMut::new(),
             hashed: false,
             spilled: Some(spilled),
@@ -475,23 +480,27 @@ impl BlobWriter {
         }
         self.written += chunk.len() as u64;
         if self.spilled.is_none() {
-            if self.buf.len() + chunk.len() <= SPILL_BYTES {
-                // Past a few pages, the body moves to a reused buffer of the full size (a small
-                // body keeps its own small one).
-                if self.buf.len() + chunk.len() > POOLED_FROM && self.buf.capacity() < SPILL_BYTES {
-                    let mut pooled = pooled_buffer();
-                    pooled.extend_from_slice(&self.buf);
-                    self.buf = pooled;
+            let held = self.first.as_ref().map_or(0, Bytes::len) + self.buf.len();
+            if held + chunk.len() <= SPILL_BYTES {
+                if held == 0 {
+                    self.first = Some(chunk);
+                    return Ok(());
                 }
                 // Hashed whole at the end, with other requests' bodies.
-                self.buf.extend_from_slice(&chunk);
+                if let Some(first) = self.first.take() {
+                    self.buffer(&first);
+                }
+                self.buffer(&chunk);
                 return Ok(());
             }
-            // Too large for memory: continue in a file, the buffered bytes first.
+            // Too large for memory: continue in a file, the held bytes first.
             let mut spilled = spill(&self.target, self.hashed, None).await?;
-            let first = std::mem::take(&mut self.buf).freeze();
-            if !first.is_empty() {
+            if let Some(first) = self.first.take() {
                 Self::send(&mut spilled, first, true).await?;
+            }
+            let buffered = std::mem::take(&mut self.buf).freeze();
+            if !buffered.is_empty() {
+                Self::send(&mut spilled, buffered, true).await?;
             }
             self.spilled = Some(spilled);
         }
@@ -501,6 +510,17 @@ impl BlobWriter {
                 "writer lost its file",
             ))),
         }
+    }
+
+    /// Appends to the in-memory stage. Past a few pages, the body moves to a reused buffer of
+    /// the full size (a small body keeps its own small one).
+    fn buffer(&mut self, bytes: &[u8]) {
+        if self.buf.len() + bytes.len() > POOLED_FROM && self.buf.capacity() < SPILL_BYTES {
+            let mut pooled = pooled_buffer();
+            pooled.extend_from_slice(&self.buf);
+            self.buf = pooled;
+        }
+        self.buf.extend_from_slice(bytes);
     }
 
     async fn send(s: &mut Spilled, chunk: Bytes, hash: bool) -> Result<(), WriteError> {
@@ -529,7 +549,10 @@ impl BlobWriter {
     pub async fn finish(mut self) -> std::io::Result<TempBlob> {
         let (content, md5) = match self.spilled.take() {
             None => {
-                let bytes = std::mem::take(&mut self.buf).freeze();
+                let bytes = match self.first.take() {
+                    Some(first) => first,
+                    None => std::mem::take(&mut self.buf).freeze(),
+                };
                 let md5 = if self.hashed {
                     hex::encode(super::md5::batch::digest(bytes.clone()).await)
                 } else {
@@ -655,6 +678,36 @@ mod tests {
             .unwrap();
         small.persist(&dir.path().join("dest")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("dest")).unwrap(), b"abc");
+    }
+
+    /// A body that arrives in one piece is kept as it came; a second piece, or one too large
+    /// for memory, joins it whole and in order.
+    #[tokio::test]
+    async fn a_body_in_one_piece_is_kept_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = Bytes::from(vec![5u8; 10_000]);
+        let mut w = BlobWriter::create(dir.path(), u64::MAX).await.unwrap();
+        w.write(one.clone()).await.unwrap();
+        let blob = w.finish().await.unwrap();
+        assert_eq!(blob.bytes().unwrap().as_ptr(), one.as_ptr());
+        assert_eq!(blob.md5, hex::encode(Md5::digest(&one)));
+        // Two pieces: one body, in order.
+        let mut w = BlobWriter::create(dir.path(), u64::MAX).await.unwrap();
+        w.write(Bytes::from_static(b"abc")).await.unwrap();
+        w.write(Bytes::from_static(b"def")).await.unwrap();
+        let blob = w.finish().await.unwrap();
+        assert_eq!(blob.bytes().unwrap().as_ref(), b"abcdef");
+        assert_eq!(blob.md5, hex::encode(Md5::digest(b"abcdef")));
+        // A small first piece, then one that takes the body past memory: a file, in order.
+        let big = vec![9u8; SPILL_BYTES];
+        let mut w = BlobWriter::create(dir.path(), u64::MAX).await.unwrap();
+        w.write(Bytes::from_static(b"head")).await.unwrap();
+        w.write(Bytes::from(big.clone())).await.unwrap();
+        let blob = w.finish().await.unwrap();
+        let mut whole = b"head".to_vec();
+        whole.extend_from_slice(&big);
+        assert_eq!(std::fs::read(blob.path().unwrap()).unwrap(), whole);
+        assert_eq!(blob.md5, hex::encode(Md5::digest(&whole)));
     }
 
     /// Bodies that reuse a pooled buffer hold only their own bytes, and a buffer still held
