@@ -53,6 +53,7 @@ impl Follower {
         object: crate::storage::StoredObject,
         data: PathBuf,
         budget: Vec<tokio::sync::OwnedSemaphorePermit>,
+        streaming: crate::storage::StreamingBody,
     ) -> Follower {
         Follower {
             sink: Some(sink),
@@ -61,7 +62,7 @@ impl Follower {
             sent: 0,
             budget,
             last: Instant::now(),
-            _streaming: crate::storage::StreamingBody::start(),
+            _streaming: streaming,
         }
     }
 
@@ -518,7 +519,14 @@ mod tests {
     fn follower(dir: &Path, data: &Path, sink: Kept) -> Follower {
         let store = Arc::new(crate::storage::fs::FsBlobStore::new(dir.join("store")).unwrap());
         let object = crate::storage::StoredObject::new(store, "demo", crate::util::random_hex(16));
-        Follower::new(Box::new(sink), object, data.to_path_buf(), Vec::new())
+        let streaming = crate::storage::StreamingBody::start();
+        Follower::new(
+            Box::new(sink),
+            object,
+            data.to_path_buf(),
+            Vec::new(),
+            streaming,
+        )
     }
 
     #[tokio::test]

@@ -826,8 +826,14 @@ async fn follower(
         return None;
     }
     let m = super::mirror::open(state, cloud, total).await?;
-    let follower =
-        crate::storage::chunks::Follower::new(m.sink, m.object, data.to_path_buf(), m.budget);
+    // The mirror's count of a body sent as it arrives passes on to the follower.
+    let follower = crate::storage::chunks::Follower::new(
+        m.sink,
+        m.object,
+        data.to_path_buf(),
+        m.budget,
+        m.streaming,
+    );
     state.chunks.add_follower(sid, follower)
 }
 
