@@ -367,10 +367,11 @@ mod tests {
     use super::super::tests::noise;
     use super::*;
 
+    type Engine = Box<dyn Fn(&[&[u8]]) -> Vec<[u8; 16]>>;
+
     /// Each side-by-side engine this CPU has, by name, as a function of the messages.
-    fn engines() -> Vec<(&'static str, Box<dyn Fn(&[&[u8]]) -> Vec<[u8; 16]>>)> {
-        let mut out: Vec<(&'static str, Box<dyn Fn(&[&[u8]]) -> Vec<[u8; 16]>>)> =
-            vec![("chosen", Box::new(digest_many))];
+    fn engines() -> Vec<(&'static str, Engine)> {
+        let mut out: Vec<(&'static str, Engine)> = vec![("chosen", Box::new(digest_many))];
         #[cfg(target_arch = "x86_64")]
         {
             if wide() {
