@@ -45,7 +45,7 @@ fn record(public_id: &str, version: i64, tags: &[&str]) -> AssetRecord {
 async fn story(store: Arc<dyn MetaStore>) {
     store.ping().await.unwrap();
     let a = record("folder/a", 100, &["b", "a", "b"]);
-    let created = match store.save_asset(&a, true).await.unwrap() {
+    let created = match store.save_asset(a.clone(), true).await.unwrap() {
         SaveOutcome::Created(r) => r,
         other => panic!("expected Created, got {other:?}"),
     };
@@ -63,24 +63,24 @@ async fn story(store: Arc<dyn MetaStore>) {
     let mut other_rt = record("folder/a", 100, &[]);
     other_rt.key.resource_type = "raw".into();
     assert!(matches!(
-        store.save_asset(&other_rt, false).await.unwrap(),
+        store.save_asset(other_rt.clone(), false).await.unwrap(),
         SaveOutcome::Created(_)
     ));
     let mut other_cloud = record("folder/a", 100, &[]);
     other_cloud.key.cloud = "other".into();
     assert!(matches!(
-        store.save_asset(&other_cloud, false).await.unwrap(),
+        store.save_asset(other_cloud.clone(), false).await.unwrap(),
         SaveOutcome::Created(_)
     ));
 
     // overwrite=false leaves the asset as it was.
     let b = record("folder/a", 100, &["new"]);
-    match store.save_asset(&b, false).await.unwrap() {
+    match store.save_asset(b.clone(), false).await.unwrap() {
         SaveOutcome::Existing(r) => assert_eq!(r, created),
         other => panic!("expected Existing, got {other:?}"),
     }
     // overwrite=true keeps the asset_id and moves the version forward even in the same second.
-    match store.save_asset(&b, true).await.unwrap() {
+    match store.save_asset(b.clone(), true).await.unwrap() {
         SaveOutcome::Replaced { stored, previous } => {
             assert_eq!(stored.asset_id, created.asset_id);
             assert_eq!(stored.version, 101);
@@ -98,7 +98,7 @@ async fn story(store: Arc<dyn MetaStore>) {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             let r = record("race", 50 + i, &["t"]);
-            s.save_asset(&r, true)
+            s.save_asset(r.clone(), true)
                 .await
                 .map(|o| matches!(o, SaveOutcome::Created(_)))
         }));
@@ -118,7 +118,7 @@ async fn story(store: Arc<dyn MetaStore>) {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
             let r = record(&format!("many/{i}"), 10, &["x", &format!("t{i}")]);
-            (s.save_asset(&r, false).await, r.key)
+            (s.save_asset(r.clone(), false).await, r.key)
         }));
     }
     for t in tasks {
@@ -284,7 +284,7 @@ async fn repository_story_on_postgres() {
 async fn writers_take_turns(store: Arc<dyn MetaStore>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let base = record("turns/base", 1, &[]);
-    store.save_asset(&base, true).await.unwrap();
+    store.save_asset(base.clone(), true).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let mut inserts = tokio::task::JoinSet::new();
     // More writers than one batch holds: rows are always waiting.
@@ -294,7 +294,7 @@ async fn writers_take_turns(store: Arc<dyn MetaStore>) {
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) {
                 let r = record(&format!("turns/{w}-{i}"), 10, &["t"]);
-                match store.save_asset(&r, true).await.unwrap() {
+                match store.save_asset(r.clone(), true).await.unwrap() {
                     SaveOutcome::Created(_) => {}
                     other => panic!("expected Created, got {other:?}"),
                 }
@@ -305,7 +305,7 @@ async fn writers_take_turns(store: Arc<dyn MetaStore>) {
     }
     for v in 2..12 {
         match store
-            .save_asset(&record("turns/base", v, &[]), true)
+            .save_asset(record("turns/base", v, &[]), true)
             .await
             .unwrap()
         {
@@ -374,7 +374,7 @@ async fn sqlite_wal_stays_small_while_rows_go_in_one_by_one() {
     for i in 0..2000 {
         let r = record(&format!("wal/{i}"), 1, &["a", "b"]);
         assert!(matches!(
-            store.save_asset(&r, true).await.unwrap(),
+            store.save_asset(r.clone(), true).await.unwrap(),
             SaveOutcome::Created(_)
         ));
         largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));

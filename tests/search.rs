@@ -371,7 +371,7 @@ async fn compiled_filters_select_what_the_expression_matches(backend: Backend) {
     let store = direct.meta.clone();
     let records = catalogue();
     for r in &records {
-        store.save_asset(r, false).await.unwrap();
+        store.save_asset(r.clone(), false).await.unwrap();
     }
     let all_tags = store.distinct_tags(100).await.unwrap();
     let now = 1_000_000;

@@ -263,9 +263,10 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<Option<AssetRecord>, DbError>;
     /// Inserts `record`, or replaces the asset with the same key when `overwrite` is true
     /// (keeping its `asset_id` and giving it a version newer than the old one), atomically.
+    /// The record is taken whole (it is what a new row gives back), not copied.
     async fn save_asset(
         &self,
-        record: &AssetRecord,
+        record: AssetRecord,
         overwrite: bool,
     ) -> Result<SaveOutcome, DbError>;
     /// A page of assets in creation order, and the cursor of the next page when there is one.

@@ -65,7 +65,7 @@ pub async fn restore(state: &AppState, key: &AssetKey) -> ApiResult<Restored> {
     let Some(rec) = find(state, key).await? else {
         return Ok(Restored::NoBackup);
     };
-    let stored = match state.meta.save_asset(&rec, false).await? {
+    let stored = match state.meta.save_asset(rec.clone(), false).await? {
         SaveOutcome::Created(r) | SaveOutcome::Existing(r) => r,
         SaveOutcome::Replaced { stored, .. } => *stored,
     };
@@ -193,7 +193,7 @@ pub async fn restore_version(
         return Ok(None);
     };
     rec.extra.insert("backup".into(), serde_json::json!(true));
-    let stored = match state.meta.save_asset(&rec, true).await? {
+    let stored = match state.meta.save_asset(rec.clone(), true).await? {
         SaveOutcome::Created(r) | SaveOutcome::Existing(r) => r,
         SaveOutcome::Replaced { stored, previous } => {
             if previous.blob_key != rec.blob_key {

@@ -1114,10 +1114,11 @@ async fn store(
         }
     }
     state.blobs.put(&record.blob_key, blob).await?;
-    let saved = match state.meta.save_asset(&record, overwrite).await {
+    let blob_key = record.blob_key.clone();
+    let saved = match state.meta.save_asset(record, overwrite).await {
         Ok(s) => s,
         Err(e) => {
-            let _ = state.blobs.delete(&record.blob_key).await;
+            let _ = state.blobs.delete(&blob_key).await;
             return Err(e.into());
         }
     };
@@ -1134,7 +1135,7 @@ async fn store(
             (*stored, Outcome::Overwritten)
         }
         SaveOutcome::Existing(r) => {
-            let _ = state.blobs.delete(&record.blob_key).await;
+            let _ = state.blobs.delete(&blob_key).await;
             (r, Outcome::Existing)
         }
     })

@@ -312,24 +312,25 @@ impl MetaStore for SqlStore {
 
     async fn save_asset(
         &self,
-        record: &AssetRecord,
+        mut record: AssetRecord,
         overwrite: bool,
     ) -> Result<SaveOutcome, DbError> {
         // Most uploads create a new asset: try that first, together with the other uploads
-        // of the moment (one transaction and one statement for many rows).
-        let mut stored = record.clone();
-        stored.tags = normalized_tags(&record.tags);
+        // of the moment (one transaction and one statement for many rows). The record goes to
+        // the inserter and comes back with its answer.
+        record.tags = normalized_tags(&record.tags);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.inserts.send((stored, reply)).await.is_ok() {
-            match answer.await {
+        let record = match self.inserts.send((record, reply)).await {
+            Ok(()) => match answer.await {
                 Ok((stored, Ok(true))) => return Ok(SaveOutcome::Created(stored)),
-                Ok((_, Ok(false))) => {}
+                Ok((record, Ok(false))) => record,
                 Ok((_, Err(e))) => {
                     return Err(DbError::Corrupt(format!("batched insert failed: {e}")))
                 }
                 Err(_) => return Err(DbError::Corrupt("the insert batcher stopped".into())),
-            }
-        }
+            },
+            Err(unsent) => unsent.0 .0,
+        };
         // The key exists: lock the row and replace it or report it. A concurrent delete can
         // make the row vanish again, hence the loop.
         for _attempt in 0..5 {
