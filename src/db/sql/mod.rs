@@ -320,7 +320,7 @@ impl MetaStore for SqlStore {
         // the inserter and comes back with its answer.
         record.tags = normalized_tags(&record.tags);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let record = match self.inserts.send((record, reply)).await {
+        let mut record = match self.inserts.send((record, reply)).await {
             Ok(()) => match answer.await {
                 Ok((stored, Ok(true))) => return Ok(SaveOutcome::Created(stored)),
                 Ok((record, Ok(false))) => record,
@@ -340,31 +340,28 @@ impl MetaStore for SqlStore {
                     tx.commit().await?;
                     return Ok(SaveOutcome::Existing(previous));
                 }
-                let mut stored = record.clone();
-                stored.asset_id = previous.asset_id.clone();
-                stored.version = record.version.max(previous.version + 1);
-                stored.tags = normalized_tags(&record.tags);
-                write_asset(&mut *tx, &stored, Conflict::Replace).await?;
+                // Every way out of this branch returns: the record becomes the stored row.
+                record.asset_id = previous.asset_id.clone();
+                record.version = record.version.max(previous.version + 1);
+                write_asset(&mut *tx, &record, Conflict::Replace).await?;
                 sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
-                    .bind(stored.asset_id.clone())
+                    .bind(record.asset_id.clone())
                     .execute(&mut *tx)
                     .await?;
-                insert_tags(&mut tx, &stored).await?;
+                insert_tags(&mut tx, &record).await?;
                 tx.commit().await?;
                 return Ok(SaveOutcome::Replaced {
-                    stored: Box::new(stored),
+                    stored: Box::new(record),
                     previous: Box::new(previous),
                 });
             }
-            let mut stored = record.clone();
-            stored.tags = normalized_tags(&record.tags);
-            if !write_asset(&mut *tx, &stored, Conflict::Skip).await? {
+            if !write_asset(&mut *tx, &record, Conflict::Skip).await? {
                 tx.rollback().await?;
                 continue;
             }
-            insert_tags(&mut tx, &stored).await?;
+            insert_tags(&mut tx, &record).await?;
             tx.commit().await?;
-            return Ok(SaveOutcome::Created(stored));
+            return Ok(SaveOutcome::Created(record));
         }
         Err(DbError::Corrupt(
             "could not save the asset: the public ID kept changing under concurrent writes".into(),

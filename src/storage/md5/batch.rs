@@ -3,11 +3,10 @@
 //! A small upload is held in memory until it is complete, then hashed in one go. Bodies that
 //! complete at about the same moment are hashed side by side ([`super::digest_many`]: up to
 //! eight with AVX2, about 5.5 x one stream's rate when eight wait, and sixteen with AVX-512).
-//! They are gathered on the
-//! runtime's own threads, with no thread of their own: the first body of a round lets the other
-//! ready requests run once (they add theirs), then hashes the round and hands each request its
-//! digest. Under load several bodies join each round; alone, a body waits one pass of the
-//! runtime. Without the wide path (no AVX2) every body is hashed inline.
+//! They are gathered on the runtime's own threads, with no thread of their own: the first body
+//! of a round lets the other ready requests run once (they add theirs), then hashes the round
+//! and hands each request its digest. Under load several bodies join each round; alone, a body
+//! waits one pass of the runtime. Without the wide path (no AVX2) every body is hashed inline.
 
 use std::sync::Mutex;
 

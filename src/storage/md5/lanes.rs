@@ -35,7 +35,7 @@ pub fn digest_many(messages: &[&[u8]]) -> Vec<[u8; 16]> {
     if messages.len() > 1 {
         if wider() {
             // SAFETY: AVX-512F is present (checked just above).
-            return unsafe { drive::<16>(messages, avx512::compress) };
+            return unsafe { drive::<{ avx512::LANES }>(messages, avx512::compress) };
         }
         if wide() {
             // SAFETY: AVX2 is present (checked just above).
@@ -266,7 +266,8 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    const LANES: usize = 16;
+    /// Messages hashed side by side.
+    pub const LANES: usize = 2 * super::LANES;
 
     /// The sixteen blocks, transposed: `out[j]` holds word `j` of every lane.
     #[inline]
@@ -385,7 +386,7 @@ mod tests {
                 // SAFETY: AVX-512F is present.
                 out.push((
                     "avx512",
-                    Box::new(|m| unsafe { drive::<16>(m, avx512::compress) }),
+                    Box::new(|m| unsafe { drive::<{ avx512::LANES }>(m, avx512::compress) }),
                 ));
             }
         }
@@ -402,7 +403,7 @@ mod tests {
             .chain([1000, 4095, 4096, 4097, 10_000, 65_536, 200_000, 299_999])
             .collect();
         for (engine, digest) in engines() {
-            for count in 1..=3 * 16 + 1 {
+            for count in 1..=3 * 2 * LANES + 1 {
                 let messages: Vec<&[u8]> = (0..count)
                     .map(|k| {
                         let len = lengths[(k * 37 + count * 11) % lengths.len()];
