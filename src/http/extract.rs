@@ -11,7 +11,7 @@ use crate::form::{
     base_name, parse_query, FileMirror, FilePart, FilePlacement, Form, MemoryBudget, Mirror,
     Params, Value,
 };
-use crate::storage::{BlobWriter, WriteError};
+use crate::storage::{BlobWriter, Hashing, WriteError};
 
 /// A check of the fields that came before the file part.
 pub type EarlyCheck = std::sync::Arc<dyn Fn(&Params) -> ApiResult<()> + Send + Sync>;
@@ -402,9 +402,18 @@ async fn parse_multipart(
                     }
                     _ => None,
                 };
+                // A store that answers the MD5 of what it stored spares hashing the file here.
+                let store_hashes = mirror.as_ref().is_some_and(|m| m.sink.gives_md5());
+                let hashing = if store_hashes {
+                    Hashing::Off
+                } else {
+                    Hashing::Fresh
+                };
                 let mut writer = match placed {
                     Some(p) => BlobWriter::create_placed(&p.file, p.offset, p.len, p.tap).await?,
-                    None => BlobWriter::create(tmp_dir, limits.max_file_bytes).await?,
+                    None => {
+                        BlobWriter::create_with(tmp_dir, limits.max_file_bytes, hashing).await?
+                    }
                 };
                 let mut overflow: Option<u64> = None;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
@@ -448,11 +457,19 @@ async fn parse_multipart(
                 let mut blob = writer.finish().await?;
                 if let Some(Mirror { sink, object, .. }) = mirror {
                     match sink.finish().await {
-                        Ok(()) => blob.stored = Some(object),
+                        Ok(md5) => {
+                            if let (Some(md5), true) = (md5, store_hashes) {
+                                blob.md5 = md5;
+                            }
+                            blob.stored = Some(object);
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "completing an upload sent to the store as it arrived failed");
                         }
                     }
+                }
+                if store_hashes {
+                    blob.ensure_md5().await?;
                 }
                 form.file = Some(FilePart { blob, filename });
             }

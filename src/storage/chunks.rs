@@ -14,6 +14,9 @@ use crate::storage::md5::Md5;
 /// A range written by a request that has not finished is considered abandoned after this.
 const INFLIGHT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// A session's follower, as the requests of its parts share it.
+pub type SharedFollower = Arc<tokio::sync::Mutex<Follower>>;
+
 /// Ranges being written in place: `(start, end, since)`.
 type InFlight = Vec<(u64, u64, Instant)>;
 
@@ -21,7 +24,9 @@ type InFlight = Vec<(u64, u64, Instant)>;
 pub struct ChunkRuntime {
     inflight: Mutex<HashMap<String, InFlight>>,
     hashers: Mutex<HashMap<String, Arc<FileHasher>>>,
-    followers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Follower>>>>,
+    /// Each followed session's follower, and whether its store answers the MD5 of the
+    /// object (its parts are then not hashed here as they arrive).
+    followers: Mutex<HashMap<String, (SharedFollower, bool)>>,
 }
 
 /// Sends a session's data file to the blob store as its in-order prefix grows (an object
@@ -64,6 +69,11 @@ impl Follower {
             last: Instant::now(),
             _streaming: streaming,
         }
+    }
+
+    /// Whether the store is expected to answer the object's MD5 when it is completed.
+    pub fn gives_md5(&self) -> bool {
+        self.sink.as_ref().is_some_and(|s| s.gives_md5())
     }
 
     /// Sends the data file's bytes up to `to`.
@@ -109,9 +119,13 @@ impl Follower {
         self.budget.clear();
     }
 
-    /// Sends what remains of a `total`-byte file and completes the object; `None` when it
+    /// Sends what remains of a `total`-byte file and completes the object, given with the
+    /// MD5 the store answered (see [`crate::storage::BlobSink::finish`]); `None` when it
     /// could not be (the caller stores the file as usual).
-    pub async fn finish(&mut self, total: u64) -> Option<crate::storage::StoredObject> {
+    pub async fn finish(
+        &mut self,
+        total: u64,
+    ) -> Option<(crate::storage::StoredObject, Option<String>)> {
         self.advance(total).await;
         if self.sent != total {
             self.give_up();
@@ -119,7 +133,7 @@ impl Follower {
         }
         let sink = self.sink.take()?;
         match sink.finish().await {
-            Ok(()) => self.object.take(),
+            Ok(md5) => self.object.take().map(|o| (o, md5)),
             Err(e) => {
                 tracing::warn!(error = %e, "completing a chunked upload sent as it arrived failed");
                 self.give_up();
@@ -179,14 +193,21 @@ impl ChunkRuntime {
     /// The session's follower, if it has one.
     pub fn follower(&self, session: &str) -> Option<Arc<tokio::sync::Mutex<Follower>>> {
         let map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(session).cloned()
+        map.get(session).map(|(f, _)| f.clone())
+    }
+
+    /// Whether the session's follower leaves its MD5 to the store: the parts are then not
+    /// hashed here as they arrive (if the MD5 does not come, the file is hashed at the end).
+    pub fn hashed_by_store(&self, session: &str) -> bool {
+        let map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(session).is_some_and(|(_, md5)| *md5)
     }
 
     /// Whether another session may be followed now. Followers idle for too long are given
     /// up first (one busy sending is not idle).
     pub fn room_for_follower(&self) -> bool {
         let mut map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, f| match f.try_lock() {
+        map.retain(|_, (f, _)| match f.try_lock() {
             Ok(f) => f.last.elapsed() < FOLLOWER_IDLE,
             Err(_) => true,
         });
@@ -201,21 +222,22 @@ impl ChunkRuntime {
         follower: Follower,
     ) -> Option<Arc<tokio::sync::Mutex<Follower>>> {
         let mut map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = map.get(session) {
+        if let Some((f, _)) = map.get(session) {
             return Some(f.clone());
         }
         if map.len() >= MAX_FOLLOWERS {
             return None;
         }
+        let md5 = follower.gives_md5();
         let f = Arc::new(tokio::sync::Mutex::new(follower));
-        map.insert(session.to_string(), f.clone());
+        map.insert(session.to_string(), (f.clone(), md5));
         Some(f)
     }
 
     /// Takes the session's follower away (to complete the upload with it).
     pub fn take_follower(&self, session: &str) -> Option<Arc<tokio::sync::Mutex<Follower>>> {
         let mut map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(session)
+        map.remove(session).map(|(f, _)| f)
     }
 
     /// Sessions this process keeps a hasher for.
@@ -510,9 +532,9 @@ mod tests {
             self.0.lock().unwrap().0.extend_from_slice(&chunk);
             Ok(())
         }
-        async fn finish(self: Box<Self>) -> std::io::Result<()> {
+        async fn finish(self: Box<Self>) -> std::io::Result<Option<String>> {
             self.0.lock().unwrap().1 = true;
-            Ok(())
+            Ok(None)
         }
     }
 
@@ -542,7 +564,8 @@ mod tests {
         f.advance(100_000).await;
         assert_eq!(sink.0.lock().unwrap().0.len(), 300_000);
         std::fs::write(&data_path, &data).unwrap();
-        let object = f.finish(700_000).await.expect("completed");
+        let (object, md5) = f.finish(700_000).await.expect("completed");
+        assert_eq!(md5, None, "this sink answers no MD5");
         assert!(object.key().starts_with("demo/"), "{}", object.key());
         let kept = sink.0.lock().unwrap();
         assert!(kept.1, "the sink was completed");

@@ -131,8 +131,16 @@ pub trait BlobStore: Send + Sync {
 pub trait BlobSink: Send {
     /// Takes the next bytes, without copying them (waits while the store is behind).
     async fn write(&mut self, chunk: Bytes) -> std::io::Result<()>;
-    /// Completes the object under its key.
-    async fn finish(self: Box<Self>) -> std::io::Result<()>;
+    /// Completes the object under its key. Gives the object's MD5 (lowercase hex) when the
+    /// store answered it and is known to answer the MD5 of what it stored (see
+    /// [`BlobSink::gives_md5`]), else `None`.
+    async fn finish(self: Box<Self>) -> std::io::Result<Option<String>>;
+    /// Whether [`BlobSink::finish`] should give the object's MD5: the store computes it
+    /// anyway (an S3 server's `ETag` of a `PUT`), so the caller need not hash the bytes it
+    /// sends, and hashes them only if the MD5 does not come after all.
+    fn gives_md5(&self) -> bool {
+        false
+    }
 }
 
 /// The next piece (up to 1 MiB, in a buffer of its own) of `input`; empty at its end.
@@ -152,11 +160,11 @@ pub async fn next_piece(
 }
 
 /// Everything `input` holds, written into `sink`, which is then finished (a failure leaves
-/// the sink unfinished, which gives its object up).
+/// the sink unfinished, which gives its object up); what the sink's `finish` gives.
 pub async fn send_all(
     mut sink: Box<dyn BlobSink>,
     mut input: impl tokio::io::AsyncRead + Unpin,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<String>> {
     loop {
         let chunk = next_chunk(&mut input).await?;
         if chunk.is_empty() {

@@ -7,7 +7,9 @@
 //! An object of known length up to 5 GiB is sent as one streamed `PUT` (to a presigned URL
 //! made with the same credentials), which costs the store less than a multipart upload; other
 //! objects go by multipart upload, a part at a time with at most two parts in flight. Memory
-//! stays bounded whatever the size.
+//! stays bounded whatever the size. A `PUT`'s answer gives the object's MD5 (its `ETag`) once
+//! a small `PUT` of known content has shown that this store's tags are MD5s, so bodies sent
+//! that way need not be hashed by the caller.
 
 use std::sync::Arc;
 
@@ -27,6 +29,12 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// Parts of an object sent while a request body arrives: smaller, since the body's own
 /// buffers (its temporary file's queue) are held at the same time.
 pub const SINK_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// A failed check of whether streamed `PUT`s answer the object's MD5 is tried again after
+/// this (a passed one holds while the process runs; any `PUT` answering otherwise is seen).
+const PUT_CHECK_AGAIN: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long that check may take.
+const PUT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The largest object S3 takes in one `PUT`.
 const MAX_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
@@ -61,6 +69,8 @@ pub struct S3BlobStore {
     http: reqwest::Client,
     /// Key prefix inside the bucket (empty, or ending with `/`).
     prefix: String,
+    /// Whether a streamed `PUT` answers the MD5 of what it stored, and when that was checked.
+    put_check: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 fn io_error(e: object_store::Error) -> std::io::Error {
@@ -116,6 +126,7 @@ impl S3BlobStore {
             } else {
                 format!("{prefix}/")
             },
+            put_check: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -125,9 +136,72 @@ impl S3BlobStore {
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
     }
 
-    /// One streamed `PUT` of `len` bytes to `path`, when the settings and size allow it.
-    async fn put_sink(&self, path: &ObjectPath, len: u64) -> Option<PutSink> {
+    /// Whether this store's streamed `PUT`s answer the MD5 of what they stored (S3 servers
+    /// compute it for the `ETag`): checked once with a small object of known content, which
+    /// is removed at once. A store that refuses such `PUT`s, encrypts with keys of its own or
+    /// answers another tag does not pass; nor does one that cannot be reached (checked again
+    /// a few minutes later).
+    async fn puts_answer_md5(&self) -> bool {
+        let mut check = self.put_check.lock().await;
+        if let Some((at, passed)) = *check {
+            if passed || at.elapsed() < PUT_CHECK_AGAIN {
+                return passed;
+            }
+        }
+        let passed = match tokio::time::timeout(PUT_CHECK_TIMEOUT, self.check_put_md5()).await {
+            Ok(Ok(passed)) => passed,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "checking the object store's PUT answers failed");
+                false
+            }
+            Err(_) => false,
+        };
+        if !passed {
+            tracing::info!(
+                "uploads sent to the object store are hashed here (its PUT answers give no MD5)"
+            );
+        }
+        *check = Some((std::time::Instant::now(), passed));
+        passed
+    }
+
+    async fn check_put_md5(&self) -> std::io::Result<bool> {
+        let Some(signer) = &self.signer else {
+            return Ok(false);
+        };
+        let path = self.path(&format!(".nephos-check/{}", crate::util::random_hex(16)))?;
+        let body = bytes::Bytes::from(crate::util::random_hex(32));
+        let url = signer
+            .signed_url(
+                reqwest::Method::PUT,
+                &path,
+                std::time::Duration::from_secs(600),
+            )
+            .await
+            .map_err(io_error)?;
+        let answer = self
+            .http
+            .put(url)
+            .header(reqwest::header::CONTENT_LENGTH, body.len())
+            .body(body.clone())
+            .send()
+            .await
+            .map_err(std::io::Error::other)?;
+        let stored = answer.status().is_success();
+        let md5 = answered_md5(answer.headers());
+        if stored {
+            if let Err(e) = self.store.delete(&path).await {
+                tracing::warn!(error = %e, "could not remove the object of the PUT check");
+            }
+        }
+        Ok(stored && md5 == Some(hex::encode(super::md5::Md5::digest(&body))))
+    }
+
+    /// One streamed `PUT` of `len` bytes to `path`, when the settings and size allow it;
+    /// with `md5`, one that gives the object's MD5 when the store is known to answer it.
+    async fn put_sink(&self, path: &ObjectPath, len: u64, md5: bool) -> Option<PutSink> {
         let signer = self.signer.as_ref().filter(|_| len <= MAX_PUT_BYTES)?;
+        let md5 = md5 && self.puts_answer_md5().await;
         match signer
             .signed_url(
                 reqwest::Method::PUT,
@@ -136,7 +210,7 @@ impl S3BlobStore {
             )
             .await
         {
-            Ok(url) => Some(PutSink::start(&self.http, url, len)),
+            Ok(url) => Some(PutSink::start(&self.http, url, len, md5)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot presign a PUT: the object goes by multipart upload");
                 None
@@ -227,7 +301,7 @@ impl BlobSink for S3Sink {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> std::io::Result<()> {
+    async fn finish(mut self: Box<Self>) -> std::io::Result<Option<String>> {
         // The last part may be short (or empty for an empty object).
         if self.buffer.content_length() > 0 || self.in_flight.is_empty() {
             self.settle(self.parts_in_flight - 1).await?;
@@ -237,8 +311,9 @@ impl BlobSink for S3Sink {
         let Some(mut upload) = self.upload.take() else {
             return Err(std::io::Error::other("the object is finished"));
         };
+        // A multipart upload's ETag is not the object's MD5.
         match upload.complete().await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(None),
             Err(e) => {
                 let _ = upload.abort().await;
                 Err(io_error(e))
@@ -267,15 +342,18 @@ impl Drop for S3Sink {
 /// (an incomplete `PUT` stores nothing).
 struct PutSink {
     queue: Option<tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>>,
-    request: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The request; its outcome is the MD5 the store's answer gave, if any.
+    request: Option<tokio::task::JoinHandle<std::io::Result<Option<String>>>>,
     held: Option<bytes::Bytes>,
     /// Bytes given so far (the held piece included).
     given: u64,
     len: u64,
+    /// Whether the store is known to answer the MD5 of what it stores.
+    md5: bool,
 }
 
 impl PutSink {
-    fn start(http: &reqwest::Client, url: url::Url, len: u64) -> PutSink {
+    fn start(http: &reqwest::Client, url: url::Url, len: u64, md5: bool) -> PutSink {
         let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(PUT_QUEUE);
         let body = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
@@ -289,7 +367,7 @@ impl PutSink {
             let resp = sent.await.map_err(std::io::Error::other)?;
             let status = resp.status();
             if status.is_success() {
-                return Ok(());
+                return Ok(answered_md5(resp.headers()));
             }
             let text = resp.text().await.unwrap_or_default();
             let shown: String = text.chars().take(300).collect();
@@ -303,6 +381,7 @@ impl PutSink {
             held: None,
             given: 0,
             len,
+            md5,
         }
     }
 
@@ -329,7 +408,7 @@ impl PutSink {
         }))
     }
 
-    async fn outcome(&mut self) -> std::io::Result<()> {
+    async fn outcome(&mut self) -> std::io::Result<Option<String>> {
         match self.request.take() {
             Some(r) => r.await.map_err(std::io::Error::other)?,
             None => Err(std::io::Error::other("the object is finished")),
@@ -367,7 +446,7 @@ impl BlobSink for PutSink {
         }
     }
 
-    async fn finish(mut self: Box<Self>) -> std::io::Result<()> {
+    async fn finish(mut self: Box<Self>) -> std::io::Result<Option<String>> {
         if self.given != self.len {
             self.cut();
             return Err(std::io::Error::other(format!(
@@ -380,7 +459,7 @@ impl BlobSink for PutSink {
         }
         self.queue = None;
         match tokio::time::timeout(ANSWER_TIMEOUT, self.outcome()).await {
-            Ok(done) => done,
+            Ok(done) => done.map(|md5| md5.filter(|_| self.md5)),
             Err(_) => {
                 self.cut();
                 Err(std::io::Error::new(
@@ -390,6 +469,27 @@ impl BlobSink for PutSink {
             }
         }
     }
+
+    fn gives_md5(&self) -> bool {
+        self.md5
+    }
+}
+
+/// The MD5 an S3 server's answer to a `PUT` gives as its `ETag` (lowercase hex), unless the
+/// object was encrypted with a key the server manages or the client gave (the `ETag` is then
+/// something else) or the tag is not 32 hex digits.
+fn answered_md5(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    if headers.contains_key("x-amz-server-side-encryption-customer-algorithm")
+        || headers
+            .get("x-amz-server-side-encryption")
+            .is_some_and(|v| v.as_bytes().starts_with(b"aws:kms"))
+    {
+        return None;
+    }
+    let tag = headers.get(reqwest::header::ETAG)?.to_str().ok()?.trim();
+    let tag = tag.strip_prefix("W/").unwrap_or(tag).trim_matches('"');
+    (tag.len() == 32 && tag.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| tag.to_ascii_lowercase())
 }
 
 impl Drop for PutSink {
@@ -412,7 +512,7 @@ impl BlobStore for S3BlobStore {
     ) -> std::io::Result<Option<Box<dyn BlobSink>>> {
         let path = self.path(key)?;
         if let Some(len) = len {
-            if let Some(put) = self.put_sink(&path, len).await {
+            if let Some(put) = self.put_sink(&path, len, true).await {
                 return Ok(Some(Box::new(put)));
             }
         }
@@ -440,10 +540,10 @@ impl BlobStore for S3BlobStore {
             // when the PUT fails: object_store retries the parts of a multipart upload).
             Some(file) => {
                 let len = tokio::fs::metadata(file).await?.len();
-                if let Some(put) = self.put_sink(&path, len).await {
+                if let Some(put) = self.put_sink(&path, len, false).await {
                     let input = tokio::fs::File::open(file).await?;
                     match super::send_all(Box::new(put), input).await {
-                        Ok(()) => return Ok(()),
+                        Ok(_) => return Ok(()),
                         Err(e) => tracing::warn!(
                             error = %e,
                             "a PUT to the object store failed: the file goes by multipart upload"
@@ -452,7 +552,7 @@ impl BlobStore for S3BlobStore {
                 }
                 let input = tokio::fs::File::open(file).await?;
                 let sink = self.open_sink(&path, PART_BYTES, PARTS_IN_FLIGHT).await?;
-                super::send_all(Box::new(sink), input).await
+                super::send_all(Box::new(sink), input).await.map(|_| ())
             }
             None => Err(std::io::Error::other("blob cannot be stored")),
         }
@@ -550,7 +650,7 @@ mod tests {
 
     fn put_to(addr: std::net::SocketAddr, len: u64) -> PutSink {
         let url = url::Url::parse(&format!("http://{addr}/bucket/key")).unwrap();
-        PutSink::start(&reqwest::Client::new(), url, len)
+        PutSink::start(&reqwest::Client::new(), url, len, false)
     }
 
     /// A store that takes no more bytes: the `PUT` fails after a minute without any, and the
@@ -593,6 +693,49 @@ mod tests {
             .expect_err("no answer");
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
         assert!(e.to_string().contains("did not answer"), "{e}");
+    }
+
+    /// A `PUT`'s `ETag` is taken for the object's MD5 only when it is one: 32 hex digits
+    /// (quotes and a weak mark dropped, lowercased), and no key-managed encryption said.
+    #[test]
+    fn only_an_etag_that_is_an_md5_is_taken_for_one() {
+        let md5 = "9E107D9D372BB6826BD81D3542A419D6";
+        let answer = |pairs: &[(&'static str, &str)]| {
+            let mut h = reqwest::header::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            answered_md5(&h)
+        };
+        let quoted = format!("\"{md5}\"");
+        let lower = Some(md5.to_ascii_lowercase());
+        assert_eq!(answer(&[("etag", quoted.as_str())]), lower);
+        assert_eq!(answer(&[("etag", md5)]), lower);
+        assert_eq!(answer(&[("etag", &format!("W/{quoted}"))]), lower);
+        assert_eq!(
+            answer(&[
+                ("etag", &quoted),
+                ("x-amz-server-side-encryption", "AES256")
+            ]),
+            lower
+        );
+        assert_eq!(answer(&[]), None);
+        assert_eq!(answer(&[("etag", "\"abc\"")]), None);
+        assert_eq!(answer(&[("etag", &format!("\"{md5}-2\""))]), None);
+        assert_eq!(answer(&[("etag", &format!("\"{}xx\"", &md5[..30]))]), None);
+        for sse in ["aws:kms", "aws:kms:dsse"] {
+            assert_eq!(
+                answer(&[("etag", &quoted), ("x-amz-server-side-encryption", sse)]),
+                None
+            );
+        }
+        assert_eq!(
+            answer(&[
+                ("etag", &quoted),
+                ("x-amz-server-side-encryption-customer-algorithm", "AES256")
+            ]),
+            None
+        );
     }
 
     /// More bytes than announced, or fewer, are refused before the store could keep them.

@@ -128,6 +128,39 @@ impl TempBlob {
         }
     }
 
+    /// Hashes the content if it has no MD5 yet (written with [`Hashing::Off`], and no MD5
+    /// came from elsewhere).
+    pub async fn ensure_md5(&mut self) -> std::io::Result<()> {
+        if !self.md5.is_empty() {
+            return Ok(());
+        }
+        let digest = match &self.content {
+            Content::Memory(b) => super::md5::batch::digest(b.clone()).await,
+            Content::File(p) => {
+                let path = p.clone();
+                tokio::task::spawn_blocking(move || -> std::io::Result<[u8; 16]> {
+                    let mut file = std::fs::File::open(path)?;
+                    let mut md5 = Md5::new();
+                    let mut buf = vec![0u8; 1024 * 1024];
+                    loop {
+                        let n = file.read(&mut buf)?;
+                        if n == 0 {
+                            return Ok(md5.finalize());
+                        }
+                        md5.update(&buf[..n]);
+                    }
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??
+            }
+            Content::Placed(_) | Content::Gone => {
+                return Err(std::io::Error::other("content cannot be hashed on its own"))
+            }
+        };
+        self.md5 = hex::encode(digest);
+        Ok(())
+    }
+
     /// Opens the content for reading (blocking).
     pub fn reader(&self) -> std::io::Result<Box<dyn ReadSeek>> {
         match &self.content {

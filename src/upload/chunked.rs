@@ -120,7 +120,7 @@ async fn store_part(
     file.seek(SeekFrom::Start(start)).await?;
     let mut input = file.take(len);
     if let Some(sink) = state.blobs.sink(key, Some(len)).await? {
-        return crate::storage::send_all(sink, input).await;
+        return crate::storage::send_all(sink, input).await.map(|_| ());
     }
     // A store that takes finished files: the range copied into one.
     let mut writer = crate::storage::BlobWriter::create_with(
@@ -258,16 +258,19 @@ impl FilePlacement for Placement {
             return None;
         }
         let data = dir.join(DATA_FILE);
-        // The token ties the fed bytes to this request's part (see `part`).
-        let tap = state
-            .chunks
-            .hasher(&sid, &data)
-            .tap(placement_token(&sid, r.start, r.end));
+        // The token ties the fed bytes to this request's part (see `part`). A session whose
+        // store answers the MD5 is not hashed as it arrives.
+        let tap = (!state.chunks.hashed_by_store(&sid)).then(|| {
+            state
+                .chunks
+                .hasher(&sid, &data)
+                .tap(placement_token(&sid, r.start, r.end))
+        });
         Some(Placed {
             file: data,
             offset: r.start,
             len: r.end - r.start + 1,
-            tap: Some(tap),
+            tap,
         })
     }
 }
@@ -655,7 +658,9 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
         .cloned()
         .collect();
     let prefix = prefix_end(&local);
-    if placed && matches!(outcome.decision, ChunkDecision::Accept { .. }) {
+    if state.chunks.hashed_by_store(&sid) {
+        // Hashed at the end only if the store's MD5 does not come.
+    } else if placed && matches!(outcome.decision, ChunkDecision::Accept { .. }) {
         let (h, token) = (
             hasher.clone(),
             placement_token(&sid, range.start, range.end),
@@ -885,9 +890,20 @@ async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
     } else {
         hasher
     };
-    let md5 = tokio::task::spawn_blocking(move || hasher.finish(total))
-        .await
-        .map_err(ApiError::internal)?;
+    // The object sent as the parts arrived is completed first: its store may answer the MD5.
+    let (stored, store_md5) = match follower {
+        Some(f) => match f.lock().await.finish(total).await {
+            Some((object, md5)) => (Some(object), md5),
+            None => (None, None),
+        },
+        None => (None, None),
+    };
+    let md5 = match store_md5 {
+        Some(m) => Ok(m),
+        None => tokio::task::spawn_blocking(move || hasher.finish(total))
+            .await
+            .map_err(ApiError::internal)?,
+    };
     let md5 = match md5 {
         Ok(m) => m,
         Err(e) => {
@@ -916,11 +932,9 @@ async fn assemble(state: &AppState, a: Assembly<'_>) -> ApiResult<Json> {
         )));
     }
     let mut blob = TempBlob::adopt(link, total, md5);
-    if let Some(f) = follower {
-        blob.stored = f.lock().await.finish(total).await;
-        if blob.stored.is_some() {
-            state.metrics.upload_streamed();
-        }
+    blob.stored = stored;
+    if blob.stored.is_some() {
+        state.metrics.upload_streamed();
     }
     let src = Source {
         blob,

@@ -1062,14 +1062,15 @@ async fn convert_incoming(
             src.blob.size
         )));
     }
-    let mut original = Vec::with_capacity(src.blob.size as usize);
-    src.blob.reader()?.read_to_end(&mut original)?;
+    let mut reader = src.blob.reader()?;
+    let capacity = usize::try_from(src.blob.size).unwrap_or(0);
     let bytes = tokio::task::spawn_blocking(move || {
-        transform::apply(&original, &plan, &out_format, max_pixels)
+        let mut original = Vec::with_capacity(capacity);
+        reader.read_to_end(&mut original).map_err(ApiError::from)?;
+        transform::apply(&original, &plan, &out_format, max_pixels).map_err(ApiError::bad)
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(ApiError::bad)?;
+    .map_err(ApiError::internal)??;
     let info = media::probe(std::io::Cursor::new(&bytes))?;
     let blob =
         crate::storage::temp::blob_from_bytes(&state.tmp_dir, bytes, state.limits.max_upload_bytes)
