@@ -44,8 +44,9 @@ pub struct Follower {
     _streaming: crate::storage::StreamingBody,
 }
 
-/// Bytes a follower reads from the data file at a time.
-const FOLLOWER_PIECE: usize = 256 * 1024;
+/// Bytes a follower reads from the data file at a time (the sink holds a few while the
+/// store takes them).
+const FOLLOWER_PIECE: usize = 1024 * 1024;
 /// Sessions followed at once, at most (each holds its sink's buffers' room in the budget).
 const MAX_FOLLOWERS: usize = 4;
 /// A follower that sent nothing for this long is given up (an abandoned upload, or a client
@@ -89,26 +90,40 @@ impl Follower {
     }
 
     async fn send_to(&mut self, to: u64) -> std::io::Result<()> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let Some(sink) = self.sink.as_mut() else {
             return Ok(());
         };
-        let mut file = tokio::fs::File::open(&self.data).await?;
-        file.seek(SeekFrom::Start(self.sent)).await?;
-        let mut input = file.take(to - self.sent);
-        loop {
-            // Small pieces: the sink holds a few while the store takes them.
-            let chunk = crate::storage::next_piece(&mut input, FOLLOWER_PIECE).await?;
-            if chunk.is_empty() {
-                break;
+        // Each piece is read on a blocking thread straight into a buffer of its own (no
+        // second copy), the file kept open from one piece to the next.
+        let mut file: Option<std::fs::File> = None;
+        while self.sent < to {
+            let want = (to - self.sent).min(FOLLOWER_PIECE as u64);
+            let (path, at, open) = (self.data.clone(), self.sent, file.take());
+            let (f, piece) = tokio::task::spawn_blocking(
+                move || -> std::io::Result<(std::fs::File, bytes::Bytes)> {
+                    let mut f = match open {
+                        Some(f) => f,
+                        None => {
+                            let mut f = std::fs::File::open(&path)?;
+                            f.seek(SeekFrom::Start(at))?;
+                            f
+                        }
+                    };
+                    let mut buf = Vec::with_capacity(want as usize);
+                    (&mut f).take(want).read_to_end(&mut buf)?;
+                    Ok((f, bytes::Bytes::from(buf)))
+                },
+            )
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+            if piece.is_empty() {
+                return Err(std::io::Error::other(
+                    "the data file is shorter than its parts",
+                ));
             }
-            self.sent += chunk.len() as u64;
-            sink.write(chunk).await?;
-        }
-        if self.sent != to {
-            return Err(std::io::Error::other(
-                "the data file is shorter than its parts",
-            ));
+            file = Some(f);
+            self.sent += piece.len() as u64;
+            sink.write(piece).await?;
         }
         Ok(())
     }

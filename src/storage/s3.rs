@@ -38,8 +38,8 @@ const PUT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// The largest object S3 takes in one `PUT`.
 const MAX_PUT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
-/// Pieces queued for a streamed `PUT` (each up to 1 MiB from a file, 256 KiB from a chunked
-/// upload's data file; a request body's own pieces are smaller).
+/// Pieces queued for a streamed `PUT` (each up to 1 MiB from a file or a chunked upload's
+/// data file; a request body's own pieces are smaller).
 const PUT_QUEUE: usize = 4;
 /// How long the store may take to accept one piece of a streamed `PUT`, and to answer it
 /// once its body is sent: past either, the `PUT` fails (and the caller falls back).
