@@ -1,14 +1,14 @@
 //! An object store that refuses nephos's one-request `PUT` (a presigned URL): uploads are
-//! stored all the same, by multipart upload, whole and with the right etag. And one whose
-//! `PUT` answers carry an `ETag` that is not the object's MD5: nephos hashes the uploads
-//! itself. The store is the test S3 server behind a small proxy of this file that answers 503
-//! to every presigned `PUT` (or passes it on and changes its answer's `ETag`) and passes
-//! everything else on. A file of its own: the proxy's address is the process's
+//! stored all the same, by multipart upload, whole and with the right etag. And stores whose
+//! `PUT` answers carry an `ETag` that is not the object's MD5 (always, or for large objects
+//! encrypted with keys of their own): nephos hashes the uploads itself. The store is the test
+//! S3 server behind a small proxy of this file that answers 503 to every presigned `PUT` (or
+//! passes it on and changes its answer) and passes everything else on. A file of its own: the proxy's address is the process's
 //! `AWS_ENDPOINT_URL`, which the other S3 tests set to the server itself.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::response::IntoResponse;
@@ -21,10 +21,19 @@ use nephos::auth::SignatureAlgorithm;
 struct Seen {
     refused_puts: AtomicUsize,
     multipart_uploads: AtomicUsize,
-    /// Set: presigned `PUT`s pass, and their answers' `ETag` is changed (counted below).
-    wrong_etags: AtomicBool,
+    /// What the proxy does to presigned `PUT`s: one of the modes below.
+    mode: AtomicU8,
+    /// Answers it changed.
     changed_etags: AtomicUsize,
 }
+
+/// Presigned `PUT`s are answered 503.
+const REFUSE: u8 = 0;
+/// They pass, and every answer's `ETag` is changed.
+const WRONG_TAGS: u8 = 1;
+/// They pass; the answers to those of 1 KiB or more get another `ETag` and say the object is
+/// encrypted with a key the store manages (so a small `PUT` gets its true MD5).
+const KEY_MANAGED: u8 = 2;
 
 /// The `ETag` the proxy answers instead of the store's.
 const WRONG_ETAG: &str = "\"0123456789abcdef0123456789abcdef\"";
@@ -46,8 +55,15 @@ async fn refusing_proxy(target: String) -> (String, Arc<Seen>) {
             let method = parts.method.clone();
             let presigned_put =
                 method == axum::http::Method::PUT && path_and_query.contains("X-Amz-Signature=");
-            let change_etag = presigned_put && seen.wrong_etags.load(Ordering::SeqCst);
-            if presigned_put && !change_etag {
+            let mode = seen.mode.load(Ordering::SeqCst);
+            let large = parts
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|n| n >= 1024);
+            let change_etag =
+                presigned_put && (mode == WRONG_TAGS || (mode == KEY_MANAGED && large));
+            if presigned_put && mode == REFUSE {
                 seen.refused_puts.fetch_add(1, Ordering::SeqCst);
                 return (
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -76,6 +92,9 @@ async fn refusing_proxy(target: String) -> (String, Arc<Seen>) {
             headers.remove("transfer-encoding");
             if change_etag && headers.contains_key("etag") {
                 headers.insert("etag", WRONG_ETAG.parse().unwrap());
+                if mode == KEY_MANAGED {
+                    headers.insert("x-amz-server-side-encryption", "aws:kms".parse().unwrap());
+                }
                 seen.changed_etags.fetch_add(1, Ordering::SeqCst);
             }
             let bytes = answer.bytes().await.unwrap();
@@ -151,61 +170,73 @@ async fn a_refused_put_falls_back_to_a_multipart_upload() {
     }
     server.stop().await;
 
-    // A store whose PUT answers tell another ETag than the object's MD5 (as one encrypting
-    // with keys of its own would): uploads sent to it as they arrive, in one request and in
-    // parts followed as they come, still get the MD5 of their bytes, hashed here.
-    seen.wrong_etags.store(true, Ordering::SeqCst);
-    let prefix = format!("etag-{}", nephos::util::random_hex(6));
-    let toml_text = format!("storage_url = \"s3://{S3_BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
-    let server = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
-    let (s, j) = upload(
-        &server,
-        "raw",
-        &[("public_id", "etag/large.bin")],
-        &large,
-        "f.bin",
-    )
-    .await;
-    assert_eq!(s, 200, "{j}");
-    assert_eq!(j["etag"], md5_hex(&large), "{j}");
-    let changed = seen.changed_etags.load(Ordering::SeqCst);
-    assert!(changed >= 1, "no PUT answer went through the proxy");
-    let id = nephos::util::random_hex(8);
-    let parts = [0..5_242_880, 5_242_880..large.len()];
-    let mut last = serde_json::Value::Null;
-    for range in parts {
-        let ts = now().to_string();
-        let pairs = [("public_id", "etag/chunked"), ("timestamp", ts.as_str())];
-        let mut form = reqwest::multipart::Form::new();
-        for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
-            form = form.text(k, v);
-        }
-        let (start, end) = (range.start, range.end - 1);
-        form = form.part(
-            "file",
-            reqwest::multipart::Part::bytes(large[range].to_vec()).file_name("c.bin"),
+    // Stores whose PUT answers tell another ETag than the object's MD5: always (the check of
+    // the store's answers fails), or for large objects encrypted with keys of its own (the
+    // check passes; the answers that say so are not taken). Uploads sent to them as they
+    // arrive, in one request and in parts followed as they come, still get the MD5 of their
+    // bytes, hashed here.
+    for mode in [WRONG_TAGS, KEY_MANAGED] {
+        seen.mode.store(mode, Ordering::SeqCst);
+        let prefix = format!("etag{mode}-{}", nephos::util::random_hex(6));
+        let toml_text = format!("storage_url = \"s3://{S3_BUCKET}/{prefix}\"\n{DEFAULT_TOML}");
+        let server = TestServer::start_with(Backend::Sqlite, &toml_text, None).await;
+        let changed = seen.changed_etags.load(Ordering::SeqCst);
+        let (s, j) = upload(
+            &server,
+            "raw",
+            &[("public_id", "etag/large.bin")],
+            &large,
+            "f.bin",
+        )
+        .await;
+        assert_eq!(s, 200, "mode {mode}: {j}");
+        assert_eq!(j["etag"], md5_hex(&large), "mode {mode}: {j}");
+        let after_single = seen.changed_etags.load(Ordering::SeqCst);
+        assert!(
+            after_single > changed + usize::from(mode == WRONG_TAGS),
+            "mode {mode}: the upload went as no streamed PUT"
         );
-        let r = reqwest::Client::new()
-            .post(server.upload_url("raw"))
-            .header(
-                "content-range",
-                format!("bytes {start}-{end}/{}", large.len()),
-            )
-            .header("x-unique-upload-id", &id)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        last = r.json().await.unwrap();
+        let id = nephos::util::random_hex(8);
+        let parts = [0..5_242_880, 5_242_880..large.len()];
+        let mut last = serde_json::Value::Null;
+        for range in parts {
+            let ts = now().to_string();
+            let pairs = [("public_id", "etag/chunked"), ("timestamp", ts.as_str())];
+            let mut form = reqwest::multipart::Form::new();
+            for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
+                form = form.text(k, v);
+            }
+            let (start, end) = (range.start, range.end - 1);
+            form = form.part(
+                "file",
+                reqwest::multipart::Part::bytes(large[range].to_vec()).file_name("c.bin"),
+            );
+            let r = reqwest::Client::new()
+                .post(server.upload_url("raw"))
+                .header(
+                    "content-range",
+                    format!("bytes {start}-{end}/{}", large.len()),
+                )
+                .header("x-unique-upload-id", &id)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            last = r.json().await.unwrap();
+        }
+        assert_eq!(last["etag"], md5_hex(&large), "mode {mode}: {last}");
+        assert!(
+            seen.changed_etags.load(Ordering::SeqCst) > after_single,
+            "mode {mode}: the chunked upload went as no streamed PUT"
+        );
+        let (s, back) = get_bytes(last["secure_url"].as_str().unwrap()).await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            md5_hex(&back),
+            md5_hex(&large),
+            "mode {mode}: delivered bytes"
+        );
+        server.stop().await;
     }
-    assert_eq!(last["etag"], md5_hex(&large), "{last}");
-    assert!(
-        seen.changed_etags.load(Ordering::SeqCst) > changed,
-        "the chunked upload's PUT answer went through the proxy"
-    );
-    let (s, back) = get_bytes(last["secure_url"].as_str().unwrap()).await;
-    assert_eq!(s, 200);
-    assert_eq!(md5_hex(&back), md5_hex(&large), "delivered bytes");
-    server.stop().await;
 }

@@ -213,9 +213,12 @@ impl ChunkRuntime {
 
     /// Whether the session's follower leaves its MD5 to the store: the parts are then not
     /// hashed here as they arrive (if the MD5 does not come, the file is hashed at the end).
+    /// A follower that gave up no longer does (one busy sending is taken at its word), and
+    /// the hasher then catches up with the next part.
     pub fn hashed_by_store(&self, session: &str) -> bool {
         let map = self.followers.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(session).is_some_and(|(_, md5)| *md5)
+        map.get(session)
+            .is_some_and(|(f, md5)| *md5 && f.try_lock().map_or(true, |f| f.gives_md5()))
     }
 
     /// Whether another session may be followed now. Followers idle for too long are given
@@ -646,5 +649,62 @@ mod tests {
             Some(true)
         );
         assert!(rt.follower("s0").is_none());
+    }
+
+    /// A sink whose store answers the MD5, and that fails once told to.
+    #[derive(Clone, Default)]
+    struct Hashing(Arc<Mutex<bool>>);
+
+    #[async_trait::async_trait]
+    impl crate::storage::BlobSink for Hashing {
+        async fn write(&mut self, _chunk: bytes::Bytes) -> std::io::Result<()> {
+            if *self.0.lock().unwrap() {
+                return Err(std::io::Error::other("the store went away"));
+            }
+            Ok(())
+        }
+        async fn finish(self: Box<Self>) -> std::io::Result<Option<String>> {
+            Ok(Some("0".repeat(32)))
+        }
+        fn gives_md5(&self) -> bool {
+            true
+        }
+    }
+
+    /// A session whose follower's store answers the MD5 is not hashed as it arrives, until
+    /// the follower gives up (even while it is busy, it is taken at its word).
+    #[tokio::test]
+    async fn a_session_is_hashed_by_the_store_while_its_follower_lasts() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_path = dir.path().join("data");
+        std::fs::write(&data_path, vec![7u8; 3000]).unwrap();
+        let rt = ChunkRuntime::default();
+        let sink = Hashing::default();
+        assert!(!rt.hashed_by_store("s"));
+        let store =
+            Arc::new(crate::storage::fs::FsBlobStore::new(dir.path().join("store")).unwrap());
+        let object = crate::storage::StoredObject::new(store, "demo", crate::util::random_hex(16));
+        let f = Follower::new(
+            Box::new(sink.clone()),
+            object,
+            data_path.clone(),
+            Vec::new(),
+            crate::storage::StreamingBody::start(),
+        );
+        let f = rt.add_follower("s", f).expect("room");
+        assert!(rt.hashed_by_store("s"));
+        f.lock().await.advance(1000).await;
+        assert!(rt.hashed_by_store("s"), "sending went well");
+        let busy = f.lock().await;
+        assert!(rt.hashed_by_store("s"), "busy: taken at its word");
+        drop(busy);
+        *sink.0.lock().unwrap() = true;
+        f.lock().await.advance(2000).await;
+        assert!(!rt.hashed_by_store("s"), "given up: hashed here again");
+        assert!(f.lock().await.finish(3000).await.is_none());
+        // A follower whose store answers no MD5 never counts.
+        let kept = follower(dir.path(), &data_path, Kept::default());
+        rt.add_follower("t", kept).expect("room");
+        assert!(!rt.hashed_by_store("t"));
     }
 }

@@ -142,13 +142,31 @@ impl S3BlobStore {
     /// answers another tag does not pass; nor does one that cannot be reached (checked again
     /// a few minutes later).
     async fn puts_answer_md5(&self) -> bool {
-        let mut check = self.put_check.lock().await;
+        // Uploads that come while the check runs are hashed here rather than wait for it.
+        let Ok(mut check) = self.put_check.try_lock() else {
+            return false;
+        };
         if let Some((at, passed)) = *check {
             if passed || at.elapsed() < PUT_CHECK_AGAIN {
                 return passed;
             }
         }
-        let passed = match tokio::time::timeout(PUT_CHECK_TIMEOUT, self.check_put_md5()).await {
+        let path = match self.path(&format!(".nephos-check/{}", crate::util::random_hex(16))) {
+            Ok(p) => p,
+            Err(_) => return false,
+        };
+        let checked = tokio::time::timeout(PUT_CHECK_TIMEOUT, self.check_put_md5(&path)).await;
+        // The check's object goes whatever the outcome (a PUT cut off by the timeout may still
+        // have been stored), on a task of its own so that nothing stops it halfway.
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.delete(&path).await {
+                if !is_not_found(&e) {
+                    tracing::warn!(error = %e, "could not remove the object of the PUT check");
+                }
+            }
+        });
+        let passed = match checked {
             Ok(Ok(passed)) => passed,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "checking the object store's PUT answers failed");
@@ -165,16 +183,17 @@ impl S3BlobStore {
         passed
     }
 
-    async fn check_put_md5(&self) -> std::io::Result<bool> {
+    /// A `PUT` of a small object of known content to `path`: whether the store took it and
+    /// answered its MD5.
+    async fn check_put_md5(&self, path: &ObjectPath) -> std::io::Result<bool> {
         let Some(signer) = &self.signer else {
             return Ok(false);
         };
-        let path = self.path(&format!(".nephos-check/{}", crate::util::random_hex(16)))?;
         let body = bytes::Bytes::from(crate::util::random_hex(32));
         let url = signer
             .signed_url(
                 reqwest::Method::PUT,
-                &path,
+                path,
                 std::time::Duration::from_secs(600),
             )
             .await
@@ -189,11 +208,6 @@ impl S3BlobStore {
             .map_err(std::io::Error::other)?;
         let stored = answer.status().is_success();
         let md5 = answered_md5(answer.headers());
-        if stored {
-            if let Err(e) = self.store.delete(&path).await {
-                tracing::warn!(error = %e, "could not remove the object of the PUT check");
-            }
-        }
         Ok(stored && md5 == Some(hex::encode(super::md5::Md5::digest(&body))))
     }
 
