@@ -14,7 +14,6 @@ use std::sync::Arc;
 use axum::response::IntoResponse;
 use common::*;
 use md5_ref::{Digest, Md5};
-use nephos::auth::SignatureAlgorithm;
 
 /// What the proxy saw.
 #[derive(Default)]
@@ -200,17 +199,8 @@ async fn a_refused_put_falls_back_to_a_multipart_upload() {
         let parts = [0..5_242_880, 5_242_880..large.len()];
         let mut last = serde_json::Value::Null;
         for range in parts {
-            let ts = now().to_string();
-            let pairs = [("public_id", "etag/chunked"), ("timestamp", ts.as_str())];
-            let mut form = reqwest::multipart::Form::new();
-            for (k, v) in signed(&pairs, KEY, SECRET, SignatureAlgorithm::Sha1) {
-                form = form.text(k, v);
-            }
             let (start, end) = (range.start, range.end - 1);
-            form = form.part(
-                "file",
-                reqwest::multipart::Part::bytes(large[range].to_vec()).file_name("c.bin"),
-            );
+            let form = signed_form(&[("public_id", "etag/chunked")], &large[range], "c.bin");
             let r = reqwest::Client::new()
                 .post(server.upload_url("raw"))
                 .header(

@@ -556,7 +556,11 @@ mod tests {
         }
     }
 
-    fn follower(dir: &Path, data: &Path, sink: Kept) -> Follower {
+    fn follower(
+        dir: &Path,
+        data: &Path,
+        sink: impl crate::storage::BlobSink + 'static,
+    ) -> Follower {
         let store = Arc::new(crate::storage::fs::FsBlobStore::new(dir.join("store")).unwrap());
         let object = crate::storage::StoredObject::new(store, "demo", crate::util::random_hex(16));
         let streaming = crate::storage::StreamingBody::start();
@@ -681,16 +685,7 @@ mod tests {
         let rt = ChunkRuntime::default();
         let sink = Hashing::default();
         assert!(!rt.hashed_by_store("s"));
-        let store =
-            Arc::new(crate::storage::fs::FsBlobStore::new(dir.path().join("store")).unwrap());
-        let object = crate::storage::StoredObject::new(store, "demo", crate::util::random_hex(16));
-        let f = Follower::new(
-            Box::new(sink.clone()),
-            object,
-            data_path.clone(),
-            Vec::new(),
-            crate::storage::StreamingBody::start(),
-        );
+        let f = follower(dir.path(), &data_path, sink.clone());
         let f = rt.add_follower("s", f).expect("room");
         assert!(rt.hashed_by_store("s"));
         f.lock().await.advance(1000).await;
