@@ -45,6 +45,23 @@ const MAX_JSON_VALUES: usize = 100_000;
 /// Bytes of an over-large file part still read (to answer cleanly) before giving up on it.
 const OVERFLOW_DRAIN: u64 = 16 * 1024 * 1024;
 
+/// Multipart bodies up to this length (a file part this small is kept in memory anyway) are
+/// read whole before they are parsed.
+const WHOLE_BODY_BYTES: u64 = crate::storage::temp::SPILL_BYTES as u64;
+
+/// Header bytes of one part that the in-place parser reads (more goes to multer).
+const PART_HEAD_BYTES: usize = 8 * 1024;
+
+fn body_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// A body whose every piece must arrive within `idle` of the previous one.
 fn with_idle_deadline(body: Body, idle: std::time::Duration) -> Body {
     let stream =
@@ -87,7 +104,18 @@ pub async fn read_form(
         .trim()
         .to_ascii_lowercase();
     let mut form = match mime.as_str() {
-        "multipart/form-data" => read_multipart(&content_type, body, tmp_dir, limits).await?,
+        "multipart/form-data" => {
+            // A small body whose length is given is read whole, then parsed in place: its file
+            // part stays where it arrived, and its fields take one copy each.
+            let whole = limits.placement.is_none()
+                && limits.mirror.is_none()
+                && body_length(headers).is_some_and(|n| n <= WHOLE_BODY_BYTES);
+            if whole {
+                read_whole_multipart(&content_type, body, tmp_dir, limits).await?
+            } else {
+                read_multipart(&content_type, body, tmp_dir, limits).await?
+            }
+        }
         "application/json" => {
             let mut budget = Vec::new();
             let bytes = read_limited(body, limits, &mut budget).await?;
@@ -277,6 +305,225 @@ async fn read_multipart(
     Ok(form)
 }
 
+/// Reads a small multipart body whole, then takes its parts from it in place when they are
+/// written the usual way (see [`simple_parts`]); anything else, a body that fails to arrive
+/// included, goes through multer as a streamed body would.
+async fn read_whole_multipart(
+    content_type: &str,
+    body: Body,
+    tmp_dir: &std::path::Path,
+    limits: &BodyLimits,
+) -> ApiResult<Form> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|_| ApiError::bad("Invalid multipart body: missing boundary"))?;
+    let mut stream = body.into_data_stream();
+    let mut pieces: Vec<bytes::Bytes> = Vec::with_capacity(4);
+    let mut total = 0u64;
+    let mut failed = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(piece) => {
+                total += piece.len() as u64;
+                pieces.push(piece);
+                // The length was given: hyper holds the body to it. Past it all the same,
+                // the rest is streamed.
+                if total > WHOLE_BODY_BYTES {
+                    break;
+                }
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if failed.is_some() || total > WHOLE_BODY_BYTES {
+        let read = futures_util::stream::iter(pieces.into_iter().map(Ok));
+        let failure = futures_util::stream::iter(failed.map(Err));
+        let body = Body::from_stream(read.chain(failure).chain(stream));
+        return read_multipart(content_type, body, tmp_dir, limits).await;
+    }
+    let whole = match pieces.len() {
+        1 => pieces.swap_remove(0),
+        _ => {
+            let mut joined = bytes::BytesMut::with_capacity(total as usize);
+            for piece in &pieces {
+                joined.extend_from_slice(piece);
+            }
+            joined.freeze()
+        }
+    };
+    let Some(parts) = simple_parts(&whole, &boundary) else {
+        return read_multipart(content_type, Body::from(whole), tmp_dir, limits).await;
+    };
+    let mut form = Form::default();
+    let mut text = TextFields::default();
+    for (fields, part) in parts.iter().enumerate() {
+        if fields + 1 > limits.max_fields {
+            return Err(too_many(limits.max_fields));
+        }
+        let data = &whole[part.data.clone()];
+        match part.filename {
+            Some(filename) if part.name == "file" => {
+                if let Some(check) = &limits.early_check {
+                    check(&fields_so_far(&form.params))?;
+                }
+                let mut writer =
+                    BlobWriter::create_with(tmp_dir, limits.max_file_bytes, Hashing::Fresh).await?;
+                match writer.write(whole.slice(part.data.clone())).await {
+                    Ok(()) => {}
+                    Err(WriteError::TooLarge { .. }) => {
+                        return Err(too_large(data.len() as u64, limits.max_file_bytes))
+                    }
+                    Err(WriteError::Io(e)) => return Err(e.into()),
+                }
+                form.file = Some(FilePart {
+                    blob: writer.finish().await?,
+                    filename: filename.to_string(),
+                });
+            }
+            _ => {
+                text.take(part.name, data.len(), limits, &mut form)?;
+                push_text(&mut form.params, part.name, data.to_vec());
+            }
+        }
+    }
+    Ok(form)
+}
+
+/// One part of a body read whole: its name, file name, and where its data lies.
+#[derive(Debug, PartialEq)]
+struct SimplePart<'a> {
+    name: &'a str,
+    filename: Option<&'a str>,
+    data: std::ops::Range<usize>,
+}
+
+/// The parts of a whole multipart body, when it is written the way the SDKs, browsers and
+/// HTTP libraries write one: no preamble, a line break after each delimiter, well-formed
+/// header lines, and one `Content-Disposition: form-data` with a quoted `name` (and perhaps
+/// a quoted `filename`) holding no quote, backslash or semicolon. `None` for anything else:
+/// multer reads those (and tells what is wrong with a broken body).
+fn simple_parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<SimplePart<'a>>> {
+    let delimiter = format!("\r\n--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let opening = &delimiter[2..];
+    if !body.starts_with(opening) {
+        return None;
+    }
+    let next_delimiter = memchr::memmem::Finder::new(delimiter);
+    let mut parts = Vec::with_capacity(8);
+    let mut at = opening.len();
+    loop {
+        let rest = &body[at..];
+        if rest.starts_with(b"--") {
+            // The closing delimiter: what follows is an epilogue, ignored.
+            return Some(parts);
+        }
+        let head_at = at + 2;
+        if !rest.starts_with(b"\r\n") || body[head_at..].starts_with(b"\r\n") {
+            return None;
+        }
+        let window = &body[head_at..body.len().min(head_at + PART_HEAD_BYTES)];
+        let head_len = memchr::memmem::find(window, b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&body[head_at..head_at + head_len]).ok()?;
+        let (name, filename) = form_data_names(head)?;
+        let data_at = head_at + head_len + 4;
+        let data_len = next_delimiter.find(&body[data_at..])?;
+        parts.push(SimplePart {
+            name,
+            filename,
+            data: data_at..data_at + data_len,
+        });
+        at = data_at + data_len + delimiter.len();
+    }
+}
+
+/// The `name` and `filename` of a part's header lines, when they are as [`simple_parts`]
+/// takes them.
+fn form_data_names(head: &str) -> Option<(&str, Option<&str>)> {
+    let mut disposition = None;
+    for line in head.split("\r\n") {
+        let (name, value) = line.split_once(':')?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("content-disposition") && disposition.replace(value).is_some()
+        {
+            return None;
+        }
+    }
+    let mut items = disposition?.split(';');
+    if !items.next()?.trim().eq_ignore_ascii_case("form-data") {
+        return None;
+    }
+    let (mut name, mut filename) = (None, None);
+    for item in items {
+        let (key, value) = item.trim().split_once('=')?;
+        let value = value.strip_prefix('"')?.strip_suffix('"')?;
+        if value.contains(['"', '\\']) {
+            return None;
+        }
+        let slot = match key {
+            "name" => &mut name,
+            "filename" => &mut filename,
+            _ => return None,
+        };
+        if slot.replace(value).is_some() {
+            return None;
+        }
+    }
+    Some((name?, filename))
+}
+
+/// The text fields read so far: all together within the limit, and in the memory budget.
+#[derive(Default)]
+struct TextFields {
+    bytes: u64,
+}
+
+impl TextFields {
+    fn take(
+        &mut self,
+        name: &str,
+        len: usize,
+        limits: &BodyLimits,
+        form: &mut Form,
+    ) -> ApiResult<()> {
+        self.bytes += len as u64;
+        if self.bytes > limits.max_field_bytes {
+            return Err(ApiError::bad(format!(
+                "Parameter {name} is too large. Maximum is {} bytes for all parameters.",
+                limits.max_field_bytes
+            )));
+        }
+        if let Some(b) = &limits.budget {
+            b.take(len, &mut form.budget)?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds a text field (a field without a name is dropped).
+fn push_text(params: &mut Params, name: &str, value: Vec<u8>) {
+    if !name.is_empty() {
+        let text = String::from_utf8(value)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        params.push(name, &text);
+    }
+}
+
+/// The fields before the file part, as the whole form will be judged: empty values are absent.
+fn fields_so_far(params: &Params) -> std::borrow::Cow<'_, Params> {
+    if params.has_empty() {
+        let mut p = params.clone();
+        p.drop_empty();
+        std::borrow::Cow::Owned(p)
+    } else {
+        std::borrow::Cow::Borrowed(params)
+    }
+}
+
 /// The first bytes of a body (up to [`BodyHead::MAX`]), shared with the stream that reads it.
 #[derive(Clone, Default)]
 struct BodyHead(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
@@ -369,7 +616,8 @@ async fn parse_multipart(
 ) -> ApiResult<Form> {
     let mut form = Form::default();
     let bad = |e: multer::Error| ApiError::bad(format!("Invalid multipart body: {e}"));
-    let (mut fields, mut text_bytes) = (0usize, 0u64);
+    let mut fields = 0usize;
+    let mut text = TextFields::default();
     while let Some(mut field) = multipart.parts.next_field().await.map_err(bad)? {
         fields += 1;
         if fields > limits.max_fields {
@@ -379,14 +627,7 @@ async fn parse_multipart(
         let filename = field.file_name().map(str::to_string);
         match filename {
             Some(filename) if name == "file" => {
-                // The fields so far, as the whole form will be judged: empty values are absent.
-                let so_far = if form.params.has_empty() {
-                    let mut p = form.params.clone();
-                    p.drop_empty();
-                    std::borrow::Cow::Owned(p)
-                } else {
-                    std::borrow::Cow::Borrowed(&form.params)
-                };
+                let so_far = fields_so_far(&form.params);
                 if let Some(check) = &limits.early_check {
                     check(&so_far)?;
                 }
@@ -477,23 +718,10 @@ async fn parse_multipart(
                 let mut buf: Vec<u8> = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
                     // All text fields together stay within the limit (they are in memory).
-                    text_bytes += chunk.len() as u64;
-                    if text_bytes > limits.max_field_bytes {
-                        return Err(ApiError::bad(format!(
-                            "Parameter {name} is too large. Maximum is {} bytes for all parameters.",
-                            limits.max_field_bytes
-                        )));
-                    }
-                    if let Some(b) = &limits.budget {
-                        b.take(chunk.len(), &mut form.budget)?;
-                    }
+                    text.take(&name, chunk.len(), limits, &mut form)?;
                     buf.extend_from_slice(&chunk);
                 }
-                if !name.is_empty() {
-                    let text = String::from_utf8(buf)
-                        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-                    form.params.push(&name, &text);
-                }
+                push_text(&mut form.params, &name, buf);
             }
         }
     }
@@ -591,5 +819,146 @@ mod tests {
             None
         );
         assert_eq!(file_data_start(b"no multipart here", b), None);
+    }
+
+    fn limits() -> BodyLimits {
+        BodyLimits {
+            max_file_bytes: 1000,
+            max_field_bytes: 1000,
+            max_fields: 10,
+            idle: std::time::Duration::from_secs(5),
+            budget: None,
+            placement: None,
+            mirror: None,
+            early_check: None,
+        }
+    }
+
+    /// What a form holds, or the error it ended in, for comparing two readings.
+    fn outcome(result: ApiResult<Form>) -> String {
+        match result {
+            Ok(f) => {
+                let file = f.file.map(|p| {
+                    let bytes = p.blob.bytes().map(|b| b.to_vec());
+                    (p.filename, p.blob.size, p.blob.md5.clone(), bytes)
+                });
+                format!("{:?} {:?}", f.params, file)
+            }
+            Err(e) => format!("error {e}"),
+        }
+    }
+
+    /// Reads `body` whole (its length given) and streamed in pieces of three bytes (no length).
+    async fn both_ways(body: &[u8], limits: &BodyLimits) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let b = "XyZ0123";
+        let mut h = HeaderMap::new();
+        let ct = format!("multipart/form-data; boundary={b}");
+        h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        let mut whole = h.clone();
+        whole.insert(header::CONTENT_LENGTH, body.len().into());
+        let a = read_form(&whole, None, body_from(body.to_vec()), dir.path(), limits).await;
+        let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = body
+            .chunks(3)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let streamed = Body::from_stream(futures_util::stream::iter(pieces));
+        let b = read_form(&h, None, streamed, dir.path(), limits).await;
+        (outcome(a), outcome(b))
+    }
+
+    #[test]
+    fn usual_parts_are_taken_in_place() {
+        let b = "XyZ0123";
+        let body = format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"timestamp\"\r\n\r\n1\r\n\
+             --{b}\r\ncontent-disposition: Form-Data; name=\"file\"; filename=\"s.png\"\r\n\
+             Content-Type: image/png\r\n\r\nA\r\n-{b}\r\n--{b}--\r\nepilogue"
+        );
+        let parts = simple_parts(body.as_bytes(), b).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!((parts[0].name, parts[0].filename), ("timestamp", None));
+        assert_eq!(&body[parts[0].data.clone()], "1");
+        assert_eq!((parts[1].name, parts[1].filename), ("file", Some("s.png")));
+        assert_eq!(&body[parts[1].data.clone()], format!("A\r\n-{b}"));
+        assert_eq!(simple_parts(format!("--{b}--").as_bytes(), b), Some(vec![]));
+    }
+
+    /// Whatever the body, reading it whole gives what multer gives reading it streamed.
+    #[tokio::test]
+    async fn a_body_read_whole_reads_as_it_does_streamed() {
+        let b = "XyZ0123";
+        let part =
+            |cd: &str, data: &str| format!("--{b}\r\nContent-Disposition: {cd}\r\n\r\n{data}\r\n");
+        let end = format!("--{b}--\r\n");
+        let file = part(
+            "form-data; name=\"file\"; filename=\"a.png\"",
+            "\u{89}PNG data",
+        );
+        let bodies: Vec<Vec<u8>> = vec![
+            // The usual ones.
+            format!("{}{}{file}{end}", part("form-data; name=\"a\"", "1"), part("form-data; name=\"b\"", "")).into(),
+            format!("{}{end}", part("form-data; name=\"tags[]\"", "x")).into(),
+            format!("{file}{file}{end}").into(),
+            format!("{}{end}", part("form-data; name=\"\"", "nameless")).into(),
+            format!("{}{end}", part("form-data; name=\"x\"; filename=\"\"", "named file")).into(),
+            format!("{}{end}", part("form-data; name=\"file\"; filename=\"\"", "")).into(),
+            end.clone().into(),
+            // Odd ones (multer reads them).
+            format!("preamble\r\n{file}{end}").into(),
+            format!("{}{end}", part("form-data; name=a", "unquoted")).into(),
+            format!("{}{end}", part("form-data; name=\"file\"; filename=\"a;b.png\"", "x")).into(),
+            format!("{}{end}", part("form-data; name=\"q\\\"x\"", "escaped")).into(),
+            format!("{}{end}", part("form-data; name=\"f\"; filename*=utf-8''%C3%A9", "x")).into(),
+            format!("{}{end}", part("attachment; name=\"a\"", "not form-data")).into(),
+            format!("--{b}  \r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n{end}").into(),
+            format!("--{b}\r\n\r\nno headers\r\n{end}").into(),
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"a\"\r\n folded\r\n\r\n1\r\n{end}").into(),
+            format!("--{b}\r\nBad Header: x\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n{end}").into(),
+            part("form-data; name=\"a\"", "no closing").into(),
+            format!("{}{end}", part("form-data; name=\"a\"", &format!("x\r\n--{b}x"))).into(),
+            format!("{}--{b}", part("form-data; name=\"a\"", "1")).into(),
+            b"not multipart at all".to_vec(),
+            {
+                let mut v = format!("--{b}\r\nContent-Disposition: form-data; name=\"bin\"\r\n\r\n").into_bytes();
+                v.extend_from_slice(b"\xff\xfe text\r\n");
+                v.extend_from_slice(end.as_bytes());
+                v
+            },
+        ];
+        let limits = limits();
+        for body in &bodies {
+            let (whole, streamed) = both_ways(body, &limits).await;
+            assert_eq!(whole, streamed, "{}", String::from_utf8_lossy(body));
+        }
+        // The limits hold either way.
+        let many: String = (0..11)
+            .map(|i| part(&format!("form-data; name=\"f{i}\""), "v"))
+            .collect();
+        let big_field = part("form-data; name=\"big\"", &"x".repeat(1001));
+        let big_file = part(
+            "form-data; name=\"file\"; filename=\"a\"",
+            &"x".repeat(1001),
+        );
+        for body in [many, big_field, big_file] {
+            let body = format!("{body}{end}");
+            let (whole, streamed) = both_ways(body.as_bytes(), &limits).await;
+            assert!(whole.starts_with("error "), "{whole}");
+            assert_eq!(whole, streamed);
+        }
+        // The fields before the file part are checked when it starts.
+        let mut checked = limits.clone();
+        checked.early_check = Some(std::sync::Arc::new(|p: &Params| match p.text("a") {
+            Some("1") => Err(ApiError::bad("refused early")),
+            _ => Ok(()),
+        }));
+        let body = format!(
+            "{}{}{file}{end}",
+            part("form-data; name=\"a\"", "1"),
+            part("form-data; name=\"b\"", "")
+        );
+        let (whole, streamed) = both_ways(body.as_bytes(), &checked).await;
+        assert_eq!(whole, "error refused early");
+        assert_eq!(whole, streamed);
     }
 }

@@ -590,7 +590,10 @@ async fn health(State(state): State<AppState>) -> Response {
 
 type JsonResult = ApiResult<Json<Value>>;
 
-async fn upload_action(State(state): State<AppState>, up: UploadCall) -> JsonResult {
+async fn upload_action(
+    State(state): State<AppState>,
+    up: UploadCall,
+) -> ApiResult<Json<upload::Answer>> {
     let UploadCall {
         call,
         file,

@@ -30,7 +30,7 @@ use crate::state::AppState;
 use crate::storage::new_blob_key;
 use crate::util::random_hex;
 
-pub use response::{upload_response, ResponseSigner};
+pub use response::{upload_response, ResponseSigner, UploadAnswer};
 pub use source::Source;
 
 /// How long a `delete_token` stays valid.
@@ -504,6 +504,28 @@ pub struct UploadRequest<'a> {
     pub upload_id: Option<&'a str>,
 }
 
+/// What the upload action answers: a stored upload, written out field by field, or another
+/// JSON answer (a part of a chunked upload, an upload stored later).
+pub enum Answer {
+    Stored(Box<UploadAnswer>),
+    Other(Json),
+}
+
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Answer::Stored(a) => a.serialize(s),
+            Answer::Other(j) => j.serialize(s),
+        }
+    }
+}
+
+impl From<Json> for Answer {
+    fn from(j: Json) -> Answer {
+        Answer::Other(j)
+    }
+}
+
 /// Handles `POST /v1_1/:cloud/:resource_type/upload` once the caller is known.
 pub async fn upload(
     state: &AppState,
@@ -511,7 +533,7 @@ pub async fn upload(
     file: Option<crate::form::FilePart>,
     content_range: Option<&str>,
     upload_id: Option<&str>,
-) -> ApiResult<Json> {
+) -> ApiResult<Answer> {
     let Call {
         cloud,
         resource_type,
@@ -557,15 +579,17 @@ pub async fn upload(
                     range,
                 },
             )
-            .await;
+            .await
+            .map(Answer::Other);
         }
     }
     if params.truthy("async") {
         let src = source::resolve(state, file, params.text("file")).await?;
-        return Ok(store_later(state, &req, caller, params, src));
+        return Ok(Answer::Other(store_later(state, &req, caller, params, src)));
     }
     let src = source::resolve(state, file, params.text("file")).await?;
-    store_upload(state, &req, &caller, params, src, None).await
+    let answer = store_answer(state, &req, &caller, params, src, None).await?;
+    Ok(Answer::Stored(Box::new(answer)))
 }
 
 /// `async=true`: answers `{"status": "pending", …, "batch_id"}` at once and stores the upload
@@ -646,16 +670,30 @@ pub async fn delete_asset(state: &AppState, key: &AssetKey) -> ApiResult<bool> {
     }
 }
 
-/// Probes, names and stores an upload from its resolved source, and builds the answer.
-/// `public_id` overrides the naming rules (a chunked upload decided it at its first part).
+/// Probes, names and stores an upload from its resolved source, and builds the answer (as a
+/// JSON value). `public_id` overrides the naming rules (a chunked upload decided it at its
+/// first part).
 pub async fn store_upload(
+    state: &AppState,
+    req: &UploadRequest<'_>,
+    caller: &Caller,
+    params: Params,
+    src: Source,
+    public_id: Option<String>,
+) -> ApiResult<Json> {
+    let answer = store_answer(state, req, caller, params, src, public_id).await?;
+    Ok(Json::Object(answer.to_map()))
+}
+
+/// [`store_upload`], with the answer to be written out as it is.
+pub async fn store_answer(
     state: &AppState,
     req: &UploadRequest<'_>,
     caller: &Caller,
     mut params: Params,
     src: Source,
     public_id: Option<String>,
-) -> ApiResult<Json> {
+) -> ApiResult<UploadAnswer> {
     let opts = UploadOptions::parse(&params, caller.is_signed())?;
 
     if src.blob.size == 0 {
@@ -958,30 +996,30 @@ pub async fn store_upload(
         crate::admin::forget_derived_blobs(state, &record.0.key.cloud, &gone).await;
     }
     let signer = ResponseSigner::for_caller(state, req.cloud, caller)?;
-    let mut answer = upload_response(state, &record.0, &signer, record.1);
+    let (record, outcome) = record;
+    let mut answer = UploadAnswer::new(state, record, &signer, outcome);
     if params.truthy("faces") {
-        answer.insert("faces".into(), faces_json(&record.0));
+        answer.insert("faces", faces_json(answer.record()));
     }
     if !breakpoint_requests.is_empty() {
-        let list = breakpoints::compute(state, &record.0, &breakpoint_requests, &signer).await?;
-        answer.insert("responsive_breakpoints".into(), list);
+        let list =
+            breakpoints::compute(state, answer.record(), &breakpoint_requests, &signer).await?;
+        answer.insert("responsive_breakpoints", list);
     }
-    if !eager_specs.is_empty() && record.1 != Outcome::Existing {
+    if !eager_specs.is_empty() && outcome != Outcome::Existing {
         if params.truthy("eager_async") {
             eager::in_background(
                 state.clone(),
-                record.0.clone(),
+                answer.record().clone(),
                 eager_specs,
                 signer.clone(),
                 eager_notify,
                 random_hex(32),
             );
         } else {
-            let derived = eager::generate(state, &record.0, &eager_specs).await?;
-            answer.insert(
-                "eager".into(),
-                eager::eager_json(state, &record.0, &derived, &signer),
-            );
+            let derived = eager::generate(state, answer.record(), &eager_specs).await?;
+            let list = eager::eager_json(state, answer.record(), &derived, &signer);
+            answer.insert("eager", list);
         }
     }
     if opts.return_delete_token {
@@ -989,9 +1027,13 @@ pub async fn store_upload(
         let token = random_hex(20);
         state
             .meta
-            .put_delete_token(&token, &record.0.key, state.now() + DELETE_TOKEN_SECS)
+            .put_delete_token(
+                &token,
+                &answer.record().key,
+                state.now() + DELETE_TOKEN_SECS,
+            )
             .await?;
-        answer.insert("delete_token".into(), json!(token));
+        answer.insert("delete_token", json!(token));
     }
     let notification_url = params
         .nonempty("notification_url")
@@ -999,9 +1041,9 @@ pub async fn store_upload(
         .transpose()?;
     // The notification is the answer and two fields more: made only when someone gets it.
     if notification_url.is_none() && !crate::triggers::any_for(state, req.cloud, "upload").await {
-        return Ok(Json::Object(answer));
+        return Ok(answer);
     }
-    let mut payload = answer.clone();
+    let mut payload = answer.to_map();
     payload.insert("notification_type".into(), json!("upload"));
     if let Some(batch) = params.nonempty(BATCH_ID) {
         payload.insert("batch_id".into(), json!(batch));
@@ -1022,7 +1064,7 @@ pub async fn store_upload(
         .await;
     }
     crate::triggers::fire(state, req.cloud, "upload", &payload, &notify_signer).await;
-    Ok(Json::Object(answer))
+    Ok(answer)
 }
 
 /// Applies an incoming transformation (and/or converts to `wanted`) to an uploaded image,
