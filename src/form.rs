@@ -188,6 +188,21 @@ impl Params {
             .collect()
     }
 
+    /// [`Params::signable`], borrowing what it can (a list is joined).
+    pub fn signable_text(&self, exclude: &[&str]) -> Vec<(&str, std::borrow::Cow<'_, str>)> {
+        self.entries
+            .iter()
+            .filter(|(n, _)| !exclude.contains(&n.as_str()))
+            .map(|(n, v)| {
+                let text = match v {
+                    Value::Text(t) => std::borrow::Cow::Borrowed(t.as_str()),
+                    Value::List(items) => std::borrow::Cow::Owned(items.join(",")),
+                };
+                (n.as_str(), text)
+            })
+            .collect()
+    }
+
     /// Forgets empty values (and empty list items): an empty value is never signed, so it must
     /// mean "absent" (Upload API calls).
     pub fn drop_empty(&mut self) {

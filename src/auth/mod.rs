@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::form::Params;
 
-pub use sign::{api_sign, delivery_signature, string_to_sign, SignatureAlgorithm};
+pub use sign::{api_sign, api_sign_matches, delivery_signature, string_to_sign, SignatureAlgorithm};
 
 /// One API key of a cloud.
 #[derive(Clone, PartialEq, Eq)]
@@ -266,29 +266,34 @@ pub fn verify_signed(
         64 => SignatureAlgorithm::Sha256,
         _ => SignatureAlgorithm::Sha1,
     };
-    let mut candidates = vec![params.signable(UNSIGNED_PARAMS)];
-    let pairs = &candidates[0];
+    let pairs = params.signable_text(UNSIGNED_PARAMS);
+    let mut candidates = vec![pairs];
     if lenient_notification
-        && pairs
+        && candidates[0]
             .iter()
-            .any(|(k, _)| NOTIFICATION_PARAMS.contains(&k.as_str()))
+            .any(|(k, _)| NOTIFICATION_PARAMS.contains(k))
     {
-        let without: Vec<(String, String)> = pairs
+        let without: Vec<_> = candidates[0]
             .iter()
-            .filter(|(k, _)| !NOTIFICATION_PARAMS.contains(&k.as_str()))
+            .filter(|(k, _)| !NOTIFICATION_PARAMS.contains(k))
             .cloned()
             .collect();
         candidates.push(without);
     }
     let wanted = signature.to_ascii_lowercase();
     let mut matched = false;
-    // Version 1 only for accounts that allow it; without `&` in a value the two agree.
+    // Version 1 only for accounts that allow it; without `&` in a pair the two agree.
     let versions: &[u8] = if account.signature_v1 { &[2, 1] } else { &[2] };
     for candidate in &candidates {
+        let has_amp = candidate
+            .iter()
+            .any(|(k, v)| k.contains('&') || v.contains('&'));
         for &version in versions {
+            if version == 1 && !has_amp {
+                continue;
+            }
             let sts = string_to_sign(candidate, version);
-            let expected = api_sign(&sts, &account.api_secret, algorithm);
-            if bool::from(expected.as_bytes().ct_eq(wanted.as_bytes())) {
+            if api_sign_matches(&sts, &account.api_secret, algorithm, wanted.as_bytes()) {
                 matched = true;
             }
         }

@@ -31,26 +31,42 @@ impl SignatureAlgorithm {
 
 /// Builds the string to sign from `(name, value)` pairs: empty values dropped, sorted by name,
 /// `name=value` joined with `&`; version 2 replaces `&` inside each pair with `%26`.
-pub fn string_to_sign(pairs: &[(String, String)], version: u8) -> String {
-    let mut items: Vec<(&str, String)> = pairs
+pub fn string_to_sign<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)], version: u8) -> String {
+    let mut items: Vec<(&str, &str)> = pairs
         .iter()
+        .map(|(k, v)| (k.as_ref(), v.as_ref()))
         .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| {
-            let item = format!("{k}={v}");
-            let item = if version >= 2 {
-                item.replace('&', "%26")
-            } else {
-                item
-            };
-            (k.as_str(), item)
-        })
         .collect();
-    items.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.cmp(&b.1)));
-    items
-        .into_iter()
-        .map(|(_, item)| item)
-        .collect::<Vec<_>>()
-        .join("&")
+    // By name, then (a name given twice) by the pair as written.
+    let written = |(k, v): &(&str, &str)| {
+        let mut out = String::new();
+        push_pair(&mut out, k, v, version);
+        out
+    };
+    items.sort_by(|a, b| a.0.cmp(b.0).then_with(|| written(a).cmp(&written(b))));
+    let room = items.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = String::with_capacity(room);
+    for (i, (k, v)) in items.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        push_pair(&mut out, k, v, version);
+    }
+    out
+}
+
+/// Appends `name=value`, with `&` written `%26` in version 2.
+fn push_pair(out: &mut String, name: &str, value: &str, version: u8) {
+    for (i, part) in [name, value].into_iter().enumerate() {
+        if i > 0 {
+            out.push('=');
+        }
+        if version >= 2 && part.contains('&') {
+            out.push_str(&part.replace('&', "%26"));
+        } else {
+            out.push_str(part);
+        }
+    }
 }
 
 fn digest(data: &[u8], algorithm: SignatureAlgorithm) -> Vec<u8> {
@@ -66,6 +82,40 @@ pub fn api_sign(string_to_sign: &str, secret: &str, algorithm: SignatureAlgorith
     data.extend_from_slice(string_to_sign.as_bytes());
     data.extend_from_slice(secret.as_bytes());
     hex::encode(digest(&data, algorithm))
+}
+
+/// Whether `signature` (lowercase hex) is [`api_sign`] of these, compared in constant time.
+pub fn api_sign_matches(
+    string_to_sign: &str,
+    secret: &str,
+    algorithm: SignatureAlgorithm,
+    signature: &[u8],
+) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut hash = [0u8; 32];
+    let hash = match algorithm {
+        SignatureAlgorithm::Sha1 => {
+            let mut h = Sha1::new();
+            h.update(string_to_sign.as_bytes());
+            h.update(secret.as_bytes());
+            hash[..20].copy_from_slice(&h.finalize());
+            &hash[..20]
+        }
+        SignatureAlgorithm::Sha256 => {
+            let mut h = Sha256::new();
+            h.update(string_to_sign.as_bytes());
+            h.update(secret.as_bytes());
+            hash.copy_from_slice(&h.finalize());
+            &hash[..]
+        }
+    };
+    let mut text = [0u8; 64];
+    let text = &mut text[..hash.len() * 2];
+    if hex::encode_to_slice(hash, text).is_err() {
+        return false;
+    }
+    let text: &[u8] = text;
+    bool::from(text.ct_eq(signature))
 }
 
 /// The `signature` field of upload responses, which the SDKs' `verify_api_response_signature`
@@ -103,6 +153,47 @@ pub fn delivery_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The string to sign as first written: a `name=value` string per pair, `&` replaced in
+    /// version 2, sorted by name and then by that string.
+    fn reference(pairs: &[(String, String)], version: u8) -> String {
+        let mut items: Vec<(&str, String)> = pairs
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| {
+                let item = format!("{k}={v}");
+                let item = if version >= 2 { item.replace('&', "%26") } else { item };
+                (k.as_str(), item)
+            })
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.cmp(&b.1)));
+        items.into_iter().map(|(_, i)| i).collect::<Vec<_>>().join("&")
+    }
+
+    #[test]
+    fn strings_to_sign_and_their_check() {
+        let sets: Vec<Vec<(&str, &str)>> = vec![
+            vec![("timestamp", "1"), ("public_id", "a&b"), ("eager", "w_1|w_2"), ("x", "")],
+            vec![("t", "b&"), ("t", "b%26"), ("t", "a"), ("a&b", "c")],
+            vec![],
+        ];
+        for set in sets {
+            let owned: Vec<(String, String)> =
+                set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            for version in [1, 2] {
+                let sts = string_to_sign(&owned, version);
+                assert_eq!(sts, reference(&owned, version));
+                assert_eq!(sts, string_to_sign(&set, version));
+                for algorithm in [SignatureAlgorithm::Sha1, SignatureAlgorithm::Sha256] {
+                    let good = api_sign(&sts, "abcd", algorithm);
+                    assert!(api_sign_matches(&sts, "abcd", algorithm, good.as_bytes()));
+                    assert!(!api_sign_matches(&sts, "abce", algorithm, good.as_bytes()));
+                    assert!(!api_sign_matches(&sts, "abcd", algorithm, &good.as_bytes()[1..]));
+                    assert!(!api_sign_matches(&sts, "abcd", algorithm, b""));
+                }
+            }
+        }
+    }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
         p.iter()

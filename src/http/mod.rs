@@ -196,21 +196,24 @@ where
     let http_method = req.method().clone();
     let bytes_in = content_length(req.headers()).unwrap_or(0);
     let _uploading = (route == "upload").then(|| state.metrics.upload_started());
-    let method = req.method().to_string();
     let from_console = req.headers().contains_key("x-nephos-console");
+    // The method, path and cloud live in the capture while the request is answered (fault
+    // rules read them there) and come back out for the log.
     let path = req.uri().path().to_string();
-    let cloud = cloud_of(&path);
     let capture = std::sync::Arc::new(std::sync::Mutex::new(Capture {
-        method: method.clone(),
-        path: path.clone(),
-        cloud: cloud.clone(),
+        method: http_method.as_str().to_string(),
+        cloud: cloud_of(&path),
+        path,
         ..Default::default()
     }));
     let control = state.control.clone();
     let resp = CAPTURE
         .scope(capture.clone(), async {
             if !control.faults.is_empty() {
-                if let Some(effect) = control.faults.check(&method, &path, cloud.as_deref(), None) {
+                let effect = crate::control::log::current().and_then(|(method, path, cloud)| {
+                    control.faults.check(&method, &path, cloud.as_deref(), None)
+                });
+                if let Some(effect) = effect {
                     if let Some(d) = effect.delay {
                         tokio::time::sleep(d).await;
                     }
@@ -222,6 +225,16 @@ where
             next(req).await
         })
         .await;
+    let Capture {
+        method,
+        path,
+        cloud,
+        params,
+        error,
+    } = match capture.lock() {
+        Ok(mut c) => std::mem::take(&mut *c),
+        Err(p) => std::mem::take(&mut *p.into_inner()),
+    };
     // A call that may have written: delivery reads records afresh.
     if !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
         state.records.invalidate();
@@ -243,13 +256,6 @@ where
         tracing::info!(target: "nephos::request", %method, %path, status, ms = format!("{ms:.1}"), %request_id, cloud = %cloud_shown, "request");
     }
     if control.enabled {
-        let (params, error) = match capture.lock() {
-            Ok(mut c) => (c.params.take(), c.error.take()),
-            Err(p) => {
-                let mut c = p.into_inner();
-                (c.params.take(), c.error.take())
-            }
-        };
         control.requests.push(RequestEntry {
             seq: 0,
             at_ms,
