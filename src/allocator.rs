@@ -154,7 +154,11 @@ mod tests {
                 // SAFETY: non-zero sizes; each block is freed with the layout it has.
                 unsafe {
                     for zeroed in [false, true] {
-                        let p = if zeroed { alloc_zeroed(layout) } else { alloc(layout) };
+                        let p = if zeroed {
+                            alloc_zeroed(layout)
+                        } else {
+                            alloc(layout)
+                        };
                         assert!(!p.is_null());
                         assert_eq!(p as usize % align, 0, "{size} {align}");
                         if zeroed {
@@ -164,11 +168,16 @@ mod tests {
                         let bigger = size * 3 + 5;
                         let q = realloc(p, layout, bigger);
                         assert_eq!(q as usize % align, 0);
-                        assert!(std::slice::from_raw_parts(q, size).iter().all(|b| *b == 0xa5));
+                        assert!(std::slice::from_raw_parts(q, size)
+                            .iter()
+                            .all(|b| *b == 0xa5));
                         let smaller = (size / 2).max(1);
-                        let r = realloc(q, Layout::from_size_align(bigger, align).unwrap(), smaller);
+                        let r =
+                            realloc(q, Layout::from_size_align(bigger, align).unwrap(), smaller);
                         assert_eq!(r as usize % align, 0);
-                        assert!(std::slice::from_raw_parts(r, smaller).iter().all(|b| *b == 0xa5));
+                        assert!(std::slice::from_raw_parts(r, smaller)
+                            .iter()
+                            .all(|b| *b == 0xa5));
                         dealloc(r, Layout::from_size_align(smaller, align).unwrap());
                     }
                 }

@@ -11,7 +11,9 @@ use subtle::ConstantTimeEq;
 use crate::error::ApiError;
 use crate::form::Params;
 
-pub use sign::{api_sign, api_sign_matches, delivery_signature, string_to_sign, SignatureAlgorithm};
+pub use sign::{
+    api_sign, api_sign_matches, delivery_signature, string_to_sign, SignatureAlgorithm,
+};
 
 /// One API key of a cloud.
 #[derive(Clone, PartialEq, Eq)]

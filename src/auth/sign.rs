@@ -162,24 +162,39 @@ mod tests {
             .filter(|(_, v)| !v.is_empty())
             .map(|(k, v)| {
                 let item = format!("{k}={v}");
-                let item = if version >= 2 { item.replace('&', "%26") } else { item };
+                let item = if version >= 2 {
+                    item.replace('&', "%26")
+                } else {
+                    item
+                };
                 (k.as_str(), item)
             })
             .collect();
         items.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.cmp(&b.1)));
-        items.into_iter().map(|(_, i)| i).collect::<Vec<_>>().join("&")
+        items
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect::<Vec<_>>()
+            .join("&")
     }
 
     #[test]
     fn strings_to_sign_and_their_check() {
         let sets: Vec<Vec<(&str, &str)>> = vec![
-            vec![("timestamp", "1"), ("public_id", "a&b"), ("eager", "w_1|w_2"), ("x", "")],
+            vec![
+                ("timestamp", "1"),
+                ("public_id", "a&b"),
+                ("eager", "w_1|w_2"),
+                ("x", ""),
+            ],
             vec![("t", "b&"), ("t", "b%26"), ("t", "a"), ("a&b", "c")],
             vec![],
         ];
         for set in sets {
-            let owned: Vec<(String, String)> =
-                set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let owned: Vec<(String, String)> = set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             for version in [1, 2] {
                 let sts = string_to_sign(&owned, version);
                 assert_eq!(sts, reference(&owned, version));
@@ -188,7 +203,12 @@ mod tests {
                     let good = api_sign(&sts, "abcd", algorithm);
                     assert!(api_sign_matches(&sts, "abcd", algorithm, good.as_bytes()));
                     assert!(!api_sign_matches(&sts, "abce", algorithm, good.as_bytes()));
-                    assert!(!api_sign_matches(&sts, "abcd", algorithm, &good.as_bytes()[1..]));
+                    assert!(!api_sign_matches(
+                        &sts,
+                        "abcd",
+                        algorithm,
+                        &good.as_bytes()[1..]
+                    ));
                     assert!(!api_sign_matches(&sts, "abcd", algorithm, b""));
                 }
             }
