@@ -52,6 +52,9 @@ const WHOLE_BODY_BYTES: u64 = crate::storage::temp::SPILL_BYTES as u64;
 /// Header bytes of one part that the in-place parser reads (more goes to multer).
 const PART_HEAD_BYTES: usize = 8 * 1024;
 
+/// Header lines of one part that multer reads (more is an error there).
+const MAX_PART_HEADERS: usize = 32;
+
 fn body_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -113,7 +116,7 @@ pub async fn read_form(
             if whole {
                 read_whole_multipart(&content_type, body, tmp_dir, limits).await?
             } else {
-                read_multipart(&content_type, body, tmp_dir, limits).await?
+                read_multipart(&content_type, body, tmp_dir, limits, None).await?
             }
         }
         "application/json" => {
@@ -270,6 +273,7 @@ async fn read_multipart(
     body: Body,
     tmp_dir: &std::path::Path,
     limits: &BodyLimits,
+    cut_short: Option<&std::sync::atomic::AtomicBool>,
 ) -> ApiResult<Form> {
     let boundary = multer::parse_boundary(content_type)
         .map_err(|_| ApiError::bad("Invalid multipart body: missing boundary"))?;
@@ -293,7 +297,7 @@ async fn read_multipart(
         boundary,
         head,
     };
-    let form = parse_multipart(multipart, tmp_dir, limits).await?;
+    let form = parse_multipart(multipart, tmp_dir, limits, cut_short).await?;
     let mut rest = shared.lock().await;
     let mut trailing = 0usize;
     while let Some(Ok(chunk)) = rest.next().await {
@@ -337,11 +341,27 @@ async fn read_whole_multipart(
             }
         }
     }
-    if failed.is_some() || total > WHOLE_BODY_BYTES {
+    if total > WHOLE_BODY_BYTES {
         let read = futures_util::stream::iter(pieces.into_iter().map(Ok));
-        let failure = futures_util::stream::iter(failed.map(Err));
-        let body = Body::from_stream(read.chain(failure).chain(stream));
-        return read_multipart(content_type, body, tmp_dir, limits).await;
+        let body = Body::from_stream(read.chain(stream));
+        return read_multipart(content_type, body, tmp_dir, limits, None).await;
+    }
+    if let Some(e) = failed {
+        // As if streamed, where what arrived was parsed while the body stalled: a form
+        // complete before the failure is taken (the rest of the body was only drained), and
+        // fields refused as they came are refused; a form still waiting for more meets the
+        // failure.
+        let ended = Body::from_stream(futures_util::stream::iter(
+            pieces.into_iter().map(Ok::<_, axum::Error>),
+        ));
+        let cut_short = std::sync::atomic::AtomicBool::new(false);
+        return match read_multipart(content_type, ended, tmp_dir, limits, Some(&cut_short)).await {
+            Err(_) if cut_short.load(std::sync::atomic::Ordering::Relaxed) => {
+                let failed = multer::Error::StreamReadFailed(Box::new(e));
+                Err(ApiError::bad(format!("Invalid multipart body: {failed}")))
+            }
+            done => done,
+        };
     }
     let whole = match pieces.len() {
         1 => pieces.swap_remove(0),
@@ -354,7 +374,7 @@ async fn read_whole_multipart(
         }
     };
     let Some(parts) = simple_parts(&whole, &boundary) else {
-        return read_multipart(content_type, Body::from(whole), tmp_dir, limits).await;
+        return read_multipart(content_type, Body::from(whole), tmp_dir, limits, None).await;
     };
     let mut form = Form::default();
     let mut text = TextFields::default();
@@ -442,8 +462,19 @@ fn simple_parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<SimplePart<'a>
 /// The `name` and `filename` of a part's header lines, when they are as [`simple_parts`]
 /// takes them.
 fn form_data_names(head: &str) -> Option<(&str, Option<&str>)> {
+    // What multer's header parser would refuse or read otherwise (control bytes, a bare line
+    // feed, more than 32 lines) goes to it.
+    if !head
+        .bytes()
+        .all(|b| b == b'\t' || b == b'\r' || b == b'\n' || (b >= 0x20 && b != 0x7f))
+    {
+        return None;
+    }
     let mut disposition = None;
-    for line in head.split("\r\n") {
+    for (n, line) in head.split("\r\n").enumerate() {
+        if n >= MAX_PART_HEADERS || line.contains(['\r', '\n']) {
+            return None;
+        }
         let (name, value) = line.split_once(':')?;
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return None;
@@ -454,14 +485,19 @@ fn form_data_names(head: &str) -> Option<(&str, Option<&str>)> {
         }
     }
     let mut items = disposition?.split(';');
-    if !items.next()?.trim().eq_ignore_ascii_case("form-data") {
+    if !items.next()?.trim_ascii().eq_ignore_ascii_case("form-data") {
         return None;
     }
     let (mut name, mut filename) = (None, None);
     for item in items {
-        let (key, value) = item.trim().split_once('=')?;
+        let (key, value) = item.trim_ascii().split_once('=')?;
         let value = value.strip_prefix('"')?.strip_suffix('"')?;
-        if value.contains(['"', '\\']) {
+        // multer finds `name` and `filename` wherever they follow a space: inside a value too.
+        let names_inside = value
+            .as_bytes()
+            .windows(5)
+            .any(|w| w[0].is_ascii_whitespace() && &w[1..] == b"name");
+        if value.contains(['"', '\\']) || names_inside {
             return None;
         }
         let slot = match key {
@@ -613,9 +649,23 @@ async fn parse_multipart(
     mut multipart: Multipart,
     tmp_dir: &std::path::Path,
     limits: &BodyLimits,
+    cut_short: Option<&std::sync::atomic::AtomicBool>,
 ) -> ApiResult<Form> {
     let mut form = Form::default();
-    let bad = |e: multer::Error| ApiError::bad(format!("Invalid multipart body: {e}"));
+    let bad = |e: multer::Error| {
+        // A body that ended before the form did (told apart for a body replayed after it
+        // failed).
+        if let (
+            Some(flag),
+            multer::Error::IncompleteStream
+            | multer::Error::IncompleteFieldData { .. }
+            | multer::Error::IncompleteHeaders,
+        ) = (cut_short, &e)
+        {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        ApiError::bad(format!("Invalid multipart body: {e}"))
+    };
     let mut fields = 0usize;
     let mut text = TextFields::default();
     while let Some(mut field) = multipart.parts.next_field().await.map_err(bad)? {
@@ -919,6 +969,18 @@ mod tests {
             format!("{}{end}", part("form-data; name=\"a\"", &format!("x\r\n--{b}x"))).into(),
             format!("{}--{b}", part("form-data; name=\"a\"", "1")).into(),
             b"not multipart at all".to_vec(),
+            // What multer's header parser refuses or reads otherwise.
+            format!("--{b}\r\n{}Content-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n{end}", "X-A: 1\r\n".repeat(32)).into(),
+            format!("--{b}\r\n{}Content-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n{end}", "X-A: 1\r\n".repeat(31)).into(),
+            format!("{}{end}", part("form-data; name=\"a\u{1}\"", "control")).into(),
+            format!("{}{end}", part("form-data; name=\"file\"; filename=\"f\u{7f}.png\"", "x")).into(),
+            format!("--{b}\r\nContent-Disposition: form-data; name=\"note\"\r\nX-A: 1\nContent-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n\r\nx\r\n{end}").into(),
+            format!("--{b}\r\nX-A: 1\n\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n\r\nx\r\n{end}").into(),
+            format!("{}{end}", part("form-data;\u{a0}name=\"file\"; filename=\"f\"", "nbsp")).into(),
+            format!("{}{end}", part("form-data; filename=\"my name.png\"; name=\"file\"", "x")).into(),
+            format!("{}{end}", part("form-data; filename=\"a name=file b\"; name=\"x\"", "x")).into(),
+            format!("{}{end}", part("form-data; name=\"file\"; filename=\"my photo.png\"", "x")).into(),
+            format!("{}{end}", part("form-data;name=\"display_name\"", "x")).into(),
             {
                 let mut v = format!("--{b}\r\nContent-Disposition: form-data; name=\"bin\"\r\n\r\n").into_bytes();
                 v.extend_from_slice(b"\xff\xfe text\r\n");
@@ -946,6 +1008,46 @@ mod tests {
             assert!(whole.starts_with("error "), "{whole}");
             assert_eq!(whole, streamed);
         }
+        // A body that fails to arrive reads as it does streamed, the failure coming after what
+        // came before it: a form complete before the failure is taken, a refusal of the
+        // fields before the file part is given, anything else is the failure.
+        let whole_and_failed = |body: &[u8], cut: usize, limits: BodyLimits| {
+            let body = body[..cut].to_vec();
+            async move {
+                let dir = tempfile::tempdir().unwrap();
+                let ct = format!("multipart/form-data; boundary={b}");
+                let mut h = HeaderMap::new();
+                h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+                let pieces = |with_length| {
+                    let pieces: Vec<Result<bytes::Bytes, axum::Error>> = body
+                        .chunks(if with_length { 100 } else { 3 })
+                        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                        .collect();
+                    // The client stalls, then the body fails (an idle deadline, a reset).
+                    let failure = futures_util::stream::once(async {
+                        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                        Err(axum::Error::new("cut off"))
+                    });
+                    Body::from_stream(futures_util::stream::iter(pieces).chain(failure))
+                };
+                let mut whole = h.clone();
+                whole.insert(header::CONTENT_LENGTH, (body.len() + 10).into());
+                let a = read_form(&whole, None, pieces(true), dir.path(), &limits).await;
+                let b = read_form(&h, None, pieces(false), dir.path(), &limits).await;
+                (outcome(a), outcome(b))
+            }
+        };
+        let complete = format!("{}{file}{end}", part("form-data; name=\"a\"", "1"));
+        for cut in [complete.len(), complete.len() - 4, 10, 0] {
+            let (whole, streamed) =
+                whole_and_failed(complete.as_bytes(), cut, limits.clone()).await;
+            assert_eq!(whole, streamed, "cut at {cut}");
+            if cut == complete.len() {
+                assert!(!whole.starts_with("error"), "{whole}");
+            } else {
+                assert!(whole.starts_with("error"), "{whole}");
+            }
+        }
         // The fields before the file part are checked when it starts.
         let mut checked = limits.clone();
         checked.early_check = Some(std::sync::Arc::new(|p: &Params| match p.text("a") {
@@ -958,6 +1060,9 @@ mod tests {
             part("form-data; name=\"b\"", "")
         );
         let (whole, streamed) = both_ways(body.as_bytes(), &checked).await;
+        assert_eq!(whole, "error refused early");
+        assert_eq!(whole, streamed);
+        let (whole, streamed) = whole_and_failed(body.as_bytes(), body.len() - 20, checked).await;
         assert_eq!(whole, "error refused early");
         assert_eq!(whole, streamed);
     }
