@@ -1,5 +1,7 @@
-//! Reading request bodies: multipart (the `file` part streamed to a temporary file, never
-//! held in memory), urlencoded and JSON, merged over the query string.
+//! Reading request bodies: multipart, urlencoded and JSON, merged over the query string. A
+//! multipart body of at most 256 KiB is read whole and its parts taken where they lie; a
+//! larger one is parsed as it streams, its `file` part written to a temporary file as it
+//! arrives (a file part is held in memory only up to 256 KiB).
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
