@@ -1,7 +1,7 @@
 //! The upload answer (spec §10): field order and presence as Cloudinary sends them.
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json};
 
 use super::Outcome;
 use crate::auth::sign::response_signature;
@@ -110,75 +110,12 @@ impl UploadAnswer {
                 .any(|(k, _)| standard(k) || self.rec.extra.contains_key(*k))
     }
 
-    /// The answer as a JSON object.
+    /// The answer as a JSON object: a field named like an earlier one takes its place.
     pub fn to_map(&self) -> Map<String, Json> {
-        let rec = &self.rec;
-        let raw = rec.key.resource_type == "raw";
-        // Room for every field an upload answers with: the map is not regrown on the way.
-        let mut m = Map::with_capacity(24 + rec.extra.len() + self.more.len());
-        m.insert("asset_id".into(), json!(rec.asset_id));
-        m.insert("public_id".into(), json!(rec.key.public_id));
-        m.insert("version".into(), json!(rec.version));
-        m.insert("version_id".into(), json!(rec.version_id));
-        m.insert("signature".into(), json!(self.signature));
-        if !raw {
-            if let Some(w) = rec.width {
-                m.insert("width".into(), json!(w));
-            }
-            if let Some(h) = rec.height {
-                m.insert("height".into(), json!(h));
-            }
-            if let Some(f) = &rec.format {
-                m.insert("format".into(), json!(f));
-            }
+        match serde_json::to_value(Fields(self)) {
+            Ok(Json::Object(m)) => m,
+            _ => Map::new(),
         }
-        m.insert("resource_type".into(), json!(rec.key.resource_type));
-        m.insert("created_at".into(), json!(iso_time(rec.created_at)));
-        m.insert("tags".into(), json!(rec.tags));
-        if !raw {
-            if let Some(p) = rec.pages {
-                m.insert("pages".into(), json!(p));
-            }
-        }
-        m.insert("bytes".into(), json!(rec.bytes));
-        m.insert("type".into(), json!(rec.key.delivery_type));
-        m.insert("etag".into(), json!(rec.etag));
-        m.insert("placeholder".into(), json!(false));
-        m.insert("url".into(), json!(self.url));
-        let secure = self.secure_url.as_ref().unwrap_or(&self.url);
-        m.insert("secure_url".into(), json!(secure));
-        m.insert("asset_folder".into(), json!(rec.asset_folder));
-        m.insert("display_name".into(), json!(rec.display_name));
-        if !rec.context.is_empty() {
-            m.insert("context".into(), json!({ "custom": rec.context }));
-        }
-        if !rec.metadata.is_empty() {
-            m.insert("metadata".into(), Json::Object(rec.metadata.clone()));
-        }
-        for (k, v) in &rec.extra {
-            if !HIDDEN.contains(&k.as_str()) {
-                m.insert(k.clone(), v.clone());
-            }
-        }
-        match self.outcome {
-            Outcome::Existing => {
-                m.insert("existing".into(), json!(true));
-            }
-            Outcome::Overwritten => {
-                m.insert("overwritten".into(), json!(true));
-            }
-            Outcome::Created => {}
-        }
-        if let Some(f) = &rec.original_filename {
-            m.insert("original_filename".into(), json!(f));
-        }
-        if let Some(k) = &self.api_key {
-            m.insert("api_key".into(), json!(k));
-        }
-        for (k, v) in &self.more {
-            m.insert(k.to_string(), v.clone());
-        }
-        m
     }
 }
 
@@ -218,17 +155,30 @@ const HIDDEN: &[&str] = &["face_coordinates", "custom_coordinates", "backup"];
 
 impl Serialize for UploadAnswer {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if !self.names_apart() {
-            return self.to_map().serialize(s);
+        // Written out, a name given twice would stand twice: such an answer goes through the
+        // map, where the later field takes the earlier one's place.
+        if self.names_apart() {
+            Fields(self).serialize(s)
+        } else {
+            self.to_map().serialize(s)
         }
-        let rec = &self.rec;
+    }
+}
+
+/// The fields of an answer in Cloudinary's order (the asset's own, then those added).
+struct Fields<'a>(&'a UploadAnswer);
+
+impl Serialize for Fields<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let answer = self.0;
+        let rec = &answer.rec;
         let raw = rec.key.resource_type == "raw";
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("asset_id", &rec.asset_id)?;
         m.serialize_entry("public_id", &rec.key.public_id)?;
         m.serialize_entry("version", &rec.version)?;
         m.serialize_entry("version_id", &rec.version_id)?;
-        m.serialize_entry("signature", &self.signature)?;
+        m.serialize_entry("signature", &answer.signature)?;
         if !raw {
             if let Some(w) = rec.width {
                 m.serialize_entry("width", &w)?;
@@ -252,8 +202,11 @@ impl Serialize for UploadAnswer {
         m.serialize_entry("type", &rec.key.delivery_type)?;
         m.serialize_entry("etag", &rec.etag)?;
         m.serialize_entry("placeholder", &false)?;
-        m.serialize_entry("url", &self.url)?;
-        m.serialize_entry("secure_url", self.secure_url.as_ref().unwrap_or(&self.url))?;
+        m.serialize_entry("url", &answer.url)?;
+        m.serialize_entry(
+            "secure_url",
+            answer.secure_url.as_ref().unwrap_or(&answer.url),
+        )?;
         m.serialize_entry("asset_folder", &rec.asset_folder)?;
         m.serialize_entry("display_name", &rec.display_name)?;
         if !rec.context.is_empty() {
@@ -267,7 +220,7 @@ impl Serialize for UploadAnswer {
                 m.serialize_entry(k, v)?;
             }
         }
-        match self.outcome {
+        match answer.outcome {
             Outcome::Existing => m.serialize_entry("existing", &true)?,
             Outcome::Overwritten => m.serialize_entry("overwritten", &true)?,
             Outcome::Created => {}
@@ -275,10 +228,10 @@ impl Serialize for UploadAnswer {
         if let Some(f) = &rec.original_filename {
             m.serialize_entry("original_filename", f)?;
         }
-        if let Some(k) = &self.api_key {
+        if let Some(k) = &answer.api_key {
             m.serialize_entry("api_key", k)?;
         }
-        for (k, v) in &self.more {
+        for (k, v) in &answer.more {
             m.serialize_entry(k, v)?;
         }
         m.end()
@@ -319,6 +272,7 @@ pub fn upload_response(
 mod tests {
     use super::*;
     use crate::db::AssetKey;
+    use serde_json::json;
 
     fn record(resource_type: &str, extra: Json) -> AssetRecord {
         let Json::Object(extra) = extra else {
@@ -353,6 +307,78 @@ mod tests {
         }
     }
 
+    /// The answer's map as the fields were first inserted one by one (a later name taking an
+    /// earlier one's place).
+    fn reference(a: &UploadAnswer) -> Map<String, Json> {
+        let rec = &a.rec;
+        let raw = rec.key.resource_type == "raw";
+        // Room for every field an upload answers with: the map is not regrown on the way.
+        let mut m = Map::with_capacity(24 + rec.extra.len() + a.more.len());
+        m.insert("asset_id".into(), json!(rec.asset_id));
+        m.insert("public_id".into(), json!(rec.key.public_id));
+        m.insert("version".into(), json!(rec.version));
+        m.insert("version_id".into(), json!(rec.version_id));
+        m.insert("signature".into(), json!(a.signature));
+        if !raw {
+            if let Some(w) = rec.width {
+                m.insert("width".into(), json!(w));
+            }
+            if let Some(h) = rec.height {
+                m.insert("height".into(), json!(h));
+            }
+            if let Some(f) = &rec.format {
+                m.insert("format".into(), json!(f));
+            }
+        }
+        m.insert("resource_type".into(), json!(rec.key.resource_type));
+        m.insert("created_at".into(), json!(iso_time(rec.created_at)));
+        m.insert("tags".into(), json!(rec.tags));
+        if !raw {
+            if let Some(p) = rec.pages {
+                m.insert("pages".into(), json!(p));
+            }
+        }
+        m.insert("bytes".into(), json!(rec.bytes));
+        m.insert("type".into(), json!(rec.key.delivery_type));
+        m.insert("etag".into(), json!(rec.etag));
+        m.insert("placeholder".into(), json!(false));
+        m.insert("url".into(), json!(a.url));
+        let secure = a.secure_url.as_ref().unwrap_or(&a.url);
+        m.insert("secure_url".into(), json!(secure));
+        m.insert("asset_folder".into(), json!(rec.asset_folder));
+        m.insert("display_name".into(), json!(rec.display_name));
+        if !rec.context.is_empty() {
+            m.insert("context".into(), json!({ "custom": rec.context }));
+        }
+        if !rec.metadata.is_empty() {
+            m.insert("metadata".into(), Json::Object(rec.metadata.clone()));
+        }
+        for (k, v) in &rec.extra {
+            if !HIDDEN.contains(&k.as_str()) {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        match a.outcome {
+            Outcome::Existing => {
+                m.insert("existing".into(), json!(true));
+            }
+            Outcome::Overwritten => {
+                m.insert("overwritten".into(), json!(true));
+            }
+            Outcome::Created => {}
+        }
+        if let Some(f) = &rec.original_filename {
+            m.insert("original_filename".into(), json!(f));
+        }
+        if let Some(k) = &a.api_key {
+            m.insert("api_key".into(), json!(k));
+        }
+        for (k, v) in &a.more {
+            m.insert(k.to_string(), v.clone());
+        }
+        m
+    }
+
     fn answer(rec: AssetRecord, outcome: Outcome, secure: bool) -> UploadAnswer {
         UploadAnswer {
             signature: "sig".into(),
@@ -365,7 +391,8 @@ mod tests {
         }
     }
 
-    /// Written out field by field, an answer is the very text of its map, whatever it holds.
+    /// Written out field by field, or as a map, an answer is the text of the map its fields
+    /// make inserted one by one, whatever it holds.
     #[test]
     fn the_answer_written_out_is_its_map() {
         let extras = [
@@ -379,19 +406,19 @@ mod tests {
                 for outcome in [Outcome::Created, Outcome::Existing, Outcome::Overwritten] {
                     for secure in [false, true] {
                         let mut a = answer(record(rt, extra.clone()), outcome, secure);
-                        let direct = serde_json::to_string(&a).unwrap();
-                        let mapped = serde_json::to_string(&a.to_map()).unwrap();
-                        assert_eq!(direct, mapped);
+                        let same = |a: &UploadAnswer| {
+                            let expected = serde_json::to_string(&reference(a)).unwrap();
+                            assert_eq!(serde_json::to_string(a).unwrap(), expected);
+                            assert_eq!(serde_json::to_string(&a.to_map()).unwrap(), expected);
+                        };
+                        same(&a);
                         a.insert("faces", json!([[1, 2, 3, 4]]));
                         a.insert("delete_token", json!("t"));
                         a.insert("faces", json!([]));
-                        let direct = serde_json::to_string(&a).unwrap();
-                        let mapped = serde_json::to_string(&a.to_map()).unwrap();
-                        assert_eq!(direct, mapped);
+                        same(&a);
                         // An added field named like an asset field takes its place.
                         a.insert("colors", json!("added"));
-                        let direct = serde_json::to_string(&a).unwrap();
-                        assert_eq!(direct, serde_json::to_string(&a.to_map()).unwrap());
+                        same(&a);
                     }
                 }
             }
