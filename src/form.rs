@@ -173,23 +173,9 @@ impl Params {
         self.entries.iter().map(|(n, _)| n.as_str())
     }
 
-    /// `(name, value)` pairs for the string to sign: lists joined with `,` in received order.
-    pub fn signable(&self, exclude: &[&str]) -> Vec<(String, String)> {
-        self.entries
-            .iter()
-            .filter(|(n, _)| !exclude.contains(&n.as_str()))
-            .map(|(n, v)| {
-                let text = match v {
-                    Value::Text(t) => t.clone(),
-                    Value::List(items) => items.join(","),
-                };
-                (n.clone(), text)
-            })
-            .collect()
-    }
-
-    /// [`Params::signable`], borrowing what it can (a list is joined).
-    pub fn signable_text(&self, exclude: &[&str]) -> Vec<(&str, std::borrow::Cow<'_, str>)> {
+    /// `(name, value)` pairs for the string to sign: lists joined with `,` in received order
+    /// (the only values not borrowed).
+    pub fn signable(&self, exclude: &[&str]) -> Vec<(&str, std::borrow::Cow<'_, str>)> {
         self.entries
             .iter()
             .filter(|(n, _)| !exclude.contains(&n.as_str()))
@@ -387,7 +373,7 @@ mod tests {
         assert_eq!(p.items("x"), vec!["1", "2"]);
         assert_eq!(p.items("dup"), vec!["1", "2"]);
         let s = p.signable(&["tag"]);
-        assert_eq!(s[0], ("public_ids".to_string(), "a,b/c".to_string()));
+        assert_eq!((s[0].0, s[0].1.as_ref()), ("public_ids", "a,b/c"));
         assert!(p.flag("tag").is_err());
     }
 }

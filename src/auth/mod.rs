@@ -268,7 +268,7 @@ pub fn verify_signed(
         64 => SignatureAlgorithm::Sha256,
         _ => SignatureAlgorithm::Sha1,
     };
-    let pairs = params.signable_text(UNSIGNED_PARAMS);
+    let pairs = params.signable(UNSIGNED_PARAMS);
     let mut candidates = vec![pairs];
     if lenient_notification
         && candidates[0]

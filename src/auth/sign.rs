@@ -69,19 +69,42 @@ fn push_pair(out: &mut String, name: &str, value: &str, version: u8) {
     }
 }
 
-fn digest(data: &[u8], algorithm: SignatureAlgorithm) -> Vec<u8> {
-    match algorithm {
-        SignatureAlgorithm::Sha1 => Sha1::digest(data).to_vec(),
-        SignatureAlgorithm::Sha256 => Sha256::digest(data).to_vec(),
+/// `HASH(text + secret)`, the hash every signature is made of.
+struct Signed {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl Signed {
+    fn of(text: &str, secret: &str, algorithm: SignatureAlgorithm) -> Signed {
+        let mut bytes = [0u8; 32];
+        let len = match algorithm {
+            SignatureAlgorithm::Sha1 => {
+                let mut h = Sha1::new();
+                h.update(text.as_bytes());
+                h.update(secret.as_bytes());
+                bytes[..20].copy_from_slice(&h.finalize());
+                20
+            }
+            SignatureAlgorithm::Sha256 => {
+                let mut h = Sha256::new();
+                h.update(text.as_bytes());
+                h.update(secret.as_bytes());
+                bytes.copy_from_slice(&h.finalize());
+                32
+            }
+        };
+        Signed { bytes, len }
+    }
+
+    fn hash(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
 /// `hex(HASH(string_to_sign + secret))`.
 pub fn api_sign(string_to_sign: &str, secret: &str, algorithm: SignatureAlgorithm) -> String {
-    let mut data = Vec::with_capacity(string_to_sign.len() + secret.len());
-    data.extend_from_slice(string_to_sign.as_bytes());
-    data.extend_from_slice(secret.as_bytes());
-    hex::encode(digest(&data, algorithm))
+    hex::encode(Signed::of(string_to_sign, secret, algorithm).hash())
 }
 
 /// Whether `signature` (lowercase hex) is [`api_sign`] of these, compared in constant time.
@@ -92,26 +115,10 @@ pub fn api_sign_matches(
     signature: &[u8],
 ) -> bool {
     use subtle::ConstantTimeEq;
-    let mut hash = [0u8; 32];
-    let hash = match algorithm {
-        SignatureAlgorithm::Sha1 => {
-            let mut h = Sha1::new();
-            h.update(string_to_sign.as_bytes());
-            h.update(secret.as_bytes());
-            hash[..20].copy_from_slice(&h.finalize());
-            &hash[..20]
-        }
-        SignatureAlgorithm::Sha256 => {
-            let mut h = Sha256::new();
-            h.update(string_to_sign.as_bytes());
-            h.update(secret.as_bytes());
-            hash.copy_from_slice(&h.finalize());
-            &hash[..]
-        }
-    };
+    let signed = Signed::of(string_to_sign, secret, algorithm);
     let mut text = [0u8; 64];
-    let text = &mut text[..hash.len() * 2];
-    if hex::encode_to_slice(hash, text).is_err() {
+    let text = &mut text[..signed.len * 2];
+    if hex::encode_to_slice(signed.hash(), text).is_err() {
         return false;
     }
     let text: &[u8] = text;
@@ -139,14 +146,13 @@ pub fn delivery_signature(
     algorithm: SignatureAlgorithm,
     long: bool,
 ) -> String {
-    let mut data = to_sign.as_bytes().to_vec();
-    data.extend_from_slice(secret.as_bytes());
     let (algorithm, len) = if long {
         (SignatureAlgorithm::Sha256, 32)
     } else {
         (algorithm, 8)
     };
-    let encoded = base64::engine::general_purpose::URL_SAFE.encode(digest(&data, algorithm));
+    let signed = Signed::of(to_sign, secret, algorithm);
+    let encoded = base64::engine::general_purpose::URL_SAFE.encode(signed.hash());
     encoded[..len].to_string()
 }
 
