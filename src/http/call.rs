@@ -239,8 +239,7 @@ impl FromRequest<AppState> for UploadCall {
             }
         }
         if limits.placement.is_none() {
-            let length = header_text(headers, header::CONTENT_LENGTH.as_str())
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            let length = super::content_length(headers);
             limits.mirror = upload::mirror::UploadMirror::for_request(state, &cloud, auth, length)
                 .map(|m| std::sync::Arc::new(m) as std::sync::Arc<dyn crate::form::FileMirror>);
         }

@@ -57,16 +57,6 @@ const PART_HEAD_BYTES: usize = 8 * 1024;
 /// Header lines of one part that multer reads (more is an error there).
 const MAX_PART_HEADERS: usize = 32;
 
-fn body_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// A body whose every piece must arrive within `idle` of the previous one.
 fn with_idle_deadline(body: Body, idle: std::time::Duration) -> Body {
     let stream =
@@ -114,7 +104,7 @@ pub async fn read_form(
             // part stays where it arrived, and its fields take one copy each.
             let whole = limits.placement.is_none()
                 && limits.mirror.is_none()
-                && body_length(headers).is_some_and(|n| n <= WHOLE_BODY_BYTES);
+                && super::content_length(headers).is_some_and(|n| n <= WHOLE_BODY_BYTES);
             if whole {
                 read_whole_multipart(&content_type, body, tmp_dir, limits).await?
             } else {
@@ -343,9 +333,12 @@ async fn read_whole_multipart(
             }
         }
     }
+    // The pieces read, again as a stream.
+    let replay = |pieces: Vec<bytes::Bytes>| {
+        futures_util::stream::iter(pieces.into_iter().map(Ok::<_, axum::Error>))
+    };
     if total > WHOLE_BODY_BYTES {
-        let read = futures_util::stream::iter(pieces.into_iter().map(Ok));
-        let body = Body::from_stream(read.chain(stream));
+        let body = Body::from_stream(replay(pieces).chain(stream));
         return read_multipart(content_type, body, tmp_dir, limits, None).await;
     }
     if let Some(e) = failed {
@@ -353,9 +346,7 @@ async fn read_whole_multipart(
         // complete before the failure is taken (the rest of the body was only drained), and
         // fields refused as they came are refused; a form still waiting for more meets the
         // failure.
-        let ended = Body::from_stream(futures_util::stream::iter(
-            pieces.into_iter().map(Ok::<_, axum::Error>),
-        ));
+        let ended = Body::from_stream(replay(pieces));
         let cut_short = std::sync::atomic::AtomicBool::new(false);
         return match read_multipart(content_type, ended, tmp_dir, limits, Some(&cut_short)).await {
             Err(_) if cut_short.load(std::sync::atomic::Ordering::Relaxed) => {
@@ -447,7 +438,7 @@ fn simple_parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<SimplePart<'a>
             return None;
         }
         let window = &body[head_at..body.len().min(head_at + PART_HEAD_BYTES)];
-        let head_len = memchr::memmem::find(window, b"\r\n\r\n")?;
+        let head_len = find(window, b"\r\n\r\n")?;
         let head = std::str::from_utf8(&body[head_at..head_at + head_len]).ok()?;
         let (name, filename) = form_data_names(head)?;
         let data_at = head_at + head_len + 4;
@@ -627,7 +618,7 @@ fn file_data_start(body: &[u8], boundary: &str) -> Option<u64> {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(haystack, needle)
 }
 
 /// A multipart body being parsed, with what is needed to tell its file part's length.
@@ -793,13 +784,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let limits = BodyLimits {
             max_file_bytes: 100,
-            max_field_bytes: 1000,
-            max_fields: 10,
-            idle: std::time::Duration::from_secs(5),
-            budget: None,
-            placement: None,
-            mirror: None,
-            early_check: None,
+            ..limits()
         };
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
@@ -900,22 +885,42 @@ mod tests {
         }
     }
 
-    /// Reads `body` whole (its length given) and streamed in pieces of three bytes (no length).
+    /// Reads `body` whole (its length given, in one piece) and streamed in pieces of three bytes
+    /// (no length).
     async fn both_ways(body: &[u8], limits: &BodyLimits) -> (String, String) {
+        read_twice(body, body.len(), false, limits).await
+    }
+
+    /// Reads `body` whole (its length given, in pieces of `whole_piece` bytes) and streamed in
+    /// pieces of three bytes (no length). With `fails`, the client stalls after the bytes and
+    /// the body then fails (an idle deadline, a reset), the length given being beyond them.
+    async fn read_twice(
+        body: &[u8],
+        whole_piece: usize,
+        fails: bool,
+        limits: &BodyLimits,
+    ) -> (String, String) {
         let dir = tempfile::tempdir().unwrap();
-        let b = "XyZ0123";
+        let ct = "multipart/form-data; boundary=XyZ0123";
         let mut h = HeaderMap::new();
-        let ct = format!("multipart/form-data; boundary={b}");
         h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+        let sent = |piece: usize| {
+            let pieces: Vec<Result<bytes::Bytes, axum::Error>> = body
+                .chunks(piece.max(1))
+                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+                .collect();
+            let failure = futures_util::stream::once(async {
+                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+                Err(axum::Error::new("cut off"))
+            })
+            .take(usize::from(fails));
+            Body::from_stream(futures_util::stream::iter(pieces).chain(failure))
+        };
         let mut whole = h.clone();
-        whole.insert(header::CONTENT_LENGTH, body.len().into());
-        let a = read_form(&whole, None, body_from(body.to_vec()), dir.path(), limits).await;
-        let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = body
-            .chunks(3)
-            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-            .collect();
-        let streamed = Body::from_stream(futures_util::stream::iter(pieces));
-        let b = read_form(&h, None, streamed, dir.path(), limits).await;
+        let length = body.len() + if fails { 10 } else { 0 };
+        whole.insert(header::CONTENT_LENGTH, length.into());
+        let a = read_form(&whole, None, sent(whole_piece), dir.path(), limits).await;
+        let b = read_form(&h, None, sent(3), dir.path(), limits).await;
         (outcome(a), outcome(b))
     }
 
@@ -1013,36 +1018,10 @@ mod tests {
         // A body that fails to arrive reads as it does streamed, the failure coming after what
         // came before it: a form complete before the failure is taken, a refusal of the
         // fields before the file part is given, anything else is the failure.
-        let whole_and_failed = |body: &[u8], cut: usize, limits: BodyLimits| {
-            let body = body[..cut].to_vec();
-            async move {
-                let dir = tempfile::tempdir().unwrap();
-                let ct = format!("multipart/form-data; boundary={b}");
-                let mut h = HeaderMap::new();
-                h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
-                let pieces = |with_length| {
-                    let pieces: Vec<Result<bytes::Bytes, axum::Error>> = body
-                        .chunks(if with_length { 100 } else { 3 })
-                        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-                        .collect();
-                    // The client stalls, then the body fails (an idle deadline, a reset).
-                    let failure = futures_util::stream::once(async {
-                        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-                        Err(axum::Error::new("cut off"))
-                    });
-                    Body::from_stream(futures_util::stream::iter(pieces).chain(failure))
-                };
-                let mut whole = h.clone();
-                whole.insert(header::CONTENT_LENGTH, (body.len() + 10).into());
-                let a = read_form(&whole, None, pieces(true), dir.path(), &limits).await;
-                let b = read_form(&h, None, pieces(false), dir.path(), &limits).await;
-                (outcome(a), outcome(b))
-            }
-        };
         let complete = format!("{}{file}{end}", part("form-data; name=\"a\"", "1"));
         for cut in [complete.len(), complete.len() - 4, 10, 0] {
             let (whole, streamed) =
-                whole_and_failed(complete.as_bytes(), cut, limits.clone()).await;
+                read_twice(&complete.as_bytes()[..cut], 100, true, &limits).await;
             assert_eq!(whole, streamed, "cut at {cut}");
             if cut == complete.len() {
                 assert!(!whole.starts_with("error"), "{whole}");
@@ -1064,7 +1043,8 @@ mod tests {
         let (whole, streamed) = both_ways(body.as_bytes(), &checked).await;
         assert_eq!(whole, "error refused early");
         assert_eq!(whole, streamed);
-        let (whole, streamed) = whole_and_failed(body.as_bytes(), body.len() - 20, checked).await;
+        let (whole, streamed) =
+            read_twice(&body.as_bytes()[..body.len() - 20], 100, true, &checked).await;
         assert_eq!(whole, "error refused early");
         assert_eq!(whole, streamed);
     }

@@ -273,6 +273,7 @@ where
     resp
 }
 
+/// The `Content-Length` of a request or response.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(axum::http::header::CONTENT_LENGTH)?
