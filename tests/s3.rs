@@ -254,16 +254,10 @@ async fn story(backend: Backend, endpoint: &str) {
                 &large[start..=end],
                 "l.bin",
             );
-            let r = reqwest::Client::new()
-                .post(server.upload_url("raw"))
-                .header("content-range", format!("bytes {start}-{end}/{total}"))
-                .header("x-unique-upload-id", id.clone())
-                .multipart(form)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            last = r.json().await.unwrap();
+            let range = format!("{start}-{end}/{total}");
+            let (status, answer) = upload_part(&server, "raw", &id, &range, form).await;
+            assert_eq!(status, 200, "{answer}");
+            last = answer;
         }
         assert_eq!(last["done"], true, "{last}");
         assert_eq!(last["etag"], hex::encode(Md5::digest(&large)), "{last}");

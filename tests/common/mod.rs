@@ -361,6 +361,28 @@ pub async fn upload(
     (status, json)
 }
 
+/// Posts one part of a chunked upload (`Content-Range: bytes <range>`, the session's
+/// `X-Unique-Upload-Id`) and returns status and JSON.
+pub async fn upload_part(
+    server: &TestServer,
+    rt: &str,
+    upload_id: &str,
+    range: &str,
+    form: reqwest::multipart::Form,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(server.upload_url(rt))
+        .header("content-range", format!("bytes {range}"))
+        .header("x-unique-upload-id", upload_id)
+        .multipart(form)
+        .send()
+        .await
+        .expect("part request");
+    let status = resp.status().as_u16();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
 /// The error message of an error body.
 pub fn message(v: &serde_json::Value) -> String {
     v["error"]["message"].as_str().unwrap_or("").to_string()
