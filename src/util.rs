@@ -19,6 +19,30 @@ pub fn random_alnum(n: usize) -> String {
     out
 }
 
+/// A generated public ID: 20 characters of `[a-z0-9]` like Cloudinary's random ones, whose
+/// first 8 are the milliseconds of the Unix time in base 36 (IDs made one after another sort
+/// together, so the indexes keyed by public ID grow at one place instead of at a random page
+/// per upload) and whose last 12 are random (about 62 bits).
+pub fn new_public_id() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    // 36^8 ms is about 89 years: past 2059 the clock part wraps (order only, never length).
+    // Its digits in ASCII order, so that the text sorts as the number does.
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut clock = ms % 36u64.pow(8);
+    let mut out = String::with_capacity(20);
+    let mut head = [b'0'; 8];
+    for slot in head.iter_mut().rev() {
+        *slot = DIGITS[(clock % 36) as usize];
+        clock /= 36;
+    }
+    out.extend(head.iter().map(|&b| char::from(b)));
+    out.push_str(&random_alnum(12));
+    out
+}
+
 /// `bytes` random bytes as lowercase hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
@@ -77,6 +101,27 @@ mod tests {
         // Each character is drawn with probability 1/36: all of them show up in 3,600.
         assert!(ALNUM.iter().all(|c| many.as_bytes().contains(c)));
         assert_ne!(random_alnum(20), random_alnum(20));
+    }
+
+    #[test]
+    fn generated_public_ids_are_20_alnum_characters_in_creation_order() {
+        let first = new_public_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = new_public_id();
+        for id in [&first, &second] {
+            assert_eq!(id.len(), 20, "{id}");
+            assert!(id.bytes().all(|b| ALNUM.contains(&b)), "{id}");
+        }
+        assert!(first < second, "{first} then {second}");
+        // The clock part is today's milliseconds in base 36, most significant first.
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let clock = u64::from_str_radix(&second[..8], 36).unwrap();
+        assert!(clock <= ms % 36u64.pow(8) && ms % 36u64.pow(8) - clock < 60_000);
+        // The random part differs between IDs of the same millisecond.
+        assert_ne!(new_public_id()[8..], new_public_id()[8..]);
     }
 
     #[test]

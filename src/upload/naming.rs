@@ -153,7 +153,7 @@ pub fn compose(parts: &NameParts) -> ApiResult<String> {
                         stem
                     }
                 }
-                _ => random_alnum(20),
+                _ => crate::util::new_public_id(),
             };
             match ext {
                 Some(e) => format!("{stem}.{e}"),
