@@ -37,14 +37,40 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A request's `X-Request-Id`: 32 random hex digits, held without an allocation.
+#[derive(Clone, Copy)]
+pub struct RequestId([u8; 32]);
+
+impl RequestId {
+    pub fn new() -> RequestId {
+        let mut random = [0u8; 16];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut random[..]);
+        let mut text = [b'0'; 32];
+        // 16 bytes always fit 32 hex digits.
+        let _ = hex::encode_to_slice(random, &mut text);
+        RequestId(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId::new()
+    }
+}
+
 tokio::task_local! {
     /// The `X-Request-Id` of the request being answered (set by the HTTP layer).
-    pub static REQUEST_ID: String;
+    pub static REQUEST_ID: RequestId;
 }
 
 fn current_request_id() -> String {
     REQUEST_ID
-        .try_with(|id| id.clone())
+        .try_with(|id| id.as_str().to_string())
         .unwrap_or_else(|_| "-".into())
 }
 

@@ -294,8 +294,17 @@ const ACTIONS: &[&str] = &[
 /// The route a path belongs to, from a fixed list: Upload API actions by name, Admin API
 /// collections as `admin:<name>`, deliveries, health and the rest.
 pub fn route_of(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
+    // The first eight segments tell every route (the patterns below look at no more).
+    let mut first = [""; 8];
+    let mut n = 0;
+    for (slot, seg) in first
+        .iter_mut()
+        .zip(path.trim_start_matches('/').split('/'))
+    {
+        *slot = seg;
+        n += 1;
+    }
+    match &first[..n] {
         ["health"] => "health",
         ["metrics"] => "metrics",
         ["v1_1", _cloud, rest @ ..] => {

@@ -106,6 +106,11 @@ async fn calls_need_the_header_or_the_token_and_get_no_cors() {
         .unwrap()
         .to_ascii_lowercase();
     assert!(exposed.contains("x-request-id"), "{exposed}");
+    let vary: Vec<_> = r.headers().get_all("vary").iter().collect();
+    assert_eq!(
+        vary,
+        ["origin, access-control-request-method, access-control-request-headers"]
+    );
     let (s, j) = json_of(control(&server, "GET", "/clouds")).await;
     assert_eq!(s, 200);
     assert_eq!(j["clouds"][0]["cloud_name"], "demo");

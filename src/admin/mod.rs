@@ -30,7 +30,7 @@ pub fn authenticate(
     state: &AppState,
     cloud: &str,
     authorization: Option<&str>,
-) -> ApiResult<Account> {
+) -> ApiResult<std::sync::Arc<Account>> {
     if !state.accounts().has_cloud(cloud) {
         return Err(ApiError::Unauthorized(format!(
             "Invalid cloud_name {cloud}"

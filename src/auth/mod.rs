@@ -45,7 +45,7 @@ impl std::fmt::Debug for Account {
 /// All configured accounts, and the static OAuth bearer tokens of each cloud.
 #[derive(Debug, Clone, Default)]
 pub struct Accounts {
-    accounts: Vec<Account>,
+    accounts: Vec<std::sync::Arc<Account>>,
     /// `(cloud, token)`.
     tokens: Vec<(String, String)>,
 }
@@ -53,7 +53,7 @@ pub struct Accounts {
 impl Accounts {
     pub fn new(accounts: Vec<Account>) -> Self {
         Accounts {
-            accounts,
+            accounts: accounts.into_iter().map(std::sync::Arc::new).collect(),
             tokens: Vec::new(),
         }
     }
@@ -64,7 +64,7 @@ impl Accounts {
         self
     }
 
-    pub fn all(&self) -> &[Account] {
+    pub fn all(&self) -> &[std::sync::Arc<Account>] {
         &self.accounts
     }
 
@@ -72,17 +72,20 @@ impl Accounts {
         self.accounts.iter().any(|a| a.cloud == cloud)
     }
 
-    pub fn for_cloud<'a>(&'a self, cloud: &'a str) -> impl Iterator<Item = &'a Account> + 'a {
+    pub fn for_cloud<'a>(
+        &'a self,
+        cloud: &'a str,
+    ) -> impl Iterator<Item = &'a std::sync::Arc<Account>> + 'a {
         self.accounts.iter().filter(move |a| a.cloud == cloud)
     }
 
     /// The account the server uses for its own signatures when the caller was not identified
     /// by key (unsigned uploads): the first key of the cloud.
-    pub fn primary(&self, cloud: &str) -> Option<&Account> {
+    pub fn primary(&self, cloud: &str) -> Option<&std::sync::Arc<Account>> {
         self.accounts.iter().find(|a| a.cloud == cloud)
     }
 
-    pub fn find(&self, cloud: &str, api_key: &str) -> Option<&Account> {
+    pub fn find(&self, cloud: &str, api_key: &str) -> Option<&std::sync::Arc<Account>> {
         self.accounts
             .iter()
             .find(|a| a.cloud == cloud && a.api_key == api_key)
@@ -90,7 +93,8 @@ impl Accounts {
 
     /// Adds accounts (a cloud created at run time).
     pub fn add(&mut self, accounts: impl IntoIterator<Item = Account>) {
-        self.accounts.extend(accounts);
+        self.accounts
+            .extend(accounts.into_iter().map(std::sync::Arc::new));
     }
 
     /// Adds OAuth bearer tokens `(cloud, token)` not there yet.
@@ -125,7 +129,7 @@ pub enum Caller {
     /// Signed parameters or Basic credentials of this account; `algorithm` is the one the
     /// caller used (or the account's preference for Basic auth).
     Key {
-        account: Account,
+        account: std::sync::Arc<Account>,
         algorithm: SignatureAlgorithm,
     },
     /// An unsigned upload through an unsigned upload preset.
@@ -162,7 +166,7 @@ pub fn basic_auth(
     accounts: &Accounts,
     cloud: &str,
     header: Option<&str>,
-) -> Result<Option<Account>, ApiError> {
+) -> Result<Option<std::sync::Arc<Account>>, ApiError> {
     let Some(value) = header else { return Ok(None) };
     let Some(encoded) = value
         .strip_prefix("Basic ")
@@ -194,7 +198,7 @@ pub fn bearer_auth(
     accounts: &Accounts,
     cloud: &str,
     header: Option<&str>,
-) -> Result<Option<Account>, ApiError> {
+) -> Result<Option<std::sync::Arc<Account>>, ApiError> {
     let Some(value) = header else { return Ok(None) };
     let Some(token) = value
         .strip_prefix("Bearer ")
@@ -333,7 +337,7 @@ mod tests {
 
     fn v2_only() -> Accounts {
         let mut a = accounts();
-        a.accounts[0].signature_v1 = false;
+        std::sync::Arc::make_mut(&mut a.accounts[0]).signature_v1 = false;
         a
     }
 

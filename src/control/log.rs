@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde_json::{json, Map, Value as Json};
+use serde_json::{json, Value as Json};
 
 use crate::form::{Params, Value};
 
@@ -27,7 +27,8 @@ pub struct Capture {
     pub method: String,
     pub path: String,
     pub cloud: Option<String>,
-    pub params: Option<Map<String, Json>>,
+    /// As JSON text ([`redacted`]).
+    pub params: Option<String>,
     pub error: Option<String>,
 }
 
@@ -58,29 +59,47 @@ pub fn current() -> Option<(String, String, Option<String>)> {
         .ok()
 }
 
-fn cut(text: &str) -> Json {
-    if text.chars().count() <= MAX_VALUE_CHARS {
-        return Json::String(text.to_string());
+/// A parameter value as shown: whole, or cut to [`MAX_VALUE_CHARS`] with its size noted.
+struct Shown<'a>(&'a str);
+
+impl serde::Serialize for Shown<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.char_indices().nth(MAX_VALUE_CHARS) {
+            None => s.serialize_str(self.0),
+            Some((end, _)) => {
+                s.serialize_str(&format!("{}… ({} bytes)", &self.0[..end], self.0.len()))
+            }
+        }
     }
-    let head: String = text.chars().take(MAX_VALUE_CHARS).collect();
-    Json::String(format!("{head}… ({} bytes)", text.len()))
 }
 
-/// Parameters as JSON, with what must not be shown masked.
-pub fn redacted(params: &Params) -> Map<String, Json> {
-    let mut out = Map::new();
-    for name in params.names() {
-        let shown = match name {
-            "api_secret" | "signature" | "oauth_token" | "token" => json!("***"),
-            _ => match params.get(name) {
-                Some(Value::Text(t)) => cut(t),
-                Some(Value::List(items)) => Json::Array(items.iter().map(|i| cut(i)).collect()),
-                None => Json::Null,
-            },
-        };
-        out.insert(name.to_string(), shown);
+/// Parameters in received order, with what must not be shown masked.
+struct Redacted<'a>(&'a Params);
+
+impl serde::Serialize for Redacted<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        for (name, value) in self.0.entries() {
+            match (name, value) {
+                ("api_secret" | "signature" | "oauth_token" | "token", _) => {
+                    map.serialize_entry(name, "***")?
+                }
+                (_, Value::Text(t)) => map.serialize_entry(name, &Shown(t))?,
+                (_, Value::List(items)) => {
+                    let shown: Vec<Shown<'_>> = items.iter().map(|i| Shown(i)).collect();
+                    map.serialize_entry(name, &shown)?
+                }
+            }
+        }
+        map.end()
     }
-    out
+}
+
+/// Parameters as JSON text (an object), with what must not be shown masked and long values
+/// cut: one string per request, made into JSON only when the log is read.
+pub fn redacted(params: &Params) -> String {
+    serde_json::to_string(&Redacted(params)).unwrap_or_else(|_| "{}".into())
 }
 
 /// The cloud a path names: `/v1_1/<cloud>/…`, `/v2/…/<cloud>/…` or a delivery URL's first
@@ -113,7 +132,8 @@ pub struct RequestEntry {
     pub method: String,
     pub path: String,
     pub cloud: Option<String>,
-    pub params: Option<Map<String, Json>>,
+    /// As JSON text ([`redacted`]).
+    pub params: Option<String>,
     pub status: u16,
     pub error: Option<String>,
     pub duration_ms: f64,
@@ -130,7 +150,7 @@ impl RequestEntry {
             "method": self.method,
             "path": self.path,
             "cloud": self.cloud,
-            "params": self.params,
+            "params": self.params.as_deref().and_then(|p| serde_json::from_str::<Json>(p).ok()),
             "status": self.status,
             "error": self.error,
             "duration_ms": (self.duration_ms * 1000.0).round() / 1000.0,
@@ -316,7 +336,20 @@ mod tests {
         p.push("api_secret", "s");
         p.push("file", &"x".repeat(1000));
         p.push("public_id", "a");
-        let r = redacted(&p);
+        p.push("tags[]", "é");
+        p.push("tags[]", &"é".repeat(300));
+        let r: Json = serde_json::from_str(&redacted(&p)).unwrap();
+        let names: Vec<&String> = r.as_object().unwrap().keys().collect();
+        assert_eq!(
+            names,
+            ["signature", "api_secret", "file", "public_id", "tags"]
+        );
+        assert_eq!(r["tags"][0], "é");
+        // Cut by characters, not bytes.
+        assert_eq!(
+            r["tags"][1],
+            format!("{}… (600 bytes)", "é".repeat(256)).as_str()
+        );
         assert_eq!(r["signature"], "***");
         assert_eq!(r["api_secret"], "***");
         assert_eq!(r["public_id"], "a");

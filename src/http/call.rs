@@ -25,15 +25,25 @@ pub fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// The segments of a `/v1_1/<cloud>/…` path after `v1_1` (of `/v2/<module>/<cloud>/…`,
 /// after the module).
-fn api_segments(uri: &Uri) -> Vec<&str> {
+/// The first segments after `/v1_1/` (or `/v2/<api>/`; empty past the last), and how many
+/// segments there are.
+fn api_segments(uri: &Uri) -> ([&str; 3], usize) {
     let path = uri.path().trim_start_matches('/');
     let skip = if path.starts_with("v2/") { 2 } else { 1 };
-    path.split('/').skip(skip).collect()
+    let mut first = [""; 3];
+    let mut count = 0;
+    for seg in path.split('/').skip(skip) {
+        if let Some(slot) = first.get_mut(count) {
+            *slot = seg;
+        }
+        count += 1;
+    }
+    (first, count)
 }
 
 fn cloud_of(uri: &Uri) -> ApiResult<String> {
-    match api_segments(uri).first() {
-        Some(c) if !c.is_empty() => Ok(percent_encoding::percent_decode_str(c)
+    match api_segments(uri).0[0] {
+        c if !c.is_empty() => Ok(percent_encoding::percent_decode_str(c)
             .decode_utf8_lossy()
             .into_owned()),
         _ => Err(ApiError::NotFound("Missing cloud name".into())),
@@ -43,17 +53,17 @@ fn cloud_of(uri: &Uri) -> ApiResult<String> {
 /// The resource type segment of an Upload API path (`/v1_1/<cloud>/<type>/<action>`);
 /// `/v1_1/<cloud>/upload` is `auto`.
 fn resource_type_of(uri: &Uri) -> ApiResult<ResourceType> {
-    let segs = api_segments(uri);
-    if segs.len() == 2 {
+    let (segs, count) = api_segments(uri);
+    if count == 2 {
         return Ok(ResourceType::Auto);
     }
-    let text = segs.get(1).copied().unwrap_or("");
+    let text = segs[1];
     // `asset/<method>` addresses an asset by its asset ID, whatever its type.
     if text == "asset" {
         return Ok(ResourceType::Auto);
     }
     // `all` addresses every resource type: only archives take it.
-    let archive = segs.get(2) == Some(&"generate_archive");
+    let archive = segs[2] == "generate_archive";
     ResourceType::parse(text)
         .filter(|rt| *rt != ResourceType::All || archive)
         .ok_or_else(|| {
@@ -109,7 +119,7 @@ async fn plain_form(
 
 /// An Admin API call: Basic credentials checked before the body is read, then the form.
 pub struct Admin {
-    pub account: Account,
+    pub account: std::sync::Arc<Account>,
     pub cloud: String,
     pub params: Params,
     /// The body as sent when it was JSON (nested objects intact).

@@ -107,8 +107,8 @@ where
         Box::pin(async move {
             // Adds `X-Request-Id` to every answer (the Python SDK copies it into upload
             // results).
-            let id = crate::util::random_hex(16);
-            let answer = crate::error::REQUEST_ID.scope(id.clone(), async {
+            let id = crate::error::RequestId::new();
+            let answer = crate::error::REQUEST_ID.scope(id, async {
                 let run = async {
                     if is_control(req.uri().path()) {
                         answer_of(parts.control.clone(), req).await
@@ -124,7 +124,7 @@ where
                 }
             });
             let mut resp = answer.await;
-            if let Ok(v) = HeaderValue::from_str(&id) {
+            if let Ok(v) = HeaderValue::from_str(id.as_str()) {
                 resp.headers_mut().insert("x-request-id", v);
             }
             Ok(resp)
@@ -134,7 +134,15 @@ where
 
 /// An API call: observed, then CORS and the routes.
 async fn through_api(parts: &AppParts, req: Request) -> Response {
-    observe(&parts.state, req, |req| answer_of(parts.api.clone(), req)).await
+    let mut resp = observe(&parts.state, req, |req| answer_of(parts.api.clone(), req)).await;
+    // What CORS's answer depends on (the layer's own would be joined anew for each answer).
+    resp.headers_mut().append(
+        axum::http::header::VARY,
+        HeaderValue::from_static(
+            "origin, access-control-request-method, access-control-request-headers",
+        ),
+    );
+    resp
 }
 
 /// The answer of a service that always answers.
@@ -247,7 +255,7 @@ where
         .metrics
         .observe(route, &http_method, status, seconds, bytes_in, bytes_out);
     let request_id = crate::error::REQUEST_ID
-        .try_with(|id| id.clone())
+        .try_with(|id| id.as_str().to_string())
         .unwrap_or_default();
     let cloud_shown = cloud.as_deref().unwrap_or("-");
     if path == "/health" {
@@ -531,6 +539,8 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow)
+        // Sent by `through_api` as one static header.
+        .vary([])
         .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::OPTIONS])
         .allow_headers([
             CONTENT_TYPE,

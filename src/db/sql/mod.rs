@@ -1032,7 +1032,7 @@ impl MetaStore for SqlStore {
         .bind(preset.name.clone())
         .bind(preset.unsigned as i64)
         .bind(preset.disallow_public_id as i64)
-        .bind(json_text(&preset.settings))
+        .bind(json_text(&preset.settings).into_owned())
         .bind(preset.external_id.clone())
         .bind(preset.created_at)
         .execute(&self.write)

@@ -148,8 +148,14 @@ pub(super) fn row_to_doc(row: &AnyRow) -> Result<Document, DbError> {
     })
 }
 
-pub(super) fn json_text(map: &Map<String, Value>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_string())
+/// A map column's text (most are empty: no text is made for those).
+pub(super) fn json_text(map: &Map<String, Value>) -> std::borrow::Cow<'static, str> {
+    if map.is_empty() {
+        return "{}".into();
+    }
+    serde_json::to_string(map)
+        .unwrap_or_else(|_| "{}".to_string())
+        .into()
 }
 
 pub(super) fn parse_map(text: &str, column: &str) -> Result<Map<String, Value>, DbError> {

@@ -225,9 +225,9 @@ pub(super) fn bind_asset<'q>(q: AnyQuery<'q>, s: &'q AssetRecord) -> AnyQuery<'q
         .bind(s.original_filename.as_deref())
         .bind(s.display_name.as_str())
         .bind(s.asset_folder.as_str())
-        .bind(json_text(&s.context))
-        .bind(json_text(&s.metadata))
-        .bind(json_text(&s.extra))
+        .bind(json_text(&s.context).into_owned())
+        .bind(json_text(&s.metadata).into_owned())
+        .bind(json_text(&s.extra).into_owned())
         .bind(s.blob_key.as_str())
         .bind(s.api_key.as_deref())
 }
