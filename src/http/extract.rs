@@ -90,15 +90,16 @@ pub async fn read_form(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let mut form = match mime.as_str() {
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    let mime = if mime.eq_ignore_ascii_case("multipart/form-data") {
+        "multipart/form-data"
+    } else if mime.eq_ignore_ascii_case("application/json") {
+        "application/json"
+    } else {
+        ""
+    };
+    let mut form = match mime {
         "multipart/form-data" => {
             // A small body whose length is given is read whole, then parsed in place: its file
             // part stays where it arrived, and its fields take one copy each.
@@ -438,7 +439,7 @@ fn simple_parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<SimplePart<'a>
             return None;
         }
         let window = &body[head_at..body.len().min(head_at + PART_HEAD_BYTES)];
-        let head_len = find(window, b"\r\n\r\n")?;
+        let head_len = find_head_end(window)?;
         let head = std::str::from_utf8(&body[head_at..head_at + head_len]).ok()?;
         let (name, filename) = form_data_names(head)?;
         let data_at = head_at + head_len + 4;
@@ -587,7 +588,7 @@ fn file_data_start(body: &[u8], boundary: &str) -> Option<u64> {
             continue;
         }
         let headers_at = found + delimiter.len();
-        let end = find(&body[headers_at..], b"\r\n\r\n")? + headers_at;
+        let end = find_head_end(&body[headers_at..])? + headers_at;
         let headers = std::str::from_utf8(&body[headers_at..end]).ok()?;
         let is_file = headers.split("\r\n").any(|line| {
             let Some((name, value)) = line.split_once(':') else {
@@ -619,6 +620,13 @@ fn file_data_start(body: &[u8], boundary: &str) -> Option<u64> {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     memchr::memmem::find(haystack, needle)
+}
+
+/// Where a part's header lines end (`\r\n\r\n`), with a searcher made once.
+fn find_head_end(haystack: &[u8]) -> Option<usize> {
+    static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    HEAD_END.find(haystack)
 }
 
 /// A multipart body being parsed, with what is needed to tell its file part's length.

@@ -333,7 +333,8 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
 /// never contain `%`, so this is unambiguous). Other escapes are left to the extractors.
 fn decode_slashes(mut req: Request) -> Request {
     let uri = req.uri();
-    if !uri.path().starts_with("/v1_1/") || !uri.path().to_ascii_lowercase().contains("%2f") {
+    let encoded_slash = |w: &[u8]| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f';
+    if !uri.path().starts_with("/v1_1/") || !uri.path().as_bytes().windows(3).any(encoded_slash) {
         return req;
     }
     let path = uri.path().replace("%2F", "/").replace("%2f", "/");

@@ -1,7 +1,7 @@
 //! Image headers: raster formats through `imagesize`, plus frame/page counts (GIF, WebP,
 //! TIFF) and SVG dimensions read from the root element.
 
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use imagesize::{Compression, ImageType};
 
@@ -25,7 +25,7 @@ fn format_of(t: ImageType) -> Option<&'static str> {
     })
 }
 
-pub(super) fn probe_raster<R: Read + Seek>(
+pub(super) fn probe_raster<R: BufRead + Seek>(
     file: &mut R,
     header: &[u8],
 ) -> std::io::Result<Option<MediaInfo>> {
@@ -33,18 +33,18 @@ pub(super) fn probe_raster<R: Read + Seek>(
         return Ok(None);
     };
     file.seek(SeekFrom::Start(0))?;
-    let Ok(size) = imagesize::reader_size(BufReader::new(&mut *file)) else {
+    let Ok(size) = imagesize::reader_size(&mut *file) else {
         return Ok(None);
     };
     if size.width == 0 || size.height == 0 {
         return Ok(None);
     }
     file.seek(SeekFrom::Start(0))?;
-    let mut reader = BufReader::new(&mut *file);
+    let reader = &mut *file;
     let pages = match format {
-        "gif" => gif_frames(&mut reader).unwrap_or(1),
-        "webp" => webp_frames(&mut reader).unwrap_or(1),
-        "tiff" => tiff_pages(&mut reader).unwrap_or(1),
+        "gif" => gif_frames(reader).unwrap_or(1),
+        "webp" => webp_frames(reader).unwrap_or(1),
+        "tiff" => tiff_pages(reader).unwrap_or(1),
         _ => 1,
     };
     Ok(Some(MediaInfo {

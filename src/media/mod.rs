@@ -153,8 +153,9 @@ fn head<R: Read + Seek>(file: &mut R, n: usize) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Identifies content by its bytes (a file, or a cursor over memory).
-pub fn probe<R: Read + Seek>(mut file: R) -> std::io::Result<MediaInfo> {
+/// Identifies content by its bytes (a cursor over memory, or a file behind a `BufReader`: the
+/// readers take their bytes where they lie).
+pub fn probe<R: std::io::BufRead + Seek>(mut file: R) -> std::io::Result<MediaInfo> {
     let header = head(&mut file, 4096)?;
     if header.is_empty() {
         return Ok(MediaInfo::raw());
@@ -306,7 +307,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, data).unwrap();
-        let from_file = probe(std::fs::File::open(&p).unwrap()).unwrap();
+        let from_file = probe(BufReader::new(std::fs::File::open(&p).unwrap())).unwrap();
         assert_eq!(from_file, probe(std::io::Cursor::new(data)).unwrap());
         from_file
     }

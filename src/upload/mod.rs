@@ -703,7 +703,7 @@ pub async fn store_answer(
         Some(bytes) => media::probe(std::io::Cursor::new(bytes.as_ref()))?,
         None => {
             let reader = src.blob.reader()?;
-            tokio::task::spawn_blocking(move || media::probe(reader))
+            tokio::task::spawn_blocking(move || media::probe(std::io::BufReader::new(reader)))
                 .await
                 .map_err(ApiError::internal)??
         }
