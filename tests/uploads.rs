@@ -564,6 +564,30 @@ async fn story(backend: Backend) {
     .await;
     assert_eq!(r["tags"], serde_json::json!(["own"]));
 
+    // Uploads arriving together share a batch, where their etags are made side by side: each
+    // gets its own content's MD5, in the answer and in its stored row.
+    let images: Vec<Vec<u8>> = (1..=24).map(|w| samples::png(w, 5)).collect();
+    let answers = futures_util::future::join_all(
+        images
+            .iter()
+            .map(|png| upload(&server, "image", &[], png, "together.png")),
+    )
+    .await;
+    for (png, (s, r)) in images.iter().zip(&answers) {
+        assert_eq!(*s, 200, "{r}");
+        assert_eq!(r["etag"], md5_hex(png), "{r}");
+        let id = r["public_id"].as_str().unwrap();
+        let (s, stored) = admin(
+            &server,
+            "GET",
+            &format!("resources/image/upload/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{stored}");
+        assert_eq!(stored["etag"], md5_hex(png), "{stored}");
+    }
+
     assert_eq!(server.health().await, 200);
     server.stop().await;
 }

@@ -269,6 +269,18 @@ pub trait MetaStore: Send + Sync {
         record: AssetRecord,
         overwrite: bool,
     ) -> Result<SaveOutcome, DbError>;
+    /// [`MetaStore::save_asset`] for a record whose `etag` is still to be made: the MD5 of
+    /// `content`. A store that writes new rows in batches hashes the contents of a batch side
+    /// by side as it writes them (one wait for both); any other hashes first.
+    async fn save_asset_hashing(
+        &self,
+        mut record: AssetRecord,
+        content: bytes::Bytes,
+        overwrite: bool,
+    ) -> Result<SaveOutcome, DbError> {
+        record.etag = hex::encode(crate::storage::md5::batch::digest(content).await);
+        self.save_asset(record, overwrite).await
+    }
     /// A page of assets in creation order, and the cursor of the next page when there is one.
     async fn list_assets(
         &self,

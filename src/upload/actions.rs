@@ -294,7 +294,7 @@ pub async fn explicit(state: &AppState, call: Call) -> ApiResult<Json> {
         let size = rec.bytes.max(0) as u64;
         let computed = super::analyse(
             state,
-            Box::new(std::io::Cursor::new(bytes)),
+            || Ok(Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::Read + Send>),
             size,
             kind,
             params,

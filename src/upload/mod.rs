@@ -310,7 +310,7 @@ pub fn parse_pairs(s: &str, json_lists: bool) -> Map<String, Json> {
 /// `exif`) ask to be computed from an image: kept with the asset and answered.
 pub(crate) async fn analyse(
     state: &AppState,
-    content: Box<dyn std::io::Read + Send>,
+    content: impl FnOnce() -> std::io::Result<Box<dyn std::io::Read + Send>>,
     size: u64,
     kind: MediaKind,
     params: &Params,
@@ -345,7 +345,7 @@ pub(crate) async fn analyse(
             "The image is too large to analyse ({size} bytes)"
         )));
     }
-    let mut reader = content;
+    let mut reader = content()?;
     let format = format.unwrap_or_default().to_string();
     let (w, h) = (dims.0.unwrap_or(0), dims.1.unwrap_or(0));
     let computed = tokio::task::spawn_blocking(move || {
@@ -805,7 +805,7 @@ pub async fn store_answer(
         None => None,
     };
     let incoming = incoming.as_deref();
-    let (src, info, format) = if incoming.is_some() || converts {
+    let (mut src, info, format) = if incoming.is_some() || converts {
         if kind != MediaKind::Image {
             return Err(ApiError::bad(format!(
                 "Incoming transformations and format conversion apply to images only (this is a {} upload)",
@@ -886,7 +886,7 @@ pub async fn store_answer(
 
     let mut extra = analyse(
         state,
-        Box::new(src.blob.reader()?),
+        || Ok(Box::new(src.blob.reader()?) as Box<dyn std::io::Read + Send>),
         src.blob.size,
         kind,
         &params,
@@ -933,6 +933,10 @@ pub async fn store_answer(
         extra.insert("regions".into(), v);
     }
 
+    // A file without an MD5 yet is hashed now; content in memory is hashed with its row.
+    if src.blob.path().is_some() {
+        src.blob.ensure_md5().await?;
+    }
     let now = state.now();
     // An upload sent to the store as it arrived is already there under its version's key.
     let version_id = match &src.blob.stored {
@@ -1156,9 +1160,23 @@ async fn store(
             return Ok((existing, Outcome::Existing));
         }
     }
+    // Content held in memory without an MD5 yet is hashed where its row is written.
+    let unhashed = match blob.bytes() {
+        Some(content) if record.etag.is_empty() => Some(content.clone()),
+        _ => None,
+    };
     state.blobs.put(&record.blob_key, blob).await?;
     let blob_key = record.blob_key.clone();
-    let saved = match state.meta.save_asset(record, overwrite).await {
+    let saved = match unhashed {
+        Some(content) => {
+            state
+                .meta
+                .save_asset_hashing(record, content, overwrite)
+                .await
+        }
+        None => state.meta.save_asset(record, overwrite).await,
+    };
+    let saved = match saved {
         Ok(s) => s,
         Err(e) => {
             let _ = state.blobs.delete(&blob_key).await;

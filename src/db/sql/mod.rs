@@ -312,62 +312,20 @@ impl MetaStore for SqlStore {
 
     async fn save_asset(
         &self,
-        mut record: AssetRecord,
+        record: AssetRecord,
         overwrite: bool,
     ) -> Result<SaveOutcome, DbError> {
-        // Most uploads create a new asset: try that first, together with the other uploads
-        // of the moment (one transaction and one statement for many rows). The record goes to
-        // the inserter and comes back with its answer.
-        record.tags = normalized_tags(&record.tags);
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut record = match self.inserts.send((record, reply)).await {
-            Ok(()) => match answer.await {
-                Ok((stored, Ok(true))) => return Ok(SaveOutcome::Created(stored)),
-                Ok((record, Ok(false))) => record,
-                Ok((_, Err(e))) => {
-                    return Err(DbError::Corrupt(format!("batched insert failed: {e}")))
-                }
-                Err(_) => return Err(DbError::Corrupt("the insert batcher stopped".into())),
-            },
-            Err(unsent) => unsent.0 .0,
-        };
-        // The key exists: lock the row and replace it or report it. A concurrent delete can
-        // make the row vanish again, hence the loop.
-        for _attempt in 0..5 {
-            let mut tx = self.write.begin().await?;
-            if let Some(previous) = self.fetch_asset(&mut tx, &record.key, true).await? {
-                if !overwrite {
-                    tx.commit().await?;
-                    return Ok(SaveOutcome::Existing(previous));
-                }
-                // Every way out of this branch returns: the record becomes the stored row.
-                record.asset_id = previous.asset_id.clone();
-                record.version = record.version.max(previous.version + 1);
-                write_asset(&mut *tx, &record, Conflict::Replace).await?;
-                sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
-                    .bind(record.asset_id.clone())
-                    .execute(&mut *tx)
-                    .await?;
-                insert_tags(&mut tx, &record).await?;
-                tx.commit().await?;
-                return Ok(SaveOutcome::Replaced {
-                    stored: Box::new(record),
-                    previous: Box::new(previous),
-                });
-            }
-            if !write_asset(&mut *tx, &record, Conflict::Skip).await? {
-                tx.rollback().await?;
-                continue;
-            }
-            insert_tags(&mut tx, &record).await?;
-            tx.commit().await?;
-            return Ok(SaveOutcome::Created(record));
-        }
-        Err(DbError::Corrupt(
-            "could not save the asset: the public ID kept changing under concurrent writes".into(),
-        ))
+        self.save(record, None, overwrite).await
     }
 
+    async fn save_asset_hashing(
+        &self,
+        record: AssetRecord,
+        content: bytes::Bytes,
+        overwrite: bool,
+    ) -> Result<SaveOutcome, DbError> {
+        self.save(record, Some(content), overwrite).await
+    }
     async fn list_assets(
         &self,
         q: &ListQuery,
@@ -1290,5 +1248,74 @@ impl MetaStore for SqlStore {
         }
         tx.commit().await?;
         Ok(sessions)
+    }
+}
+
+impl SqlStore {
+    /// Saves a record (see [`MetaStore::save_asset`]); with `content`, its `etag` is made
+    /// from it by the inserter, with the other rows of its batch.
+    async fn save(
+        &self,
+        mut record: AssetRecord,
+        content: Option<bytes::Bytes>,
+        overwrite: bool,
+    ) -> Result<SaveOutcome, DbError> {
+        // Most uploads create a new asset: try that first, together with the other uploads
+        // of the moment (one transaction and one statement for many rows). The record goes to
+        // the inserter and comes back with its answer.
+        record.tags = normalized_tags(&record.tags);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut record = match self.inserts.send((record, content, reply)).await {
+            Ok(()) => match answer.await {
+                Ok((stored, Ok(true))) => return Ok(SaveOutcome::Created(stored)),
+                Ok((record, Ok(false))) => record,
+                Ok((_, Err(e))) => {
+                    return Err(DbError::Corrupt(format!("batched insert failed: {e}")))
+                }
+                Err(_) => return Err(DbError::Corrupt("the insert batcher stopped".into())),
+            },
+            Err(unsent) => {
+                let (mut record, content, _) = unsent.0;
+                if let Some(content) = content {
+                    record.etag = hex::encode(crate::storage::md5::Md5::digest(&content));
+                }
+                record
+            }
+        };
+        // The key exists: lock the row and replace it or report it. A concurrent delete can
+        // make the row vanish again, hence the loop.
+        for _attempt in 0..5 {
+            let mut tx = self.write.begin().await?;
+            if let Some(previous) = self.fetch_asset(&mut tx, &record.key, true).await? {
+                if !overwrite {
+                    tx.commit().await?;
+                    return Ok(SaveOutcome::Existing(previous));
+                }
+                // Every way out of this branch returns: the record becomes the stored row.
+                record.asset_id = previous.asset_id.clone();
+                record.version = record.version.max(previous.version + 1);
+                write_asset(&mut *tx, &record, Conflict::Replace).await?;
+                sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
+                    .bind(record.asset_id.clone())
+                    .execute(&mut *tx)
+                    .await?;
+                insert_tags(&mut tx, &record).await?;
+                tx.commit().await?;
+                return Ok(SaveOutcome::Replaced {
+                    stored: Box::new(record),
+                    previous: Box::new(previous),
+                });
+            }
+            if !write_asset(&mut *tx, &record, Conflict::Skip).await? {
+                tx.rollback().await?;
+                continue;
+            }
+            insert_tags(&mut tx, &record).await?;
+            tx.commit().await?;
+            return Ok(SaveOutcome::Created(record));
+        }
+        Err(DbError::Corrupt(
+            "could not save the asset: the public ID kept changing under concurrent writes".into(),
+        ))
     }
 }
