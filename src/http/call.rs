@@ -225,13 +225,15 @@ impl FromRequest<AppState> for UploadCall {
         // What can be refused before the body is read is refused then: an unknown cloud, bad
         // credentials in the header; and, when the file part starts, an unknown key or a stale
         // timestamp among the fields before it.
-        if !state.accounts().has_cloud(&cloud) {
+        let accounts = state.accounts();
+        if !accounts.has_cloud(&cloud) {
             return Err(ApiError::Unauthorized(format!(
                 "Invalid cloud_name {cloud}"
             )));
         }
-        crate::auth::basic_auth(&state.accounts(), &cloud, auth)?;
-        crate::auth::bearer_auth(&state.accounts(), &cloud, auth)?;
+        crate::auth::basic_auth(&accounts, &cloud, auth)?;
+        crate::auth::bearer_auth(&accounts, &cloud, auth)?;
+        drop(accounts);
         let mut limits = body_limits(state);
         limits.early_check = Some(early_check(state, &cloud, auth.is_some()));
         if let Some(range) = content_range

@@ -180,6 +180,16 @@ impl tower::Service<Request> for Routed {
         let this = self.clone();
         // Path decoding must happen before routing.
         let req = decode_slashes(req);
+        if is_upload(&req) {
+            // The busiest route goes straight to its handler, as the router would send it
+            // (uploads are not rate-limited), without matching the other routes.
+            return Box::pin(async move {
+                Ok(
+                    axum::handler::Handler::<_, AppState>::call(upload_action, req, this.state)
+                        .await,
+                )
+            });
+        }
         Box::pin(async move {
             let answer = ratelimit::limit(&this.state, &this.calls, req, |req| {
                 answer_of(this.routes.clone(), req)
@@ -350,6 +360,28 @@ fn decode_slashes(mut req: Request) -> Request {
         }
     }
     req
+}
+
+/// `POST /v1_1/<cloud>/upload` or `POST /v1_1/<cloud>/<image|video|raw|auto>/upload`: the
+/// paths the router gives to [`upload_action`] and to no other route.
+fn is_upload(req: &Request) -> bool {
+    if req.method() != Method::POST {
+        return false;
+    }
+    let Some(rest) = req.uri().path().strip_prefix("/v1_1/") else {
+        return false;
+    };
+    let mut segs = rest.split('/');
+    let cloud = segs.next().unwrap_or("");
+    let second = segs.next().unwrap_or("");
+    let third = segs.next();
+    if cloud.is_empty() || segs.next().is_some() {
+        return false;
+    }
+    match third {
+        None => second == "upload",
+        Some(action) => action == "upload" && matches!(second, "image" | "video" | "raw" | "auto"),
+    }
 }
 
 /// Every API route and the rule it authenticates with (the extractor its handler takes:
@@ -608,10 +640,7 @@ async fn health(State(state): State<AppState>) -> Response {
 
 type JsonResult = ApiResult<Json<Value>>;
 
-async fn upload_action(
-    State(state): State<AppState>,
-    up: UploadCall,
-) -> ApiResult<Json<upload::Answer>> {
+async fn upload_action(State(state): State<AppState>, up: UploadCall) -> ApiResult<Response> {
     let UploadCall {
         call,
         file,
@@ -626,7 +655,18 @@ async fn upload_action(
         upload_id.as_deref(),
     )
     .await?;
-    Ok(Json(out))
+    // Written into a buffer of about an answer's size at once (axum's `Json` starts small and
+    // grows it several times).
+    let mut text = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut text, &out).map_err(ApiError::internal)?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response())
 }
 
 async fn destroy(State(state): State<AppState>, Signed(call, _): Signed) -> JsonResult {
@@ -1229,4 +1269,45 @@ async fn fallback(
         };
     }
     ApiError::NotFound(format!("No route for {method} {}", uri.path())).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upload_paths_are_told_from_the_others() {
+        let cases = [
+            ("POST", "/v1_1/demo/image/upload", true),
+            ("POST", "/v1_1/demo/video/upload", true),
+            ("POST", "/v1_1/demo/raw/upload", true),
+            ("POST", "/v1_1/demo/auto/upload", true),
+            ("POST", "/v1_1/demo/upload", true),
+            ("POST", "/v1_1/my%20cloud/image/upload", true),
+            // Another method, another action, or a path the router matches elsewhere.
+            ("GET", "/v1_1/demo/image/upload", false),
+            ("PUT", "/v1_1/demo/upload", false),
+            ("POST", "/v1_1/demo/image/destroy", false),
+            ("POST", "/v1_1/demo/resources/upload", false),
+            ("POST", "/v1_1/demo/tags/upload", false),
+            ("POST", "/v1_1/demo/all/upload", false),
+            // Not a route at all: left to the router's answer.
+            ("POST", "/v1_1//image/upload", false),
+            ("POST", "/v1_1//upload", false),
+            ("POST", "/v1_1/demo/image/upload/", false),
+            ("POST", "/v1_1/demo/upload/", false),
+            ("POST", "/v1_1/demo/image/upload/x", false),
+            ("POST", "/v1_1/demo", false),
+            ("POST", "/v2/demo/image/upload", false),
+            ("POST", "/demo/image/upload", false),
+        ];
+        for (method, path, want) in cases {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            assert_eq!(is_upload(&req), want, "{method} {path}");
+        }
+    }
 }
