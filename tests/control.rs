@@ -111,6 +111,24 @@ async fn calls_need_the_header_or_the_token_and_get_no_cors() {
         vary,
         ["origin, access-control-request-method, access-control-request-headers"]
     );
+    // The same CORS headers whether or not the call names an origin (as tower-http's layer
+    // gives them).
+    let plain = reqwest::get(server.url("/health")).await.unwrap();
+    for r in [&r, &plain] {
+        assert_eq!(r.headers()["access-control-allow-origin"], "*");
+        assert_eq!(
+            r.headers()["access-control-expose-headers"],
+            "x-request-id,x-cld-error,x-featureratelimit-limit,x-featureratelimit-remaining,\
+             x-featureratelimit-reset,content-length,content-range,etag"
+        );
+        assert_eq!(
+            r.headers()
+                .get_all("access-control-allow-origin")
+                .iter()
+                .count(),
+            1
+        );
+    }
     let (s, j) = json_of(control(&server, "GET", "/clouds")).await;
     assert_eq!(s, 200);
     assert_eq!(j["clouds"][0]["cloud_name"], "demo");

@@ -109,7 +109,8 @@ pub async fn read_form(
             if whole {
                 read_whole_multipart(&content_type, body, tmp_dir, limits).await?
             } else {
-                read_multipart(&content_type, body, tmp_dir, limits, None).await?
+                // Boxed (multer's state is large): a small body's future stays small.
+                Box::pin(read_multipart(content_type, body, tmp_dir, limits, None)).await?
             }
         }
         "application/json" => {
@@ -340,7 +341,7 @@ async fn read_whole_multipart(
     };
     if total > WHOLE_BODY_BYTES {
         let body = Body::from_stream(replay(pieces).chain(stream));
-        return read_multipart(content_type, body, tmp_dir, limits, None).await;
+        return Box::pin(read_multipart(content_type, body, tmp_dir, limits, None)).await;
     }
     if let Some(e) = failed {
         // As if streamed, where what arrived was parsed while the body stalled: a form
@@ -349,7 +350,8 @@ async fn read_whole_multipart(
         // failure.
         let ended = Body::from_stream(replay(pieces));
         let cut_short = std::sync::atomic::AtomicBool::new(false);
-        return match read_multipart(content_type, ended, tmp_dir, limits, Some(&cut_short)).await {
+        let read = read_multipart(content_type, ended, tmp_dir, limits, Some(&cut_short));
+        return match Box::pin(read).await {
             Err(_) if cut_short.load(std::sync::atomic::Ordering::Relaxed) => {
                 let failed = multer::Error::StreamReadFailed(Box::new(e));
                 Err(ApiError::bad(format!("Invalid multipart body: {failed}")))
@@ -368,7 +370,14 @@ async fn read_whole_multipart(
         }
     };
     let Some(parts) = simple_parts(&whole, &boundary) else {
-        return read_multipart(content_type, Body::from(whole), tmp_dir, limits, None).await;
+        return Box::pin(read_multipart(
+            content_type,
+            Body::from(whole),
+            tmp_dir,
+            limits,
+            None,
+        ))
+        .await;
     };
     let mut form = Form::default();
     let mut text = TextFields::default();

@@ -39,6 +39,10 @@ struct AppParts {
     control: Router,
     /// The API behind CORS.
     api: Cors<Routed>,
+    /// The API itself, and the headers CORS gives every answer that is not a preflight's
+    /// when any origin is allowed (the default): such calls skip the CORS layer.
+    routed: Routed,
+    any_origin_headers: Option<[(axum::http::HeaderName, HeaderValue); 2]>,
 }
 
 pub fn app(state: AppState, cors_origins: &[String]) -> App {
@@ -47,7 +51,20 @@ pub fn app(state: AppState, cors_origins: &[String]) -> App {
         calls: Arc::new(ratelimit::AdminCalls::default()),
         routes: api_routes(state.clone()),
     };
-    let api = tower::Layer::layer(&cors(cors_origins), routed);
+    let api = tower::Layer::layer(&cors(cors_origins), routed.clone());
+    let any_origin_headers = cors_origins.is_empty().then(|| {
+        use axum::http::header;
+        [
+            (
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(EXPOSED_HEADERS),
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            ),
+        ]
+    });
     App(Arc::new_cyclic(|me: &std::sync::Weak<AppParts>| {
         let me = me.clone();
         let fallback = tower::service_fn(move |req: Request| {
@@ -72,6 +89,8 @@ pub fn app(state: AppState, cors_origins: &[String]) -> App {
             state,
             control,
             api,
+            routed,
+            any_origin_headers,
         }
     }))
 }
@@ -134,7 +153,20 @@ where
 
 /// An API call: observed, then CORS and the routes.
 async fn through_api(parts: &AppParts, req: Request) -> Response {
-    let mut resp = observe(&parts.state, req, |req| answer_of(parts.api.clone(), req)).await;
+    let mut resp = observe(&parts.state, req, |req| async move {
+        match &parts.any_origin_headers {
+            Some(headers) if req.method() != Method::OPTIONS => {
+                // What the CORS layer adds to such an answer, without the layer.
+                let mut resp = answer_of(parts.routed.clone(), req).await;
+                for (name, value) in headers {
+                    resp.headers_mut().insert(name, value.clone());
+                }
+                resp
+            }
+            _ => answer_of(parts.api.clone(), req).await,
+        }
+    })
+    .await;
     // What CORS's answer depends on (the layer's own would be joined anew for each answer).
     resp.headers_mut().append(
         axum::http::header::VARY,
@@ -557,8 +589,12 @@ fn api_routes(state: AppState) -> Router {
 /// page's own server) and read delivery URLs from any origin, as with Cloudinary, but never
 /// with credentials: no cookies, no `Authorization` header — a web page the developer visits
 /// cannot drive the Admin API of a local nephos.
+/// The headers a page's script may read from an API answer.
+const EXPOSED_HEADERS: &str = "x-request-id,x-cld-error,x-featureratelimit-limit,\
+    x-featureratelimit-remaining,x-featureratelimit-reset,content-length,content-range,etag";
+
 fn cors(origins: &[String]) -> CorsLayer {
-    use axum::http::header::{HeaderName, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+    use axum::http::header::{HeaderName, CONTENT_RANGE, CONTENT_TYPE, RANGE};
     use tower_http::cors::AllowOrigin;
     let allow = if origins.is_empty() {
         AllowOrigin::any()
@@ -582,16 +618,12 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-unique-upload-id"),
             HeaderName::from_static("x-requested-with"),
         ])
-        .expose_headers([
-            HeaderName::from_static("x-request-id"),
-            HeaderName::from_static("x-cld-error"),
-            HeaderName::from_static("x-featureratelimit-limit"),
-            HeaderName::from_static("x-featureratelimit-remaining"),
-            HeaderName::from_static("x-featureratelimit-reset"),
-            CONTENT_LENGTH,
-            CONTENT_RANGE,
-            HeaderName::from_static("etag"),
-        ])
+        .expose_headers(
+            EXPOSED_HEADERS
+                .split(',')
+                .map(HeaderName::from_static)
+                .collect::<Vec<_>>(),
+        )
 }
 
 fn panic_answer(detail: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -569,7 +569,9 @@ pub async fn upload(
     }
     if let Some(range) = range {
         if !chunked::is_whole(&range, file.as_ref().map(|f| f.blob.size)) {
-            return chunked::part(
+            // Boxed, as the other rare branches' futures below: an upload's future is only as
+            // large as the common path needs (it is moved whole at each level).
+            return Box::pin(chunked::part(
                 state,
                 chunked::PartRequest {
                     req: &req,
@@ -578,7 +580,7 @@ pub async fn upload(
                     file,
                     range,
                 },
-            )
+            ))
             .await
             .map(Answer::Other);
         }
@@ -812,13 +814,13 @@ pub async fn store_answer(
                 kind.as_str()
             )));
         }
-        let converted = convert_incoming(
+        let converted = Box::pin(convert_incoming(
             state,
             src,
             incoming,
             wanted_format.as_deref(),
             format.as_deref(),
-        )
+        ))
         .await?;
         let format = converted.1.format.clone();
         (converted.0, converted.1, format)
@@ -989,7 +991,7 @@ pub async fn store_answer(
         blob_key: new_blob_key(req.cloud, &version_id),
         api_key: caller.api_key().map(str::to_string),
     };
-    let record = store(state, record, src.blob, opts.overwrite).await?;
+    let record = Box::pin(store(state, record, src.blob, opts.overwrite)).await?;
     remember_folders(state, &record.0.key.cloud, &record.0.asset_folder).await?;
     if record.1 == Outcome::Overwritten {
         // The derived versions of the previous original no longer apply.
@@ -1006,8 +1008,13 @@ pub async fn store_answer(
         answer.insert("faces", faces_json(answer.record()));
     }
     if !breakpoint_requests.is_empty() {
-        let list =
-            breakpoints::compute(state, answer.record(), &breakpoint_requests, &signer).await?;
+        let list = Box::pin(breakpoints::compute(
+            state,
+            answer.record(),
+            &breakpoint_requests,
+            &signer,
+        ))
+        .await?;
         answer.insert("responsive_breakpoints", list);
     }
     if !eager_specs.is_empty() && outcome != Outcome::Existing {
@@ -1021,7 +1028,7 @@ pub async fn store_answer(
                 random_hex(32),
             );
         } else {
-            let derived = eager::generate(state, answer.record(), &eager_specs).await?;
+            let derived = Box::pin(eager::generate(state, answer.record(), &eager_specs)).await?;
             let list = eager::eager_json(state, answer.record(), &derived, &signer);
             answer.insert("eager", list);
         }
@@ -1058,16 +1065,23 @@ pub async fn store_answer(
         algorithm: signer.algorithm,
     };
     if let Some(url) = notification_url {
-        crate::notify::send(
+        Box::pin(crate::notify::send(
             state,
             req.cloud,
             url,
             payload.clone(),
             notify_signer.clone(),
-        )
+        ))
         .await;
     }
-    crate::triggers::fire(state, req.cloud, "upload", &payload, &notify_signer).await;
+    Box::pin(crate::triggers::fire(
+        state,
+        req.cloud,
+        "upload",
+        &payload,
+        &notify_signer,
+    ))
+    .await;
     Ok(answer)
 }
 

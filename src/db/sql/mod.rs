@@ -1265,7 +1265,7 @@ impl SqlStore {
         // the inserter and comes back with its answer.
         record.tags = normalized_tags(&record.tags);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let mut record = match self.inserts.send((record, content, reply)).await {
+        let record = match self.inserts.send((record, content, reply)).await {
             Ok(()) => match answer.await {
                 Ok((stored, Ok(true))) => return Ok(SaveOutcome::Created(stored)),
                 Ok((record, Ok(false))) => record,
@@ -1282,8 +1282,17 @@ impl SqlStore {
                 record
             }
         };
-        // The key exists: lock the row and replace it or report it. A concurrent delete can
-        // make the row vanish again, hence the loop.
+        // Boxed: its transaction's state does not enlarge every upload's future.
+        Box::pin(self.save_existing(record, overwrite)).await
+    }
+
+    /// Saves a record whose key exists: locks the row and replaces it or reports it. A
+    /// concurrent delete can make the row vanish again, hence the loop.
+    async fn save_existing(
+        &self,
+        mut record: AssetRecord,
+        overwrite: bool,
+    ) -> Result<SaveOutcome, DbError> {
         for _attempt in 0..5 {
             let mut tx = self.write.begin().await?;
             if let Some(previous) = self.fetch_asset(&mut tx, &record.key, true).await? {
