@@ -38,6 +38,11 @@ pub(crate) fn base_name(raw: &str) -> (&str, bool) {
 impl Params {
     /// Adds a received `name=value` pair.
     pub fn push(&mut self, raw_name: &str, value: &str) {
+        self.push_owned(raw_name, value.to_string());
+    }
+
+    /// [`Params::push`] with a value already owned (not copied again).
+    pub fn push_owned(&mut self, raw_name: &str, value: String) {
         // Control characters never belong in a name (internal markers start with NUL), nor
         // `=` or `&` (a name with them would sign like another parameter).
         if raw_name
@@ -50,18 +55,18 @@ impl Params {
         if let Some(i) = self.position(name) {
             let existing = &mut self.entries[i].1;
             match existing {
-                Value::List(items) => items.push(value.to_string()),
+                Value::List(items) => items.push(value),
                 Value::Text(t) => {
                     let first = std::mem::take(t);
-                    *existing = Value::List(vec![first, value.to_string()]);
+                    *existing = Value::List(vec![first, value]);
                 }
             }
             return;
         }
         let v = if is_list {
-            Value::List(vec![value.to_string()])
+            Value::List(vec![value])
         } else {
-            Value::Text(value.to_string())
+            Value::Text(value)
         };
         self.append(name.to_string(), v);
     }

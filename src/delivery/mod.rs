@@ -68,25 +68,39 @@ pub fn derived_url(
     secret: &str,
     algorithm: SignatureAlgorithm,
 ) -> String {
-    let mut source = escape_public_id(&rec.key.public_id);
-    if rec.key.resource_type != "raw" {
-        if let Some(f) = format.or(rec.format.as_deref()) {
-            source = format!("{source}.{f}");
-        }
-    }
-    let t = transformation.map(|t| format!("{t}/")).unwrap_or_default();
-    let sig = if is_public(&rec.key.delivery_type) && !restricted(rec) {
-        String::new()
-    } else {
-        format!(
-            "s--{}--/",
-            delivery_signature(&format!("{t}{source}"), secret, algorithm, false)
-        )
+    use std::fmt::Write;
+    let extension = match rec.key.resource_type.as_str() {
+        "raw" => None,
+        _ => format.or(rec.format.as_deref()),
     };
-    format!(
-        "{base}/{}/{}/{}/{sig}{t}v{}/{source}",
-        rec.key.cloud, rec.key.resource_type, rec.key.delivery_type, rec.version
-    )
+    let public_id = utf8_percent_encode(&rec.key.public_id, PATH_ESCAPE);
+    // Written into one string (this runs twice for every upload's answer).
+    let mut out = String::with_capacity(base.len() + 80 + rec.key.public_id.len() * 2);
+    let _ = write!(
+        out,
+        "{base}/{}/{}/{}/",
+        rec.key.cloud, rec.key.resource_type, rec.key.delivery_type
+    );
+    if !is_public(&rec.key.delivery_type) || restricted(rec) {
+        let mut signed = transformation.map(|t| format!("{t}/")).unwrap_or_default();
+        let _ = write!(signed, "{public_id}");
+        if let Some(f) = extension {
+            let _ = write!(signed, ".{f}");
+        }
+        let _ = write!(
+            out,
+            "s--{}--/",
+            delivery_signature(&signed, secret, algorithm, false)
+        );
+    }
+    if let Some(t) = transformation {
+        let _ = write!(out, "{t}/");
+    }
+    let _ = write!(out, "v{}/{public_id}", rec.version);
+    if let Some(f) = extension {
+        let _ = write!(out, ".{f}");
+    }
+    out
 }
 
 /// Transformation parameter keys (spec §13.3 and the rest of Cloudinary's short names).

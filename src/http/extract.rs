@@ -550,7 +550,7 @@ fn push_text(params: &mut Params, name: &str, value: Vec<u8>) {
     if !name.is_empty() {
         let text = String::from_utf8(value)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        params.push(name, &text);
+        params.push_owned(name, text);
     }
 }
 
