@@ -107,7 +107,7 @@ pub async fn read_form(
                 && limits.mirror.is_none()
                 && super::content_length(headers).is_some_and(|n| n <= WHOLE_BODY_BYTES);
             if whole {
-                read_whole_multipart(&content_type, body, tmp_dir, limits).await?
+                read_whole_multipart(content_type, body, tmp_dir, limits).await?
             } else {
                 // Boxed (multer's state is large): a small body's future stays small.
                 Box::pin(read_multipart(content_type, body, tmp_dir, limits, None)).await?
