@@ -19,15 +19,20 @@ pub fn random_alnum(n: usize) -> String {
     out
 }
 
+/// Milliseconds of the Unix time (the clock part of generated IDs).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A generated public ID: 20 characters of `[a-z0-9]` like Cloudinary's random ones, whose
 /// first 8 are the milliseconds of the Unix time in base 36 (IDs made one after another sort
 /// together, so the indexes keyed by public ID grow at one place instead of at a random page
 /// per upload) and whose last 12 are random (about 62 bits).
 pub fn new_public_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms = unix_ms();
     // 36^8 ms is about 89 years: past 2059 the clock part wraps (order only, never length).
     // Its digits in ASCII order, so that the text sorts as the number does.
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
@@ -54,10 +59,7 @@ pub fn random_hex(bytes: usize) -> String {
 /// the Unix time (so IDs made one after another sort together: an index of them grows at its
 /// end instead of at a random page) and whose last 20 are random.
 pub fn new_asset_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms = unix_ms();
     let mut buf = [0u8; 16];
     buf[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
     rand::thread_rng().fill(&mut buf[6..]);

@@ -593,12 +593,7 @@ impl MetaStore for SqlStore {
         record.asset_id = asset_id;
         record.key = key.clone();
         record.tags = normalized_tags(&record.tags);
-        write_asset(&mut *tx, &record, Conflict::Replace).await?;
-        sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
-            .bind(record.asset_id.clone())
-            .execute(&mut *tx)
-            .await?;
-        insert_tags(&mut tx, &record).await?;
+        replace_row(&mut tx, &record).await?;
         tx.commit().await?;
         Ok(Some(record))
     }
@@ -1303,12 +1298,7 @@ impl SqlStore {
                 // Every way out of this branch returns: the record becomes the stored row.
                 record.asset_id = previous.asset_id.clone();
                 record.version = record.version.max(previous.version + 1);
-                write_asset(&mut *tx, &record, Conflict::Replace).await?;
-                sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
-                    .bind(record.asset_id.clone())
-                    .execute(&mut *tx)
-                    .await?;
-                insert_tags(&mut tx, &record).await?;
+                replace_row(&mut tx, &record).await?;
                 tx.commit().await?;
                 return Ok(SaveOutcome::Replaced {
                     stored: Box::new(record),

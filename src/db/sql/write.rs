@@ -316,6 +316,19 @@ pub(super) async fn delete_derived_of(
         .collect::<Result<_, _>>()?)
 }
 
+/// Writes `record` over the row with its asset ID, and its tags in place of the old ones.
+pub(super) async fn replace_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    record: &AssetRecord,
+) -> Result<(), DbError> {
+    write_asset(&mut **tx, record, Conflict::Replace).await?;
+    sqlx::query("DELETE FROM asset_tags WHERE asset_id = $1")
+        .bind(record.asset_id.clone())
+        .execute(&mut **tx)
+        .await?;
+    insert_tags(tx, record).await
+}
+
 /// The tag rows of an asset (each carries the asset's cloud and creation time, so that the
 /// newest assets with a tag are read from the tag index alone).
 pub(super) async fn insert_tags(
