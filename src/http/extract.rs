@@ -312,8 +312,15 @@ async fn read_whole_multipart(
     tmp_dir: &std::path::Path,
     limits: &BodyLimits,
 ) -> ApiResult<Form> {
-    let boundary = multer::parse_boundary(content_type)
-        .map_err(|_| ApiError::bad("Invalid multipart body: missing boundary"))?;
+    let parsed;
+    let boundary = match plain_boundary(content_type) {
+        Some(boundary) => boundary,
+        None => {
+            parsed = multer::parse_boundary(content_type)
+                .map_err(|_| ApiError::bad("Invalid multipart body: missing boundary"))?;
+            parsed.as_str()
+        }
+    };
     let mut stream = body.into_data_stream();
     let mut pieces: Vec<bytes::Bytes> = Vec::with_capacity(4);
     let mut total = 0u64;
@@ -369,7 +376,7 @@ async fn read_whole_multipart(
             joined.freeze()
         }
     };
-    let Some(parts) = simple_parts(&whole, &boundary) else {
+    let Some(parts) = simple_parts(&whole, boundary) else {
         return Box::pin(read_multipart(
             content_type,
             Body::from(whole),
@@ -416,6 +423,24 @@ async fn read_whole_multipart(
     Ok(form)
 }
 
+/// The boundary of a form's type written the usual way, `multipart/form-data; boundary=` and a
+/// plain token to the end, read in place; `None` for any other writing (quoted, more
+/// parameters), which multer's parser reads.
+fn plain_boundary(content_type: &str) -> Option<&str> {
+    const TYPE: &str = "multipart/form-data;";
+    const PARAM: &str = "boundary=";
+    if !content_type.get(..TYPE.len())?.eq_ignore_ascii_case(TYPE) {
+        return None;
+    }
+    let rest = content_type[TYPE.len()..].trim_start_matches(' ');
+    if !rest.get(..PARAM.len())?.eq_ignore_ascii_case(PARAM) {
+        return None;
+    }
+    let value = &rest[PARAM.len()..];
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b"-_.'+".contains(&b);
+    (!value.is_empty() && value.bytes().all(plain)).then_some(value)
+}
+
 /// One part of a body read whole: its name, file name, and where its data lies.
 #[derive(Debug, PartialEq)]
 struct SimplePart<'a> {
@@ -430,8 +455,10 @@ struct SimplePart<'a> {
 /// a quoted `filename`) holding no quote, backslash or semicolon. `None` for anything else:
 /// multer reads those (and tells what is wrong with a broken body).
 fn simple_parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<SimplePart<'a>>> {
-    let delimiter = format!("\r\n--{boundary}");
-    let delimiter = delimiter.as_bytes();
+    let mut delimiter = Vec::with_capacity(boundary.len() + 4);
+    delimiter.extend_from_slice(b"\r\n--");
+    delimiter.extend_from_slice(boundary.as_bytes());
+    let delimiter = delimiter.as_slice();
     let opening = &delimiter[2..];
     if !body.starts_with(opening) {
         return None;
@@ -946,6 +973,32 @@ mod tests {
         let a = read_form(&whole, None, sent(whole_piece), dir.path(), limits).await;
         let b = read_form(&h, None, sent(3), dir.path(), limits).await;
         (outcome(a), outcome(b))
+    }
+
+    #[test]
+    fn a_plain_boundary_is_read_as_multer_reads_it() {
+        for ct in [
+            "multipart/form-data; boundary=XyZ0123",
+            "multipart/form-data;boundary=----WebKitFormBoundary7MA4YWxkTrZu0gW",
+            "Multipart/Form-Data; Boundary=--------------------------123456789012",
+            "multipart/form-data; boundary=a'b+c_d.e-f",
+        ] {
+            let ours = plain_boundary(ct).expect(ct);
+            assert_eq!(ours, multer::parse_boundary(ct).unwrap(), "{ct}");
+        }
+        // Anything else is left to multer.
+        for ct in [
+            "multipart/form-data; boundary=\"quoted\"",
+            "multipart/form-data; charset=utf-8; boundary=x",
+            "multipart/form-data; boundary=x; charset=utf-8",
+            "multipart/mixed; boundary=x",
+            "multipart/form-data; boundary=",
+            "multipart/form-data",
+            "text/plain",
+            "",
+        ] {
+            assert_eq!(plain_boundary(ct), None, "{ct}");
+        }
     }
 
     #[test]

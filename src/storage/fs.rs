@@ -24,7 +24,11 @@ impl FsBlobStore {
     /// leave the root.
     fn path(&self, key: &str) -> std::io::Result<PathBuf> {
         super::check_key(key)?;
-        Ok(self.root.join(key))
+        // One allocation of the right size (`join` copies the root, then grows it).
+        let mut path = PathBuf::with_capacity(self.root.as_os_str().len() + 1 + key.len());
+        path.push(&self.root);
+        path.push(key);
+        Ok(path)
     }
 }
 

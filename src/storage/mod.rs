@@ -301,10 +301,12 @@ pub fn open(
 
 /// A new blob key for a stored version.
 pub fn new_blob_key(cloud: &str, version_id: &str) -> String {
-    format!(
-        "{cloud}/{}/{version_id}",
-        &version_id[..2.min(version_id.len())]
-    )
+    let shard = version_id.get(..2).unwrap_or(version_id);
+    let mut key = String::with_capacity(cloud.len() + shard.len() + version_id.len() + 2);
+    for piece in [cloud, "/", shard, "/", version_id] {
+        key.push_str(piece);
+    }
+    key
 }
 
 #[cfg(test)]

@@ -30,21 +30,20 @@ pub fn clean_path(kind: &str, raw: &str) -> ApiResult<String> {
             &format!("it contains the forbidden character {shown}"),
         ));
     }
-    let segments: Vec<&str> = trimmed
-        .split('/')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    for seg in &segments {
-        if *seg == "." || *seg == ".." {
+    let mut cleaned = String::with_capacity(trimmed.len());
+    for seg in trimmed.split('/').map(str::trim).filter(|s| !s.is_empty()) {
+        if seg == "." || seg == ".." {
             return Err(invalid(
                 kind,
                 raw,
                 "'.' and '..' are not allowed as path segments",
             ));
         }
+        if !cleaned.is_empty() {
+            cleaned.push('/');
+        }
+        cleaned.push_str(seg);
     }
-    let cleaned = segments.join("/");
     if cleaned.chars().count() > MAX_PUBLIC_ID {
         return Err(invalid(kind, raw, "it is longer than 255 characters"));
     }
@@ -53,9 +52,10 @@ pub fn clean_path(kind: &str, raw: &str) -> ApiResult<String> {
 
 /// Folder segments must not look like a version component (`v` followed by digits).
 fn check_no_version_folders(public_id: &str) -> ApiResult<()> {
-    let mut segs: Vec<&str> = public_id.split('/').collect();
-    segs.pop();
-    for s in segs {
+    let folders = public_id
+        .rsplit_once('/')
+        .map_or("", |(folders, _)| folders);
+    for s in folders.split('/') {
         if s.len() > 1 && s.starts_with('v') && s[1..].chars().all(|c| c.is_ascii_digit()) {
             return Err(invalid(
                 "public_id",
@@ -161,12 +161,20 @@ pub fn compose(parts: &NameParts) -> ApiResult<String> {
             }
         }
     };
-    let joined = [folder.as_str(), prefix.as_str(), base.as_str()]
-        .iter()
-        .filter(|s| !s.is_empty())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("/");
+    let joined = if folder.is_empty() && prefix.is_empty() {
+        base
+    } else {
+        let mut joined = String::with_capacity(folder.len() + prefix.len() + base.len() + 2);
+        for piece in [folder.as_str(), prefix.as_str(), base.as_str()] {
+            if !piece.is_empty() {
+                if !joined.is_empty() {
+                    joined.push('/');
+                }
+                joined.push_str(piece);
+            }
+        }
+        joined
+    };
     finish(clean_path("public_id", &joined)?)
 }
 

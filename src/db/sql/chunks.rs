@@ -14,7 +14,8 @@ impl SqlStore {
             "SELECT {SESSION_COLUMNS} FROM upload_sessions WHERE session_id = $1{}",
             self.lock_suffix()
         );
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let existing = sqlx::query(&select)
             .bind(init.session_id.clone())
             .fetch_optional(&mut *tx)

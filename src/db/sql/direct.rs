@@ -1,8 +1,8 @@
 //! New asset rows written to a SQLite file on a connection of their own, called by the
 //! inserter on its own thread: no hand-over to sqlx's worker thread per command.
 //!
-//! The inserter holds the write pool's only connection while it writes here, so this
-//! connection never races nephos's other writers for SQLite's write lock.
+//! The inserter writes here with the write turn taken, which the write pool's only connection
+//! takes too: this connection never races nephos's other writers for SQLite's write lock.
 
 use std::collections::HashSet;
 

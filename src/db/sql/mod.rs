@@ -4,8 +4,8 @@
 //! databases through sqlx's `Any` driver. SQLite runs in WAL mode with a single writer
 //! connection (so write transactions never deadlock on lock upgrades) and several readers;
 //! PostgreSQL locks the asset row with `FOR UPDATE`. New assets in a SQLite file are inserted
-//! on a connection of their own, called without a thread hand-over, while the inserter holds
-//! the writer connection (see `direct`).
+//! on a connection of their own, called without a thread hand-over; the writer connection and
+//! that one take turns (see `write::WriteTurn`).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -44,6 +44,8 @@ pub struct SqlStore {
     dialect: Dialect,
     /// New assets waiting to be inserted together (group commit).
     inserts: tokio::sync::mpsc::Sender<PendingInsert>,
+    /// The write turn the write pool shares with the direct writer (a SQLite file).
+    turn: Option<WriteTurn>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -105,13 +107,16 @@ impl SqlStore {
                     .after_connect(setup)
                     .connect_with(options)
                     .await?;
-                let direct = direct_writer(&write).await?;
+                let turn = WriteTurn::new(tokio::sync::Semaphore::new(1));
+                let direct = direct_writer(&write).await?.map(|w| (w, turn.clone()));
+                let turn = direct.is_some().then_some(turn);
                 let inserts = spawn_inserter(write.clone(), dialect, direct);
                 SqlStore {
                     read,
                     write,
                     dialect,
                     inserts,
+                    turn,
                 }
             }
             Dialect::Postgres => {
@@ -151,6 +156,7 @@ impl SqlStore {
                     inserts: spawn_inserter(pool.clone(), dialect, None),
                     write: pool,
                     dialect,
+                    turn: None,
                 }
             }
         };
@@ -207,9 +213,14 @@ impl SqlStore {
             .bind(name.to_string())
             .bind(body.to_string())
             .bind(now)
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// The write pool's connection (with the write turn, for a SQLite file).
+    async fn writer(&self) -> Result<WriteConn, DbError> {
+        WriteConn::take(&self.write, self.turn.as_ref()).await
     }
 
     fn lock_suffix(&self) -> &'static str {
@@ -459,7 +470,7 @@ impl MetaStore for SqlStore {
         .bind(holder.to_string())
         .bind(expires_at)
         .bind(now)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -480,7 +491,7 @@ impl MetaStore for SqlStore {
         .bind(job.due_at)
         .bind(job.origin.clone())
         .bind(job.record_id)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -510,7 +521,7 @@ impl MetaStore for SqlStore {
             .bind(holder.to_string())
             .bind(now)
             .bind(limit)
-            .fetch_all(&self.write)
+            .fetch_all(&mut *self.writer().await?)
             .await?)
     }
 
@@ -521,7 +532,7 @@ impl MetaStore for SqlStore {
         .bind(job.id.clone())
         .bind(job.holder.clone())
         .bind(job.lease_until)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -541,7 +552,7 @@ impl MetaStore for SqlStore {
         .bind(job.id.clone())
         .bind(job.holder.clone())
         .bind(job.lease_until)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -582,7 +593,8 @@ impl MetaStore for SqlStore {
         key: &AssetKey,
         change: AssetChange<'_>,
     ) -> Result<Option<AssetRecord>, DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let Some(mut record) = self.fetch_asset(&mut tx, key, true).await? else {
             tx.commit().await?;
             return Ok(None);
@@ -687,7 +699,7 @@ impl MetaStore for SqlStore {
         let done = sqlx::query("DELETE FROM upload_presets WHERE cloud = $1 AND name = $2")
             .bind(cloud.to_string())
             .bind(name.to_string())
-            .execute(&self.write)
+            .execute(&mut *self.writer().await?)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -720,7 +732,7 @@ impl MetaStore for SqlStore {
         .bind(path.to_string())
         .bind(external_id.to_string())
         .bind(now)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -755,7 +767,8 @@ impl MetaStore for SqlStore {
                 n + 1
             )
         };
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         for (table, col) in [("folders", "path"), ("assets", "asset_folder")] {
             sqlx::query(&format!(
                 "UPDATE {table} SET {col} = $4 || substr({col}, {}) WHERE {}",
@@ -784,7 +797,8 @@ impl MetaStore for SqlStore {
     }
 
     async fn put_derived(&self, derived: &[DerivedRecord]) -> Result<(), DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         for d in derived {
             sqlx::query(
                 "INSERT INTO derived (id, asset_id, transformation, format, bytes, width, height, created_at, cloud) \
@@ -842,7 +856,8 @@ impl MetaStore for SqlStore {
         asset_id: Option<&str>,
         ids: &[String],
     ) -> Result<Vec<String>, DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let mut gone = Vec::new();
         let mut forget = |rows: Vec<AnyRow>| -> Result<(), DbError> {
             for r in rows {
@@ -874,7 +889,8 @@ impl MetaStore for SqlStore {
     async fn delete_folders(&self, cloud: &str, path: &str) -> Result<Vec<String>, DbError> {
         let n = path.chars().count() + 1;
         let cond = format!("cloud = $1 AND (path = $2 OR substr(path, 1, {n}) = $3)");
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT path FROM folders WHERE {cond} ORDER BY path"
         ))
@@ -913,7 +929,7 @@ impl MetaStore for SqlStore {
         .bind(key.delivery_type.clone())
         .bind(key.public_id.clone())
         .bind(expires_at)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -924,7 +940,8 @@ impl MetaStore for SqlStore {
         token: &str,
         now: i64,
     ) -> Result<Option<AssetKey>, DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let row = sqlx::query(
             "SELECT cloud, resource_type, delivery_type, public_id, expires_at FROM delete_tokens \
              WHERE token = $1 AND cloud = $2",
@@ -955,7 +972,8 @@ impl MetaStore for SqlStore {
         &self,
         key: &AssetKey,
     ) -> Result<Option<(AssetRecord, Vec<String>)>, DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let Some(record) = self.fetch_asset(&mut tx, key, true).await? else {
             tx.commit().await?;
             return Ok(None);
@@ -988,7 +1006,7 @@ impl MetaStore for SqlStore {
         .bind(json_text(&preset.settings).into_owned())
         .bind(preset.external_id.clone())
         .bind(preset.created_at)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -1075,7 +1093,8 @@ impl MetaStore for SqlStore {
         name: &str,
         change: DocChange<'_>,
     ) -> Result<DocOutcome, DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let sql = format!(
             "SELECT name, body, created_at FROM documents WHERE cloud = $1 AND kind = $2 \
              AND name = $3{}",
@@ -1112,7 +1131,7 @@ impl MetaStore for SqlStore {
                 .bind(cloud.to_string())
                 .bind(kind.to_string())
                 .bind(name.to_string())
-                .execute(&self.write)
+                .execute(&mut *self.writer().await?)
                 .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -1165,7 +1184,7 @@ impl MetaStore for SqlStore {
         )
         .bind(now)
         .bind(session_id.to_string())
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(())
     }
@@ -1183,13 +1202,14 @@ impl MetaStore for SqlStore {
         .bind(now)
         .bind(session_id)
         .bind(since)
-        .execute(&self.write)
+        .execute(&mut *self.writer().await?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     async fn delete_chunk_session(&self, session_id: &str) -> Result<Vec<ChunkPart>, DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let parts = load_parts(&mut *tx, session_id).await?;
         sqlx::query("DELETE FROM upload_parts WHERE session_id = $1")
             .bind(session_id.to_string())
@@ -1214,7 +1234,8 @@ impl MetaStore for SqlStore {
     }
 
     async fn reset_cloud(&self, cloud: &str) -> Result<Vec<String>, DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let sessions: Vec<String> =
             sqlx::query("SELECT session_id FROM upload_sessions WHERE cloud = $1")
                 .bind(cloud.to_string())
@@ -1289,7 +1310,8 @@ impl SqlStore {
         overwrite: bool,
     ) -> Result<SaveOutcome, DbError> {
         for _attempt in 0..5 {
-            let mut tx = self.write.begin().await?;
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin().await?;
             if let Some(previous) = self.fetch_asset(&mut tx, &record.key, true).await? {
                 if !overwrite {
                     tx.commit().await?;

@@ -9,7 +9,8 @@ impl SqlStore {
         to: &AssetKey,
         overwrite: bool,
     ) -> Result<RenameOutcome, DbError> {
-        let mut tx = self.write.begin().await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin().await?;
         let Some(mut record) = self.fetch_asset(&mut tx, from, true).await? else {
             tx.commit().await?;
             return Ok(RenameOutcome::NotFound);

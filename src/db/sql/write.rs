@@ -35,19 +35,77 @@ pub(super) const BATCH_ROWS: usize = 64;
 /// Tags written in one batch at most; records beyond it wait for the next batch.
 pub(super) const BATCH_TAGS: usize = 4000;
 
-/// Batches written on one connection before it goes back to the pool, when more keep
-/// coming: the other writers of a database with one write connection get their turn.
+/// Batches written in a row before the inserter lets the database's other writers have their
+/// turn, when more keep coming.
 const BATCHES_PER_HOLD: usize = 16;
 
 /// Batches written on the direct SQLite connection between two checkpoints of the WAL
 /// (about the 1,000 pages at which SQLite checkpoints by itself).
 const CHECKPOINT_BATCHES: usize = 64;
 
+/// The longest a writer waits for its turn, as long as it would wait for the pool's
+/// connection.
+pub(super) const WRITE_WAIT: Duration = Duration::from_secs(60);
+
+/// The turn to write to a SQLite file that the direct writer shares with the write pool:
+/// whoever writes takes it first, so that no one meets SQLite's write lock taken and waits
+/// out a busy timeout. The inserter takes and gives it back without any thread hand-over;
+/// the pool's connection, given back, is tested with a round trip to sqlx's worker thread.
+pub(super) type WriteTurn = std::sync::Arc<tokio::sync::Semaphore>;
+
+pub(super) async fn take_turn(
+    turn: &WriteTurn,
+) -> Result<tokio::sync::OwnedSemaphorePermit, DbError> {
+    match tokio::time::timeout(WRITE_WAIT, turn.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) => Err(sqlx::Error::PoolClosed.into()),
+        Err(_) => Err(sqlx::Error::PoolTimedOut.into()),
+    }
+}
+
+/// The write pool's connection, with the turn when there is one (dropped after the
+/// connection, which is then on its way back to the pool).
+pub(super) struct WriteConn {
+    conn: sqlx::pool::PoolConnection<sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl WriteConn {
+    pub(super) async fn take(pool: &AnyPool, turn: Option<&WriteTurn>) -> Result<Self, DbError> {
+        let turn = match turn {
+            Some(turn) => Some(take_turn(turn).await?),
+            None => None,
+        };
+        Ok(WriteConn {
+            conn: pool.acquire().await?,
+            _turn: turn,
+        })
+    }
+
+    pub(super) async fn begin(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Any>, DbError> {
+        Ok(sqlx::Connection::begin(&mut *self.conn).await?)
+    }
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.conn
+    }
+}
+
 /// Copies the WAL's pages into the database file, on sqlx's worker thread: its file syncs
-/// must not stall the runtime thread that runs the inserter.
-async fn checkpoint(conn: &mut sqlx::AnyConnection) {
+/// must not stall the runtime thread that runs the inserter. Called with the turn taken,
+/// so the pool's connection is free.
+async fn checkpoint(pool: &AnyPool) {
     if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-        .execute(&mut *conn)
+        .execute(pool)
         .await
     {
         tracing::warn!(error = %e, "WAL checkpoint failed");
@@ -58,22 +116,21 @@ async fn checkpoint(conn: &mut sqlx::AnyConnection) {
 /// [`BATCH_ROWS`]), writes the rows and their tags in one transaction, and tells each caller
 /// whether its row went in (a key that exists, or twice in one batch, does not).
 ///
-/// While batches follow one another the task keeps its connection (up to
-/// [`BATCHES_PER_HOLD`] of them): the pool tests a connection with a round trip each time
-/// it is given back, which for SQLite is a hand-over to its worker thread and back.
-///
 /// With `direct` (a SQLite file), the rows are written on that connection, in place on the
-/// task's thread; the pool's connection is still taken, as the token of SQLite's single
-/// writer, and checkpoints the WAL every [`CHECKPOINT_BATCHES`].
+/// task's thread, with the write turn taken; the WAL is checkpointed every
+/// [`CHECKPOINT_BATCHES`]. Otherwise they go through a connection of the pool. Either is kept
+/// while batches follow one another (up to [`BATCHES_PER_HOLD`] of them) and given back when
+/// none is waiting.
 pub(super) fn spawn_inserter(
     pool: AnyPool,
     dialect: Dialect,
-    mut direct: Option<super::direct::DirectWriter>,
+    mut direct: Option<(super::direct::DirectWriter, WriteTurn)>,
 ) -> tokio::sync::mpsc::Sender<PendingInsert> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingInsert>(1024);
     tokio::spawn(async move {
         let mut carry: Option<PendingInsert> = None;
-        let mut held: Option<(sqlx::pool::PoolConnection<sqlx::Any>, usize)> = None;
+        let mut held_conn: Option<(sqlx::pool::PoolConnection<sqlx::Any>, usize)> = None;
+        let mut held_turn: Option<(tokio::sync::OwnedSemaphorePermit, usize)> = None;
         let mut uncheckpointed = 0;
         loop {
             let first = match carry.take() {
@@ -81,8 +138,10 @@ pub(super) fn spawn_inserter(
                 None => match rx.try_recv() {
                     Ok(p) => p,
                     Err(_) => {
-                        // Nothing waiting: the connection goes back before the task sleeps.
-                        held = None;
+                        // Nothing waiting: the connection or turn goes back before the task
+                        // sleeps.
+                        held_conn = None;
+                        held_turn = None;
                         match rx.recv().await {
                             Some(p) => p,
                             None => break,
@@ -111,31 +170,45 @@ pub(super) fn spawn_inserter(
             }
             hash_contents(&mut batch);
             let records: Vec<&AssetRecord> = batch.iter().map(|(r, _, _)| r).collect();
-            let conn = match held.take() {
-                Some(conn) => Ok(conn),
-                None => pool.acquire().await.map(|c| (c, 0)).map_err(DbError::from),
-            };
-            let result = match conn {
-                Ok((mut conn, used)) => {
-                    let result = match direct.as_mut() {
-                        Some(writer) => {
+            let result = match direct.as_mut() {
+                Some((writer, turn)) => {
+                    let taken = match held_turn.take() {
+                        Some(held) => Ok(held),
+                        None => take_turn(turn).await.map(|t| (t, 0)),
+                    };
+                    match taken {
+                        Ok((permit, used)) => {
                             let result = writer.insert(&records);
                             uncheckpointed += 1;
                             if uncheckpointed >= CHECKPOINT_BATCHES {
                                 uncheckpointed = 0;
-                                checkpoint(&mut conn).await;
+                                checkpoint(&pool).await;
+                            }
+                            if used + 1 < BATCHES_PER_HOLD {
+                                held_turn = Some((permit, used + 1));
                             }
                             result
                         }
-                        None => insert_batch(&mut conn, dialect, &records).await,
-                    };
-                    // A connection that failed is not used again (the pool tests it).
-                    if result.is_ok() && used + 1 < BATCHES_PER_HOLD {
-                        held = Some((conn, used + 1));
+                        Err(e) => Err(e),
                     }
-                    result
                 }
-                Err(e) => Err(e),
+                None => {
+                    let conn = match held_conn.take() {
+                        Some(conn) => Ok(conn),
+                        None => pool.acquire().await.map(|c| (c, 0)).map_err(DbError::from),
+                    };
+                    match conn {
+                        Ok((mut conn, used)) => {
+                            let result = insert_batch(&mut conn, dialect, &records).await;
+                            // A connection that failed is not used again (the pool tests it).
+                            if result.is_ok() && used + 1 < BATCHES_PER_HOLD {
+                                held_conn = Some((conn, used + 1));
+                            }
+                            result
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
             };
             for (record, _, reply) in batch {
                 let answer = match &result {
