@@ -269,19 +269,15 @@ pub fn verify_signed(
         _ => SignatureAlgorithm::Sha1,
     };
     let pairs = params.signable(UNSIGNED_PARAMS);
-    let mut candidates = vec![pairs];
-    if lenient_notification
-        && candidates[0]
-            .iter()
-            .any(|(k, _)| NOTIFICATION_PARAMS.contains(k))
-    {
-        let without: Vec<_> = candidates[0]
+    let without_notification: Option<Vec<_>> = (lenient_notification
+        && pairs.iter().any(|(k, _)| NOTIFICATION_PARAMS.contains(k)))
+    .then(|| {
+        pairs
             .iter()
             .filter(|(k, _)| !NOTIFICATION_PARAMS.contains(k))
             .cloned()
-            .collect();
-        candidates.push(without);
-    }
+            .collect()
+    });
     // Compared in lowercase (a hash's hex digits); one longer than a SHA-256 one cannot match.
     let mut lowered = [0u8; 64];
     let wanted: &[u8] = match lowered.get_mut(..signature.len()) {
@@ -295,7 +291,7 @@ pub fn verify_signed(
     let mut matched = false;
     // Version 1 only for accounts that allow it; without `&` in a pair the two agree.
     let versions: &[u8] = if account.signature_v1 { &[2, 1] } else { &[2] };
-    for candidate in &candidates {
+    for candidate in std::iter::once(&pairs).chain(without_notification.as_ref()) {
         let has_amp = candidate
             .iter()
             .any(|(k, v)| k.contains('&') || v.contains('&'));
@@ -310,7 +306,7 @@ pub fn verify_signed(
         }
     }
     if !matched {
-        let sts = string_to_sign(&candidates[0], 2);
+        let sts = string_to_sign(&pairs, 2);
         return Err(ApiError::Unauthorized(format!(
             "Invalid Signature {signature}. String to sign - '{sts}'."
         )));

@@ -520,6 +520,7 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
 
     // The public ID is decided when the upload starts and echoed to every part.
     let delivery_type = params.nonempty("type").unwrap_or("upload").to_string();
+    let split = (!file.filename.is_empty()).then(|| naming::split_filename(&file.filename));
     let decided = match (&explicit_id, req.resource_type) {
         (Some(id), _) => Some(id.clone()),
         (None, "auto") => None,
@@ -529,8 +530,7 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
             public_id_prefix: params.nonempty("public_id_prefix"),
             use_filename: params.flag("use_filename")?.unwrap_or(false),
             unique_filename: params.flag("unique_filename")?.unwrap_or(true),
-            filename: Some(naming::split_filename(&file.filename))
-                .filter(|_| !file.filename.is_empty()),
+            filename: split.as_ref().map(naming::borrowed),
             raw: rt == "raw",
         })?),
     };

@@ -749,11 +749,10 @@ pub async fn store_answer(
         .unwrap_or_default();
     let metadata = crate::metadata::for_new_asset(state, req.cloud, given).await?;
 
-    let original_name = params
+    let split = params
         .nonempty("filename_override")
-        .map(str::to_string)
-        .or_else(|| src.filename.clone());
-    let split = original_name.as_deref().map(naming::split_filename);
+        .or(src.filename.as_deref())
+        .map(naming::split_filename);
     let format = match kind {
         MediaKind::Raw => None,
         _ => info.format.clone(),
@@ -863,7 +862,7 @@ pub async fn store_answer(
             public_id_prefix: prefix_param.as_deref(),
             use_filename: opts.use_filename,
             unique_filename: opts.unique_filename,
-            filename: split.clone(),
+            filename: split.as_ref().map(naming::borrowed),
             raw: kind == MediaKind::Raw,
         })?,
     };
@@ -945,6 +944,7 @@ pub async fn store_answer(
         Some(stored) => stored.version_id().to_string(),
         None => random_hex(16),
     };
+    let blob_key = new_blob_key(req.cloud, &version_id);
     let record = AssetRecord {
         asset_id: crate::util::new_asset_id(),
         key: AssetKey {
@@ -954,7 +954,7 @@ pub async fn store_answer(
             public_id,
         },
         version: now.max(1),
-        version_id: version_id.clone(),
+        version_id,
         format,
         width: if kind == MediaKind::Raw {
             None
@@ -977,7 +977,7 @@ pub async fn store_answer(
         original_filename: if opts.discard_original_filename {
             None
         } else {
-            split.as_ref().map(|(stem, _)| stem.clone())
+            split.map(|(stem, _)| stem)
         },
         display_name,
         asset_folder,
@@ -988,7 +988,7 @@ pub async fn store_answer(
             .unwrap_or_default(),
         metadata,
         extra,
-        blob_key: new_blob_key(req.cloud, &version_id),
+        blob_key,
         api_key: caller.api_key().map(str::to_string),
     };
     let record = Box::pin(store(state, record, src.blob, opts.overwrite)).await?;

@@ -104,6 +104,11 @@ pub fn normalize_stem(stem: &str) -> String {
     }
 }
 
+/// A split file name as [`NameParts`] takes it.
+pub fn borrowed(split: &(String, Option<String>)) -> (&str, Option<&str>) {
+    (split.0.as_str(), split.1.as_deref())
+}
+
 /// The inputs of [`compose`].
 #[derive(Debug, Default)]
 pub struct NameParts<'a> {
@@ -113,7 +118,7 @@ pub struct NameParts<'a> {
     pub use_filename: bool,
     pub unique_filename: bool,
     /// Stem and extension of the original file name, when there is one.
-    pub filename: Option<(String, Option<String>)>,
+    pub filename: Option<(&'a str, Option<&'a str>)>,
     /// Raw assets keep the extension in the public ID.
     pub raw: bool,
 }
@@ -130,11 +135,7 @@ pub fn compose(parts: &NameParts) -> ApiResult<String> {
         }
         None => None,
     };
-    let ext = parts
-        .filename
-        .as_ref()
-        .and_then(|(_, e)| e.clone())
-        .filter(|_| parts.raw);
+    let ext = parts.filename.and_then(|(_, e)| e).filter(|_| parts.raw);
     let base = match explicit {
         Some(id) => {
             if !folder.is_empty() && id.starts_with(&format!("{folder}/")) {
@@ -144,7 +145,7 @@ pub fn compose(parts: &NameParts) -> ApiResult<String> {
             id
         }
         None => {
-            let stem = match (&parts.filename, parts.use_filename) {
+            let stem = match (parts.filename, parts.use_filename) {
                 (Some((stem, _)), true) => {
                     let stem = normalize_stem(stem);
                     if parts.unique_filename {
@@ -242,7 +243,7 @@ mod tests {
         let n = compose(&NameParts {
             use_filename: true,
             unique_filename: true,
-            filename: Some(split_filename("dir/my logo.png")),
+            filename: Some(("my logo", Some("png"))),
             ..Default::default()
         })
         .unwrap();
@@ -252,7 +253,7 @@ mod tests {
         );
         let n = compose(&NameParts {
             raw: true,
-            filename: Some(split_filename("report.PDF")),
+            filename: Some(("report", Some("pdf"))),
             ..Default::default()
         })
         .unwrap();
