@@ -503,11 +503,24 @@ fn form_data_names(head: &str) -> Option<(&str, Option<&str>)> {
         return None;
     }
     let mut disposition = None;
-    for (n, line) in head.split("\r\n").enumerate() {
-        if n >= MAX_PART_HEADERS || line.contains(['\r', '\n']) {
+    // Lines end with CRLF (the last one without): a CR without its LF, or a bare LF, goes to
+    // multer.
+    let mut rest = Some(head);
+    for n in 0.. {
+        let Some(text) = rest else { break };
+        let (line, next) = match memchr::memchr(b'\r', text.as_bytes()) {
+            Some(cr) if text.as_bytes().get(cr + 1) == Some(&b'\n') => {
+                (&text[..cr], Some(&text[cr + 2..]))
+            }
+            Some(_) => return None,
+            None => (text, None),
+        };
+        rest = next;
+        if n >= MAX_PART_HEADERS || memchr::memchr(b'\n', line.as_bytes()).is_some() {
             return None;
         }
-        let (name, value) = line.split_once(':')?;
+        let colon = memchr::memchr(b':', line.as_bytes())?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
             return None;
         }
@@ -529,7 +542,7 @@ fn form_data_names(head: &str) -> Option<(&str, Option<&str>)> {
             .as_bytes()
             .windows(5)
             .any(|w| w[0].is_ascii_whitespace() && &w[1..] == b"name");
-        if value.contains(['"', '\\']) || names_inside {
+        if memchr::memchr2(b'"', b'\\', value.as_bytes()).is_some() || names_inside {
             return None;
         }
         let slot = match key {
@@ -998,6 +1011,33 @@ mod tests {
             "",
         ] {
             assert_eq!(plain_boundary(ct), None, "{ct}");
+        }
+    }
+
+    #[test]
+    fn part_heads_written_otherwise_go_to_multer() {
+        let taken = form_data_names;
+        assert_eq!(
+            taken("Content-Disposition: form-data; name=\"a\"\r\nContent-Type: text/plain"),
+            Some(("a", None))
+        );
+        assert_eq!(
+            taken("X-A: 1\r\ncontent-disposition: form-data; name=\"f\"; filename=\"x.png\""),
+            Some(("f", Some("x.png")))
+        );
+        for head in [
+            // A bare CR or LF, a line without a colon, an empty line, two dispositions.
+            "Content-Disposition: form-data; name=\"a\"\rX: 1",
+            "Content-Disposition: form-data; name=\"a\"\nX: 1",
+            "Content-Disposition: form-data; name=\"a\"\r",
+            "Content-Disposition: form-data; name=\"a\"\r\nno colon",
+            "Content-Disposition: form-data; name=\"a\"\r\n",
+            "Content-Disposition: form-data; name=\"a\"\r\nContent-Disposition: form-data; name=\"b\"",
+            // Quotes or backslashes inside a value, an unknown item.
+            "Content-Disposition: form-data; name=\"a\\b\"",
+            "Content-Disposition: form-data; name=\"a\"; size=\"3\"",
+        ] {
+            assert_eq!(taken(head), None, "{head:?}");
         }
     }
 
