@@ -63,11 +63,11 @@ pub(super) async fn take_turn(
     }
 }
 
-/// The write pool's connection, with the turn when there is one (dropped after the
-/// connection, which is then on its way back to the pool).
+/// The write pool's connection, with the turn when there is one.
 pub(super) struct WriteConn {
     conn: sqlx::pool::PoolConnection<sqlx::Any>,
-    _turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    turn: Option<tokio::sync::OwnedSemaphorePermit>,
+    pool: AnyPool,
 }
 
 impl WriteConn {
@@ -78,12 +78,32 @@ impl WriteConn {
         };
         Ok(WriteConn {
             conn: pool.acquire().await?,
-            _turn: turn,
+            turn,
+            pool: pool.clone(),
         })
     }
 
     pub(super) async fn begin(&mut self) -> Result<sqlx::Transaction<'_, sqlx::Any>, DbError> {
         Ok(sqlx::Connection::begin(&mut *self.conn).await?)
+    }
+}
+
+/// A connection given back is not idle at once: what was queued on it still runs on sqlx's
+/// worker thread (the rollback of a transaction left unfinished, the statement of a call
+/// given up), then the pool's test. The turn is held until the pool has it back, so that the
+/// direct writer never finds SQLite's write lock still taken.
+impl Drop for WriteConn {
+    fn drop(&mut self) {
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = self.pool.clone();
+            runtime.spawn(async move {
+                let _ = pool.acquire().await;
+                drop(turn);
+            });
+        }
     }
 }
 
