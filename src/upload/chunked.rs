@@ -520,19 +520,21 @@ pub async fn part(state: &AppState, p: PartRequest<'_>) -> ApiResult<Json> {
 
     // The public ID is decided when the upload starts and echoed to every part.
     let delivery_type = params.nonempty("type").unwrap_or("upload").to_string();
-    let split = (!file.filename.is_empty()).then(|| naming::split_filename(&file.filename));
     let decided = match (&explicit_id, req.resource_type) {
         (Some(id), _) => Some(id.clone()),
         (None, "auto") => None,
-        (None, rt) => Some(naming::compose(&naming::NameParts {
-            public_id: None,
-            folder: params.nonempty("folder"),
-            public_id_prefix: params.nonempty("public_id_prefix"),
-            use_filename: params.flag("use_filename")?.unwrap_or(false),
-            unique_filename: params.flag("unique_filename")?.unwrap_or(true),
-            filename: split.as_ref().map(naming::borrowed),
-            raw: rt == "raw",
-        })?),
+        (None, rt) => {
+            let split = (!file.filename.is_empty()).then(|| naming::split_filename(&file.filename));
+            Some(naming::compose(&naming::NameParts {
+                public_id: None,
+                folder: params.nonempty("folder"),
+                public_id_prefix: params.nonempty("public_id_prefix"),
+                use_filename: params.flag("use_filename")?.unwrap_or(false),
+                unique_filename: params.flag("unique_filename")?.unwrap_or(true),
+                filename: split.as_ref().map(naming::borrowed),
+                raw: rt == "raw",
+            })?)
+        }
     };
     let (sid, upload_id) = if sid.is_empty() {
         // Legacy form keyed by public ID: only the first part may come without one.

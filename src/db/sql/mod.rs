@@ -88,7 +88,7 @@ impl SqlStore {
                 let mut write = AnyPoolOptions::new()
                     .max_connections(1)
                     .test_before_acquire(false)
-                    .acquire_timeout(Duration::from_secs(60))
+                    .acquire_timeout(WRITE_WAIT)
                     .after_connect(setup);
                 if memory {
                     write = write

@@ -43,8 +43,7 @@ const BATCHES_PER_HOLD: usize = 16;
 /// (about the 1,000 pages at which SQLite checkpoints by itself).
 const CHECKPOINT_BATCHES: usize = 64;
 
-/// The longest a writer waits for its turn, as long as it would wait for the pool's
-/// connection.
+/// The longest a writer waits for its turn, and for the SQLite write pool's connection.
 pub(super) const WRITE_WAIT: Duration = Duration::from_secs(60);
 
 /// The turn to write to a SQLite file that the direct writer shares with the write pool:
