@@ -15,6 +15,8 @@ use crate::form::{
 };
 use crate::storage::{BlobWriter, Hashing, WriteError};
 
+use super::file_data::FileData;
+
 /// A check of the fields that came before the file part.
 pub type EarlyCheck = std::sync::Arc<dyn Fn(&Params) -> ApiResult<()> + Send + Sync>;
 
@@ -269,29 +271,132 @@ async fn read_multipart(
     limits: &BodyLimits,
     cut_short: Option<&std::sync::atomic::AtomicBool>,
 ) -> ApiResult<Form> {
+    read_multipart_as(content_type, body, tmp_dir, limits, cut_short, true).await
+}
+
+/// Bytes of a streamed body's beginning read to find its file part's data (fields longer
+/// than that all together are left to multer).
+const HEAD_BYTES: usize = 256 * 1024;
+
+/// Reads a streamed multipart body. With `in_place`, a body whose parts up to the file part
+/// are written the usual way (see [`simple_head`]) has them taken from its first bytes, and
+/// the file part's data from the body's pieces as they arrive, never copied
+/// ([`FileData`]); multer reads the rest (usually only the closing delimiter), and every
+/// other body. Without, multer reads it all (tests compare the two).
+async fn read_multipart_as(
+    content_type: &str,
+    body: Body,
+    tmp_dir: &std::path::Path,
+    limits: &BodyLimits,
+    cut_short: Option<&std::sync::atomic::AtomicBool>,
+    in_place: bool,
+) -> ApiResult<Form> {
     let boundary = multer::parse_boundary(content_type)
         .map_err(|_| ApiError::bad("Invalid multipart body: missing boundary"))?;
+    let bad = |e: multer::Error| {
+        // A body that ended before the form did (told apart for a body replayed after it
+        // failed).
+        if let (
+            Some(flag),
+            multer::Error::IncompleteStream
+            | multer::Error::IncompleteFieldData { .. }
+            | multer::Error::IncompleteHeaders,
+        ) = (cut_short, &e)
+        {
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        ApiError::bad(format!("Invalid multipart body: {e}"))
+    };
     // multer stops reading at the closing boundary; the body stays shared so that what the
     // client still sends after it (the chunked-encoding terminator, an epilogue) is read too.
     // A response sent before the body is consumed makes the connection close under a client
     // that is still writing (EPIPE in Node).
     let shared = std::sync::Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
-    // With a mirror, the body's first bytes are kept to find where the file part starts.
-    let head = limits.mirror.as_ref().map(|_| BodyHead::default());
-    let stream =
-        futures_util::stream::unfold((shared.clone(), head.clone()), |(s, head)| async move {
-            let item = s.lock().await.next().await;
-            if let (Some(h), Some(Ok(chunk))) = (&head, &item) {
-                h.keep(chunk);
+    let mut reading = Reading::default();
+    // What multer reads before the rest of the body.
+    let mut before: Vec<bytes::Bytes> = Vec::new();
+    let mut file_in_place = false;
+    if in_place && !boundary.contains(['\r', '\n']) {
+        let mut body = shared.lock().await;
+        match read_head(&mut *body, &boundary).await {
+            Ok(head) => match simple_head(&head, &boundary) {
+                Some(Head::File(parts, filename, data_at)) => {
+                    file_in_place = true;
+                    for part in parts {
+                        reading.count(limits)?;
+                        let data = &head[part.data.clone()];
+                        reading
+                            .text
+                            .take(part.name, data.len(), limits, &mut reading.form)?;
+                        push_text(&mut reading.form.params, part.name, data.to_vec());
+                    }
+                    reading.count(limits)?;
+                    // As the SDKs end a body: `\r\n--boundary--\r\n` after the data.
+                    let file_len = limits.mirror.as_ref().and_then(|m| {
+                        let closing = boundary.len() as u64 + 8;
+                        m.body_length()
+                            .checked_sub(data_at as u64)?
+                            .checked_sub(closing)
+                    });
+                    let mut data = FileData::new(&mut *body, &boundary, head.slice(data_at..));
+                    let source = FileSource::InPlace(&mut data);
+                    take_file(
+                        &mut reading,
+                        filename,
+                        source,
+                        file_len,
+                        tmp_dir,
+                        limits,
+                        &bad,
+                    )
+                    .await?;
+                    before = data.into_rest();
+                }
+                _ => before.push(head),
+            },
+            Err((read, None)) => before = read,
+            Err((read, Some(failed))) => {
+                // As if multer had read what came before the failure (see
+                // `read_whole_multipart`).
+                drop(body);
+                let ended = Body::from_stream(futures_util::stream::iter(
+                    read.into_iter().map(Ok::<_, axum::Error>),
+                ));
+                let cut = std::sync::atomic::AtomicBool::new(false);
+                let replay =
+                    read_multipart_as(content_type, ended, tmp_dir, limits, Some(&cut), false);
+                return match Box::pin(replay).await {
+                    Err(_) if cut.load(std::sync::atomic::Ordering::Relaxed) => {
+                        Err(bad(multer::Error::StreamReadFailed(Box::new(failed))))
+                    }
+                    done => done,
+                };
             }
-            item.map(|i| (i, (s, head)))
+        }
+    }
+    // With a mirror, the body's first bytes are kept to find where the file part starts.
+    let head = (limits.mirror.is_some() && !file_in_place).then(BodyHead::default);
+    let rest = futures_util::stream::unfold(shared.clone(), |s| async move {
+        let item = s.lock().await.next().await;
+        item.map(|i| (i, s))
+    });
+    let stream = futures_util::stream::iter(before.into_iter().map(Ok))
+        .chain(rest)
+        .map({
+            let head = head.clone();
+            move |item| {
+                if let (Some(h), Ok(chunk)) = (&head, &item) {
+                    h.keep(chunk);
+                }
+                item
+            }
         });
     let multipart = Multipart {
         parts: multer::Multipart::new(stream, boundary.clone()),
         boundary,
         head,
     };
-    let form = parse_multipart(multipart, tmp_dir, limits, cut_short).await?;
+    let form = parse_multipart(multipart, reading, tmp_dir, limits, &bad).await?;
     let mut rest = shared.lock().await;
     let mut trailing = 0usize;
     while let Some(Ok(chunk)) = rest.next().await {
@@ -301,6 +406,52 @@ async fn read_multipart(
         }
     }
     Ok(form)
+}
+
+/// The pieces of a body read to no avail, and the failure that ended them.
+type ReadInstead = (Vec<bytes::Bytes>, Option<axum::Error>);
+
+/// Reads the beginning of a body until it holds the data of a file part written the usual
+/// way ([`simple_head`]), and returns it in one piece; otherwise, once it tells that it does
+/// not (or it ends, fails, or reaches [`HEAD_BYTES`]), what was read, as read, and the
+/// failure that ended it.
+async fn read_head<S>(body: &mut S, boundary: &str) -> Result<bytes::Bytes, ReadInstead>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+{
+    let mut pieces: Vec<bytes::Bytes> = Vec::new();
+    let (mut len, mut looked_at) = (0usize, 0usize);
+    loop {
+        match body.next().await {
+            Some(Ok(piece)) => {
+                len += piece.len();
+                pieces.push(piece);
+            }
+            Some(Err(e)) => return Err((pieces, Some(e))),
+            None => return Err((pieces, None)),
+        }
+        // Looked at again once it has doubled: a body arriving a few bytes at a time is not
+        // parsed over and over.
+        if len == looked_at || (len < 2 * looked_at && len < HEAD_BYTES) {
+            continue;
+        }
+        looked_at = len;
+        let joined = match pieces.as_slice() {
+            [one] => one.clone(),
+            _ => {
+                let mut joined = bytes::BytesMut::with_capacity(len);
+                for piece in &pieces {
+                    joined.extend_from_slice(piece);
+                }
+                joined.freeze()
+            }
+        };
+        match simple_head(&joined, boundary) {
+            Some(Head::File(..)) => return Ok(joined),
+            Some(Head::Short) if len < HEAD_BYTES => {}
+            _ => return Err((pieces, None)),
+        }
+    }
 }
 
 /// Reads a small multipart body whole, then takes its parts from it in place when they are
@@ -455,39 +606,141 @@ struct SimplePart<'a> {
 /// a quoted `filename`) holding no quote, backslash or semicolon. `None` for anything else:
 /// multer reads those (and tells what is wrong with a broken body).
 fn simple_parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<SimplePart<'a>>> {
-    let mut delimiter = Vec::with_capacity(boundary.len() + 4);
-    delimiter.extend_from_slice(b"\r\n--");
-    delimiter.extend_from_slice(boundary.as_bytes());
-    let delimiter = delimiter.as_slice();
-    let opening = &delimiter[2..];
-    if !body.starts_with(opening) {
-        return None;
-    }
-    let next_delimiter = memchr::memmem::Finder::new(delimiter);
+    let reader = SimpleReader::new(boundary);
     let mut parts = Vec::with_capacity(8);
-    let mut at = opening.len();
+    let mut at = reader.opening(body)?;
     loop {
+        match reader.step(body, at, true)? {
+            Step::Part(part, next) => {
+                parts.push(part);
+                at = next;
+            }
+            Step::Closing => return Some(parts),
+            Step::File(..) | Step::Short => return None,
+        }
+    }
+}
+
+/// The beginning of a streamed multipart body, up to where its file part's data starts.
+#[derive(Debug, PartialEq)]
+enum Head<'a> {
+    /// The parts before the file part (written as [`simple_parts`] takes them), the file
+    /// part's file name, and where its data starts.
+    File(Vec<SimplePart<'a>>, &'a str, usize),
+    /// The bytes so far do not tell yet.
+    Short,
+}
+
+/// Reads the beginning of a streamed multipart body as [`simple_parts`] reads a whole one, up
+/// to the data of the part named `file` with a file name; `None` when the body is not written
+/// the usual way, or ends (its closing delimiter) before such a part.
+fn simple_head<'a>(body: &'a [u8], boundary: &str) -> Option<Head<'a>> {
+    let reader = SimpleReader::new(boundary);
+    let Some(mut at) = reader.opening(body) else {
+        return reader.delimiter[2..]
+            .starts_with(body)
+            .then_some(Head::Short);
+    };
+    let mut parts = Vec::new();
+    loop {
+        match reader.step(body, at, false)? {
+            Step::Part(part, next) => {
+                parts.push(part);
+                at = next;
+            }
+            Step::File(filename, data_at) => return Some(Head::File(parts, filename, data_at)),
+            Step::Short => return Some(Head::Short),
+            Step::Closing => return None,
+        }
+    }
+}
+
+/// What comes next in a body read in place.
+enum Step<'a> {
+    /// A part whose data ends before the next delimiter, and where the next step reads.
+    Part(SimplePart<'a>, usize),
+    /// The closing delimiter: what follows is an epilogue, ignored.
+    Closing,
+    /// (Reading a head only.) The part named `file` with this file name, its data starting
+    /// here.
+    File(&'a str, usize),
+    /// (Reading a head only.) The bytes end before this step can be told.
+    Short,
+}
+
+struct SimpleReader {
+    /// `\r\n--boundary`.
+    delimiter: Vec<u8>,
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl SimpleReader {
+    fn new(boundary: &str) -> SimpleReader {
+        let mut delimiter = Vec::with_capacity(boundary.len() + 4);
+        delimiter.extend_from_slice(b"\r\n--");
+        delimiter.extend_from_slice(boundary.as_bytes());
+        let finder = memchr::memmem::Finder::new(&delimiter).into_owned();
+        SimpleReader { delimiter, finder }
+    }
+
+    /// Where the first step reads, past the opening delimiter (no preamble before it).
+    fn opening(&self, body: &[u8]) -> Option<usize> {
+        let opening = &self.delimiter[2..];
+        body.starts_with(opening).then_some(opening.len())
+    }
+
+    /// The step at `at` (just past a delimiter). `whole`: the body is all there; otherwise
+    /// only its beginning is, and a file part's data is not looked for.
+    fn step<'a>(&self, body: &'a [u8], at: usize, whole: bool) -> Option<Step<'a>> {
+        let short = (!whole).then_some(Step::Short);
         let rest = &body[at..];
+        if rest.len() < 2 {
+            return if rest == b"-" || rest == b"\r" || rest.is_empty() {
+                short
+            } else {
+                None
+            };
+        }
         if rest.starts_with(b"--") {
-            // The closing delimiter: what follows is an epilogue, ignored.
-            return Some(parts);
+            return Some(Step::Closing);
         }
         let head_at = at + 2;
-        if !rest.starts_with(b"\r\n") || body[head_at..].starts_with(b"\r\n") {
+        if !rest.starts_with(b"\r\n") {
             return None;
         }
-        let window = &body[head_at..body.len().min(head_at + PART_HEAD_BYTES)];
-        let head_len = find_head_end(window)?;
+        match body.get(head_at..head_at + 2) {
+            Some(b"\r\n") => return None,
+            Some(_) => {}
+            None if body.len() == head_at || body[head_at] == b'\r' => return short,
+            None => {}
+        }
+        let window_end = body.len().min(head_at + PART_HEAD_BYTES);
+        let window = &body[head_at..window_end];
+        let Some(head_len) = find_head_end(window) else {
+            // Cut before the head's end (a head longer than the window goes to multer).
+            return if window_end < head_at + PART_HEAD_BYTES {
+                short
+            } else {
+                None
+            };
+        };
         let head = std::str::from_utf8(&body[head_at..head_at + head_len]).ok()?;
         let (name, filename) = form_data_names(head)?;
         let data_at = head_at + head_len + 4;
-        let data_len = next_delimiter.find(&body[data_at..])?;
-        parts.push(SimplePart {
-            name,
-            filename,
-            data: data_at..data_at + data_len,
-        });
-        at = data_at + data_len + delimiter.len();
+        if let (false, "file", Some(filename)) = (whole, name, filename) {
+            return Some(Step::File(filename, data_at));
+        }
+        let Some(data_len) = self.finder.find(&body[data_at..]) else {
+            return short;
+        };
+        Some(Step::Part(
+            SimplePart {
+                name,
+                filename,
+                data: data_at..data_at + data_len,
+            },
+            data_at + data_len + self.delimiter.len(),
+        ))
     }
 }
 
@@ -697,137 +950,182 @@ impl Multipart {
     }
 }
 
-async fn parse_multipart(
-    mut multipart: Multipart,
-    tmp_dir: &std::path::Path,
-    limits: &BodyLimits,
-    cut_short: Option<&std::sync::atomic::AtomicBool>,
-) -> ApiResult<Form> {
-    let mut form = Form::default();
-    let bad = |e: multer::Error| {
-        // A body that ended before the form did (told apart for a body replayed after it
-        // failed).
-        if let (
-            Some(flag),
-            multer::Error::IncompleteStream
-            | multer::Error::IncompleteFieldData { .. }
-            | multer::Error::IncompleteHeaders,
-        ) = (cut_short, &e)
-        {
-            flag.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        ApiError::bad(format!("Invalid multipart body: {e}"))
-    };
-    let mut fields = 0usize;
-    let mut text = TextFields::default();
-    while let Some(mut field) = multipart.parts.next_field().await.map_err(bad)? {
-        fields += 1;
-        if fields > limits.max_fields {
+/// A form being read: what it holds so far, and its parts counted.
+#[derive(Default)]
+struct Reading {
+    form: Form,
+    fields: usize,
+    text: TextFields,
+}
+
+impl Reading {
+    /// Counts one more part.
+    fn count(&mut self, limits: &BodyLimits) -> ApiResult<()> {
+        self.fields += 1;
+        if self.fields > limits.max_fields {
             return Err(too_many(limits.max_fields));
         }
+        Ok(())
+    }
+}
+
+/// Where a file part's data comes from.
+enum FileSource<'a, 'b> {
+    Multer(&'a mut multer::Field<'static>),
+    InPlace(&'a mut FileData<'b, axum::body::BodyDataStream>),
+}
+
+impl FileSource<'_, '_> {
+    async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, multer::Error> {
+        match self {
+            FileSource::Multer(field) => field.chunk().await,
+            FileSource::InPlace(data) => data.chunk().await,
+        }
+    }
+}
+
+async fn parse_multipart(
+    mut multipart: Multipart,
+    mut reading: Reading,
+    tmp_dir: &std::path::Path,
+    limits: &BodyLimits,
+    bad: &(dyn Fn(multer::Error) -> ApiError + Sync),
+) -> ApiResult<Form> {
+    while let Some(mut field) = multipart.parts.next_field().await.map_err(bad)? {
+        reading.count(limits)?;
         let name = field.name().unwrap_or("").to_string();
         let filename = field.file_name().map(str::to_string);
         match filename {
             Some(filename) if name == "file" => {
-                let so_far = fields_so_far(&form.params);
-                if let Some(check) = &limits.early_check {
-                    check(&so_far)?;
-                }
-                let placed = match &limits.placement {
-                    Some(p) => p.place(&so_far).await,
-                    None => None,
-                };
-                let in_place = placed.is_some();
-                let mut mirror = match (&limits.mirror, in_place) {
-                    (Some(m), false) => {
-                        let file_len = multipart.file_len(m.body_length());
-                        m.start(&so_far, file_len).await
-                    }
-                    _ => None,
-                };
-                // A store that answers the MD5 of what it stored spares hashing the file here.
-                let store_hashes = mirror.as_ref().is_some_and(|m| m.sink.gives_md5());
-                let hashing = if store_hashes {
-                    Hashing::Off
-                } else {
-                    Hashing::Fresh
-                };
-                let mut writer = match placed {
-                    Some(p) => BlobWriter::create_placed(&p.file, p.offset, p.len, p.tap).await?,
-                    None => {
-                        BlobWriter::create_with(tmp_dir, limits.max_file_bytes, hashing).await?
-                    }
-                };
-                let mut overflow: Option<u64> = None;
-                while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    if let Some(total) = overflow.as_mut() {
-                        // Keep reading to report the size and leave the connection usable, but
-                        // not forever: past a margin the part is given up on.
-                        *total += chunk.len() as u64;
-                        if *total > limits.max_file_bytes.saturating_add(OVERFLOW_DRAIN) {
-                            break;
-                        }
-                        continue;
-                    }
-                    let len = chunk.len() as u64;
-                    let sent = chunk.clone();
-                    match writer.write(chunk).await {
-                        Ok(()) => {}
-                        Err(WriteError::TooLarge { .. }) => {
-                            overflow = Some(writer.written() + len);
-                            mirror = None;
-                            continue;
-                        }
-                        Err(WriteError::Io(e)) => return Err(e.into()),
-                    }
-                    // The store falling behind slows the body down; failing, it is left out
-                    // (the finished file is sent as usual).
-                    if let Some(m) = mirror.as_mut() {
-                        if let Err(e) = m.sink.write(sent).await {
-                            tracing::warn!(error = %e, "sending an upload to the store as it arrives failed");
-                            mirror = None;
-                        }
-                    }
-                }
-                if let Some(total) = overflow {
-                    if in_place {
-                        return Err(ApiError::bad(format!(
-                            "Invalid Content-Range header: the part has {total} bytes, more than its range"
-                        )));
-                    }
-                    return Err(too_large(total, limits.max_file_bytes));
-                }
-                let mut blob = writer.finish().await?;
-                if let Some(Mirror { sink, object, .. }) = mirror {
-                    match sink.finish().await {
-                        Ok(md5) => {
-                            if let (Some(md5), true) = (md5, store_hashes) {
-                                blob.md5 = md5;
-                            }
-                            blob.stored = Some(object);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "completing an upload sent to the store as it arrived failed");
-                        }
-                    }
-                }
-                if store_hashes {
-                    blob.ensure_md5().await?;
-                }
-                form.file = Some(FilePart { blob, filename });
+                let file_len = limits
+                    .mirror
+                    .as_ref()
+                    .and_then(|m| multipart.file_len(m.body_length()));
+                let source = FileSource::Multer(&mut field);
+                take_file(
+                    &mut reading,
+                    &filename,
+                    source,
+                    file_len,
+                    tmp_dir,
+                    limits,
+                    bad,
+                )
+                .await?;
             }
             _ => {
                 let mut buf: Vec<u8> = Vec::new();
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
                     // All text fields together stay within the limit (they are in memory).
-                    text.take(&name, chunk.len(), limits, &mut form)?;
+                    reading
+                        .text
+                        .take(&name, chunk.len(), limits, &mut reading.form)?;
                     buf.extend_from_slice(&chunk);
                 }
-                push_text(&mut form.params, &name, buf);
+                push_text(&mut reading.form.params, &name, buf);
             }
         }
     }
-    Ok(form)
+    Ok(reading.form)
+}
+
+/// Reads the file part (the fields before it checked, and given to the placement and the
+/// mirror) into the form. `file_len`: the part's length if it is the body's last part.
+async fn take_file(
+    reading: &mut Reading,
+    filename: &str,
+    mut data: FileSource<'_, '_>,
+    file_len: Option<u64>,
+    tmp_dir: &std::path::Path,
+    limits: &BodyLimits,
+    bad: &(dyn Fn(multer::Error) -> ApiError + Sync),
+) -> ApiResult<()> {
+    let form = &mut reading.form;
+    let so_far = fields_so_far(&form.params);
+    if let Some(check) = &limits.early_check {
+        check(&so_far)?;
+    }
+    let placed = match &limits.placement {
+        Some(p) => p.place(&so_far).await,
+        None => None,
+    };
+    let in_place = placed.is_some();
+    let mut mirror = match (&limits.mirror, in_place) {
+        (Some(m), false) => m.start(&so_far, file_len).await,
+        _ => None,
+    };
+    // A store that answers the MD5 of what it stored spares hashing the file here.
+    let store_hashes = mirror.as_ref().is_some_and(|m| m.sink.gives_md5());
+    let hashing = if store_hashes {
+        Hashing::Off
+    } else {
+        Hashing::Fresh
+    };
+    let mut writer = match placed {
+        Some(p) => BlobWriter::create_placed(&p.file, p.offset, p.len, p.tap).await?,
+        None => BlobWriter::create_with(tmp_dir, limits.max_file_bytes, hashing).await?,
+    };
+    let mut overflow: Option<u64> = None;
+    while let Some(chunk) = data.chunk().await.map_err(bad)? {
+        if let Some(total) = overflow.as_mut() {
+            // Keep reading to report the size and leave the connection usable, but
+            // not forever: past a margin the part is given up on.
+            *total += chunk.len() as u64;
+            if *total > limits.max_file_bytes.saturating_add(OVERFLOW_DRAIN) {
+                break;
+            }
+            continue;
+        }
+        let len = chunk.len() as u64;
+        let sent = chunk.clone();
+        match writer.write(chunk).await {
+            Ok(()) => {}
+            Err(WriteError::TooLarge { .. }) => {
+                overflow = Some(writer.written() + len);
+                mirror = None;
+                continue;
+            }
+            Err(WriteError::Io(e)) => return Err(e.into()),
+        }
+        // The store falling behind slows the body down; failing, it is left out
+        // (the finished file is sent as usual).
+        if let Some(m) = mirror.as_mut() {
+            if let Err(e) = m.sink.write(sent).await {
+                tracing::warn!(error = %e, "sending an upload to the store as it arrives failed");
+                mirror = None;
+            }
+        }
+    }
+    if let Some(total) = overflow {
+        if in_place {
+            return Err(ApiError::bad(format!(
+                "Invalid Content-Range header: the part has {total} bytes, more than its range"
+            )));
+        }
+        return Err(too_large(total, limits.max_file_bytes));
+    }
+    let mut blob = writer.finish().await?;
+    if let Some(Mirror { sink, object, .. }) = mirror {
+        match sink.finish().await {
+            Ok(md5) => {
+                if let (Some(md5), true) = (md5, store_hashes) {
+                    blob.md5 = md5;
+                }
+                blob.stored = Some(object);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "completing an upload sent to the store as it arrived failed");
+            }
+        }
+    }
+    if store_hashes {
+        blob.ensure_md5().await?;
+    }
+    form.file = Some(FilePart {
+        blob,
+        filename: filename.to_string(),
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1058,9 +1356,8 @@ mod tests {
         assert_eq!(simple_parts(format!("--{b}--").as_bytes(), b), Some(vec![]));
     }
 
-    /// Whatever the body, reading it whole gives what multer gives reading it streamed.
-    #[tokio::test]
-    async fn a_body_read_whole_reads_as_it_does_streamed() {
+    /// Bodies written the usual way and otherwise, for reading both ways.
+    fn sample_bodies() -> Vec<Vec<u8>> {
         let b = "XyZ0123";
         let part =
             |cd: &str, data: &str| format!("--{b}\r\nContent-Disposition: {cd}\r\n\r\n{data}\r\n");
@@ -1069,7 +1366,7 @@ mod tests {
             "form-data; name=\"file\"; filename=\"a.png\"",
             "\u{89}PNG data",
         );
-        let bodies: Vec<Vec<u8>> = vec![
+        vec![
             // The usual ones.
             format!("{}{}{file}{end}", part("form-data; name=\"a\"", "1"), part("form-data; name=\"b\"", "")).into(),
             format!("{}{end}", part("form-data; name=\"tags[]\"", "x")).into(),
@@ -1111,7 +1408,129 @@ mod tests {
                 v.extend_from_slice(end.as_bytes());
                 v
             },
-        ];
+        ]
+    }
+
+    /// Reads `body` streamed in pieces of `piece` bytes, the file part in place or all through
+    /// multer. With `fails`, the body then fails.
+    async fn streamed(
+        body: &[u8],
+        piece: usize,
+        fails: bool,
+        in_place: bool,
+        limits: &BodyLimits,
+    ) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let pieces: Vec<Result<bytes::Bytes, axum::Error>> = body
+            .chunks(piece)
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        // The failure comes once what came before it is read (a while after it).
+        let failure = futures_util::stream::once(async {
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            Err(axum::Error::new("cut off"))
+        })
+        .take(usize::from(fails));
+        let body = Body::from_stream(futures_util::stream::iter(pieces).chain(failure));
+        let ct = "multipart/form-data; boundary=XyZ0123";
+        outcome(read_multipart_as(ct, body, dir.path(), limits, None, in_place).await)
+    }
+
+    /// Whatever the body and however it arrives, taking its file part in place reads it as
+    /// multer does.
+    #[tokio::test(start_paused = true)]
+    async fn a_file_part_taken_in_place_reads_as_multer_reads_it() {
+        let b = "XyZ0123";
+        let part =
+            |cd: &str, data: &str| format!("--{b}\r\nContent-Disposition: {cd}\r\n\r\n{data}\r\n");
+        let file = |data: &str| part("form-data; name=\"file\"; filename=\"a.png\"", data);
+        let field = part("form-data; name=\"timestamp\"", "1");
+        let end = format!("--{b}--\r\n");
+        let mut bodies = sample_bodies();
+        for data in [
+            "",
+            "\r",
+            "\r\n",
+            "\r\n--XyZ012",
+            "a\r\n--XyZ012\r\n-\r\r\n--",
+            "\r\n-XyZ0123\r\n--XyZ01234",
+            "x\r\n--XyZ0123x",
+            "x\r\n--XyZ0123--",
+            "x\r\n--XyZ0123  \r\nContent-Disposition: form-data; name=\"late\"\r\n\r\n2",
+        ] {
+            bodies.push(format!("{field}{}{end}", file(data)).into());
+            bodies.push(format!("{}{field}{end}epilogue", file(data)).into());
+            bodies.push(format!("{field}{}{}{end}", file(data), file("second")).into());
+            bodies.push(format!("{field}{}", file(data)).into());
+            bodies.push(format!("{field}{}--{b}-", file(data)).into());
+        }
+        let complete = format!("{field}{}{end}", file("some \r\n-- data"));
+        for cut in [
+            0,
+            3,
+            20,
+            field.len() + 30,
+            complete.len() - 12,
+            complete.len() - 3,
+        ] {
+            bodies.push(complete.as_bytes()[..cut].to_vec());
+        }
+        let mut long = field.clone().into_bytes();
+        long.extend_from_slice(
+            b"--XyZ0123\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big\"\r\n\r\n",
+        );
+        for i in 0..40_000u32 {
+            long.extend_from_slice(if i % 7 == 0 {
+                b"\r\n--XyZ01"
+            } else {
+                b"\r\r\n-x"
+            });
+        }
+        long.extend_from_slice(format!("\r\n{end}").as_bytes());
+        bodies.push(long);
+        let mut limits = limits();
+        for max_file in [1000, 1 << 20] {
+            limits.max_file_bytes = max_file;
+            for body in &bodies {
+                let sizes: &[usize] = if body.len() > 10_000 {
+                    &[4093, 65536]
+                } else {
+                    &[1, 2, 3, 5, 8, 13, 64, 100_000]
+                };
+                for &piece in sizes {
+                    // (A body spilled to a file waits on other threads, the paused clock
+                    // moving on meanwhile: the failure might come before multer reads.)
+                    for fails in [false, body.len() < 10_000] {
+                        let ours = streamed(body, piece, fails, true, &limits).await;
+                        let multer = streamed(body, piece, fails, false, &limits).await;
+                        let shown = String::from_utf8_lossy(&body[..body.len().min(400)]);
+                        let context = format!("{piece}-byte pieces, fails: {fails}: {shown}");
+                        // A body that fails within its first bytes is read as a body read
+                        // whole is: the form it held before the failure, else the failure.
+                        // multer may tell what it found wrong first, but refuses it too.
+                        if fails && ours.starts_with("error") {
+                            assert!(multer.starts_with("error"), "{context}: {multer}");
+                        } else {
+                            assert_eq!(ours, multer, "{context}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whatever the body, reading it whole gives what multer gives reading it streamed.
+    #[tokio::test]
+    async fn a_body_read_whole_reads_as_it_does_streamed() {
+        let b = "XyZ0123";
+        let part =
+            |cd: &str, data: &str| format!("--{b}\r\nContent-Disposition: {cd}\r\n\r\n{data}\r\n");
+        let end = format!("--{b}--\r\n");
+        let file = part(
+            "form-data; name=\"file\"; filename=\"a.png\"",
+            "\u{89}PNG data",
+        );
+        let bodies = sample_bodies();
         let limits = limits();
         for body in &bodies {
             let (whole, streamed) = both_ways(body, &limits).await;

@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod extract;
+mod file_data;
 pub mod ratelimit;
 pub mod server;
 pub mod tls;

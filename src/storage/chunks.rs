@@ -285,15 +285,13 @@ impl ChunkRuntime {
     }
 }
 
-/// Gives `n` bytes of backlog back when dropped (after the hasher processed a message).
-struct Drained<'a>(&'a (Mutex<usize>, Condvar), usize);
+/// Gives a fed chunk's room in the backlog back when dropped (after the hasher processed it).
+struct Drained<'a>(&'a tokio::sync::Semaphore, usize);
 
 impl Drop for Drained<'_> {
     fn drop(&mut self) {
-        let (lock, cvar) = self.0;
-        let mut queued = lock.lock().unwrap_or_else(|e| e.into_inner());
-        *queued = queued.saturating_sub(self.1);
-        cvar.notify_all();
+        self.0
+            .add_permits(crate::storage::temp::Tap::room_for(HASH_BACKLOG, self.1) as usize);
     }
 }
 
@@ -326,8 +324,8 @@ const HASH_BACKLOG: usize = 8 * 1024 * 1024;
 pub struct FileHasher {
     shared: Arc<(Mutex<HashState>, Condvar)>,
     tx: std::sync::mpsc::SyncSender<Msg>,
-    /// Bytes fed and not yet hashed.
-    backlog: Arc<(Mutex<usize>, Condvar)>,
+    /// Room for bytes fed and not yet hashed.
+    backlog: Arc<tokio::sync::Semaphore>,
 }
 
 impl FileHasher {
@@ -342,7 +340,7 @@ impl FileHasher {
         ));
         let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(HASH_QUEUE);
         let worker = shared.clone();
-        let backlog = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let backlog = Arc::new(tokio::sync::Semaphore::new(HASH_BACKLOG));
         let drained = backlog.clone();
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 1024 * 1024];
@@ -451,25 +449,15 @@ impl FileHasher {
     ///
     /// [`commit`]: FileHasher::commit
     pub fn tap(&self, token: u64) -> crate::storage::temp::Tap {
-        let (tx, backlog) = (self.tx.clone(), self.backlog.clone());
-        Box::new(move |offset, bytes| {
-            let (lock, cvar) = &*backlog;
-            let mut queued = lock.lock().unwrap_or_else(|e| e.into_inner());
-            while *queued > 0 && *queued + bytes.len() > HASH_BACKLOG {
-                queued = cvar.wait(queued).unwrap_or_else(|e| e.into_inner());
-            }
-            *queued += bytes.len();
-            drop(queued);
-            if tx
-                .try_send(Msg::Data(token, offset, bytes.clone()))
-                .is_err()
-            {
-                // Not queued after all (full or closed): read back from the file later.
-                let mut queued = lock.lock().unwrap_or_else(|e| e.into_inner());
-                *queued -= bytes.len();
-                cvar.notify_all();
-            }
-        })
+        let tx = self.tx.clone();
+        crate::storage::temp::Tap {
+            room: self.backlog.clone(),
+            most: HASH_BACKLOG,
+            // Not queued (full or closed): read back from the file later.
+            give: Box::new(move |offset, bytes| {
+                tx.try_send(Msg::Data(token, offset, bytes)).is_ok()
+            }),
+        }
     }
 
     /// The part written through the tap of `token` was recorded; then hash up to `target`
@@ -510,8 +498,8 @@ impl FileHasher {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hasher_follows_a_growing_file() {
+    #[tokio::test]
+    async fn hasher_follows_a_growing_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -520,8 +508,10 @@ mod tests {
         let h = rt.hasher("s", &path);
         // Bytes fed by a request that is never committed do not count, and a retry of the
         // same range under the same token starts over.
-        (h.tap(7))(0, bytes::Bytes::from_static(b"junk"));
-        (h.tap(7))(0, bytes::Bytes::copy_from_slice(&data[..500_000]));
+        h.tap(7).feed(0, bytes::Bytes::from_static(b"junk")).await;
+        h.tap(7)
+            .feed(0, bytes::Bytes::copy_from_slice(&data[..500_000]))
+            .await;
         h.commit(7, 400_000);
         h.advance(1_000_000);
         use std::io::Write;

@@ -3,10 +3,10 @@
 //! [`BlobWriter`] takes the body chunk by chunk. Small bodies (up to [`SPILL_BYTES`]) stay in
 //! memory, in reused buffers, and are hashed once complete, side by side with other requests'
 //! bodies ([`crate::storage::md5::batch`]): no file until they are stored. Larger ones spill
-//! to a temporary file: a blocking thread writes the bytes while a second thread computes the
-//! MD5 etag of the same bytes, so hashing runs in parallel with the disk and the async side
-//! only forwards reference-counted buffers. Memory stays bounded by the spill size and the
-//! channel capacities whatever the body size.
+//! to a temporary file, written as the chunks come on the request's own thread (see
+//! [`Spilled`]), while a second thread computes the MD5 etag of the same bytes, so hashing runs
+//! in parallel with the transfer and only reference-counted buffers change threads. Memory
+//! stays bounded by the spill size and the channel capacities whatever the body size.
 
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use crate::storage::md5::Md5;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// Chunks in flight between the request and the writer thread.
 const QUEUE: usize = 16;
@@ -340,11 +339,22 @@ impl Drop for PathGuard {
     }
 }
 
-/// The file-backed stage of a writer.
+/// The file-backed stage of a writer: chunks are written as they come, on the request's own
+/// thread (a write into the page cache takes microseconds, and the bytes are still in that
+/// core's cache), in writes that end at a page's edge. A write found slow (the kernel holding
+/// writers back while it flushes, a slow disk) moves the rest of the body's writes to
+/// blocking threads, so that a request's thread never waits on a disk for long.
 struct Spilled {
-    /// Chunks to write, and whether they still need hashing.
-    tx: Option<mpsc::Sender<(Bytes, bool)>>,
-    task: Option<JoinHandle<std::io::Result<Option<Md5>>>>,
+    /// `None` only while a write runs on a blocking thread.
+    file: Option<std::fs::File>,
+    pending: Pending,
+    /// The file offset of the first pending chunk's start.
+    offset: u64,
+    tap: Option<Tap>,
+    /// The thread hashing the chunks, and its result once it has them all.
+    hasher: Option<(mpsc::Sender<Bytes>, tokio::sync::oneshot::Receiver<Md5>)>,
+    /// Writes go to blocking threads.
+    slow: bool,
     guard: PathGuard,
 }
 
@@ -367,8 +377,39 @@ pub fn temp_path(dir: &Path) -> PathBuf {
     dir.join(format!("upload-{}.part", crate::util::random_hex(16)))
 }
 
-/// Receives every chunk a placed writer wrote, with its offset in the file.
-pub type Tap = Box<dyn FnMut(u64, Bytes) + Send>;
+/// Receives every chunk a placed writer wrote, with its offset in the file, once the consumer
+/// has room for it.
+pub struct Tap {
+    /// The consumer's room, in bytes: taken for a chunk before it is given, given back by the
+    /// consumer once it is done with the chunk.
+    pub room: std::sync::Arc<tokio::sync::Semaphore>,
+    /// The most one chunk takes of the room (a larger chunk waits for all of it).
+    pub most: usize,
+    /// Gives the chunk; false when the consumer did not take it (its room is given back).
+    pub give: Box<dyn FnMut(u64, Bytes) -> bool + Send>,
+}
+
+impl Tap {
+    /// The room a chunk of `len` bytes takes.
+    pub fn room_for(most: usize, len: usize) -> u32 {
+        u32::try_from(len.min(most)).unwrap_or(u32::MAX)
+    }
+
+    pub async fn feed(&mut self, offset: u64, chunk: Bytes) {
+        let n = Self::room_for(self.most, chunk.len());
+        if let Ok(p) = self.room.acquire_many(n).await {
+            p.forget();
+        }
+        if !(self.give)(offset, chunk) {
+            self.room.add_permits(n as usize);
+        }
+    }
+}
+
+/// A write slower than this moves a body's writes to blocking threads (the kernel holds a
+/// writer back for 10 to 200 ms when it has too much to flush; a page-cache write of a piece
+/// of a body takes tens of microseconds).
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Where a spilled writer writes.
 enum Target {
@@ -378,8 +419,8 @@ enum Target {
     At(PathBuf, u64),
 }
 
-async fn spill(target: &Target, hashed: bool, mut tap: Option<Tap>) -> std::io::Result<Spilled> {
-    let mut offset = match target {
+async fn spill(target: &Target, hashed: bool, tap: Option<Tap>) -> std::io::Result<Spilled> {
+    let offset = match target {
         Target::At(_, offset) => *offset,
         Target::Temp(_) => 0,
     };
@@ -405,55 +446,176 @@ async fn spill(target: &Target, hashed: bool, mut tap: Option<Tap>) -> std::io::
         }
     };
     let file = file.into_std().await;
-    let (tx, mut rx) = mpsc::channel::<(Bytes, bool)>(QUEUE);
-    let task = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Md5>> {
-        let (htx, hasher) = match hashed.then(Md5::new) {
-            Some(mut md5) => {
-                let (htx, hrx) = std::sync::mpsc::sync_channel::<Bytes>(QUEUE);
-                let hasher = std::thread::spawn(move || {
-                    while let Ok(chunk) = hrx.recv() {
-                        md5.update(&chunk);
+    let hasher = hashed.then(|| {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut md5 = Md5::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                md5.update(&chunk);
+            }
+            let _ = done.send(md5);
+        });
+        (tx, result)
+    });
+    Ok(Spilled {
+        file: Some(file),
+        pending: Pending::default(),
+        offset,
+        tap,
+        hasher,
+        slow: false,
+        guard,
+    })
+}
+
+impl Spilled {
+    /// Takes a chunk, and whether it is to be hashed.
+    async fn push(&mut self, chunk: Bytes, hash: bool) -> std::io::Result<()> {
+        self.pending.push((chunk, hash));
+        // Gathered while writes wait on blocking threads.
+        if self.slow && self.pending.len < WRITE_BATCH {
+            return Ok(());
+        }
+        self.write_out(false).await
+    }
+
+    /// Writes what is pending (up to a page's edge unless `last`), then gives the chunks
+    /// written to the tap and the hasher.
+    async fn write_out(&mut self, last: bool) -> std::io::Result<()> {
+        let start = self.offset + self.pending.skip as u64;
+        let end = start + self.pending.len as u64;
+        let to = if last { end } else { end - end % PAGE };
+        if to > start {
+            let n = (to - start) as usize;
+            let mut done = Vec::new();
+            let mut file = self
+                .file
+                .take()
+                .ok_or_else(|| std::io::Error::other("writer lost its file"))?;
+            // A large write (a decoded data URI, say) goes to a blocking thread too.
+            let result = if self.slow || n > WRITE_BATCH {
+                let mut pending = std::mem::take(&mut self.pending);
+                let (f, p, d, r) = tokio::task::spawn_blocking(move || {
+                    let r = pending.write(&mut file, n, &mut done);
+                    (file, pending, done, r)
+                })
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                (file, self.pending, done) = (f, p, d);
+                r
+            } else {
+                let started = std::time::Instant::now();
+                let r = self.pending.write(&mut file, n, &mut done);
+                self.slow = started.elapsed() > SLOW_WRITE;
+                r
+            };
+            self.file = Some(file);
+            result?;
+            for (chunk, hash) in done {
+                let len = chunk.len() as u64;
+                if let Some(tap) = &mut self.tap {
+                    tap.feed(self.offset, chunk.clone()).await;
+                }
+                self.offset += len;
+                if let (Some((tx, _)), true) = (&self.hasher, hash) {
+                    if tx.send(chunk).await.is_err() {
+                        return Err(std::io::Error::other("hash thread stopped"));
                     }
-                    md5
-                });
-                (Some(htx), Some(hasher))
-            }
-            None => (None, None),
-        };
-        let mut file = std::io::BufWriter::with_capacity(32 * 1024, file);
-        let mut result = Ok(());
-        while let Some((chunk, hash)) = rx.blocking_recv() {
-            if let Err(e) = file.write_all(&chunk) {
-                result = Err(e);
-                break;
-            }
-            if let Some(tap) = &mut tap {
-                tap(offset, chunk.clone());
-            }
-            offset += chunk.len() as u64;
-            if let (Some(htx), true) = (&htx, hash) {
-                if htx.send(chunk).is_err() {
-                    break;
                 }
             }
         }
-        drop(htx);
-        let md5 = match hasher {
-            Some(h) => Some(
-                h.join()
-                    .map_err(|_| std::io::Error::other("hash thread panicked"))?,
-            ),
+        Ok(())
+    }
+
+    /// Writes the rest and returns the MD5 state of the hashed chunks, if hashed.
+    async fn finish(mut self) -> std::io::Result<(PathGuard, Option<Md5>)> {
+        self.write_out(true).await?;
+        let md5 = match self.hasher.take() {
+            Some((tx, result)) => {
+                drop(tx);
+                Some(
+                    result
+                        .await
+                        .map_err(|_| std::io::Error::other("hash thread stopped"))?,
+                )
+            }
             None => None,
         };
-        result?;
-        file.flush()?;
-        Ok(md5)
-    });
-    Ok(Spilled {
-        tx: Some(tx),
-        task: Some(task),
-        guard,
-    })
+        Ok((std::mem::replace(&mut self.guard, PathGuard(None)), md5))
+    }
+}
+
+/// Bytes written at once on a request's thread, at most (a larger write goes to a blocking
+/// thread), and what a body whose writes went to blocking threads gathers for one.
+const WRITE_BATCH: usize = 1024 * 1024;
+/// Writes end at a multiple of this (a page), the last one excepted: a write ending inside a
+/// page has the kernel fill the rest of the page with zeros, for the next write to overwrite.
+const PAGE: u64 = 4096;
+/// Chunks given to one `writev`, at most.
+const MAX_SLICES: usize = 64;
+
+/// Chunks received and not yet written whole, in order.
+#[derive(Default)]
+struct Pending {
+    chunks: std::collections::VecDeque<(Bytes, bool)>,
+    /// Bytes of the first chunk already written.
+    skip: usize,
+    /// Bytes not written yet.
+    len: usize,
+}
+
+impl Pending {
+    fn push(&mut self, chunk: (Bytes, bool)) {
+        self.len += chunk.0.len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Writes the next `n` bytes (several chunks a system call), moving the chunks written
+    /// whole to `done`.
+    fn write(
+        &mut self,
+        file: &mut std::fs::File,
+        mut n: usize,
+        done: &mut Vec<(Bytes, bool)>,
+    ) -> std::io::Result<()> {
+        while n > 0 {
+            let mut slices = Vec::with_capacity(self.chunks.len().min(MAX_SLICES));
+            let mut left = n;
+            for (i, (chunk, _)) in self.chunks.iter().enumerate().take(MAX_SLICES) {
+                let from = if i == 0 { self.skip } else { 0 };
+                let take = (chunk.len() - from).min(left);
+                slices.push(std::io::IoSlice::new(&chunk[from..from + take]));
+                left -= take;
+                if left == 0 {
+                    break;
+                }
+            }
+            let wrote = match file.write_vectored(&slices) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(w) => w,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            n -= wrote;
+            self.len -= wrote;
+            let mut k = wrote;
+            while k > 0 {
+                let Some((first, _)) = self.chunks.front() else {
+                    break;
+                };
+                let rest = first.len() - self.skip;
+                if k < rest {
+                    self.skip += k;
+                    break;
+                }
+                k -= rest;
+                self.skip = 0;
+                done.extend(self.chunks.pop_front());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl BlobWriter {
@@ -557,25 +719,7 @@ impl BlobWriter {
     }
 
     async fn send(s: &mut Spilled, chunk: Bytes, hash: bool) -> Result<(), WriteError> {
-        let Some(tx) = &s.tx else {
-            return Err(WriteError::Io(std::io::Error::other(
-                "writer already finished",
-            )));
-        };
-        if tx.send((chunk, hash)).await.is_err() {
-            // The writer thread stopped: report its error.
-            s.tx = None;
-            let err = match s.task.take() {
-                Some(task) => match task.await {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(_)) => std::io::Error::other("writer stopped early"),
-                    Err(e) => std::io::Error::other(e.to_string()),
-                },
-                None => std::io::Error::other("writer already finished"),
-            };
-            return Err(WriteError::Io(err));
-        }
-        Ok(())
+        s.push(chunk, hash).await.map_err(WriteError::Io)
     }
 
     /// Completes the blob and returns it with its size and MD5.
@@ -593,16 +737,9 @@ impl BlobWriter {
                 };
                 (Content::Memory(bytes), md5)
             }
-            Some(mut s) => {
-                s.tx = None;
-                let task = s
-                    .task
-                    .take()
-                    .ok_or_else(|| std::io::Error::other("writer already finished"))?;
-                let md5_state = task
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))??;
-                let content = match (&self.target, s.guard.0.take()) {
+            Some(s) => {
+                let (mut guard, md5_state) = s.finish().await?;
+                let content = match (&self.target, guard.0.take()) {
                     (Target::At(path, _), _) => Content::Placed(path.clone()),
                     (Target::Temp(_), Some(path)) => Content::File(path),
                     (Target::Temp(_), None) => {
