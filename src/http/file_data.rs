@@ -5,12 +5,24 @@
 //! It ends where multer ends a part's data (the first `\r\n--boundary` after the data's
 //! start) and fails as multer fails (a body that ends first, or a body that fails), so the
 //! two read every body alike.
+//!
+//! A piece keeps the whole buffer the connection read it into (8 to 64 KiB) for as long as
+//! it is held, and a client sending a few bytes at a time would make every one of them keep
+//! its own: pieces under [`COPY_BELOW`] bytes are copied together instead, and given on in
+//! pieces of about that size.
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
+/// Pieces of data shorter than this are copied together (the rest are given on as they are).
+pub const COPY_BELOW: usize = 32 * 1024;
+
 /// Reads a file part's data from `body`, the first bytes of it already read (`first`).
 pub struct FileData<'a, S> {
+    /// Short pieces, copied together.
+    small: Vec<u8>,
+    /// A long piece to give on once `small` has been.
+    long: Option<Bytes>,
     body: &'a mut S,
     /// `\r\n--boundary`.
     delimiter: Vec<u8>,
@@ -34,6 +46,8 @@ where
         delimiter.extend_from_slice(boundary.as_bytes());
         let finder = memchr::memmem::Finder::new(&delimiter).into_owned();
         FileData {
+            small: Vec::new(),
+            long: None,
             body,
             delimiter,
             finder,
@@ -45,6 +59,38 @@ where
 
     /// The next piece of the data; `None` once the delimiter is reached.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, multer::Error> {
+        if let Some(long) = self.long.take() {
+            return Ok(Some(long));
+        }
+        loop {
+            match self.next_piece().await? {
+                Some(p) if p.len() >= COPY_BELOW => {
+                    if self.small.is_empty() {
+                        return Ok(Some(p));
+                    }
+                    self.long = Some(p);
+                    return Ok(Some(self.take_small()));
+                }
+                Some(p) => {
+                    self.small.extend_from_slice(&p);
+                    if self.small.len() >= COPY_BELOW {
+                        return Ok(Some(self.take_small()));
+                    }
+                }
+                None if self.small.is_empty() => return Ok(None),
+                None => return Ok(Some(self.take_small())),
+            }
+        }
+    }
+
+    fn take_small(&mut self) -> Bytes {
+        let copied = Bytes::copy_from_slice(&self.small);
+        self.small.clear();
+        copied
+    }
+
+    /// The next piece of the data as the body's pieces hold it.
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, multer::Error> {
         let len = self.delimiter.len();
         loop {
             if self.after.is_some() {
@@ -144,6 +190,28 @@ mod tests {
             rest.extend_from_slice(&p);
         }
         Ok((got, rest))
+    }
+
+    /// Short pieces are given on copied together, long ones as they are.
+    #[tokio::test]
+    async fn short_pieces_are_copied_together() {
+        let mut body = vec![b'a'; 100_000];
+        body.extend_from_slice(b"\r\n--XyZ--");
+        for (size, most) in [(1, 100_000 / COPY_BELOW + 1), (50_000, 3)] {
+            let pieces: Vec<Result<Bytes, std::io::Error>> = body
+                .chunks(size)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            let mut stream = futures_util::stream::iter(pieces);
+            let mut data = FileData::new(&mut stream, "XyZ", Bytes::new());
+            let (mut chunks, mut total) = (0, 0);
+            while let Some(c) = data.chunk().await.unwrap() {
+                chunks += 1;
+                total += c.len();
+            }
+            assert_eq!(total, 100_000);
+            assert!(chunks <= most, "{size}: {chunks} chunks");
+        }
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ static STREAMING: AtomicUsize = AtomicUsize::new(0);
 static STREAMING_ENDED: AtomicU64 = AtomicU64::new(0);
 
 /// Milliseconds on a monotonic clock (from its first use; never 0).
-fn clock_ms() -> u64 {
+pub(crate) fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let ms = START
         .get_or_init(std::time::Instant::now)

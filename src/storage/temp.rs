@@ -341,9 +341,9 @@ impl Drop for PathGuard {
 
 /// The file-backed stage of a writer: chunks are written as they come, on the request's own
 /// thread (a write into the page cache takes microseconds, and the bytes are still in that
-/// core's cache), in writes that end at a page's edge. A write found slow (the kernel holding
-/// writers back while it flushes, a slow disk) moves the rest of the body's writes to
-/// blocking threads, so that a request's thread never waits on a disk for long.
+/// core's cache), in writes that end at a page's edge. Writes found slow (the kernel holding
+/// writers back while it flushes, a slow disk) send every body's writes to blocking threads
+/// for a while, so that the request threads do not wait on a disk.
 struct Spilled {
     /// `None` only while a write runs on a blocking thread.
     file: Option<std::fs::File>,
@@ -353,8 +353,8 @@ struct Spilled {
     tap: Option<Tap>,
     /// The thread hashing the chunks, and its result once it has them all.
     hasher: Option<(mpsc::Sender<Bytes>, tokio::sync::oneshot::Receiver<Md5>)>,
-    /// Writes go to blocking threads.
-    slow: bool,
+    /// Writes found slow since the last switch to blocking threads.
+    slow_writes: u32,
     guard: PathGuard,
 }
 
@@ -406,10 +406,21 @@ impl Tap {
     }
 }
 
-/// A write slower than this moves a body's writes to blocking threads (the kernel holds a
-/// writer back for 10 to 200 ms when it has too much to flush; a page-cache write of a piece
-/// of a body takes tens of microseconds).
-const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(20);
+/// [`SLOW_WRITES`] writes of one body slower than this move the writes of every body to
+/// blocking threads for [`SLOW_FOR_MS`] (the kernel holds a writer back for 10 to 200 ms at a
+/// time when it has too much to flush; a page-cache write of a piece of a body takes tens of
+/// microseconds, and one slow write alone may be the machine pausing the thread).
+const SLOW_WRITE: std::time::Duration = std::time::Duration::from_millis(10);
+const SLOW_WRITES: u32 = 3;
+const SLOW_FOR_MS: u64 = 10_000;
+/// Until when (in [`super::clock_ms`]) writes go to blocking threads (0: not since start).
+static SLOW_UNTIL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Whether a write was slow lately.
+fn writes_slow() -> bool {
+    let until = SLOW_UNTIL_MS.load(std::sync::atomic::Ordering::Relaxed);
+    until != 0 && super::clock_ms() < until
+}
 
 /// Where a spilled writer writes.
 enum Target {
@@ -464,7 +475,7 @@ async fn spill(target: &Target, hashed: bool, tap: Option<Tap>) -> std::io::Resu
         offset,
         tap,
         hasher,
-        slow: false,
+        slow_writes: 0,
         guard,
     })
 }
@@ -473,8 +484,8 @@ impl Spilled {
     /// Takes a chunk, and whether it is to be hashed.
     async fn push(&mut self, chunk: Bytes, hash: bool) -> std::io::Result<()> {
         self.pending.push((chunk, hash));
-        // Gathered while writes wait on blocking threads.
-        if self.slow && self.pending.len < WRITE_BATCH {
+        // Gathered while writes go to blocking threads.
+        if self.pending.len < WRITE_BATCH && writes_slow() {
             return Ok(());
         }
         self.write_out(false).await
@@ -494,7 +505,7 @@ impl Spilled {
                 .take()
                 .ok_or_else(|| std::io::Error::other("writer lost its file"))?;
             // A large write (a decoded data URI, say) goes to a blocking thread too.
-            let result = if self.slow || n > WRITE_BATCH {
+            let result = if n > WRITE_BATCH || writes_slow() {
                 let mut pending = std::mem::take(&mut self.pending);
                 let (f, p, d, r) = tokio::task::spawn_blocking(move || {
                     let r = pending.write(&mut file, n, &mut done);
@@ -507,7 +518,17 @@ impl Spilled {
             } else {
                 let started = std::time::Instant::now();
                 let r = self.pending.write(&mut file, n, &mut done);
-                self.slow = started.elapsed() > SLOW_WRITE;
+                if started.elapsed() > SLOW_WRITE {
+                    self.slow_writes += 1;
+                    if self.slow_writes >= SLOW_WRITES {
+                        tracing::debug!("slow writes: writes go to blocking threads for a while");
+                        self.slow_writes = 0;
+                        SLOW_UNTIL_MS.store(
+                            super::clock_ms() + SLOW_FOR_MS,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                }
                 r
             };
             self.file = Some(file);
@@ -848,6 +869,66 @@ mod tests {
             .unwrap();
         small.persist(&dir.path().join("dest")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("dest")).unwrap(), b"abc");
+    }
+
+    /// Chunks of any size written in place at any offset land where they belong, in order,
+    /// whether written on the request's thread or (after a slow write) on blocking threads, and
+    /// the tap sees each once, with its offset.
+    #[tokio::test]
+    async fn placed_chunks_land_at_their_offsets_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+        for slow in [false, true] {
+            let path = dir.path().join(format!("data{slow}"));
+            std::fs::write(&path, vec![b'x'; 5000]).unwrap();
+            SLOW_UNTIL_MS.store(
+                if slow { u64::MAX } else { 0 },
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            // A consumer done with each chunk at once.
+            let room = std::sync::Arc::new(tokio::sync::Semaphore::new(100_000));
+            let tap = Tap {
+                room: room.clone(),
+                most: 100_000,
+                give: Box::new({
+                    let seen = seen.clone();
+                    move |offset, bytes: Bytes| {
+                        room.add_permits(Tap::room_for(100_000, bytes.len()) as usize);
+                        seen.lock().unwrap().push((offset, bytes));
+                        true
+                    }
+                }),
+            };
+            let at = 4093;
+            let mut w = BlobWriter::create_placed(&path, at, data.len() as u64, Some(tap))
+                .await
+                .unwrap();
+            let mut from = 0;
+            for size in [1, 4095, 3, 70_000, 1 << 20, 2 << 20, 8191].iter().cycle() {
+                let to = (from + size).min(data.len());
+                w.write(Bytes::copy_from_slice(&data[from..to]))
+                    .await
+                    .unwrap();
+                from = to;
+                if from == data.len() {
+                    break;
+                }
+            }
+            w.finish().await.unwrap();
+            let file = std::fs::read(&path).unwrap();
+            assert_eq!(&file[..at as usize], &vec![b'x'; at as usize][..]);
+            assert_eq!(&file[at as usize..], &data[..]);
+            let mut next = at;
+            let mut tapped = Vec::new();
+            for (offset, bytes) in seen.lock().unwrap().iter() {
+                assert_eq!(*offset, next);
+                next += bytes.len() as u64;
+                tapped.extend_from_slice(bytes);
+            }
+            assert_eq!(tapped, data);
+        }
+        SLOW_UNTIL_MS.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A body that arrives in one piece is kept as it came; a second piece, or one too large
