@@ -331,13 +331,10 @@ async fn read_multipart_as(
                         push_text(&mut reading.form.params, part.name, data.to_vec());
                     }
                     reading.count(limits)?;
-                    // As the SDKs end a body: `\r\n--boundary--\r\n` after the data.
-                    let file_len = limits.mirror.as_ref().and_then(|m| {
-                        let closing = boundary.len() as u64 + 8;
-                        m.body_length()
-                            .checked_sub(data_at as u64)?
-                            .checked_sub(closing)
-                    });
+                    let file_len = limits
+                        .mirror
+                        .as_ref()
+                        .and_then(|m| last_part_len(m.body_length(), data_at as u64, &boundary));
                     let mut data = FileData::new(&mut *body, &boundary, head.slice(data_at..));
                     let source = FileSource::InPlace(&mut data);
                     take_file(
@@ -356,21 +353,16 @@ async fn read_multipart_as(
             },
             Err((read, None)) => before.extend(read),
             Err((read, Some(failed))) => {
-                // As if multer had read what came before the failure (see
-                // `read_whole_multipart`).
                 drop(body);
-                let ended = Body::from_stream(futures_util::stream::iter(
-                    read.into_iter().map(Ok::<_, axum::Error>),
-                ));
-                let cut = std::sync::atomic::AtomicBool::new(false);
-                let replay =
-                    read_multipart_as(content_type, ended, tmp_dir, limits, Some(&cut), false);
-                return match Box::pin(replay).await {
-                    Err(_) if cut.load(std::sync::atomic::Ordering::Relaxed) => {
-                        Err(bad(multer::Error::StreamReadFailed(Box::new(failed))))
-                    }
-                    done => done,
-                };
+                let read = read.into_iter().collect();
+                return Box::pin(read_before_failure(
+                    content_type,
+                    read,
+                    failed,
+                    tmp_dir,
+                    limits,
+                ))
+                .await;
             }
         }
     }
@@ -406,6 +398,38 @@ async fn read_multipart_as(
         }
     }
     Ok(form)
+}
+
+/// Reads the pieces of a body that then failed as if multer had read them while the body
+/// stalled: a form complete before the failure is taken (the rest of the body would only have
+/// been drained), fields refused as they came are refused, and a form still waiting for more
+/// meets the failure.
+async fn read_before_failure(
+    content_type: &str,
+    pieces: Vec<bytes::Bytes>,
+    failure: axum::Error,
+    tmp_dir: &std::path::Path,
+    limits: &BodyLimits,
+) -> ApiResult<Form> {
+    let ended = Body::from_stream(futures_util::stream::iter(
+        pieces.into_iter().map(Ok::<_, axum::Error>),
+    ));
+    let cut_short = std::sync::atomic::AtomicBool::new(false);
+    let read = read_multipart_as(
+        content_type,
+        ended,
+        tmp_dir,
+        limits,
+        Some(&cut_short),
+        false,
+    );
+    match Box::pin(read).await {
+        Err(_) if cut_short.load(std::sync::atomic::Ordering::Relaxed) => {
+            let failed = multer::Error::StreamReadFailed(Box::new(failure));
+            Err(ApiError::bad(format!("Invalid multipart body: {failed}")))
+        }
+        done => done,
+    }
 }
 
 /// The bytes of a body read to no avail, and the failure that ended them.
@@ -511,16 +535,14 @@ async fn read_whole_multipart(
         // complete before the failure is taken (the rest of the body was only drained), and
         // fields refused as they came are refused; a form still waiting for more meets the
         // failure.
-        let ended = Body::from_stream(replay(pieces));
-        let cut_short = std::sync::atomic::AtomicBool::new(false);
-        let read = read_multipart(content_type, ended, tmp_dir, limits, Some(&cut_short));
-        return match Box::pin(read).await {
-            Err(_) if cut_short.load(std::sync::atomic::Ordering::Relaxed) => {
-                let failed = multer::Error::StreamReadFailed(Box::new(e));
-                Err(ApiError::bad(format!("Invalid multipart body: {failed}")))
-            }
-            done => done,
-        };
+        return Box::pin(read_before_failure(
+            content_type,
+            pieces,
+            e,
+            tmp_dir,
+            limits,
+        ))
+        .await;
     }
     let whole = match pieces.len() {
         1 => pieces.swap_remove(0),
@@ -611,7 +633,7 @@ struct SimplePart<'a> {
 /// a quoted `filename`) holding no quote, backslash or semicolon. `None` for anything else:
 /// multer reads those (and tells what is wrong with a broken body).
 fn simple_parts<'a>(body: &'a [u8], boundary: &str) -> Option<Vec<SimplePart<'a>>> {
-    let delimiter = delimiter_of(boundary);
+    let delimiter = super::file_data::delimiter(boundary);
     let reader = SimpleReader::new(&delimiter);
     let mut parts = Vec::with_capacity(8);
     let mut at = reader.opening(body)?;
@@ -641,7 +663,7 @@ enum Head<'a> {
 /// to the data of the part named `file` with a file name; `None` when the body is not written
 /// the usual way, or ends (its closing delimiter) before such a part.
 fn simple_head<'a>(body: &'a [u8], boundary: &str) -> Option<Head<'a>> {
-    let delimiter = delimiter_of(boundary);
+    let delimiter = super::file_data::delimiter(boundary);
     let reader = SimpleReader::new(&delimiter);
     let Some(mut at) = reader.opening(body) else {
         return reader.delimiter[2..]
@@ -679,14 +701,6 @@ struct SimpleReader<'d> {
     /// `\r\n--boundary`.
     delimiter: &'d [u8],
     finder: memchr::memmem::Finder<'d>,
-}
-
-/// `\r\n--boundary`.
-fn delimiter_of(boundary: &str) -> Vec<u8> {
-    let mut delimiter = Vec::with_capacity(boundary.len() + 4);
-    delimiter.extend_from_slice(b"\r\n--");
-    delimiter.extend_from_slice(boundary.as_bytes());
-    delimiter
 }
 
 impl<'d> SimpleReader<'d> {
@@ -957,9 +971,15 @@ impl Multipart {
     /// ends as the SDKs end theirs (`\r\n--boundary--\r\n`).
     fn file_len(&self, body_length: u64) -> Option<u64> {
         let start = self.head.as_ref()?.file_data_start(&self.boundary)?;
-        let closing = self.boundary.len() as u64 + 8;
-        body_length.checked_sub(start)?.checked_sub(closing)
+        last_part_len(body_length, start, &self.boundary)
     }
+}
+
+/// The length of a body's last part whose data starts at `start`, when the body ends as the
+/// SDKs end theirs (`\r\n--boundary--\r\n`).
+fn last_part_len(body_length: u64, start: u64, boundary: &str) -> Option<u64> {
+    let closing = boundary.len() as u64 + 8;
+    body_length.checked_sub(start)?.checked_sub(closing)
 }
 
 /// A form being read: what it holds so far, and its parts counted.
@@ -1259,6 +1279,20 @@ mod tests {
         }
     }
 
+    /// `body` sent in pieces of `piece` bytes; then, with `fails_after_ms`, a failure that
+    /// much later (once what came before it is read).
+    fn sent_in_pieces(body: &[u8], piece: usize, fails_after_ms: Option<u64>) -> Body {
+        let pieces: Vec<Result<bytes::Bytes, axum::Error>> = body
+            .chunks(piece.max(1))
+            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+            .collect();
+        let failure = futures_util::stream::iter(fails_after_ms).then(|ms| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            Err(axum::Error::new("cut off"))
+        });
+        Body::from_stream(futures_util::stream::iter(pieces).chain(failure))
+    }
+
     /// Reads `body` whole (its length given, in one piece) and streamed in pieces of three bytes
     /// (no length).
     async fn both_ways(body: &[u8], limits: &BodyLimits) -> (String, String) {
@@ -1278,18 +1312,7 @@ mod tests {
         let ct = "multipart/form-data; boundary=XyZ0123";
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
-        let sent = |piece: usize| {
-            let pieces: Vec<Result<bytes::Bytes, axum::Error>> = body
-                .chunks(piece.max(1))
-                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-                .collect();
-            let failure = futures_util::stream::once(async {
-                tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-                Err(axum::Error::new("cut off"))
-            })
-            .take(usize::from(fails));
-            Body::from_stream(futures_util::stream::iter(pieces).chain(failure))
-        };
+        let sent = |piece: usize| sent_in_pieces(body, piece, fails.then_some(30));
         let mut whole = h.clone();
         let length = body.len() + if fails { 10 } else { 0 };
         whole.insert(header::CONTENT_LENGTH, length.into());
@@ -1433,17 +1456,7 @@ mod tests {
         limits: &BodyLimits,
     ) -> String {
         let dir = tempfile::tempdir().unwrap();
-        let pieces: Vec<Result<bytes::Bytes, axum::Error>> = body
-            .chunks(piece)
-            .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-            .collect();
-        // The failure comes once what came before it is read (a while after it).
-        let failure = futures_util::stream::once(async {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            Err(axum::Error::new("cut off"))
-        })
-        .take(usize::from(fails));
-        let body = Body::from_stream(futures_util::stream::iter(pieces).chain(failure));
+        let body = sent_in_pieces(body, piece, fails.then_some(5));
         let ct = "multipart/form-data; boundary=XyZ0123";
         outcome(read_multipart_as(ct, body, dir.path(), limits, None, in_place).await)
     }

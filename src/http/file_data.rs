@@ -14,6 +14,14 @@
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 
+/// The delimiter that ends a part: `\r\n--boundary`.
+pub fn delimiter(boundary: &str) -> Vec<u8> {
+    let mut delimiter = Vec::with_capacity(boundary.len() + 4);
+    delimiter.extend_from_slice(b"\r\n--");
+    delimiter.extend_from_slice(boundary.as_bytes());
+    delimiter
+}
+
 /// Pieces of data shorter than this are copied together (the rest are given on as they are).
 pub const COPY_BELOW: usize = 32 * 1024;
 
@@ -41,9 +49,7 @@ where
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     pub fn new(body: &'a mut S, boundary: &str, first: Bytes) -> Self {
-        let mut delimiter = Vec::with_capacity(boundary.len() + 4);
-        delimiter.extend_from_slice(b"\r\n--");
-        delimiter.extend_from_slice(boundary.as_bytes());
+        let delimiter = delimiter(boundary);
         let finder = memchr::memmem::Finder::new(&delimiter).into_owned();
         FileData {
             small: Vec::new(),

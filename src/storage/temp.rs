@@ -15,7 +15,7 @@ use crate::storage::md5::Md5;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
-/// Chunks in flight between the request and the writer thread.
+/// Chunks in flight between a request and its body's MD5 thread.
 const QUEUE: usize = 16;
 /// Bodies up to this size are kept in memory.
 pub const SPILL_BYTES: usize = 256 * 1024;
