@@ -119,15 +119,26 @@ impl std::ops::DerefMut for WriteConn {
     }
 }
 
-/// Copies the WAL's pages into the database file, on sqlx's worker thread: its file syncs
-/// must not stall the runtime thread that runs the inserter. Called with the turn taken,
-/// so the pool's connection is free.
-async fn checkpoint(pool: &AnyPool) {
-    if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-        .execute(pool)
-        .await
-    {
-        tracing::warn!(error = %e, "WAL checkpoint failed");
+/// Copies the WAL's pages into the database file, on sqlx's worker thread (its file syncs
+/// must not stall a runtime thread), in a task of its own beside the inserter.
+///
+/// The bulk of it runs while new rows go on being written: a passive checkpoint takes none
+/// of the locks a writer needs, so the uploads in flight do not wait for its copies and
+/// syncs (milliseconds on a real disk). What was written meanwhile is copied with the turn
+/// taken, no writer appending: the WAL is then wholly in the database file, and the next
+/// write starts it over from its beginning instead of letting it grow.
+async fn checkpoint(pool: AnyPool, turn: WriteTurn) {
+    let run = || async {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    };
+    run().await;
+    if let Ok(_turn) = take_turn(&turn).await {
+        run().await;
     }
 }
 
@@ -151,6 +162,8 @@ pub(super) fn spawn_inserter(
         let mut held_conn: Option<(sqlx::pool::PoolConnection<sqlx::Any>, usize)> = None;
         let mut held_turn: Option<(tokio::sync::OwnedSemaphorePermit, usize)> = None;
         let mut uncheckpointed = 0;
+        // The checkpoint running, if any: one at a time.
+        let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let first = match carry.take() {
                 Some(p) => p,
@@ -199,9 +212,12 @@ pub(super) fn spawn_inserter(
                         Ok((permit, used)) => {
                             let result = writer.insert(&records);
                             uncheckpointed += 1;
-                            if uncheckpointed >= CHECKPOINT_BATCHES {
+                            if uncheckpointed >= CHECKPOINT_BATCHES
+                                && checkpointing.as_ref().is_none_or(|c| c.is_finished())
+                            {
                                 uncheckpointed = 0;
-                                checkpoint(&pool).await;
+                                checkpointing =
+                                    Some(tokio::spawn(checkpoint(pool.clone(), turn.clone())));
                             }
                             if used + 1 < BATCHES_PER_HOLD {
                                 held_turn = Some((permit, used + 1));
