@@ -5,14 +5,31 @@
 //! takes too: this connection never races nephos's other writers for SQLite's write lock.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI32, Ordering};
 
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{ffi, params, Connection, OpenFlags};
 
 use super::{json_text, AssetRecord, DbError, ASSET_COLUMNS, SQLITE_PRAGMAS};
 
 pub(super) struct DirectWriter {
     conn: Connection,
     insert_asset: String,
+    /// The frames in the WAL after the last commit, as SQLite's WAL hook reports them. Boxed:
+    /// the hook holds its address, and it is dropped after the connection (field order).
+    frames: Box<AtomicI32>,
+}
+
+/// SQLite's WAL hook: called after each commit with the number of frames in the WAL.
+unsafe extern "C" fn note_frames(
+    frames_seen: *mut std::ffi::c_void,
+    _db: *mut ffi::sqlite3,
+    _name: *const std::ffi::c_char,
+    frames: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: the pointer is the writer's boxed counter, which outlives the connection.
+    let seen = unsafe { &*(frames_seen as *const AtomicI32) };
+    seen.store(frames, Ordering::Relaxed);
+    ffi::SQLITE_OK
 }
 
 const INSERT_TAG: &str = "INSERT INTO asset_tags (asset_id, tag, cloud, created_at) \
@@ -28,8 +45,19 @@ impl DirectWriter {
         for pragma in SQLITE_PRAGMAS {
             conn.execute_batch(pragma)?;
         }
-        // The inserter checkpoints the WAL itself, on sqlx's thread.
+        // The inserter checkpoints the WAL itself, on sqlx's thread, from the frame count this
+        // hook keeps (it replaces SQLite's own automatic checkpoint on this connection).
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let frames = Box::new(AtomicI32::new(0));
+        // SAFETY: the handle is this connection's; the counter is boxed (a fixed address)
+        // and dropped after the connection, the hook's only caller.
+        unsafe {
+            ffi::sqlite3_wal_hook(
+                conn.handle(),
+                Some(note_frames),
+                &*frames as *const AtomicI32 as *mut std::ffi::c_void,
+            );
+        }
         let width = ASSET_COLUMNS.split(',').count();
         let holes = (1..=width)
             .map(|n| format!("?{n}"))
@@ -41,7 +69,14 @@ impl DirectWriter {
                 "INSERT INTO assets ({ASSET_COLUMNS}) VALUES ({holes}) \
                  ON CONFLICT (cloud, resource_type, delivery_type, public_id) DO NOTHING"
             ),
+            frames,
         })
+    }
+
+    /// The frames in the WAL after this connection's last commit (fewer than before once a
+    /// checkpoint has copied them all and a commit has started the WAL over).
+    pub(super) fn wal_frames(&self) -> usize {
+        self.frames.load(Ordering::Relaxed).max(0) as usize
     }
 
     /// Inserts the rows that do not exist yet, and the tags of those, in one transaction;

@@ -39,9 +39,11 @@ pub(super) const BATCH_TAGS: usize = 4000;
 /// turn, when more keep coming.
 const BATCHES_PER_HOLD: usize = 16;
 
-/// Batches written on the direct SQLite connection between two checkpoints of the WAL
-/// (about the 1,000 pages at which SQLite checkpoints by itself).
-const CHECKPOINT_BATCHES: usize = 64;
+/// WAL frames (pages) the direct SQLite connection writes between two checkpoints: the 1,000
+/// at which SQLite checkpoints by itself. Counted in frames (SQLite's WAL hook), not batches:
+/// a batch of one asset writes a page to each of its B-trees, a full one a few pages per
+/// asset, and 64 full batches left tens of MiB of WAL between two checkpoints.
+const CHECKPOINT_FRAMES: usize = 1000;
 
 /// The longest a writer waits for its turn, and for the SQLite write pool's connection.
 pub(super) const WRITE_WAIT: Duration = Duration::from_secs(60);
@@ -126,19 +128,24 @@ impl std::ops::DerefMut for WriteConn {
 /// of the locks a writer needs, so the uploads in flight do not wait for its copies and
 /// syncs (milliseconds on a real disk). What was written meanwhile is copied with the turn
 /// taken, no writer appending: the WAL is then wholly in the database file, and the next
-/// write starts it over from its beginning instead of letting it grow.
+/// write starts it over from its beginning instead of letting it grow. The turn is held
+/// until the pool has its connection back ([`WriteConn`]'s drop): a connection whose call
+/// has answered still ends its statement on sqlx's worker thread, and a writer that began
+/// meanwhile would find the WAL still read and append to it.
 async fn checkpoint(pool: AnyPool, turn: WriteTurn) {
-    let run = || async {
+    async fn passive(conn: &mut sqlx::AnyConnection) {
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+            .execute(conn)
             .await
         {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
-    };
-    run().await;
-    if let Ok(_turn) = take_turn(&turn).await {
-        run().await;
+    }
+    if let Ok(mut conn) = pool.acquire().await {
+        passive(&mut conn).await;
+    }
+    if let Ok(mut conn) = WriteConn::take(&pool, Some(&turn)).await {
+        passive(&mut conn).await;
     }
 }
 
@@ -148,7 +155,7 @@ async fn checkpoint(pool: AnyPool, turn: WriteTurn) {
 ///
 /// With `direct` (a SQLite file), the rows are written on that connection, in place on the
 /// task's thread, with the write turn taken; the WAL is checkpointed every
-/// [`CHECKPOINT_BATCHES`]. Otherwise they go through a connection of the pool. Either is kept
+/// [`CHECKPOINT_FRAMES`]. Otherwise they go through a connection of the pool. Either is kept
 /// while batches follow one another (up to [`BATCHES_PER_HOLD`] of them) and given back when
 /// none is waiting.
 pub(super) fn spawn_inserter(
@@ -161,7 +168,8 @@ pub(super) fn spawn_inserter(
         let mut carry: Option<PendingInsert> = None;
         let mut held_conn: Option<(sqlx::pool::PoolConnection<sqlx::Any>, usize)> = None;
         let mut held_turn: Option<(tokio::sync::OwnedSemaphorePermit, usize)> = None;
-        let mut uncheckpointed = 0;
+        // The WAL's frames when the last checkpoint began (0 once the WAL started over).
+        let mut checkpointed_at = 0;
         // The checkpoint running, if any: one at a time.
         let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
@@ -211,11 +219,14 @@ pub(super) fn spawn_inserter(
                     match taken {
                         Ok((permit, used)) => {
                             let result = writer.insert(&records);
-                            uncheckpointed += 1;
-                            if uncheckpointed >= CHECKPOINT_BATCHES
+                            let frames = writer.wal_frames();
+                            if frames < checkpointed_at {
+                                checkpointed_at = 0;
+                            }
+                            if frames >= checkpointed_at + CHECKPOINT_FRAMES
                                 && checkpointing.as_ref().is_none_or(|c| c.is_finished())
                             {
-                                uncheckpointed = 0;
+                                checkpointed_at = frames;
                                 checkpointing =
                                     Some(tokio::spawn(checkpoint(pool.clone(), turn.clone())));
                             }
