@@ -128,10 +128,9 @@ impl std::ops::DerefMut for WriteConn {
 /// of the locks a writer needs, so the uploads in flight do not wait for its copies and
 /// syncs (milliseconds on a real disk). What was written meanwhile is copied with the turn
 /// taken, no writer appending: the WAL is then wholly in the database file, and the next
-/// write starts it over from its beginning instead of letting it grow. The turn is held
-/// until the pool has its connection back ([`WriteConn`]'s drop): a connection whose call
-/// has answered still ends its statement on sqlx's worker thread, and a writer that began
-/// meanwhile would find the WAL still read and append to it.
+/// write starts it over from its beginning instead of letting it grow. The turn is taken and
+/// given back as every other writer of the pool's connection does ([`WriteConn`]: held until
+/// the pool has its connection back, whose call may still be ending on sqlx's worker thread).
 async fn checkpoint(pool: AnyPool, turn: WriteTurn) {
     async fn passive(conn: &mut sqlx::AnyConnection) {
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
