@@ -359,25 +359,40 @@ async fn unknown_database_schemes_are_refused() {
     assert!(err.to_string().contains("unsupported database URL"));
 }
 
-/// New rows are written to a SQLite file on a connection of their own, whose WAL nephos
-/// checkpoints itself: one insert after another (a commit each) leaves the WAL file small,
-/// and every row is read back through the other connections.
-#[tokio::test]
-async fn sqlite_wal_stays_small_while_rows_go_in_one_by_one() {
+/// A SQLite store in a new folder (kept while the folder lives), and its WAL file's path.
+async fn sqlite_store_and_wal() -> (tempfile::TempDir, Arc<dyn MetaStore>, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     let store = db::connect(&format!("sqlite://{}?mode=rwc", path.display()))
         .await
         .unwrap();
     let wal = dir.path().join("t.db-wal");
+    (dir, store, wal)
+}
+
+/// Saves a record that must be created, and gives the WAL file's length after it.
+async fn save_new_and_measure_wal(
+    store: &dyn MetaStore,
+    record: AssetRecord,
+    wal: &std::path::Path,
+) -> u64 {
+    assert!(matches!(
+        store.save_asset(record, true).await.unwrap(),
+        SaveOutcome::Created(_)
+    ));
+    std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+}
+
+/// New rows are written to a SQLite file on a connection of their own, whose WAL nephos
+/// checkpoints itself: one insert after another (a commit each) leaves the WAL file small,
+/// and every row is read back through the other connections.
+#[tokio::test]
+async fn sqlite_wal_stays_small_while_rows_go_in_one_by_one() {
+    let (_dir, store, wal) = sqlite_store_and_wal().await;
     let mut largest = 0;
     for i in 0..2000 {
         let r = record(&format!("wal/{i}"), 1, &["a", "b"]);
-        assert!(matches!(
-            store.save_asset(r.clone(), true).await.unwrap(),
-            SaveOutcome::Created(_)
-        ));
-        largest = largest.max(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0));
+        largest = largest.max(save_new_and_measure_wal(&*store, r, &wal).await);
     }
     // 2,000 commits of a row, two tags and their index entries take tens of MiB of WAL
     // frames when nothing checkpoints them.
@@ -394,12 +409,7 @@ async fn sqlite_wal_stays_small_while_rows_go_in_one_by_one() {
 /// over from time to time, not grow with every batch.
 #[tokio::test]
 async fn sqlite_wal_stays_small_while_batches_keep_coming() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.db");
-    let store = db::connect(&format!("sqlite://{}?mode=rwc", path.display()))
-        .await
-        .unwrap();
-    let wal = dir.path().join("t.db-wal");
+    let (_dir, store, wal) = sqlite_store_and_wal().await;
     let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // 32 writers, each saving its next row as soon as the last one is in: batches follow one
     // another without a pause, as under a load of concurrent uploads.
@@ -409,11 +419,7 @@ async fn sqlite_wal_stays_small_while_batches_keep_coming() {
             tokio::spawn(async move {
                 for i in 0..250 {
                     let r = record(&format!("busy/{w}/{i}"), 1, &["a"]);
-                    assert!(matches!(
-                        store.save_asset(r, true).await.unwrap(),
-                        SaveOutcome::Created(_)
-                    ));
-                    let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+                    let len = save_new_and_measure_wal(&*store, r, &wal).await;
                     largest.fetch_max(len, std::sync::atomic::Ordering::Relaxed);
                 }
             })
