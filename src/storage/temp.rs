@@ -238,17 +238,54 @@ pub fn write_atomically(bytes: &[u8], dest: &Path) -> std::io::Result<()> {
 
 #[cfg(target_os = "linux")]
 mod linked {
+    use std::collections::HashMap;
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::path::Path;
+    use std::os::fd::OwnedFd;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex};
 
-    use rustix::fs::{AtFlags, OFlags, CWD};
+    use rustix::fs::{AtFlags, Mode, OFlags};
     use rustix::io::Errno;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     /// Set once the folder's filesystem or the kernel turned the unnamed file down: the named
     /// temporary file is used from then on.
     static UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+    /// Folders written into lately, held open (`O_PATH`): the unnamed file is made and linked
+    /// relative to its folder, so the kernel does not walk the folder's whole path twice per
+    /// write. A folder removed since is noticed (`ENOENT` through its handle) and opened again.
+    static FOLDERS: Mutex<Option<HashMap<PathBuf, Arc<OwnedFd>>>> = Mutex::new(None);
+    /// Folders held open at most (the blob store has 256 per cloud); past that, all are let go.
+    const MOST_FOLDERS: usize = 4096;
+
+    /// The handle of `dir`, held open or opened now (`fresh`: opened now, any held one let go).
+    fn folder(dir: &Path, fresh: bool) -> std::io::Result<Arc<OwnedFd>> {
+        let held = |f: &mut Option<HashMap<PathBuf, Arc<OwnedFd>>>| {
+            let map = f.get_or_insert_with(HashMap::new);
+            if fresh {
+                map.remove(dir);
+                None
+            } else {
+                map.get(dir).cloned()
+            }
+        };
+        if let Some(fd) = held(&mut FOLDERS.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(fd);
+        }
+        let fd = Arc::new(rustix::fs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?);
+        let mut guard = FOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        let map = guard.get_or_insert_with(HashMap::new);
+        if map.len() >= MOST_FOLDERS {
+            map.clear();
+        }
+        map.insert(dir.to_path_buf(), fd.clone());
+        Ok(fd)
+    }
 
     /// Writes `bytes` into an unnamed file (`O_TMPFILE`) in `dest`'s folder and links it at
     /// `dest` (`linkat` with `AT_EMPTY_PATH`): no temporary name is made, renamed and
@@ -258,7 +295,7 @@ mod linked {
         if UNAVAILABLE.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let Some(dir) = dest.parent() else {
+        let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
             return Ok(false);
         };
         let dir = if dir.as_os_str().is_empty() {
@@ -279,30 +316,46 @@ mod linked {
                     | Errno::NOENT
             )
         };
-        let opened = std::fs::OpenOptions::new()
-            .write(true)
-            .mode(0o666)
-            .custom_flags(OFlags::TMPFILE.bits() as i32)
-            .open(dir);
-        let mut file = match opened {
-            Ok(f) => f,
-            // A missing folder is the caller's to make.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(e),
-            Err(e) if Errno::from_io_error(&e).is_some_and(unavailable) => {
-                UNAVAILABLE.store(true, Ordering::Relaxed);
-                return Ok(false);
+        // What a held folder refuses is tried once more with the folder opened again (which
+        // fails with `NotFound` when it is really gone: the caller makes it).
+        let mut fresh = false;
+        loop {
+            let dirfd = folder(dir, fresh)?;
+            let opened = rustix::fs::openat(
+                &*dirfd,
+                ".",
+                OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o666),
+            );
+            let file = match opened {
+                Ok(fd) => std::fs::File::from(fd),
+                // Refused through a held handle: the folder may be gone (a removed folder
+                // answers `ENOENT` or `EPERM`, by filesystem); judged on a fresh handle.
+                Err(_) if !fresh => {
+                    fresh = true;
+                    continue;
+                }
+                Err(Errno::NOENT) => return Err(Errno::NOENT.into()),
+                Err(errno) if unavailable(errno) => {
+                    UNAVAILABLE.store(true, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                Err(errno) => return Err(errno.into()),
+            };
+            (&file).write_all(bytes)?;
+            match rustix::fs::linkat(&file, "", &*dirfd, name, AtFlags::EMPTY_PATH) {
+                Ok(()) => return Ok(true),
+                Err(Errno::EXIST) => return Ok(false),
+                Err(_) if !fresh => {
+                    fresh = true;
+                    continue;
+                }
+                Err(errno) if unavailable(errno) => {
+                    UNAVAILABLE.store(true, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                Err(errno) => return Err(errno.into()),
             }
-            Err(e) => return Err(e),
-        };
-        file.write_all(bytes)?;
-        match rustix::fs::linkat(&file, "", CWD, dest, AtFlags::EMPTY_PATH) {
-            Ok(()) => Ok(true),
-            Err(Errno::EXIST) => Ok(false),
-            Err(errno) if unavailable(errno) => {
-                UNAVAILABLE.store(true, Ordering::Relaxed);
-                Ok(false)
-            }
-            Err(errno) => Err(errno.into()),
         }
     }
 }
@@ -831,6 +884,36 @@ mod tests {
         std::fs::write(&dest, b"old").unwrap();
         assert!(!linked::write(b"new", &dest).unwrap());
         assert_eq!(std::fs::read(&dest).unwrap(), b"old");
+    }
+
+    /// The folders held open for the unnamed files follow a folder removed and made again,
+    /// and a folder removed for good is an error the caller sees (it makes the folder).
+    #[test]
+    fn writes_follow_a_folder_removed_and_made_again() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("shard");
+        std::fs::create_dir(&dir).unwrap();
+        let linked_here = linked::write(b"one", &dir.join("a.bin")).unwrap();
+        if !linked_here {
+            write_atomically(b"one", &dir.join("a.bin")).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        write_atomically(b"two", &dir.join("b.bin")).unwrap();
+        assert_eq!(std::fs::read(dir.join("b.bin")).unwrap(), b"two");
+        assert!(!dir.join("a.bin").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = write_atomically(b"three", &dir.join("c.bin")).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        std::fs::create_dir(&dir).unwrap();
+        write_atomically(b"three", &dir.join("c.bin")).unwrap();
+        assert_eq!(std::fs::read(dir.join("c.bin")).unwrap(), b"three");
+        // Nothing else was left in the folder (no temporary names).
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        // A removed folder did not turn the unnamed files off.
+        if linked_here {
+            assert!(linked::write(b"four", &dir.join("d.bin")).unwrap());
+        }
     }
 
     #[tokio::test]
