@@ -137,6 +137,9 @@ pub struct ServeArgs {
     /// Connections open at once at most (more are closed when they arrive).
     #[arg(long, env = "NEPHOS_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Threads that serve connections, each its own share of them (0: one per CPU).
+    #[arg(long, env = "NEPHOS_CONNECTION_THREADS")]
+    pub connection_threads: Option<usize>,
     /// Seconds after which a stored file no record refers to is removed.
     #[arg(long, env = "NEPHOS_ORPHAN_AGE_SECS")]
     pub orphan_age_secs: Option<u64>,
@@ -270,6 +273,7 @@ pub struct FileLimits {
     pub shutdown_timeout_secs: Option<u64>,
     pub body_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
+    pub connection_threads: Option<usize>,
     pub orphan_age_secs: Option<u64>,
     pub max_buffered_bytes: Option<u64>,
     pub render_concurrency: Option<usize>,
@@ -319,6 +323,8 @@ pub struct Limits {
     pub body_timeout_secs: u64,
     /// Open connections at most.
     pub max_connections: usize,
+    /// Threads serving connections (0: one per CPU).
+    pub connection_threads: usize,
     /// Age after which an unreferenced stored file is removed.
     pub orphan_age_secs: u64,
     /// Request text all requests together may hold in memory.
@@ -354,6 +360,7 @@ impl Default for Limits {
             shutdown_timeout_secs: 30,
             body_timeout_secs: 30,
             max_connections: 4096,
+            connection_threads: 0,
             orphan_age_secs: 3600,
             max_buffered_bytes: 128 * 1024 * 1024,
             render_concurrency: 0,
@@ -522,6 +529,10 @@ impl Config {
                 .max_connections
                 .or(fl.max_connections)
                 .unwrap_or(d.max_connections),
+            connection_threads: args
+                .connection_threads
+                .or(fl.connection_threads)
+                .unwrap_or(d.connection_threads),
             orphan_age_secs: args
                 .orphan_age_secs
                 .or(fl.orphan_age_secs)

@@ -15,6 +15,7 @@ static GLOBAL: allocator::Allocator = allocator::Allocator;
 fn main() -> std::process::ExitCode {
     #[cfg(not(target_os = "linux"))]
     allocator::tune();
+    nephos::http::server::on_thread_park(allocator::on_park);
     match tokio::runtime::Builder::new_multi_thread()
         .on_thread_park(allocator::on_park)
         .enable_all()

@@ -2,6 +2,12 @@
 //! ends idle keep-alive connections), a cap on open connections, and graceful shutdown.
 //! (Bodies have their own idle deadline, applied where they are read.) With TLS, each
 //! connection's first byte tells a TLS handshake (0x16) from plain HTTP: both on one port.
+//!
+//! Accepted connections are handed in turn to the connection threads (one per CPU by
+//! default), each a single-threaded runtime that serves its connections from start to end:
+//! a request and what it waits for (its row's batch, its answer) stay on one thread, with no
+//! hand-over between threads and no task moved between cores. Blocking work (renders, large
+//! writes) still goes to blocking threads; everything else runs on the main runtime.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +28,8 @@ pub async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let threads = ConnectionThreads::start(limits.connection_threads);
+    let mut turn = 0usize;
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
     // How long shutdown waits for requests in flight.
@@ -54,7 +62,30 @@ pub async fn run(
         let app = app.clone();
         let watcher = graceful.watcher();
         let tls = tls.clone();
-        conns.spawn(async move {
+        // To the next connection thread, re-registered with its runtime; on this runtime
+        // when there is none.
+        let handle = threads.next(&mut turn);
+        let stream = match handle {
+            Some(_) => match stream.into_std() {
+                Ok(s) => Conn::Moved(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hand a connection over");
+                    continue;
+                }
+            },
+            None => Conn::Here(stream),
+        };
+        let serve = async move {
+            let stream = match stream {
+                Conn::Here(s) => s,
+                Conn::Moved(s) => match tokio::net::TcpStream::from_std(s) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot take a connection over");
+                        return;
+                    }
+                },
+            };
             match tls {
                 None => serve_conn(stream, app, header_timeout, watcher).await,
                 Some(acceptor) => {
@@ -80,7 +111,11 @@ pub async fn run(
                 }
             }
             drop(permit);
-        });
+        };
+        match handle {
+            Some(h) => conns.spawn_on(serve, h),
+            None => conns.spawn(serve),
+        };
     }
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown())
@@ -89,6 +124,90 @@ pub async fn run(
     {
         tracing::warn!("shutdown: requests still in flight after {drain:?} are cut off");
         conns.abort_all();
+    }
+    // The connection threads end once the requests in flight were answered or cut off.
+    drop(threads);
+}
+
+/// An accepted connection: still registered with this runtime, or taken out of it to be
+/// registered with a connection thread's.
+enum Conn {
+    Here(tokio::net::TcpStream),
+    Moved(std::net::TcpStream),
+}
+
+/// A hook run by every runtime thread as it parks (the allocator's; see [`on_thread_park`]).
+static PARK_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what the connection threads run each time they park, as the main runtime's threads
+/// do (set once, before serving).
+pub fn on_thread_park(hook: fn()) {
+    let _ = PARK_HOOK.set(hook);
+}
+
+/// The connection threads: single-threaded runtimes that each serve the connections handed
+/// to them. They stop when this is dropped.
+struct ConnectionThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    /// Dropped to stop the threads' runtimes.
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ConnectionThreads {
+    /// `n` threads (0: one per CPU). A thread that cannot be started is done without: with
+    /// none, connections are served on the calling runtime.
+    fn start(n: usize) -> ConnectionThreads {
+        let n = match n {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut handles = Vec::with_capacity(n);
+        let mut stops = Vec::with_capacity(n);
+        for i in 0..n {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let (tell, told) = std::sync::mpsc::sync_channel(1);
+            let started = std::thread::Builder::new()
+                .name(format!("nephos-conn-{i}"))
+                .spawn(move || {
+                    let mut builder = tokio::runtime::Builder::new_current_thread();
+                    builder.enable_all();
+                    if let Some(hook) = PARK_HOOK.get().copied() {
+                        builder.on_thread_park(hook);
+                    }
+                    let runtime = match builder.build() {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot start a connection thread");
+                            return;
+                        }
+                    };
+                    let _ = tell.send(runtime.handle().clone());
+                    runtime.block_on(async move {
+                        let _ = stopped.await;
+                    });
+                });
+            if started.is_err() {
+                continue;
+            }
+            if let Ok(handle) = told.recv() {
+                handles.push(handle);
+                stops.push(stop);
+            }
+        }
+        ConnectionThreads {
+            handles,
+            _stops: stops,
+        }
+    }
+
+    /// The thread whose turn it is (none when there are no threads).
+    fn next(&self, turn: &mut usize) -> Option<&tokio::runtime::Handle> {
+        if self.handles.is_empty() {
+            return None;
+        }
+        let h = &self.handles[*turn % self.handles.len()];
+        *turn = turn.wrapping_add(1);
+        Some(h)
     }
 }
 
@@ -111,4 +230,41 @@ where
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service);
     let _ = watcher.watch(conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnectionThreads;
+
+    /// Connections go to the connection threads in turn, and what is spawned for one runs on
+    /// its thread.
+    #[test]
+    fn connections_go_to_the_threads_in_turn() {
+        let threads = ConnectionThreads::start(2);
+        assert_eq!(threads.handles.len(), 2);
+        let mut turn = 0;
+        let names: Vec<String> = (0..4)
+            .map(|_| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                threads.next(&mut turn).unwrap().spawn(async move {
+                    let name = std::thread::current().name().map(String::from);
+                    let _ = tx.send(name.unwrap_or_default());
+                });
+                rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "nephos-conn-0",
+                "nephos-conn-1",
+                "nephos-conn-0",
+                "nephos-conn-1"
+            ]
+        );
+        // With no threads asked for, one per CPU.
+        let default = ConnectionThreads::start(0);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default.handles.len(), cpus);
+    }
 }

@@ -44,8 +44,64 @@ pub struct SqlStore {
     dialect: Dialect,
     /// New assets waiting to be inserted together (group commit).
     inserts: tokio::sync::mpsc::Sender<PendingInsert>,
+    /// What starts an inserter on a single-threaded runtime (a connection thread) for the
+    /// uploads it serves: each such runtime has its own, so that an upload's row is batched
+    /// and answered on its own thread. The rows of all of them are written under the same
+    /// write turn, on the same direct connection.
+    local: LocalInserters,
     /// The write turn the write pool shares with the direct writer (a SQLite file).
     turn: Option<WriteTurn>,
+}
+
+/// See [`SqlStore::local`].
+struct LocalInserters {
+    /// Tells this store's inserters apart from other stores' on the same thread.
+    id: u64,
+    pool: AnyPool,
+    dialect: Dialect,
+    direct: Option<(write::SharedDirect, WriteTurn)>,
+}
+
+thread_local! {
+    /// The inserters started on this thread's single-threaded runtime, by store.
+    static LOCAL_INSERTS: std::cell::RefCell<Vec<(u64, tokio::sync::mpsc::Sender<PendingInsert>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl LocalInserters {
+    fn new(
+        pool: AnyPool,
+        dialect: Dialect,
+        direct: Option<(write::SharedDirect, WriteTurn)>,
+    ) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        LocalInserters {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            pool,
+            dialect,
+            direct,
+        }
+    }
+
+    /// The inserter of the current thread's runtime when it is single-threaded (started on
+    /// first use, and again if that runtime ended); none on a multi-threaded one, whose
+    /// uploads share the store's inserter.
+    fn sender(&self) -> Option<tokio::sync::mpsc::Sender<PendingInsert>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+            return None;
+        }
+        LOCAL_INSERTS.with(|l| {
+            let mut l = l.borrow_mut();
+            if let Some((_, tx)) = l.iter().find(|(id, tx)| *id == self.id && !tx.is_closed()) {
+                return Some(tx.clone());
+            }
+            l.retain(|(id, _)| *id != self.id);
+            let tx = spawn_inserter(self.pool.clone(), self.dialect, self.direct.clone());
+            l.push((self.id, tx.clone()));
+            Some(tx)
+        })
+    }
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -108,14 +164,18 @@ impl SqlStore {
                     .connect_with(options)
                     .await?;
                 let turn = WriteTurn::new(tokio::sync::Semaphore::new(1));
-                let direct = direct_writer(&write).await?.map(|w| (w, turn.clone()));
+                let direct = direct_writer(&write)
+                    .await?
+                    .map(|w| (write::share_direct(w), turn.clone()));
                 let turn = direct.is_some().then_some(turn);
+                let local = LocalInserters::new(write.clone(), dialect, direct.clone());
                 let inserts = spawn_inserter(write.clone(), dialect, direct);
                 SqlStore {
                     read,
                     write,
                     dialect,
                     inserts,
+                    local,
                     turn,
                 }
             }
@@ -154,6 +214,7 @@ impl SqlStore {
                 SqlStore {
                     read: pool.clone(),
                     inserts: spawn_inserter(pool.clone(), dialect, None),
+                    local: LocalInserters::new(pool.clone(), dialect, None),
                     write: pool,
                     dialect,
                     turn: None,
@@ -1281,7 +1342,8 @@ impl SqlStore {
         // the inserter and comes back with its answer.
         record.tags = normalized_tags(&record.tags);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let record = match self.inserts.send((record, content, reply)).await {
+        let inserts = self.local.sender().unwrap_or_else(|| self.inserts.clone());
+        let record = match inserts.send((record, content, reply)).await {
             Ok(()) => match answer.await {
                 Ok((stored, Ok(true))) => return Ok(SaveOutcome::Created(stored)),
                 Ok((record, Ok(false))) => record,

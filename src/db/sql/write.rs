@@ -157,20 +157,36 @@ async fn checkpoint(pool: AnyPool, turn: WriteTurn) {
 /// [`CHECKPOINT_FRAMES`]. Otherwise they go through a connection of the pool. Either is kept
 /// while batches follow one another (up to [`BATCHES_PER_HOLD`] of them) and given back when
 /// none is waiting.
+/// The direct SQLite writer and its checkpoint state, shared by the inserters (one per
+/// runtime thread when connections are served per core); used with the write turn held.
+pub(super) struct DirectSide {
+    writer: super::direct::DirectWriter,
+    /// The WAL's frames when the last checkpoint began (0 once the WAL started over).
+    checkpointed_at: usize,
+    /// The checkpoint running, if any: one at a time.
+    checkpointing: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub(super) type SharedDirect = std::sync::Arc<std::sync::Mutex<DirectSide>>;
+
+pub(super) fn share_direct(writer: super::direct::DirectWriter) -> SharedDirect {
+    std::sync::Arc::new(std::sync::Mutex::new(DirectSide {
+        writer,
+        checkpointed_at: 0,
+        checkpointing: None,
+    }))
+}
+
 pub(super) fn spawn_inserter(
     pool: AnyPool,
     dialect: Dialect,
-    mut direct: Option<(super::direct::DirectWriter, WriteTurn)>,
+    direct: Option<(SharedDirect, WriteTurn)>,
 ) -> tokio::sync::mpsc::Sender<PendingInsert> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<PendingInsert>(1024);
     tokio::spawn(async move {
         let mut carry: Option<PendingInsert> = None;
         let mut held_conn: Option<(sqlx::pool::PoolConnection<sqlx::Any>, usize)> = None;
         let mut held_turn: Option<(tokio::sync::OwnedSemaphorePermit, usize)> = None;
-        // The WAL's frames when the last checkpoint began (0 once the WAL started over).
-        let mut checkpointed_at = 0;
-        // The checkpoint running, if any: one at a time.
-        let mut checkpointing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let first = match carry.take() {
                 Some(p) => p,
@@ -209,26 +225,28 @@ pub(super) fn spawn_inserter(
             }
             hash_contents(&mut batch);
             let records: Vec<&AssetRecord> = batch.iter().map(|(r, _, _)| r).collect();
-            let result = match direct.as_mut() {
-                Some((writer, turn)) => {
+            let result = match direct.as_ref() {
+                Some((shared, turn)) => {
                     let taken = match held_turn.take() {
                         Some(held) => Ok(held),
                         None => take_turn(turn).await.map(|t| (t, 0)),
                     };
                     match taken {
                         Ok((permit, used)) => {
-                            let result = writer.insert(&records);
-                            let frames = writer.wal_frames();
-                            if frames < checkpointed_at {
-                                checkpointed_at = 0;
+                            let mut side = shared.lock().unwrap_or_else(|e| e.into_inner());
+                            let result = side.writer.insert(&records);
+                            let frames = side.writer.wal_frames();
+                            if frames < side.checkpointed_at {
+                                side.checkpointed_at = 0;
                             }
-                            if frames >= checkpointed_at + CHECKPOINT_FRAMES
-                                && checkpointing.as_ref().is_none_or(|c| c.is_finished())
+                            if frames >= side.checkpointed_at + CHECKPOINT_FRAMES
+                                && side.checkpointing.as_ref().is_none_or(|c| c.is_finished())
                             {
-                                checkpointed_at = frames;
-                                checkpointing =
+                                side.checkpointed_at = frames;
+                                side.checkpointing =
                                     Some(tokio::spawn(checkpoint(pool.clone(), turn.clone())));
                             }
+                            drop(side);
                             if used + 1 < BATCHES_PER_HOLD {
                                 held_turn = Some((permit, used + 1));
                             }
