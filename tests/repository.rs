@@ -359,6 +359,11 @@ async fn unknown_database_schemes_are_refused() {
     assert!(err.to_string().contains("unsupported database URL"));
 }
 
+/// Taken by the tests that keep the SQLite writer busy, so that they run one at a time: a WAL
+/// bound measured while another of them loads the cores can be outgrown by a checkpoint that
+/// waits for a core.
+static BUSY_WRITERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A SQLite store in a new folder (kept while the folder lives), and its WAL file's path.
 async fn sqlite_store_and_wal() -> (tempfile::TempDir, Arc<dyn MetaStore>, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -388,6 +393,7 @@ async fn save_new_and_measure_wal(
 /// and every row is read back through the other connections.
 #[tokio::test]
 async fn sqlite_wal_stays_small_while_rows_go_in_one_by_one() {
+    let _busy = BUSY_WRITERS.lock().await;
     let (_dir, store, wal) = sqlite_store_and_wal().await;
     let mut largest = 0;
     for i in 0..2000 {
@@ -409,6 +415,7 @@ async fn sqlite_wal_stays_small_while_rows_go_in_one_by_one() {
 /// over from time to time, not grow with every batch.
 #[tokio::test]
 async fn sqlite_wal_stays_small_while_batches_keep_coming() {
+    let _busy = BUSY_WRITERS.lock().await;
     let (_dir, store, wal) = sqlite_store_and_wal().await;
     let largest = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // 32 writers, each saving its next row as soon as the last one is in: batches follow one
@@ -437,4 +444,81 @@ async fn sqlite_wal_stays_small_while_batches_keep_coming() {
         let found = store.find_asset(&key).await.unwrap().expect("inserted");
         assert_eq!(found.tags, vec!["a"]);
     }
+}
+
+/// Connection threads each have an inserter of their own (a single-threaded runtime per
+/// thread), all writing to the one SQLite file under the same write turn: rows saved from
+/// several of them at once all go in, each once, and a key saved from two of them at the same
+/// time is created once and found existing the other time.
+#[test]
+fn sqlite_rows_from_several_runtimes_at_once_go_in_once_each() {
+    let _busy = BUSY_WRITERS.blocking_lock();
+    // The store is made on a runtime of its own, kept while the test runs (its shared
+    // inserter lives there), as the server's main runtime is.
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (dir, store, _wal) = main.block_on(sqlite_store_and_wal());
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let writers: Vec<_> = (0..8)
+                        .map(|w| {
+                            let store = store.clone();
+                            tokio::spawn(async move {
+                                let mut outcomes = Vec::new();
+                                for i in 0..50 {
+                                    let r = record(&format!("rt/{t}/{w}/{i}"), 1, &["a"]);
+                                    outcomes.push(store.save_asset(r, false).await.unwrap());
+                                    // The same key from every thread at once.
+                                    let r = record(&format!("shared/{w}/{i}"), 1, &["b"]);
+                                    outcomes.push(store.save_asset(r, false).await.unwrap());
+                                }
+                                outcomes
+                            })
+                        })
+                        .collect();
+                    let mut all = Vec::new();
+                    for w in writers {
+                        all.extend(w.await.unwrap());
+                    }
+                    all
+                })
+            })
+        })
+        .collect();
+    let outcomes: Vec<SaveOutcome> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let created = outcomes
+        .iter()
+        .filter(|o| matches!(o, SaveOutcome::Created(_)))
+        .count();
+    let existing = outcomes
+        .iter()
+        .filter(|o| matches!(o, SaveOutcome::Existing(_)))
+        .count();
+    // 3 x 8 x 50 own keys, 8 x 50 shared ones created once and found twice.
+    assert_eq!(created, 3 * 8 * 50 + 8 * 50, "created");
+    assert_eq!(existing, 2 * 8 * 50, "existing");
+    main.block_on(async {
+        for (t, w, i) in [(0, 0, 0), (1, 7, 49), (2, 3, 25)] {
+            let key = record(&format!("rt/{t}/{w}/{i}"), 1, &[]).key;
+            let found = store.find_asset(&key).await.unwrap().expect("inserted");
+            assert_eq!(found.tags, vec!["a"]);
+        }
+        let key = record("shared/5/5", 1, &[]).key;
+        let found = store.find_asset(&key).await.unwrap().expect("inserted");
+        assert_eq!(found.tags, vec!["b"]);
+    });
+    drop(dir);
 }

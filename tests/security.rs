@@ -344,15 +344,32 @@ async fn slow_clients_are_cut_off_and_connections_capped() {
     );
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
-    // Past the connection cap, new connections are closed at once; held ones time out. (A
+    // Past the connection cap, new connections are closed at once; held ones time out. A
     // connection's slot is given back when the server's task for it ends, which on another
-    // thread may be just after the client saw it closed: the two above are let go first.)
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // thread may be just after the client saw it closed: four connections are held once all
+    // four stay open (one closed at once met a slot not given back yet, and is tried again).
     let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    for _ in 0..50 {
+        while held.len() < 4 {
+            held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut open = Vec::new();
+        for mut c in held.drain(..) {
+            let mut byte = [0u8; 1];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_millis(20), c.read(&mut byte)).await;
+            // Still waiting for a request: open.
+            if read.is_err() {
+                open.push(c);
+            }
+        }
+        held = open;
+        if held.len() == 4 {
+            break;
+        }
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(held.len(), 4, "four connections could not be held");
     let over = reqwest::Client::new()
         .get(format!("http://{addr}/health"))
         .timeout(std::time::Duration::from_secs(3))

@@ -6,8 +6,11 @@
 //! Accepted connections are handed in turn to the connection threads (one per CPU by
 //! default), each a single-threaded runtime that serves its connections from start to end:
 //! a request and what it waits for (its row's batch, its answer) stay on one thread, with no
-//! hand-over between threads and no task moved between cores. Blocking work (renders, large
-//! writes) still goes to blocking threads; everything else runs on the main runtime.
+//! hand-over between threads and no task moved between cores. What a request starts (a
+//! notification, an eager derivative, a checkpoint) runs on its connection thread too, and
+//! blocking work (renders, large writes) on that runtime's blocking threads. Nothing moves a
+//! busy thread's connections to an idle one: a request that computes for long holds up the
+//! other connections of its thread, as in a server with a process per core.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -126,7 +129,7 @@ pub async fn run(
         conns.abort_all();
     }
     // The connection threads end once the requests in flight were answered or cut off.
-    drop(threads);
+    threads.stop().await;
 }
 
 /// An accepted connection: still registered with this runtime, or taken out of it to be
@@ -150,8 +153,12 @@ pub fn on_thread_park(hook: fn()) {
 struct ConnectionThreads {
     handles: Vec<tokio::runtime::Handle>,
     /// Dropped to stop the threads' runtimes.
-    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// Connection threads at most, whatever is configured.
+const MOST_THREADS: usize = 256;
 
 impl ConnectionThreads {
     /// `n` threads (0: one per CPU). A thread that cannot be started is done without: with
@@ -160,9 +167,11 @@ impl ConnectionThreads {
         let n = match n {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
-        };
+        }
+        .min(MOST_THREADS);
         let mut handles = Vec::with_capacity(n);
         let mut stops = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let (tell, told) = std::sync::mpsc::sync_channel(1);
@@ -186,18 +195,33 @@ impl ConnectionThreads {
                         let _ = stopped.await;
                     });
                 });
-            if started.is_err() {
+            let Ok(thread) = started else {
                 continue;
-            }
+            };
             if let Ok(handle) = told.recv() {
                 handles.push(handle);
                 stops.push(stop);
+                threads.push(thread);
             }
         }
         ConnectionThreads {
             handles,
-            _stops: stops,
+            stops,
+            threads,
         }
+    }
+
+    /// Stops the threads' runtimes (what still runs on them is dropped) and waits a little
+    /// for the threads to end.
+    async fn stop(self) {
+        drop(self.stops);
+        let threads = self.threads;
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
     }
 
     /// The thread whose turn it is (none when there are no threads).

@@ -256,8 +256,9 @@ mod linked {
     /// relative to its folder, so the kernel does not walk the folder's whole path twice per
     /// write. A folder removed since is noticed (`ENOENT` through its handle) and opened again.
     static FOLDERS: Mutex<Option<HashMap<PathBuf, Arc<OwnedFd>>>> = Mutex::new(None);
-    /// Folders held open at most (the blob store has 256 per cloud); past that, all are let go.
-    const MOST_FOLDERS: usize = 4096;
+    /// Folders held open at most (the blob store has 256 per cloud; each is a descriptor of
+    /// the process's); past that, all are let go and opened again as they are written into.
+    const MOST_FOLDERS: usize = 1024;
 
     /// The handle of `dir`, held open or opened now (`fresh`: opened now, any held one let go).
     fn folder(dir: &Path, fresh: bool) -> std::io::Result<Arc<OwnedFd>> {
@@ -349,6 +350,13 @@ mod linked {
                 Err(_) if !fresh => {
                     fresh = true;
                     continue;
+                }
+                // The folder removed since it was opened (it has no links left): the caller's
+                // to make again, not a sign that linking cannot be done here.
+                Err(Errno::NOENT)
+                    if rustix::fs::fstat(&*dirfd).is_ok_and(|st| st.st_nlink == 0) =>
+                {
+                    return Err(Errno::NOENT.into());
                 }
                 Err(errno) if unavailable(errno) => {
                     UNAVAILABLE.store(true, Ordering::Relaxed);

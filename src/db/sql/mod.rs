@@ -83,10 +83,14 @@ impl LocalInserters {
         }
     }
 
-    /// The inserter of the current thread's runtime when it is single-threaded (started on
-    /// first use, and again if that runtime ended); none on a multi-threaded one, whose
-    /// uploads share the store's inserter.
+    /// The inserter of the current thread's runtime when it is single-threaded and the store
+    /// a SQLite file (started on first use, and again if that runtime ended); none on a
+    /// multi-threaded one, whose uploads share the store's inserter. Entries of inserters
+    /// that ended (their runtime did) are dropped as they are found.
     fn sender(&self) -> Option<tokio::sync::mpsc::Sender<PendingInsert>> {
+        // Only for the direct writer: an inserter of PostgreSQL's holds a connection of the
+        // pool while batches follow each other, and one per thread could take them all.
+        self.direct.as_ref()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
             return None;
@@ -96,7 +100,7 @@ impl LocalInserters {
             if let Some((_, tx)) = l.iter().find(|(id, tx)| *id == self.id && !tx.is_closed()) {
                 return Some(tx.clone());
             }
-            l.retain(|(id, _)| *id != self.id);
+            l.retain(|(id, tx)| *id != self.id && !tx.is_closed());
             let tx = spawn_inserter(self.pool.clone(), self.dialect, self.direct.clone());
             l.push((self.id, tx.clone()));
             Some(tx)
