@@ -31,8 +31,7 @@ pub async fn run(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let threads = ConnectionThreads::start(limits.connection_threads);
-    let mut turn = 0usize;
+    let mut threads = ConnectionThreads::start(limits.connection_threads);
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let header_timeout = Duration::from_secs(limits.header_timeout_secs.max(1));
     // How long shutdown waits for requests in flight.
@@ -67,7 +66,7 @@ pub async fn run(
         let tls = tls.clone();
         // To the next connection thread, re-registered with its runtime; on this runtime
         // when there is none.
-        let handle = threads.next(&mut turn);
+        let handle = threads.next();
         let stream = match handle {
             Some(_) => match stream.into_std() {
                 Ok(s) => Conn::Moved(s),
@@ -155,6 +154,8 @@ struct ConnectionThreads {
     /// Dropped to stop the threads' runtimes.
     stops: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Connections handed out so far (the next goes to this modulo the threads).
+    turn: usize,
 }
 
 /// Connection threads at most, whatever is configured.
@@ -208,6 +209,7 @@ impl ConnectionThreads {
             handles,
             stops,
             threads,
+            turn: 0,
         }
     }
 
@@ -225,12 +227,12 @@ impl ConnectionThreads {
     }
 
     /// The thread whose turn it is (none when there are no threads).
-    fn next(&self, turn: &mut usize) -> Option<&tokio::runtime::Handle> {
+    fn next(&mut self) -> Option<&tokio::runtime::Handle> {
         if self.handles.is_empty() {
             return None;
         }
-        let h = &self.handles[*turn % self.handles.len()];
-        *turn = turn.wrapping_add(1);
+        let h = &self.handles[self.turn % self.handles.len()];
+        self.turn = self.turn.wrapping_add(1);
         Some(h)
     }
 }
@@ -264,13 +266,12 @@ mod tests {
     /// its thread.
     #[test]
     fn connections_go_to_the_threads_in_turn() {
-        let threads = ConnectionThreads::start(2);
+        let mut threads = ConnectionThreads::start(2);
         assert_eq!(threads.handles.len(), 2);
-        let mut turn = 0;
         let names: Vec<String> = (0..4)
             .map(|_| {
                 let (tx, rx) = std::sync::mpsc::channel();
-                threads.next(&mut turn).unwrap().spawn(async move {
+                threads.next().unwrap().spawn(async move {
                     let name = std::thread::current().name().map(String::from);
                     let _ = tx.send(name.unwrap_or_default());
                 });

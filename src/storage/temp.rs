@@ -242,7 +242,7 @@ mod linked {
     use std::io::Write;
     use std::os::fd::OwnedFd;
     use std::path::{Path, PathBuf};
-    use std::sync::{Arc, Mutex};
+    use std::sync::{Arc, LazyLock, Mutex};
 
     use rustix::fs::{AtFlags, Mode, OFlags};
     use rustix::io::Errno;
@@ -255,32 +255,26 @@ mod linked {
     /// Folders written into lately, held open (`O_PATH`): the unnamed file is made and linked
     /// relative to its folder, so the kernel does not walk the folder's whole path twice per
     /// write. A folder removed since is noticed (`ENOENT` through its handle) and opened again.
-    static FOLDERS: Mutex<Option<HashMap<PathBuf, Arc<OwnedFd>>>> = Mutex::new(None);
+    static FOLDERS: LazyLock<Mutex<HashMap<PathBuf, Arc<OwnedFd>>>> =
+        LazyLock::new(Default::default);
     /// Folders held open at most (the blob store has 256 per cloud; each is a descriptor of
     /// the process's); past that, all are let go and opened again as they are written into.
     const MOST_FOLDERS: usize = 1024;
 
     /// The handle of `dir`, held open or opened now (`fresh`: opened now, any held one let go).
     fn folder(dir: &Path, fresh: bool) -> std::io::Result<Arc<OwnedFd>> {
-        let held = |f: &mut Option<HashMap<PathBuf, Arc<OwnedFd>>>| {
-            let map = f.get_or_insert_with(HashMap::new);
-            if fresh {
-                map.remove(dir);
-                None
-            } else {
-                map.get(dir).cloned()
-            }
-        };
-        if let Some(fd) = held(&mut FOLDERS.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(fd);
+        let folders = || FOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh {
+            folders().remove(dir);
+        } else if let Some(fd) = folders().get(dir) {
+            return Ok(fd.clone());
         }
         let fd = Arc::new(rustix::fs::open(
             dir,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?);
-        let mut guard = FOLDERS.lock().unwrap_or_else(|e| e.into_inner());
-        let map = guard.get_or_insert_with(HashMap::new);
+        let mut map = folders();
         if map.len() >= MOST_FOLDERS {
             map.clear();
         }

@@ -48,18 +48,19 @@ pub struct SqlStore {
     /// uploads it serves: each such runtime has its own, so that an upload's row is batched
     /// and answered on its own thread. The rows of all of them are written under the same
     /// write turn, on the same direct connection.
-    local: LocalInserters,
+    local: Option<LocalInserters>,
     /// The write turn the write pool shares with the direct writer (a SQLite file).
     turn: Option<WriteTurn>,
 }
 
-/// See [`SqlStore::local`].
+/// See [`SqlStore::local`]: for a SQLite file only (an inserter of PostgreSQL's holds a
+/// connection of the pool while batches follow each other, and one per thread could take
+/// them all).
 struct LocalInserters {
     /// Tells this store's inserters apart from other stores' on the same thread.
     id: u64,
     pool: AnyPool,
-    dialect: Dialect,
-    direct: Option<(write::SharedDirect, WriteTurn)>,
+    direct: (write::SharedDirect, WriteTurn),
 }
 
 thread_local! {
@@ -69,28 +70,20 @@ thread_local! {
 }
 
 impl LocalInserters {
-    fn new(
-        pool: AnyPool,
-        dialect: Dialect,
-        direct: Option<(write::SharedDirect, WriteTurn)>,
-    ) -> Self {
+    fn new(pool: AnyPool, direct: (write::SharedDirect, WriteTurn)) -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         LocalInserters {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             pool,
-            dialect,
             direct,
         }
     }
 
-    /// The inserter of the current thread's runtime when it is single-threaded and the store
-    /// a SQLite file (started on first use, and again if that runtime ended); none on a
-    /// multi-threaded one, whose uploads share the store's inserter. Entries of inserters
-    /// that ended (their runtime did) are dropped as they are found.
+    /// The inserter of the current thread's runtime when it is single-threaded (started on
+    /// first use, and again if that runtime ended); none on a multi-threaded one, whose
+    /// uploads share the store's inserter. Entries of inserters that ended (their runtime
+    /// did) are dropped as they are found.
     fn sender(&self) -> Option<tokio::sync::mpsc::Sender<PendingInsert>> {
-        // Only for the direct writer: an inserter of PostgreSQL's holds a connection of the
-        // pool while batches follow each other, and one per thread could take them all.
-        self.direct.as_ref()?;
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
             return None;
@@ -101,7 +94,11 @@ impl LocalInserters {
                 return Some(tx.clone());
             }
             l.retain(|(id, tx)| *id != self.id && !tx.is_closed());
-            let tx = spawn_inserter(self.pool.clone(), self.dialect, self.direct.clone());
+            let tx = spawn_inserter(
+                self.pool.clone(),
+                Dialect::Sqlite,
+                Some(self.direct.clone()),
+            );
             l.push((self.id, tx.clone()));
             Some(tx)
         })
@@ -172,7 +169,9 @@ impl SqlStore {
                     .await?
                     .map(|w| (write::share_direct(w), turn.clone()));
                 let turn = direct.is_some().then_some(turn);
-                let local = LocalInserters::new(write.clone(), dialect, direct.clone());
+                let local = direct
+                    .clone()
+                    .map(|d| LocalInserters::new(write.clone(), d));
                 let inserts = spawn_inserter(write.clone(), dialect, direct);
                 SqlStore {
                     read,
@@ -218,7 +217,7 @@ impl SqlStore {
                 SqlStore {
                     read: pool.clone(),
                     inserts: spawn_inserter(pool.clone(), dialect, None),
-                    local: LocalInserters::new(pool.clone(), dialect, None),
+                    local: None,
                     write: pool,
                     dialect,
                     turn: None,
@@ -1346,7 +1345,11 @@ impl SqlStore {
         // the inserter and comes back with its answer.
         record.tags = normalized_tags(&record.tags);
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let inserts = self.local.sender().unwrap_or_else(|| self.inserts.clone());
+        let inserts = self
+            .local
+            .as_ref()
+            .and_then(LocalInserters::sender)
+            .unwrap_or_else(|| self.inserts.clone());
         let record = match inserts.send((record, content, reply)).await {
             Ok(()) => match answer.await {
                 Ok((stored, Ok(true))) => return Ok(SaveOutcome::Created(stored)),

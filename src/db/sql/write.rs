@@ -148,15 +148,6 @@ async fn checkpoint(pool: AnyPool, turn: WriteTurn) {
     }
 }
 
-/// Starts the task that inserts new assets in batches: it takes what is waiting (up to
-/// [`BATCH_ROWS`]), writes the rows and their tags in one transaction, and tells each caller
-/// whether its row went in (a key that exists, or twice in one batch, does not).
-///
-/// With `direct` (a SQLite file), the rows are written on that connection, in place on the
-/// task's thread, with the write turn taken; the WAL is checkpointed every
-/// [`CHECKPOINT_FRAMES`]. Otherwise they go through a connection of the pool. Either is kept
-/// while batches follow one another (up to [`BATCHES_PER_HOLD`] of them) and given back when
-/// none is waiting.
 /// The direct SQLite writer and its checkpoint state, shared by the inserters (one per
 /// runtime thread when connections are served per core); used with the write turn held.
 pub(super) struct DirectSide {
@@ -177,6 +168,39 @@ pub(super) fn share_direct(writer: super::direct::DirectWriter) -> SharedDirect 
     }))
 }
 
+impl DirectSide {
+    /// Writes a batch (the write turn held), then starts a checkpoint in a task of its own
+    /// once the WAL has [`CHECKPOINT_FRAMES`] more frames than when the last one began.
+    fn insert(
+        &mut self,
+        records: &[&AssetRecord],
+        pool: &AnyPool,
+        turn: &WriteTurn,
+    ) -> Result<std::collections::HashSet<String>, DbError> {
+        let result = self.writer.insert(records);
+        let frames = self.writer.wal_frames();
+        if frames < self.checkpointed_at {
+            self.checkpointed_at = 0;
+        }
+        if frames >= self.checkpointed_at + CHECKPOINT_FRAMES
+            && self.checkpointing.as_ref().is_none_or(|c| c.is_finished())
+        {
+            self.checkpointed_at = frames;
+            self.checkpointing = Some(tokio::spawn(checkpoint(pool.clone(), turn.clone())));
+        }
+        result
+    }
+}
+
+/// Starts the task that inserts new assets in batches: it takes what is waiting (up to
+/// [`BATCH_ROWS`]), writes the rows and their tags in one transaction, and tells each caller
+/// whether its row went in (a key that exists, or twice in one batch, does not).
+///
+/// With `direct` (a SQLite file), the rows are written on that connection, in place on the
+/// task's thread, with the write turn taken; the WAL is checkpointed every
+/// [`CHECKPOINT_FRAMES`]. Otherwise they go through a connection of the pool. Either is kept
+/// while batches follow one another (up to [`BATCHES_PER_HOLD`] of them) and given back when
+/// none is waiting.
 pub(super) fn spawn_inserter(
     pool: AnyPool,
     dialect: Dialect,
@@ -233,20 +257,10 @@ pub(super) fn spawn_inserter(
                     };
                     match taken {
                         Ok((permit, used)) => {
-                            let mut side = shared.lock().unwrap_or_else(|e| e.into_inner());
-                            let result = side.writer.insert(&records);
-                            let frames = side.writer.wal_frames();
-                            if frames < side.checkpointed_at {
-                                side.checkpointed_at = 0;
-                            }
-                            if frames >= side.checkpointed_at + CHECKPOINT_FRAMES
-                                && side.checkpointing.as_ref().is_none_or(|c| c.is_finished())
-                            {
-                                side.checkpointed_at = frames;
-                                side.checkpointing =
-                                    Some(tokio::spawn(checkpoint(pool.clone(), turn.clone())));
-                            }
-                            drop(side);
+                            let result = shared
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(&records, &pool, turn);
                             if used + 1 < BATCHES_PER_HOLD {
                                 held_turn = Some((permit, used + 1));
                             }
